@@ -1,0 +1,118 @@
+"""A blocking request/reply connection to trackerd, for admin tools and scripts.
+
+This is the transport edge: every OSError from connecting, sending or receiving
+becomes a DaemonUnavailable with a stable ``reason`` here, in one place. (SMTP
+workers use the non-blocking recorder instead; it never waits for a reply.)
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from collections.abc import Sequence
+from types import TracebackType
+
+from servertracker import protocol
+from servertracker.errors import DaemonUnavailable, ProtocolError
+from servertracker.status import Status
+
+DEFAULT_TIMEOUT = 2.0
+
+_REASONS = {
+    errno.ENOENT: "no-socket",
+    errno.ENOTDIR: "no-socket",
+    errno.ECONNREFUSED: "refused",
+    errno.EACCES: "permission-denied",
+    errno.EPERM: "permission-denied",
+}
+
+
+def _unavailable(exc: OSError, socket_path: object) -> DaemonUnavailable:
+    if isinstance(exc, TimeoutError):
+        return DaemonUnavailable("timeout", f"trackerd at {socket_path} did not answer in time")
+    reason = _REASONS.get(exc.errno or 0, "error")
+    text = {
+        "no-socket": f"no socket at {socket_path} (is trackerd running?)",
+        "refused": f"connection to {socket_path} refused (trackerd is not listening)",
+        "permission-denied": f"permission denied on {socket_path} (are you in trackerd's group?)",
+    }.get(reason, f"{socket_path}: {exc.strerror or exc}")
+    return DaemonUnavailable(reason, text)
+
+
+class DaemonConnection:
+    """One connection to trackerd; requests wait for their reply up to ``timeout`` seconds."""
+
+    def __init__(self, socket_path: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.socket_path = os.fspath(socket_path)
+        self._timeout = timeout
+        self._decoder = protocol.MessageDecoder()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(self.socket_path)
+        except OSError as exc:
+            self._sock.close()
+            raise _unavailable(exc, self.socket_path) from None
+
+    def __enter__(self) -> DaemonConnection:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            raise _unavailable(exc, self.socket_path) from None
+
+    def _receive_message(self) -> protocol.Message:
+        deadline = time.monotonic() + self._timeout
+        while True:
+            message = self._decoder.next_message()
+            if message is protocol.CLOSED:
+                raise DaemonUnavailable("closed", f"trackerd at {self.socket_path} closed the connection")
+            if message is not protocol.NEED_DATA:
+                assert not isinstance(message, protocol._Sentinel)
+                if isinstance(message, protocol.Error):
+                    raise ProtocolError(message.code, f"trackerd refused the request: {message.message}")
+                return message
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DaemonUnavailable("timeout", f"trackerd at {self.socket_path} did not answer in time")
+            self._sock.settimeout(remaining)
+            try:
+                data = self._sock.recv(65536)
+            except OSError as exc:
+                raise _unavailable(exc, self.socket_path) from None
+            self._decoder.receive_data(data)
+
+    def _request(self, request: protocol.Message, reply_type: type[protocol.Message]) -> protocol.Message:
+        self._send(protocol.encode(request))
+        reply = self._receive_message()
+        if not isinstance(reply, reply_type):
+            raise ProtocolError(protocol.ERR_UNEXPECTED, f"expected {reply_type.__name__}, got {type(reply).__name__}")
+        return reply
+
+    def ping(self) -> float:
+        """Round-trip time of a ping, in seconds."""
+        start = time.perf_counter()
+        self._request(protocol.Ping(), protocol.Pong)
+        return time.perf_counter() - start
+
+    def status(self) -> Status:
+        reply = self._request(protocol.StatusRequest(), protocol.StatusReply)
+        assert isinstance(reply, protocol.StatusReply)
+        return reply.status
+
+    def record(self, pairs: Sequence[protocol.Pair]) -> None:
+        """Send records; they are applied before any later request on this connection."""
+        for start in range(0, len(pairs), protocol.MAX_PAIRS_PER_MESSAGE):
+            self._send(protocol.encode_records(pairs[start : start + protocol.MAX_PAIRS_PER_MESSAGE]))

@@ -1,0 +1,113 @@
+"""The Status record and the status file's name and format: the public contract.
+
+The first four fields are the Go original's, with its JSON names and meanings,
+so existing readers of server_tracker.json keep working. The rest are additions.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Final
+
+from servertracker.errors import StatusFileError
+
+STATUS_FILE_NAME: Final = "server_tracker.json"
+#: A status file larger than this is not ours; refuse to read it whole.
+MAX_STATUS_FILE_SIZE: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Counts since the daemon started. Never contains a recorded value."""
+
+    #: Unix seconds when the daemon started (the original's boot_time).
+    boot_time: int
+    #: Distinct connecting IP addresses.
+    unique_conn_ips: int
+    #: Distinct sender domains (user@example.com).
+    unique_domains: int
+    #: Distinct senders that use an IP literal (user@[1.2.3.4]).
+    unique_ip_servers: int
+    #: Unix seconds (fractional) when this snapshot was taken.
+    updated_time: float = 0.0
+    #: (conn_ip, sender) pairs received, counted or not.
+    records: int = 0
+    #: Connection IPs that were not an IP address.
+    rejected_conn_ips: int = 0
+    #: Senders that were malformed (no domain, garbage).
+    rejected_senders: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[Any, Any]) -> Status:
+        """Build a Status from decoded JSON or msgpack; ValueError names the bad field.
+
+        Unknown keys are ignored (a newer daemon may add fields); the original's
+        four fields are required, the additions default to zero.
+        """
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            if field.name not in data:
+                if field.name in _REQUIRED:
+                    raise ValueError(f"missing field {field.name!r}")
+                continue
+            value = data[field.name]
+            if field.type == "float":
+                ok = type(value) in (int, float) and value == value and value >= 0
+            else:
+                ok = type(value) is int and value >= 0
+            if not ok:
+                raise ValueError(f"field {field.name!r} must be a non-negative {field.type}")
+            values[field.name] = value
+        return cls(**values)
+
+
+_REQUIRED: Final = ("boot_time", "unique_conn_ips", "unique_domains", "unique_ip_servers")
+
+
+def status_file_path(runtime_dir: str | os.PathLike[str]) -> Path:
+    return Path(runtime_dir) / STATUS_FILE_NAME
+
+
+def encode_status_file(status: Status) -> bytes:
+    """The status file's bytes: one JSON object and a newline."""
+    return (json.dumps(status.to_dict(), indent=2) + "\n").encode()
+
+
+def read_status_file(runtime_dir: str | os.PathLike[str]) -> Status:
+    """Read the status the daemon last wrote (the original's ReadStatusFile).
+
+    Raises StatusFileError, naming the path, when the file is missing, unreadable,
+    too large, not JSON, or not a status record.
+    """
+    path = status_file_path(runtime_dir)
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(MAX_STATUS_FILE_SIZE + 1)
+    except FileNotFoundError:
+        raise StatusFileError(path, "no such file (has trackerd run with this runtime directory?)") from None
+    except PermissionError:
+        raise StatusFileError(path, "permission denied") from None
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        if exc.errno == errno.ENOTDIR:
+            reason = "a component of the path is not a directory"
+        raise StatusFileError(path, reason) from None
+    if len(raw) > MAX_STATUS_FILE_SIZE:
+        raise StatusFileError(path, f"larger than {MAX_STATUS_FILE_SIZE} bytes; not a status file")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise StatusFileError(path, f"not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise StatusFileError(path, "not a JSON object")
+    try:
+        return Status.from_dict(data)
+    except ValueError as exc:
+        raise StatusFileError(path, f"not a status record: {exc}") from None

@@ -1,0 +1,105 @@
+"""The daemon's listening socket and runtime directory: made safely, or refused clearly.
+
+Socket activation (a socket passed by systemd) plugs in here too, so the rest
+of the daemon only ever sees an anyio SocketListener.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+from pathlib import Path
+
+from servertracker.paths import default_private_dir
+
+SOCKET_MODE = 0o660
+RUNTIME_DIR_MODE = 0o750
+#: sun_path holds 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message tells the operator what to do."""
+
+
+def prepare_runtime_dir(path: Path) -> None:
+    """Create the runtime directory if needed; refuse an unsafe /tmp fallback."""
+    private = path == default_private_dir()
+    try:
+        path.mkdir(mode=0o700 if private else RUNTIME_DIR_MODE, parents=True, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as exc:
+        raise StartupError(f"cannot create runtime directory {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise StartupError(f"runtime directory {path} is not a directory")
+    if private and (info.st_uid != os.getuid() or info.st_mode & 0o077):
+        # Under a shared /tmp another user could have made it first to read our files.
+        raise StartupError(
+            f"{path} is not private to this user (owner uid {info.st_uid}, mode "
+            f"{stat.S_IMODE(info.st_mode):o}); remove it or pass --runtime-dir"
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StartupError(f"runtime directory {path} is not writable by this user")
+
+
+def _remove_stale_socket(path: Path) -> None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(os.fspath(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)  # left by a daemon that died: safe to replace
+        return
+    except OSError as exc:
+        raise StartupError(f"cannot check existing socket {path}: {exc.strerror}") from None
+    finally:
+        probe.close()
+    raise StartupError(f"another trackerd is already listening on {path}")
+
+
+def bind_unix_socket(path: Path, mode: int = SOCKET_MODE) -> socket.socket:
+    """A listening AF_UNIX stream socket at path, created with mode from the start."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise StartupError(
+            f"socket path {path} is {len(os.fsencode(path))} bytes; Unix sockets allow "
+            f"{MAX_SOCKET_PATH}: pass a shorter --socket or --runtime-dir"
+        )
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # The umask makes the socket file's mode right from bind(), with no window in
+    # which it is more open; the daemon is still single-threaded here.
+    old_umask = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(os.fspath(path))
+        os.chmod(path, mode)
+        sock.listen(socket.SOMAXCONN)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"{path} is in use") from None
+        raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old_umask)
+    sock.setblocking(False)
+    return sock
+
+
+def socket_file_identity(path: Path) -> tuple[int, int]:
+    info = os.stat(path)
+    return (info.st_dev, info.st_ino)
+
+
+def remove_socket_file(path: Path, identity: tuple[int, int]) -> None:
+    """Unlink our socket file at exit, unless another process has replaced it since."""
+    with contextlib.suppress(OSError):
+        if socket_file_identity(path) == identity:
+            path.unlink()

@@ -1,0 +1,146 @@
+"""trackerd's entry point: options, logging, start-up, the signal-driven shutdown.
+
+Start-up order: runtime directory, leftover temp files, listening socket, the
+first (zero) status file; only then is the daemon ready. SIGTERM or SIGINT
+stops accepting, drains what clients already sent, writes the final status and
+exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from servertracker.paths import RUNTIME_DIR_ENV, SOCKET_ENV, resolve_runtime_dir, resolve_socket_path
+from trackerd import __version__
+from trackerd.listener import (
+    StartupError,
+    bind_unix_socket,
+    prepare_runtime_dir,
+    remove_socket_file,
+    socket_file_identity,
+)
+from trackerd.server import TrackerServer
+from trackerd.status_writer import StatusWriter, remove_leftover_temp_files
+from trackerd.tracker import Tracker
+
+log = logging.getLogger("trackerd")
+
+
+@dataclass(frozen=True)
+class Config:
+    runtime_dir: Path
+    socket_path: Path
+    status_interval: float = 0.25
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
+    parser = argparse.ArgumentParser(
+        prog="trackerd",
+        description=(
+            "Count the distinct mail servers that talk to this SMTP endpoint, keeping only "
+            "salted hashes in memory. Workers send records over a Unix socket; the counts "
+            "are written to server_tracker.json in the runtime directory."
+        ),
+        epilog=(
+            f"Runtime directory: --runtime-dir, else ${RUNTIME_DIR_ENV}, else $RUNTIME_DIRECTORY "
+            "(systemd), else $XDG_RUNTIME_DIR/trackerd, else /tmp/trackerd-<uid>. "
+            f"Socket: --socket, else ${SOCKET_ENV}, else <runtime dir>/trackerd.sock."
+        ),
+    )
+    parser.add_argument("--runtime-dir", metavar="DIR", help="where the status file (and by default the socket) lives")
+    parser.add_argument("--socket", metavar="PATH", help="the Unix socket to listen on")
+    parser.add_argument(
+        "--status-interval",
+        type=float,
+        default=0.25,
+        metavar="SECONDS",
+        help="least time between two status file writes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("TRACKERD_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="default: info, or $TRACKERD_LOG_LEVEL",
+    )
+    parser.add_argument("--version", action="version", version=f"trackerd {__version__}")
+    args = parser.parse_args(argv)
+    if not 0.01 <= args.status_interval <= 3600:
+        parser.error("--status-interval must be between 0.01 and 3600 seconds")
+    runtime_dir = resolve_runtime_dir(args.runtime_dir)
+    socket_path = resolve_socket_path(args.socket, runtime_dir)
+    return Config(runtime_dir, socket_path, args.status_interval), args.log_level
+
+
+def setup_logging(level: str) -> None:
+    # Under systemd the journal stamps each line itself.
+    fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else (
+        "%(asctime)s trackerd[%(process)d] %(levelname)s %(message)s"
+    )
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+
+
+async def run(config: Config) -> None:
+    """Run the daemon until SIGTERM or SIGINT. Raises StartupError before it is ready."""
+    prepare_runtime_dir(config.runtime_dir)
+    removed = remove_leftover_temp_files(config.runtime_dir)
+    if removed:
+        log.info("removed %d temp files left by an earlier run", removed)
+    tracker = Tracker()
+    writer = StatusWriter(tracker, config.runtime_dir, min_interval=config.status_interval)
+    sock = bind_unix_socket(config.socket_path)
+    identity = socket_file_identity(config.socket_path)
+    try:
+        listener = await anyio.abc.SocketListener.from_socket(sock)
+        if not await writer.write_now():
+            raise StartupError(f"cannot write the status file in {config.runtime_dir}")
+        server = TrackerServer(tracker, writer)
+        log.info(
+            "trackerd %s listening on %s; status file in %s", __version__, config.socket_path, config.runtime_dir
+        )
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(writer.run)
+            tasks.start_soon(_stop_on_signal, server)
+            await server.serve(listener)
+            tasks.cancel_scope.cancel()
+        await writer.write_now()
+        status = tracker.status()
+        log.info(
+            "stopped: %d records, %d connection IPs, %d domains, %d IP servers",
+            status.records,
+            status.unique_conn_ips,
+            status.unique_domains,
+            status.unique_ip_servers,
+        )
+    finally:
+        remove_socket_file(config.socket_path, identity)
+        sock.close()
+
+
+async def _stop_on_signal(server: TrackerServer) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("%s received: finishing what clients sent, then exiting", signal.Signals(signum).name)
+            server.stop()
+            return
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, level = parse_args(argv)
+    setup_logging(level)
+    try:
+        anyio.run(run, config)
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping
+        return 130
+    return 0

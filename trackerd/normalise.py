@@ -1,0 +1,145 @@
+"""Normalisation and classification of recorded values: pure functions, no I/O.
+
+Every worker sends raw values; this module alone decides what counts as what,
+so every worker in every language counts the same way. The returned canonical
+strings are hashed at once by the tracker and never kept.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from typing import Final
+
+import idna
+
+
+class Category(enum.IntEnum):
+    """The three sets the original tracker keeps."""
+
+    CONN_IP = 0
+    DOMAIN = 1
+    IP_SERVER = 2
+
+
+class Outcome(enum.Enum):
+    """Why a value was not counted."""
+
+    IGNORED = "ignored"  # empty, or the null sender <>: not an error, as in the original
+    REJECTED = "rejected"  # malformed: tallied so an operator can see it
+
+
+IGNORED: Final = Outcome.IGNORED
+REJECTED: Final = Outcome.REJECTED
+
+#: Longer values are rejected unread. An RFC 5321 path is at most 256 octets.
+MAX_VALUE_LENGTH: Final = 512
+
+# A hostname label: letters, digits, hyphens inside; underscore tolerated because
+# real MAIL FROM domains carry it. Applied after lowercasing and IDNA encoding.
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_DOMAIN_RE: Final = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")
+_MAX_DOMAIN_LENGTH: Final = 253
+
+
+def canonical_ip(text: str) -> str | None:
+    """The canonical text of an IP address in any common textual form, or None.
+
+    Accepts ``1.2.3.4``, ``[1.2.3.4]``, ``2001:db8::1``, ``[IPv6:2001:DB8::1]``,
+    IPv4-mapped IPv6 (counted as the IPv4 address) and zoned IPv6 (zone dropped:
+    the same address on another interface is the same server).
+    """
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    tagged_v6 = text[:5].lower() == "ipv6:"
+    if tagged_v6:
+        text = text[5:]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        if address.scope_id is not None:
+            address = ipaddress.IPv6Address(int(address))
+    elif tagged_v6:
+        return None  # "IPv6:1.2.3.4" is no valid literal
+    return str(address)
+
+
+def canonical_domain(text: str) -> str | None:
+    """The canonical ASCII form of a domain name, or None if it is not one.
+
+    Case-insensitive, one trailing dot ignored, Unicode and punycode forms of one
+    name give the same result (``Bücher.de`` and ``xn--bcher-kva.de``).
+    """
+    if text.endswith("."):
+        text = text[:-1]
+    if text.isascii() and "xn--" not in text.lower():
+        name = text.lower()
+    else:
+        # IDNA (UTS #46 mapping, IDNA 2008 rules) is subtle; the idna package does it right.
+        try:
+            name = idna.encode(text, uts46=True).decode("ascii").lower()
+        except (idna.IDNAError, UnicodeError, ValueError):
+            return None
+    if len(name) > _MAX_DOMAIN_LENGTH or not _DOMAIN_RE.fullmatch(name):
+        return None
+    if name.rpartition(".")[2].isdigit():
+        return None  # an all-numeric top label: a mangled IP address, not a domain
+    return name
+
+
+def _looks_like_ip(text: str) -> bool:
+    return ":" in text or text.replace(".", "").isdigit()
+
+
+def classify_conn_ip(value: str | None) -> str | Outcome:
+    """The canonical connection IP, IGNORED for an empty value, REJECTED otherwise."""
+    if not value:
+        return IGNORED
+    value = value.strip()
+    if not value:
+        return IGNORED
+    if len(value) > MAX_VALUE_LENGTH:
+        return REJECTED
+    return canonical_ip(value) or REJECTED
+
+
+def classify_sender(value: str | None) -> tuple[Category, str] | Outcome:
+    """Classify a sender given as a whole MAIL FROM address or as its domain part.
+
+    Returns (Category.DOMAIN or Category.IP_SERVER, canonical text), IGNORED for an
+    empty value or the null sender ``<>``, REJECTED for anything malformed.
+    """
+    if not value:
+        return IGNORED
+    text = value.strip()
+    if len(text) > MAX_VALUE_LENGTH:
+        return REJECTED
+    if text.startswith("<") or text.endswith(">"):
+        if not (text.startswith("<") and text.endswith(">")):
+            return REJECTED
+        text = text[1:-1].strip()
+    if not text:
+        return IGNORED
+    if text.startswith("@"):
+        # An RFC 5321 source route "@relay,@relay:user@domain": the sender follows it.
+        route, colon, text = text.partition(":")
+        if not colon:
+            return REJECTED
+    if "@" in text:
+        local, _, text = text.rpartition("@")
+        if not local or not text:
+            return REJECTED
+    if text.startswith("["):
+        address = canonical_ip(text) if text.endswith("]") else None
+        return (Category.IP_SERVER, address) if address else REJECTED
+    if _looks_like_ip(text):
+        address = canonical_ip(text)
+        if address:
+            return (Category.IP_SERVER, address)
+    domain = canonical_domain(text)
+    return (Category.DOMAIN, domain) if domain else REJECTED

@@ -1,0 +1,114 @@
+"""The status file: atomic writes, rate-limited, retried after failures.
+
+A write goes to a temp file in the same directory and is renamed over
+server_tracker.json, so a reader sees the old file or the new one, never a
+part. Writes happen at start, a few times a second at most while counts change,
+and at shutdown; they run in a worker thread so a slow disk never stalls serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import anyio
+
+from servertracker.status import STATUS_FILE_NAME, Status, encode_status_file, status_file_path
+from trackerd.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE_MODE = 0o640
+_TEMP_PREFIX = f".{STATUS_FILE_NAME}."
+_TEMP_SUFFIX = ".tmp"
+
+
+def write_status_file(runtime_dir: Path, status: Status) -> None:
+    """Write the status file atomically with mode 0640. Raises OSError."""
+    fd, temp_name = tempfile.mkstemp(dir=runtime_dir, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), STATUS_FILE_MODE)
+            file.write(encode_status_file(status))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_name, status_file_path(runtime_dir))
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except OSError:
+            pass
+        raise
+
+
+def remove_leftover_temp_files(runtime_dir: Path) -> int:
+    """Remove temp files a crashed daemon left behind; returns how many."""
+    removed = 0
+    for path in runtime_dir.glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"):
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+class StatusWriter:
+    """Writes the tracker's status whenever it changed, at most every min_interval seconds."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        runtime_dir: Path,
+        *,
+        min_interval: float = 0.25,
+        retry_interval: float = 2.0,
+    ) -> None:
+        self._tracker = tracker
+        self._runtime_dir = runtime_dir
+        self._min_interval = min_interval
+        self._retry_interval = retry_interval
+        self._changed = anyio.Event()
+        self._lock = anyio.Lock()
+        self._failing = False
+        self.writes = 0
+        self.failures = 0
+
+    def notify_changed(self) -> None:
+        """Cheap enough to call after every message."""
+        self._changed.set()
+
+    async def write_now(self) -> bool:
+        """Write the current status; on failure log (once per outage) and return False."""
+        async with self._lock:
+            status = self._tracker.status()
+            try:
+                await anyio.to_thread.run_sync(write_status_file, self._runtime_dir, status)
+            except OSError as exc:
+                self.failures += 1
+                if not self._failing:
+                    log.error(
+                        "cannot write the status file in %s: %s; still counting, will retry",
+                        self._runtime_dir,
+                        exc.strerror or exc,
+                    )
+                self._failing = True
+                return False
+            if self._failing:
+                log.warning("status file written again after %d failed attempts", self.failures)
+                self._failing = False
+            self.writes += 1
+            return True
+
+    async def run(self) -> None:
+        """Loop forever: wait for a change, write, pause. Cancel to stop."""
+        while True:
+            await self._changed.wait()
+            self._changed = anyio.Event()
+            if await self.write_now():
+                await anyio.sleep(self._min_interval)
+            else:
+                self._changed.set()  # still dirty: try again after the pause
+                await anyio.sleep(self._retry_interval)
