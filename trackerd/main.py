@@ -19,7 +19,12 @@ from pathlib import Path
 
 import anyio
 
-from servertracker.paths import RUNTIME_DIR_ENV, SOCKET_ENV, resolve_runtime_dir, resolve_socket_path
+from servertracker.paths import (
+    RUNTIME_DIR_ENV,
+    SOCKET_ENV,
+    resolve_runtime_dir,
+    resolve_socket_path,
+)
 from trackerd import __version__
 from trackerd.listener import (
     StartupError,
@@ -56,7 +61,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
             f"Socket: --socket, else ${SOCKET_ENV}, else <runtime dir>/trackerd.sock."
         ),
     )
-    parser.add_argument("--runtime-dir", metavar="DIR", help="where the status file (and by default the socket) lives")
+    parser.add_argument(
+        "--runtime-dir",
+        metavar="DIR",
+        help="where the status file (and by default the socket) lives",
+    )
     parser.add_argument("--socket", metavar="PATH", help="the Unix socket to listen on")
     parser.add_argument(
         "--status-interval",
@@ -82,8 +91,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
 
 def setup_logging(level: str) -> None:
     # Under systemd the journal stamps each line itself.
-    fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else (
-        "%(asctime)s trackerd[%(process)d] %(levelname)s %(message)s"
+    fmt = (
+        "%(levelname)s %(message)s"
+        if os.environ.get("JOURNAL_STREAM")
+        else ("%(asctime)s trackerd[%(process)d] %(levelname)s %(message)s")
     )
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
 
@@ -104,7 +115,10 @@ async def run(config: Config) -> None:
             raise StartupError(f"cannot write the status file in {config.runtime_dir}")
         server = TrackerServer(tracker, writer)
         log.info(
-            "trackerd %s listening on %s; status file in %s", __version__, config.socket_path, config.runtime_dir
+            "trackerd %s listening on %s; status file in %s",
+            __version__,
+            config.socket_path,
+            config.runtime_dir,
         )
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(writer.run)
@@ -128,7 +142,10 @@ async def run(config: Config) -> None:
 async def _stop_on_signal(server: TrackerServer) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            log.info("%s received: finishing what clients sent, then exiting", signal.Signals(signum).name)
+            log.info(
+                "%s received: finishing what clients sent, then exiting",
+                signal.Signals(signum).name,
+            )
             server.stop()
             return
 

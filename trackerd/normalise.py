@@ -127,7 +127,7 @@ def classify_sender(value: str | None) -> tuple[Category, str] | Outcome:
         return IGNORED
     if text.startswith("@"):
         # An RFC 5321 source route "@relay,@relay:user@domain": the sender follows it.
-        route, colon, text = text.partition(":")
+        _route, colon, text = text.partition(":")
         if not colon:
             return REJECTED
     if "@" in text:

@@ -60,7 +60,9 @@ class TrackerServer:
                 while self.connections_open:
                     await anyio.sleep(0.01)
             if drain.cancelled_caught:
-                log.warning("%d connections still open at shutdown; closing them", self.connections_open)
+                log.warning(
+                    "%d connections still open at shutdown; closing them", self.connections_open
+                )
                 connections.cancel_scope.cancel()
 
     def stop(self) -> None:
@@ -122,7 +124,9 @@ class TrackerServer:
             except ProtocolError as exc:
                 self.protocol_errors += 1
                 # The message text never holds a recorded value (see protocol.py).
-                log.warning("closing a connection after a protocol error: %s (%s)", exc.message, exc.code)
+                log.warning(
+                    "closing a connection after a protocol error: %s (%s)", exc.message, exc.code
+                )
                 await self._send(stream, protocol.encode(protocol.Error(exc.code, exc.message)))
                 return
 
@@ -147,7 +151,9 @@ class TrackerServer:
                     if not await self._send(stream, protocol.encode(protocol.Pong())):
                         return False
                 else:
-                    raise ProtocolError(protocol.ERR_UNEXPECTED, "a client may not send this message")
+                    raise ProtocolError(
+                        protocol.ERR_UNEXPECTED, "a client may not send this message"
+                    )
         finally:
             if recorded:
                 self._writer.notify_changed()

@@ -8,6 +8,7 @@ and at shutdown; they run in a worker thread so a slow disk never stalls serving
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -36,10 +37,8 @@ def write_status_file(runtime_dir: Path, status: Status) -> None:
             os.fsync(file.fileno())
         os.replace(temp_name, status_file_path(runtime_dir))
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(temp_name)
-        except OSError:
-            pass
         raise
 
 

@@ -44,7 +44,9 @@ def _unavailable(exc: OSError, socket_path: object) -> DaemonUnavailable:
 class DaemonConnection:
     """One connection to trackerd; requests wait for their reply up to ``timeout`` seconds."""
 
-    def __init__(self, socket_path: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, socket_path: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         self.socket_path = os.fspath(socket_path)
         self._timeout = timeout
         self._decoder = protocol.MessageDecoder()
@@ -78,15 +80,21 @@ class DaemonConnection:
         while True:
             message = self._decoder.next_message()
             if message is protocol.CLOSED:
-                raise DaemonUnavailable("closed", f"trackerd at {self.socket_path} closed the connection")
+                raise DaemonUnavailable(
+                    "closed", f"trackerd at {self.socket_path} closed the connection"
+                )
             if message is not protocol.NEED_DATA:
                 assert not isinstance(message, protocol._Sentinel)
                 if isinstance(message, protocol.Error):
-                    raise ProtocolError(message.code, f"trackerd refused the request: {message.message}")
+                    raise ProtocolError(
+                        message.code, f"trackerd refused the request: {message.message}"
+                    )
                 return message
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise DaemonUnavailable("timeout", f"trackerd at {self.socket_path} did not answer in time")
+                raise DaemonUnavailable(
+                    "timeout", f"trackerd at {self.socket_path} did not answer in time"
+                )
             self._sock.settimeout(remaining)
             try:
                 data = self._sock.recv(65536)
@@ -94,11 +102,16 @@ class DaemonConnection:
                 raise _unavailable(exc, self.socket_path) from None
             self._decoder.receive_data(data)
 
-    def _request(self, request: protocol.Message, reply_type: type[protocol.Message]) -> protocol.Message:
+    def _request(
+        self, request: protocol.Message, reply_type: type[protocol.Message]
+    ) -> protocol.Message:
         self._send(protocol.encode(request))
         reply = self._receive_message()
         if not isinstance(reply, reply_type):
-            raise ProtocolError(protocol.ERR_UNEXPECTED, f"expected {reply_type.__name__}, got {type(reply).__name__}")
+            raise ProtocolError(
+                protocol.ERR_UNEXPECTED,
+                f"expected {reply_type.__name__}, got {type(reply).__name__}",
+            )
         return reply
 
     def ping(self) -> float:
@@ -114,5 +127,5 @@ class DaemonConnection:
 
     def record(self, pairs: Sequence[protocol.Pair]) -> None:
         """Send records; they are applied before any later request on this connection."""
-        for start in range(0, len(pairs), protocol.MAX_PAIRS_PER_MESSAGE):
-            self._send(protocol.encode_records(pairs[start : start + protocol.MAX_PAIRS_PER_MESSAGE]))
+        for frame in protocol.encode_records_split(pairs):
+            self._send(frame)

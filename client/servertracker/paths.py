@@ -47,7 +47,10 @@ def resolve_socket_path(
     runtime_dir: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Path:
-    """The daemon's socket: ``--socket``, then $TRACKERD_SOCKET, then <runtime dir>/trackerd.sock."""
+    """The daemon's socket.
+
+    ``--socket``, then $TRACKERD_SOCKET, then <runtime dir>/trackerd.sock.
+    """
     env = os.environ if environ is None else environ
     if explicit:
         return Path(explicit)

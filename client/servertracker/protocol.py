@@ -127,6 +127,27 @@ def encode_records(pairs: Sequence[Pair]) -> bytes:
     return _frame(body)
 
 
+def encode_records_split(pairs: Sequence[Pair], max_pairs: int = 4096) -> list[bytes]:
+    """Encode any number of pairs as record frames, each within the protocol's limits.
+
+    A chunk that encodes too large is halved until it fits; a single pair too large
+    for any frame raises LocalProtocolError.
+    """
+    frames: list[bytes] = []
+    pending = [pairs[i : i + max_pairs] for i in range(0, len(pairs), max_pairs)]
+    pending.reverse()
+    while pending:
+        chunk = pending.pop()
+        try:
+            frames.append(encode_records(chunk))
+        except LocalProtocolError:
+            if len(chunk) <= 1:
+                raise
+            half = len(chunk) // 2
+            pending += [chunk[half:], chunk[:half]]
+    return frames
+
+
 def encode(message: Message) -> bytes:
     """Encode any message as one frame."""
     if isinstance(message, Record):

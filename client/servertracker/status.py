@@ -91,7 +91,9 @@ def read_status_file(runtime_dir: str | os.PathLike[str]) -> Status:
         with open(path, "rb") as file:
             raw = file.read(MAX_STATUS_FILE_SIZE + 1)
     except FileNotFoundError:
-        raise StatusFileError(path, "no such file (has trackerd run with this runtime directory?)") from None
+        raise StatusFileError(
+            path, "no such file (has trackerd run with this runtime directory?)"
+        ) from None
     except PermissionError:
         raise StatusFileError(path, "permission denied") from None
     except OSError as exc:

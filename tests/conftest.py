@@ -1,0 +1,141 @@
+"""Shared fixtures: short temp dirs, and real trackerd processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from servertracker.connection import DaemonConnection
+from servertracker.errors import DaemonUnavailable
+from servertracker.status import Status
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll until condition() is truthy and return it; fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temp dir with a short path: AF_UNIX socket paths are limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="st-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Daemon:
+    """A real trackerd process."""
+
+    def __init__(
+        self,
+        runtime_dir: Path,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        python_prelude: str | None = None,
+    ) -> None:
+        self.runtime_dir = runtime_dir
+        self.socket_path = runtime_dir / "trackerd.sock"
+        self.log_path = runtime_dir.parent / f"{runtime_dir.name}.log"
+        self.extra_args = list(extra_args)
+        self.env = env
+        self.python_prelude = python_prelude
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> Daemon:
+        args = ["--runtime-dir", str(self.runtime_dir), "--log-level", "debug", *self.extra_args]
+        if self.python_prelude:
+            code = "\n".join(
+                [
+                    self.python_prelude,
+                    "import sys, trackerd.main",
+                    f"sys.exit(trackerd.main.main({args!r}))",
+                ]
+            )
+            command = [sys.executable, "-c", code]
+        else:
+            command = [sys.executable, "-m", "trackerd", *args]
+        env = dict(os.environ if self.env is None else self.env)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stderr=log, stdout=log, env=env)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        def answers() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"trackerd exited with {self.process.returncode}:\n{self.log()}"
+                )
+            try:
+                with DaemonConnection(self.socket_path, timeout=1) as conn:
+                    conn.ping()
+                return True
+            except DaemonUnavailable:
+                return False
+
+        wait_for(answers, timeout, "trackerd to answer a ping")
+
+    def connect(self, timeout: float = 5.0) -> DaemonConnection:
+        return DaemonConnection(self.socket_path, timeout=timeout)
+
+    def status(self) -> Status:
+        with self.connect() as conn:
+            return conn.status()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+@pytest.fixture
+def make_daemon(short_tmp: Path) -> Iterator[Callable[..., Daemon]]:
+    """Factory for daemons under short_tmp; all are killed at teardown."""
+    daemons: list[Daemon] = []
+
+    def make(name: str = "rt", **kwargs: object) -> Daemon:
+        daemon = Daemon(short_tmp / name, **kwargs)  # type: ignore[arg-type]
+        daemons.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in daemons:
+        if daemon.process and daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait(10)
+
+
+@pytest.fixture
+def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
+    """A running trackerd with its own runtime directory."""
+    return make_daemon().start()

@@ -1,0 +1,132 @@
+"""The classification table: every case of the seed, with its gaps closed."""
+
+from __future__ import annotations
+
+import pytest
+
+from trackerd.normalise import (
+    IGNORED,
+    MAX_VALUE_LENGTH,
+    REJECTED,
+    Category,
+    classify_conn_ip,
+    classify_sender,
+)
+
+DOMAIN, IP = Category.DOMAIN, Category.IP_SERVER
+
+# (domain part as a worker may send it, expected classification)
+SENDER_DOMAIN_PARTS = [
+    ("example.com", (DOMAIN, "example.com")),
+    ("EXAMPLE.Com", (DOMAIN, "example.com")),
+    ("example.com.", (DOMAIN, "example.com")),
+    ("Bücher.de", (DOMAIN, "xn--bcher-kva.de")),
+    ("BÜCHER.DE", (DOMAIN, "xn--bcher-kva.de")),
+    ("xn--bcher-kva.de", (DOMAIN, "xn--bcher-kva.de")),
+    ("XN--BCHER-KVA.DE.", (DOMAIN, "xn--bcher-kva.de")),
+    ("mail_out.example.org", (DOMAIN, "mail_out.example.org")),
+    ("localhost", (DOMAIN, "localhost")),
+    ("[1.2.3.4]", (IP, "1.2.3.4")),
+    ("1.2.3.4", (IP, "1.2.3.4")),
+    ("[IPv6:2001:db8::1]", (IP, "2001:db8::1")),
+    ("[IPv6:2001:DB8:0::1]", (IP, "2001:db8::1")),
+    ("[ipv6:2001:0db8:0000:0000:0000:0000:0000:0001]", (IP, "2001:db8::1")),
+    ("2001:db8::1", (IP, "2001:db8::1")),
+    ("::ffff:1.2.3.4", (IP, "1.2.3.4")),
+    ("[IPv6:::ffff:1.2.3.4]", (IP, "1.2.3.4")),
+    ("[2001:db8::1]", (IP, "2001:db8::1")),
+    ("[1.2.3.4", REJECTED),
+    ("[IPv6:1.2.3.4]", REJECTED),
+    ("[example.com]", REJECTED),
+    ("[1.2.3.999]", REJECTED),
+    ("1.2.3", REJECTED),
+    ("exa mple.com", REJECTED),
+    ("example..com", REJECTED),
+    ("-example.com", REJECTED),
+    ("example.com..", REJECTED),
+    ("xn--zzzzzz.de", REJECTED),
+    ("a" * 64 + ".com", REJECTED),
+    ("garbage!", REJECTED),
+]
+
+
+@pytest.mark.parametrize(("domain", "expected"), SENDER_DOMAIN_PARTS)
+def test_sender_as_domain_part(domain: str, expected: object) -> None:
+    assert classify_sender(domain) == expected
+
+
+@pytest.mark.parametrize(("domain", "expected"), SENDER_DOMAIN_PARTS)
+@pytest.mark.parametrize("template", ["user@{}", "<user@{}>", " <First.Last+tag@{}> "])
+def test_sender_as_whole_address(template: str, domain: str, expected: object) -> None:
+    assert classify_sender(template.format(domain)) == expected
+
+
+@pytest.mark.parametrize("value", [None, "", "   ", "<>", "< >"])
+def test_empty_and_null_sender_are_ignored(value: str | None) -> None:
+    assert classify_sender(value) is IGNORED
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "user@",
+        "@",
+        "@example.com",
+        "<user@example.com",
+        "user@example.com>",
+        "<@relay.example>",
+        "a@b@",
+        "x" * (MAX_VALUE_LENGTH + 1),
+    ],
+)
+def test_malformed_senders_are_rejected(value: str) -> None:
+    assert classify_sender(value) is REJECTED
+
+
+def test_quoted_local_part_and_source_route() -> None:
+    assert classify_sender('"odd@local"@Example.COM') == (DOMAIN, "example.com")
+    assert classify_sender("<@relay.example,@b.example:user@example.com>") == (
+        DOMAIN,
+        "example.com",
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("192.0.2.1", "192.0.2.1"),
+        (" 192.0.2.1 ", "192.0.2.1"),
+        ("[192.0.2.1]", "192.0.2.1"),
+        ("::ffff:192.0.2.1", "192.0.2.1"),
+        ("[::ffff:192.0.2.1]", "192.0.2.1"),
+        ("2001:DB8:0:0::1", "2001:db8::1"),
+        ("[IPv6:2001:db8::1]", "2001:db8::1"),
+        ("fe80::1%eth0", "fe80::1"),
+        ("[fe80::1%2]", "fe80::1"),
+        ("::1", "::1"),
+    ],
+)
+def test_conn_ip_canonical_forms(value: str, expected: str) -> None:
+    assert classify_conn_ip(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["example.com", "1.2.3", "01.2.3.4", "192.0.2.1:25", "[]", "x" * 1000]
+)
+def test_conn_ip_not_an_address_is_rejected(value: str) -> None:
+    assert classify_conn_ip(value) is REJECTED
+
+
+@pytest.mark.parametrize("value", [None, "", "  "])
+def test_conn_ip_empty_is_ignored(value: str | None) -> None:
+    assert classify_conn_ip(value) is IGNORED
+
+
+@pytest.mark.parametrize(
+    "value", ["\x00", "\ud800", "ü" * 300, "[IPv6:" + "f" * 400 + "]", "@:@", "<<>>"]
+)
+def test_hostile_values_never_raise(value: str) -> None:
+    assert classify_sender(value) in (IGNORED, REJECTED) or isinstance(
+        classify_sender(value), tuple
+    )
+    classify_conn_ip(value)
