@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from servertracker.protocol import MAX_VALUE_LENGTH
 from trackerd.normalise import (
     IGNORED,
-    MAX_VALUE_LENGTH,
     REJECTED,
     Category,
     classify_conn_ip,

@@ -14,6 +14,8 @@ from typing import Final
 
 import idna
 
+from servertracker.protocol import MAX_VALUE_LENGTH
+
 
 class Category(enum.IntEnum):
     """The three sets the original tracker keeps."""
@@ -33,8 +35,6 @@ class Outcome(enum.Enum):
 IGNORED: Final = Outcome.IGNORED
 REJECTED: Final = Outcome.REJECTED
 
-#: Longer values are rejected unread. An RFC 5321 path is at most 256 octets.
-MAX_VALUE_LENGTH: Final = 512
 
 # A hostname label: letters, digits, hyphens inside; underscore tolerated because
 # real MAIL FROM domains carry it. Applied after lowercasing and IDNA encoding.

@@ -12,17 +12,22 @@ from servertracker.errors import (
     TrackerError,
 )
 from servertracker.paths import resolve_runtime_dir, resolve_socket_path
+from servertracker.recorder import Client, ClientStats, default_client, record_server
 from servertracker.status import STATUS_FILE_NAME, Status, read_status_file
 
 __all__ = [
     "STATUS_FILE_NAME",
+    "Client",
+    "ClientStats",
     "DaemonUnavailable",
     "LocalProtocolError",
     "ProtocolError",
     "Status",
     "StatusFileError",
     "TrackerError",
+    "default_client",
     "read_status_file",
+    "record_server",
     "resolve_runtime_dir",
     "resolve_socket_path",
 ]

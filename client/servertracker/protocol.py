@@ -27,6 +27,9 @@ PROTOCOL_VERSION: Final = 1
 MAX_MESSAGE_SIZE: Final = 1024 * 1024
 #: Most (conn_ip, sender) pairs in one record message.
 MAX_PAIRS_PER_MESSAGE: Final = 65536
+#: Longer record values are malformed (counted as rejected, never as a server).
+#: An RFC 5321 path is at most 256 octets; this leaves room for sloppy senders.
+MAX_VALUE_LENGTH: Final = 512
 #: Longest error message text sent or accepted, in characters.
 MAX_ERROR_TEXT: Final = 512
 

@@ -1,0 +1,354 @@
+"""The fork-safe, non-blocking recorder that SMTP worker processes use.
+
+``Client.record_server()`` only appends to a bounded in-memory queue: it never
+blocks and never raises. A background thread batches the queue into record
+frames and writes them to trackerd, reconnecting with backoff whenever the
+daemon is down or restarts. Past the bound, records are dropped and counted.
+
+Fork safety: ``os.register_at_fork`` resets a child's copy of every client, so
+records queued in the parent are sent once (by the parent), the child never
+touches the parent's socket, and the child starts its own thread and
+connection on its first record.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from servertracker import protocol
+from servertracker.errors import LocalProtocolError
+from servertracker.paths import resolve_socket_path
+
+log = logging.getLogger("servertracker")
+
+DEFAULT_MAX_BUFFERED = 100_000
+DEFAULT_BATCH_SIZE = 512
+DEFAULT_FLUSH_INTERVAL = 0.1
+DEFAULT_EXIT_TIMEOUT = 1.0
+#: A record value longer than this is cut before sending: the daemon rejects
+#: anything over MAX_VALUE_LENGTH anyway, and cutting keeps frames small.
+_SEND_VALUE_LIMIT = protocol.MAX_VALUE_LENGTH + 1
+_BACKOFF_MIN = 0.05
+_BACKOFF_MAX = 2.0
+_SEND_TIMEOUT = 0.5
+_DROP_WARNING_INTERVAL = 60.0
+
+_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class ClientStats:
+    """What happened to the records of this process."""
+
+    recorded: int  # calls that queued a record
+    sent: int  # records written to trackerd's socket
+    buffered: int  # records waiting to be sent
+    dropped: int  # records lost because the queue was full
+    reconnects: int  # connections made after the first
+    connected: bool
+
+
+def _clean(value: Any) -> str | None:
+    """A value the protocol accepts, whatever the caller passed."""
+    if value is None or type(value) is str:
+        text = value
+    elif isinstance(value, bytes | bytearray):
+        text = bytes(value).decode("utf-8", "replace")
+    else:
+        try:
+            text = str(value)
+        except Exception:
+            return None
+    if text is not None:
+        text = text[:_SEND_VALUE_LIMIT]
+        # Lone surrogates (from surrogateescape decoding) cannot travel as UTF-8.
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+class Client:
+    """A recorder bound to one trackerd socket. Thread-safe and fork-safe."""
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str] | None = None,
+        *,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        exit_timeout: float = DEFAULT_EXIT_TIMEOUT,
+    ) -> None:
+        """``socket_path`` defaults to trackerd's, resolved as the daemon does."""
+        self.socket_path = os.fspath(resolve_socket_path(socket_path))
+        self._max_buffered = max_buffered
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._exit_timeout = exit_timeout
+        self._reset_state()
+        _clients.add(self)
+
+    def _reset_state(self) -> None:
+        """Fresh per-process state: used at construction and in a forked child."""
+        self._queue: collections.deque[tuple[Any, Any]] = collections.deque()
+        self._wake = threading.Event()
+        self._sleeping = False
+        self._idle = True
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._closing = False
+        self._sock: socket.socket | None = None
+        self._out = b""  # encoded frames taken from the queue, not yet fully written
+        self._out_count = 0  # records in _out
+        self._recorded = 0
+        self._sent = 0
+        self._dropped = 0
+        self._connects = 0
+        self._last_drop_warning = -_DROP_WARNING_INTERVAL
+        self._pid = os.getpid()
+
+    # --- the hot path: runs in the SMTP worker's own thread ---------------------
+
+    def record_server(self, conn_ip: str | None, sender: str | None) -> None:
+        """Queue one (connection IP, MAIL FROM or its domain) pair. Never blocks or raises."""
+        try:
+            queue = self._queue
+            if len(queue) >= self._max_buffered:
+                self._drop()
+                return
+            queue.append((conn_ip, sender))
+            self._recorded += 1
+            if self._sleeping and (self._idle or len(queue) >= self._batch_size):
+                self._sleeping = False
+                self._wake.set()
+            if self._thread is None:
+                self._start()
+        except Exception:  # recording must never break an SMTP session
+            pass
+
+    def _drop(self) -> None:
+        self._dropped += 1
+        now = time.monotonic()
+        if now - self._last_drop_warning >= _DROP_WARNING_INTERVAL:
+            self._last_drop_warning = now
+            log.warning(
+                "servertracker: trackerd at %s is not keeping up or is down; %d records "
+                "dropped so far (queue bound %d)",
+                self.socket_path,
+                self._dropped,
+                self._max_buffered,
+            )
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is not None or self._closing:
+                return
+            thread = threading.Thread(target=self._run, name="servertracker-flusher", daemon=True)
+            thread.start()
+            self._thread = thread
+            atexit.register(self._flush_at_exit, os.getpid())
+            # multiprocessing children leave through os._exit(), skipping atexit.
+            mp_util = sys.modules.get("multiprocessing.util")
+            if mp_util is not None:
+                mp_util.Finalize(self, self._flush_at_exit, args=(os.getpid(),), exitpriority=10)
+
+    # --- the flusher thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = _BACKOFF_MIN
+        while True:
+            self._wait_for_work()
+            if self._closing and not self._queue and not self._out:
+                return
+            try:
+                self._send_available()
+                backoff = _BACKOFF_MIN
+            except LocalProtocolError:  # pragma: no cover - _clean() prevents it
+                log.exception("servertracker: dropping a batch that cannot be encoded")
+                self._dropped += self._out_count
+                self._out, self._out_count = b"", 0
+            except OSError as exc:
+                self._disconnect()
+                if self._closing:
+                    return
+                log.debug("servertracker: cannot send to %s: %s", self.socket_path, exc)
+                self._sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def _wait_for_work(self) -> None:
+        # Clear, announce we sleep, then re-check: a record that lands in between
+        # sets the event, so no wake-up is ever lost.
+        self._wake.clear()
+        self._idle = not self._queue and not self._out
+        self._sleeping = True
+        if self._idle and not self._closing:
+            self._wake.wait()
+            self._wake.clear()
+            self._idle = False
+        if not self._closing and len(self._queue) < self._batch_size:
+            self._wake.wait(self._flush_interval)  # gather a batch, bounded in delay
+        self._sleeping = False
+
+    def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        if not self._closing:
+            self._wake.wait(seconds)
+
+    def _take_batch(self) -> list[tuple[str | None, str | None]]:
+        queue = self._queue
+        batch = []
+        for _ in range(min(len(queue), self._batch_size * 8)):
+            a, b = queue.popleft()
+            if (
+                type(a) is not str
+                or type(b) is not str
+                or len(a) > _SEND_VALUE_LIMIT
+                or len(b) > _SEND_VALUE_LIMIT
+            ):
+                a, b = _clean(a), _clean(b)
+            batch.append((a, b))
+        return batch
+
+    def _send_available(self) -> None:
+        """Write everything queued; raise OSError when the connection fails."""
+        while self._out or self._queue:
+            if self._sock is None:
+                self._connect()
+            if not self._out:
+                batch = self._take_batch()
+                self._out_count = len(batch)
+                try:
+                    frames = protocol.encode_records_split(batch, self._batch_size)
+                except LocalProtocolError:
+                    batch = [(_clean(a), _clean(b)) for a, b in batch]
+                    frames = protocol.encode_records_split(batch, self._batch_size)
+                self._out = b"".join(frames)
+            self._write_out()
+
+    def _write_out(self) -> None:
+        # If this raises, _out is kept and sent whole on the next connection: the
+        # daemon drops a frame cut short, so nothing is lost and nothing counts twice.
+        assert self._sock is not None
+        view = memoryview(self._out)
+        offset = 0
+        while offset < len(view):
+            try:
+                offset += self._sock.send(view[offset:])
+            except TimeoutError:
+                if self._closing:
+                    raise
+        self._sent += self._out_count
+        self._out = b""
+        self._out_count = 0
+
+    def _connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(_SEND_TIMEOUT)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self._connects += 1
+        if self._connects > 1:
+            log.info("servertracker: reconnected to trackerd at %s", self.socket_path)
+
+    def _disconnect(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    # --- control ----------------------------------------------------------------------
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued has been written to trackerd; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._queue or self._out:
+            if self._thread is None:
+                self._start()
+            self._wake.set()
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
+    def close(self, timeout: float = DEFAULT_EXIT_TIMEOUT) -> bool:
+        """Flush for up to timeout seconds, then stop the thread and close the socket."""
+        flushed = self.flush(timeout) if self._thread is not None else not self._queue
+        self._closing = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(_SEND_TIMEOUT * 2)
+        self._disconnect()
+        return flushed
+
+    def _flush_at_exit(self, pid: int) -> None:
+        if pid == os.getpid() and not self._closing:
+            self.close(self._exit_timeout)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent keeps and sends what it queued; this process starts empty.
+        # The inherited socket is the parent's connection: close our copy of it.
+        if self._sock is not None:
+            self._sock.close()  # closes this process's descriptor only
+        self._reset_state()
+
+    def stats(self) -> ClientStats:
+        return ClientStats(
+            recorded=self._recorded,
+            sent=self._sent,
+            buffered=len(self._queue) + self._out_count,
+            dropped=self._dropped,
+            reconnects=max(0, self._connects - 1),
+            connected=self._sock is not None,
+        )
+
+
+def _reset_clients_in_child() -> None:
+    for client in list(_clients):
+        client._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reset_clients_in_child)
+
+
+_default_client: Client | None = None
+_default_lock = threading.Lock()
+
+
+def default_client() -> Client:
+    """The process-wide client used by ``servertracker.record_server()``."""
+    global _default_client
+    client = _default_client
+    if client is None:
+        with _default_lock:
+            if _default_client is None:
+                _default_client = Client()
+            client = _default_client
+    return client
+
+
+def record_server(conn_ip: str | None, sender: str | None) -> None:
+    """Record one (connection IP, sender) pair with the default client.
+
+    The original's ``Global().RecordServer(connIP, senderDomain)``: call it from
+    plain or asyncio code without awaiting; it never blocks and never raises.
+    """
+    client = _default_client
+    if client is None:
+        try:
+            client = default_client()
+        except Exception:
+            return
+    client.record_server(conn_ip, sender)

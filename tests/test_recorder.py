@@ -1,0 +1,202 @@
+"""The worker-side recorder: fork safety, daemon down or restarting, exact counts, exit flush."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import servertracker
+from servertracker import Client
+from servertracker.status import Status
+from tests.conftest import Daemon, wait_for
+
+
+def counts(status: Status) -> tuple[int, int, int, int]:
+    return (status.unique_conn_ips, status.unique_domains, status.unique_ip_servers, status.records)
+
+
+def wait_counts(daemon: Daemon, expected: tuple[int, int, int, int], timeout: float = 20) -> Status:
+    last: list[Status] = []
+
+    def reached() -> bool:
+        last[:] = [daemon.status()]
+        return counts(last[0]) == expected
+
+    try:
+        wait_for(reached, timeout, f"counts {expected}")
+    except AssertionError:
+        raise AssertionError(f"counts stayed at {counts(last[0])}, expected {expected}") from None
+    return last[0]
+
+
+def socket_inodes() -> set[int]:
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            info = os.stat(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if stat.S_ISSOCK(info.st_mode):
+            inodes.add(info.st_ino)
+    return inodes
+
+
+def test_fork_records_before_and_after_are_counted_exactly_once(daemon: Daemon) -> None:
+    # A long flush interval keeps the parent's records queued across the fork.
+    client = Client(daemon.socket_path, flush_interval=30, batch_size=10_000)
+    client.record_server("192.0.2.1", "parent@before.example")
+    client.record_server("192.0.2.2", "parent@before.example")
+    assert client.flush(10)
+    client.record_server("192.0.2.3", "queued@at-fork.example")  # still queued when we fork
+    parent_sockets = socket_inodes()
+    children = []
+    for n in range(4):
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 1
+            try:
+                assert client.stats().buffered == 0  # the parent's queue is not ours
+                client.record_server(f"198.51.100.{n}", f"child@child{n}.example")
+                client.record_server("203.0.113.1", "shared@[203.0.113.9]")
+                ok = client.flush(10)
+                leaked = socket_inodes() & parent_sockets
+                code = 0 if ok and not leaked else 2
+            finally:
+                os._exit(code)
+        children.append(pid)
+    for pid in children:
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    client.record_server("192.0.2.4", "parent@after.example")
+    assert client.flush(10)
+    # conn IPs: 4 parent + 4 children + 1 shared; domains: before, at-fork, after, 4 children;
+    # records: 4 from the parent, 2 per child: any resend would show in the records tally.
+    wait_counts(daemon, (9, 7, 1, 12))
+    assert client.stats().dropped == 0
+    client.close()
+
+
+def _worker(socket_path: str, worker: int, per_worker: int) -> None:
+    os.environ["TRACKERD_SOCKET"] = socket_path
+    for i in range(per_worker):
+        r = worker * per_worker + i
+        servertracker.record_server(f"10.1.{r % 50}.{r % 7}", f"user{r}@dom{r % 123}.example")
+    # No explicit flush: the recorder must flush at exit on its own.
+
+
+def test_many_forked_workers_give_exact_counts(daemon: Daemon) -> None:
+    context = multiprocessing.get_context("fork")
+    workers, per_worker = 8, 5000
+    processes = [
+        context.Process(target=_worker, args=(str(daemon.socket_path), w, per_worker))
+        for w in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+        assert process.exitcode == 0
+    # 50 x 7 combinations of the two octets, coprime: 350 distinct addresses.
+    wait_counts(daemon, (350, 123, 0, workers * per_worker))
+
+
+def test_daemon_down_never_raises_and_bounds_memory(short_tmp: Path) -> None:
+    client = Client(short_tmp / "nobody-home.sock", max_buffered=100)
+    for i in range(1000):
+        client.record_server(f"192.0.2.{i % 250}", "user@example.com")
+    stats = client.stats()
+    assert stats.recorded == 100
+    assert stats.dropped == 900
+    assert stats.buffered <= 100
+    assert not stats.connected
+    assert client.close(timeout=0.2) is False  # could not flush; said so, did not hang
+
+
+def test_odd_values_never_raise_and_do_not_poison_a_batch(daemon: Daemon) -> None:
+    client = Client(daemon.socket_path)
+    odd: list[object] = [b"192.0.2.50", 42, None, object(), "x" * 100_000, "\udcff", 3.5]
+    for value in odd:
+        client.record_server(value, value)  # type: ignore[arg-type]
+    client.record_server("192.0.2.51", "good@good.example")
+    assert client.flush(10)
+    status = wait_counts(daemon, (2, 1, 1, len(odd) + 1))  # b"192.0.2.50" is also an IP literal
+    assert status.rejected_conn_ips >= 3
+    client.close()
+
+
+def test_daemon_restart_mid_stream(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon().start()
+    client = Client(daemon.socket_path, flush_interval=0.01)
+    for i in range(100):
+        client.record_server(f"192.0.2.{i}", f"a@first{i}.example")
+    wait_counts(daemon, (100, 100, 0, 100))
+    assert daemon.stop() == 0
+    # Down: these wait in the queue, and the caller notices nothing.
+    for i in range(50):
+        client.record_server(f"198.51.100.{i}", f"b@second{i}.example")
+    assert client.stats().buffered >= 1 or client.stats().sent == 100
+    daemon.start()  # a new daemon: new salt, counts from zero
+    wait_counts(daemon, (50, 50, 0, 50))
+    for i in range(10):
+        client.record_server(f"203.0.113.{i}", f"c@third{i}.example")
+    wait_counts(daemon, (60, 60, 0, 60))
+    assert client.stats().reconnects >= 1
+    assert client.stats().dropped == 0
+    client.close()
+
+
+def test_stalled_daemon_does_not_block_and_catches_up(daemon: Daemon) -> None:
+    assert daemon.process is not None
+    client = Client(daemon.socket_path, max_buffered=500_000)
+    client.record_server("192.0.2.1", "warm@up.example")
+    assert client.flush(10)
+    os.kill(daemon.process.pid, signal.SIGSTOP)
+    try:
+        # Enough to fill the socket buffers; record() must still return at once.
+        for i in range(200_000):
+            client.record_server(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", "s@stalled.example")
+        assert client.stats().dropped == 0
+    finally:
+        os.kill(daemon.process.pid, signal.SIGCONT)
+    assert client.flush(30)
+    wait_counts(daemon, (200_001, 2, 0, 200_001), timeout=60)
+    client.close()
+
+
+EXIT_SCRIPT = textwrap.dedent(
+    """
+    import servertracker
+    for i in range(1000):
+        servertracker.record_server(f"192.0.2.{i % 200}", f"user@exit{i % 10}.example")
+    """
+)
+
+
+def test_flush_at_exit(daemon: Daemon) -> None:
+    env = dict(os.environ, TRACKERD_SOCKET=str(daemon.socket_path))
+    subprocess.run([sys.executable, "-c", EXIT_SCRIPT], env=env, check=True, timeout=30)
+    wait_counts(daemon, (200, 10, 0, 1000))
+
+
+def test_exit_is_bounded_when_the_daemon_is_down(short_tmp: Path) -> None:
+    env = dict(os.environ, TRACKERD_SOCKET=str(short_tmp / "down.sock"))
+    result = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], env=env, timeout=30)
+    assert result.returncode == 0
+
+
+def test_import_is_cheap() -> None:
+    code = (
+        "import sys, servertracker; servertracker.record_server('192.0.2.1', 'a@b.example');"
+        "heavy = ('anyio', 'typer', 'trackerd', 'idna', 'click', 'rich');"
+        "bad = [m for m in heavy if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    env = dict(os.environ, TRACKERD_SOCKET="/nonexistent/x.sock")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
