@@ -1,15 +1,16 @@
 """Normalisation and classification of recorded values: pure functions, no I/O.
 
 Every worker sends raw values; this module alone decides what counts as what,
-so every worker in every language counts the same way. The returned canonical
-strings are hashed at once by the tracker and never kept.
+so every worker in every language counts the same way. The results are
+canonical keys, bytes: the packed address (4 bytes for IPv4, 16 for IPv6) or the
+ASCII domain name. The tracker hashes them at once and never keeps them.
 """
 
 from __future__ import annotations
 
 import enum
-import ipaddress
 import re
+import socket
 from typing import Final
 
 import idna
@@ -43,33 +44,37 @@ _DOMAIN_RE: Final = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")
 _MAX_DOMAIN_LENGTH: Final = 253
 
 
-def canonical_ip(text: str) -> str | None:
-    """The canonical text of an IP address in any common textual form, or None.
+_V4_MAPPED_PREFIX: Final = bytes(10) + b"\xff\xff"
+
+
+def canonical_ip(text: str) -> bytes | None:
+    """The packed address of an IP in any common textual form, or None.
 
     Accepts ``1.2.3.4``, ``[1.2.3.4]``, ``2001:db8::1``, ``[IPv6:2001:DB8::1]``,
     IPv4-mapped IPv6 (counted as the IPv4 address) and zoned IPv6 (zone dropped:
-    the same address on another interface is the same server).
+    the same address on another interface is the same server). The packed form
+    is canonical by construction, and inet_pton is strict (no leading zeros, no
+    short forms) and far faster than the ipaddress module.
     """
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
-    tagged_v6 = text[:5].lower() == "ipv6:"
-    if tagged_v6:
-        text = text[5:]
     try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
+        if ":" not in text:
+            return socket.inet_pton(socket.AF_INET, text)
+        if text[:5].lower() == "ipv6:":
+            text = text[5:]
+        zone = text.find("%")
+        if zone >= 0:
+            if zone == len(text) - 1:
+                return None
+            text = text[:zone]
+        packed = socket.inet_pton(socket.AF_INET6, text)
+    except (OSError, ValueError):  # ValueError covers NUL bytes and non-ASCII text
         return None
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        if address.scope_id is not None:
-            address = ipaddress.IPv6Address(int(address))
-    elif tagged_v6:
-        return None  # "IPv6:1.2.3.4" is no valid literal
-    return str(address)
+    return packed[12:] if packed.startswith(_V4_MAPPED_PREFIX) else packed
 
 
-def canonical_domain(text: str) -> str | None:
+def canonical_domain(text: str) -> bytes | None:
     """The canonical ASCII form of a domain name, or None if it is not one.
 
     Case-insensitive, one trailing dot ignored, Unicode and punycode forms of one
@@ -89,15 +94,15 @@ def canonical_domain(text: str) -> str | None:
         return None
     if name.rpartition(".")[2].isdigit():
         return None  # an all-numeric top label: a mangled IP address, not a domain
-    return name
+    return name.encode("ascii")
 
 
 def _looks_like_ip(text: str) -> bool:
     return ":" in text or text.replace(".", "").isdigit()
 
 
-def classify_conn_ip(value: str | None) -> str | Outcome:
-    """The canonical connection IP, IGNORED for an empty value, REJECTED otherwise."""
+def classify_conn_ip(value: str | None) -> bytes | Outcome:
+    """The packed connection IP, IGNORED for an empty value, REJECTED otherwise."""
     if not value:
         return IGNORED
     value = value.strip()
@@ -108,10 +113,10 @@ def classify_conn_ip(value: str | None) -> str | Outcome:
     return canonical_ip(value) or REJECTED
 
 
-def classify_sender(value: str | None) -> tuple[Category, str] | Outcome:
+def classify_sender(value: str | None) -> tuple[Category, bytes] | Outcome:
     """Classify a sender given as a whole MAIL FROM address or as its domain part.
 
-    Returns (Category.DOMAIN or Category.IP_SERVER, canonical text), IGNORED for an
+    Returns (Category.DOMAIN or Category.IP_SERVER, canonical key), IGNORED for an
     empty value or the null sender ``<>``, REJECTED for anything malformed.
     """
     if not value:

@@ -47,16 +47,16 @@ class Tracker:
     def __repr__(self) -> str:
         return f"<Tracker records={self.records} sets={[len(s) for s in self._sets]}>"
 
-    def _add(self, category: Category, canonical: str) -> None:
+    def _add(self, category: Category, key: bytes) -> None:
         hasher = self._hashers[category].copy()
-        hasher.update(canonical.encode())
+        hasher.update(key)
         self._sets[category].add(hasher.digest())
 
     def record_server(self, conn_ip: str | None, sender: str | None) -> None:
         """Count one (connection IP, sender) pair; never raises for any str or None."""
         self.records += 1
         ip = classify_conn_ip(conn_ip)
-        if type(ip) is str:
+        if type(ip) is bytes:
             self._add(Category.CONN_IP, ip)
         elif ip is Outcome.REJECTED:
             self.rejected_conn_ips += 1

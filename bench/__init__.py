@@ -1,0 +1,1 @@
+"""Benchmarks: not tests. Run them all with ``python -m bench`` (or ``make bench``)."""

@@ -1,0 +1,96 @@
+"""Shared bench helpers: a trackerd process, percentiles, tables."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from servertracker.connection import DaemonConnection
+from servertracker.errors import DaemonUnavailable
+from servertracker.status import Status
+
+
+class BenchDaemon:
+    """trackerd in a short temp dir, logging warnings only."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="stb-", dir="/tmp"))
+        self.socket_path = self.dir / "trackerd.sock"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> BenchDaemon:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "trackerd",
+                "--runtime-dir",
+                str(self.dir),
+                "--log-level",
+                "warning",
+            ]
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with DaemonConnection(self.socket_path, timeout=1) as conn:
+                    conn.ping()
+                return self
+            except DaemonUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def status(self) -> Status:
+        with DaemonConnection(self.socket_path, timeout=10) as conn:
+            return conn.status()
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signum)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            self.process.wait(30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, int(fraction * len(sorted_values)))
+    return sorted_values[index]
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "median": statistics.median(ordered),
+        "p99": percentile(ordered, 0.99),
+        "p99.9": percentile(ordered, 0.999),
+        "max": ordered[-1],
+    }
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

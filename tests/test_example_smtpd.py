@@ -1,0 +1,74 @@
+"""The pre-fork aiosmtpd example, end to end: real SMTP from several processes, real counts."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import Daemon, wait_for
+from tests.test_recorder import wait_counts
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "preforked_smtpd.py"
+CLIENTS = 4
+MESSAGES = 30
+
+# Senders cycled through by every client: 5 domains (in several spellings),
+# 3 IP literals, and the null sender.
+SENDERS = [
+    "alice@example.com",
+    "Bob@EXAMPLE.com",
+    "carol@Bücher.de",
+    "dave@xn--bcher-kva.de",
+    "erin@mail.example.org",
+    "frank@example.net",
+    "grace@example.info",
+    "h@[192.0.2.10]",
+    "i@[IPv6:2001:db8::10]",
+    "j@[192.0.2.11]",
+    "",  # MAIL FROM:<>
+]
+
+
+def send_mail(port: int, client: int) -> None:
+    # Each client process connects from its own loopback address: 127.0.0.0/8 is all ours.
+    source = (f"127.0.0.{10 + client}", 0)
+    for n in range(MESSAGES):
+        with smtplib.SMTP("127.0.0.1", port, source_address=source, timeout=30) as smtp:
+            sender = SENDERS[(n + client) % len(SENDERS)]
+            options = [] if sender.isascii() else ["SMTPUTF8"]
+            smtp.sendmail(
+                sender, ["postmaster@localhost"], b"Subject: hi\r\n\r\nhello\r\n", options
+            )
+
+
+def test_preforked_aiosmtpd_example(daemon: Daemon, short_tmp: Path) -> None:
+    env = dict(os.environ, TRACKERD_SOCKET=str(daemon.socket_path), PYTHONUNBUFFERED="1")
+    server = subprocess.Popen(
+        [sys.executable, str(EXAMPLE), "--port", "0", "--workers", "3"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        port = int(line.split(":")[1].split()[0])
+        context = multiprocessing.get_context("fork")
+        clients = [context.Process(target=send_mail, args=(port, c)) for c in range(CLIENTS)]
+        for process in clients:
+            process.start()
+        for process in clients:
+            process.join(120)
+            assert process.exitcode == 0
+        # 4 source addresses; domains example.com, bücher.de, mail.example.org, example.net,
+        # example.info; 3 IP literals; the null sender is ignored but its record counts.
+        wait_counts(daemon, (CLIENTS, 5, 3, CLIENTS * MESSAGES))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+    assert wait_for(lambda: daemon.status().rejected_senders == 0, what="status")
