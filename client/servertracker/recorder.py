@@ -206,7 +206,9 @@ class Client:
     def _take_batch(self) -> list[tuple[str | None, str | None]]:
         queue = self._queue
         batch = []
-        for _ in range(min(len(queue), self._batch_size * 8)):
+        # One batch per send: the send releases the GIL, so the worker's own thread
+        # never waits long for it behind this one.
+        for _ in range(min(len(queue), self._batch_size)):
             a, b = queue.popleft()
             if (
                 type(a) is not str

@@ -1,0 +1,42 @@
+"""Run every benchmark and print its table: ``python -m bench`` (or ``make bench``).
+
+Results are also written as JSON to bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+from bench import end_to_end, record_cost
+
+
+def main() -> None:
+    results: dict[str, object] = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "python": platform.python_version(),
+    }
+
+    costs = record_cost.run()
+    print(record_cost.report(costs), end="\n\n")
+    results["record_cost_us"] = costs
+
+    seconds = end_to_end.run_trackerd()
+    total = end_to_end.WORKERS * end_to_end.PER_WORKER
+    print(end_to_end.report(total, seconds), end="\n\n")
+    results["end_to_end"] = {
+        "records": total,
+        "seconds": seconds,
+        "records_per_second": total / seconds,
+    }
+
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {out / 'latest.json'}")
+
+
+if __name__ == "__main__":
+    main()
