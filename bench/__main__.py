@@ -10,7 +10,7 @@ import platform
 import time
 from pathlib import Path
 
-from bench import end_to_end, record_cost
+from bench import cli_startup, end_to_end, record_cost
 
 
 def main() -> None:
@@ -31,6 +31,10 @@ def main() -> None:
         "seconds": seconds,
         "records_per_second": total / seconds,
     }
+
+    startup = cli_startup.run()
+    print(cli_startup.report(startup), end="\n\n")
+    results["cli_startup_ms"] = startup
 
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
