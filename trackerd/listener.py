@@ -93,6 +93,22 @@ def bind_unix_socket(path: Path, mode: int = SOCKET_MODE) -> socket.socket:
     return sock
 
 
+def adopt_listening_socket(fd: int) -> socket.socket:
+    """Wrap a listening socket passed by systemd; refuse anything else clearly."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise StartupError(f"passed fd {fd} is not a socket: {exc.strerror}") from None
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise StartupError(f"passed fd {fd} is not a Unix stream socket (use ListenStream=/path)")
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()
+        raise StartupError(f"passed fd {fd} is not listening (Accept=no is needed)")
+    sock.setblocking(False)
+    return sock
+
+
 def socket_file_identity(path: Path) -> tuple[int, int]:
     info = os.stat(path)
     return (info.st_dev, info.st_ino)

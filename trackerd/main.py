@@ -25,9 +25,11 @@ from servertracker.paths import (
     resolve_runtime_dir,
     resolve_socket_path,
 )
+from servertracker.status import Status
 from trackerd import __version__
 from trackerd.listener import (
     StartupError,
+    adopt_listening_socket,
     bind_unix_socket,
     prepare_runtime_dir,
     remove_socket_file,
@@ -35,9 +37,13 @@ from trackerd.listener import (
 )
 from trackerd.server import TrackerServer
 from trackerd.status_writer import StatusWriter, remove_leftover_temp_files
+from trackerd.systemd import Notifier, listen_fds, make_non_dumpable, pick_fd
 from trackerd.tracker import Tracker
 
 log = logging.getLogger("trackerd")
+
+#: Least time between two STATUS= notifications to systemd, in seconds.
+STATUS_NOTIFY_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -99,55 +105,89 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
 
 
+def summarise(status: Status) -> str:
+    """One line of counts, for logs and systemd's STATUS=."""
+    return (
+        f"{status.unique_conn_ips} connection IPs, {status.unique_domains} domains, "
+        f"{status.unique_ip_servers} IP servers; {status.records} records"
+    )
+
+
 async def run(config: Config) -> None:
     """Run the daemon until SIGTERM or SIGINT. Raises StartupError before it is ready."""
+    if not make_non_dumpable():
+        log.warning("could not make the process non-dumpable; the salt could reach a core dump")
+    notifier = Notifier()
     prepare_runtime_dir(config.runtime_dir)
     removed = remove_leftover_temp_files(config.runtime_dir)
     if removed:
         log.info("removed %d temp files left by an earlier run", removed)
     tracker = Tracker()
     writer = StatusWriter(tracker, config.runtime_dir, min_interval=config.status_interval)
-    sock = bind_unix_socket(config.socket_path)
-    identity = socket_file_identity(config.socket_path)
+    passed_fd = pick_fd(listen_fds(), "trackerd")
+    identity: tuple[int, int] | None = None
+    if passed_fd is not None:
+        sock = adopt_listening_socket(passed_fd)
+        where = f"a socket passed by systemd ({sock.getsockname() or 'unnamed'})"
+    else:
+        sock = bind_unix_socket(config.socket_path)
+        identity = socket_file_identity(config.socket_path)
+        where = str(config.socket_path)
     try:
         listener = await anyio.abc.SocketListener.from_socket(sock)
         if not await writer.write_now():
             raise StartupError(f"cannot write the status file in {config.runtime_dir}")
         server = TrackerServer(tracker, writer)
         log.info(
-            "trackerd %s listening on %s; status file in %s",
-            __version__,
-            config.socket_path,
-            config.runtime_dir,
+            "trackerd %s listening on %s; status file in %s", __version__, where, config.runtime_dir
         )
+        notifier.ready(f"Ready: {summarise(tracker.status())}")
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(writer.run)
-            tasks.start_soon(_stop_on_signal, server)
+            tasks.start_soon(_stop_on_signal, server, notifier)
+            if notifier.enabled:
+                tasks.start_soon(_report_status_to_systemd, tracker, notifier)
+            if notifier.watchdog_interval is not None:
+                tasks.start_soon(_keep_watchdog_fed, notifier, notifier.watchdog_interval)
             await server.serve(listener)
             tasks.cancel_scope.cancel()
         await writer.write_now()
-        status = tracker.status()
-        log.info(
-            "stopped: %d records, %d connection IPs, %d domains, %d IP servers",
-            status.records,
-            status.unique_conn_ips,
-            status.unique_domains,
-            status.unique_ip_servers,
-        )
+        log.info("stopped: %s", summarise(tracker.status()))
     finally:
-        remove_socket_file(config.socket_path, identity)
+        # A socket systemd passed us is systemd's to remove; ours we remove.
+        if identity is not None:
+            remove_socket_file(config.socket_path, identity)
         sock.close()
 
 
-async def _stop_on_signal(server: TrackerServer) -> None:
+async def _stop_on_signal(server: TrackerServer, notifier: Notifier) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info(
                 "%s received: finishing what clients sent, then exiting",
                 signal.Signals(signum).name,
             )
+            notifier.stopping()
             server.stop()
             return
+
+
+async def _report_status_to_systemd(tracker: Tracker, notifier: Notifier) -> None:
+    """STATUS= with the counts, once a second at most, and only when they changed."""
+    last = ""
+    while True:
+        await anyio.sleep(STATUS_NOTIFY_INTERVAL)
+        summary = summarise(tracker.status())
+        if summary != last:
+            notifier.status(summary)
+            last = summary
+
+
+async def _keep_watchdog_fed(notifier: Notifier, interval: float) -> None:
+    # Runs in the event loop: if the loop hangs, the pings stop and systemd restarts us.
+    while True:
+        notifier.watchdog()
+        await anyio.sleep(interval)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,266 @@
+"""systemd: real socket activation, sd_notify to a test NOTIFY_SOCKET, and the unit files."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from servertracker.connection import DaemonConnection
+from servertracker.errors import DaemonUnavailable
+from tests.conftest import wait_for
+from trackerd.systemd import listen_fds, make_non_dumpable, pick_fd
+
+UNITS = Path(__file__).parent.parent / "systemd"
+TRACKERD = [sys.executable, "-m", "trackerd", "--log-level", "debug"]
+needs = pytest.mark.skipif
+
+
+def ping_until_up(socket_path: Path, timeout: float = 20) -> None:
+    def answers() -> bool:
+        try:
+            with DaemonConnection(socket_path, timeout=5) as conn:
+                conn.ping()
+            return True
+        except DaemonUnavailable:
+            return False
+
+    wait_for(answers, timeout, "trackerd to answer")
+
+
+@needs(shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate missing")
+@pytest.mark.parametrize("fdname", ["trackerd", None])
+def test_socket_activation(short_tmp: Path, fdname: str | None) -> None:
+    socket_path = short_tmp / "activated.sock"
+    runtime = short_tmp / "rt"
+    naming = [f"--fdname={fdname}"] if fdname else []
+    command = [
+        "systemd-socket-activate",
+        "-l",
+        str(socket_path),
+        *naming,
+        *TRACKERD,
+        "--runtime-dir",
+        str(runtime),
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        ping_until_up(socket_path)  # the first connection makes the activator exec trackerd
+        with DaemonConnection(socket_path, timeout=5) as conn:
+            conn.record([("192.0.2.1", "a@example.com"), ("192.0.2.2", "b@example.org")])
+            status = conn.status()
+        assert (status.unique_conn_ips, status.unique_domains) == (2, 2)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=20)
+        assert process.returncode == 0
+        assert "listening on a socket passed by systemd" in err
+        assert socket_path.exists()  # the activator's socket: not ours to remove
+        assert (runtime / "server_tracker.json").exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+class NotifyListener:
+    """A stand-in for systemd's notification socket."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+
+    def collect(self) -> list[str]:
+        try:
+            while True:
+                self.messages.append(self.sock.recv(4096).decode())
+        except TimeoutError:
+            pass
+        return self.messages
+
+    def wait_for(self, prefix: str, timeout: float = 15) -> str:
+        def seen() -> str | None:
+            for message in self.collect():
+                if any(line.startswith(prefix) for line in message.splitlines()):
+                    return message
+            return None
+
+        return wait_for(seen, timeout, f"a notification with {prefix}")
+
+
+@pytest.fixture(params=["path", "abstract"])
+def notify_listener(request: pytest.FixtureRequest, short_tmp: Path) -> Iterator[NotifyListener]:
+    address = (
+        str(short_tmp / "notify")
+        if request.param == "path"
+        else f"@trackerd-test-{os.getpid()}-{time.monotonic_ns()}"
+    )
+    listener = NotifyListener(address)
+    yield listener
+    listener.sock.close()
+
+
+def test_sd_notify_ready_status_stopping_in_order(
+    notify_listener: NotifyListener, short_tmp: Path
+) -> None:
+    env = dict(os.environ, NOTIFY_SOCKET=notify_listener.address)
+    runtime = short_tmp / "rt"
+    process = subprocess.Popen(
+        [*TRACKERD, "--runtime-dir", str(runtime)], env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        ready = notify_listener.wait_for("READY=1")
+        assert "STATUS=Ready: 0 connection IPs" in ready
+        assert f"MAINPID={process.pid}" in ready
+        # READY=1 comes only after the socket listens and the first status file exists.
+        assert (runtime / "server_tracker.json").exists()
+        with DaemonConnection(runtime / "trackerd.sock", timeout=5) as conn:
+            conn.record([("192.0.2.1", "a@example.com")])
+            conn.ping()
+        notify_listener.wait_for("STATUS=1 connection IPs, 1 domains")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+        notify_listener.wait_for("STOPPING=1")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    kinds = [m.splitlines()[0].split("=")[0] for m in notify_listener.messages]
+    assert kinds.index("READY") < kinds.index("STATUS") < kinds.index("STOPPING")
+    assert "WATCHDOG" not in kinds  # not asked for
+
+
+def test_watchdog_pings_at_half_the_timeout(short_tmp: Path) -> None:
+    listener = NotifyListener(str(short_tmp / "notify"))
+    env = dict(os.environ, NOTIFY_SOCKET=listener.address, WATCHDOG_USEC="400000")
+    process = subprocess.Popen(
+        [*TRACKERD, "--runtime-dir", str(short_tmp / "rt")], env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        listener.wait_for("READY=1")
+        wait_for(
+            lambda: sum(m == "WATCHDOG=1" for m in listener.collect()) >= 3,
+            15,
+            "three WATCHDOG=1 pings",
+        )
+    finally:
+        process.terminate()
+        process.wait(20)
+        listener.sock.close()
+
+
+def test_watchdog_for_another_pid_is_ignored(short_tmp: Path) -> None:
+    listener = NotifyListener(str(short_tmp / "notify"))
+    env = dict(os.environ, NOTIFY_SOCKET=listener.address, WATCHDOG_USEC="200000", WATCHDOG_PID="1")
+    process = subprocess.Popen(
+        [*TRACKERD, "--runtime-dir", str(short_tmp / "rt")], env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        listener.wait_for("READY=1")
+        with DaemonConnection(short_tmp / "rt" / "trackerd.sock") as conn:
+            conn.ping()
+    finally:
+        process.terminate()
+        process.wait(20)
+    assert "WATCHDOG=1" not in listener.collect()
+    listener.sock.close()
+
+
+def test_listen_fds_parsing() -> None:
+    pid = os.fork()
+    if pid == 0:  # a child, where fds 3 and 4 can be made what systemd would pass
+        ok = False
+        try:
+            read, write = os.pipe()
+            os.dup2(read, 3, inheritable=True)
+            os.dup2(write, 4, inheritable=True)
+            env = {
+                "LISTEN_PID": str(os.getpid()),
+                "LISTEN_FDS": "2",
+                "LISTEN_FDNAMES": "trackerd:postfix-policy",
+            }
+            ok = listen_fds(env) == {"trackerd": 3, "postfix-policy": 4}
+            ok = ok and env == {} and not os.get_inheritable(3)  # unset; close-on-exec
+        finally:
+            os._exit(0 if ok else 1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert listen_fds({"LISTEN_PID": "1", "LISTEN_FDS": "1"}) == {}
+    assert pick_fd({"unknown": 3}, "trackerd") == 3
+    assert pick_fd({"postfix-policy": 3}, "trackerd") is None
+
+
+def test_make_non_dumpable() -> None:
+    pid = os.fork()
+    if pid == 0:
+        ok = make_non_dumpable()
+        libc = ctypes.CDLL(None)
+        os._exit(0 if ok and libc.prctl(3, 0, 0, 0, 0) == 0 else 1)  # PR_GET_DUMPABLE
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def unit_copies(tmp: Path) -> Path:
+    """The units with ExecStart= pointing at this environment's trackerd."""
+    trackerd = Path(sys.executable).parent / "trackerd"
+    assert trackerd.exists()
+    for unit in ("trackerd.service", "trackerd.socket"):
+        text = (UNITS / unit).read_text().replace("/usr/local/bin/trackerd", str(trackerd))
+        (tmp / unit).write_text(text)
+    return tmp / "trackerd.service"
+
+
+@needs(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_systemd_analyze_verify_reports_nothing(short_tmp: Path) -> None:
+    service = unit_copies(short_tmp)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(service), str(short_tmp / "trackerd.socket")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0
+    assert result.stdout + result.stderr == ""
+
+
+@needs(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_systemd_analyze_security_exposure_at_most_1(short_tmp: Path) -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit_copies(short_tmp))],
+        capture_output=True,
+        text=True,
+    )
+    match = re.search(r"Overall exposure level for trackerd.service: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= 1.0
+
+
+def test_unit_settings_that_matter() -> None:
+    service = (UNITS / "trackerd.service").read_text()
+    socket_unit = (UNITS / "trackerd.socket").read_text()
+    service_lines = service.splitlines()
+    for line in (
+        "Type=notify",
+        "LimitCORE=0",
+        "RuntimeDirectory=trackerd",
+        "RuntimeDirectoryPreserve=yes",
+    ):
+        assert line in service_lines
+    assert any(line.startswith("WatchdogSec=") for line in service_lines)
+    socket_lines = socket_unit.splitlines()
+    for line in (
+        "ListenStream=/run/trackerd/trackerd.sock",
+        "SocketMode=0660",
+        "SocketGroup=trackerd",
+    ):
+        assert line in socket_lines
+    assert "FileDescriptorName=trackerd" in socket_lines
