@@ -4,7 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from servertracker import paths
 from servertracker.paths import default_private_dir, resolve_runtime_dir, resolve_socket_path
+
+
+@pytest.fixture(autouse=True)
+def no_system_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(paths, "SYSTEM_RUNTIME_DIR", tmp_path / "not-installed")
+
+
+def test_a_system_install_is_found_before_per_user_defaults(tmp_path: Path) -> None:
+    paths.SYSTEM_RUNTIME_DIR = tmp_path  # exists; the fixture restores it
+    env = {"XDG_RUNTIME_DIR": "/run/user/1000"}
+    assert resolve_runtime_dir(None, env) == tmp_path
+    assert resolve_runtime_dir(None, {"RUNTIME_DIRECTORY": "/b", **env}) == Path("/b")
+    assert resolve_socket_path(None, None, env) == tmp_path / "trackerd.sock"
 
 
 def test_precedence_of_runtime_dir() -> None:

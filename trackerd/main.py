@@ -20,8 +20,8 @@ from pathlib import Path
 import anyio
 
 from servertracker.paths import (
-    RUNTIME_DIR_ENV,
-    SOCKET_ENV,
+    RUNTIME_DIR_HELP,
+    SOCKET_HELP,
     resolve_runtime_dir,
     resolve_socket_path,
 )
@@ -61,11 +61,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
             "salted hashes in memory. Workers send records over a Unix socket; the counts "
             "are written to server_tracker.json in the runtime directory."
         ),
-        epilog=(
-            f"Runtime directory: --runtime-dir, else ${RUNTIME_DIR_ENV}, else $RUNTIME_DIRECTORY "
-            "(systemd), else $XDG_RUNTIME_DIR/trackerd, else /tmp/trackerd-<uid>. "
-            f"Socket: --socket, else ${SOCKET_ENV}, else <runtime dir>/trackerd.sock."
-        ),
+        epilog=f"Runtime directory: {RUNTIME_DIR_HELP}. Socket: {SOCKET_HELP}.",
     )
     parser.add_argument(
         "--runtime-dir",

@@ -19,8 +19,8 @@ from servertracker import _format
 from servertracker.connection import DEFAULT_TIMEOUT, DaemonConnection
 from servertracker.errors import DaemonUnavailable, ProtocolError, TrackerError
 from servertracker.paths import (
-    RUNTIME_DIR_ENV,
-    SOCKET_ENV,
+    RUNTIME_DIR_HELP,
+    SOCKET_HELP,
     resolve_runtime_dir,
     resolve_socket_path,
 )
@@ -51,7 +51,7 @@ SocketOption = Annotated[
     Path | None,
     typer.Option(
         "--socket",
-        help=f"trackerd's socket. Default: ${SOCKET_ENV}, else <runtime dir>/trackerd.sock.",
+        help=f"trackerd's socket: {SOCKET_HELP}.",
         show_default=False,
     ),
 ]
@@ -59,11 +59,7 @@ RuntimeDirOption = Annotated[
     Path | None,
     typer.Option(
         "--runtime-dir",
-        help=(
-            "trackerd's runtime directory (where server_tracker.json is). "
-            f"Default: ${RUNTIME_DIR_ENV}, else $RUNTIME_DIRECTORY, "
-            "else $XDG_RUNTIME_DIR/trackerd, else /tmp/trackerd-<uid>."
-        ),
+        help=f"trackerd's runtime directory, where server_tracker.json is: {RUNTIME_DIR_HELP}.",
         show_default=False,
     ),
 ]

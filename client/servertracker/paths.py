@@ -11,8 +11,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 SOCKET_NAME = "trackerd.sock"
+#: Where a system install keeps its runtime directory (systemd's RuntimeDirectory=).
+SYSTEM_RUNTIME_DIR = Path("/run/trackerd")
 RUNTIME_DIR_ENV = "TRACKERD_RUNTIME_DIR"
 SOCKET_ENV = "TRACKERD_SOCKET"
+
+#: The resolution order below, for --help texts.
+RUNTIME_DIR_HELP = (
+    f"--runtime-dir, else ${RUNTIME_DIR_ENV}, else $RUNTIME_DIRECTORY (systemd), else "
+    f"{SYSTEM_RUNTIME_DIR} if it exists, else $XDG_RUNTIME_DIR/trackerd, else /tmp/trackerd-<uid>"
+)
+SOCKET_HELP = f"--socket, else ${SOCKET_ENV}, else <runtime dir>/{SOCKET_NAME}"
 
 
 def default_private_dir(uid: int | None = None) -> Path:
@@ -28,7 +37,9 @@ def resolve_runtime_dir(
 
     ``--runtime-dir``, then $TRACKERD_RUNTIME_DIR, then $RUNTIME_DIRECTORY
     (set by systemd's RuntimeDirectory=; the first entry if it lists several),
-    then $XDG_RUNTIME_DIR/trackerd, then /tmp/trackerd-<uid>.
+    then /run/trackerd if it exists (a system install, so that admins and
+    workers find it with no configuration), then $XDG_RUNTIME_DIR/trackerd,
+    then /tmp/trackerd-<uid>.
     """
     env = os.environ if environ is None else environ
     if explicit:
@@ -37,6 +48,8 @@ def resolve_runtime_dir(
         return Path(env[RUNTIME_DIR_ENV])
     if env.get("RUNTIME_DIRECTORY"):
         return Path(env["RUNTIME_DIRECTORY"].split(":")[0])
+    if SYSTEM_RUNTIME_DIR.is_dir():
+        return SYSTEM_RUNTIME_DIR
     if env.get("XDG_RUNTIME_DIR"):
         return Path(env["XDG_RUNTIME_DIR"]) / "trackerd"
     return default_private_dir()
