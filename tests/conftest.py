@@ -36,6 +36,21 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "con
         delay = min(delay * 2, 0.1)
 
 
+def run_as_nobody(function: Callable[[], int]) -> int:
+    """Run function in a forked child with nobody's uid and gid; return its result."""
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            code = function()
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A temp dir with a short path: AF_UNIX socket paths are limited to 107 bytes."""

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from typer.testing import CliRunner
 
 from servertracker import STATUS_FILE_NAME
 from servertracker.cli import EXIT_FILE_ONLY, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, app
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, run_as_nobody, wait_for
 
 STATUS_JSON_KEYS = {
     "schema", "source", "boot_time", "unique_conn_ips", "unique_domains", "unique_ip_servers",
@@ -137,21 +136,6 @@ def test_timeout_names_the_reason(short_tmp: Path) -> None:
         assert json.loads(err)["reason"] == "timeout"
     finally:
         mute.close()
-
-
-def run_as_nobody(function: Callable[[], int]) -> int:
-    """Run function in a forked child with nobody's uid and gid; return its result."""
-    pid = os.fork()
-    if pid == 0:
-        code = 99
-        try:
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            code = function()
-        finally:
-            os._exit(code)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to become another user")
