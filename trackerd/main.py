@@ -27,6 +27,7 @@ from servertracker.paths import (
 )
 from servertracker.status import Status
 from trackerd import __version__
+from trackerd.distinct_counter import DEFAULT_MAX_EXACT
 from trackerd.listener import (
     StartupError,
     adopt_listening_socket,
@@ -51,6 +52,7 @@ class Config:
     runtime_dir: Path
     socket_path: Path
     status_interval: float = 0.25
+    max_exact: int = DEFAULT_MAX_EXACT
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
@@ -77,6 +79,17 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
         help="least time between two status file writes (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-exact-entries",
+        type=int,
+        default=DEFAULT_MAX_EXACT,
+        metavar="N",
+        help=(
+            "distinct values counted exactly per category; past this a category is "
+            "estimated (HyperLogLog, ~0.4%% error) so that floods cannot grow memory "
+            "(default: %(default)s, about 64 MiB each)"
+        ),
+    )
+    parser.add_argument(
         "--log-level",
         default=os.environ.get("TRACKERD_LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
@@ -86,9 +99,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
     args = parser.parse_args(argv)
     if not 0.01 <= args.status_interval <= 3600:
         parser.error("--status-interval must be between 0.01 and 3600 seconds")
+    if not 0 <= args.max_exact_entries <= 1 << 32:
+        parser.error("--max-exact-entries must be between 0 and 2**32")
     runtime_dir = resolve_runtime_dir(args.runtime_dir)
     socket_path = resolve_socket_path(args.socket, runtime_dir)
-    return Config(runtime_dir, socket_path, args.status_interval), args.log_level
+    config = Config(runtime_dir, socket_path, args.status_interval, args.max_exact_entries)
+    return config, args.log_level
 
 
 def setup_logging(level: str) -> None:
@@ -118,7 +134,7 @@ async def run(config: Config) -> None:
     removed = remove_leftover_temp_files(config.runtime_dir)
     if removed:
         log.info("removed %d temp files left by an earlier run", removed)
-    tracker = Tracker()
+    tracker = Tracker(max_exact=config.max_exact)
     writer = StatusWriter(tracker, config.runtime_dir, min_interval=config.status_interval)
     passed_fd = pick_fd(listen_fds(), "trackerd")
     identity: tuple[int, int] | None = None

@@ -1,20 +1,24 @@
-"""The Unix-socket server: one loop per connection, dispatching decoded messages.
+"""The Unix-socket server: one task per connection, dispatching decoded messages.
 
 Records are applied to the tracker as soon as their frame is complete, in
 order, so a status or ping reply on a connection reflects every record sent
 before it on that connection. A peer that sends garbage gets an error reply
-and is closed; everyone else goes on.
+and is closed; a peer that is not permitted, idles, dawdles inside a frame or
+stops reading is closed; everyone else goes on. Memory per connection is
+bounded by the decoder, and across connections by a global budget.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 import anyio
-from anyio.abc import SocketListener, SocketStream
+from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
 from servertracker import protocol
 from servertracker.errors import ProtocolError
+from trackerd.access import AccessPolicy, ConnectionLimits, LogThrottle, peer_credentials
 from trackerd.status_writer import StatusWriter
 from trackerd.tracker import Tracker
 
@@ -29,26 +33,44 @@ DRAIN_QUIET_TIME = 0.05
 #: ... and for at most this long in all.
 DRAIN_DEADLINE = 3.0
 
+ERR_FORBIDDEN = "forbidden"
+ERR_BUSY = "busy"
+
+
+class _Closed(Exception):
+    """The connection is done; unwinds the connection's task to its cleanup."""
+
 
 class TrackerServer:
-    """Serves the tracker protocol on any number of listeners until stop() is called."""
+    """Serves the tracker protocol on a listener until stop() is called."""
 
     def __init__(
         self,
         tracker: Tracker,
         writer: StatusWriter,
         *,
+        policy: AccessPolicy | None = None,
+        limits: ConnectionLimits | None = None,
         max_message_size: int = protocol.MAX_MESSAGE_SIZE,
     ) -> None:
         self._tracker = tracker
         self._writer = writer
+        self._policy = policy or AccessPolicy()
+        self._limits = limits or ConnectionLimits()
         self._max_message_size = max_message_size
         self._stopping = False
         self._receive_scopes: set[anyio.CancelScope] = set()
         self._accept_scope = anyio.CancelScope()
+        self._buffered_total = 0
+        self._refused_log = LogThrottle()
+        self._busy_log = LogThrottle()
+        self._error_log = LogThrottle(1.0)
         self.connections_open = 0
         self.connections_total = 0
+        self.refused = 0
+        self.busy = 0
         self.protocol_errors = 0
+        self.timeouts = 0
 
     async def serve(self, listener: SocketListener) -> None:
         """Accept and serve until stop(); then drain open connections and return."""
@@ -72,84 +94,154 @@ class TrackerServer:
         for scope in self._receive_scopes:
             scope.cancel()
 
-    async def _receive(self, stream: SocketStream) -> bytes | None:
-        """The next bytes from the peer; b"" at end of stream, None when draining is done."""
-        try:
-            if self._stopping:
-                with anyio.move_on_after(DRAIN_QUIET_TIME):
-                    return await stream.receive(READ_SIZE)
-                return None
-            with anyio.CancelScope() as scope:
-                self._receive_scopes.add(scope)
-                try:
-                    return await stream.receive(READ_SIZE)
-                finally:
-                    self._receive_scopes.discard(scope)
-            # Cancelled by stop(): nothing was consumed; go round again in drain mode.
-            return await self._receive(stream)
-        except anyio.EndOfStream:
-            return b""
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            return b""
-
-    async def _send(self, stream: SocketStream, data: bytes) -> bool:
-        with anyio.move_on_after(SEND_TIMEOUT):
-            try:
-                await stream.send(data)
-                return True
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                return False
-        log.info("closing a connection that did not read its reply within %.0fs", SEND_TIMEOUT)
-        return False
+    # --- one connection -----------------------------------------------------------------
 
     async def _handle(self, stream: SocketStream) -> None:
         self.connections_open += 1
         self.connections_total += 1
         try:
             async with stream:
-                await self._serve_connection(stream)
+                refusal = self._refusal(stream)
+                if refusal is None:
+                    await self._serve_connection(stream)
+                else:
+                    await self._send(stream, protocol.encode(refusal))
+        except _Closed:
+            pass
         finally:
             self.connections_open -= 1
 
+    def _refusal(self, stream: SocketStream) -> protocol.Error | None:
+        """Why this connection may not be served, or None."""
+        if self._policy.restricted:
+            peer = peer_credentials(stream.extra(SocketAttribute.raw_socket))
+            if not self._policy.permits(peer):
+                self.refused += 1
+                suppressed = self._refused_log.ready()
+                if suppressed is not None:
+                    who = (
+                        f"uid {peer.uid} gid {peer.gid} pid {peer.pid}" if peer else "unknown peer"
+                    )
+                    log.warning(
+                        "refused a connection from %s: not in the allow-lists (%d more since)",
+                        who,
+                        suppressed,
+                    )
+                return protocol.Error(ERR_FORBIDDEN, "this user or group may not use trackerd")
+        if self.connections_open > self._limits.max_connections:
+            self.busy += 1
+            suppressed = self._busy_log.ready()
+            if suppressed is not None:
+                log.warning(
+                    "at the limit of %d connections: turned one away (%d more since)",
+                    self._limits.max_connections,
+                    suppressed,
+                )
+            return protocol.Error(ERR_BUSY, "too many connections; try again later")
+        return None
+
     async def _serve_connection(self, stream: SocketStream) -> None:
         decoder = protocol.MessageDecoder(self._max_message_size)
-        while True:
-            data = await self._receive(stream)
-            if data is None:
-                return
-            decoder.receive_data(data)
-            try:
-                if not await self._dispatch_all(stream, decoder):
+        counted = 0  # this connection's share of _buffered_total
+        frame_started: float | None = None
+        try:
+            while True:
+                deadline = self._deadline(frame_started)
+                data = await self._receive(stream, deadline)
+                if data is None:
                     return
-            except ProtocolError as exc:
-                self.protocol_errors += 1
-                # The message text never holds a recorded value (see protocol.py).
-                log.warning(
-                    "closing a connection after a protocol error: %s (%s)", exc.message, exc.code
-                )
-                await self._send(stream, protocol.encode(protocol.Error(exc.code, exc.message)))
-                return
+                decoder.receive_data(data)
+                try:
+                    await self._dispatch_all(stream, decoder)
+                except ProtocolError as exc:
+                    self.protocol_errors += 1
+                    if self._error_log.ready() is not None:
+                        # The message text never holds a recorded value (see protocol.py).
+                        log.warning(
+                            "closing a connection after a protocol error: %s (%s)",
+                            exc.message,
+                            exc.code,
+                        )
+                    await self._send(stream, protocol.encode(protocol.Error(exc.code, exc.message)))
+                    return
+                if not data:
+                    return  # end of stream, and every complete frame handled
+                buffered = decoder.buffered
+                self._buffered_total += buffered - counted
+                counted = buffered
+                frame_started = None if not buffered else frame_started or anyio.current_time()
+                if self._buffered_total > self._limits.max_buffered_total:
+                    self.busy += 1
+                    log.warning("unfinished frames exceed %d bytes across connections; closing one",
+                                self._limits.max_buffered_total)  # fmt: skip
+                    await self._send(
+                        stream, protocol.encode(protocol.Error(ERR_BUSY, "server buffers full"))
+                    )
+                    return
+        finally:
+            self._buffered_total -= counted
 
-    async def _dispatch_all(self, stream: SocketStream, decoder: protocol.MessageDecoder) -> bool:
-        """Handle every complete message buffered; False when the connection is done."""
+    def _deadline(self, frame_started: float | None) -> float:
+        now = anyio.current_time()
+        limits = self._limits
+        deadline = now + limits.idle_timeout if limits.idle_timeout > 0 else math.inf
+        if frame_started is not None and limits.frame_timeout > 0:
+            deadline = min(deadline, frame_started + limits.frame_timeout)
+        return deadline
+
+    async def _receive(self, stream: SocketStream, deadline: float) -> bytes | None:
+        """The next bytes: b"" at end of stream, None when the connection should close."""
+        try:
+            if self._stopping:
+                with anyio.move_on_after(DRAIN_QUIET_TIME):
+                    return await stream.receive(READ_SIZE)
+                return None
+            with anyio.CancelScope(deadline=deadline) as scope:
+                self._receive_scopes.add(scope)
+                try:
+                    return await stream.receive(READ_SIZE)
+                finally:
+                    self._receive_scopes.discard(scope)
+            if self._stopping:
+                # Cancelled by stop(): nothing was consumed; drain what the peer sent.
+                return await self._receive(stream, deadline)
+            self.timeouts += 1
+            log.debug("closing a connection: idle, or a frame took too long to arrive")
+            return None
+        except anyio.EndOfStream:
+            return b""
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return b""
+
+    async def _send(self, stream: SocketStream, data: bytes) -> None:
+        """Send, or raise _Closed when the peer is gone or does not read in time."""
+        with anyio.move_on_after(SEND_TIMEOUT):
+            try:
+                await stream.send(data)
+                return
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                raise _Closed from None
+        self.timeouts += 1
+        log.info("closing a connection that did not read its reply within %.0fs", SEND_TIMEOUT)
+        raise _Closed
+
+    async def _dispatch_all(self, stream: SocketStream, decoder: protocol.MessageDecoder) -> None:
+        """Handle every complete message buffered."""
         recorded = False
         try:
             while True:
                 message = decoder.next_message()
-                if message is protocol.NEED_DATA:
-                    return True
-                if message is protocol.CLOSED:
-                    return False
+                if message is protocol.NEED_DATA or message is protocol.CLOSED:
+                    return
                 if isinstance(message, protocol.Record):
                     self._tracker.record_pairs(message.pairs)
                     recorded = True
                 elif isinstance(message, protocol.StatusRequest):
-                    reply = protocol.StatusReply(self._tracker.status())
-                    if not await self._send(stream, protocol.encode(reply)):
-                        return False
+                    await self._send(
+                        stream, protocol.encode(protocol.StatusReply(self._tracker.status()))
+                    )
                 elif isinstance(message, protocol.Ping):
-                    if not await self._send(stream, protocol.encode(protocol.Pong())):
-                        return False
+                    await self._send(stream, protocol.encode(protocol.Pong()))
                 else:
                     raise ProtocolError(
                         protocol.ERR_UNEXPECTED, "a client may not send this message"

@@ -40,6 +40,9 @@ class Status:
     rejected_conn_ips: int = 0
     #: Senders that were malformed (no domain, garbage).
     rejected_senders: int = 0
+    #: Names of the count fields above that are estimates (HyperLogLog) rather than
+    #: exact: a category switches past a bound on its memory. The counts stay integers.
+    estimated: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,6 +61,13 @@ class Status:
                     raise ValueError(f"missing field {field.name!r}")
                 continue
             value = data[field.name]
+            if field.name == "estimated":
+                if type(value) not in (list, tuple) or not all(v in _COUNT_FIELDS for v in value):
+                    raise ValueError(
+                        f"field 'estimated' must list some of {', '.join(_COUNT_FIELDS)}"
+                    )
+                values[field.name] = tuple(value)
+                continue
             if field.type == "float":
                 ok = type(value) in (int, float) and value == value and value >= 0
             else:
@@ -68,7 +78,8 @@ class Status:
         return cls(**values)
 
 
-_REQUIRED: Final = ("boot_time", "unique_conn_ips", "unique_domains", "unique_ip_servers")
+_COUNT_FIELDS: Final = ("unique_conn_ips", "unique_domains", "unique_ip_servers")
+_REQUIRED: Final = ("boot_time", *_COUNT_FIELDS)
 
 
 def status_file_path(runtime_dir: str | os.PathLike[str]) -> Path:

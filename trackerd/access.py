@@ -1,0 +1,109 @@
+"""Who may talk to trackerd, and the limits every connection lives within.
+
+The socket's file mode is the first gate. Optional allow-lists of UIDs and GIDs
+are the second, checked against the peer's credentials from SO_PEERCRED on
+every connection (the kernel's word, not the peer's). The peer's primary GID is
+what SO_PEERCRED reports; supplementary groups are not seen.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+@dataclass(frozen=True)
+class PeerCredentials:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket.socket) -> PeerCredentials | None:
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    except OSError:
+        return None
+    return PeerCredentials(*_UCRED.unpack(raw))
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Allow-lists; None means "not restricted beyond the socket's mode"."""
+
+    uids: frozenset[int] | None = None
+    gids: frozenset[int] | None = None
+    #: The daemon's own user is always let in (its admin tools run as it).
+    own_uid: int = field(default_factory=os.getuid)
+
+    @property
+    def restricted(self) -> bool:
+        return self.uids is not None or self.gids is not None
+
+    def permits(self, peer: PeerCredentials | None) -> bool:
+        if not self.restricted:
+            return True
+        if peer is None:
+            return False
+        return (
+            peer.uid == self.own_uid
+            or (self.uids is not None and peer.uid in self.uids)
+            or (self.gids is not None and peer.gid in self.gids)
+        )
+
+
+def parse_uid(text: str) -> int:
+    """A user name or number. ValueError names what is wrong."""
+    if text.isdigit():
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise ValueError(f"no such user: {text}") from None
+
+
+def parse_gid(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise ValueError(f"no such group: {text}") from None
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    #: Connections served at once; more are told "busy" and closed.
+    max_connections: int = 1024
+    #: A connection that sends nothing for this long is closed (0: never).
+    idle_timeout: float = 600.0
+    #: A frame must arrive whole within this many seconds of its first byte.
+    frame_timeout: float = 30.0
+    #: Bytes of unfinished frames buffered across all connections.
+    max_buffered_total: int = 64 * 1024 * 1024
+
+
+class LogThrottle:
+    """Lets a repeated log line through at most once per interval, counting the rest."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self._interval = interval
+        self._next = 0.0
+        self._suppressed = 0
+
+    def ready(self) -> int | None:
+        """None to stay quiet; else how many events were suppressed since the last line."""
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return None
+        self._next = now + self._interval
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
