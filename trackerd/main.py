@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
@@ -27,6 +28,7 @@ from servertracker.paths import (
 )
 from servertracker.status import Status
 from trackerd import __version__
+from trackerd.access import AccessPolicy, ConnectionLimits, parse_gid, parse_uid
 from trackerd.distinct_counter import DEFAULT_MAX_EXACT
 from trackerd.listener import (
     StartupError,
@@ -53,6 +55,8 @@ class Config:
     socket_path: Path
     status_interval: float = 0.25
     max_exact: int = DEFAULT_MAX_EXACT
+    policy: AccessPolicy = field(default_factory=AccessPolicy)
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
@@ -89,6 +93,39 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
             "(default: %(default)s, about 64 MiB each)"
         ),
     )
+    access = parser.add_argument_group(
+        "access and limits",
+        "The socket's mode (0660) is the first gate; allow-lists are checked on every "
+        "connection with SO_PEERCRED (the peer's uid and primary gid). The daemon's own "
+        "user is always let in.",
+    )
+    access.add_argument(
+        "--allow-uid",
+        action="append",
+        metavar="USER",
+        help="a user (name or number) that may connect; repeat for more",
+    )
+    access.add_argument(
+        "--allow-gid",
+        action="append",
+        metavar="GROUP",
+        help="a group (name or number) whose members may connect; repeat for more",
+    )
+    defaults = ConnectionLimits()
+    access.add_argument(
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        metavar="N",
+        help="connections served at once (default: %(default)s)",
+    )
+    access.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=defaults.idle_timeout,
+        metavar="SECONDS",
+        help="close connections silent this long; 0 never (default: %(default)s)",
+    )
     parser.add_argument(
         "--log-level",
         default=os.environ.get("TRACKERD_LOG_LEVEL", "info"),
@@ -103,7 +140,21 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
         parser.error("--max-exact-entries must be between 0 and 2**32")
     runtime_dir = resolve_runtime_dir(args.runtime_dir)
     socket_path = resolve_socket_path(args.socket, runtime_dir)
-    config = Config(runtime_dir, socket_path, args.status_interval, args.max_exact_entries)
+    if args.max_connections < 1 or args.idle_timeout < 0:
+        parser.error("--max-connections must be at least 1 and --idle-timeout at least 0")
+    try:
+        uids = frozenset(parse_uid(u) for u in args.allow_uid) if args.allow_uid else None
+        gids = frozenset(parse_gid(g) for g in args.allow_gid) if args.allow_gid else None
+    except ValueError as exc:
+        parser.error(str(exc))
+    config = Config(
+        runtime_dir,
+        socket_path,
+        args.status_interval,
+        args.max_exact_entries,
+        AccessPolicy(uids, gids),
+        replace(defaults, max_connections=args.max_connections, idle_timeout=args.idle_timeout),
+    )
     return config, args.log_level
 
 
@@ -115,6 +166,16 @@ def setup_logging(level: str) -> None:
         else ("%(asctime)s trackerd[%(process)d] %(levelname)s %(message)s")
     )
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+
+
+def _raise_open_file_limit(wanted: int) -> None:
+    """Each connection is a file descriptor: lift the soft limit as far as needed and allowed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning("open file limit %d allows fewer than --max-connections connections", hard)
 
 
 def summarise(status: Status) -> str:
@@ -130,6 +191,7 @@ async def run(config: Config) -> None:
     if not make_non_dumpable():
         log.warning("could not make the process non-dumpable; the salt could reach a core dump")
     notifier = Notifier()
+    _raise_open_file_limit(config.limits.max_connections + 64)
     prepare_runtime_dir(config.runtime_dir)
     removed = remove_leftover_temp_files(config.runtime_dir)
     if removed:
@@ -149,7 +211,7 @@ async def run(config: Config) -> None:
         listener = await anyio.abc.SocketListener.from_socket(sock)
         if not await writer.write_now():
             raise StartupError(f"cannot write the status file in {config.runtime_dir}")
-        server = TrackerServer(tracker, writer)
+        server = TrackerServer(tracker, writer, policy=config.policy, limits=config.limits)
         log.info(
             "trackerd %s listening on %s; status file in %s", __version__, where, config.runtime_dir
         )
