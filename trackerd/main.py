@@ -126,6 +126,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
         metavar="SECONDS",
         help="close connections silent this long; 0 never (default: %(default)s)",
     )
+    access.add_argument(
+        "--frame-timeout",
+        type=float,
+        default=defaults.frame_timeout,
+        metavar="SECONDS",
+        help="close connections that take longer to send one message (default: %(default)s)",
+    )
     parser.add_argument(
         "--log-level",
         default=os.environ.get("TRACKERD_LOG_LEVEL", "info"),
@@ -140,8 +147,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
         parser.error("--max-exact-entries must be between 0 and 2**32")
     runtime_dir = resolve_runtime_dir(args.runtime_dir)
     socket_path = resolve_socket_path(args.socket, runtime_dir)
-    if args.max_connections < 1 or args.idle_timeout < 0:
-        parser.error("--max-connections must be at least 1 and --idle-timeout at least 0")
+    if args.max_connections < 1 or args.idle_timeout < 0 or args.frame_timeout < 0:
+        parser.error("--max-connections must be at least 1, the timeouts at least 0")
     try:
         uids = frozenset(parse_uid(u) for u in args.allow_uid) if args.allow_uid else None
         gids = frozenset(parse_gid(g) for g in args.allow_gid) if args.allow_gid else None
@@ -153,7 +160,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
         args.status_interval,
         args.max_exact_entries,
         AccessPolicy(uids, gids),
-        replace(defaults, max_connections=args.max_connections, idle_timeout=args.idle_timeout),
+        replace(
+            defaults,
+            max_connections=args.max_connections,
+            idle_timeout=args.idle_timeout,
+            frame_timeout=args.frame_timeout,
+        ),
     )
     return config, args.log_level
 

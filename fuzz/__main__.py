@@ -1,0 +1,67 @@
+"""Fuzz trackerd: ``python -m fuzz [--inputs N] [--seed S] [--decoder-only] [--atheris-runs N]``.
+
+Feeds mutated valid frames and hypothesis-generated msgpack messages to the
+sans-IO decoder and, on fresh connections, to a live trackerd started for the
+run. Checks after every 2,000 inputs and at the end that the daemon answers,
+that its counts are exactly those of a control set of records (inputs that
+would legitimately record something are not sent), and records its memory.
+Then, if atheris is installed (pip install -e '.[fuzz]'), runs its
+coverage-guided fuzzer on the decoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+from bench._support import BenchDaemon
+from fuzz import run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m fuzz", description=__doc__.split("\n\n")[1])
+    parser.add_argument(
+        "--inputs", type=int, default=100_000, help="inputs in all (default: %(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
+    parser.add_argument("--decoder-only", action="store_true", help="do not start or fuzz a daemon")
+    parser.add_argument("--atheris-runs", type=int, default=100_000, help="0 to skip atheris")
+    args = parser.parse_args()
+
+    daemon = None if args.decoder_only else BenchDaemon().start()
+    try:
+        report = run.run(
+            args.inputs,
+            args.seed,
+            daemon.socket_path if daemon else None,
+            daemon.process.pid if daemon and daemon.process else None,
+        )
+    finally:
+        if daemon:
+            daemon.stop()
+    print(
+        f"inputs: {report.inputs} in {report.seconds:.0f}s, decoded without error: {report.decoded}"
+    )
+    print("decoder errors by code:", dict(report.decoder_errors))
+    if daemon:
+        print(f"daemon checks passed (alive, counts unchanged): {report.daemon_checks}")
+        print(
+            f"daemon RSS KiB first/max/last: {report.rss_kib[0]}/{max(report.rss_kib)}/{report.rss_kib[-1]}"
+        )
+
+    if args.atheris_runs:
+        try:
+            import atheris  # noqa: F401
+        except ImportError:
+            print("atheris is not installed (pip install -e '.[fuzz]'); skipped")
+            return 0
+        print(f"atheris: {args.atheris_runs} runs on the decoder")
+        return subprocess.call(
+            [sys.executable, "-m", "fuzz.atheris_decoder", f"-runs={args.atheris_runs}"]
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""atheris (libFuzzer) harness for the sans-IO decoder: ``python -m fuzz.atheris_decoder -runs=N``."""
+
+from __future__ import annotations
+
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    from fuzz.targets import decode_everything
+    from servertracker.errors import ProtocolError
+
+
+def test_one_input(data: bytes) -> None:
+    try:
+        decode_everything(data)
+    except ProtocolError:
+        pass
+
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
