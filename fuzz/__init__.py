@@ -1,1 +1,4 @@
-"""Fuzzing trackerd's protocol decoder and a live daemon. Not tests: see ``python -m fuzz --help``."""
+"""Fuzzing trackerd's protocol decoder and a live daemon.
+
+Not tests: see ``python -m fuzz --help``.
+"""

@@ -46,9 +46,8 @@ def main() -> int:
     print("decoder errors by code:", dict(report.decoder_errors))
     if daemon:
         print(f"daemon checks passed (alive, counts unchanged): {report.daemon_checks}")
-        print(
-            f"daemon RSS KiB first/max/last: {report.rss_kib[0]}/{max(report.rss_kib)}/{report.rss_kib[-1]}"
-        )
+        rss = report.rss_kib
+        print(f"daemon RSS KiB first/max/last: {rss[0]}/{max(rss)}/{rss[-1]}")
 
     if args.atheris_runs:
         try:

@@ -1,7 +1,11 @@
-"""atheris (libFuzzer) harness for the sans-IO decoder: ``python -m fuzz.atheris_decoder -runs=N``."""
+"""atheris (libFuzzer) harness for the sans-IO decoder.
+
+Run: ``python -m fuzz.atheris_decoder -runs=N``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import atheris
@@ -12,10 +16,8 @@ with atheris.instrument_imports():
 
 
 def test_one_input(data: bytes) -> None:
-    try:
+    with contextlib.suppress(ProtocolError):
         decode_everything(data)
-    except ProtocolError:
-        pass
 
 
 if __name__ == "__main__":

@@ -104,11 +104,15 @@ _values = st.recursive(
     max_leaves=30,
 )
 # Message-shaped values find the deeper paths sooner than arbitrary ones.
+_types = st.sampled_from(["record", "status", "ping", "pong", "error", "x"])
+_pair_items = st.one_of(st.none(), st.text(max_size=30), st.integers(-(2**63), 2**63))
 _messages = st.one_of(
     _values,
-    st.tuples(st.integers(0, 3), st.sampled_from(["record", "status", "ping", "pong", "error", "x"]), _values).map(list),
-    st.tuples(st.just(1), st.just("record"), st.lists(st.lists(st.one_of(st.none(), st.text(max_size=30), st.integers(-(2**63), 2**63)), max_size=3), max_size=8)).map(list),
-)  # fmt: skip
+    st.tuples(st.integers(0, 3), _types, _values).map(list),
+    st.tuples(
+        st.just(1), st.just("record"), st.lists(st.lists(_pair_items, max_size=3), max_size=8)
+    ).map(list),
+)
 
 
 def run_hypothesis(campaign: Campaign, count: int, seed_value: int) -> None:
