@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -68,6 +69,7 @@ class Daemon:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         python_prelude: str | None = None,
+        log_to_pipe: bool = False,
     ) -> None:
         self.runtime_dir = runtime_dir
         self.socket_path = runtime_dir / "trackerd.sock"
@@ -75,6 +77,9 @@ class Daemon:
         self.extra_args = list(extra_args)
         self.env = env
         self.python_prelude = python_prelude
+        # A pipe, not a file, when a test limits the daemon's file sizes.
+        self.log_to_pipe = log_to_pipe
+        self._piped_log: list[bytes] = []
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> Daemon:
@@ -91,8 +96,16 @@ class Daemon:
         else:
             command = [sys.executable, "-m", "trackerd", *args]
         env = dict(os.environ if self.env is None else self.env)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stderr=log, stdout=log, env=env)
+        if self.log_to_pipe:
+            self.process = subprocess.Popen(command, stderr=subprocess.PIPE, env=env)
+            pipe = self.process.stderr
+            assert pipe is not None
+            threading.Thread(
+                target=lambda: self._piped_log.extend(iter(pipe.readline, b"")), daemon=True
+            ).start()
+        else:
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(command, stderr=log, stdout=log, env=env)
         if wait:
             self.wait_ready()
         return self
@@ -127,6 +140,8 @@ class Daemon:
         return self.process.wait(timeout)
 
     def log(self) -> str:
+        if self.log_to_pipe:
+            return b"".join(self._piped_log).decode(errors="replace")
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:

@@ -39,7 +39,7 @@ DEFAULT_EXIT_TIMEOUT = 1.0
 #: anything over MAX_VALUE_LENGTH anyway, and cutting keeps frames small.
 _SEND_VALUE_LIMIT = protocol.MAX_VALUE_LENGTH + 1
 _BACKOFF_MIN = 0.05
-_BACKOFF_MAX = 2.0
+_BACKOFF_MAX = 1.0
 _SEND_TIMEOUT = 0.5
 _DROP_WARNING_INTERVAL = 60.0
 

@@ -1,0 +1,154 @@
+"""Faults: the daemon killed again and again under load; the status file's directory gone or full."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import signal
+import threading
+from collections.abc import Callable
+from multiprocessing.synchronize import Event as EventType
+from pathlib import Path
+
+import pytest
+
+from servertracker import Client, read_status_file
+from servertracker.status import STATUS_FILE_NAME
+from tests.conftest import Daemon, wait_for
+
+KILLS = 50
+WORKERS = 4
+
+
+def busy_worker(
+    socket_path: str, worker: int, stop: EventType, results: multiprocessing.Queue
+) -> None:  # type: ignore[type-arg]
+    """Record without pause until told to stop; report what the client saw."""
+    try:
+        client = Client(socket_path, flush_interval=0.02)
+        i = 0
+        while not stop.is_set():
+            for _ in range(200):
+                i += 1
+                client.record_server(
+                    f"10.{worker}.{i // 256 % 256}.{i % 256}", f"w{worker}@d{i % 500}.example"
+                )
+            stop.wait(0.01)
+        stats = client.stats()
+        results.put((worker, "ok", stats.recorded, stats.reconnects, stats.dropped))
+    except BaseException as exc:  # the point of the test: this must never happen
+        results.put((worker, f"raised {exc!r}", 0, 0, 0))
+
+
+def test_sigkill_fifty_times_under_load(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon()
+    status_file = daemon.runtime_dir / STATUS_FILE_NAME
+    invalid: list[bytes] = []
+    reads = 0
+    reading = threading.Event()
+
+    def read_status_file_forever() -> None:
+        nonlocal reads
+        while not reading.is_set():
+            try:
+                raw = status_file.read_bytes()
+            except FileNotFoundError:
+                continue  # before the very first start only
+            reads += 1
+            try:
+                json.loads(raw)
+            except ValueError:
+                invalid.append(raw)
+
+    context = multiprocessing.get_context("fork")
+    stop = context.Event()
+    results: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
+    workers = [
+        context.Process(target=busy_worker, args=(str(daemon.socket_path), w, stop, results))
+        for w in range(WORKERS)
+    ]
+    reader = threading.Thread(target=read_status_file_forever)
+    daemon.start()
+    reader.start()
+    for worker in workers:
+        worker.start()
+    try:
+        for kill in range(KILLS):
+            if kill:
+                daemon.start()
+            # The workers find the new daemon by themselves and go on sending.
+            wait_for(lambda: daemon.status().records > 0, 20, f"records after restart {kill}")
+            assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    finally:
+        stop.set()
+        reports = [results.get(timeout=30) for _ in workers]
+        for worker in workers:
+            worker.join(30)
+        reading.set()
+        reader.join()
+    assert invalid == []
+    assert reads > 100
+    for worker, outcome, recorded, reconnects, _dropped in reports:
+        assert outcome == "ok", f"worker {worker}: {outcome}"
+        assert recorded > 0
+        assert reconnects >= KILLS // 2, f"worker {worker} reconnected only {reconnects} times"
+    assert all(worker.exitcode == 0 for worker in workers)
+
+
+def test_status_directory_removed_then_back(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    # The socket lives elsewhere, so that the daemon stays reachable.
+    daemon = make_daemon(extra_args=["--socket", str(short_tmp / "d.sock")])
+    daemon.socket_path = short_tmp / "d.sock"
+    daemon.start()
+    shutil.rmtree(daemon.runtime_dir)
+    with daemon.connect() as conn:
+        conn.record([("192.0.2.1", "a@example.com")])
+        conn.ping()
+        wait_for(
+            lambda: "cannot write the status file" in daemon.log(), what="the error in the log"
+        )
+        assert conn.status().unique_conn_ips == 1  # still counting
+        conn.record([("192.0.2.2", "b@example.com")])
+        conn.ping()
+    daemon.runtime_dir.mkdir()
+    status = wait_for(
+        lambda: (
+            (daemon.runtime_dir / STATUS_FILE_NAME).exists()
+            and read_status_file(daemon.runtime_dir)
+        ),
+        what="the status file to come back",
+    )
+    assert status.unique_conn_ips == 2
+    assert "status file written again" in daemon.log()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="prlimit on the non-dumpable daemon needs root")
+def test_status_file_cannot_grow_then_can(make_daemon: Callable[..., Daemon]) -> None:
+    # RLIMIT_FSIZE makes every write of the status file fail (EFBIG), as a full disk would.
+    # The daemon logs to a pipe here: a log file could not grow either.
+    daemon = make_daemon(log_to_pipe=True).start()
+    assert daemon.process is not None
+    pid = daemon.process.pid
+    original = resource.prlimit(
+        pid, resource.RLIMIT_FSIZE, (16, resource.prlimit(pid, resource.RLIMIT_FSIZE)[1])
+    )
+    with daemon.connect() as conn:
+        conn.record([("192.0.2.1", "a@example.com")])
+        conn.ping()
+        wait_for(
+            lambda: "cannot write the status file" in daemon.log(), what="the error in the log"
+        )
+        assert conn.status().unique_conn_ips == 1  # still counting
+        assert read_status_file(daemon.runtime_dir).unique_conn_ips == 0  # the old file, intact
+        assert list(daemon.runtime_dir.glob(".*.tmp")) == []  # no temp file left behind
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, original)
+    wait_for(
+        lambda: read_status_file(daemon.runtime_dir).unique_conn_ips == 1,
+        what="the file to be written",
+    )
+    assert "status file written again after" in daemon.log()
