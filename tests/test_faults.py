@@ -1,4 +1,4 @@
-"""Faults: the daemon killed again and again under load; the status file's directory gone or full."""
+"""Faults: the daemon killed again and again under load; its status directory gone or full."""
 
 from __future__ import annotations
 
