@@ -10,7 +10,7 @@ import platform
 import time
 from pathlib import Path
 
-from bench import cli_startup, end_to_end, record_cost
+from bench import cli_startup, end_to_end, record_cost, status_under_load
 
 
 def main() -> None:
@@ -31,6 +31,10 @@ def main() -> None:
         "seconds": seconds,
         "records_per_second": total / seconds,
     }
+
+    under_load = status_under_load.run()
+    print(status_under_load.report(under_load), end="\n\n")
+    results["status_under_load_ms"] = under_load
 
     startup = cli_startup.run()
     print(cli_startup.report(startup), end="\n\n")

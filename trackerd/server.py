@@ -236,6 +236,9 @@ class TrackerServer:
                 if isinstance(message, protocol.Record):
                     self._tracker.record_pairs(message.pairs)
                     recorded = True
+                    # Let other connections in between two messages: a status query
+                    # waits for one message of each busy peer, not for a whole read.
+                    await anyio.lowlevel.checkpoint()
                 elif isinstance(message, protocol.StatusRequest):
                     await self._send(
                         stream, protocol.encode(protocol.StatusReply(self._tracker.status()))
