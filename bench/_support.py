@@ -21,7 +21,8 @@ from servertracker.status import Status
 class BenchDaemon:
     """trackerd in a short temp dir, logging warnings only."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_args: Sequence[str] = ()) -> None:
+        self.extra_args = list(extra_args)
         self.dir = Path(tempfile.mkdtemp(prefix="stb-", dir="/tmp"))
         self.socket_path = self.dir / "trackerd.sock"
         self.process: subprocess.Popen[bytes] | None = None
@@ -36,6 +37,7 @@ class BenchDaemon:
                 str(self.dir),
                 "--log-level",
                 "warning",
+                *self.extra_args,
             ]
         )
         deadline = time.monotonic() + 15

@@ -1,0 +1,104 @@
+"""Memory per distinct value: the exact table, the estimate, and a whole daemon.
+
+Run: ``python -m bench.memory [--daemon]``.
+
+- exact mode: bytes of the digest table per entry at 1 and 10 million entries;
+- estimate mode: memory and relative error of the HyperLogLog sketch at 10 and
+  100 million distinct values (random 64-bit digests, as keyed BLAKE2b yields);
+- with --daemon: the RSS growth of a real trackerd per distinct connection IP
+  recorded over the socket, at 1 and 10 million (takes a few minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from pathlib import Path
+
+import numpy as np
+
+from bench._support import BenchDaemon, table
+from servertracker.connection import DaemonConnection
+from trackerd.digest_table import DigestTable
+from trackerd.hyperloglog import HyperLogLog
+
+CHUNK = 1 << 20
+
+
+def _random_chunks(total: int) -> list[int]:
+    return [min(CHUNK, total - start) for start in range(0, total, CHUNK)]
+
+
+def exact_bytes_per_entry(total: int, seed: int = 1) -> float:
+    rng = np.random.default_rng(seed)
+    digests = DigestTable()
+    for size in _random_chunks(total):
+        digests.add_many(rng.integers(1, 2**64 - 1, size=size, dtype=np.uint64))
+    return digests.nbytes / len(digests)
+
+
+def estimate_error(total: int, seed: int = 2) -> tuple[int, float]:
+    rng = np.random.default_rng(seed)
+    sketch = HyperLogLog()
+    for size in _random_chunks(total):
+        sketch.add_many(rng.integers(0, 2**64, size=size, dtype=np.uint64, endpoint=False))
+    return sketch.nbytes, (sketch.estimate() - total) / total
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def daemon_bytes_per_entry(totals: tuple[int, ...]) -> dict[int, float]:
+    """RSS growth of trackerd per distinct connection IP, measured at each total."""
+    daemon = BenchDaemon(extra_args=["--max-exact-entries", str(max(totals) + 1)]).start()
+    results = {}
+    try:
+        assert daemon.process is not None
+        base = _rss_kib(daemon.process.pid)
+        sent = 0
+        with DaemonConnection(daemon.socket_path, timeout=600) as conn:
+            for total in sorted(totals):
+                while sent < total:
+                    n = min(65536, total - sent)
+                    first = int(ipaddress.IPv6Address("2001:db8::")) + sent
+                    conn.record([(str(ipaddress.IPv6Address(first + i)), None) for i in range(n)])
+                    sent += n
+                assert conn.status().unique_conn_ips == total
+                results[total] = (_rss_kib(daemon.process.pid) - base) * 1024 / total
+    finally:
+        daemon.stop()
+    return results
+
+
+def run(with_daemon: bool) -> list[list[str]]:
+    rows = [[f"exact table, {n:,} entries", f"{exact_bytes_per_entry(n):.1f} bytes/entry", ""]
+            for n in (1_000_000, 10_000_000)]  # fmt: skip
+    for n in (10_000_000, 100_000_000):
+        nbytes, error = estimate_error(n)
+        rows.append(
+            [f"estimate, {n:,} distinct", f"{nbytes:,} bytes", f"error {error * 100:+.3f}%"]
+        )
+    if with_daemon:
+        for n, per_entry in daemon_bytes_per_entry((1_000_000, 10_000_000)).items():
+            rows.append(
+                [f"trackerd RSS growth, {n:,} conn IPs", f"{per_entry:.1f} bytes/entry", ""]
+            )
+    return rows
+
+
+def report(rows: list[list[str]]) -> str:
+    return table(["memory", "size", "accuracy"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--daemon", action="store_true", help="also measure a real daemon")
+    print(report(run(parser.parse_args().daemon)))
+
+
+if __name__ == "__main__":
+    main()
