@@ -10,7 +10,7 @@ import platform
 import time
 from pathlib import Path
 
-from bench import cli_startup, end_to_end, record_cost, status_under_load
+from bench import cli_startup, end_to_end, memory, record_cost, status_under_load
 
 
 def main() -> None:
@@ -35,6 +35,10 @@ def main() -> None:
     under_load = status_under_load.run()
     print(status_under_load.report(under_load), end="\n\n")
     results["status_under_load_ms"] = under_load
+
+    memory_rows = memory.run(with_daemon=True)
+    print(memory.report(memory_rows), end="\n\n")
+    results["memory"] = memory_rows
 
     startup = cli_startup.run()
     print(cli_startup.report(startup), end="\n\n")
