@@ -72,8 +72,21 @@ class DaemonConnection:
     def _send(self, data: bytes) -> None:
         try:
             self._sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            # The daemon may have said why before it closed (say, "forbidden"): read it.
+            self._raise_error_reply()
+            raise _unavailable(exc, self.socket_path) from None
         except OSError as exc:
             raise _unavailable(exc, self.socket_path) from None
+
+    def _raise_error_reply(self) -> None:
+        try:
+            reply = self._receive_message()
+        except (DaemonUnavailable, ProtocolError) as exc:
+            if isinstance(exc, ProtocolError) and exc.code != protocol.ERR_TRUNCATED:
+                raise
+            return
+        raise ProtocolError(protocol.ERR_UNEXPECTED, f"unexpected {type(reply).__name__}")
 
     def _receive_message(self) -> protocol.Message:
         deadline = time.monotonic() + self._timeout
