@@ -233,6 +233,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="trackerd against Redis and the seed's design")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-seed", action="store_true", help="leave out the slow seed design")
+    parser.add_argument("--only", help="run only competitors whose name contains this")
     args = parser.parse_args()
 
     load = Workload()
@@ -245,6 +246,8 @@ def main() -> None:
     if not args.skip_seed:
         competitors["seed design (file per record)"] = lambda: run_seed_design(load)
 
+    if args.only:
+        competitors = {n: c for n, c in competitors.items() if args.only in n or n == "trackerd"}
     times: dict[str, list[float]] = {name: [] for name in competitors}
     for round_number in range(args.rounds):
         for name, run in competitors.items():

@@ -5,14 +5,18 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from servertracker.protocol import MAX_VALUE_LENGTH
 from trackerd.normalise import (
     IGNORED,
     REJECTED,
     Category,
+    Outcome,
     classify_conn_ip,
     classify_sender,
+    split_sender,
 )
 
 DOMAIN, IP = Category.DOMAIN, Category.IP_SERVER
@@ -142,3 +146,42 @@ def test_hostile_values_never_raise(value: str) -> None:
         classify_sender(value), tuple
     )
     classify_conn_ip(value)
+
+
+def reference_split_sender(value: str | None) -> str | Outcome:
+    """The first, plain version of split_sender: the fast one must agree with it."""
+    if not value:
+        return IGNORED
+    text = value.strip()
+    if len(text) > MAX_VALUE_LENGTH:
+        return REJECTED
+    if text.startswith("<") or text.endswith(">"):
+        if not (text.startswith("<") and text.endswith(">")):
+            return REJECTED
+        text = text[1:-1].strip()
+    if not text:
+        return IGNORED
+    if text.startswith("@"):
+        _route, colon, text = text.partition(":")
+        if not colon:
+            return REJECTED
+    if "@" in text:
+        local, _, text = text.rpartition("@")
+        if not local or not text:
+            return REJECTED
+    return text
+
+
+@settings(max_examples=3000, derandomize=True, deadline=None)
+@given(st.text(alphabet="<>@:[] .aZ1ü\t", max_size=14))
+def test_split_sender_agrees_with_the_plain_version(value: str) -> None:
+    assert split_sender(value) == reference_split_sender(value)
+
+
+@settings(max_examples=1000, derandomize=True, deadline=None)
+@given(st.text(max_size=40))
+def test_classify_sender_never_raises(value: str) -> None:
+    result = classify_sender(value)
+    assert result in (IGNORED, REJECTED) or (
+        isinstance(result, tuple) and isinstance(result[1], bytes)
+    )

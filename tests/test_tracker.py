@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 
 from trackerd.digest_table import Digests
 from trackerd.tracker import SALT_SIZE, Tracker
@@ -91,3 +94,53 @@ def test_boot_time_from_clock() -> None:
     status = tracker.status()
     assert status.boot_time == 1000
     assert status.updated_time == 1000.5
+
+
+def test_the_raw_value_cache_changes_no_count() -> None:
+    pairs = [(f"10.0.0.{i % 50}", f"<u{i % 3}@D{i % 40}.example>") for i in range(2000)]
+    pairs += [("bogus", "user@"), ("bogus", "user@"), ("", "<>"), ("192.0.2.1", "x@[1.2.3.4]")] * 10
+    cached, uncached = Tracker(), Tracker()
+    uncached.raw_cache_entries = 0
+    for tracker in (cached, uncached):
+        for start in range(0, len(pairs), 100):
+            tracker.record_pairs(pairs[start : start + 100])
+    a, b = cached.status(), uncached.status()
+    assert (a.unique_conn_ips, a.unique_domains, a.unique_ip_servers) == (51, 40, 1)
+    assert (a.unique_conn_ips, a.unique_domains, a.unique_ip_servers, a.records) == (
+        b.unique_conn_ips, b.unique_domains, b.unique_ip_servers, b.records)  # fmt: skip
+    # Rejections count every time they arrive, cached or not.
+    assert (
+        (a.rejected_conn_ips, a.rejected_senders)
+        == (b.rejected_conn_ips, b.rejected_senders)
+        == (20, 20)
+    )
+    assert len(cached._conn_cache) == 52 and len(uncached._conn_cache) == 0
+
+
+def test_the_raw_value_cache_holds_no_cleartext() -> None:
+    tracker = Tracker()
+    tracker.record_pairs([("203.0.113.77", "someone@secret-domain.example")])
+    for cache in (tracker._conn_cache, tracker._domain_cache):
+        for key, value in cache.items():
+            assert type(key) is int
+            assert type(value) in (bytes, tuple)
+    dump = repr(tracker._conn_cache) + repr(tracker._domain_cache)
+    assert "203.0.113.77" not in dump and "secret-domain" not in dump
+
+
+def test_the_raw_value_cache_is_bounded() -> None:
+    tracker = Tracker()
+    tracker.raw_cache_entries = 100
+    tracker.record_pairs([(f"10.0.{i // 256}.{i % 256}", None) for i in range(1000)])
+    assert len(tracker._conn_cache) <= 100
+    assert tracker.status().unique_conn_ips == 1000
+
+
+def test_the_cache_is_off_when_the_hash_secret_is_fixed() -> None:
+    code = "from trackerd.tracker import hash_is_secret; print(hash_is_secret())"
+    for seed, expected in (("0", "False"), ("1234", "False"), ("random", "True")):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True
+        ).stdout
+        assert out.strip() == expected, seed

@@ -4,23 +4,42 @@ Values are normalised, then only a keyed BLAKE2b digest of the canonical form
 is kept. The salt is made here, handed to the hash objects and dropped: no
 attribute holds it, nothing prints it, and a restart makes a new one, so the
 counts reset by design.
+
+Normalising costs far more than everything else, and the same raw values come
+back again and again (the same servers, the same senders), so results are
+cached: the key is Python's hash() of the raw text, SipHash keyed with the
+interpreter's own random secret, and the value the digest that is stored anyway.
+No cleartext is kept. When that secret is not random (PYTHONHASHSEED set), the
+cache stays off, since its keys could then be reversed by trying values.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 
 from servertracker.status import Status
 from trackerd.distinct_counter import DEFAULT_MAX_EXACT, DistinctCounter
-from trackerd.normalise import REJECTED, Category, classify_conn_ip, classify_sender
+from trackerd.normalise import (
+    REJECTED,
+    Category,
+    Outcome,
+    classify_conn_ip,
+    classify_domain_part,
+    split_sender,
+)
 
 SALT_SIZE = 32
 #: 64-bit digests: at ten million values per set the chance of any collision is
 #: about 3 in a million, and a digest is half the size of a 128-bit one.
 DIGEST_SIZE = 8
+
+#: Entries per raw-value cache before it starts again (about 100 bytes each).
+RAW_CACHE_ENTRIES = 1 << 17
 
 #: The Status field that reports each category.
 STATUS_FIELDS = {
@@ -52,6 +71,9 @@ class Tracker:
         self.counters = tuple(
             DistinctCounter(STATUS_FIELDS[category], max_exact) for category in Category
         )
+        self._conn_cache: dict[int, bytes | Outcome] = {}
+        self._domain_cache: dict[int, tuple[int, bytes] | Outcome] = {}
+        self.raw_cache_entries = RAW_CACHE_ENTRIES if hash_is_secret() else 0
         self._clock = clock
         self.boot_time = int(clock())
         self.records = 0
@@ -65,37 +87,64 @@ class Tracker:
         """Count one (connection IP, sender) pair; never raises for any str or None."""
         self.record_pairs(((conn_ip, sender),))
 
+    def _digest(self, category: int, key: bytes) -> bytes:
+        hasher = self._hashers[category].copy()
+        hasher.update(key)
+        return hasher.digest()
+
+    def _conn_ip_digest(self, value: str) -> bytes | Outcome:
+        key = classify_conn_ip(value)
+        return self._digest(Category.CONN_IP, key) if type(key) is bytes else key
+
+    def _domain_part_digest(self, part: str) -> tuple[int, bytes] | Outcome:
+        classified = classify_domain_part(part)
+        if type(classified) is tuple:
+            return (classified[0], self._digest(*classified))
+        return classified
+
     def record_pairs(self, pairs: Iterable[Sequence[str | None]]) -> None:
-        """Count many pairs. Each distinct canonical value of the batch is hashed once."""
-        conn_ips: set[bytes] = set()
-        by_category: tuple[set[bytes], set[bytes], set[bytes]] = (conn_ips, set(), set())
+        """Count many pairs: the daemon's hot loop, so it avoids every step it can."""
+        conn_cache, domain_cache = self._conn_cache, self._domain_cache
+        limit = self.raw_cache_entries
+        appends = [counter.pending.append for counter in self.counters]
+        conn_append = appends[Category.CONN_IP]
         records = rejected_conn_ips = rejected_senders = 0
         for conn_ip, sender in pairs:
             records += 1
             if conn_ip:
-                ip = classify_conn_ip(conn_ip)
-                if type(ip) is bytes:
-                    conn_ips.add(ip)
-                elif ip is REJECTED:
+                cache_key = hash(conn_ip)
+                digest = conn_cache.get(cache_key)
+                if digest is None:
+                    digest = self._conn_ip_digest(conn_ip)
+                    if limit:
+                        if len(conn_cache) >= limit:
+                            conn_cache.clear()
+                        conn_cache[cache_key] = digest
+                if type(digest) is bytes:
+                    conn_append(digest)
+                elif digest is REJECTED:
                     rejected_conn_ips += 1
             if sender:
-                classified = classify_sender(sender)
-                if type(classified) is tuple:
-                    by_category[classified[0]].add(classified[1])
-                elif classified is REJECTED:
+                part = split_sender(sender)
+                if type(part) is str:
+                    cache_key = hash(part)
+                    result = domain_cache.get(cache_key)
+                    if result is None:
+                        result = self._domain_part_digest(part)
+                        if limit:
+                            if len(domain_cache) >= limit:
+                                domain_cache.clear()
+                            domain_cache[cache_key] = result
+                    if type(result) is tuple:
+                        appends[result[0]](result[1])
+                    else:
+                        rejected_senders += 1
+                elif part is REJECTED:
                     rejected_senders += 1
         self.records += records
         self.rejected_conn_ips += rejected_conn_ips
         self.rejected_senders += rejected_senders
-        for hasher, counter, keys in zip(self._hashers, self.counters, by_category, strict=True):
-            if not keys:
-                continue
-            append = counter.pending.append
-            copy = hasher.copy
-            for key in keys:
-                h = copy()
-                h.update(key)
-                append(h.digest())
+        for counter in self.counters:
             counter.flush_if_full()
 
     def status(self) -> Status:
@@ -111,3 +160,9 @@ class Tracker:
             rejected_senders=self.rejected_senders,
             estimated=tuple(c.name for c in self.counters if c.estimated),
         )
+
+
+def hash_is_secret() -> bool:
+    """Whether hash() of a str is keyed with a random secret in this interpreter."""
+    seed = os.environ.get("PYTHONHASHSEED", "random")
+    return bool(sys.flags.hash_randomization) and seed == "random"
