@@ -121,6 +121,11 @@ class Client:
     def record_server(self, conn_ip: str | None, sender: str | None) -> None:
         """Queue one (connection IP, MAIL FROM or its domain) pair. Never blocks or raises."""
         try:
+            # Anything but str or None would make the daemon refuse the whole batch.
+            if type(conn_ip) is not str and conn_ip is not None:
+                conn_ip = _clean(conn_ip)
+            if type(sender) is not str and sender is not None:
+                sender = _clean(sender)
             queue = self._queue
             if len(queue) >= self._max_buffered:
                 self._drop()
@@ -204,21 +209,10 @@ class Client:
             self._wake.wait(seconds)
 
     def _take_batch(self) -> list[tuple[str | None, str | None]]:
-        queue = self._queue
-        batch = []
         # One batch per send: the send releases the GIL, so the worker's own thread
-        # never waits long for it behind this one.
-        for _ in range(min(len(queue), self._batch_size)):
-            a, b = queue.popleft()
-            if (
-                type(a) is not str
-                or type(b) is not str
-                or len(a) > _SEND_VALUE_LIMIT
-                or len(b) > _SEND_VALUE_LIMIT
-            ):
-                a, b = _clean(a), _clean(b)
-            batch.append((a, b))
-        return batch
+        # never waits long for it behind this one. Values are str or None already.
+        popleft = self._queue.popleft
+        return [popleft() for _ in range(min(len(self._queue), self._batch_size))]
 
     def _send_available(self) -> None:
         """Write everything queued; raise OSError when the connection fails."""
@@ -231,6 +225,7 @@ class Client:
                 try:
                     frames = protocol.encode_records_split(batch, self._batch_size)
                 except LocalProtocolError:
+                    # A lone surrogate, or a value too long for any frame: mend them.
                     batch = [(_clean(a), _clean(b)) for a, b in batch]
                     frames = protocol.encode_records_split(batch, self._batch_size)
                 self._out = b"".join(frames)
