@@ -72,7 +72,9 @@ def fork_workers(work: Callable[[int], bool]) -> None:
 
 class Workload:
     def __init__(self) -> None:
-        self.shares = [[record(r) for r in range(w * PER_WORKER, (w + 1) * PER_WORKER)] for w in range(WORKERS)]
+        self.shares = [
+            [record(r) for r in range(w * PER_WORKER, (w + 1) * PER_WORKER)] for w in range(WORKERS)
+        ]
 
 
 # --- trackerd -----------------------------------------------------------------------
@@ -111,10 +113,13 @@ class RedisServer:
         self.dir = Path(tempfile.mkdtemp(prefix="stbr-", dir="/tmp"))
         self.socket = self.dir / "redis.sock"
         self.process = subprocess.Popen(
-            ["redis-server", "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-             "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+            [
+                *("redis-server", "--port", "0", "--unixsocket", str(self.socket)),
+                *("--unixsocketperm", "700", "--save", "", "--appendonly", "no"),
+                *("--dir", str(self.dir)),
+            ],
             stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + 10
         while not self.socket.exists():
             if time.monotonic() > deadline:
@@ -215,8 +220,12 @@ def run_seed_design(load: Workload) -> float:
                     sets[classified[0]].add(_digest(hashers, *classified))
                 elif classified is REJECTED:
                     pass
-                status = {"boot_time": boot, "unique_conn_ips": len(sets[0]),
-                          "unique_domains": len(sets[1]), "unique_ip_servers": len(sets[2])}  # fmt: skip
+                status = {
+                    "boot_time": boot,
+                    "unique_conn_ips": len(sets[0]),
+                    "unique_domains": len(sets[1]),
+                    "unique_ip_servers": len(sets[2]),
+                }
                 path.write_text(json.dumps(status))
             return True
 
@@ -257,13 +266,23 @@ def main() -> None:
 
     medians = {name: statistics.median(t) for name, t in times.items()}
     ours = medians["trackerd"]
-    rows = [[name, f"{m:.2f}", f"{TOTAL / m:,.0f}", f"{m / ours:.2f}x"] for name, m in medians.items()]
+    rows = [
+        [name, f"{m:.2f}", f"{TOTAL / m:,.0f}", f"{m / ours:.2f}x"] for name, m in medians.items()
+    ]
     print()
-    print(table(["1.6M records, 8 workers", "median s", "records/s", "trackerd is faster by"], rows))
+    print(
+        table(["1.6M records, 8 workers", "median s", "records/s", "trackerd is faster by"], rows)
+    )
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    result = {"records": TOTAL, "distinct": DISTINCT, "rounds": args.rounds, "seconds": times,
-              "median_seconds": medians, "speedup_of_trackerd": {n: m / ours for n, m in medians.items()}}  # fmt: skip
+    result = {
+        "records": TOTAL,
+        "distinct": DISTINCT,
+        "rounds": args.rounds,
+        "seconds": times,
+        "median_seconds": medians,
+        "speedup_of_trackerd": {name: m / ours for name, m in medians.items()},
+    }
     (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {out / 'compare.json'}")
 

@@ -9,6 +9,7 @@ exits 0.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import resource
@@ -190,6 +191,14 @@ def _raise_open_file_limit(wanted: int) -> None:
         log.warning("open file limit %d allows fewer than --max-connections connections", hard)
 
 
+def _tune_garbage_collector() -> None:
+    """Each record message makes hundreds of small lists; collecting the young
+    generation every 700 of them cost about a tenth of the daemon's time. What
+    start-up made is frozen out of later collections."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def summarise(status: Status) -> str:
     """One line of counts, for logs and systemd's STATUS=."""
     return (
@@ -228,6 +237,7 @@ async def run(config: Config) -> None:
             "trackerd %s listening on %s; status file in %s", __version__, where, config.runtime_dir
         )
         notifier.ready(f"Ready: {summarise(tracker.status())}")
+        _tune_garbage_collector()
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(writer.run)
             tasks.start_soon(_stop_on_signal, server, notifier)

@@ -111,18 +111,20 @@ class Tracker:
         records = rejected_conn_ips = rejected_senders = 0
         for conn_ip, sender in pairs:
             records += 1
+            # A digest is queued for its counter when its cache entry is made; a hit
+            # means it was queued already, so a repeated value costs a look-up only.
             if conn_ip:
                 cache_key = hash(conn_ip)
                 digest = conn_cache.get(cache_key)
                 if digest is None:
                     digest = self._conn_ip_digest(conn_ip)
+                    if type(digest) is bytes:
+                        conn_append(digest)
                     if limit:
                         if len(conn_cache) >= limit:
                             conn_cache.clear()
                         conn_cache[cache_key] = digest
-                if type(digest) is bytes:
-                    conn_append(digest)
-                elif digest is REJECTED:
+                if digest is REJECTED:
                     rejected_conn_ips += 1
             if sender:
                 part = split_sender(sender)
@@ -131,13 +133,13 @@ class Tracker:
                     result = domain_cache.get(cache_key)
                     if result is None:
                         result = self._domain_part_digest(part)
+                        if type(result) is tuple:
+                            appends[result[0]](result[1])
                         if limit:
                             if len(domain_cache) >= limit:
                                 domain_cache.clear()
                             domain_cache[cache_key] = result
-                    if type(result) is tuple:
-                        appends[result[0]](result[1])
-                    else:
+                    if result is REJECTED:
                         rejected_senders += 1
                 elif part is REJECTED:
                     rejected_senders += 1
