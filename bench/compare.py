@@ -35,7 +35,7 @@ from pathlib import Path
 
 from bench._support import BenchDaemon, table
 from servertracker import Client
-from trackerd.normalise import REJECTED, Category, classify_conn_ip, classify_sender
+from trackerd.normalise import Category, classify_conn_ip, classify_sender
 
 WORKERS = 8
 PER_WORKER = 200_000
@@ -218,8 +218,6 @@ def run_seed_design(load: Workload) -> float:
                 classified = classify_sender(sender)
                 if type(classified) is tuple:
                     sets[classified[0]].add(_digest(hashers, *classified))
-                elif classified is REJECTED:
-                    pass
                 status = {
                     "boot_time": boot,
                     "unique_conn_ips": len(sets[0]),
