@@ -14,6 +14,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -39,12 +40,18 @@ from trackerd.listener import (
     remove_socket_file,
     socket_file_identity,
 )
+from trackerd.policy_server import PolicyServer
 from trackerd.server import TrackerServer
 from trackerd.status_writer import StatusWriter, remove_leftover_temp_files
+from trackerd.stream_server import StreamServer
 from trackerd.systemd import Notifier, listen_fds, make_non_dumpable, pick_fd
 from trackerd.tracker import Tracker
 
 log = logging.getLogger("trackerd")
+
+POSTFIX_POLICY_SOCKET_ENV = "TRACKERD_POSTFIX_POLICY_SOCKET"
+#: FileDescriptorName= of the policy socket in systemd/trackerd-postfix.socket.
+POSTFIX_POLICY_FD_NAME = "postfix-policy"
 
 #: Least time between two STATUS= notifications to systemd, in seconds.
 STATUS_NOTIFY_INTERVAL = 1.0
@@ -58,6 +65,7 @@ class Config:
     max_exact: int = DEFAULT_MAX_EXACT
     policy: AccessPolicy = field(default_factory=AccessPolicy)
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    postfix_policy_socket: Path | None = None
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
@@ -92,6 +100,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
             "distinct values counted exactly per category; past this a category is "
             "estimated (HyperLogLog, ~0.4%% error) so that floods cannot grow memory "
             "(default: %(default)s, about 64 MiB each)"
+        ),
+    )
+    parser.add_argument(
+        "--postfix-policy-socket",
+        metavar="PATH",
+        default=os.environ.get(POSTFIX_POLICY_SOCKET_ENV) or None,
+        help=(
+            "also listen here for Postfix policy delegation requests (check_policy_service; "
+            f"see docs/postfix.md). Off by default; also ${POSTFIX_POLICY_SOCKET_ENV}"
         ),
     )
     access = parser.add_argument_group(
@@ -167,6 +184,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
             idle_timeout=args.idle_timeout,
             frame_timeout=args.frame_timeout,
         ),
+        Path(args.postfix_policy_socket) if args.postfix_policy_socket else None,
     )
     return config, args.log_level
 
@@ -179,6 +197,31 @@ def setup_logging(level: str) -> None:
         else ("%(asctime)s trackerd[%(process)d] %(levelname)s %(message)s")
     )
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+
+
+@dataclass
+class _OpenSocket:
+    sock: socket.socket
+    where: str
+    #: Set when we bound the socket file ourselves: then it is ours to remove.
+    path: Path | None = None
+    identity: tuple[int, int] | None = None
+
+    def close(self) -> None:
+        if self.path is not None and self.identity is not None:
+            remove_socket_file(self.path, self.identity)
+        self.sock.close()
+
+
+def _open_socket(passed: dict[str, int], name: str, path: Path | None) -> _OpenSocket:
+    """The socket systemd passed under this name, else our own at path."""
+    fd = pick_fd(passed, name)
+    if fd is not None:
+        sock = adopt_listening_socket(fd)
+        return _OpenSocket(sock, f"a socket passed by systemd ({sock.getsockname() or name})")
+    assert path is not None
+    sock = bind_unix_socket(path)
+    return _OpenSocket(sock, str(path), path, socket_file_identity(path))
 
 
 def _raise_open_file_limit(wanted: int) -> None:
@@ -219,44 +262,50 @@ async def run(config: Config) -> None:
         log.info("removed %d temp files left by an earlier run", removed)
     tracker = Tracker(max_exact=config.max_exact)
     writer = StatusWriter(tracker, config.runtime_dir, min_interval=config.status_interval)
-    passed_fd = pick_fd(listen_fds(), "trackerd")
-    identity: tuple[int, int] | None = None
-    if passed_fd is not None:
-        sock = adopt_listening_socket(passed_fd)
-        where = f"a socket passed by systemd ({sock.getsockname() or 'unnamed'})"
-    else:
-        sock = bind_unix_socket(config.socket_path)
-        identity = socket_file_identity(config.socket_path)
-        where = str(config.socket_path)
+    passed = listen_fds()
+    sockets: list[_OpenSocket] = []
     try:
-        listener = await anyio.abc.SocketListener.from_socket(sock)
+        sockets.append(_open_socket(passed, "trackerd", config.socket_path))
+        if config.postfix_policy_socket or pick_fd(passed, POSTFIX_POLICY_FD_NAME) is not None:
+            policy_path = config.postfix_policy_socket
+            sockets.append(_open_socket(passed, POSTFIX_POLICY_FD_NAME, policy_path))
+        listeners = [await anyio.abc.SocketListener.from_socket(s.sock) for s in sockets]
         if not await writer.write_now():
             raise StartupError(f"cannot write the status file in {config.runtime_dir}")
         server = TrackerServer(tracker, writer, policy=config.policy, limits=config.limits)
+        servers: list[StreamServer] = [server]
+        if len(sockets) > 1:
+            servers.append(
+                PolicyServer(tracker, writer, policy=config.policy, limits=config.limits)
+            )
+            log.info("Postfix policy requests on %s", sockets[1].where)
         log.info(
-            "trackerd %s listening on %s; status file in %s", __version__, where, config.runtime_dir
+            "trackerd %s listening on %s; status file in %s",
+            __version__,
+            sockets[0].where,
+            config.runtime_dir,
         )
         notifier.ready(f"Ready: {summarise(tracker.status())}")
         _tune_garbage_collector()
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(writer.run)
-            tasks.start_soon(_stop_on_signal, server, notifier)
+            tasks.start_soon(_stop_on_signal, servers, notifier)
             if notifier.enabled:
                 tasks.start_soon(_report_status_to_systemd, tracker, notifier)
             if notifier.watchdog_interval is not None:
                 tasks.start_soon(_keep_watchdog_fed, notifier, notifier.watchdog_interval)
-            await server.serve(listener)
+            async with anyio.create_task_group() as serving:
+                for each_server, listener in zip(servers, listeners, strict=True):
+                    serving.start_soon(each_server.serve, listener)
             tasks.cancel_scope.cancel()
         await writer.write_now()
         log.info("stopped: %s", summarise(tracker.status()))
     finally:
-        # A socket systemd passed us is systemd's to remove; ours we remove.
-        if identity is not None:
-            remove_socket_file(config.socket_path, identity)
-        sock.close()
+        for opened in sockets:
+            opened.close()
 
 
-async def _stop_on_signal(server: TrackerServer, notifier: Notifier) -> None:
+async def _stop_on_signal(servers: list[StreamServer], notifier: Notifier) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info(
@@ -264,7 +313,8 @@ async def _stop_on_signal(server: TrackerServer, notifier: Notifier) -> None:
                 signal.Signals(signum).name,
             )
             notifier.stopping()
-            server.stop()
+            for server in servers:
+                server.stop()
             return
 
 

@@ -1,0 +1,173 @@
+"""Postfix policy delegation: the sans-IO parser, and the listener on a real daemon."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Daemon, wait_for
+from trackerd.postfix_policy import (
+    DUNNO_RESPONSE,
+    MAX_LINE,
+    NEED_DATA,
+    PolicyDecoder,
+    PolicyProtocolError,
+)
+
+REQUEST = (
+    b"request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
+    b"client_address=192.0.2.1\nclient_name=mail.example.com\nhelo_name=mail.example.com\n"
+    b"sender=user@example.com\nrecipient=rcpt@example.net\ninstance=123.4567.1\n"
+    b"size=12345\nccert_subject=\n\n"
+)
+
+
+def parse_all(data: bytes, chunk: int | None = None) -> list[dict[str, str]]:
+    decoder = PolicyDecoder()
+    requests = []
+    step = chunk or max(1, len(data))
+    for start in range(0, len(data), step):
+        decoder.receive_data(data[start : start + step])
+        while (request := decoder.next_request()) is not NEED_DATA:
+            assert isinstance(request, dict)
+            requests.append(request)
+    return requests
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 5])
+def test_parses_a_request_whole_or_byte_by_byte(chunk: int | None) -> None:
+    (request,) = parse_all(REQUEST, chunk)
+    assert request["client_address"] == "192.0.2.1"
+    assert request["sender"] == "user@example.com"
+    assert request["instance"] == "123.4567.1"
+    assert request["ccert_subject"] == ""
+
+
+def test_attribute_order_is_free_and_unknown_ones_are_kept_harmlessly() -> None:
+    (request,) = parse_all(b"future_attribute=x=y\nsender=<>\nclient_address=::1\n\n")
+    assert request == {"future_attribute": "x=y", "sender": "<>", "client_address": "::1"}
+
+
+def test_missing_attributes_are_simply_absent() -> None:
+    (request,) = parse_all(b"request=smtpd_access_policy\n\n")
+    assert "sender" not in request and "client_address" not in request
+
+
+def test_many_requests_on_one_connection() -> None:
+    assert len(parse_all(REQUEST * 50, 7)) == 50
+
+
+def test_crlf_is_tolerated() -> None:
+    (request,) = parse_all(b"sender=a@b.example\r\n\r\n")
+    assert request == {"sender": "a@b.example"}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\n",  # an empty request
+        b"no equals sign\n\n",
+        b"=value\n\n",
+        b"sender=" + b"x" * (MAX_LINE + 10) + b"\n\n",
+        b"sender=" + b"x" * (MAX_LINE + 10),  # too long, and no newline yet
+        b"".join(b"a%d=b\n" % i for i in range(300)) + b"\n",  # too many attributes
+    ],
+)
+def test_malformed_or_over_long_requests(data: bytes) -> None:
+    with pytest.raises(PolicyProtocolError):
+        parse_all(data)
+
+
+def test_closed_mid_request_and_closed_cleanly() -> None:
+    decoder = PolicyDecoder()
+    decoder.receive_data(b"sender=a@b.example\n")
+    assert decoder.next_request() is NEED_DATA
+    decoder.receive_data(b"")
+    with pytest.raises(PolicyProtocolError):
+        decoder.next_request()
+    clean = PolicyDecoder()
+    clean.receive_data(REQUEST)
+    assert isinstance(clean.next_request(), dict)
+    clean.receive_data(b"")
+    assert clean.next_request() is NEED_DATA and clean.closed_cleanly
+
+
+def test_undecodable_bytes_do_not_raise() -> None:
+    (request,) = parse_all(b"sender=\xff\xfe@example.com\n\n")
+    assert "\ufffd" in request["sender"]
+
+
+# --- the listener, on a real daemon -------------------------------------------------
+
+
+def policy_daemon(make_daemon: Callable[..., Daemon], short_tmp: Path) -> tuple[Daemon, Path]:
+    path = short_tmp / "policy.sock"
+    daemon = make_daemon(extra_args=["--postfix-policy-socket", str(path)]).start()
+    return daemon, path
+
+
+def ask(sock: socket.socket, request: bytes) -> bytes:
+    sock.sendall(request)
+    reply = b""
+    while not reply.endswith(b"\n\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+    return reply
+
+
+def policy_request(
+    client: str, sender: str, instance: str, recipient: str = "r@example.net"
+) -> bytes:
+    return (
+        f"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address={client}\n"
+        f"sender={sender}\nrecipient={recipient}\ninstance={instance}\n\n"
+    ).encode()
+
+
+def test_listener_answers_dunno_and_records(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    daemon, path = policy_daemon(make_daemon, short_tmp)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        # One message, three recipients: one record.
+        for rcpt in ("a", "b", "c"):
+            assert (
+                ask(
+                    sock, policy_request("192.0.2.1", "user@example.com", "i1", f"{rcpt}@x.example")
+                )
+                == DUNNO_RESPONSE
+            )
+        assert ask(sock, policy_request("192.0.2.2", "", "i2")) == DUNNO_RESPONSE  # null sender
+        assert ask(sock, policy_request("2001:db8::5", "x@[192.0.2.9]", "i3")) == DUNNO_RESPONSE
+    status = daemon.status()
+    assert (status.unique_conn_ips, status.unique_domains, status.unique_ip_servers) == (3, 1, 1)
+    assert status.records == 3
+
+
+def test_malformed_request_closes_without_a_reply(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    daemon, path = policy_daemon(make_daemon, short_tmp)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(b"this is not a policy request\n\n")
+        assert sock.recv(100) == b""
+    wait_for(lambda: "closing a Postfix policy connection" in daemon.log(), what="the log line")
+    assert daemon.status().records == 0
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:  # others still served
+        sock.settimeout(10)
+        sock.connect(str(path))
+        assert ask(sock, policy_request("192.0.2.1", "a@b.example", "i9")) == DUNNO_RESPONSE
+
+
+def test_policy_listener_is_off_by_default(daemon: Daemon) -> None:
+    assert "Postfix policy" not in daemon.log()
+    assert [p.name for p in daemon.runtime_dir.iterdir() if p.is_socket()] == ["trackerd.sock"]

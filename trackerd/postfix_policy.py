@@ -1,0 +1,88 @@
+"""Postfix's policy delegation protocol, sans-IO: requests in, responses out.
+
+A request is ``name=value`` lines ending with an empty line; the answer is
+``action=...`` and an empty line, and the connection stays open for the next
+request (Postfix's SMTPD_POLICY_README). Attribute order is free; unknown
+attributes are ignored. Lines and requests are bounded; anything malformed is
+a PolicyProtocolError, after which the connection must be closed without a reply.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Longest request line, and most lines and bytes in one request. Postfix's own
+#: requests are a few dozen short lines.
+MAX_LINE: Final = 4096
+MAX_ATTRIBUTES: Final = 256
+MAX_REQUEST: Final = 64 * 1024
+
+#: What trackerd always answers: no opinion, so Postfix goes on with its rules.
+DUNNO_RESPONSE: Final = b"action=DUNNO\n\n"
+
+
+class PolicyProtocolError(Exception):
+    """The peer sent something that is not a policy request. The text holds no input."""
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+
+
+class PolicyDecoder:
+    """Incremental parser for one connection's requests."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._attributes: dict[str, str] = {}
+        self._request_bytes = 0
+        self._lines = 0
+        self._eof = False
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes; b"" means the peer closed the connection."""
+        if not data:
+            self._eof = True
+        self._buffer += data
+
+    @property
+    def closed_cleanly(self) -> bool:
+        """True once the peer has closed between two requests."""
+        return self._eof and not self._buffer and not self._lines
+
+    def next_request(self) -> dict[str, str] | _NeedData:
+        """The next complete request's attributes, or NEED_DATA."""
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > MAX_LINE:
+                    raise PolicyProtocolError("request line too long")
+                if self._eof and (self._buffer or self._lines):
+                    raise PolicyProtocolError("connection closed inside a request")
+                return NEED_DATA
+            if end > MAX_LINE:
+                raise PolicyProtocolError("request line too long")
+            line = bytes(self._buffer[:end])
+            del self._buffer[: end + 1]
+            self._request_bytes += end + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if not self._lines:
+                    raise PolicyProtocolError("empty request")
+                request, self._attributes = self._attributes, {}
+                self._lines = self._request_bytes = 0
+                return request
+            self._lines += 1
+            if self._lines > MAX_ATTRIBUTES or self._request_bytes > MAX_REQUEST:
+                raise PolicyProtocolError("request too large")
+            name, equals, value = line.partition(b"=")
+            if not equals or not name:
+                raise PolicyProtocolError("request line without name=value")
+            # Values may carry SMTPUTF8 addresses; undecodable bytes become U+FFFD,
+            # which no valid address contains, so such a sender counts as rejected.
+            self._attributes[name.decode("ascii", "replace")] = value.decode("utf-8", "replace")

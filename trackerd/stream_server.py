@@ -1,0 +1,177 @@
+"""What every trackerd listener shares: accepting, admission, timeouts, draining at stop.
+
+A StreamServer accepts connections until stop(), admits each one or refuses it
+(allow-lists by SO_PEERCRED, the connection limit), and gives subclasses a
+receive that honours the idle and frame timeouts and turns into a drain at
+shutdown, and a send that gives up on a peer that does not read. Subclasses
+speak a protocol over it: server.py the msgpack one, policy_server.py Postfix's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import anyio
+from anyio.abc import SocketAttribute, SocketListener, SocketStream
+
+from trackerd.access import AccessPolicy, ConnectionLimits, LogThrottle, peer_credentials
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 65536
+#: A reply the peer does not read within this time closes the connection, so a
+#: client that stops reading cannot hold the daemon's memory.
+SEND_TIMEOUT = 10.0
+#: At shutdown, a connection is drained until no byte arrives for this long.
+DRAIN_QUIET_TIME = 0.05
+#: ... and for at most this long in all.
+DRAIN_DEADLINE = 3.0
+
+ERR_FORBIDDEN = "forbidden"
+ERR_BUSY = "busy"
+
+
+class Closed(Exception):
+    """The connection is done; unwinds the connection's task to its cleanup."""
+
+
+class StreamServer:
+    """Serves connections from a listener until stop() is called."""
+
+    def __init__(
+        self, *, policy: AccessPolicy | None = None, limits: ConnectionLimits | None = None
+    ) -> None:
+        self._policy = policy or AccessPolicy()
+        self.limits = limits or ConnectionLimits()
+        self._stopping = False
+        self._receive_scopes: set[anyio.CancelScope] = set()
+        self._accept_scope = anyio.CancelScope()
+        self._refused_log = LogThrottle()
+        self._busy_log = LogThrottle()
+        self.connections_open = 0
+        self.connections_total = 0
+        self.refused = 0
+        self.busy = 0
+        self.timeouts = 0
+
+    async def serve(self, listener: SocketListener) -> None:
+        """Accept and serve until stop(); then drain open connections and return."""
+        async with anyio.create_task_group() as connections:
+            with self._accept_scope:
+                await listener.serve(self._handle, connections)
+            await listener.aclose()
+            with anyio.move_on_after(DRAIN_DEADLINE) as drain:
+                while self.connections_open:
+                    await anyio.sleep(0.01)
+            if drain.cancelled_caught:
+                log.warning(
+                    "%d connections still open at shutdown; closing them", self.connections_open
+                )
+                connections.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        """Stop accepting; make every connection drain what it was sent, then close."""
+        self._stopping = True
+        self._accept_scope.cancel()
+        for scope in self._receive_scopes:
+            scope.cancel()
+
+    # --- for subclasses ---------------------------------------------------------------
+
+    async def serve_connection(self, stream: SocketStream) -> None:
+        raise NotImplementedError
+
+    async def refuse(self, stream: SocketStream, code: str, text: str) -> None:
+        """Tell a refused peer why, if the protocol can; by default just close."""
+
+    def deadline(self, frame_started: float | None) -> float:
+        """When to give up waiting: the idle timeout, or sooner inside a frame."""
+        now = anyio.current_time()
+        limits = self.limits
+        deadline = now + limits.idle_timeout if limits.idle_timeout > 0 else math.inf
+        if frame_started is not None and limits.frame_timeout > 0:
+            deadline = min(deadline, frame_started + limits.frame_timeout)
+        return deadline
+
+    async def receive(self, stream: SocketStream, deadline: float) -> bytes | None:
+        """The next bytes: b"" at end of stream, None when the connection should close."""
+        try:
+            if self._stopping:
+                with anyio.move_on_after(DRAIN_QUIET_TIME):
+                    return await stream.receive(READ_SIZE)
+                return None
+            with anyio.CancelScope(deadline=deadline) as scope:
+                self._receive_scopes.add(scope)
+                try:
+                    return await stream.receive(READ_SIZE)
+                finally:
+                    self._receive_scopes.discard(scope)
+            if self._stopping:
+                # Cancelled by stop(): nothing was consumed; drain what the peer sent.
+                return await self.receive(stream, deadline)
+            self.timeouts += 1
+            log.debug("closing a connection: idle, or a frame took too long to arrive")
+            return None
+        except anyio.EndOfStream:
+            return b""
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return b""
+
+    async def send(self, stream: SocketStream, data: bytes) -> None:
+        """Send, or raise Closed when the peer is gone or does not read in time."""
+        with anyio.move_on_after(SEND_TIMEOUT):
+            try:
+                await stream.send(data)
+                return
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                raise Closed from None
+        self.timeouts += 1
+        log.info("closing a connection that did not read its reply within %.0fs", SEND_TIMEOUT)
+        raise Closed
+
+    # --- one connection -----------------------------------------------------------------
+
+    async def _handle(self, stream: SocketStream) -> None:
+        self.connections_open += 1
+        self.connections_total += 1
+        try:
+            async with stream:
+                refusal = self._refusal(stream)
+                if refusal is None:
+                    await self.serve_connection(stream)
+                else:
+                    await self.refuse(stream, *refusal)
+        except Closed:
+            pass
+        finally:
+            self.connections_open -= 1
+
+    def _refusal(self, stream: SocketStream) -> tuple[str, str] | None:
+        """Why this connection may not be served (code, text), or None."""
+        if self._policy.restricted:
+            peer = peer_credentials(stream.extra(SocketAttribute.raw_socket))
+            if not self._policy.permits(peer):
+                self.refused += 1
+                suppressed = self._refused_log.ready()
+                if suppressed is not None:
+                    who = (
+                        f"uid {peer.uid} gid {peer.gid} pid {peer.pid}" if peer else "unknown peer"
+                    )
+                    log.warning(
+                        "refused a connection from %s: not in the allow-lists (%d more since)",
+                        who,
+                        suppressed,
+                    )
+                return (ERR_FORBIDDEN, "this user or group may not use trackerd")
+        if self.connections_open > self.limits.max_connections:
+            self.busy += 1
+            suppressed = self._busy_log.ready()
+            if suppressed is not None:
+                log.warning(
+                    "at the limit of %d connections: turned one away (%d more since)",
+                    self.limits.max_connections,
+                    suppressed,
+                )
+            return (ERR_BUSY, "too many connections; try again later")
+        return None
