@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from servertracker.connection import DaemonConnection
 from tests.conftest import Daemon, wait_for
 from trackerd.postfix_policy import (
     DUNNO_RESPONSE,
@@ -171,3 +175,31 @@ def test_malformed_request_closes_without_a_reply(
 def test_policy_listener_is_off_by_default(daemon: Daemon) -> None:
     assert "Postfix policy" not in daemon.log()
     assert [p.name for p in daemon.runtime_dir.iterdir() if p.is_socket()] == ["trackerd.sock"]
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None, reason="needs systemd-socket-activate"
+)
+def test_both_sockets_passed_by_socket_activation(short_tmp: Path) -> None:
+    main, policy = short_tmp / "main.sock", short_tmp / "policy.sock"
+    command = [
+        "systemd-socket-activate", "-l", str(main), "-l", str(policy),
+        "--fdname=trackerd:postfix-policy",
+        sys.executable, "-m", "trackerd", "--runtime-dir", str(short_tmp / "rt"),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(policy.exists, what="the activator's sockets")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(20)
+            sock.connect(str(policy))  # the first connection starts trackerd
+            assert ask(sock, policy_request("192.0.2.1", "a@example.com", "i1")) == DUNNO_RESPONSE
+        with DaemonConnection(main, timeout=10) as conn:
+            assert conn.status().unique_domains == 1
+        process.terminate()
+        _, err = process.communicate(timeout=20)
+        assert "Postfix policy requests on a socket passed by systemd" in err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

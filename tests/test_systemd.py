@@ -214,7 +214,7 @@ def unit_copies(tmp: Path) -> Path:
     """The units with ExecStart= pointing at this environment's trackerd."""
     trackerd = Path(sys.executable).parent / "trackerd"
     assert trackerd.exists()
-    for unit in ("trackerd.service", "trackerd.socket"):
+    for unit in ("trackerd.service", "trackerd.socket", "trackerd-postfix.socket"):
         text = (UNITS / unit).read_text().replace("/usr/local/bin/trackerd", str(trackerd))
         (tmp / unit).write_text(text)
     return tmp / "trackerd.service"
@@ -224,7 +224,13 @@ def unit_copies(tmp: Path) -> Path:
 def test_systemd_analyze_verify_reports_nothing(short_tmp: Path) -> None:
     service = unit_copies(short_tmp)
     result = subprocess.run(
-        ["systemd-analyze", "verify", str(service), str(short_tmp / "trackerd.socket")],
+        [
+            "systemd-analyze",
+            "verify",
+            str(service),
+            str(short_tmp / "trackerd.socket"),
+            str(short_tmp / "trackerd-postfix.socket"),
+        ],
         capture_output=True,
         text=True,
     )
