@@ -99,7 +99,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
         help=(
             "distinct values counted exactly per category; past this a category is "
             "estimated (HyperLogLog, ~0.4%% error) so that floods cannot grow memory "
-            "(default: %(default)s, about 64 MiB each)"
+            "(default: %(default)s, a 32 MiB table each)"
         ),
     )
     parser.add_argument(
