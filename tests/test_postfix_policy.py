@@ -113,6 +113,13 @@ def policy_daemon(make_daemon: Callable[..., Daemon], short_tmp: Path) -> tuple[
     return daemon, path
 
 
+def connect_policy(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(str(path))
+    return sock
+
+
 def ask(sock: socket.socket, request: bytes) -> bytes:
     sock.sendall(request)
     reply = b""
@@ -137,9 +144,7 @@ def test_listener_answers_dunno_and_records(
     make_daemon: Callable[..., Daemon], short_tmp: Path
 ) -> None:
     daemon, path = policy_daemon(make_daemon, short_tmp)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(10)
-        sock.connect(str(path))
+    with connect_policy(path) as sock:
         # One message, three recipients: one record.
         for rcpt in ("a", "b", "c"):
             assert (
@@ -159,9 +164,7 @@ def test_malformed_request_closes_without_a_reply(
     make_daemon: Callable[..., Daemon], short_tmp: Path
 ) -> None:
     daemon, path = policy_daemon(make_daemon, short_tmp)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(10)
-        sock.connect(str(path))
+    with connect_policy(path) as sock:
         sock.sendall(b"this is not a policy request\n\n")
         assert sock.recv(100) == b""
     wait_for(lambda: "closing a Postfix policy connection" in daemon.log(), what="the log line")
