@@ -229,9 +229,13 @@ def _raise_open_file_limit(wanted: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    if target < wanted:
-        log.warning("open file limit %d allows fewer than --max-connections connections", hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:  # a seccomp filter, say: not fatal
+            log.warning("cannot raise the open file limit: %s", exc)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning("open file limit %d allows fewer than --max-connections connections", soft)
 
 
 def _tune_garbage_collector() -> None:
