@@ -21,6 +21,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from servertracker.status import Status
 from trackerd.distinct_counter import DEFAULT_MAX_EXACT, DistinctCounter
@@ -92,38 +93,47 @@ class Tracker:
         hasher.update(key)
         return hasher.digest()
 
-    def _conn_ip_digest(self, value: str) -> bytes | Outcome:
-        key = classify_conn_ip(value)
-        return self._digest(Category.CONN_IP, key) if type(key) is bytes else key
+    # The two cache misses: normalise, hash, queue the digest for its counter, and
+    # remember the result. Queueing and caching happen together, so a cache hit
+    # always means the digest is queued already.
 
-    def _domain_part_digest(self, part: str) -> tuple[int, bytes] | Outcome:
+    def _conn_ip_miss(self, value: str, cache_key: int) -> bytes | Outcome:
+        key = classify_conn_ip(value)
+        result = key
+        if type(key) is bytes:
+            result = self._digest(Category.CONN_IP, key)
+            self.counters[Category.CONN_IP].pending.append(result)
+        self._remember(self._conn_cache, cache_key, result)
+        return result
+
+    def _domain_part_miss(self, part: str, cache_key: int) -> tuple[int, bytes] | Outcome:
         classified = classify_domain_part(part)
+        result: tuple[int, bytes] | Outcome = classified
         if type(classified) is tuple:
-            return (classified[0], self._digest(*classified))
-        return classified
+            category, key = classified
+            result = (category, self._digest(category, key))
+            self.counters[category].pending.append(result[1])
+        self._remember(self._domain_cache, cache_key, result)
+        return result
+
+    def _remember(self, cache: dict[int, Any], cache_key: int, result: object) -> None:
+        if self.raw_cache_entries:
+            if len(cache) >= self.raw_cache_entries:
+                cache.clear()  # start again: simpler and cheaper than evicting one by one
+            cache[cache_key] = result
 
     def record_pairs(self, pairs: Iterable[Sequence[str | None]]) -> None:
         """Count many pairs: the daemon's hot loop, so it avoids every step it can."""
         conn_cache, domain_cache = self._conn_cache, self._domain_cache
-        limit = self.raw_cache_entries
-        appends = [counter.pending.append for counter in self.counters]
-        conn_append = appends[Category.CONN_IP]
         records = rejected_conn_ips = rejected_senders = 0
         for conn_ip, sender in pairs:
             records += 1
-            # A digest is queued for its counter when its cache entry is made; a hit
-            # means it was queued already, so a repeated value costs a look-up only.
+            # A repeated value costs a hash and a look-up: its digest is queued already.
             if conn_ip:
                 cache_key = hash(conn_ip)
                 digest = conn_cache.get(cache_key)
                 if digest is None:
-                    digest = self._conn_ip_digest(conn_ip)
-                    if type(digest) is bytes:
-                        conn_append(digest)
-                    if limit:
-                        if len(conn_cache) >= limit:
-                            conn_cache.clear()
-                        conn_cache[cache_key] = digest
+                    digest = self._conn_ip_miss(conn_ip, cache_key)
                 if digest is REJECTED:
                     rejected_conn_ips += 1
             if sender:
@@ -132,13 +142,7 @@ class Tracker:
                     cache_key = hash(part)
                     result = domain_cache.get(cache_key)
                     if result is None:
-                        result = self._domain_part_digest(part)
-                        if type(result) is tuple:
-                            appends[result[0]](result[1])
-                        if limit:
-                            if len(domain_cache) >= limit:
-                                domain_cache.clear()
-                            domain_cache[cache_key] = result
+                        result = self._domain_part_miss(part, cache_key)
                     if result is REJECTED:
                         rejected_senders += 1
                 elif part is REJECTED:

@@ -114,7 +114,6 @@ class Client:
         self._dropped = 0
         self._connects = 0
         self._last_drop_warning = -_DROP_WARNING_INTERVAL
-        self._pid = os.getpid()
 
     # --- the hot path: runs in the SMTP worker's own thread ---------------------
 
