@@ -120,8 +120,17 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
         )
+        # The socket file appears at bind(), a moment before listen(): wait for
+        # a PING to be answered, not merely for the file.
+        import redis  # a benchmark-only dependency
+
         deadline = time.monotonic() + 10
-        while not self.socket.exists():
+        while True:
+            try:
+                if redis.Redis(unix_socket_path=str(self.socket)).ping():
+                    break
+            except redis.ConnectionError:
+                pass
             if time.monotonic() > deadline:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.01)

@@ -120,6 +120,18 @@ def connect_policy(path: Path) -> socket.socket:
     return sock
 
 
+def connect_once_listening(path: Path) -> socket.socket | None:
+    """Connect, or None while the socket file is missing or not yet listening.
+
+    A socket file appears at bind(), a moment before listen(): its existence
+    alone does not mean a connection will be accepted.
+    """
+    try:
+        return connect_policy(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+
+
 def ask(sock: socket.socket, request: bytes) -> bytes:
     sock.sendall(request)
     reply = b""
@@ -192,10 +204,9 @@ def test_both_sockets_passed_by_socket_activation(short_tmp: Path) -> None:
     ]  # fmt: skip
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(policy.exists, what="the activator's sockets")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        # The first connection makes the activator start trackerd.
+        with wait_for(lambda: connect_once_listening(policy), what="the activator") as sock:
             sock.settimeout(20)
-            sock.connect(str(policy))  # the first connection starts trackerd
             assert ask(sock, policy_request("192.0.2.1", "a@example.com", "i1")) == DUNNO_RESPONSE
         with DaemonConnection(main, timeout=10) as conn:
             assert conn.status().unique_domains == 1
