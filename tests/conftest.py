@@ -37,13 +37,14 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "con
         delay = min(delay * 2, 0.1)
 
 
-def run_as_nobody(function: Callable[[], int]) -> int:
-    """Run function in a forked child with nobody's uid and gid; return its result."""
+def run_as_nobody(function: Callable[[], int], groups: Sequence[int] = ()) -> int:
+    """Run function in a forked child with nobody's uid and gid, and these
+    supplementary groups; return its result."""
     pid = os.fork()
     if pid == 0:
         code = 99
         try:
-            os.setgroups([])
+            os.setgroups(list(groups))
             os.setgid(65534)
             os.setuid(65534)
             code = function()

@@ -6,7 +6,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from servertracker.cli import app
 from servertracker.connection import DaemonConnection
 from servertracker.errors import DaemonUnavailable, ProtocolError
 from tests.conftest import Daemon, run_as_nobody, wait_for
+from trackerd.access import AccessPolicy, PeerCredentials, peer_credentials
 
 NOBODY = 65534
 
@@ -59,7 +60,7 @@ def open_up(daemon: Daemon) -> None:
     daemon.socket_path.chmod(0o666)
 
 
-def ping_as_nobody(socket_path: Path) -> int:
+def ping_as_nobody(socket_path: Path, groups: Sequence[int] = ()) -> int:
     """0: answered; 3: refused with "forbidden"; 4: other failure."""
 
     def ping() -> int:
@@ -72,7 +73,7 @@ def ping_as_nobody(socket_path: Path) -> int:
         except DaemonUnavailable:
             return 4
 
-    return run_as_nobody(ping)
+    return run_as_nobody(ping, groups)
 
 
 def test_allow_lists_refuse_and_admit_by_uid_and_gid(make_daemon: Callable[..., Daemon]) -> None:
@@ -96,11 +97,41 @@ def test_allow_lists_refuse_and_admit_by_uid_and_gid(make_daemon: Callable[..., 
     open_up(by_gid)
     assert ping_as_nobody(by_gid.socket_path) == 0
 
+    # A supplementary group counts as much as the primary one: that is how
+    # `usermod -aG trackerd smtpd` lets the SMTP workers in.
+    workers_group = 4242
+    by_supplementary = make_daemon("e", extra_args=["--allow-gid", str(workers_group)]).start()
+    open_up(by_supplementary)
+    assert ping_as_nobody(by_supplementary.socket_path, groups=[workers_group]) == 0
+    assert ping_as_nobody(by_supplementary.socket_path, groups=[workers_group + 1]) == 3
+
     # Without allow-lists the socket's mode decides: nobody cannot even connect.
     plain = make_daemon("d").start()
     plain.runtime_dir.chmod(0o755)
     plain.runtime_dir.parent.chmod(0o755)
     assert ping_as_nobody(plain.socket_path) == 4
+
+
+def test_peer_credentials_carry_the_supplementary_groups() -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to give a process chosen groups")
+
+    def groups_seen_by_the_peer() -> int:
+        left, right = socket.socketpair()  # the kernel records credentials here
+        with left, right:
+            peer = peer_credentials(left)
+        expected = PeerCredentials(os.getpid(), NOBODY, NOBODY, frozenset({4242, 4343}))
+        return 0 if peer == expected else 1
+
+    assert run_as_nobody(groups_seen_by_the_peer, groups=[4242, 4343]) == 0
+
+
+def test_a_gid_allow_list_admits_primary_or_supplementary_groups() -> None:
+    policy = AccessPolicy(gids=frozenset({4242}), own_uid=0)
+    assert policy.permits(PeerCredentials(1, 1000, 4242))
+    assert policy.permits(PeerCredentials(1, 1000, 1000, frozenset({27, 4242})))
+    assert not policy.permits(PeerCredentials(1, 1000, 1000, frozenset({27})))
+    assert not policy.permits(None)
 
 
 def test_unknown_user_is_a_usage_error(short_tmp: Path) -> None:

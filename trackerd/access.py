@@ -2,14 +2,17 @@
 
 The socket's file mode is the first gate. Optional allow-lists of UIDs and GIDs
 are the second, checked against the peer's credentials from SO_PEERCRED on
-every connection (the kernel's word, not the peer's). The peer's primary GID is
-what SO_PEERCRED reports; supplementary groups are not seen.
+every connection (the kernel's word, not the peer's). A GID allow-list admits
+a peer by its primary group or any supplementary one (SO_PEERGROUPS), since
+"add the SMTP workers' user to the trackerd group" gives them a supplementary one.
 """
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
+import platform
 import pwd
 import socket
 import struct
@@ -17,6 +20,14 @@ import time
 from dataclasses import dataclass, field
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+#: Linux 4.13+; Python 3.11 does not name it. 59 is the value on every
+#: architecture but parisc and sparc, which number socket options their own way.
+_SO_PEERGROUPS: int | None = getattr(socket, "SO_PEERGROUPS", None) or (
+    59 if not platform.machine().startswith(("parisc", "sparc")) else None
+)
+_GID_SIZE = 4  # gid_t
+#: Linux's NGROUPS_MAX: a buffer this large always fits.
+_MAX_GROUPS = 65536
 
 
 @dataclass(frozen=True)
@@ -24,6 +35,8 @@ class PeerCredentials:
     pid: int
     uid: int
     gid: int
+    #: Supplementary groups as the kernel recorded them at connect(); empty if unknown.
+    groups: frozenset[int] = frozenset()
 
 
 def peer_credentials(sock: socket.socket) -> PeerCredentials | None:
@@ -31,7 +44,23 @@ def peer_credentials(sock: socket.socket) -> PeerCredentials | None:
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     except OSError:
         return None
-    return PeerCredentials(*_UCRED.unpack(raw))
+    pid, uid, gid = _UCRED.unpack(raw)
+    return PeerCredentials(pid, uid, gid, peer_groups(sock))
+
+
+def peer_groups(sock: socket.socket) -> frozenset[int]:
+    """The peer's supplementary groups (SO_PEERGROUPS), or none where it is unknown."""
+    if _SO_PEERGROUPS is None:
+        return frozenset()
+    for count in (64, _MAX_GROUPS):  # most users are in few groups: try small first
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, count * _GID_SIZE)
+        except OSError as exc:
+            if exc.errno == errno.ERANGE:  # more groups than the buffer holds
+                continue
+            return frozenset()  # an old kernel
+        return frozenset(struct.unpack(f"{len(raw) // _GID_SIZE}I", raw))
+    return frozenset()
 
 
 @dataclass(frozen=True)
@@ -55,7 +84,10 @@ class AccessPolicy:
         return (
             peer.uid == self.own_uid
             or (self.uids is not None and peer.uid in self.uids)
-            or (self.gids is not None and peer.gid in self.gids)
+            or (
+                self.gids is not None
+                and (peer.gid in self.gids or not self.gids.isdisjoint(peer.groups))
+            )
         )
 
 

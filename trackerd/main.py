@@ -114,8 +114,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
     access = parser.add_argument_group(
         "access and limits",
         "The socket's mode (0660) is the first gate; allow-lists are checked on every "
-        "connection with SO_PEERCRED (the peer's uid and primary gid). The daemon's own "
-        "user is always let in.",
+        "connection with SO_PEERCRED and SO_PEERGROUPS (the peer's uid, its primary gid "
+        "and its supplementary groups). The daemon's own user is always let in.",
     )
     access.add_argument(
         "--allow-uid",
