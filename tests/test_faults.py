@@ -1,4 +1,5 @@
-"""Faults: the daemon killed again and again under load; its status directory gone or full."""
+"""Faults: the daemon killed again and again under load; its runtime directory,
+socket or status file gone or full."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import resource
 import shutil
 import signal
+import socket
+import stat
 import threading
 from collections.abc import Callable
 from multiprocessing.synchronize import Event as EventType
@@ -16,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from servertracker import Client, read_status_file
+from servertracker.errors import DaemonUnavailable
 from servertracker.status import STATUS_FILE_NAME
 from tests.conftest import Daemon, wait_for
 
@@ -98,33 +102,96 @@ def test_sigkill_fifty_times_under_load(make_daemon: Callable[..., Daemon]) -> N
     assert all(worker.exitcode == 0 for worker in workers)
 
 
-def test_status_directory_removed_then_back(
+def remove_tree(path: Path) -> None:
+    """rm -rf, again if the daemon wrote a file into the tree meanwhile."""
+
+    def removed() -> bool:
+        try:
+            shutil.rmtree(path)
+            return True
+        except OSError:
+            return False
+
+    wait_for(removed, what=f"{path} to be removed")
+
+
+def test_runtime_directory_removed_is_made_again_with_its_socket(daemon: Daemon) -> None:
+    """What a /tmp cleaner or logind at logout does: the directory goes, socket and all."""
+    with daemon.connect() as before:
+        before.record([("192.0.2.1", "a@example.com")])
+        before.ping()
+        remove_tree(daemon.runtime_dir)
+
+        def reachable_again() -> bool:
+            try:
+                daemon.status()
+                return True
+            except DaemonUnavailable:
+                return False
+
+        wait_for(reachable_again, 15, "the socket to be made again")
+        before.record([("192.0.2.2", "b@example.com")])  # made before: unaffected
+        before.ping()
+    with daemon.connect() as after:
+        after.record([("192.0.2.3", "c@example.com")])
+        assert after.status().unique_conn_ips == 3  # nothing was lost
+    status_file = daemon.runtime_dir / STATUS_FILE_NAME
+    wait_for(
+        lambda: status_file.exists() and read_status_file(daemon.runtime_dir).unique_conn_ips == 3,
+        what="the status file to be written again, with every record",
+    )
+    assert stat.S_IMODE(daemon.runtime_dir.stat().st_mode) == 0o750
+    assert stat.S_IMODE(status_file.stat().st_mode) == 0o640
+    log = daemon.log()
+    assert "was removed; made it again" in log
+    assert "was removed; listening on it again" in log
+    assert daemon.stop() == 0
+    assert not daemon.socket_path.exists()  # the new socket file is ours to remove
+
+
+def test_runtime_directory_gone_with_its_parent_until_the_parent_is_back(
     make_daemon: Callable[..., Daemon], short_tmp: Path
 ) -> None:
     # The socket lives elsewhere, so that the daemon stays reachable.
-    daemon = make_daemon(extra_args=["--socket", str(short_tmp / "d.sock")])
+    daemon = make_daemon(
+        "p/rt", extra_args=["--socket", str(short_tmp / "d.sock")], log_to_pipe=True
+    )
     daemon.socket_path = short_tmp / "d.sock"
     daemon.start()
-    shutil.rmtree(daemon.runtime_dir)
+    remove_tree(short_tmp / "p")  # a missing parent is not the daemon's to make
     with daemon.connect() as conn:
         conn.record([("192.0.2.1", "a@example.com")])
         conn.ping()
+        wait_for(lambda: "cannot write the status file" in daemon.log(), what="the write error")
         wait_for(
-            lambda: "cannot write the status file" in daemon.log(), what="the error in the log"
+            lambda: "cannot put the runtime files back" in daemon.log(), what="the upkeep error"
         )
         assert conn.status().unique_conn_ips == 1  # still counting
         conn.record([("192.0.2.2", "b@example.com")])
         conn.ping()
-    daemon.runtime_dir.mkdir()
+    (short_tmp / "p").mkdir()
     status = wait_for(
         lambda: (
             (daemon.runtime_dir / STATUS_FILE_NAME).exists()
             and read_status_file(daemon.runtime_dir)
         ),
+        15,
         what="the status file to come back",
     )
     assert status.unique_conn_ips == 2
-    assert "status file written again" in daemon.log()
+    wait_for(lambda: "runtime files back in place" in daemon.log(), what="the recovery log")
+    assert daemon.log().count("cannot put the runtime files back") == 1  # not every 2 s
+
+
+def test_a_socket_path_taken_by_someone_else_is_left_alone(daemon: Daemon) -> None:
+    daemon.socket_path.unlink()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(str(daemon.socket_path))  # another program's socket, now at our path
+        other.listen()
+        identity = daemon.socket_path.stat().st_ino
+        wait_for(lambda: "is no longer our socket" in daemon.log(), 15, what="the log line")
+        assert daemon.stop() == 0
+        assert daemon.socket_path.stat().st_ino == identity  # neither replaced nor removed
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="prlimit on the non-dumpable daemon needs root")

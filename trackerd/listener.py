@@ -11,6 +11,7 @@ import errno
 import os
 import socket
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from servertracker.paths import default_private_dir
@@ -25,14 +26,26 @@ class StartupError(Exception):
     """The daemon cannot start; the message tells the operator what to do."""
 
 
+def _runtime_dir_mode(path: Path) -> int:
+    return 0o700 if path == default_private_dir() else RUNTIME_DIR_MODE
+
+
 def prepare_runtime_dir(path: Path) -> None:
     """Create the runtime directory if needed; refuse an unsafe /tmp fallback."""
-    private = path == default_private_dir()
     try:
-        path.mkdir(mode=0o700 if private else RUNTIME_DIR_MODE, parents=True, exist_ok=True)
-        info = os.lstat(path)
+        path.mkdir(mode=_runtime_dir_mode(path), parents=True, exist_ok=True)
     except OSError as exc:
         raise StartupError(f"cannot create runtime directory {path}: {exc.strerror}") from None
+    check_runtime_dir(path)
+
+
+def check_runtime_dir(path: Path) -> None:
+    """Raise StartupError unless path is a directory we may use, and private if in /tmp."""
+    private = path == default_private_dir()
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise StartupError(f"cannot use runtime directory {path}: {exc.strerror}") from None
     if not stat.S_ISDIR(info.st_mode):
         raise StartupError(f"runtime directory {path} is not a directory")
     if private and (info.st_uid != os.getuid() or info.st_mode & 0o077):
@@ -43,6 +56,22 @@ def prepare_runtime_dir(path: Path) -> None:
         )
     if not os.access(path, os.W_OK | os.X_OK):
         raise StartupError(f"runtime directory {path} is not writable by this user")
+
+
+def remake_runtime_dir(path: Path) -> bool:
+    """Make the runtime directory again if it was removed; True if it had to.
+
+    Only the last component: a missing parent (say $XDG_RUNTIME_DIR, gone at
+    logout) is not ours to create. Raises OSError when it cannot be made, and
+    StartupError when what is there now is not fit to use (in a shared /tmp,
+    another user may have made the directory in the meantime).
+    """
+    try:
+        path.mkdir(mode=_runtime_dir_mode(path))
+    except FileExistsError:
+        check_runtime_dir(path)
+        return False
+    return True
 
 
 def _remove_stale_socket(path: Path) -> None:
@@ -119,3 +148,34 @@ def remove_socket_file(path: Path, identity: tuple[int, int]) -> None:
     with contextlib.suppress(OSError):
         if socket_file_identity(path) == identity:
             path.unlink()
+
+
+@dataclass
+class OpenSocket:
+    """A listening socket, and its file when the daemon bound it itself."""
+
+    sock: socket.socket
+    where: str
+    #: Set when we bound the socket file ourselves: then it is ours to remove.
+    path: Path | None = None
+    identity: tuple[int, int] | None = None
+
+    @classmethod
+    def bind(cls, path: Path) -> OpenSocket:
+        sock = bind_unix_socket(path)
+        return cls(sock, str(path), path, socket_file_identity(path))
+
+    def file_state(self) -> str:
+        """ "ours" while our socket file is at its path, else "missing" or "replaced"."""
+        assert self.path is not None and self.identity is not None
+        try:
+            return "ours" if socket_file_identity(self.path) == self.identity else "replaced"
+        except FileNotFoundError:
+            return "missing"
+        except OSError:
+            return "replaced"  # not ours to judge: leave it alone
+
+    def close(self) -> None:
+        if self.path is not None and self.identity is not None:
+            remove_socket_file(self.path, self.identity)
+        self.sock.close()

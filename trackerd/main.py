@@ -14,7 +14,6 @@ import logging
 import os
 import resource
 import signal
-import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -33,12 +32,10 @@ from trackerd import __version__
 from trackerd.access import AccessPolicy, ConnectionLimits, parse_gid, parse_uid
 from trackerd.distinct_counter import DEFAULT_MAX_EXACT
 from trackerd.listener import (
+    OpenSocket,
     StartupError,
     adopt_listening_socket,
-    bind_unix_socket,
     prepare_runtime_dir,
-    remove_socket_file,
-    socket_file_identity,
 )
 from trackerd.policy_server import PolicyServer
 from trackerd.server import TrackerServer
@@ -46,6 +43,7 @@ from trackerd.status_writer import StatusWriter, remove_leftover_temp_files
 from trackerd.stream_server import StreamServer
 from trackerd.systemd import Notifier, listen_fds, make_non_dumpable, pick_fd
 from trackerd.tracker import Tracker
+from trackerd.upkeep import Served, Upkeep
 
 log = logging.getLogger("trackerd")
 
@@ -199,29 +197,14 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
 
 
-@dataclass
-class _OpenSocket:
-    sock: socket.socket
-    where: str
-    #: Set when we bound the socket file ourselves: then it is ours to remove.
-    path: Path | None = None
-    identity: tuple[int, int] | None = None
-
-    def close(self) -> None:
-        if self.path is not None and self.identity is not None:
-            remove_socket_file(self.path, self.identity)
-        self.sock.close()
-
-
-def _open_socket(passed: dict[str, int], name: str, path: Path | None) -> _OpenSocket:
+def _open_socket(passed: dict[str, int], name: str, path: Path | None) -> OpenSocket:
     """The socket systemd passed under this name, else our own at path."""
     fd = pick_fd(passed, name)
     if fd is not None:
         sock = adopt_listening_socket(fd)
-        return _OpenSocket(sock, f"a socket passed by systemd ({sock.getsockname() or name})")
+        return OpenSocket(sock, f"a socket passed by systemd ({sock.getsockname() or name})")
     assert path is not None
-    sock = bind_unix_socket(path)
-    return _OpenSocket(sock, str(path), path, socket_file_identity(path))
+    return OpenSocket.bind(path)
 
 
 def _raise_open_file_limit(wanted: int) -> None:
@@ -267,7 +250,7 @@ async def run(config: Config) -> None:
     tracker = Tracker(max_exact=config.max_exact)
     writer = StatusWriter(tracker, config.runtime_dir, min_interval=config.status_interval)
     passed = listen_fds()
-    sockets: list[_OpenSocket] = []
+    sockets: list[OpenSocket] = []
     try:
         sockets.append(_open_socket(passed, "trackerd", config.socket_path))
         if config.postfix_policy_socket or pick_fd(passed, POSTFIX_POLICY_FD_NAME) is not None:
@@ -298,9 +281,12 @@ async def run(config: Config) -> None:
                 tasks.start_soon(_report_status_to_systemd, tracker, notifier)
             if notifier.watchdog_interval is not None:
                 tasks.start_soon(_keep_watchdog_fed, notifier, notifier.watchdog_interval)
+            served = [Served(*pair) for pair in zip(servers, sockets, strict=True)]
+            upkeep = Upkeep(config.runtime_dir, writer, served, sockets)
             async with anyio.create_task_group() as serving:
                 for each_server, listener in zip(servers, listeners, strict=True):
                     serving.start_soon(each_server.serve, listener)
+                tasks.start_soon(upkeep.run, serving)
             tasks.cancel_scope.cancel()
         await writer.write_now()
         log.info("stopped: %s", summarise(tracker.status()))

@@ -46,7 +46,9 @@ class StreamServer:
         self.limits = limits or ConnectionLimits()
         self._stopping = False
         self._receive_scopes: set[anyio.CancelScope] = set()
-        self._accept_scope = anyio.CancelScope()
+        # One per listener: a socket file made again after it was removed gets a
+        # listener of its own (see upkeep.py).
+        self._accept_scopes: set[anyio.CancelScope] = set()
         self._refused_log = LogThrottle()
         self._busy_log = LogThrottle()
         self.connections_open = 0
@@ -55,11 +57,23 @@ class StreamServer:
         self.busy = 0
         self.timeouts = 0
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     async def serve(self, listener: SocketListener) -> None:
-        """Accept and serve until stop(); then drain open connections and return."""
+        """Accept and serve until stop(); then drain open connections and return.
+
+        May run for several listeners at once; stop() ends them all.
+        """
         async with anyio.create_task_group() as connections:
-            with self._accept_scope:
+            accepting = anyio.CancelScope()
+            if self._stopping:
+                accepting.cancel()
+            self._accept_scopes.add(accepting)
+            with accepting:
                 await listener.serve(self._handle, connections)
+            self._accept_scopes.discard(accepting)
             await listener.aclose()
             with anyio.move_on_after(DRAIN_DEADLINE) as drain:
                 while self.connections_open:
@@ -73,7 +87,8 @@ class StreamServer:
     def stop(self) -> None:
         """Stop accepting; make every connection drain what it was sent, then close."""
         self._stopping = True
-        self._accept_scope.cancel()
+        for accepting in self._accept_scopes:
+            accepting.cancel()
         for scope in self._receive_scopes:
             scope.cancel()
 

@@ -1,0 +1,93 @@
+"""Puts back the runtime directory and the daemon's socket files when they are removed.
+
+A /tmp cleaner, logind at logout ($XDG_RUNTIME_DIR) or an admin's rm can take the
+runtime directory, and the socket file with it. The daemon would go on counting
+for the workers already connected, while no new client could reach it and the
+status file could not be written. Every few seconds this checks, and makes again:
+
+- the runtime directory, with its usual mode; only its last component, since a
+  missing parent is not ours to create;
+- each socket file the daemon bound itself, served by the same server as before.
+  A socket that systemd passed is systemd's to manage, and a path someone else
+  has taken since is left alone.
+
+Connections made before keep working throughout: they do not need the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from anyio.abc import SocketListener, TaskGroup
+
+from trackerd.listener import OpenSocket, StartupError, remake_runtime_dir
+from trackerd.status_writer import StatusWriter
+from trackerd.stream_server import StreamServer
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two checks: a stat() or two, so cheap enough to do often.
+CHECK_INTERVAL = 2.0
+
+
+@dataclass
+class Served:
+    """A server and the socket it listens on; the socket changes when it is made again."""
+
+    server: StreamServer
+    opened: OpenSocket
+
+
+class Upkeep:
+    def __init__(
+        self,
+        runtime_dir: Path,
+        writer: StatusWriter,
+        served: list[Served],
+        all_sockets: list[OpenSocket],
+    ) -> None:
+        self._runtime_dir = runtime_dir
+        self._writer = writer
+        # Only what the daemon bound itself can be made again.
+        self._watched = [s for s in served if s.opened.path is not None]
+        self._all_sockets = all_sockets  # closed (and their files removed) at exit
+        self._trouble: str | None = None
+
+    async def run(self, serving: TaskGroup, interval: float = CHECK_INTERVAL) -> None:
+        """Check every interval seconds; new listeners are served in serving. Cancel to stop."""
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await self.check(serving)
+            except (OSError, StartupError) as exc:
+                text = str(exc) if isinstance(exc, StartupError) else exc.strerror or str(exc)
+                if text != self._trouble:  # each problem logged once, not every interval
+                    log.error("cannot put the runtime files back: %s; will keep trying", text)
+                    self._trouble = text
+                continue
+            if self._trouble is not None:
+                log.warning("runtime files back in place")
+                self._trouble = None
+
+    async def check(self, serving: TaskGroup) -> None:
+        if remake_runtime_dir(self._runtime_dir):
+            log.warning("runtime directory %s was removed; made it again", self._runtime_dir)
+            self._writer.notify_changed()  # the status file went with it
+        for served in self._watched:
+            opened = served.opened
+            if opened.path is None or served.server.stopping:
+                continue
+            state = opened.file_state()
+            if state == "replaced":
+                log.warning("%s is no longer our socket; leaving it alone", opened.path)
+                opened.path = None  # nor will it be removed at exit
+            elif state == "missing":
+                again = OpenSocket.bind(opened.path)
+                self._all_sockets.append(again)
+                listener = await SocketListener.from_socket(again.sock)
+                serving.start_soon(served.server.serve, listener)
+                served.opened = again
+                log.warning("socket file %s was removed; listening on it again", again.path)
