@@ -37,6 +37,19 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "con
         delay = min(delay * 2, 0.1)
 
 
+def remove_tree(path: Path) -> None:
+    """rm -rf, again if the daemon wrote a file into the tree meanwhile."""
+
+    def removed() -> bool:
+        try:
+            shutil.rmtree(path)
+            return True
+        except OSError:
+            return False
+
+    wait_for(removed, what=f"{path} to be removed")
+
+
 def run_as_nobody(function: Callable[[], int], groups: Sequence[int] = ()) -> int:
     """Run function in a forked child with nobody's uid and gid, and these
     supplementary groups; return its result."""

@@ -7,7 +7,6 @@ import json
 import multiprocessing
 import os
 import resource
-import shutil
 import signal
 import socket
 import stat
@@ -21,7 +20,7 @@ import pytest
 from servertracker import Client, read_status_file
 from servertracker.errors import DaemonUnavailable
 from servertracker.status import STATUS_FILE_NAME
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, remove_tree, wait_for
 
 KILLS = 50
 WORKERS = 4
@@ -100,19 +99,6 @@ def test_sigkill_fifty_times_under_load(make_daemon: Callable[..., Daemon]) -> N
         assert recorded > 0
         assert reconnects >= KILLS // 2, f"worker {worker} reconnected only {reconnects} times"
     assert all(worker.exitcode == 0 for worker in workers)
-
-
-def remove_tree(path: Path) -> None:
-    """rm -rf, again if the daemon wrote a file into the tree meanwhile."""
-
-    def removed() -> bool:
-        try:
-            shutil.rmtree(path)
-            return True
-        except OSError:
-            return False
-
-    wait_for(removed, what=f"{path} to be removed")
 
 
 def test_runtime_directory_removed_is_made_again_with_its_socket(daemon: Daemon) -> None:

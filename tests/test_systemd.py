@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -18,7 +19,7 @@ import pytest
 
 from servertracker.connection import DaemonConnection
 from servertracker.errors import DaemonUnavailable
-from tests.conftest import wait_for
+from tests.conftest import remove_tree, wait_for
 from trackerd.systemd import listen_fds, make_non_dumpable, pick_fd
 
 UNITS = Path(__file__).parent.parent / "systemd"
@@ -270,3 +271,117 @@ def test_unit_settings_that_matter() -> None:
     ):
         assert line in socket_lines
     assert "FileDescriptorName=trackerd" in socket_lines
+
+
+def system_call_groups() -> dict[str, list[str]]:
+    """Every @group systemd knows, with its members (calls and @subgroups)."""
+    output = subprocess.run(
+        ["systemd-analyze", "syscall-filter"], capture_output=True, text=True, check=True
+    ).stdout
+    groups: dict[str, list[str]] = {}
+    for block in output.split("\n\n"):
+        lines = [line.strip() for line in block.splitlines()]
+        lines = [line for line in lines if line and not line.startswith("#")]
+        if lines and lines[0].startswith("@"):
+            groups[lines[0]] = lines[1:]
+    return groups
+
+
+def allowed_system_calls(unit_text: str) -> set[str]:
+    """What the unit's SystemCallFilter= lines allow: the allow-list minus the ~ lines."""
+    groups = system_call_groups()
+
+    def expand(names: list[str]) -> set[str]:
+        calls: set[str] = set()
+        for name in names:
+            calls |= expand(groups[name]) if name.startswith("@") else {name}
+        return calls
+
+    allowed: set[str] = set()
+    denied: set[str] = set()
+    for line in unit_text.splitlines():
+        if line.startswith("SystemCallFilter="):
+            value = line.removeprefix("SystemCallFilter=")
+            if value.startswith("~"):
+                denied |= expand(value[1:].split())
+            else:
+                allowed |= expand(value.split())
+    assert allowed, "the unit has no SystemCallFilter allow-list"
+    return allowed - denied
+
+
+#: Calls trackerd's process makes that the unit's filter refuses, and why that is fine.
+REFUSED_AND_HARMLESS = {
+    # OpenBLAS, loaded with numpy, asks for NUMA placement of its buffers and
+    # ignores the answer. (mbind is in @resources.)
+    "mbind": "a NUMA hint",
+}
+
+
+def open_file_limit_as_in_the_unit() -> None:
+    """LimitNOFILE=8192 (as far as this machine's hard limit lets us)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = 8192 if hard == resource.RLIM_INFINITY else min(8192, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@needs(
+    shutil.which("strace") is None or shutil.which("systemd-analyze") is None,
+    reason="needs strace and systemd-analyze",
+)
+def test_every_system_call_trackerd_makes_passes_the_units_filter(short_tmp: Path) -> None:
+    """No PID 1 here to run the unit, so strace plays its system call filter: every
+    call outside the unit's SystemCallFilter= fails with EPERM, as under systemd.
+    trackerd goes through all it does (start, both listeners, notifications,
+    status writes, putting a removed runtime directory back, shutdown) and must
+    work throughout; the calls that were refused must be known to be harmless.
+    The trace is also held against RestrictAddressFamilies=AF_UNIX and
+    MemoryDenyWriteExecute=yes."""
+    service = (UNITS / "trackerd.service").read_text()
+    allowed = allowed_system_calls(service)
+    assert "RestrictAddressFamilies=AF_UNIX" in service.splitlines()
+    assert "MemoryDenyWriteExecute=yes" in service.splitlines()
+    trace, runtime, policy = short_tmp / "trace", short_tmp / "rt", short_tmp / "policy.sock"
+    notify = NotifyListener(str(short_tmp / "notify"))
+    env = dict(os.environ, NOTIFY_SOCKET=notify.address, WATCHDOG_USEC="400000")
+    command = [
+        "strace", "-f", "-qq", "-s", "0", "-o", str(trace),
+        # "?": names of other architectures' calls are no error.
+        "-e", f"inject=!{','.join('?' + name for name in sorted(allowed))}:error=EPERM",
+        *TRACKERD, "--runtime-dir", str(runtime), "--postfix-policy-socket", str(policy),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, env=env, stderr=subprocess.DEVNULL, preexec_fn=open_file_limit_as_in_the_unit
+    )
+    try:
+        ready = notify.wait_for("READY=1", 60)
+        trackerd_pid = int(re.findall(r"MAINPID=(\d+)", ready)[0])  # strace's child
+        with DaemonConnection(runtime / "trackerd.sock", timeout=10) as conn:
+            conn.record([("192.0.2.1", "a@example.com"), ("2001:db8::1", "b@[192.0.2.9]")])
+            assert conn.status().unique_conn_ips == 2
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(policy))
+            sock.sendall(b"request=smtpd_access_policy\nclient_address=192.0.2.3\n\n")
+            assert sock.recv(100) == b"action=DUNNO\n\n"
+        notify.wait_for("WATCHDOG=1")
+        notify.wait_for("STATUS=3 connection IPs")
+        remove_tree(runtime)
+        ping_until_up(runtime / "trackerd.sock", 30)
+        os.kill(trackerd_pid, signal.SIGTERM)
+        assert process.wait(30) == 0  # strace exits with its child's status
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        notify.sock.close()
+    lines = trace.read_text().splitlines()
+    used = {m[1] for line in lines if (m := re.match(r"\d+\s+([a-z0-9_]+)\(", line))}
+    assert {"socket", "bind", "mkdir", "rename", "sendmsg", "accept4"} & used  # a real trace
+    refused = {m[1] for line in lines if (m := re.match(r"\d+\s+([a-z0-9_]+)\(.*INJECTED", line))}
+    assert refused == used - allowed  # strace refused exactly what the filter would
+    assert refused <= set(REFUSED_AND_HARMLESS), refused
+    families = {m[1] for line in lines if (m := re.search(r" socket\((AF_[A-Z0-9]+)", line))}
+    assert families == {"AF_UNIX"}
+    write_and_execute = [line for line in lines if re.search(r"PROT_WRITE\|PROT_EXEC", line)]
+    assert write_and_execute == []
