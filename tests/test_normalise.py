@@ -17,6 +17,7 @@ from trackerd.normalise import (
     classify_conn_ip,
     classify_sender,
     split_sender,
+    split_senders,
 )
 
 DOMAIN, IP = Category.DOMAIN, Category.IP_SERVER
@@ -185,3 +186,31 @@ def test_classify_sender_never_raises(value: str) -> None:
     assert result in (IGNORED, REJECTED) or (
         isinstance(result, tuple) and isinstance(result[1], bytes)
     )
+
+
+# Values that steer the batch splitter down each of its paths: the usual form,
+# everything else, line breaks inside a value, None, a value over the length bound.
+SENDERS_FOR_BATCHES = st.one_of(
+    st.text(alphabet="<>@:[] .aZ1ü\t\n\u2003", max_size=14),
+    st.builds(
+        "<{}@{}>".format,
+        st.text(alphabet="aZ1.ü-@ \u2003", min_size=1, max_size=8),
+        st.text(alphabet="aZ1.ü-[]:@ >", min_size=1, max_size=8),
+    ),
+    st.none(),
+    st.just("<" + "a" * 600 + "@example.com>"),
+)
+
+
+@settings(max_examples=2000, derandomize=True, deadline=None)
+@given(st.lists(SENDERS_FOR_BATCHES, max_size=20))
+def test_split_senders_agrees_with_split_sender_one_by_one(values: list[str | None]) -> None:
+    assert split_senders(values) == [split_sender(value) for value in values]
+
+
+@pytest.mark.parametrize("length", [MAX_VALUE_LENGTH - 1, MAX_VALUE_LENGTH, MAX_VALUE_LENGTH + 1])
+def test_split_senders_at_the_length_bound(length: int) -> None:
+    value = "<" + "a" * (length - len("<@example.com>")) + "@example.com>"
+    assert len(value) == length
+    expected = "example.com" if length <= MAX_VALUE_LENGTH else REJECTED
+    assert split_senders([value, "<b@example.org>"]) == [expected, "example.org"]

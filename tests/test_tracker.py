@@ -6,6 +6,10 @@ import os
 import pickle
 import subprocess
 import sys
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trackerd.digest_table import Digests
 from trackerd.tracker import SALT_SIZE, Tracker
@@ -114,7 +118,8 @@ def test_the_raw_value_cache_changes_no_count() -> None:
         == (b.rejected_conn_ips, b.rejected_senders)
         == (20, 20)
     )
-    assert len(cached._conn_cache) == 52 and len(uncached._conn_cache) == 0
+    # 50 addresses, 192.0.2.1, bogus and the empty value; the cache is off in the other.
+    assert len(cached._conn_cache) == 53 and len(uncached._conn_cache) == 0
 
 
 def test_the_raw_value_cache_holds_no_cleartext() -> None:
@@ -144,3 +149,25 @@ def test_the_cache_is_off_when_the_hash_secret_is_fixed() -> None:
             [sys.executable, "-c", code], env=env, capture_output=True, text=True
         ).stdout
         assert out.strip() == expected, seed
+
+
+PAIR_VALUES = st.sampled_from(
+    ["192.0.2.1", "192.0.2.2", "[192.0.2.1]", "bogus", "", None, "2001:db8::1"]
+)
+SENDER_VALUES = st.sampled_from(
+    ["<a@example.com>", "<b@Example.COM>", "a@example.org", "<>", "", None, "user@",
+     "<x@[192.0.2.9]>", "example.net", "<a@b", "<bad\nline@example.com>"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.lists(st.tuples(PAIR_VALUES, SENDER_VALUES), max_size=40))
+def test_a_batch_counts_as_its_pairs_one_by_one(pairs: list[tuple[str | None, str | None]]) -> None:
+    """Duplicates inside a batch, misses and hits mixed: the batch path counts
+    exactly what recording each pair alone counts."""
+    batched, one_by_one = Tracker(salt=b"s" * 32), Tracker(salt=b"s" * 32)
+    batched.record_pairs([list(pair) for pair in pairs])
+    for conn_ip, sender in pairs:
+        one_by_one.record_server(conn_ip, sender)
+    a, b = batched.status(), one_by_one.status()
+    assert replace(a, updated_time=0) == replace(b, updated_time=0, boot_time=a.boot_time)

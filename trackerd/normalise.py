@@ -11,7 +11,8 @@ from __future__ import annotations
 import enum
 import re
 import socket
-from typing import Final
+from collections.abc import Iterator, Sequence
+from typing import Any, Final, cast
 
 import idna
 
@@ -145,6 +146,42 @@ def split_sender(value: str | None) -> str | Outcome:
     if at == 0 or at == len(text) - 1:
         return REJECTED  # no local part, or no domain
     return text[at + 1 :]
+
+
+# The usual MAIL FROM, "<local@domain>" with no space, angle bracket or second "@"
+# in it, for which split_sender() returns the domain. Matched one line per value,
+# for a whole batch at once; any other line gives "" and split_sender() decides.
+_USUAL_SENDER_LINES = re.compile(r"^(?:<[^\s<>@]+@([^\s<>@]+)>|.*)$", re.MULTILINE)
+
+
+def split_senders(values: Sequence[str | None]) -> list[str | Outcome]:
+    """``[split_sender(v) for v in values]``, with the same results (a property test
+    holds them to it), but the usual form is split by one regular-expression pass
+    over the whole batch instead of a Python call per value."""
+    # None and "" are both IGNORED: "" can be joined.
+    texts = cast("Sequence[str]", [v or "" for v in values] if None in values else values)
+    joined = "\n".join(texts)
+    parts: list[str | Outcome] = []
+    # Values that are too long, or hold line breaks of their own (which would shift
+    # every line after them), are left to split_sender() one by one.
+    if joined.count("\n") == len(texts) - 1 and max(map(len, texts)) <= MAX_VALUE_LENGTH:
+        parts = _USUAL_SENDER_LINES.findall(joined)
+    if len(parts) != len(texts):
+        return list(map(split_sender, texts))
+    for index in positions(parts, ""):
+        parts[index] = split_sender(texts[index])
+    return parts
+
+
+def positions(items: list[Any], value: object) -> Iterator[int]:
+    """The indices at which value is in items, found by list.index (a C loop)."""
+    index = -1
+    try:
+        while True:
+            index = items.index(value, index + 1)
+            yield index
+    except ValueError:
+        return
 
 
 def classify_domain_part(text: str) -> tuple[Category, bytes] | Outcome:
