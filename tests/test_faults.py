@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from servertracker import Client, read_status_file
-from servertracker.errors import DaemonUnavailable
 from servertracker.status import STATUS_FILE_NAME
 from tests.conftest import Daemon, remove_tree, wait_for
 
@@ -107,15 +106,7 @@ def test_runtime_directory_removed_is_made_again_with_its_socket(daemon: Daemon)
         before.record([("192.0.2.1", "a@example.com")])
         before.ping()
         remove_tree(daemon.runtime_dir)
-
-        def reachable_again() -> bool:
-            try:
-                daemon.status()
-                return True
-            except DaemonUnavailable:
-                return False
-
-        wait_for(reachable_again, 15, "the socket to be made again")
+        daemon.wait_ready(15)  # a ping through the socket made again
         before.record([("192.0.2.2", "b@example.com")])  # made before: unaffected
         before.ping()
     with daemon.connect() as after:

@@ -13,6 +13,7 @@ import socket
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from servertracker.paths import default_private_dir
 
@@ -165,7 +166,7 @@ class OpenSocket:
         sock = bind_unix_socket(path)
         return cls(sock, str(path), path, socket_file_identity(path))
 
-    def file_state(self) -> str:
+    def file_state(self) -> Literal["ours", "missing", "replaced"]:
         """ "ours" while our socket file is at its path, else "missing" or "replaced"."""
         assert self.path is not None and self.identity is not None
         try:

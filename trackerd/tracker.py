@@ -97,9 +97,14 @@ class Tracker:
 
     # The two cache misses: normalise, hash, queue the digest for its counter, and
     # remember the result. Queueing and caching happen together, so a cache hit
-    # always means the digest is queued already.
+    # always means the digest is queued already. Each looks in the cache once more
+    # first: a batch looks all its values up before handling its misses, so a new
+    # value that comes twice in one batch misses twice, and only the first is new.
 
     def _conn_ip_miss(self, value: str, cache_key: int) -> bytes | Outcome:
+        known = self._conn_cache.get(cache_key)
+        if known is not None:
+            return known
         key = classify_conn_ip(value)
         result = key
         if type(key) is bytes:
@@ -109,6 +114,9 @@ class Tracker:
         return result
 
     def _domain_part_miss(self, part: str, cache_key: int) -> tuple[int, bytes] | Outcome:
+        known = self._domain_cache.get(cache_key)
+        if known is not None:
+            return known
         classified = classify_domain_part(part)
         result: tuple[int, bytes] | Outcome = classified
         if type(classified) is tuple:
@@ -140,10 +148,7 @@ class Tracker:
         conn_results = list(map(conn_cache.get, map(hash, conn_ips)))
         for index in positions(conn_results, None):
             value = conn_ips[index]
-            cache_key = hash(value)
-            # Looked up again: the same new value may come twice in one batch.
-            result = conn_cache.get(cache_key)
-            conn_results[index] = self._conn_ip_miss(value, cache_key) if result is None else result
+            conn_results[index] = self._conn_ip_miss(value, hash(value))
         parts = split_senders(senders)
         sender_results: list[Any] = list(map(domain_cache.get, map(hash, parts)))
         for outcome in (IGNORED, REJECTED):  # decided already, whatever the cache says
@@ -151,11 +156,7 @@ class Tracker:
                 sender_results[index] = outcome
         for index in positions(sender_results, None):
             part = cast(str, parts[index])
-            cache_key = hash(part)
-            known = domain_cache.get(cache_key)
-            sender_results[index] = (
-                self._domain_part_miss(part, cache_key) if known is None else known
-            )
+            sender_results[index] = self._domain_part_miss(part, hash(part))
         self.records += len(batch)
         self.rejected_conn_ips += conn_results.count(REJECTED)
         self.rejected_senders += sender_results.count(REJECTED)
