@@ -35,7 +35,7 @@ from pathlib import Path
 
 from bench._support import BenchDaemon, table
 from servertracker import Client
-from trackerd.normalise import Category, classify_conn_ip, classify_sender
+from trackerd.core.normalise import Category, classify_conn_ip, classify_sender
 
 WORKERS = 8
 PER_WORKER = 200_000

@@ -19,8 +19,8 @@ import numpy as np
 
 from bench._support import BenchDaemon, table
 from servertracker.connection import DaemonConnection
-from trackerd.digest_table import DigestTable
-from trackerd.hyperloglog import HyperLogLog
+from trackerd.core.digest_table import DigestTable
+from trackerd.core.hyperloglog import HyperLogLog
 
 CHUNK = 1 << 20
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trackerd.digest_table import DigestTable
-from trackerd.distinct_counter import FLUSH_AT, DistinctCounter
-from trackerd.hyperloglog import HyperLogLog
-from trackerd.tracker import Tracker
+from trackerd.core.digest_table import DigestTable
+from trackerd.core.distinct_counter import FLUSH_AT, DistinctCounter
+from trackerd.core.hyperloglog import HyperLogLog
+from trackerd.core.tracker import Tracker
 
 rng = np.random.default_rng(20261124)
 

@@ -18,7 +18,7 @@ from servertracker.cli import app
 from servertracker.connection import DaemonConnection
 from servertracker.errors import DaemonUnavailable, ProtocolError
 from tests.conftest import Daemon, run_as_nobody, wait_for
-from trackerd.access import AccessPolicy, PeerCredentials, peer_credentials
+from trackerd.edges.access import AccessPolicy, PeerCredentials, peer_credentials
 
 NOBODY = 65534
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from servertracker.protocol import MAX_VALUE_LENGTH
-from trackerd.normalise import (
+from trackerd.core.normalise import (
     IGNORED,
     REJECTED,
     Category,

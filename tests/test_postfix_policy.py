@@ -13,7 +13,7 @@ import pytest
 
 from servertracker.connection import DaemonConnection
 from tests.conftest import Daemon, wait_for
-from trackerd.postfix_policy import (
+from trackerd.core.policy_protocol import (
     DUNNO_RESPONSE,
     MAX_LINE,
     NEED_DATA,

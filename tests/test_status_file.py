@@ -11,7 +11,7 @@ import pytest
 
 from servertracker import STATUS_FILE_NAME, Status, StatusFileError, read_status_file
 from tests.conftest import run_as_nobody
-from trackerd.status_writer import remove_leftover_temp_files, write_status_file
+from trackerd.edges.status_writer import remove_leftover_temp_files, write_status_file
 
 STATUS = Status(
     boot_time=100,

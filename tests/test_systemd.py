@@ -20,7 +20,7 @@ import pytest
 from servertracker.connection import DaemonConnection
 from servertracker.errors import DaemonUnavailable
 from tests.conftest import remove_tree, wait_for
-from trackerd.systemd import listen_fds, make_non_dumpable, pick_fd
+from trackerd.edges.systemd import listen_fds, make_non_dumpable, pick_fd
 
 UNITS = Path(__file__).parent.parent / "systemd"
 TRACKERD = [sys.executable, "-m", "trackerd", "--log-level", "debug"]

@@ -11,8 +11,8 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trackerd.digest_table import Digests
-from trackerd.tracker import SALT_SIZE, Tracker
+from trackerd.core.digest_table import Digests
+from trackerd.core.tracker import SALT_SIZE, Tracker
 
 
 def stored_digests(tracker: Tracker) -> list[Digests]:
@@ -142,7 +142,7 @@ def test_the_raw_value_cache_is_bounded() -> None:
 
 
 def test_the_cache_is_off_when_the_hash_secret_is_fixed() -> None:
-    code = "from trackerd.tracker import hash_is_secret; print(hash_is_secret())"
+    code = "from trackerd.core.tracker import hash_is_secret; print(hash_is_secret())"
     for seed, expected in (("0", "False"), ("1234", "False"), ("random", "True")):
         env = dict(os.environ, PYTHONHASHSEED=seed)
         out = subprocess.run(

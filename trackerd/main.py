@@ -29,21 +29,21 @@ from servertracker.paths import (
 )
 from servertracker.status import Status
 from trackerd import __version__
-from trackerd.access import AccessPolicy, ConnectionLimits, parse_gid, parse_uid
-from trackerd.distinct_counter import DEFAULT_MAX_EXACT
-from trackerd.listener import (
+from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT
+from trackerd.core.tracker import Tracker
+from trackerd.edges.access import AccessPolicy, ConnectionLimits, parse_gid, parse_uid
+from trackerd.edges.msgpack_server import TrackerServer
+from trackerd.edges.policy_server import PolicyServer
+from trackerd.edges.socket_files import (
     OpenSocket,
     StartupError,
     adopt_listening_socket,
     prepare_runtime_dir,
 )
-from trackerd.policy_server import PolicyServer
-from trackerd.server import TrackerServer
-from trackerd.status_writer import StatusWriter, remove_leftover_temp_files
-from trackerd.stream_server import StreamServer
-from trackerd.systemd import Notifier, listen_fds, make_non_dumpable, pick_fd
-from trackerd.tracker import Tracker
-from trackerd.upkeep import Served, Upkeep
+from trackerd.edges.status_writer import StatusWriter, remove_leftover_temp_files
+from trackerd.edges.stream_server import StreamServer
+from trackerd.edges.systemd import Notifier, listen_fds, make_non_dumpable, pick_fd
+from trackerd.edges.upkeep import Served, Upkeep
 
 log = logging.getLogger("trackerd")
 

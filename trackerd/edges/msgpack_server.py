@@ -16,10 +16,10 @@ from anyio.abc import SocketStream
 
 from servertracker import protocol
 from servertracker.errors import ProtocolError
-from trackerd.access import AccessPolicy, ConnectionLimits, LogThrottle
-from trackerd.status_writer import StatusWriter
-from trackerd.stream_server import ERR_BUSY, StreamServer
-from trackerd.tracker import Tracker
+from trackerd.core.tracker import Tracker
+from trackerd.edges.access import AccessPolicy, ConnectionLimits, LogThrottle
+from trackerd.edges.status_writer import StatusWriter
+from trackerd.edges.stream_server import ERR_BUSY, StreamServer
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 from servertracker.status import Status
-from trackerd.distinct_counter import DEFAULT_MAX_EXACT, DistinctCounter
-from trackerd.normalise import (
+from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT, DistinctCounter
+from trackerd.core.normalise import (
     IGNORED,
     REJECTED,
     Category,

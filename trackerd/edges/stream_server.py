@@ -15,7 +15,7 @@ import math
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
-from trackerd.access import AccessPolicy, ConnectionLimits, LogThrottle, peer_credentials
+from trackerd.edges.access import AccessPolicy, ConnectionLimits, LogThrottle, peer_credentials
 
 log = logging.getLogger(__name__)
 

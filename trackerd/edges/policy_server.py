@@ -15,11 +15,16 @@ import logging
 
 from anyio.abc import SocketStream
 
-from trackerd.access import AccessPolicy, ConnectionLimits, LogThrottle
-from trackerd.postfix_policy import DUNNO_RESPONSE, NEED_DATA, PolicyDecoder, PolicyProtocolError
-from trackerd.status_writer import StatusWriter
-from trackerd.stream_server import StreamServer
-from trackerd.tracker import Tracker
+from trackerd.core.policy_protocol import (
+    DUNNO_RESPONSE,
+    NEED_DATA,
+    PolicyDecoder,
+    PolicyProtocolError,
+)
+from trackerd.core.tracker import Tracker
+from trackerd.edges.access import AccessPolicy, ConnectionLimits, LogThrottle
+from trackerd.edges.status_writer import StatusWriter
+from trackerd.edges.stream_server import StreamServer
 
 log = logging.getLogger(__name__)
 

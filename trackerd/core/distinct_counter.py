@@ -13,8 +13,8 @@ import logging
 
 import numpy as np
 
-from trackerd.digest_table import DigestTable
-from trackerd.hyperloglog import HyperLogLog
+from trackerd.core.digest_table import DigestTable
+from trackerd.core.hyperloglog import HyperLogLog
 
 log = logging.getLogger(__name__)
 

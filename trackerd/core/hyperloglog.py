@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from trackerd.digest_table import Digests
+from trackerd.core.digest_table import Digests
 
 DEFAULT_PRECISION = 16
 _ALPHA_INF = 1 / (2 * math.log(2))

@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 
 from servertracker.status import STATUS_FILE_NAME, Status, encode_status_file, status_file_path
-from trackerd.tracker import Tracker
+from trackerd.core.tracker import Tracker
 
 log = logging.getLogger(__name__)
 

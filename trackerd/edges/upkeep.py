@@ -23,9 +23,9 @@ from pathlib import Path
 import anyio
 from anyio.abc import SocketListener, TaskGroup
 
-from trackerd.listener import OpenSocket, StartupError, remake_runtime_dir
-from trackerd.status_writer import StatusWriter
-from trackerd.stream_server import StreamServer
+from trackerd.edges.socket_files import OpenSocket, StartupError, remake_runtime_dir
+from trackerd.edges.status_writer import StatusWriter
+from trackerd.edges.stream_server import StreamServer
 
 log = logging.getLogger(__name__)
 
