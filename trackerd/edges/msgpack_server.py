@@ -96,8 +96,11 @@ class TrackerServer(StreamServer):
                 message = decoder.next_message()
                 if message is protocol.NEED_DATA or message is protocol.CLOSED:
                     return
-                if isinstance(message, protocol.Record):
-                    self._tracker.record_pairs(message.pairs)
+                if isinstance(message, protocol.RecordColumns | protocol.Record):
+                    if isinstance(message, protocol.RecordColumns):
+                        self._tracker.record_columns(message.conn_ips, message.senders)
+                    else:
+                        self._tracker.record_pairs(message.pairs)
                     recorded = True
                     # Let other connections in between two messages: a status query
                     # waits for one message of each busy peer, not for a whole read.
@@ -106,6 +109,8 @@ class TrackerServer(StreamServer):
                     await self.send(
                         stream, protocol.encode(protocol.StatusReply(self._tracker.status()))
                     )
+                elif isinstance(message, protocol.FeaturesRequest):
+                    await self.send(stream, protocol.encode(protocol.Features(protocol.FEATURES)))
                 elif isinstance(message, protocol.Ping):
                     await self.send(stream, protocol.encode(protocol.Pong()))
                 else:
