@@ -49,7 +49,7 @@ class DaemonConnection:
     ) -> None:
         self.socket_path = os.fspath(socket_path)
         self._timeout = timeout
-        self._decoder = protocol.MessageDecoder()
+        self._decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:
