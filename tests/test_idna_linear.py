@@ -1,4 +1,4 @@
-"""idna_linear gives idna's answers, label by label and name by name, without idna's costly paths."""
+"""idna_linear gives idna's answers, label by label and name by name, without its costly paths."""
 
 from __future__ import annotations
 

@@ -216,7 +216,7 @@ def punycode_encode(label: str, limit: int = MAX_PUNYCODE_LENGTH) -> str | None:
     bisection in the sorted list of handled positions: O(n log n), not O(n x m).
     """
     basic = [char for char in label if char < "\x80"]
-    out = basic + ["-"] if basic else []
+    out = [*basic, "-"] if basic else []
     if len(out) > limit:
         return None
     handled = [index for index, char in enumerate(label) if char < "\x80"]
