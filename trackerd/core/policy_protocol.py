@@ -14,6 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
+from trackerd.errors import PolicyProtocolError
+
+__all__ = ["DUNNO_RESPONSE", "NEED_DATA", "PolicyDecoder", "PolicyProtocolError"]
+
 #: Longest request line, and most lines and bytes in one request. Postfix's own
 #: requests are a few dozen short lines.
 MAX_LINE: Final = 4096
@@ -29,10 +33,6 @@ USED_ATTRIBUTES: Final = frozenset({CLIENT_ADDRESS, SENDER, INSTANCE})
 
 #: What trackerd always answers: no opinion, so Postfix goes on with its rules.
 DUNNO_RESPONSE: Final = b"action=DUNNO\n\n"
-
-
-class PolicyProtocolError(Exception):
-    """The peer sent something that is not a policy request. The text holds no input."""
 
 
 class _NeedData:
