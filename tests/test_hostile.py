@@ -18,7 +18,7 @@ from servertracker.cli import app
 from servertracker.connection import DaemonConnection
 from servertracker.errors import DaemonUnavailable, ProtocolError
 from tests.conftest import Daemon, run_as_nobody, wait_for
-from trackerd.edges.access import AccessPolicy, PeerCredentials, peer_credentials
+from trackerd.edges.access import AllowLists, PeerCredentials, peer_credentials
 
 NOBODY = 65534
 
@@ -128,7 +128,7 @@ def test_peer_credentials_carry_the_supplementary_groups() -> None:
 
 
 def test_a_gid_allow_list_admits_primary_or_supplementary_groups() -> None:
-    policy = AccessPolicy(gids=frozenset({4242}), own_uid=0)
+    policy = AllowLists(gids=frozenset({4242}), own_uid=0)
     assert policy.permits(PeerCredentials(1, 1000, 4242))
     assert policy.permits(PeerCredentials(1, 1000, 1000, frozenset({27, 4242})))
     assert not policy.permits(PeerCredentials(1, 1000, 1000, frozenset({27})))
