@@ -91,7 +91,8 @@ def test_readme_exit_code_table_is_the_code_s() -> None:
 
 
 def test_an_undecodable_sender_is_recorded_without_a_traceback(daemon: Daemon) -> None:
-    result = trackerctl("record", "192.0.2.1", b"a@\xff\xfe.com", "--socket", str(daemon.socket_path))
+    where = ["--socket", str(daemon.socket_path)]
+    result = trackerctl("record", "192.0.2.1", b"a@\xff\xfe.com", *where)
     assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
     status = daemon.status()
     assert status.records == 1 and status.unique_conn_ips == 1

@@ -18,14 +18,7 @@ import typer
 
 from servertracker.connection import DEFAULT_TIMEOUT
 from servertracker.errors import TrackerError
-from servertracker.paths import (
-    RUNTIME_DIR_ENV,
-    RUNTIME_DIR_HELP,
-    SOCKET_ENV,
-    SOCKET_HELP,
-    resolve_runtime_dir,
-    resolve_socket_path,
-)
+from servertracker.paths import RUNTIME_DIR_OPTION, SOCKET_OPTION, resolve_paths
 from servertracker.status_source import NoStatusAvailable, error_json
 
 # Exit codes: the one place they are defined (README's table, --help and the man page
@@ -57,9 +50,9 @@ EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in 
 SocketOption = Annotated[
     Path | None,
     typer.Option(
-        "--socket",
-        metavar="PATH",
-        help=f"trackerd's socket: {SOCKET_HELP}.",
+        SOCKET_OPTION.flag,
+        metavar=SOCKET_OPTION.metavar,
+        help=f"{SOCKET_OPTION.help}.",
         show_default=False,
         readable=False,  # a socket is never "readable"; connecting says what is wrong
     ),
@@ -67,9 +60,9 @@ SocketOption = Annotated[
 RuntimeDirOption = Annotated[
     Path | None,
     typer.Option(
-        "--runtime-dir",
-        metavar="DIR",
-        help=f"trackerd's runtime directory, where server_tracker.json is: {RUNTIME_DIR_HELP}.",
+        RUNTIME_DIR_OPTION.flag,
+        metavar=RUNTIME_DIR_OPTION.metavar,
+        help=f"{RUNTIME_DIR_OPTION.help}.",
         show_default=False,
         readable=False,  # an unreadable directory is reported as the environment's would be
     ),
@@ -132,11 +125,11 @@ def target(
     as_json = as_json or bool(given.get("as_json"))
     if timeout is None:
         timeout = given.get("timeout") or DEFAULT_TIMEOUT
-    directory = resolve_runtime_dir(runtime_dir)
-    socket_path = resolve_socket_path(socket, directory)
-    explicit_socket = bool(socket or os.environ.get(SOCKET_ENV))
+    paths = resolve_paths(socket, runtime_dir)
+    directory, socket_path = paths.runtime_dir, paths.socket
+    explicit_socket = bool(socket or os.environ.get(SOCKET_OPTION.env))
     explicit_dir = bool(
-        runtime_dir or os.environ.get(RUNTIME_DIR_ENV) or os.environ.get("RUNTIME_DIRECTORY")
+        runtime_dir or os.environ.get(RUNTIME_DIR_OPTION.env) or os.environ.get("RUNTIME_DIRECTORY")
     )
     matches = (
         not explicit_socket

@@ -35,7 +35,6 @@ _LINE_LIMIT = 4 * _VALUE_LIMIT
 _BATCH = 512
 
 
-
 def _text(value: str) -> str:
     """A value the protocol can carry: argv's undecodable bytes become U+FFFD."""
     raw = value.encode("utf-8", "surrogateescape")
@@ -120,5 +119,3 @@ def record(
         fail(exc, where.as_json)
     if where.as_json:
         print_json({"ok": True, "records": count})
-
-

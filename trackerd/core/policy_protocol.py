@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Final
 
+from trackerd.errors import PolicyProtocolError
+
+__all__ = ["DUNNO_RESPONSE", "NEED_DATA", "PolicyDecoder", "PolicyProtocolError"]
+
 #: Longest request line, and most lines and bytes in one request. Postfix's own
 #: requests are a few dozen short lines.
 MAX_LINE: Final = 4096
@@ -19,10 +23,6 @@ MAX_REQUEST: Final = 64 * 1024
 
 #: What trackerd always answers: no opinion, so Postfix goes on with its rules.
 DUNNO_RESPONSE: Final = b"action=DUNNO\n\n"
-
-
-class PolicyProtocolError(Exception):
-    """The peer sent something that is not a policy request. The text holds no input."""
 
 
 class _NeedData:
