@@ -67,7 +67,9 @@ def test_version_and_short_help() -> None:
 
 
 def test_shell_completion() -> None:
-    script = trackerctl("--show-completion", "bash")
+    # typer asks the parent process which shell it is; a test names the shell instead.
+    env = dict(os.environ, _TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION="1")
+    script = trackerctl("--show-completion", "bash", env=env)
     assert script.returncode == 0 and "_TRACKERCTL_COMPLETE" in script.stdout
     env = dict(os.environ, _TRACKERCTL_COMPLETE="complete_bash", COMP_WORDS="trackerctl st")
     env["COMP_CWORD"] = "1"
@@ -275,3 +277,19 @@ def test_wording(daemon: Daemon) -> None:
     assert "per second" in watch.stdout and "per minute" not in watch.stdout
     rates = [line.split()[-1] for line in watch.stdout.splitlines() if line.startswith("  R")]
     assert rates == ["-"]  # the first frame has no rate, rather than a false 0.0
+
+
+def test_a_symlinked_runtime_dir_is_refused_saying_why(short_tmp: Path) -> None:
+    real = short_tmp / "real"
+    real.mkdir(mode=0o750)
+    link = short_tmp / "link"
+    link.symlink_to(real)
+    result = subprocess.run(
+        [sys.executable, "-m", "trackerd", "--runtime-dir", str(link)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"runtime directory {link} is a symbolic link (to {real})" in result.stderr
+    assert "Traceback" not in result.stderr

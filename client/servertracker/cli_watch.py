@@ -39,11 +39,20 @@ def watch(
     ctx: typer.Context,
     interval: Annotated[
         float,
-        typer.Option("--interval", "-n", min=0.1, max=3600, help="Seconds between refreshes."),
+        typer.Option(
+            "--interval",
+            "-n",
+            metavar="SECONDS",
+            min=0.1,
+            max=3600,
+            help="Seconds between refreshes.",
+        ),
     ] = 2.0,
     count: Annotated[
         int,
-        typer.Option("--count", min=0, help="Stop after this many refreshes (0: until Ctrl-C)."),
+        typer.Option(
+            "--count", metavar="N", min=0, help="Stop after this many refreshes (0: until Ctrl-C)."
+        ),
     ] = 0,
     socket: SocketOption = None,
     runtime_dir: RuntimeDirOption = None,
