@@ -19,8 +19,11 @@ from pathlib import Path
 from anyio.abc import SocketStream
 
 from trackerd.core.policy_protocol import (
+    CLIENT_ADDRESS,
     DUNNO_RESPONSE,
+    INSTANCE,
     NEED_DATA,
+    SENDER,
     PolicyDecoder,
     PolicyProtocolError,
 )
@@ -109,10 +112,10 @@ class PolicyServer(StreamServer):
 
     def _record(self, request: dict[str, str], recent: collections.deque[str]) -> None:
         self.requests += 1
-        instance = request.get("instance")
+        instance = request.get(INSTANCE)
         if instance:
             if instance in recent:
                 return  # another recipient of a message already recorded
             recent.append(instance)
-        self._tracker.record_server(request.get("client_address"), request.get("sender"))
+        self._tracker.record_server(request.get(CLIENT_ADDRESS), request.get(SENDER))
         self._writer.notify_changed()
