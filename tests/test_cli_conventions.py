@@ -162,27 +162,59 @@ def test_usage_errors_under_json_are_one_json_line() -> None:
         assert line["reason"] == "usage" and line["error"] == line["message"], args
 
 
+def trackerctl_with_default(
+    args: list[str], env: dict[str, str], where: Path
+) -> tuple[int, str, str]:
+    """trackerctl with env's default runtime directory. Root's default is /run/trackerd,
+    so as root this runs as nobody, in a forked process through main() (nobody cannot
+    start this venv's interpreter, which lives under /root)."""
+    if os.getuid() != 0:
+        result = trackerctl(*args, env=env)
+        return result.returncode, result.stdout, result.stderr
+    with open(where / "out", "w+") as out, open(where / "err", "w+") as err:
+
+        def run() -> int:
+            sys.stdout = open(out.fileno(), "w", closefd=False)  # not pytest's capture
+            sys.stderr = open(err.fileno(), "w", closefd=False)
+            os.environ.clear()
+            os.environ.update(env)
+            try:
+                return main(args)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+
+        code = run_as_nobody(run)
+        out.seek(0)
+        err.seek(0)
+        return code, out.read(), err.read()
+
+
 def test_an_explicit_socket_never_shows_another_daemon_s_file(short_tmp: Path) -> None:
+    short_tmp.chmod(0o755)
     env = clean_env(XDG_RUNTIME_DIR=str(short_tmp / "xdg"))
-    default_dir = resolve_runtime_dir(None, env)
+    default_dir = resolve_runtime_dir(None, env, euid=65534)
     if not str(default_dir).startswith(str(short_tmp)):
         pytest.skip(f"{default_dir} is this machine's default runtime directory")
-    default_dir.mkdir(parents=True)
+    default_dir.mkdir(parents=True, mode=0o755)
     status = {"boot_time": 1, "unique_conn_ips": 77, "unique_domains": 0, "unique_ip_servers": 0}
     (default_dir / STATUS_FILE_NAME).write_text(json.dumps(status))
+    (default_dir / STATUS_FILE_NAME).chmod(0o644)
+
+    def status_of(*args: str) -> tuple[int, str, str]:
+        return trackerctl_with_default(["status", *args], env, short_tmp)
+
     # Another daemon's socket: the default directory's file is not its file.
-    result = trackerctl("status", "--socket", str(short_tmp / "other.sock"), env=env)
-    assert result.returncode == 4 and "77" not in result.stdout
-    assert "give --runtime-dir too" in result.stderr
-    result = trackerctl("--json", "status", "--socket", str(short_tmp / "o.sock"), env=env)
-    assert json.loads(result.stderr)["status_file"]["reason"] == "status-file"
+    code, out, err = status_of("--socket", str(short_tmp / "other.sock"))
+    assert code == 4 and "77" not in out
+    assert "give --runtime-dir too" in err
+    code, _, err = status_of("--json", "--socket", str(short_tmp / "o.sock"))
+    assert code == 4 and json.loads(err)["status_file"]["reason"] == "status-file"
     # The socket of that very directory, or the directory given too: its file is right.
-    same = trackerctl("status", "--socket", str(default_dir / "trackerd.sock"), env=env)
-    assert same.returncode == 3 and "Connection IPs: 77" in same.stdout
-    paired = trackerctl(
-        "status", "--socket", str(short_tmp / "o.sock"), "--runtime-dir", str(default_dir)
-    )
-    assert paired.returncode == 3
+    code, out, _ = status_of("--socket", str(default_dir / "trackerd.sock"))
+    assert code == 3 and "Connection IPs: 77" in out
+    code, _, _ = status_of("--socket", str(short_tmp / "o.sock"), "--runtime-dir", str(default_dir))
+    assert code == 3
 
 
 def test_a_fifo_status_file_does_not_hang(short_tmp: Path) -> None:
