@@ -174,15 +174,14 @@ def trackerctl_with_default(
     with open(where / "out", "w+") as out, open(where / "err", "w+") as err:
 
         def run() -> int:
-            sys.stdout = open(out.fileno(), "w", closefd=False)  # not pytest's capture
-            sys.stderr = open(err.fileno(), "w", closefd=False)
-            os.environ.clear()
-            os.environ.update(env)
-            try:
+            # Write to the files, not to pytest's capture objects.
+            with (
+                open(out.fileno(), "w", closefd=False) as sys.stdout,
+                open(err.fileno(), "w", closefd=False) as sys.stderr,
+            ):
+                os.environ.clear()
+                os.environ.update(env)
                 return main(args)
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
 
         code = run_as_nobody(run)
         out.seek(0)
