@@ -10,6 +10,7 @@ No limits, no timeouts, no status file: only what the benchmark needs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import secrets
 import time
@@ -61,10 +62,8 @@ class Naive:
         return Status(self.boot, *(len(s) for s in self.sets), time.time(), self.records)
 
     async def serve(self, stream: SocketStream) -> None:
-        try:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.EndOfStream, OSError):
             await self._serve(stream)
-        except (anyio.BrokenResourceError, anyio.EndOfStream, OSError):
-            pass
 
     async def _serve(self, stream: SocketStream) -> None:
         decoder = protocol.MessageDecoder()
