@@ -23,7 +23,7 @@ from trackerd.edges.endpoint import Endpoint
 from trackerd.edges.logs import setup_logging
 from trackerd.edges.msgpack_server import TrackerServer
 from trackerd.edges.policy_server import PolicyServer
-from trackerd.edges.socket_files import prepare_runtime_dir
+from trackerd.edges.socket_files import RuntimeDirLock, prepare_runtime_dir
 from trackerd.edges.status_writer import StatusWriter, remove_leftover_temp_files
 from trackerd.edges.systemd import Notifier, listen_fds, make_non_dumpable, pick_fd
 from trackerd.edges.upkeep import Upkeep
@@ -73,6 +73,14 @@ async def run(config: Config) -> None:
     notifier = Notifier()
     _raise_open_file_limit(config.limits.max_connections + 64)
     prepare_runtime_dir(config.runtime_dir)
+    lock = RuntimeDirLock(config.runtime_dir)
+    try:
+        await _run_locked(config, notifier, lock)
+    finally:
+        lock.release()
+
+
+async def _run_locked(config: Config, notifier: Notifier, lock: RuntimeDirLock) -> None:
     removed = remove_leftover_temp_files(config.runtime_dir)
     if removed:
         log.info("removed %d temp files left by an earlier run", removed)
@@ -117,7 +125,7 @@ async def run(config: Config) -> None:
                 tasks.start_soon(_report_status_to_systemd, tracker, notifier)
             if notifier.watchdog_interval is not None:
                 tasks.start_soon(_keep_watchdog_fed, notifier, notifier.watchdog_interval)
-            upkeep = Upkeep(config.runtime_dir, writer, endpoints)
+            upkeep = Upkeep(config.runtime_dir, lock, writer, endpoints)
             async with anyio.create_task_group() as serving:
                 for endpoint, listener in zip(endpoints, listeners, strict=True):
                     serving.start_soon(endpoint.server.serve, listener)
