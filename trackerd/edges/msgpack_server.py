@@ -120,6 +120,8 @@ class TrackerServer(StreamServer):
                 if isinstance(message, protocol.Record):
                     self._tracker.record_pairs(message.pairs)
                     recorded = True
+                    # Its values are done with: none lives on while other peers run.
+                    del message
                     # Let other connections in between two messages: a status query
                     # waits for one message of each busy peer, not for a whole read.
                     await anyio.lowlevel.checkpoint()
