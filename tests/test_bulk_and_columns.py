@@ -127,3 +127,22 @@ def test_record_server_makes_no_object_the_garbage_collector_tracks(short_tmp: P
         gc.enable()
     assert client.stats().recorded == 1001
     assert after - before < 10  # a tuple per record would be 1,000
+
+
+def test_flush_waits_for_the_batch_being_encoded(daemon: Daemon) -> None:
+    """flush() returned True while the flusher held the last batch, taken from the
+    queue but not yet encoded: a process that then exited lost it."""
+    client = Client(daemon.socket_path)
+    client.record_server("192.0.2.1", "warm@up.example")
+    assert client.flush(10)
+    encode = client._encode
+
+    def slow_encode(*columns: list[str | None]) -> list[bytes]:
+        time.sleep(0.3)  # widens the window in which the batch is in no queue
+        return encode(*columns)
+
+    client._encode = slow_encode  # type: ignore[method-assign]
+    client.record_server("192.0.2.2", "last@batch.example")
+    assert client.flush(10)
+    assert client.stats().sent == 2
+    client.close()
