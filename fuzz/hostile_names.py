@@ -106,3 +106,13 @@ def worst_senders(count: int, start: int = 0) -> list[str]:
     return [
         "u@" + variant(shapes[i % len(shapes)], start + i // len(shapes)) for i in range(count)
     ]
+
+
+def flood_pairs(number: int, count: int) -> list[tuple[str, str]]:
+    """The number-th batch of count pairs for a flood: distinct costly senders (no
+    cache hit anywhere) from distinct connection IPs (so counts can be checked)."""
+    first = number * count
+    return [
+        (f"10.{(first + i) >> 16 & 255}.{(first + i) >> 8 & 255}.{(first + i) & 255}", sender)
+        for i, sender in enumerate(worst_senders(count, start=first))
+    ]

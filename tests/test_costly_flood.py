@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from fuzz.hostile_names import worst_senders
+from fuzz.hostile_names import flood_pairs
 from servertracker import protocol
 from tests.conftest import Daemon, wait_for
 from tests.test_systemd import NotifyListener
@@ -22,13 +22,7 @@ MAX_FRAMES = 40
 
 def flood_frame(number: int) -> bytes:
     """A frame of distinct costly senders (no cache hit) from distinct IPs."""
-    senders = worst_senders(PAIRS_PER_FRAME, start=number * PAIRS_PER_FRAME)
-    first = number * PAIRS_PER_FRAME
-    pairs = [
-        (f"10.{(first + i) >> 16 & 255}.{(first + i) >> 8 & 255}.{(first + i) & 255}", sender)
-        for i, sender in enumerate(senders)
-    ]
-    frame = protocol.encode(protocol.Record(pairs))
+    frame = protocol.encode(protocol.Record(flood_pairs(number, PAIRS_PER_FRAME)))
     assert len(frame) <= protocol.MAX_MESSAGE_SIZE + 4
     assert len(frame) > protocol.MAX_MESSAGE_SIZE // 2  # a large frame, as the issue's
     return frame

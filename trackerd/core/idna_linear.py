@@ -326,10 +326,12 @@ def punycode_decode(text: str) -> str | None:
 def to_a_label(label: str) -> str | None:
     """The A-label of a U-label (mapped already), or None if it is not a valid one
     or its A-label would be longer than 63 octets. As idna.alabel()."""
-    if len(label) > MAX_PUNYCODE_LENGTH or not valid_u_label(label):
+    if len(label) > MAX_PUNYCODE_LENGTH:
         return None
-    encoded = punycode_encode(label)
-    return None if encoded is None else "xn--" + encoded
+    encoded = punycode_encode(label)  # first: it stops at once when too long
+    if encoded is None or not valid_u_label(label):
+        return None
+    return "xn--" + encoded
 
 
 def check_a_label(label: str) -> bool:

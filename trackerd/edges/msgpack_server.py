@@ -35,11 +35,11 @@ log = logging.getLogger(__name__)
 
 #: The event loop is let go at least this often while a message is counted, so it
 #: is never away for long (issue 12: the target is 50 ms, whatever arrives).
-SLICE_SECONDS = 0.005
+SLICE_SECONDS = 0.002
 #: Bounds of a slice, in pairs. The smallest keeps the cost per slice (a call,
 #: a checkpoint) small beside its work; at the worst cost of one value (about
-#: 100 us, docs/performance.md) it takes about 6 ms.
-MIN_SLICE = 32
+#: 120 us, docs/performance.md) it takes about 2 ms.
+MIN_SLICE = 16
 MAX_SLICE = 16384
 
 
