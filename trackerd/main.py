@@ -15,6 +15,7 @@ import os
 import resource
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +33,7 @@ from trackerd import __version__
 from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT
 from trackerd.core.tracker import Tracker
 from trackerd.edges.access import AccessPolicy, ConnectionLimits, parse_gid, parse_uid
+from trackerd.edges.fleet import epoch_clock, load_fleet_sketch
 from trackerd.edges.msgpack_server import TrackerServer
 from trackerd.edges.policy_server import PolicyServer
 from trackerd.edges.socket_files import (
@@ -64,6 +66,7 @@ class Config:
     policy: AccessPolicy = field(default_factory=AccessPolicy)
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     postfix_policy_socket: Path | None = None
+    fleet_key_file: Path | None = None
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
@@ -107,6 +110,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
         help=(
             "also listen here for Postfix policy delegation requests (check_policy_service; "
             f"see docs/postfix.md). Off by default; also ${POSTFIX_POLICY_SOCKET_ENV}"
+        ),
+    )
+    parser.add_argument(
+        "--fleet-key-file",
+        metavar="PATH",
+        type=Path,
+        help=(
+            "fleet mode: keep a Redis HyperLogLog of each category under this fleet key, "
+            "for `trackerctl fleet push` (docs/fleet.md). Off by default"
         ),
     )
     access = parser.add_argument_group(
@@ -183,6 +195,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
             frame_timeout=args.frame_timeout,
         ),
         Path(args.postfix_policy_socket) if args.postfix_policy_socket else None,
+        args.fleet_key_file,
     )
     return config, args.log_level
 
@@ -247,7 +260,10 @@ async def run(config: Config) -> None:
     removed = remove_leftover_temp_files(config.runtime_dir)
     if removed:
         log.info("removed %d temp files left by an earlier run", removed)
-    tracker = Tracker(max_exact=config.max_exact)
+    fleet = None
+    if config.fleet_key_file is not None:
+        fleet = load_fleet_sketch(config.fleet_key_file, time.time())
+    tracker = Tracker(max_exact=config.max_exact, fleet=fleet)
     writer = StatusWriter(tracker, config.runtime_dir, min_interval=config.status_interval)
     passed = listen_fds()
     sockets: list[OpenSocket] = []
@@ -279,6 +295,8 @@ async def run(config: Config) -> None:
             tasks.start_soon(_stop_on_signal, servers, notifier)
             if notifier.enabled:
                 tasks.start_soon(_report_status_to_systemd, tracker, notifier)
+            if fleet is not None:
+                tasks.start_soon(epoch_clock, tracker, fleet)
             if notifier.watchdog_interval is not None:
                 tasks.start_soon(_keep_watchdog_fed, notifier, notifier.watchdog_interval)
             served = [Served(*pair) for pair in zip(servers, sockets, strict=True)]

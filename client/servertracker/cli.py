@@ -233,6 +233,12 @@ def watch(
             typer.echo("")
 
 
+# trackerctl fleet lives in its own module; it imports the options above from here.
+from servertracker.cli_fleet import fleet_app  # noqa: E402
+
+app.add_typer(fleet_app, name="fleet")
+
+
 def main() -> None:
     """The trackerctl console script."""
     sys.exit(app())

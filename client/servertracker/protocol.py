@@ -45,6 +45,13 @@ ERR_UNSUPPORTED_VERSION: Final = "unsupported-version"
 ERR_UNKNOWN_TYPE: Final = "unknown-type"
 ERR_TRUNCATED: Final = "truncated"
 ERR_UNEXPECTED: Final = "unexpected-message"
+ERR_FLEET_OFF: Final = "fleet-off"
+
+#: Size of one fleet sketch: a dense Redis HyperLogLog string (16-byte header and
+#: 16,384 six-bit registers), as trackerd/core/fleet_sketch.py makes it.
+FLEET_SKETCH_SIZE: Final = 12304
+#: The fleet reply carries at most the current and the previous epoch.
+MAX_FLEET_EPOCHS: Final = 2
 
 #: A pair as it comes off the wire: a two-element list of str or None.
 Pair: TypeAlias = Sequence[str | None]
@@ -78,6 +85,27 @@ class Pong:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetRequest:
+    """Ask for the fleet sketches (docs/fleet.md). Reply: FleetReply."""
+
+
+@dataclass(frozen=True, slots=True)
+class FleetEpoch:
+    """One epoch's sketches: status field name -> dense Redis HyperLogLog string."""
+
+    epoch: int
+    sketches: dict[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetReply:
+    """The current epoch's sketches first, then the previous epoch's if kept."""
+
+    epoch_seconds: int
+    epochs: tuple[FleetEpoch, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     """Sent by the daemon just before it closes a connection that sent garbage."""
 
@@ -85,7 +113,9 @@ class Error:
     message: str
 
 
-Message: TypeAlias = Record | StatusRequest | Ping | StatusReply | Pong | Error
+Message: TypeAlias = (
+    Record | StatusRequest | Ping | StatusReply | Pong | Error | FleetRequest | FleetReply
+)
 
 
 class _Sentinel:
@@ -166,6 +196,12 @@ def encode(message: Message) -> bytes:
         body = [PROTOCOL_VERSION, "status", message.status.to_dict()]
     elif isinstance(message, Error):
         body = [PROTOCOL_VERSION, "error", message.code, message.message[:MAX_ERROR_TEXT]]
+    elif isinstance(message, FleetRequest):
+        body = [PROTOCOL_VERSION, "fleet"]
+    elif isinstance(message, FleetReply):
+        epochs = [{"epoch": e.epoch, "sketches": dict(e.sketches)} for e in message.epochs]
+        fields = {"epoch_seconds": message.epoch_seconds, "epochs": epochs}
+        body = [PROTOCOL_VERSION, "fleet", fields]
     else:
         raise LocalProtocolError(f"not a protocol message: {message!r}")
     return _frame(_packer_default.pack(body))
@@ -192,6 +228,32 @@ def _validate_pairs(pairs: object) -> Sequence[Pair]:
         if (a is not None and type(a) is not str) or (b is not None and type(b) is not str):
             raise _bad("pair elements must be strings or nil")
     return pairs
+
+
+def _parse_fleet_reply(fields: object) -> FleetReply:
+    if type(fields) is not dict:
+        raise _bad("fleet fields must be a map")
+    epoch_seconds, epochs = fields.get("epoch_seconds"), fields.get("epochs")
+    if type(epoch_seconds) is not int or epoch_seconds < 1:
+        raise _bad("fleet epoch_seconds must be a positive integer")
+    if type(epochs) is not list or not 1 <= len(epochs) <= MAX_FLEET_EPOCHS:
+        raise _bad(f"fleet epochs must be an array of 1 to {MAX_FLEET_EPOCHS} maps")
+    parsed = []
+    for each in epochs:
+        if type(each) is not dict or type(each.get("epoch")) is not int:
+            raise _bad("each fleet epoch must be a map with an integer epoch")
+        sketches = each.get("sketches")
+        if type(sketches) is not dict or len(sketches) > 8:
+            raise _bad("fleet sketches must be a map of at most 8 entries")
+        for name, sketch in sketches.items():
+            if type(name) is not str or len(name) > 64:
+                raise _bad("fleet sketch names must be short strings")
+            if type(sketch) is not bytes or len(sketch) != FLEET_SKETCH_SIZE:
+                raise _bad(f"each fleet sketch must be {FLEET_SKETCH_SIZE} bytes of binary")
+            if sketch[:5] != b"HYLL\x00":
+                raise _bad("each fleet sketch must be a dense Redis HyperLogLog")
+        parsed.append(FleetEpoch(each["epoch"], sketches))
+    return FleetReply(epoch_seconds, tuple(parsed))
 
 
 def _parse_body(obj: object) -> Message:
@@ -226,6 +288,8 @@ def _parse_body(obj: object) -> Message:
             return StatusReply(Status.from_dict(fields))
         except ValueError as exc:
             raise _bad(f"invalid status: {exc}") from None
+    if kind == "fleet":
+        return FleetRequest() if len(obj) == 2 else _parse_fleet_reply(obj[2])
     if kind == "error":
         if len(obj) < 4 or type(obj[2]) is not str or type(obj[3]) is not str:
             raise _bad("error needs a code and a message, both strings")

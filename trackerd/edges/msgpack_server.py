@@ -16,12 +16,15 @@ from anyio.abc import SocketStream
 
 from servertracker import protocol
 from servertracker.errors import ProtocolError
-from trackerd.core.tracker import Tracker
+from trackerd.core.tracker import STATUS_FIELDS, Tracker
 from trackerd.edges.access import AccessPolicy, ConnectionLimits, LogThrottle
 from trackerd.edges.status_writer import StatusWriter
 from trackerd.edges.stream_server import ERR_BUSY, StreamServer
 
 log = logging.getLogger(__name__)
+
+#: Fleet sketch names in category order: the status fields' names.
+FLEET_NAMES = tuple(STATUS_FIELDS[category] for category in sorted(STATUS_FIELDS))
 
 
 class TrackerServer(StreamServer):
@@ -108,6 +111,8 @@ class TrackerServer(StreamServer):
                     )
                 elif isinstance(message, protocol.Ping):
                     await self.send(stream, protocol.encode(protocol.Pong()))
+                elif isinstance(message, protocol.FleetRequest):
+                    await self.send(stream, protocol.encode(self._fleet_reply()))
                 else:
                     raise ProtocolError(
                         protocol.ERR_UNEXPECTED, "a client may not send this message"
@@ -115,3 +120,18 @@ class TrackerServer(StreamServer):
         finally:
             if recorded:
                 self._writer.notify_changed()
+
+    def _fleet_reply(self) -> protocol.FleetReply:
+        """The fleet sketches (registers only), for any peer the allow-lists admit:
+        they are what goes to Redis anyway (docs/fleet.md)."""
+        fleet = self._tracker.fleet
+        if fleet is None:
+            raise ProtocolError(
+                protocol.ERR_FLEET_OFF, "fleet mode is off (trackerd has no --fleet-key-file)"
+            )
+        self._tracker.roll_fleet_epoch()  # a request just after a boundary sees the new epoch
+        epochs = tuple(
+            protocol.FleetEpoch(epoch, dict(zip(FLEET_NAMES, sketches, strict=True)))
+            for epoch, sketches in fleet.snapshot()
+        )
+        return protocol.FleetReply(fleet.epoch_seconds, epochs)
