@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from servertracker import _format
+from servertracker.cli_fleet import fleet_app
 from servertracker.connection import DEFAULT_TIMEOUT, DaemonConnection
 from servertracker.errors import DaemonUnavailable, ProtocolError, TrackerError
 from servertracker.paths import (
@@ -233,10 +234,7 @@ def watch(
             typer.echo("")
 
 
-# trackerctl fleet lives in its own module; it imports the options above from here.
-from servertracker.cli_fleet import fleet_app  # noqa: E402
-
-app.add_typer(fleet_app, name="fleet")
+app.add_typer(fleet_app, name="fleet")  # trackerctl fleet: cli_fleet.py, docs/fleet.md
 
 
 def main() -> None:

@@ -3,7 +3,9 @@
 keygen and advance write the key file; push asks trackerd for its registers and
 merges them into Redis; status reads the fleet's counts back. redis-py (the
 ``servertracker[fleet]`` extra) is imported only inside push and status.
-Registered by cli.py: import servertracker.cli, not this module first.
+Registered by cli.py with one line. It imports nothing from cli.py (which
+imports it), so ``python -m servertracker.cli`` works; the few shared options
+are spelled as cli.py spells them, and tests/test_fleet.py holds them equal.
 """
 
 from __future__ import annotations
@@ -11,22 +13,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
-from servertracker.cli import (
-    EXIT_UNAVAILABLE,
-    JsonOption,
-    RuntimeDirOption,
-    SocketOption,
-    TimeoutOption,
-    _paths,
-)
 from servertracker.connection import DEFAULT_TIMEOUT, DaemonConnection
 from servertracker.errors import DaemonUnavailable, ProtocolError
 from servertracker.fleet_key import (
@@ -37,7 +29,15 @@ from servertracker.fleet_key import (
     FleetKeyError,
     epoch_at,
 )
+from servertracker.paths import (
+    RUNTIME_DIR_HELP,
+    SOCKET_HELP,
+    resolve_runtime_dir,
+    resolve_socket_path,
+)
 
+#: As cli.py's EXIT_UNAVAILABLE: trackerd did not answer (or is not in fleet mode).
+EXIT_UNAVAILABLE = 4
 #: Exit code when the key file cannot be used (missing, malformed, would be overwritten).
 EXIT_KEY_FILE = 1
 #: Exit code when Redis is unreachable, too slow, refuses, or holds no fleet data.
@@ -56,6 +56,25 @@ fleet_app = typer.Typer(
     rich_markup_mode=None,
 )
 
+SocketOption = Annotated[
+    Path | None,
+    typer.Option("--socket", help=f"trackerd's socket: {SOCKET_HELP}.", show_default=False),
+]
+RuntimeDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--runtime-dir",
+        help=f"trackerd's runtime directory: {RUNTIME_DIR_HELP}.",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object (errors: one JSON line on stderr).")
+]
+TimeoutOption = Annotated[
+    float,
+    typer.Option("--timeout", min=0.01, max=300, help="Seconds to wait for the daemon's answer."),
+]
 KeyFileArgument = Annotated[Path, typer.Argument(help="The fleet key file.", show_default=False)]
 RedisOption = Annotated[
     str,
@@ -97,6 +116,8 @@ def _read_key(path: Path) -> FleetKey:
 def _write_key(path: Path, key: FleetKey, replace: bool) -> None:
     """Write atomically: a temp file in the same directory, fsync, rename, fsync the
     directory. Replacing keeps the old file's mode and owner."""
+    import tempfile  # here, not at the top: trackerctl's start-up stays short
+
     directory = path.parent
     mode, owner = 0o600, None
     if replace:
@@ -204,7 +225,7 @@ def push(
         fleet_store.check_host_name(name)
     except ValueError as exc:
         _fail(f"--host: {exc}", "usage", as_json, 2)
-    path, _ = _paths(socket_path, runtime_dir)
+    path = resolve_socket_path(socket_path, resolve_runtime_dir(runtime_dir))
     try:
         with DaemonConnection(path, timeout=timeout) as conn:
             reply = conn.fleet()
@@ -256,4 +277,6 @@ def status(
 
 
 def _utc(when: float) -> str:
+    from datetime import UTC, datetime
+
     return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

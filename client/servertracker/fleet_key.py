@@ -20,7 +20,6 @@ epoch it is for without a tool:
 from __future__ import annotations
 
 import hashlib
-import secrets
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -90,6 +89,8 @@ class FleetKey:
             raise FleetKeyError(
                 f"epoch-seconds must be between {MIN_EPOCH_SECONDS} and {MAX_EPOCH_SECONDS}"
             )
+        import secrets  # only keygen needs it
+
         return cls(epoch_seconds, epoch_at(now, epoch_seconds), secrets.token_bytes(KEY_SIZE))
 
     def advanced(self, epoch: int) -> FleetKey:

@@ -61,6 +61,23 @@ def check_host_name(host: str) -> str:
     return host
 
 
+#: What `trackerctl fleet push` and `status` send to a host's own keys.
+_ACL_COMMANDS: Final = (
+    "-@all +@connection +multi +exec +discard +get +set +del +expireat +pfmerge +pfcount +smembers"
+)
+
+
+def acl_rules(host: str) -> str:
+    """The ACL SETUSER rules (after the user's name and password) that let a host
+    read every fleet key and write only its own (Redis 7 selectors: the shared
+    host set only by SADD and EXPIREAT, the epoch length only by SET)."""
+    check_host_name(host)
+    return (
+        f"resetkeys resetchannels %R~{PREFIX}:* ~{PREFIX}:*:{host} {_ACL_COMMANDS} "
+        f"(%W~{PREFIX}:*:hosts +sadd +expireat) (%W~{EPOCH_SECONDS_KEY} +set)"
+    )
+
+
 def _tag(epoch_seconds: int, epoch: int) -> str:
     return f"{PREFIX}:{{{epoch_seconds}:{epoch}}}"
 
