@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from servertracker import STATUS_FILE_NAME
 from servertracker.cli import EXIT_FILE_ONLY, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, app
-from tests.conftest import Daemon, run_as_nobody, wait_for
+from tests.conftest import Daemon, LineReader, run_as_nobody
 
 STATUS_JSON_KEYS = {
     "schema", "source", "boot_time", "unique_conn_ips", "unique_domains", "unique_ip_servers",
@@ -263,12 +263,14 @@ def test_watch_leaves_cleanly_on_ctrl_c(daemon: Daemon) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert process.stdout is not None
-    wait_for(lambda: "Connection IPs" in process.stdout.readline(), what="a first screen")  # type: ignore[union-attr]
+    assert process.stdout is not None and process.stderr is not None
+    out, err = LineReader(process.stdout), LineReader(process.stderr)
+    while "Connection IPs" not in (line := out.readline(60, "a first screen")):
+        assert line, "watch ended without showing the counts"
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=10)
-    assert process.returncode == EXIT_OK
-    assert_no_traceback(err)
+    assert process.wait(60) == EXIT_OK
+    out.rest()
+    assert_no_traceback(err.rest())
 
 
 def test_status_imports_neither_anyio_nor_the_daemon(short_tmp: Path) -> None:

@@ -19,12 +19,7 @@ from servertracker import _format
 from servertracker.cli_fleet import fleet_app
 from servertracker.connection import DEFAULT_TIMEOUT, DaemonConnection
 from servertracker.errors import DaemonUnavailable, ProtocolError, TrackerError
-from servertracker.paths import (
-    RUNTIME_DIR_HELP,
-    SOCKET_HELP,
-    resolve_runtime_dir,
-    resolve_socket_path,
-)
+from servertracker.paths import RUNTIME_DIR_OPTION, SOCKET_OPTION, resolve_paths
 from servertracker.status_source import NoStatusAvailable, error_json, fetch_status
 
 # Exit codes: the one place they are defined (README and --help list them).
@@ -51,16 +46,16 @@ app = typer.Typer(
 SocketOption = Annotated[
     Path | None,
     typer.Option(
-        "--socket",
-        help=f"trackerd's socket: {SOCKET_HELP}.",
+        SOCKET_OPTION.flag,
+        help=f"{SOCKET_OPTION.help}.",
         show_default=False,
     ),
 ]
 RuntimeDirOption = Annotated[
     Path | None,
     typer.Option(
-        "--runtime-dir",
-        help=f"trackerd's runtime directory, where server_tracker.json is: {RUNTIME_DIR_HELP}.",
+        RUNTIME_DIR_OPTION.flag,
+        help=f"{RUNTIME_DIR_OPTION.help}.",
         show_default=False,
     ),
 ]
@@ -74,8 +69,8 @@ TimeoutOption = Annotated[
 
 
 def _paths(socket: Path | None, runtime_dir: Path | None) -> tuple[Path, Path]:
-    directory = resolve_runtime_dir(runtime_dir)
-    return resolve_socket_path(socket, directory), directory
+    paths = resolve_paths(socket, runtime_dir)
+    return paths.socket, paths.runtime_dir
 
 
 def _print_json(data: dict[str, Any]) -> None:

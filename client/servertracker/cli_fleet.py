@@ -30,8 +30,8 @@ from servertracker.fleet_key import (
     epoch_at,
 )
 from servertracker.paths import (
-    RUNTIME_DIR_HELP,
-    SOCKET_HELP,
+    RUNTIME_DIR_OPTION,
+    SOCKET_OPTION,
     resolve_runtime_dir,
     resolve_socket_path,
 )
@@ -58,15 +58,11 @@ fleet_app = typer.Typer(
 
 SocketOption = Annotated[
     Path | None,
-    typer.Option("--socket", help=f"trackerd's socket: {SOCKET_HELP}.", show_default=False),
+    typer.Option(SOCKET_OPTION.flag, help=f"{SOCKET_OPTION.help}.", show_default=False),
 ]
 RuntimeDirOption = Annotated[
     Path | None,
-    typer.Option(
-        "--runtime-dir",
-        help=f"trackerd's runtime directory: {RUNTIME_DIR_HELP}.",
-        show_default=False,
-    ),
+    typer.Option(RUNTIME_DIR_OPTION.flag, help=f"{RUNTIME_DIR_OPTION.help}.", show_default=False),
 ]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print one JSON object (errors: one JSON line on stderr).")

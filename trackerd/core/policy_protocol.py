@@ -2,14 +2,21 @@
 
 A request is ``name=value`` lines ending with an empty line; the answer is
 ``action=...`` and an empty line, and the connection stays open for the next
-request (Postfix's SMTPD_POLICY_README). Attribute order is free; unknown
-attributes are ignored. Lines and requests are bounded; anything malformed is
-a PolicyProtocolError, after which the connection must be closed without a reply.
+request (Postfix's SMTPD_POLICY_README). Attribute order is free. Only the
+attributes trackerd uses are kept; every other one (recipient, SASL, TLS, ...)
+is checked for form and dropped as it is parsed, never decoded or stored. Lines
+and requests are bounded; anything malformed is a PolicyProtocolError, after
+which the connection must be closed without a reply. Pure, no I/O.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
+
+from trackerd.errors import PolicyProtocolError
+
+__all__ = ["DUNNO_RESPONSE", "NEED_DATA", "PolicyDecoder", "PolicyProtocolError"]
 
 #: Longest request line, and most lines and bytes in one request. Postfix's own
 #: requests are a few dozen short lines.
@@ -17,12 +24,15 @@ MAX_LINE: Final = 4096
 MAX_ATTRIBUTES: Final = 256
 MAX_REQUEST: Final = 64 * 1024
 
+#: The attributes trackerd reads (docs/postfix.md): what it records, and the id of
+#: the message, so that a message with several recipients is recorded once.
+CLIENT_ADDRESS: Final = "client_address"
+SENDER: Final = "sender"
+INSTANCE: Final = "instance"
+USED_ATTRIBUTES: Final = frozenset({CLIENT_ADDRESS, SENDER, INSTANCE})
+
 #: What trackerd always answers: no opinion, so Postfix goes on with its rules.
 DUNNO_RESPONSE: Final = b"action=DUNNO\n\n"
-
-
-class PolicyProtocolError(Exception):
-    """The peer sent something that is not a policy request. The text holds no input."""
 
 
 class _NeedData:
@@ -34,9 +44,10 @@ NEED_DATA: Final = _NeedData()
 
 
 class PolicyDecoder:
-    """Incremental parser for one connection's requests."""
+    """Incremental parser for one connection's requests; keeps only the ``keep`` attributes."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: Iterable[str] = USED_ATTRIBUTES) -> None:
+        self._keep = frozenset(name.encode("ascii") for name in keep)
         self._buffer = bytearray()
         self._attributes: dict[str, str] = {}
         self._request_bytes = 0
@@ -83,6 +94,7 @@ class PolicyDecoder:
             name, equals, value = line.partition(b"=")
             if not equals or not name:
                 raise PolicyProtocolError("request line without name=value")
-            # Values may carry SMTPUTF8 addresses; undecodable bytes become U+FFFD,
-            # which no valid address contains, so such a sender counts as rejected.
-            self._attributes[name.decode("ascii", "replace")] = value.decode("utf-8", "replace")
+            if name in self._keep:
+                # Values may carry SMTPUTF8 addresses; undecodable bytes become U+FFFD,
+                # which no valid address contains, so such a sender counts as rejected.
+                self._attributes[name.decode("ascii")] = value.decode("utf-8", "replace")

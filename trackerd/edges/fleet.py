@@ -9,10 +9,12 @@ push`` asks it for the registers over its socket and stores them in Redis.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import stat
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -20,13 +22,37 @@ import anyio
 from servertracker.fleet_key import MAX_KEY_FILE_SIZE, FleetKey, FleetKeyError, epoch_at
 from trackerd.core.fleet_sketch import FleetSketch
 from trackerd.core.tracker import Tracker
-from trackerd.edges.socket_files import StartupError
+from trackerd.errors import StartupError
+from trackerd.option_types import Arguments
 
 log = logging.getLogger(__name__)
 
 #: The epoch clock looks at the time at least this often, so that a changed
 #: system clock or a suspended machine delays a boundary by this much at most.
 EPOCH_CHECK_INTERVAL = 30.0
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """Fleet mode is on when a key file is given."""
+
+    key_file: Path | None = None
+
+    @classmethod
+    def add_arguments(cls, arguments: Arguments) -> None:
+        arguments.add_argument(
+            "--fleet-key-file",
+            metavar="PATH",
+            type=Path,
+            help=(
+                "fleet mode: keep a Redis HyperLogLog of each category under this fleet "
+                "key, for `trackerctl fleet push` (docs/fleet.md). Off by default"
+            ),
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> FleetSettings:
+        return cls(args.fleet_key_file)
 
 
 def load_fleet_sketch(path: Path, now: float) -> FleetSketch:

@@ -9,17 +9,23 @@ decoder, and across connections by a global budget for unfinished frames.
 
 from __future__ import annotations
 
+import argparse
 import logging
+from pathlib import Path
 
 import anyio
 from anyio.abc import SocketStream
 
 from servertracker import protocol
 from servertracker.errors import ProtocolError
+from servertracker.paths import SOCKET_OPTION
 from trackerd.core.tracker import STATUS_FIELDS, Tracker
-from trackerd.edges.access import AccessPolicy, ConnectionLimits, LogThrottle
+from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
+from trackerd.edges.endpoint import ListenerSettings
+from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
 from trackerd.edges.stream_server import ERR_BUSY, StreamServer
+from trackerd.option_types import Arguments
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +33,34 @@ log = logging.getLogger(__name__)
 FLEET_NAMES = tuple(STATUS_FIELDS[category] for category in sorted(STATUS_FIELDS))
 
 
+#: FileDescriptorName= of this listener's socket in systemd/trackerd.socket.
+FD_NAME = "trackerd"
+
+
 class TrackerServer(StreamServer):
     """Serves the tracker protocol (docs/protocol.md)."""
+
+    @classmethod
+    def add_arguments(cls, arguments: Arguments) -> None:
+        """The socket file's owner, group and mode (the path is paths.py's --socket)."""
+        SocketFileSettings.add_arguments(arguments, SOCKET_OPTION.flag, "the socket")
+
+    @classmethod
+    def listener_from_args(cls, args: argparse.Namespace, path: Path) -> ListenerSettings:
+        return ListenerSettings(
+            FD_NAME, path, SocketFileSettings.from_args(args, SOCKET_OPTION.flag)
+        )
 
     def __init__(
         self,
         tracker: Tracker,
         writer: StatusWriter,
         *,
-        policy: AccessPolicy | None = None,
+        allow: AllowLists | None = None,
         limits: ConnectionLimits | None = None,
         max_message_size: int = protocol.MAX_MESSAGE_SIZE,
     ) -> None:
-        super().__init__(policy=policy, limits=limits)
+        super().__init__(allow=allow, limits=limits)
         self._tracker = tracker
         self._writer = writer
         self._max_message_size = max_message_size

@@ -18,10 +18,13 @@ import anyio
 
 from servertracker.status import STATUS_FILE_NAME, Status, encode_status_file, status_file_path
 from trackerd.core.tracker import Tracker
+from trackerd.option_types import Arguments, seconds_between
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE_MODE = 0o640
+#: Least time between two writes while counts change (--status-interval), in seconds.
+STATUS_INTERVAL = 0.25
 _TEMP_PREFIX = f".{STATUS_FILE_NAME}."
 _TEMP_SUFFIX = ".tmp"
 
@@ -62,7 +65,7 @@ class StatusWriter:
         tracker: Tracker,
         runtime_dir: Path,
         *,
-        min_interval: float = 0.25,
+        min_interval: float = STATUS_INTERVAL,
         retry_interval: float = 2.0,
     ) -> None:
         self._tracker = tracker
@@ -74,6 +77,16 @@ class StatusWriter:
         self._failing = False
         self.writes = 0
         self.failures = 0
+
+    @classmethod
+    def add_arguments(cls, arguments: Arguments) -> None:
+        arguments.add_argument(
+            "--status-interval",
+            type=seconds_between(0.01, 3600),
+            default=STATUS_INTERVAL,
+            metavar="SECONDS",
+            help="least time between two status file writes (default: %(default)s)",
+        )
 
     def notify_changed(self) -> None:
         """Cheap enough to call after every message."""

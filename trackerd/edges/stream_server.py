@@ -4,7 +4,7 @@ A StreamServer accepts connections until stop(), admits each one or refuses it
 (allow-lists by SO_PEERCRED, the connection limit), and gives subclasses a
 receive that honours the idle and frame timeouts and turns into a drain at
 shutdown, and a send that gives up on a peer that does not read. Subclasses
-speak a protocol over it: server.py the msgpack one, policy_server.py Postfix's.
+speak a protocol over it: msgpack_server.py the msgpack one, policy_server.py Postfix's.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import math
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
-from trackerd.edges.access import AccessPolicy, ConnectionLimits, LogThrottle, peer_credentials
+from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle, peer_credentials
+from trackerd.errors import ConnectionClosed
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +33,14 @@ ERR_FORBIDDEN = "forbidden"
 ERR_BUSY = "busy"
 
 
-class Closed(Exception):
-    """The connection is done; unwinds the connection's task to its cleanup."""
-
-
 class StreamServer:
     """Serves connections from a listener until stop() is called."""
 
     def __init__(
-        self, *, policy: AccessPolicy | None = None, limits: ConnectionLimits | None = None
+        self, *, allow: AllowLists | None = None, limits: ConnectionLimits | None = None
     ) -> None:
-        self._policy = policy or AccessPolicy()
+        #: Checked at each accept; replaced as a whole when SIGHUP reloads it.
+        self.allow = allow or AllowLists()
         self.limits = limits or ConnectionLimits()
         self._stopping = False
         self._receive_scopes: set[anyio.CancelScope] = set()
@@ -134,16 +132,16 @@ class StreamServer:
             return b""
 
     async def send(self, stream: SocketStream, data: bytes) -> None:
-        """Send, or raise Closed when the peer is gone or does not read in time."""
+        """Send, or raise ConnectionClosed when the peer is gone or does not read in time."""
         with anyio.move_on_after(SEND_TIMEOUT):
             try:
                 await stream.send(data)
                 return
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                raise Closed from None
+                raise ConnectionClosed from None
         self.timeouts += 1
         log.info("closing a connection that did not read its reply within %.0fs", SEND_TIMEOUT)
-        raise Closed
+        raise ConnectionClosed
 
     # --- one connection -----------------------------------------------------------------
 
@@ -157,16 +155,17 @@ class StreamServer:
                     await self.serve_connection(stream)
                 else:
                     await self.refuse(stream, *refusal)
-        except Closed:
+        except ConnectionClosed:
             pass
         finally:
             self.connections_open -= 1
 
     def _refusal(self, stream: SocketStream) -> tuple[str, str] | None:
         """Why this connection may not be served (code, text), or None."""
-        if self._policy.restricted:
+        allow = self.allow
+        if allow.restricted:
             peer = peer_credentials(stream.extra(SocketAttribute.raw_socket))
-            if not self._policy.permits(peer):
+            if not allow.permits(peer):
                 self.refused += 1
                 suppressed = self._refused_log.ready()
                 if suppressed is not None:
