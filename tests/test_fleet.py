@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import redis
 
-from servertracker import cli, cli_fleet, fleet_store
+from servertracker import cli_common, fleet_store
 from servertracker.fleet_key import FleetKey, epoch_at, value_hasher
 from tests.conftest import Daemon, wait_for
 from tests.redis_server import MonitorCapture, RedisServer
@@ -212,11 +212,11 @@ def test_fleet_counts_merge_in_redis_without_values(
         result = push(redis_server, daemons["bravo"], "bravo", "--redis-timeout", "0.5")
     finally:
         redis_server.resume()
-    assert result.returncode == cli_fleet.EXIT_REDIS
+    assert result.returncode == cli_common.EXIT_REDIS
     assert "did not answer in time" in result.stderr and "Traceback" not in result.stderr
     redis_server.stop()
     result = push(redis_server, daemons["bravo"], "bravo", "--json")
-    assert result.returncode == cli_fleet.EXIT_REDIS
+    assert result.returncode == cli_common.EXIT_REDIS
     assert json.loads(result.stderr)["reason"] == "unreachable"
     feed(daemons["bravo"], population(200_000, 200_010))
     assert daemons["bravo"].status().unique_conn_ips == 60_010
@@ -303,14 +303,15 @@ def test_key_file_errors_are_clear(short_tmp: Path, make_daemon: Callable[..., D
     path = short_tmp / "fleet.key"
     path.write_text("not a key\n")
     result = trackerctl("fleet", "advance", str(path))
-    assert result.returncode == cli_fleet.EXIT_KEY_FILE and "not a fleet key file" in result.stderr
+    assert result.returncode == cli_common.EXIT_FLEET_KEY
+    assert "not a fleet key file" in result.stderr
     daemon = make_daemon(extra_args=["--fleet-key-file", str(path)])
     daemon.start(wait=False)
     assert daemon.process is not None and daemon.process.wait(30) == 1
     assert "not a fleet key file" in daemon.log()
     future = FleetKey(86400, epoch_at(time.time(), 86400) + 2, os.urandom(32))
     path.write_text(future.to_text())
-    assert trackerctl("fleet", "keygen", str(path)).returncode == cli_fleet.EXIT_KEY_FILE
+    assert trackerctl("fleet", "keygen", str(path)).returncode == cli_common.EXIT_FLEET_KEY
     assert path.read_text() == future.to_text()  # keygen never overwrites
     second = make_daemon("rt2", extra_args=["--fleet-key-file", str(path)])
     second.start(wait=False)
@@ -324,7 +325,7 @@ def test_push_without_fleet_mode_says_so(daemon: Daemon, short_tmp: Path) -> Non
         "fleet", "push", "--redis", f"unix://{short_tmp}/none.sock", "--socket",
         str(daemon.socket_path), "--host", "alpha",
     )  # fmt: skip
-    assert result.returncode == cli_fleet.EXIT_UNAVAILABLE == cli.EXIT_UNAVAILABLE
+    assert result.returncode == cli_common.EXIT_UNAVAILABLE
     assert "fleet mode is off" in result.stderr
 
 
@@ -346,7 +347,7 @@ def test_acl_lets_a_host_write_only_its_own_keys(
     assert as_alpha.returncode == 0, as_alpha.stderr
     as_bravo = trackerctl("fleet", "push", "--redis", url, "--host", "bravo",
                           "--socket", str(daemon.socket_path), "--json")  # fmt: skip
-    assert as_bravo.returncode == cli_fleet.EXIT_REDIS
+    assert as_bravo.returncode == cli_common.EXIT_REDIS
     assert json.loads(as_bravo.stderr)["reason"] == "denied"
     assert "pw-alpha" not in as_bravo.stderr
     status = trackerctl("fleet", "status", "--redis", url, "--json")

@@ -3,9 +3,8 @@
 keygen and advance write the key file; push asks trackerd for its registers and
 merges them into Redis; status reads the fleet's counts back. redis-py (the
 ``servertracker[fleet]`` extra) is imported only inside push and status.
-Registered by cli.py with one line. It imports nothing from cli.py (which
-imports it), so ``python -m servertracker.cli`` works; the few shared options
-are spelled as cli.py spells them, and tests/test_fleet.py holds them equal.
+Registered by cli.py with one line; the shared options and exit codes come from
+cli_common.
 """
 
 from __future__ import annotations
@@ -19,7 +18,19 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from servertracker.connection import DEFAULT_TIMEOUT, DaemonConnection
+from servertracker.cli_common import (
+    EXIT_FLEET_KEY,
+    EXIT_REDIS,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    JsonOption,
+    RuntimeDirOption,
+    SocketOption,
+    TimeoutOption,
+    echo,
+    target,
+)
+from servertracker.connection import DaemonConnection
 from servertracker.errors import DaemonUnavailable, ProtocolError
 from servertracker.fleet_key import (
     DEFAULT_EPOCH_SECONDS,
@@ -29,48 +40,18 @@ from servertracker.fleet_key import (
     FleetKeyError,
     epoch_at,
 )
-from servertracker.paths import (
-    RUNTIME_DIR_OPTION,
-    SOCKET_OPTION,
-    resolve_runtime_dir,
-    resolve_socket_path,
-)
 
-#: As cli.py's EXIT_UNAVAILABLE: trackerd did not answer (or is not in fleet mode).
-EXIT_UNAVAILABLE = 4
-#: Exit code when the key file cannot be used (missing, malformed, would be overwritten).
-EXIT_KEY_FILE = 1
-#: Exit code when Redis is unreachable, too slow, refuses, or holds no fleet data.
-EXIT_REDIS = 5
 REDIS_URL_ENV = "TRACKERCTL_FLEET_REDIS"
 
-fleet_app = typer.Typer(
+app = typer.Typer(
     help="Fleet-wide distinct counts, merged in Redis without cleartext or digests "
     "(docs/fleet.md).",
-    epilog=f"Exit codes: 0 done; {EXIT_KEY_FILE} key file problem; 2 usage error; "
-    f"{EXIT_UNAVAILABLE} trackerd unavailable (or not in fleet mode); "
-    f"{EXIT_REDIS} Redis unavailable, refused or empty.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
 
-SocketOption = Annotated[
-    Path | None,
-    typer.Option(SOCKET_OPTION.flag, help=f"{SOCKET_OPTION.help}.", show_default=False),
-]
-RuntimeDirOption = Annotated[
-    Path | None,
-    typer.Option(RUNTIME_DIR_OPTION.flag, help=f"{RUNTIME_DIR_OPTION.help}.", show_default=False),
-]
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print one JSON object (errors: one JSON line on stderr).")
-]
-TimeoutOption = Annotated[
-    float,
-    typer.Option("--timeout", min=0.01, max=300, help="Seconds to wait for the daemon's answer."),
-]
 KeyFileArgument = Annotated[Path, typer.Argument(help="The fleet key file.", show_default=False)]
 RedisOption = Annotated[
     str,
@@ -91,9 +72,9 @@ RedisTimeoutOption = Annotated[
 def _fail(text: str, reason: str, as_json: bool, code: int) -> NoReturn:
     """One line on stderr, then exit."""
     if as_json:
-        typer.echo(json.dumps({"error": text, "reason": reason}, sort_keys=True), err=True)
+        echo(json.dumps({"error": text, "reason": reason, "message": text}, sort_keys=True), True)
     else:
-        typer.echo(f"error: {text}", err=True)
+        echo(f"error: {text}", True)
     raise typer.Exit(code)
 
 
@@ -103,10 +84,10 @@ def _read_key(path: Path) -> FleetKey:
             data = file.read(MAX_KEY_FILE_SIZE + 1)
         return FleetKey.from_text(data.decode("ascii"))
     except OSError as exc:
-        _fail(f"cannot read {path}: {exc.strerror}", "key-file", False, EXIT_KEY_FILE)
+        _fail(f"cannot read {path}: {exc.strerror}", "key-file", False, EXIT_FLEET_KEY)
     except (UnicodeDecodeError, FleetKeyError) as exc:
         problem = exc if isinstance(exc, FleetKeyError) else "not a fleet key file"
-        _fail(f"{path}: {problem}", "key-file", False, EXIT_KEY_FILE)
+        _fail(f"{path}: {problem}", "key-file", False, EXIT_FLEET_KEY)
 
 
 def _write_key(path: Path, key: FleetKey, replace: bool) -> None:
@@ -146,7 +127,7 @@ def _write_key(path: Path, key: FleetKey, replace: bool) -> None:
         raise
 
 
-@fleet_app.command()
+@app.command()
 def keygen(
     path: KeyFileArgument,
     epoch_seconds: Annotated[
@@ -165,39 +146,40 @@ def keygen(
     try:
         _write_key(path, key, replace=False)
     except FileExistsError:
-        _fail(f"{path} exists; remove it first to make a new key", "exists", False, EXIT_KEY_FILE)
+        _fail(f"{path} exists; remove it first to make a new key", "exists", False, EXIT_FLEET_KEY)
     except OSError as exc:
-        _fail(f"cannot write {path}: {exc.strerror}", "key-file", False, EXIT_KEY_FILE)
-    typer.echo(
+        _fail(f"cannot write {path}: {exc.strerror}", "key-file", False, EXIT_FLEET_KEY)
+    echo(
         f"wrote a fleet key for epoch {key.epoch} to {path}; copy it to every host "
         "of the fleet, and to nowhere else (docs/fleet.md)"
     )
 
 
-@fleet_app.command()
+@app.command()
 def advance(path: KeyFileArgument) -> None:
     """Move a key file to the current epoch in place, so that no older key stays on disk."""
     key = _read_key(path)
     current = epoch_at(time.time(), key.epoch_seconds)
     if key.epoch >= current:
-        typer.echo(f"{path} is for epoch {key.epoch} already")
+        echo(f"{path} is for epoch {key.epoch} already")
         return
     try:
         newer = key.advanced(current)
         _write_key(path, newer, replace=True)
     except FleetKeyError as exc:
-        _fail(f"{path}: {exc}", "key-file", False, EXIT_KEY_FILE)
+        _fail(f"{path}: {exc}", "key-file", False, EXIT_FLEET_KEY)
     except OSError as exc:
-        _fail(f"cannot write {path}: {exc.strerror}", "key-file", False, EXIT_KEY_FILE)
-    typer.echo(f"{path}: epoch {key.epoch} -> {current}")
+        _fail(f"cannot write {path}: {exc.strerror}", "key-file", False, EXIT_FLEET_KEY)
+    echo(f"{path}: epoch {key.epoch} -> {current}")
 
 
 def _default_host() -> str:
     return socket.gethostname().split(".")[0]
 
 
-@fleet_app.command()
+@app.command()
 def push(
+    ctx: typer.Context,
     redis_url: RedisOption,
     host: Annotated[
         str | None,
@@ -210,20 +192,21 @@ def push(
     socket_path: SocketOption = None,
     runtime_dir: RuntimeDirOption = None,
     as_json: JsonOption = False,
-    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+    timeout: TimeoutOption = None,
     redis_timeout: RedisTimeoutOption = 5.0,
 ) -> None:
     """Fetch trackerd's fleet registers and merge them into Redis (run by a timer)."""
     from servertracker import fleet_store
 
+    where = target(ctx, socket_path, runtime_dir, as_json, timeout)
+    as_json = where.as_json
     name = host or _default_host()
     try:
         fleet_store.check_host_name(name)
     except ValueError as exc:
-        _fail(f"--host: {exc}", "usage", as_json, 2)
-    path = resolve_socket_path(socket_path, resolve_runtime_dir(runtime_dir))
+        _fail(f"--host: {exc}", "usage", as_json, EXIT_USAGE)
     try:
-        with DaemonConnection(path, timeout=timeout) as conn:
+        with DaemonConnection(where.socket_path, timeout=where.timeout) as conn:
             reply = conn.fleet()
     except (DaemonUnavailable, ProtocolError) as exc:
         reason = exc.reason if isinstance(exc, DaemonUnavailable) else exc.code
@@ -234,13 +217,14 @@ def push(
     except fleet_store.FleetStoreError as exc:
         _fail(f"push failed: {exc}", exc.reason, as_json, EXIT_REDIS)
     if as_json:
-        typer.echo(json.dumps({"ok": True, "host": name, "epochs": epochs}, sort_keys=True))
+        echo(json.dumps({"ok": True, "host": name, "epochs": epochs}, sort_keys=True))
     else:
-        typer.echo(f"pushed {name}'s registers for epoch {', '.join(map(str, epochs))}")
+        echo(f"pushed {name}'s registers for epoch {', '.join(map(str, epochs))}")
 
 
-@fleet_app.command()
+@app.command()
 def status(
+    ctx: typer.Context,
     redis_url: RedisOption,
     as_json: JsonOption = False,
     redis_timeout: RedisTimeoutOption = 5.0,
@@ -249,6 +233,7 @@ def status(
     and each host's own count and last push."""
     from servertracker import fleet_store
 
+    as_json = as_json or target(ctx, None, None, as_json, None).as_json
     try:
         with fleet_store.connect(redis_url, redis_timeout) as client:
             length, epochs = fleet_store.status(client, time.time())
@@ -257,19 +242,19 @@ def status(
     if as_json:
         data = {"epoch_seconds": length, "current": epochs[0].to_json()}
         data["previous"] = epochs[1].to_json()
-        typer.echo(json.dumps(data, sort_keys=True))
+        echo(json.dumps(data, sort_keys=True))
         return
     for label, counts in zip(("current", "previous"), epochs, strict=True):
-        typer.echo(f"{label} epoch {counts.epoch} (from {_utc(counts.start)}, {length} s):")
+        echo(f"{label} epoch {counts.epoch} (from {_utc(counts.start)}, {length} s):")
         for category, value in counts.fleet.items():
-            typer.echo(f"  fleet {category:<18} {value:>12,}  (estimate)")
+            echo(f"  fleet {category:<18} {value:>12,}  (estimate)")
         for host, info in counts.hosts.items():
             pushed = info.get("pushed")
             when = _utc(pushed) if pushed is not None else "never"
             values = ", ".join(f"{c} {n:,}" for c, n in info["counts"].items())
-            typer.echo(f"  {host}: {values}; last push {when}")
+            echo(f"  {host}: {values}; last push {when}")
         if not counts.hosts:
-            typer.echo("  no host has pushed")
+            echo("  no host has pushed")
 
 
 def _utc(when: float) -> str:

@@ -123,6 +123,8 @@ class TrackerServer(StreamServer):
                 if isinstance(message, protocol.Record):
                     self._tracker.record_pairs(message.pairs)
                     recorded = True
+                    # Its values are done with: none lives on while other peers run.
+                    del message
                     # Let other connections in between two messages: a status query
                     # waits for one message of each busy peer, not for a whole read.
                     await anyio.lowlevel.checkpoint()
@@ -147,9 +149,7 @@ class TrackerServer(StreamServer):
         they are what goes to Redis anyway (docs/fleet.md)."""
         fleet = self._tracker.fleet
         if fleet is None:
-            raise ProtocolError(
-                protocol.ERR_FLEET_OFF, "fleet mode is off (trackerd has no --fleet-key-file)"
-            )
+            raise ProtocolError(protocol.ERR_FLEET_OFF, protocol.TEXT_FLEET_OFF)
         self._tracker.roll_fleet_epoch()  # a request just after a boundary sees the new epoch
         epochs = tuple(
             protocol.FleetEpoch(epoch, dict(zip(FLEET_NAMES, sketches, strict=True)))

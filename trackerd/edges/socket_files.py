@@ -94,6 +94,12 @@ def check_runtime_dir(path: Path) -> None:
         info = os.lstat(path)
     except OSError as exc:
         raise StartupError(f"cannot use runtime directory {path}: {exc.strerror}") from None
+    if stat.S_ISLNK(info.st_mode):
+        # Whoever can change the link could point trackerd's socket and files elsewhere.
+        raise StartupError(
+            f"runtime directory {path} is a symbolic link (to {os.path.realpath(path)}); "
+            "trackerd does not follow one: give the directory itself"
+        )
     if not stat.S_ISDIR(info.st_mode):
         raise StartupError(f"runtime directory {path} is not a directory")
     if private and (info.st_uid != os.getuid() or info.st_mode & 0o077):
