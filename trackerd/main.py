@@ -36,6 +36,9 @@ log = logging.getLogger("trackerd")
 
 #: Least time between two STATUS= notifications to systemd, in seconds.
 STATUS_NOTIFY_INTERVAL = 1.0
+#: Descriptors the daemon needs besides its connections: listeners, the lock,
+#: status file writes, the event loop's own, spares for refusing at the limit.
+FILES_BESIDES = 64
 
 
 def _raise_open_file_limit(wanted: int) -> None:
@@ -49,7 +52,11 @@ def _raise_open_file_limit(wanted: int) -> None:
         except (OSError, ValueError) as exc:  # a seccomp filter, say: not fatal
             log.warning("cannot raise the open file limit: %s", exc)
     if soft != resource.RLIM_INFINITY and soft < wanted:
-        log.warning("open file limit %d allows fewer than --max-connections connections", soft)
+        log.warning(
+            "open file limit %d allows fewer than --max-connections connections on each "
+            "listener; connections past it are refused",
+            soft,
+        )
 
 
 def _tune_garbage_collector() -> None:
@@ -73,7 +80,6 @@ async def run(config: Config) -> None:
     if not make_non_dumpable():
         log.warning("could not make the process non-dumpable; the salt could reach a core dump")
     notifier = Notifier()
-    _raise_open_file_limit(config.limits.max_connections + 64)
     prepare_runtime_dir(config.runtime_dir)
     lock = RuntimeDirLock(config.runtime_dir)
     try:
@@ -110,6 +116,8 @@ async def _run_locked(config: Config, notifier: Notifier, lock: RuntimeDirLock) 
                     postfix.open(passed),
                 )
             )
+        # Every listener may serve --max-connections; accept() copes with running out anyway.
+        _raise_open_file_limit(config.limits.max_connections * len(endpoints) + FILES_BESIDES)
         listeners = [await anyio.abc.SocketListener.from_socket(e.socket.sock) for e in endpoints]
         if not await writer.write_now():
             raise StartupError(f"cannot write the status file in {config.runtime_dir}")

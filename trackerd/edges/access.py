@@ -18,6 +18,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
+from servertracker import protocol
 from trackerd.option_types import Arguments, group_id, int_between, seconds_between, user_id
 
 #: The --help group the options below go in, and what it says.
@@ -132,7 +133,8 @@ class ConnectionLimits:
     idle_timeout: float = 600.0
     #: A frame must arrive whole within this many seconds of its first byte.
     frame_timeout: float = 30.0
-    #: Bytes of unfinished frames buffered across all connections.
+    #: Bytes of unfinished frames buffered across all connections; past it, the
+    #: connections whose frames began first are closed with "busy".
     max_buffered_total: int = 64 * 1024 * 1024
 
     @classmethod
@@ -157,7 +159,20 @@ class ConnectionLimits:
             type=seconds_between(0, 1e9),
             default=defaults.frame_timeout,
             metavar="SECONDS",
-            help="close connections that take longer to send one message (default: %(default)s)",
+            help=(
+                "close connections that take longer to send one message, from its first "
+                "byte to its last (default: %(default)s)"
+            ),
+        )
+        arguments.add_argument(
+            "--max-unfinished-bytes",
+            type=int_between(protocol.MAX_MESSAGE_SIZE + protocol.HEADER_SIZE, 1 << 40),
+            default=defaults.max_buffered_total,
+            metavar="BYTES",
+            help=(
+                "bytes of unfinished messages buffered across all connections; past it, "
+                "those whose messages began first are closed (default: %(default)s)"
+            ),
         )
 
     @classmethod
@@ -166,6 +181,7 @@ class ConnectionLimits:
             max_connections=args.max_connections,
             idle_timeout=args.idle_timeout,
             frame_timeout=args.frame_timeout,
+            max_buffered_total=args.max_unfinished_bytes,
         )
 
 
