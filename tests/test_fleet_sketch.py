@@ -150,24 +150,34 @@ def test_key_file_round_trip_and_errors() -> None:
 
 def test_tracker_feeds_sketch_on_miss_and_starts_again_each_epoch() -> None:
     now = [86400.0 * 100 + 10]
-    sketch = FleetSketch(FleetKey(86400, 100, bytes(32)))
+    key = FleetKey(86400, 100, bytes(32))
+    sketch = FleetSketch(key)
     tracker = Tracker(clock=lambda: now[0], fleet=sketch)
     pairs = [(f"10.0.{i // 256}.{i % 256}", f"u@d{i}.example") for i in range(500)]
+    pairs += [(f"10.1.0.{i}", f"u@[192.0.2.{i}]") for i in range(200)]
     tracker.record_pairs(pairs)
-    first = bytes(sketch.registers[Category.CONN_IP])
-    assert any(first)
+    tracker.record_pairs(pairs)  # cache hits: no change
+    first = [bytes(r) for r in sketch.registers]
+    assert all(any(r) for r in first)
     tracker.roll_fleet_epoch()
     assert sketch.epoch == 100  # same epoch: nothing moves
     now[0] += 86400
     tracker.roll_fleet_epoch()
     assert sketch.epoch == 101 and sketch.previous is not None
-    assert bytes(sketch.previous[1][Category.CONN_IP]) == first
-    assert not any(sketch.registers[Category.CONN_IP])
+    assert [bytes(r) for r in sketch.previous[1]] == first
+    assert not any(any(r) for r in sketch.registers)
     tracker.record_pairs(pairs)  # the same values: registered again in the new epoch
-    assert sum(1 for r in sketch.registers[Category.CONN_IP] if r) > 400
-    assert tracker.status().unique_conn_ips == 500  # and still counted once
-    epochs = sketch.snapshot()
-    assert [e for e, _ in epochs] == [101, 100]
+    fresh = FleetSketch(key.advanced(101))
+    Tracker(fleet=fresh).record_pairs(pairs)
+    for category in Category:
+        assert sketch.registers[category] == fresh.registers[category], category
+    status = tracker.status()  # and still counted once
+    assert (status.unique_conn_ips, status.unique_domains, status.unique_ip_servers) == (
+        700,
+        500,
+        200,
+    )
+    assert [e for e, _ in sketch.snapshot()] == [101, 100]
 
 
 def test_blake2b_person_labels_differ() -> None:

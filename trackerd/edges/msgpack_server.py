@@ -170,8 +170,11 @@ class TrackerServer(StreamServer):
                 message = decoder.next_message()
                 if message is protocol.NEED_DATA or message is protocol.CLOSED:
                     return
-                if isinstance(message, protocol.Record):
-                    self._tracker.record_pairs(message.pairs)
+                if isinstance(message, protocol.RecordColumns | protocol.Record):
+                    if isinstance(message, protocol.RecordColumns):
+                        self._tracker.record_columns(message.conn_ips, message.senders)
+                    else:
+                        self._tracker.record_pairs(message.pairs)
                     recorded = True
                     # Its values are done with: none lives on while other peers run.
                     del message
@@ -182,6 +185,8 @@ class TrackerServer(StreamServer):
                     await self.send(
                         stream, protocol.encode(protocol.StatusReply(self._tracker.status()))
                     )
+                elif isinstance(message, protocol.FeaturesRequest):
+                    await self.send(stream, protocol.encode(protocol.Features(protocol.FEATURES)))
                 elif isinstance(message, protocol.Ping):
                     await self.send(stream, protocol.encode(protocol.Pong()))
                 elif isinstance(message, protocol.FleetRequest):
