@@ -191,7 +191,7 @@ def test_record(daemon: Daemon) -> None:
     code, out, _ = invoke(
         "record", "192.0.2.4", "x@[192.0.2.5]", "--socket", str(daemon.socket_path), "--json"
     )
-    assert code == EXIT_OK and json.loads(out) == {"ok": True}
+    assert code == EXIT_OK and json.loads(out) == {"ok": True, "records": 1}
     assert daemon.status().unique_ip_servers == 1
 
 
@@ -216,7 +216,8 @@ def test_usage_errors_are_typer_s(short_tmp: Path) -> None:
 def test_help_documents_exit_codes_and_environment() -> None:
     result = trackerctl("--help")
     assert result.returncode == 0
-    assert "Exit codes: 0" in result.stdout and "3 status only from the" in result.stdout
+    text = " ".join(result.stdout.split())
+    assert "Exit codes: 0" in text and "3 status and watch only" in text
     result = trackerctl("status", "--help")
     assert "TRACKERD_RUNTIME_DIR" in result.stdout and "TRACKERD_SOCKET" in result.stdout
 

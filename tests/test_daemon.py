@@ -153,7 +153,7 @@ def test_bad_input_gets_an_error_reply_and_changes_nothing(daemon: Daemon, name:
         bad.sendall(frame([1, "record", [["192.0.2.2", "user@example.org"]]]) + data)
         reply = read_until_closed(bad)
         bad.close()
-        decoder = protocol.MessageDecoder()
+        decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
         decoder.receive_data(reply)
         message = decoder.next_message()
         assert isinstance(message, protocol.Error)
@@ -253,14 +253,43 @@ def test_restart_after_sigkill_replaces_stale_socket_and_temp_files(
 def test_second_daemon_on_the_same_socket_refuses_clearly(
     daemon: Daemon, make_daemon: Callable[..., Daemon]
 ) -> None:
-    second = Daemon(daemon.runtime_dir)
-    second.log_path = daemon.runtime_dir.parent / "second.log"
+    second = make_daemon("rt2", extra_args=["--socket", str(daemon.socket_path)])
     second.start(wait=False)
     assert second.process is not None
     assert second.process.wait(15) == 1
     assert "another trackerd is already listening" in second.log()
     assert "Traceback" not in second.log()
     daemon.status()  # the first one is untouched
+
+
+def test_second_daemon_on_the_same_runtime_dir_refuses_naming_the_holder(
+    daemon: Daemon, short_tmp: Path
+) -> None:
+    assert daemon.process is not None
+    with daemon.connect() as conn:
+        conn.record([("192.0.2.1", "a@example.com")])
+        conn.ping()
+    wait_for(lambda: read_status_file(daemon.runtime_dir).records == 1, what="the status file")
+    second = Daemon(daemon.runtime_dir, extra_args=["--socket", str(short_tmp / "other.sock")])
+    second.log_path = short_tmp / "second.log"
+    second.socket_path = short_tmp / "other.sock"
+    second.start(wait=False)
+    assert second.process is not None
+    assert second.process.wait(15) == 1
+    assert f"is in use by another trackerd (pid {daemon.process.pid}" in second.log()
+    assert "Traceback" not in second.log()
+    assert not (short_tmp / "other.sock").exists()
+    # The first daemon's file was never overwritten with the second one's zeros.
+    assert read_status_file(daemon.runtime_dir).records == 1
+    assert daemon.status().records == 1
+    assert daemon.stop() == 0
+    # The lock goes with the process, however it ends: the next daemon starts.
+    second.start()
+    assert second.stop(signal.SIGKILL) == -signal.SIGKILL
+    third = Daemon(daemon.runtime_dir)
+    third.log_path = short_tmp / "third.log"
+    third.start()
+    assert third.stop() == 0
 
 
 def test_unusable_runtime_dir_is_a_clear_startup_error(short_tmp: Path) -> None:

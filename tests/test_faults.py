@@ -50,6 +50,9 @@ def busy_worker(
         results.put((worker, f"raised {exc!r}", calls, False, None))
 
 
+# Fifty daemon start-ups take a minute on an idle machine and several on a busy one:
+# each step has its own deadline, and the whole test more time than the default.
+@pytest.mark.timeout(900)
 def test_sigkill_fifty_times_under_load(make_daemon: Callable[..., Daemon]) -> None:
     """Workers never raise, keep running, and reach every daemon that comes up;
     what they could not send is accounted for, and a status file is never torn."""
@@ -147,6 +150,12 @@ def test_runtime_directory_removed_is_made_again_with_its_socket(daemon: Daemon)
     log = daemon.log()
     assert "was removed; made it again" in log
     assert "was removed; listening on it again" in log
+    # The lock file went with the directory and was taken again: no second daemon there.
+    second = Daemon(daemon.runtime_dir, extra_args=["--socket", f"{daemon.runtime_dir}2.sock"])
+    second.log_path = daemon.runtime_dir.parent / "second.log"
+    assert second.start(wait=False).process is not None
+    assert second.process.wait(15) == 1
+    assert "is in use by another trackerd" in second.log()
     assert daemon.stop() == 0
     assert not daemon.socket_path.exists()  # the new socket file is ours to remove
 

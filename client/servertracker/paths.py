@@ -26,7 +26,8 @@ SOCKET_ENV = "TRACKERD_SOCKET"
 #: The resolution order below, for --help texts.
 RUNTIME_DIR_HELP = (
     f"--runtime-dir, else ${RUNTIME_DIR_ENV}, else $RUNTIME_DIRECTORY (systemd), else "
-    f"{SYSTEM_RUNTIME_DIR} if it exists, else $XDG_RUNTIME_DIR/trackerd, else /tmp/trackerd-<uid>"
+    f"{SYSTEM_RUNTIME_DIR} for root or if it exists, else $XDG_RUNTIME_DIR/trackerd, "
+    "else /tmp/trackerd-<uid>"
 )
 SOCKET_HELP = f"--socket, else ${SOCKET_ENV}, else <runtime dir>/{SOCKET_NAME}"
 
@@ -78,23 +79,26 @@ def default_private_dir(uid: int | None = None) -> Path:
 def resolve_runtime_dir(
     explicit: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
+    *,
+    euid: int | None = None,
 ) -> Path:
     """The runtime directory, by precedence.
 
     ``--runtime-dir``, then $TRACKERD_RUNTIME_DIR, then $RUNTIME_DIRECTORY
     (set by systemd's RuntimeDirectory=; the first entry if it lists several),
-    then /run/trackerd if it exists (a system install, so that admins and
-    workers find it with no configuration), then $XDG_RUNTIME_DIR/trackerd,
-    then /tmp/trackerd-<uid>.
+    then /run/trackerd for root or if it exists (a system install, so that
+    admins and workers find it with no configuration; root's daemon is one),
+    then $XDG_RUNTIME_DIR/trackerd, then /tmp/trackerd-<uid>.
     """
     env = os.environ if environ is None else environ
+    is_root = (os.geteuid() if euid is None else euid) == 0
     if explicit:
         return Path(explicit)
     if env.get(RUNTIME_DIR_ENV):
         return Path(env[RUNTIME_DIR_ENV])
     if env.get("RUNTIME_DIRECTORY"):
         return Path(env["RUNTIME_DIRECTORY"].split(":")[0])
-    if SYSTEM_RUNTIME_DIR.is_dir():
+    if is_root or SYSTEM_RUNTIME_DIR.is_dir():
         return SYSTEM_RUNTIME_DIR
     if env.get("XDG_RUNTIME_DIR"):
         return Path(env["XDG_RUNTIME_DIR"]) / "trackerd"

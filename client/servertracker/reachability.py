@@ -41,9 +41,7 @@ def cause(exc: OSError) -> str:
 class UnreachableWarning:
     """Decides when a failed connect deserves a WARNING; at most one per interval."""
 
-    def __init__(
-        self, grace: float | None = None, interval: float | None = None
-    ) -> None:
+    def __init__(self, grace: float | None = None, interval: float | None = None) -> None:
         # None: read the module's values when used, so a test can set them in a real worker.
         self._grace = grace
         self._interval = interval

@@ -6,7 +6,9 @@ before it on that connection. A large frame is applied in slices with the
 event loop let go between them, so no message keeps the others (or the
 watchdog) waiting. A peer that sends garbage gets an error reply
 and is closed; everyone else goes on. Memory per connection is bounded by the
-decoder, and across connections by a global budget for unfinished frames.
+decoder, and across connections by a global budget for unfinished frames: past
+it, the connections whose unfinished frames began first are closed with "busy",
+so peers that trickle frames cannot lock out one that sends its frame whole.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from anyio.abc import SocketStream
 from servertracker import protocol
 from servertracker.errors import ProtocolError
 from servertracker.paths import SOCKET_OPTION
-from trackerd.core.tracker import Tracker
+from trackerd.core.tracker import STATUS_FIELDS, Tracker
 from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
 from trackerd.edges.endpoint import ListenerSettings
 from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
-from trackerd.edges.stream_server import ERR_BUSY, StreamServer
+from trackerd.edges.stream_server import ERR_BUSY, FrameClock, StreamServer
 from trackerd.option_types import Arguments
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,23 @@ SLICE_SECONDS = 0.002
 #: 120 us, docs/performance.md) it takes about 2 ms.
 MIN_SLICE = 16
 MAX_SLICE = 16384
+
+#: Fleet sketch names in category order: the status fields' names.
+FLEET_NAMES = tuple(STATUS_FIELDS[category] for category in sorted(STATUS_FIELDS))
+
+TEXT_BUFFERS_FULL = "server buffers full"
+
+
+class _Holder:
+    """One connection's share of the unfinished-frame budget."""
+
+    __slots__ = ("buffered", "clock", "shed", "waiting")
+
+    def __init__(self) -> None:
+        self.buffered = 0
+        self.clock = FrameClock()
+        self.shed = False
+        self.waiting: anyio.CancelScope | None = None
 
 
 #: FileDescriptorName= of this listener's socket in systemd/trackerd.socket.
@@ -75,21 +94,26 @@ class TrackerServer(StreamServer):
         self._writer = writer
         self._max_message_size = max_message_size
         self._buffered_total = 0
+        # Connections with an unfinished frame, in the order their frames began.
+        self._holders: dict[_Holder, None] = {}
         self._error_log = LogThrottle(1.0)
         self._slice_pairs = MIN_SLICE  # adapted by _record()
         self.protocol_errors = 0
 
-    async def refuse(self, stream: SocketStream, code: str, text: str) -> None:
-        await self.send(stream, protocol.encode(protocol.Error(code, text)))
+    def refusal(self, code: str, text: str) -> bytes:
+        return protocol.encode(protocol.Error(code, text))
 
     async def serve_connection(self, stream: SocketStream) -> None:
         decoder = protocol.MessageDecoder(self._max_message_size)
-        counted = 0  # this connection's share of _buffered_total
-        frame_started: float | None = None
+        holder = _Holder()
         try:
             while True:
-                deadline = self.deadline(frame_started)
-                data = await self.receive(stream, deadline)
+                with anyio.CancelScope() as holder.waiting:
+                    data = await self.receive(stream, self.deadline(holder.clock.started))
+                holder.waiting = None
+                if holder.shed:
+                    await self._send_busy(stream)
+                    return
                 if data is None:
                     return
                 decoder.receive_data(data)
@@ -98,7 +122,7 @@ class TrackerServer(StreamServer):
                 except ProtocolError as exc:
                     self.protocol_errors += 1
                     if self._error_log.ready() is not None:
-                        # The message text never holds a recorded value (see protocol.py).
+                        # The text is one of protocol.ERROR_TEXTS: it holds no input.
                         log.warning(
                             "closing a connection after a protocol error: %s (%s)",
                             exc.message,
@@ -108,22 +132,51 @@ class TrackerServer(StreamServer):
                     return
                 if not data:
                     return  # end of stream, and every complete frame handled
-                buffered = decoder.buffered
-                self._buffered_total += buffered - counted
-                counted = buffered
-                frame_started = None if not buffered else frame_started or anyio.current_time()
-                if self._buffered_total > self.limits.max_buffered_total:
-                    self.busy += 1
-                    log.warning("unfinished frames exceed %d bytes across connections; closing one",
-                                self.limits.max_buffered_total)  # fmt: skip
-                    await self.send(
-                        stream, protocol.encode(protocol.Error(ERR_BUSY, "server buffers full"))
-                    )
+                self._account(holder, decoder)
+                if holder.shed:
+                    await self._send_busy(stream)
                     return
         finally:
-            self._buffered_total -= counted
+            self._release(holder)
 
-    async def _record(self, pairs: Sequence[protocol.Pair]) -> None:
+    def _account(self, holder: _Holder, decoder: protocol.MessageDecoder) -> None:
+        """Update this connection's share; past the budget, shed the oldest frames."""
+        if holder.shed:
+            return  # its share is released already; it closes next
+        clock = holder.clock
+        started = clock.started
+        clock.update(decoder.buffered > 0, decoder.frames)
+        if clock.started != started:  # a frame ended, or a new one began
+            self._holders.pop(holder, None)
+            if clock.started is not None:
+                self._holders[holder] = None  # last: the newest frame
+        self._buffered_total += decoder.buffered - holder.buffered
+        holder.buffered = decoder.buffered
+        while self._buffered_total > self.limits.max_buffered_total and self._holders:
+            oldest = next(iter(self._holders))
+            self._release(oldest)
+            oldest.shed = True
+            if oldest.waiting is not None:
+                oldest.waiting.cancel()
+            self.busy += 1
+            suppressed = self._busy_log.ready()
+            if suppressed is not None:
+                log.warning(
+                    "unfinished frames exceed %d bytes across connections: closed the one "
+                    "whose frame began first (%d more since)",
+                    self.limits.max_buffered_total,
+                    suppressed,
+                )
+
+    def _release(self, holder: _Holder) -> None:
+        self._holders.pop(holder, None)
+        self._buffered_total -= holder.buffered
+        holder.buffered = 0
+
+    async def _send_busy(self, stream: SocketStream) -> None:
+        await self.send(stream, protocol.encode(protocol.Error(ERR_BUSY, TEXT_BUFFERS_FULL)))
+
+    async def _record(self, conn_ips: Sequence[str | None], senders: Sequence[str | None]) -> None:
         """Count a message's pairs in slices, yielding to the event loop after each.
 
         A 1 MiB frame holds tens of thousands of pairs; counted in one go, new
@@ -135,22 +188,24 @@ class TrackerServer(StreamServer):
         connection may show part of a frame counted. Shielded: a frame being
         counted is finished even at shutdown, so a frame counts whole or not at all.
         """
-        if len(pairs) <= MIN_SLICE:  # the usual message: one slice, no shield needed
-            self._tracker.record_pairs(pairs)
+        record = self._tracker.record_columns
+        if len(conn_ips) <= MIN_SLICE:  # the usual message: one slice, no shield needed
+            record(conn_ips, senders)
             await anyio.lowlevel.checkpoint()
             return
         with anyio.CancelScope(shield=True):
             start = 0
-            while start < len(pairs):
+            while start < len(conn_ips):
                 size = self._slice_pairs
-                piece = pairs[start : start + size]
+                end = start + size
                 began = time.perf_counter()
-                self._tracker.record_pairs(piece)
+                record(conn_ips[start:end], senders[start:end])
                 took = time.perf_counter() - began
-                start += size
+                done = min(end, len(conn_ips)) - start
+                start = end
                 # Halve or double at most: one odd slice (a page fault, a garbage
                 # collection) does not swing the next one far.
-                wanted = int(len(piece) * SLICE_SECONDS / took) if took > 0 else MAX_SLICE
+                wanted = int(done * SLICE_SECONDS / took) if took > 0 else MAX_SLICE
                 self._slice_pairs = max(MIN_SLICE, size // 2, min(MAX_SLICE, size * 2, wanted))
                 # Let other connections, and the watchdog, in between two slices.
                 await anyio.lowlevel.checkpoint()
@@ -163,15 +218,28 @@ class TrackerServer(StreamServer):
                 message = decoder.next_message()
                 if message is protocol.NEED_DATA or message is protocol.CLOSED:
                     return
-                if isinstance(message, protocol.Record):
-                    await self._record(message.pairs)
+                if isinstance(message, protocol.RecordColumns | protocol.Record):
+                    conn_ips: Sequence[str | None] = ()
+                    senders: Sequence[str | None] = ()
+                    if isinstance(message, protocol.RecordColumns):
+                        conn_ips, senders = message.conn_ips, message.senders
+                    elif message.pairs:
+                        conn_ips, senders = zip(*message.pairs, strict=True)
+                    del message  # the columns hold the values, and only while counted
+                    await self._record(conn_ips, senders)
+                    # Its values are done with: none lives on while other peers run.
+                    del conn_ips, senders
                     recorded = True
                 elif isinstance(message, protocol.StatusRequest):
                     await self.send(
                         stream, protocol.encode(protocol.StatusReply(self._tracker.status()))
                     )
+                elif isinstance(message, protocol.FeaturesRequest):
+                    await self.send(stream, protocol.encode(protocol.Features(protocol.FEATURES)))
                 elif isinstance(message, protocol.Ping):
                     await self.send(stream, protocol.encode(protocol.Pong()))
+                elif isinstance(message, protocol.FleetRequest):
+                    await self.send(stream, protocol.encode(self._fleet_reply()))
                 else:
                     raise ProtocolError(
                         protocol.ERR_UNEXPECTED, "a client may not send this message"
@@ -179,3 +247,16 @@ class TrackerServer(StreamServer):
         finally:
             if recorded:
                 self._writer.notify_changed()
+
+    def _fleet_reply(self) -> protocol.FleetReply:
+        """The fleet sketches (registers only), for any peer the allow-lists admit:
+        they are what goes to Redis anyway (docs/fleet.md)."""
+        fleet = self._tracker.fleet
+        if fleet is None:
+            raise ProtocolError(protocol.ERR_FLEET_OFF, protocol.TEXT_FLEET_OFF)
+        self._tracker.roll_fleet_epoch()  # a request just after a boundary sees the new epoch
+        epochs = tuple(
+            protocol.FleetEpoch(epoch, dict(zip(FLEET_NAMES, sketches, strict=True)))
+            for epoch, sketches in fleet.snapshot()
+        )
+        return protocol.FleetReply(fleet.epoch_seconds, epochs)

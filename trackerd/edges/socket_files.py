@@ -1,7 +1,7 @@
-"""The daemon's listening socket and runtime directory: made safely, or refused clearly.
+"""The daemon's listening socket files and runtime directory: made safely, or refused clearly.
 
-Socket activation (a socket passed by systemd) plugs in here too, so the rest
-of the daemon only ever sees an anyio SocketListener.
+The runtime directory belongs to one daemon at a time: it holds an flock on
+trackerd.lock in it, which names its pid, for as long as it runs.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import fcntl
 import os
 import socket
 import stat
@@ -21,6 +22,8 @@ from trackerd.errors import StartupError
 from trackerd.option_types import Arguments, file_mode, group_id, user_id
 
 SOCKET_MODE = 0o660
+LOCK_FILE_NAME = "trackerd.lock"
+LOCK_FILE_MODE = 0o640
 RUNTIME_DIR_MODE = 0o750
 #: sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
@@ -84,21 +87,36 @@ def prepare_runtime_dir(path: Path) -> None:
     check_runtime_dir(path)
 
 
+def not_private(path: Path, info: os.stat_result) -> str | None:
+    """Why path, with this stat, is not the private /tmp directory it should be; or None.
+
+    Under a shared /tmp another user could make it first, to read our files.
+    """
+    if path == default_private_dir() and (info.st_uid != os.getuid() or info.st_mode & 0o077):
+        return (
+            f"{path} is not private to this user (owner uid {info.st_uid}, mode "
+            f"{stat.S_IMODE(info.st_mode):o}); remove it or pass --runtime-dir"
+        )
+    return None
+
+
 def check_runtime_dir(path: Path) -> None:
     """Raise StartupError unless path is a directory we may use, and private if in /tmp."""
-    private = path == default_private_dir()
     try:
         info = os.lstat(path)
     except OSError as exc:
         raise StartupError(f"cannot use runtime directory {path}: {exc.strerror}") from None
+    if stat.S_ISLNK(info.st_mode):
+        # Whoever can change the link could point trackerd's socket and files elsewhere.
+        raise StartupError(
+            f"runtime directory {path} is a symbolic link (to {os.path.realpath(path)}); "
+            "trackerd does not follow one: give the directory itself"
+        )
     if not stat.S_ISDIR(info.st_mode):
         raise StartupError(f"runtime directory {path} is not a directory")
-    if private and (info.st_uid != os.getuid() or info.st_mode & 0o077):
-        # Under a shared /tmp another user could have made it first to read our files.
-        raise StartupError(
-            f"{path} is not private to this user (owner uid {info.st_uid}, mode "
-            f"{stat.S_IMODE(info.st_mode):o}); remove it or pass --runtime-dir"
-        )
+    problem = not_private(path, info)
+    if problem is not None:
+        raise StartupError(problem)
     if not os.access(path, os.W_OK | os.X_OK):
         raise StartupError(f"runtime directory {path} is not writable by this user")
 
@@ -117,6 +135,71 @@ def remake_runtime_dir(path: Path) -> bool:
         check_runtime_dir(path)
         return False
     return True
+
+
+class RuntimeDirLock:
+    """An flock on <runtime dir>/trackerd.lock, held for the daemon's whole life.
+
+    The kernel drops the lock when the process ends, however it ends, so a
+    daemon killed with SIGKILL leaves nothing to clean up; the file stays.
+    """
+
+    def __init__(self, runtime_dir: Path) -> None:
+        self.path = runtime_dir / LOCK_FILE_NAME
+        self._fd: int | None = None
+        self.acquire()
+
+    def acquire(self) -> None:
+        """Take the lock (again, if the file was removed); StartupError if another holds it."""
+        try:
+            fd = os.open(
+                self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, LOCK_FILE_MODE
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_pid(fd)
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StartupError(f"cannot lock {self.path}: {exc.strerror}") from None
+            raise StartupError(
+                f"runtime directory {self.path.parent} is in use by another trackerd "
+                f"(pid {holder or 'unknown'}, holding {self.path}); stop it, or give this "
+                "one its own --runtime-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.release()
+        self._fd = fd
+
+    def held(self) -> bool:
+        """True while the file at the path is the one we locked (not removed or replaced)."""
+        if self._fd is None:
+            return False
+        try:
+            return socket_file_identity(self.path) == _fd_identity(self._fd)
+        except OSError:
+            return False
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor drops the flock
+            self._fd = None
+
+
+def _fd_identity(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return (info.st_dev, info.st_ino)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def _remove_stale_socket(path: Path) -> None:

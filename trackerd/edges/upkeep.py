@@ -7,6 +7,7 @@ status file could not be written. Every few seconds this checks, and makes again
 
 - the runtime directory, with its usual mode; only its last component, since a
   missing parent is not ours to create;
+- the lock file in it, locked again (another daemon could otherwise start there);
 - each socket file the daemon bound itself, served by the same server as before.
   A socket that systemd passed is systemd's to manage, and a path someone else
   has taken since is left alone.
@@ -23,7 +24,7 @@ import anyio
 from anyio.abc import SocketListener, TaskGroup
 
 from trackerd.edges.endpoint import Endpoint
-from trackerd.edges.socket_files import remake_runtime_dir
+from trackerd.edges.socket_files import RuntimeDirLock, remake_runtime_dir
 from trackerd.edges.status_writer import StatusWriter
 from trackerd.errors import StartupError
 
@@ -34,8 +35,15 @@ CHECK_INTERVAL = 2.0
 
 
 class Upkeep:
-    def __init__(self, runtime_dir: Path, writer: StatusWriter, endpoints: list[Endpoint]) -> None:
+    def __init__(
+        self,
+        runtime_dir: Path,
+        lock: RuntimeDirLock,
+        writer: StatusWriter,
+        endpoints: list[Endpoint],
+    ) -> None:
         self._runtime_dir = runtime_dir
+        self._lock = lock
         self._writer = writer
         self._endpoints = endpoints
         self._trouble: str | None = None
@@ -60,6 +68,9 @@ class Upkeep:
         if remake_runtime_dir(self._runtime_dir):
             log.warning("runtime directory %s was removed; made it again", self._runtime_dir)
             self._writer.notify_changed()  # the status file went with it
+        if not self._lock.held():
+            self._lock.acquire()
+            log.warning("lock file %s was removed; locked it again", self._lock.path)
         for endpoint in self._endpoints:
             # Only what the daemon bound itself can be made again.
             if not endpoint.rebindable or endpoint.server.stopping:
