@@ -48,7 +48,7 @@ class Flood(threading.Thread):
                     sock.sendall(flood_frame(self.frames_sent))
                     self.frames_sent += 1
                 sock.sendall(protocol.encode(protocol.Ping()))
-                decoder = protocol.MessageDecoder()
+                decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
                 while (message := decoder.next_message()) is protocol.NEED_DATA:
                     decoder.receive_data(sock.recv(65536))
                 assert isinstance(message, protocol.Pong), message
