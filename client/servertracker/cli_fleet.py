@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -57,6 +56,7 @@ RedisOption = Annotated[
     str,
     typer.Option(
         "--redis",
+        metavar="URL",
         envvar=REDIS_URL_ENV,
         help="Redis URL: redis://[user:password@]host:6379/0, rediss://... or "
         f"unix:///path/redis.sock (or ${REDIS_URL_ENV}, which keeps a password out of ps).",
@@ -65,7 +65,14 @@ RedisOption = Annotated[
 ]
 RedisTimeoutOption = Annotated[
     float,
-    typer.Option("--redis-timeout", min=0.01, max=300, help="Seconds to wait for Redis."),
+    typer.Option(
+        "--redis-timeout",
+        metavar="SECONDS",
+        min=0.01,
+        max=300,
+        help="Seconds to wait for each Redis command [default: 5].",
+        show_default=False,
+    ),
 ]
 
 
@@ -174,7 +181,7 @@ def advance(path: KeyFileArgument) -> None:
 
 
 def _default_host() -> str:
-    return socket.gethostname().split(".")[0]
+    return os.uname().nodename.split(".")[0]
 
 
 @app.command()
@@ -185,11 +192,12 @@ def push(
         str | None,
         typer.Option(
             "--host",
+            metavar="NAME",
             help="This host's name in Redis (default: the short hostname).",
             show_default=False,
         ),
     ] = None,
-    socket_path: SocketOption = None,
+    socket: SocketOption = None,
     runtime_dir: RuntimeDirOption = None,
     as_json: JsonOption = False,
     timeout: TimeoutOption = None,
@@ -198,7 +206,7 @@ def push(
     """Fetch trackerd's fleet registers and merge them into Redis (run by a timer)."""
     from servertracker import fleet_store
 
-    where = target(ctx, socket_path, runtime_dir, as_json, timeout)
+    where = target(ctx, socket, runtime_dir, as_json, timeout)
     as_json = where.as_json
     name = host or _default_host()
     try:
