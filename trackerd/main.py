@@ -31,6 +31,7 @@ from servertracker.status import Status
 from trackerd import __version__
 from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT
 from trackerd.core.tracker import Tracker
+from trackerd.core.windows import DEFAULT_WINDOWS, Window, parse_windows
 from trackerd.edges.access import AccessPolicy, ConnectionLimits, parse_gid, parse_uid
 from trackerd.edges.msgpack_server import TrackerServer
 from trackerd.edges.policy_server import PolicyServer
@@ -64,6 +65,7 @@ class Config:
     policy: AccessPolicy = field(default_factory=AccessPolicy)
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     postfix_policy_socket: Path | None = None
+    windows: tuple[Window, ...] = ()
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
@@ -98,6 +100,16 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
             "distinct values counted exactly per category; past this a category is "
             "estimated (HyperLogLog, ~0.4%% error) so that floods cannot grow memory "
             "(default: %(default)s, a 32 MiB table each)"
+        ),
+    )
+    parser.add_argument(
+        "--windows",
+        default=DEFAULT_WINDOWS,
+        metavar="LIST",
+        help=(
+            "sliding windows to count over besides since boot: durations with a unit "
+            "(s, m, h, d), comma-separated, or 'none' (default: %(default)s). Each category "
+            "then keeps a last-seen time per value (+50%% of its table; 12.5 MiB once estimated)"
         ),
     )
     parser.add_argument(
@@ -161,6 +173,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
         parser.error("--status-interval must be between 0.01 and 3600 seconds")
     if not 0 <= args.max_exact_entries <= 1 << 32:
         parser.error("--max-exact-entries must be between 0 and 2**32")
+    try:
+        windows = parse_windows(args.windows)
+    except ValueError as exc:
+        parser.error(f"--windows: {exc}")
     runtime_dir = resolve_runtime_dir(args.runtime_dir)
     socket_path = resolve_socket_path(args.socket, runtime_dir)
     if args.max_connections < 1 or args.idle_timeout < 0 or args.frame_timeout < 0:
@@ -183,6 +199,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str]:
             frame_timeout=args.frame_timeout,
         ),
         Path(args.postfix_policy_socket) if args.postfix_policy_socket else None,
+        windows,
     )
     return config, args.log_level
 
@@ -247,7 +264,7 @@ async def run(config: Config) -> None:
     removed = remove_leftover_temp_files(config.runtime_dir)
     if removed:
         log.info("removed %d temp files left by an earlier run", removed)
-    tracker = Tracker(max_exact=config.max_exact)
+    tracker = Tracker(max_exact=config.max_exact, windows=config.windows)
     writer = StatusWriter(tracker, config.runtime_dir, min_interval=config.status_interval)
     passed = listen_fds()
     sockets: list[OpenSocket] = []

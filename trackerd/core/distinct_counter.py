@@ -4,7 +4,9 @@ Anyone can send MAIL FROM with a new domain each time, so an exact set could be
 grown without bound. Past ``max_exact`` entries the category switches, once and
 for good, to a HyperLogLog sketch fed from the same keyed digests (64 KiB).
 Digests are buffered and added in batches, because the table's cost is per batch.
-Pure, no I/O.
+A windowed counter also keeps when each digest was last seen (windows.py), and
+past the bound a sliding sketch (sliding_hyperloglog.py), so that it can count
+over recent windows as well as since boot. Pure, no I/O.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import numpy as np
 
 from trackerd.core.digest_table import DigestTable
 from trackerd.core.hyperloglog import HyperLogLog
+from trackerd.core.sliding_hyperloglog import SlidingHyperLogLog
+from trackerd.core.windows import LastSeenTable
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +31,17 @@ DEFAULT_MAX_EXACT = 2_900_000
 
 
 class DistinctCounter:
-    def __init__(self, name: str, max_exact: int = DEFAULT_MAX_EXACT) -> None:
+    def __init__(
+        self, name: str, max_exact: int = DEFAULT_MAX_EXACT, *, windowed: bool = False
+    ) -> None:
         self.name = name
         self.max_exact = max_exact
+        self.windowed = windowed
         #: 8-byte digests not yet added; appended to directly by the tracker's hot loop.
         self.pending: list[bytes] = []
-        self._table: DigestTable | None = DigestTable()
+        self._table: DigestTable | None = LastSeenTable() if windowed else DigestTable()
         self._sketch: HyperLogLog | None = None
+        self._sliding: SlidingHyperLogLog | None = None
 
     @property
     def estimated(self) -> bool:
@@ -43,9 +51,10 @@ class DistinctCounter:
     def nbytes(self) -> int:
         """Bytes of the exact table or the sketch (not counting the pending buffer)."""
         if self._table is not None:
-            return self._table.nbytes
+            extra = self._table.last_seen.nbytes if isinstance(self._table, LastSeenTable) else 0
+            return self._table.nbytes + extra
         assert self._sketch is not None
-        return self._sketch.nbytes
+        return self._sketch.nbytes + (self._sliding.nbytes if self._sliding else 0)
 
     def flush_if_full(self) -> None:
         if len(self.pending) >= FLUSH_AT:
@@ -68,6 +77,9 @@ class DistinctCounter:
         assert self._table is not None
         sketch = HyperLogLog()
         sketch.add_many(self._table.values())
+        if isinstance(self._table, LastSeenTable):
+            self._sliding = SlidingHyperLogLog()
+            self._sliding.add_stamped(*self._table.stamped_values())
         self._table = None  # frees the table's memory
         self._sketch = sketch
         log.warning(
@@ -83,3 +95,24 @@ class DistinctCounter:
             return len(self._table)
         assert self._sketch is not None
         return round(self._sketch.estimate())
+
+    def touch(self, digests: list[bytes], stamp: int) -> None:
+        """Mark digests (each counted already: queued or added) as last seen at ``stamp``."""
+        if not digests:
+            return
+        self.flush()
+        seen = np.frombuffer(b"".join(digests), dtype="<u8")
+        if isinstance(self._table, LastSeenTable):
+            self._table.touch(seen, stamp)
+        elif self._sliding is not None:
+            self._sliding.add_many(seen, stamp)
+
+    def count_since(self, stamp: int) -> int:
+        """Distinct digests last seen at ``stamp`` or later (windows.py); never more
+        than the since-boot count."""
+        self.flush()
+        if isinstance(self._table, LastSeenTable):
+            return self._table.count_since(stamp)
+        if self._sliding is not None:
+            return min(round(self._sliding.estimate_since(stamp)), self.count())
+        return 0

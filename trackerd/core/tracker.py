@@ -11,6 +11,12 @@ cached: the key is Python's hash() of the raw text, SipHash keyed with the
 interpreter's own random secret, and the value the digest that is stored anyway.
 No cleartext is kept. When that secret is not random (PYTHONHASHSEED set), the
 cache stays off, since its keys could then be reversed by trying values.
+
+Sliding windows (windows.py) need to know when each value was last seen, cache
+hits included. The digests of a batch go into a set per column (one C call
+each); once a second, when the clock moves to the next second, the set is handed
+to the counters with that second's stamp. So a value repeated a thousand times
+in a second costs a set look-up each time and the counters' work once.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
-from servertracker.status import Status
+from servertracker.status import Status, WindowCounts
 from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT, DistinctCounter
 from trackerd.core.normalise import (
     IGNORED,
@@ -35,6 +41,7 @@ from trackerd.core.normalise import (
     positions,
     split_senders,
 )
+from trackerd.core.windows import Window, cutoff_stamp
 
 SALT_SIZE = 32
 #: 64-bit digests: at ten million values per set the chance of any collision is
@@ -43,6 +50,10 @@ DIGEST_SIZE = 8
 
 #: Entries per raw-value cache before it starts again (about 100 bytes each).
 RAW_CACHE_ENTRIES = 1 << 17
+
+#: Distinct digests gathered within one second before they are handed to the
+#: counters anyway (bounds the sets' memory to a few MiB).
+MAX_TOUCHED = 1 << 16
 
 #: The Status field that reports each category.
 STATUS_FIELDS = {
@@ -61,8 +72,14 @@ class Tracker:
         clock: Callable[[], float] = time.time,
         salt: bytes | None = None,
         max_exact: int = DEFAULT_MAX_EXACT,
+        windows: Sequence[Window] = (),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``salt`` exists for tests of the core; the daemon never passes one."""
+        """``salt`` exists for tests of the core; the daemon never passes one.
+
+        ``monotonic`` is the windows' clock: a wall clock set back or forward must
+        not age values out early or late.
+        """
         key = secrets.token_bytes(SALT_SIZE) if salt is None else salt
         # One pre-keyed hasher per category, copied per value: the key block is
         # processed once, and a value can never match across categories.
@@ -72,8 +89,15 @@ class Tracker:
         )
         del key
         self.counters = tuple(
-            DistinctCounter(STATUS_FIELDS[category], max_exact) for category in Category
+            DistinctCounter(STATUS_FIELDS[category], max_exact, windowed=bool(windows))
+            for category in Category
         )
+        self.windows = tuple(windows)
+        self._monotonic = monotonic
+        self._started = monotonic()
+        self._second = 0  # whole seconds since start of what the touched sets hold
+        self._touched_conn: set[bytes | Outcome | None] = set()
+        self._touched_parts: set[tuple[int, bytes] | Outcome] = set()
         self._conn_cache: dict[int, bytes | Outcome] = {}
         self._domain_cache: dict[int, tuple[int, bytes] | Outcome] = {}
         self.raw_cache_entries = RAW_CACHE_ENTRIES if hash_is_secret() else 0
@@ -157,14 +181,61 @@ class Tracker:
         for index in positions(sender_results, None):
             part = cast(str, parts[index])
             sender_results[index] = self._domain_part_miss(part, hash(part))
+        if self.windows:
+            second = int(self._monotonic() - self._started)
+            touched_conn, touched_parts = self._touched_conn, self._touched_parts
+            if second != self._second or len(touched_conn) + len(touched_parts) > MAX_TOUCHED:
+                self._hand_over_touched()
+                self._second = second
+            touched_conn.update(conn_results)
+            touched_parts.update(sender_results)
         self.records += len(batch)
         self.rejected_conn_ips += conn_results.count(REJECTED)
         self.rejected_senders += sender_results.count(REJECTED)
         for counter in self.counters:
             counter.flush_if_full()
 
+    def _hand_over_touched(self) -> None:
+        """Give the counters what was seen in the current second, with its stamp."""
+        stamp = self._second + 1
+        conn, parts = self._touched_conn, self._touched_parts
+        conn.discard(IGNORED)
+        conn.discard(REJECTED)
+        parts.discard(IGNORED)
+        parts.discard(REJECTED)
+        by_category: list[list[bytes]] = [[] for _ in Category]
+        by_category[Category.CONN_IP] = cast(list[bytes], list(conn))
+        for category, digest in cast(set[tuple[int, bytes]], parts):
+            by_category[category].append(digest)
+        conn.clear()
+        parts.clear()
+        for counter, digests in zip(self.counters, by_category, strict=True):
+            counter.touch(digests, stamp)
+
+    def window_counts(self) -> tuple[WindowCounts, ...]:
+        """Each window's distinct counts, as of now."""
+        if not self.windows:
+            return ()
+        self._hand_over_touched()
+        now_stamp = int(self._monotonic() - self._started) + 1
+        result = []
+        for window in self.windows:
+            since = cutoff_stamp(now_stamp, window)
+            counts = [counter.count_since(since) for counter in self.counters]
+            result.append(
+                WindowCounts(
+                    window=window.name,
+                    seconds=window.seconds,
+                    unique_conn_ips=counts[Category.CONN_IP],
+                    unique_domains=counts[Category.DOMAIN],
+                    unique_ip_servers=counts[Category.IP_SERVER],
+                )
+            )
+        return tuple(result)
+
     def status(self) -> Status:
         counts = [counter.count() for counter in self.counters]
+        windows = self.window_counts()
         return Status(
             boot_time=self.boot_time,
             unique_conn_ips=counts[Category.CONN_IP],
@@ -175,6 +246,7 @@ class Tracker:
             rejected_conn_ips=self.rejected_conn_ips,
             rejected_senders=self.rejected_senders,
             estimated=tuple(c.name for c in self.counters if c.estimated),
+            windows=windows,
         )
 
 
