@@ -10,6 +10,8 @@ every record. Competitors alternate within each round; medians and ratios are
 printed and written to bench/results/compare.json.
 
 - trackerd: the product, workers using servertracker.record_server().
+- trackerd --windows none: the same without sliding windows (the 1h and 24h
+  windows are on by default), to show what the windows cost.
 - redis (a): each worker normalises and computes the keyed hash itself, then one
   SADD per value, in redis-py pipelines of 1,000 commands (how most would write it).
 - redis (b): as (a), but one multi-member SADD per category per 1,000 records
@@ -80,8 +82,8 @@ class Workload:
 # --- trackerd -----------------------------------------------------------------------
 
 
-def run_trackerd(load: Workload) -> float:
-    daemon = BenchDaemon().start()
+def run_trackerd(load: Workload, extra_args: tuple[str, ...] = ()) -> float:
+    daemon = BenchDaemon(extra_args).start()
     try:
         start = time.perf_counter()
 
@@ -253,7 +255,10 @@ def main() -> None:
     args = parser.parse_args()
 
     load = Workload()
-    competitors: dict[str, Callable[[], float]] = {"trackerd": lambda: run_trackerd(load)}
+    competitors: dict[str, Callable[[], float]] = {
+        "trackerd": lambda: run_trackerd(load),
+        "trackerd --windows none": lambda: run_trackerd(load, ("--windows", "none")),
+    }
     if shutil.which("redis-server"):
         competitors["redis (a) SADD per value"] = lambda: run_redis(load, multi_member=False)
         competitors["redis (b) multi-member SADD"] = lambda: run_redis(load, multi_member=True)

@@ -28,6 +28,8 @@ FLUSH_AT = 16384
 #: Worst case, three full tables, the raw-value caches (~35 MiB), the interpreter
 #: (~40 MiB) and the 64 MiB budget for unfinished frames: about 235 MiB.
 DEFAULT_MAX_EXACT = 2_900_000
+#: Digests moved into the sketches at a time when a category switches.
+SWITCH_CHUNK = 1 << 19
 
 
 class DistinctCounter:
@@ -42,6 +44,9 @@ class DistinctCounter:
         self._table: DigestTable | None = LastSeenTable() if windowed else DigestTable()
         self._sketch: HyperLogLog | None = None
         self._sliding: SlidingHyperLogLog | None = None
+        #: Windowed: the stamp (windows.py) that flushed digests are marked with;
+        #: the tracker moves it on at each period, after a flush.
+        self.stamp = 1
 
     @property
     def estimated(self) -> bool:
@@ -66,21 +71,33 @@ class DistinctCounter:
         digests = np.frombuffer(b"".join(self.pending), dtype="<u8")
         self.pending.clear()
         if self._table is not None:
-            self._table.add_many(digests)
+            if isinstance(self._table, LastSeenTable):
+                self._table.add_stamped(digests, self.stamp)
+            else:
+                self._table.add_many(digests)
             if len(self._table) > self.max_exact:
                 self._switch_to_estimate()
         else:
             assert self._sketch is not None
             self._sketch.add_many(digests)
+            if self._sliding is not None:
+                self._sliding.add_many(digests, self.stamp)
 
     def _switch_to_estimate(self) -> None:
         assert self._table is not None
         sketch = HyperLogLog()
-        sketch.add_many(self._table.values())
         if isinstance(self._table, LastSeenTable):
+            digests, stamps = self._table.stamped_values()
             self._sliding = SlidingHyperLogLog()
-            self._sliding.add_stamped(*self._table.stamped_values())
-        self._table = None  # frees the table's memory
+        else:
+            digests, stamps = self._table.values(), None
+        self._table = None  # frees the table's memory before the sketches' temporaries
+        # A chunk at a time: the sketches' temporaries are ~25 bytes a digest.
+        for start in range(0, digests.size, SWITCH_CHUNK):
+            chunk = digests[start : start + SWITCH_CHUNK]
+            sketch.add_many(chunk)
+            if self._sliding is not None and stamps is not None:
+                self._sliding.add_stamped(chunk, stamps[start : start + SWITCH_CHUNK])
         self._sketch = sketch
         log.warning(
             "%s: more than %d distinct values; counting from now on with an estimate "
@@ -95,17 +112,6 @@ class DistinctCounter:
             return len(self._table)
         assert self._sketch is not None
         return round(self._sketch.estimate())
-
-    def touch(self, digests: list[bytes], stamp: int) -> None:
-        """Mark digests (each counted already: queued or added) as last seen at ``stamp``."""
-        if not digests:
-            return
-        self.flush()
-        seen = np.frombuffer(b"".join(digests), dtype="<u8")
-        if isinstance(self._table, LastSeenTable):
-            self._table.touch(seen, stamp)
-        elif self._sliding is not None:
-            self._sliding.add_many(seen, stamp)
 
     def count_since(self, stamp: int) -> int:
         """Distinct digests last seen at ``stamp`` or later (windows.py); never more

@@ -13,10 +13,12 @@ No cleartext is kept. When that secret is not random (PYTHONHASHSEED set), the
 cache stays off, since its keys could then be reversed by trying values.
 
 Sliding windows (windows.py) need to know when each value was last seen, cache
-hits included. The digests of a batch go into a set per column (one C call
-each); once a second, when the clock moves to the next second, the set is handed
-to the counters with that second's stamp. So a value repeated a thousand times
-in a second costs a set look-up each time and the counters' work once.
+hits included. Time is cut into periods (1/60 of the shortest window, 1 s to
+60 s), and the raw-value caches start empty at each period: so the first
+sighting of a value in a period is a cache miss, which queues its digest, and
+the counter stamps what it adds with the period's end; later sightings in the
+same period are hits and need nothing. A hit costs no more than without windows;
+each distinct value costs one more miss per period.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from trackerd.core.normalise import (
     positions,
     split_senders,
 )
-from trackerd.core.windows import Window, cutoff_stamp
+from trackerd.core.windows import Window, cutoff_stamp, period_of
 
 SALT_SIZE = 32
 #: 64-bit digests: at ten million values per set the chance of any collision is
@@ -50,10 +52,6 @@ DIGEST_SIZE = 8
 
 #: Entries per raw-value cache before it starts again (about 100 bytes each).
 RAW_CACHE_ENTRIES = 1 << 17
-
-#: Distinct digests gathered within one second before they are handed to the
-#: counters anyway (bounds the sets' memory to a few MiB).
-MAX_TOUCHED = 1 << 16
 
 #: The Status field that reports each category.
 STATUS_FIELDS = {
@@ -95,9 +93,9 @@ class Tracker:
         self.windows = tuple(windows)
         self._monotonic = monotonic
         self._started = monotonic()
-        self._second = 0  # whole seconds since start of what the touched sets hold
-        self._touched_conn: set[bytes | Outcome | None] = set()
-        self._touched_parts: set[tuple[int, bytes] | Outcome] = set()
+        self._period = period_of(self.windows)
+        self._slot = 0  # the current period: whole seconds since start // period
+        self._window_cache: tuple[tuple[int, int], tuple[WindowCounts, ...]] | None = None
         self._conn_cache: dict[int, bytes | Outcome] = {}
         self._domain_cache: dict[int, tuple[int, bytes] | Outcome] = {}
         self.raw_cache_entries = RAW_CACHE_ENTRIES if hash_is_secret() else 0
@@ -167,6 +165,8 @@ class Tracker:
         batch = pairs if type(pairs) is list else list(pairs)
         if not batch:
             return
+        if self.windows:
+            self._follow_the_clock()
         conn_ips, senders = zip(*batch, strict=True)
         conn_cache, domain_cache = self._conn_cache, self._domain_cache
         conn_results = list(map(conn_cache.get, map(hash, conn_ips)))
@@ -181,46 +181,43 @@ class Tracker:
         for index in positions(sender_results, None):
             part = cast(str, parts[index])
             sender_results[index] = self._domain_part_miss(part, hash(part))
-        if self.windows:
-            second = int(self._monotonic() - self._started)
-            touched_conn, touched_parts = self._touched_conn, self._touched_parts
-            if second != self._second or len(touched_conn) + len(touched_parts) > MAX_TOUCHED:
-                self._hand_over_touched()
-                self._second = second
-            touched_conn.update(conn_results)
-            touched_parts.update(sender_results)
         self.records += len(batch)
         self.rejected_conn_ips += conn_results.count(REJECTED)
         self.rejected_senders += sender_results.count(REJECTED)
         for counter in self.counters:
             counter.flush_if_full()
 
-    def _hand_over_touched(self) -> None:
-        """Give the counters what was seen in the current second, with its stamp."""
-        stamp = self._second + 1
-        conn, parts = self._touched_conn, self._touched_parts
-        conn.discard(IGNORED)
-        conn.discard(REJECTED)
-        parts.discard(IGNORED)
-        parts.discard(REJECTED)
-        by_category: list[list[bytes]] = [[] for _ in Category]
-        by_category[Category.CONN_IP] = cast(list[bytes], list(conn))
-        for category, digest in cast(set[tuple[int, bytes]], parts):
-            by_category[category].append(digest)
-        conn.clear()
-        parts.clear()
-        for counter, digests in zip(self.counters, by_category, strict=True):
-            counter.touch(digests, stamp)
+    def _follow_the_clock(self) -> None:
+        """At a new period: stamp what is queued with the old one, empty the caches."""
+        slot = int(self._monotonic() - self._started) // self._period
+        if slot == self._slot:
+            return
+        for counter in self.counters:
+            counter.flush()
+            counter.stamp = (slot + 1) * self._period
+        self._conn_cache.clear()
+        self._domain_cache.clear()
+        self._slot = slot
 
     def window_counts(self) -> tuple[WindowCounts, ...]:
-        """Each window's distinct counts, as of now."""
+        """Each window's distinct counts, as of now.
+
+        Computed again only when a second passed or, while every category is
+        exact, a record arrived: an estimated window costs a pass over a 12.5 MiB
+        sketch, so estimates follow new records once a second.
+        """
         if not self.windows:
             return ()
-        self._hand_over_touched()
-        now_stamp = int(self._monotonic() - self._started) + 1
+        self._follow_the_clock()
+        elapsed = int(self._monotonic() - self._started)
+        estimated = any(counter.estimated for counter in self.counters)
+        key = (elapsed, -1 if estimated else self.records)
+        cache = self._window_cache
+        if cache is not None and cache[0] == key:
+            return cache[1]
         result = []
         for window in self.windows:
-            since = cutoff_stamp(now_stamp, window)
+            since = cutoff_stamp(elapsed, window)
             counts = [counter.count_since(since) for counter in self.counters]
             result.append(
                 WindowCounts(
@@ -231,7 +228,8 @@ class Tracker:
                     unique_ip_servers=counts[Category.IP_SERVER],
                 )
             )
-        return tuple(result)
+        self._window_cache = (key, tuple(result))
+        return self._window_cache[1]
 
     def status(self) -> Status:
         counts = [counter.count() for counter in self.counters]

@@ -1,8 +1,11 @@
 """Sliding windows: their names and lengths, and last-seen times beside the exact table.
 
-A value counts in a window of W seconds if it was last seen at most W seconds
-ago, to the second: time is kept in whole seconds since the tracker started,
-as a "stamp" (seconds + 1, so that 0 means never seen). Exact counts come from
+Time is kept in whole seconds since the tracker started. Sightings are noted
+once per period (1/60 of the shortest window, from 1 s to 60 s: a minute for
+the default 1h) and stamped with the period's end, so a stamp is never 0 (0
+means never seen). A value then counts in a window of W seconds from the end of the
+period it was last seen in until at least W and at most W + period + 1 seconds
+after that sighting. Exact counts come from
 LastSeenTable, a DigestTable with one uint32 stamp per slot (4 bytes a slot
 beside the digest's 8); estimates from sliding_hyperloglog.py. Nothing here
 holds more than the keyed digests and times. Pure, no I/O.
@@ -11,6 +14,7 @@ holds more than the keyed digests and times. Pure, no I/O.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,9 +71,22 @@ def parse_windows(text: str) -> tuple[Window, ...]:
     return tuple(sorted(windows.values(), key=lambda w: w.seconds))
 
 
-def cutoff_stamp(now_stamp: int, window: Window) -> int:
-    """The least stamp that still counts in the window at ``now_stamp``."""
-    return max(1, now_stamp - window.seconds)
+#: Bounds of a period: values repeated within one cost the counters nothing more.
+MIN_PERIOD = 1
+MAX_PERIOD = 60
+
+
+def period_of(windows: Sequence[Window]) -> int:
+    """Seconds over which sightings are gathered before they are stamped."""
+    if not windows:
+        return MAX_PERIOD
+    return min(MAX_PERIOD, max(MIN_PERIOD, min(w.seconds for w in windows) // 60))
+
+
+def cutoff_stamp(elapsed: int, window: Window) -> int:
+    """The least stamp that still counts in the window, ``elapsed`` whole seconds
+    after start."""
+    return max(1, elapsed - window.seconds)
 
 
 class LastSeenTable(DigestTable):
@@ -89,16 +106,18 @@ class LastSeenTable(DigestTable):
         self.last_seen[self.slots_of(keys)] = stamps
 
     def stamped_values(self) -> tuple[Digests, Stamps]:
-        """Every stored digest and its stamp (0: stored but not seen yet)."""
+        """Every stored digest and the stamp of its last sighting."""
         occupied = self._table != 0
         return self._table[occupied], self.last_seen[occupied]
 
-    def touch(self, digests: Digests, stamp: int) -> None:
-        """Mark these stored digests as seen at ``stamp`` (stamps never go back)."""
+    def add_stamped(self, digests: Digests, stamp: int) -> None:
+        """Add digests (duplicates and known ones allowed), all seen at ``stamp``;
+        stamps never go back."""
         if digests.size == 0:
             return
-        slots = self.slots_of(sorted_unique(digests))
-        self.last_seen[slots[slots >= 0]] = stamp
+        keys = sorted_unique(digests)
+        self.add_many(keys)
+        self.last_seen[self.slots_of(keys)] = stamp
 
     def count_since(self, stamp: int) -> int:
         """Stored digests last seen at ``stamp`` or later."""
