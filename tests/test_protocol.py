@@ -18,10 +18,12 @@ STATUS = Status(
     boot_time=1, unique_conn_ips=2, unique_domains=3, unique_ip_servers=4, updated_time=5.5
 )
 
-MESSAGES: list[protocol.Message] = [
+CLIENT_MESSAGES: list[protocol.Message] = [
     protocol.Record([("192.0.2.1", "user@example.com"), (None, "<>"), ("::1", None)]),
     protocol.StatusRequest(),
     protocol.Ping(),
+]
+DAEMON_MESSAGES: list[protocol.Message] = [
     protocol.Pong(),
     protocol.StatusReply(STATUS),
     protocol.Error("bad-message", "explanation"),
@@ -33,8 +35,10 @@ def frame(obj: object) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-def decode_all(data: bytes, chunk: int | None = None) -> list[object]:
-    decoder = protocol.MessageDecoder()
+def decode_all(
+    data: bytes, chunk: int | None = None, sent_by: protocol.Peer = protocol.Peer.CLIENT
+) -> list[object]:
+    decoder = protocol.MessageDecoder(sent_by=sent_by)
     out: list[object] = []
     step = chunk or max(len(data), 1)
     for start in range(0, len(data), step):
@@ -53,11 +57,17 @@ def normalised(message: object) -> object:
 
 
 @pytest.mark.parametrize("chunk", [None, 1, 3, 7])
-def test_round_trip_whole_and_byte_by_byte(chunk: int | None) -> None:
-    stream = b"".join(protocol.encode(m) for m in MESSAGES)
-    decoded = decode_all(stream, chunk)
+@pytest.mark.parametrize(
+    ("sent_by", "messages"),
+    [(protocol.Peer.CLIENT, CLIENT_MESSAGES), (protocol.Peer.DAEMON, DAEMON_MESSAGES)],
+)
+def test_round_trip_whole_and_byte_by_byte(
+    chunk: int | None, sent_by: protocol.Peer, messages: list[protocol.Message]
+) -> None:
+    stream = b"".join(protocol.encode(m) for m in messages)
+    decoded = decode_all(stream, chunk, sent_by)
     assert decoded[-1] is protocol.CLOSED
-    assert [normalised(m) for m in decoded[:-1]] == [normalised(m) for m in MESSAGES]
+    assert [normalised(m) for m in decoded[:-1]] == [normalised(m) for m in messages]
 
 
 def test_wire_format_is_the_documented_one() -> None:
@@ -73,9 +83,9 @@ def test_trailing_fields_are_ignored_for_compatibility() -> None:
     assert decode_all(frame([1, "ping", "future"]))[0] == protocol.Ping()
 
 
-def expect_error(data: bytes, code: str) -> None:
+def expect_error(data: bytes, code: str, sent_by: protocol.Peer = protocol.Peer.CLIENT) -> None:
     with pytest.raises(ProtocolError) as info:
-        decode_all(data)
+        decode_all(data, sent_by=sent_by)
     assert info.value.code == code
 
 
@@ -96,12 +106,29 @@ def expect_error(data: bytes, code: str) -> None:
         ([1, "record", [[b"a", "b"]]], protocol.ERR_BAD_MESSAGE),
         ([1, "record", [["a", ["nested"]]]], protocol.ERR_BAD_MESSAGE),
         ([1, "record", ["ab"]], protocol.ERR_BAD_MESSAGE),
-        ([1, "status", {"boot_time": "x"}], protocol.ERR_BAD_MESSAGE),
-        ([1, "error", 1, 2], protocol.ERR_BAD_MESSAGE),
+        ([1, "pong"], protocol.ERR_UNEXPECTED),
+        ([1, "error", "busy", "text"], protocol.ERR_UNEXPECTED),
     ],
 )
 def test_ill_typed_messages(obj: object, code: str) -> None:
     expect_error(frame(obj), code)
+
+
+@pytest.mark.parametrize(
+    ("obj", "code"),
+    [
+        ([1, "status"], protocol.ERR_BAD_MESSAGE),
+        ([1, "status", {"boot_time": "x"}], protocol.ERR_BAD_MESSAGE),
+        ([1, "status", [1, 2]], protocol.ERR_BAD_MESSAGE),
+        ([1, "error", 1, 2], protocol.ERR_BAD_MESSAGE),
+        ([1, "error", "code"], protocol.ERR_BAD_MESSAGE),
+        ([1, "ping"], protocol.ERR_UNEXPECTED),
+        ([1, "record", []], protocol.ERR_UNEXPECTED),
+        ([1, "launch"], protocol.ERR_UNKNOWN_TYPE),
+    ],
+)
+def test_ill_typed_replies(obj: object, code: str) -> None:
+    expect_error(frame(obj), code, protocol.Peer.DAEMON)
 
 
 def test_one_bad_pair_rejects_the_whole_message() -> None:
@@ -114,7 +141,11 @@ def test_garbage_bytes() -> None:
     expect_error(struct.pack(">I", 3) + b"\xc1\xc1\xc1", protocol.ERR_BAD_MSGPACK)
     expect_error(struct.pack(">I", 2) + b"\x92\x01", protocol.ERR_BAD_MSGPACK)  # truncated msgpack
     expect_error(struct.pack(">I", 3) + b"\x01\x02\x03", protocol.ERR_BAD_MSGPACK)  # extra data
-    expect_error(struct.pack(">I", 4) + b"\xa3\xff\xfe\xfd", protocol.ERR_BAD_MSGPACK)  # bad UTF-8
+    # Invalid UTF-8 in a string the decoder reads; a value it never reads is not checked.
+    bad_utf8 = b"\x93\x01\xa6record\x91\x92\xc0\xa3\xff\xfe\xfd"
+    expect_error(struct.pack(">I", len(bad_utf8)) + bad_utf8, protocol.ERR_BAD_MSGPACK)
+    ignored = b"\x93\x01\xa4ping\xa3\xff\xfe\xfd"
+    assert decode_all(struct.pack(">I", len(ignored)) + ignored)[0] == protocol.Ping()
     deep = b"\x91" * 100000 + b"\xc0"
     expect_error(struct.pack(">I", len(deep)) + deep, protocol.ERR_BAD_MSGPACK)
 

@@ -28,6 +28,7 @@ from typing import Any
 from servertracker import protocol
 from servertracker.errors import LocalProtocolError
 from servertracker.paths import resolve_socket_path
+from servertracker.reachability import UnreachableWarning
 
 log = logging.getLogger("servertracker")
 
@@ -114,6 +115,7 @@ class Client:
         self._dropped = 0
         self._connects = 0
         self._last_drop_warning = -_DROP_WARNING_INTERVAL
+        self._unreachable = UnreachableWarning()
 
     # --- the hot path: runs in the SMTP worker's own thread ---------------------
 
@@ -251,13 +253,17 @@ class Client:
         sock.settimeout(_SEND_TIMEOUT)
         try:
             sock.connect(self.socket_path)
-        except OSError:
+        except OSError as exc:
             sock.close()
+            warning = self._unreachable.failed(exc, self.socket_path, time.monotonic())
+            if warning is not None:
+                log.warning("%s", warning)
             raise
         self._sock = sock
         self._connects += 1
-        if self._connects > 1:
-            log.info("servertracker: reconnected to trackerd at %s", self.socket_path)
+        if self._unreachable.succeeded() or self._connects > 1:
+            again = "reconnected" if self._connects > 1 else "connected"
+            log.info("servertracker: %s to trackerd at %s", again, self.socket_path)
 
     def _disconnect(self) -> None:
         if self._sock is not None:

@@ -4,9 +4,13 @@ Anyone can send MAIL FROM with a new domain each time, so an exact set could be
 grown without bound. Past ``max_exact`` entries the category switches, once and
 for good, to a HyperLogLog sketch fed from the same keyed digests (64 KiB).
 Digests are buffered and added in batches, because the table's cost is per batch.
-A windowed counter also keeps when each digest was last seen (windows.py), and
-past the bound a sliding sketch (sliding_hyperloglog.py), so that it can count
-over recent windows as well as since boot. Pure, no I/O.
+A count never goes down within one boot: an estimate below the exact count
+reached at the switch, or below a count already reported, reports that instead
+(an estimate may fall a few below the truth; readers take a since-boot count
+that drops for a bug). A windowed counter also keeps when each digest was last
+seen (windows.py), and past the bound a sliding sketch (sliding_hyperloglog.py),
+so that it can count over recent windows as well as since boot; window counts
+do go down, as values age out. Pure, no I/O.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class DistinctCounter:
         #: Windowed: the stamp (windows.py) that flushed digests are marked with;
         #: the tracker moves it on at each period, after a flush.
         self.stamp = 1
+        #: The highest count reported, or reached exactly: no count is ever below it.
+        self._floor = 0
 
     @property
     def estimated(self) -> bool:
@@ -91,6 +97,7 @@ class DistinctCounter:
             self._sliding = SlidingHyperLogLog()
         else:
             digests, stamps = self._table.values(), None
+        self._floor = max(self._floor, len(self._table))
         self._table = None  # frees the table's memory before the sketches' temporaries
         # A chunk at a time: the sketches' temporaries are ~25 bytes a digest.
         for start in range(0, digests.size, SWITCH_CHUNK):
@@ -109,9 +116,12 @@ class DistinctCounter:
     def count(self) -> int:
         self.flush()
         if self._table is not None:
-            return len(self._table)
-        assert self._sketch is not None
-        return round(self._sketch.estimate())
+            count = len(self._table)
+        else:
+            assert self._sketch is not None
+            count = round(self._sketch.estimate())
+        self._floor = max(self._floor, count)
+        return self._floor
 
     def count_since(self, stamp: int) -> int:
         """Distinct digests last seen at ``stamp`` or later (windows.py); never more
