@@ -46,6 +46,15 @@ ERR_UNSUPPORTED_VERSION: Final = "unsupported-version"
 ERR_UNKNOWN_TYPE: Final = "unknown-type"
 ERR_TRUNCATED: Final = "truncated"
 ERR_UNEXPECTED: Final = "unexpected-message"
+ERR_FLEET_OFF: Final = "fleet-off"
+
+#: Size of one fleet sketch: a dense Redis HyperLogLog string (16-byte header and
+#: 16,384 six-bit registers), as trackerd/core/fleet_sketch.py makes it.
+FLEET_SKETCH_SIZE: Final = 12304
+#: The fleet reply carries at most the current and the previous epoch.
+MAX_FLEET_EPOCHS: Final = 2
+#: At most this many sketches (categories) in one epoch of a fleet reply.
+MAX_FLEET_SKETCHES: Final = 8
 
 #: A pair as it comes off the wire: a two-element list of str or None.
 Pair: TypeAlias = Sequence[str | None]
@@ -56,6 +65,29 @@ class Record:
     """One or many (conn_ip, sender) pairs. No reply."""
 
     pairs: Sequence[Pair]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordColumns:
+    """Many pairs as two columns: (conn_ips[i], senders[i]) is pair i. No reply.
+
+    Means exactly what Record of those pairs means; it costs the daemon less (no
+    array per pair, and the columns are what its hot loop takes). Sent only to a
+    daemon whose Features list FEATURE_COLUMNS.
+    """
+
+    conn_ips: Sequence[str | None]
+    senders: Sequence[str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class FeaturesRequest:
+    """Ask which additions to version 1 the daemon understands. Reply: Features."""
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    names: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +111,27 @@ class Pong:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetRequest:
+    """Ask for the fleet sketches (docs/fleet.md). Reply: FleetReply."""
+
+
+@dataclass(frozen=True, slots=True)
+class FleetEpoch:
+    """One epoch's sketches: status field name -> dense Redis HyperLogLog string."""
+
+    epoch: int
+    sketches: dict[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetReply:
+    """The current epoch's sketches first, then the previous epoch's if kept."""
+
+    epoch_seconds: int
+    epochs: tuple[FleetEpoch, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     """Sent by the daemon just before it closes a connection that sent garbage."""
 
@@ -86,7 +139,26 @@ class Error:
     message: str
 
 
-Message: TypeAlias = Record | StatusRequest | Ping | StatusReply | Pong | Error
+Message: TypeAlias = (
+    Record
+    | RecordColumns
+    | FeaturesRequest
+    | Features
+    | StatusRequest
+    | Ping
+    | StatusReply
+    | Pong
+    | Error
+    | FleetRequest
+    | FleetReply
+)
+
+#: The "columns" message (RecordColumns) is understood.
+FEATURE_COLUMNS: Final = "columns"
+#: What this side understands beyond the messages every version-1 daemon knows.
+FEATURES: Final = (FEATURE_COLUMNS,)
+#: Most feature names in a Features reply, and the longest name.
+MAX_FEATURES: Final = 64
 
 
 class _Sentinel:
@@ -152,12 +224,54 @@ def encode_records_split(pairs: Sequence[Pair], max_pairs: int = 4096) -> list[b
     return frames
 
 
+def encode_columns(conn_ips: Sequence[str | None], senders: Sequence[str | None]) -> bytes:
+    """Encode a columns message (RecordColumns); the client's hot path, as encode_records."""
+    if len(conn_ips) != len(senders) or not conn_ips:
+        raise LocalProtocolError("columns must be of equal length, at least 1")
+    if len(conn_ips) > MAX_PAIRS_PER_MESSAGE:
+        raise LocalProtocolError(f"more than {MAX_PAIRS_PER_MESSAGE} pairs in one message")
+    try:
+        body = _packer_default.pack([PROTOCOL_VERSION, "columns", conn_ips, senders])
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LocalProtocolError(f"cannot encode record: {exc}") from None
+    return _frame(body)
+
+
+def encode_columns_split(
+    conn_ips: Sequence[str | None], senders: Sequence[str | None], max_pairs: int = 4096
+) -> list[bytes]:
+    """Encode any number of pairs, given as columns, as columns frames within the limits.
+
+    As encode_records_split: a chunk that encodes too large is halved until it fits.
+    """
+    frames: list[bytes] = []
+    pending = [(start, min(len(conn_ips), start + max_pairs))
+               for start in range(0, len(conn_ips), max_pairs)]  # fmt: skip
+    pending.reverse()
+    while pending:
+        start, end = pending.pop()
+        try:
+            frames.append(encode_columns(conn_ips[start:end], senders[start:end]))
+        except LocalProtocolError:
+            if end - start <= 1:
+                raise
+            half = (start + end) // 2
+            pending += [(half, end), (start, half)]
+    return frames
+
+
 def encode(message: Message) -> bytes:
     """Encode any message as one frame."""
     if isinstance(message, Record):
         return encode_records(message.pairs)
+    if isinstance(message, RecordColumns):
+        return encode_columns(message.conn_ips, message.senders)
     body: list[Any]
-    if isinstance(message, StatusRequest):
+    if isinstance(message, FeaturesRequest):
+        body = [PROTOCOL_VERSION, "features"]
+    elif isinstance(message, Features):
+        body = [PROTOCOL_VERSION, "features", list(message.names)]
+    elif isinstance(message, StatusRequest):
         body = [PROTOCOL_VERSION, "status"]
     elif isinstance(message, Ping):
         body = [PROTOCOL_VERSION, "ping"]
@@ -167,6 +281,12 @@ def encode(message: Message) -> bytes:
         body = [PROTOCOL_VERSION, "status", message.status.to_dict()]
     elif isinstance(message, Error):
         body = [PROTOCOL_VERSION, "error", message.code, message.message[:MAX_ERROR_TEXT]]
+    elif isinstance(message, FleetRequest):
+        body = [PROTOCOL_VERSION, "fleet"]
+    elif isinstance(message, FleetReply):
+        epochs = [{"epoch": e.epoch, "sketches": dict(e.sketches)} for e in message.epochs]
+        fields = {"epoch_seconds": message.epoch_seconds, "epochs": epochs}
+        body = [PROTOCOL_VERSION, "fleet", fields]
     else:
         raise LocalProtocolError(f"not a protocol message: {message!r}")
     return _frame(_packer_default.pack(body))
@@ -216,6 +336,14 @@ TEXT_UNEXPECTED: Final = "this side may not receive this message"
 TEXT_NO_STATUS: Final = "a status reply needs its fields"
 TEXT_BAD_STATUS: Final = "invalid status fields"
 TEXT_BAD_ERROR: Final = "error needs a code and a message, both strings"
+TEXT_BAD_FLEET: Final = "invalid fleet reply"
+TEXT_FLEET_OFF: Final = "fleet mode is off (trackerd has no --fleet-key-file)"
+TEXT_BAD_COLUMNS: Final = (
+    f"columns needs two arrays of equal length, 1 to {MAX_PAIRS_PER_MESSAGE} strings or nil"
+)
+TEXT_BAD_FEATURES: Final = (
+    f"features needs an array of at most {MAX_FEATURES} strings of {MAX_FEATURES} characters"
+)
 ERROR_TEXTS: Final = frozenset(
     value for name, value in list(globals().items()) if name.startswith("TEXT_")
 )
@@ -244,11 +372,13 @@ class _PairCheck:
     and building stops there, before a hostile tree of arrays is built whole.
     """
 
-    __slots__ = ("others", "pairs")
+    __slots__ = ("max_others", "others", "pairs")
 
     def __init__(self) -> None:
         self.pairs = 0
         self.others = 0
+        #: Arrays other than pairs that may be built: 2 for a columns message.
+        self.max_others = 1
 
     def __call__(self, items: list[Any]) -> list[Any]:
         if len(items) == 2:
@@ -259,7 +389,7 @@ class _PairCheck:
                     raise _Refused(ERR_BAD_MESSAGE, TEXT_TOO_MANY_PAIRS)
                 return items
         self.others += 1
-        if self.others > 1:
+        if self.others > self.max_others:
             raise _Refused(ERR_BAD_MESSAGE, TEXT_BAD_PAIR)
         return items
 
@@ -305,7 +435,7 @@ class _FieldReader:
                 max_buffer_size=max(len(body), 1),
                 max_array_len=_MAX_REPLY_CONTAINER,
                 max_map_len=_MAX_REPLY_CONTAINER,
-                max_bin_len=0,
+                max_bin_len=FLEET_SKETCH_SIZE,  # a fleet reply's sketches
                 max_ext_len=0,
             )
         self._unpacker.feed(body)
@@ -382,14 +512,54 @@ def _client_message(kind: str, length: int, reader: _FieldReader) -> Message:
         if reader.pair_check.others != 1 or reader.pair_check.pairs != len(pairs):
             raise _bad(TEXT_BAD_PAIR)
         return Record(pairs)
+    if kind == "columns":
+        return _columns(length, reader)
+    if kind == "features":
+        return FeaturesRequest()
     if kind == "status":
         return StatusRequest()
     if kind == "ping":
         return Ping()
+    if kind == "fleet":
+        return FleetRequest()
     if kind in ("pong", "error"):
         raise ProtocolError(ERR_UNEXPECTED, TEXT_UNEXPECTED)
     # The type is not echoed: whatever a peer sends could be a cleartext value.
     raise ProtocolError(ERR_UNKNOWN_TYPE, TEXT_UNKNOWN_TYPE)
+
+
+_STR_OR_NIL: Final = frozenset((str, type(None)))
+
+
+def _columns(length: int, reader: _FieldReader) -> RecordColumns:
+    if length < 4:
+        raise _bad(TEXT_BAD_COLUMNS)
+    reader.pair_check.max_others = 2  # the two columns themselves
+    columns = []
+    for _ in range(2):
+        if reader.next_byte() not in _ARRAY_HEADERS:
+            raise _bad(TEXT_BAD_COLUMNS)
+        if not 0 < reader.next_array_length() <= MAX_PAIRS_PER_MESSAGE:
+            raise _bad(TEXT_BAD_COLUMNS)
+        column = reader.value(ERR_BAD_MESSAGE, TEXT_BAD_COLUMNS)
+        # One C loop over the types, not a Python loop over the values.
+        if not _STR_OR_NIL.issuperset(map(type, column)):
+            raise _bad(TEXT_BAD_COLUMNS)
+        columns.append(column)
+    if len(columns[0]) != len(columns[1]):
+        raise _bad(TEXT_BAD_COLUMNS)
+    return RecordColumns(*columns)
+
+
+def _features(length: int, reader: _FieldReader) -> Features:
+    if length < 3 or reader.next_byte() not in _ARRAY_HEADERS:
+        raise _bad(TEXT_BAD_FEATURES)
+    names = reader.value(ERR_BAD_MESSAGE, TEXT_BAD_FEATURES)
+    if len(names) > MAX_FEATURES or not all(
+        type(name) is str and len(name) <= MAX_FEATURES for name in names
+    ):
+        raise _bad(TEXT_BAD_FEATURES)
+    return Features(tuple(names))
 
 
 def _daemon_message(kind: str, length: int, reader: _FieldReader) -> Message:
@@ -405,6 +575,12 @@ def _daemon_message(kind: str, length: int, reader: _FieldReader) -> Message:
             raise _bad(TEXT_BAD_STATUS) from None
     if kind == "pong":
         return Pong()
+    if kind == "fleet":
+        if length < 3:
+            raise _bad(TEXT_BAD_FLEET)
+        return _fleet_reply(reader.value(ERR_BAD_MESSAGE, TEXT_BAD_FLEET))
+    if kind == "features":
+        return _features(length, reader)
     if kind == "error":
         if length < 4:
             raise _bad(TEXT_BAD_ERROR)
@@ -413,9 +589,35 @@ def _daemon_message(kind: str, length: int, reader: _FieldReader) -> Message:
         if type(code) is not str or type(text) is not str:
             raise _bad(TEXT_BAD_ERROR)
         return Error(code[:64], text[:MAX_ERROR_TEXT])
-    if kind in ("record", "ping"):
+    if kind in ("record", "columns", "ping"):
         raise ProtocolError(ERR_UNEXPECTED, TEXT_UNEXPECTED)
     raise ProtocolError(ERR_UNKNOWN_TYPE, TEXT_UNKNOWN_TYPE)
+
+
+def _fleet_reply(fields: object) -> FleetReply:
+    if type(fields) is not dict:
+        raise _bad(TEXT_BAD_FLEET)
+    epoch_seconds, epochs = fields.get("epoch_seconds"), fields.get("epochs")
+    if type(epoch_seconds) is not int or epoch_seconds < 1:
+        raise _bad(TEXT_BAD_FLEET)
+    if type(epochs) is not list or not 1 <= len(epochs) <= MAX_FLEET_EPOCHS:
+        raise _bad(TEXT_BAD_FLEET)
+    parsed = []
+    for each in epochs:
+        if type(each) is not dict or type(each.get("epoch")) is not int:
+            raise _bad(TEXT_BAD_FLEET)
+        sketches = each.get("sketches")
+        if type(sketches) is not dict or len(sketches) > MAX_FLEET_SKETCHES:
+            raise _bad(TEXT_BAD_FLEET)
+        for name, sketch in sketches.items():
+            if type(name) is not str or len(name) > 64:
+                raise _bad(TEXT_BAD_FLEET)
+            if type(sketch) is not bytes or len(sketch) != FLEET_SKETCH_SIZE:
+                raise _bad(TEXT_BAD_FLEET)
+            if sketch[:5] != b"HYLL\x00":  # a dense Redis HyperLogLog
+                raise _bad(TEXT_BAD_FLEET)
+        parsed.append(FleetEpoch(each["epoch"], sketches))
+    return FleetReply(epoch_seconds, tuple(parsed))
 
 
 class MessageDecoder:

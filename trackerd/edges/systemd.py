@@ -13,11 +13,14 @@ import ctypes
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping, MutableMapping
 
 log = logging.getLogger(__name__)
 
 SD_LISTEN_FDS_START = 3
+#: Seconds a notification may wait for room in the service manager's queue.
+NOTIFY_SEND_TIMEOUT = 0.05
 _PR_SET_DUMPABLE = 4
 
 
@@ -50,6 +53,9 @@ class Notifier:
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                # This runs in the event loop: a service manager whose queue is
+                # full must not hold it (the next watchdog ping would be late).
+                sock.settimeout(NOTIFY_SEND_TIMEOUT)
                 sock.connect(self._address)
                 sock.sendall(message.encode())
             return True
@@ -62,6 +68,14 @@ class Notifier:
 
     def status(self, status: str) -> None:
         self.notify(f"STATUS={status}")
+
+    def reloading(self) -> None:
+        """RELOADING=1: systemd waits for the next READY=1 (sd_notify(3))."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
+
+    def reloaded(self, status: str) -> None:
+        self.notify(f"READY=1\nSTATUS={status}")
 
     def stopping(self) -> None:
         self.notify("STOPPING=1\nSTATUS=Stopping")
