@@ -30,7 +30,7 @@ from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
 from trackerd.edges.endpoint import ListenerSettings
 from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
-from trackerd.edges.stream_server import ERR_BUSY, FrameClock, StreamServer
+from trackerd.edges.stream_server import ERR_BUSY, Connection, StreamServer
 from trackerd.option_types import Arguments
 
 log = logging.getLogger(__name__)
@@ -48,18 +48,6 @@ MAX_SLICE = 16384
 FLEET_NAMES = tuple(STATUS_FIELDS[category] for category in sorted(STATUS_FIELDS))
 
 TEXT_BUFFERS_FULL = "server buffers full"
-
-
-class _Holder:
-    """One connection's share of the unfinished-frame budget."""
-
-    __slots__ = ("buffered", "clock", "shed", "waiting")
-
-    def __init__(self) -> None:
-        self.buffered = 0
-        self.clock = FrameClock()
-        self.shed = False
-        self.waiting: anyio.CancelScope | None = None
 
 
 #: FileDescriptorName= of this listener's socket in systemd/trackerd.socket.
@@ -94,8 +82,6 @@ class TrackerServer(StreamServer):
         self._writer = writer
         self._max_message_size = max_message_size
         self._buffered_total = 0
-        # Connections with an unfinished frame, in the order their frames began.
-        self._holders: dict[_Holder, None] = {}
         self._error_log = LogThrottle(1.0)
         self._slice_pairs = MIN_SLICE  # adapted by _record()
         self.protocol_errors = 0
@@ -105,13 +91,11 @@ class TrackerServer(StreamServer):
 
     async def serve_connection(self, stream: SocketStream) -> None:
         decoder = protocol.MessageDecoder(self._max_message_size)
-        holder = _Holder()
+        connection = Connection()
         try:
             while True:
-                with anyio.CancelScope() as holder.waiting:
-                    data = await self.receive(stream, self.deadline(holder.clock.started))
-                holder.waiting = None
-                if holder.shed:
+                data = await self.receive_on(connection, stream)
+                if connection.shed:
                     await self._send_busy(stream)
                     return
                 if data is None:
@@ -132,33 +116,27 @@ class TrackerServer(StreamServer):
                     return
                 if not data:
                     return  # end of stream, and every complete frame handled
-                self._account(holder, decoder)
-                if holder.shed:
+                self._account(connection, decoder)
+                if connection.shed:
                     await self._send_busy(stream)
                     return
         finally:
-            self._release(holder)
+            self._release(connection)
+            self.forget(connection)
 
-    def _account(self, holder: _Holder, decoder: protocol.MessageDecoder) -> None:
+    def _account(self, connection: Connection, decoder: protocol.MessageDecoder) -> None:
         """Update this connection's share; past the budget, shed the oldest frames."""
-        if holder.shed:
+        if connection.shed:
             return  # its share is released already; it closes next
-        clock = holder.clock
-        started = clock.started
-        clock.update(decoder.buffered > 0, decoder.frames)
-        if clock.started != started:  # a frame ended, or a new one began
-            self._holders.pop(holder, None)
-            if clock.started is not None:
-                self._holders[holder] = None  # last: the newest frame
-        self._buffered_total += decoder.buffered - holder.buffered
-        holder.buffered = decoder.buffered
-        while self._buffered_total > self.limits.max_buffered_total and self._holders:
-            oldest = next(iter(self._holders))
+        self.track(connection, decoder.buffered > 0, decoder.frames)
+        self._buffered_total += decoder.buffered - connection.buffered
+        connection.buffered = decoder.buffered
+        while self._buffered_total > self.limits.max_buffered_total:
+            oldest = self.oldest_frame()
+            if oldest is None:
+                return
             self._release(oldest)
-            oldest.shed = True
-            if oldest.waiting is not None:
-                oldest.waiting.cancel()
-            self.busy += 1
+            self.shed(oldest)
             suppressed = self._busy_log.ready()
             if suppressed is not None:
                 log.warning(
@@ -168,10 +146,9 @@ class TrackerServer(StreamServer):
                     suppressed,
                 )
 
-    def _release(self, holder: _Holder) -> None:
-        self._holders.pop(holder, None)
-        self._buffered_total -= holder.buffered
-        holder.buffered = 0
+    def _release(self, connection: Connection) -> None:
+        self._buffered_total -= connection.buffered
+        connection.buffered = 0
 
     async def _send_busy(self, stream: SocketStream) -> None:
         await self.send(stream, protocol.encode(protocol.Error(ERR_BUSY, TEXT_BUFFERS_FULL)))
