@@ -15,6 +15,7 @@ import logging
 import resource
 import signal
 import sys
+import time
 from collections.abc import Sequence
 
 import anyio
@@ -23,6 +24,7 @@ from trackerd import __version__
 from trackerd.core.tracker import Tracker
 from trackerd.edges.access import unseeable_message
 from trackerd.edges.endpoint import Endpoint
+from trackerd.edges.fleet import epoch_clock, load_fleet_sketch
 from trackerd.edges.logs import setup_logging
 from trackerd.edges.msgpack_server import TrackerServer
 from trackerd.edges.policy_server import PolicyServer
@@ -96,7 +98,10 @@ async def _run_locked(
     removed = remove_leftover_temp_files(config.runtime_dir)
     if removed:
         log.info("removed %d temp files left by an earlier run", removed)
-    tracker = Tracker(max_exact=config.max_exact)
+    fleet = None
+    if config.fleet.key_file is not None:
+        fleet = load_fleet_sketch(config.fleet.key_file, time.time())
+    tracker = Tracker(max_exact=config.max_exact, fleet=fleet)
     writer = StatusWriter(tracker, config.runtime_dir, min_interval=config.status_interval)
     passed = listen_fds()
     endpoints: list[Endpoint] = []
@@ -147,6 +152,8 @@ async def _run_locked(
             tasks.start_soon(statistics.run)
             if notifier.enabled:
                 tasks.start_soon(_report_status_to_systemd, tracker, notifier)
+            if fleet is not None:
+                tasks.start_soon(epoch_clock, tracker, fleet)
             if notifier.watchdog_interval is not None:
                 tasks.start_soon(_keep_watchdog_fed, notifier, notifier.watchdog_interval)
             upkeep = Upkeep(config.runtime_dir, lock, writer, endpoints)
@@ -211,9 +218,14 @@ async def _report_status_to_systemd(tracker: Tracker, notifier: Notifier) -> Non
 
 async def _keep_watchdog_fed(notifier: Notifier, interval: float) -> None:
     # Runs in the event loop: if the loop hangs, the pings stop and systemd restarts us.
+    # The loop is never away for long (msgpack_server.py counts large messages in
+    # slices), and the pings keep to a fixed schedule, half the timeout apart,
+    # so a late wake-up does not push every later ping back.
+    due = anyio.current_time()
     while True:
         notifier.watchdog()
-        await anyio.sleep(interval)
+        due = max(due + interval, anyio.current_time())
+        await anyio.sleep_until(due)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT
 from trackerd.edges import access
 from trackerd.edges.access import AllowLists, ConnectionLimits
 from trackerd.edges.endpoint import ListenerSettings
+from trackerd.edges.fleet import FleetSettings
 from trackerd.edges.logs import LogSettings
 from trackerd.edges.msgpack_server import TrackerServer
 from trackerd.edges.policy_server import PolicyServer
@@ -55,6 +56,7 @@ class Config:
     allow: AllowLists = field(default_factory=AllowLists)
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     logging: LogSettings = field(default_factory=LogSettings)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
     config_file: Path | None = None
 
 
@@ -69,6 +71,7 @@ RESTART_ONLY = {
     "max_exact": "--max-exact-entries",
     "limits": "--max-connections/--idle-timeout/--frame-timeout",
     "config_file": "--config",
+    "fleet": "--fleet-key-file",
 }
 CONFIG_OPTION = "--config"
 #: Options a config file may not hold: they are about the command line itself.
@@ -125,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     StatusWriter.add_arguments(parser)
     _add_tracker_arguments(parser)
     PolicyServer.add_arguments(parser)
+    FleetSettings.add_arguments(parser)
     title, description = access.ARGUMENT_GROUP
     limits = parser.add_argument_group(title, description)
     AllowLists.add_arguments(limits)
@@ -145,6 +149,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         allow=AllowLists.from_args(args),
         limits=ConnectionLimits.from_args(args),
         logging=LogSettings.from_args(args),
+        fleet=FleetSettings.from_args(args),
         config_file=Path(args.config) if args.config else None,
     )
 
