@@ -23,6 +23,7 @@ from tests.conftest import remove_tree, wait_for
 from trackerd.edges.systemd import listen_fds, make_non_dumpable, pick_fd
 
 UNITS = Path(__file__).parent.parent / "systemd"
+MANUALS = Path(__file__).parent.parent / "man"
 TRACKERD = [sys.executable, "-m", "trackerd", "--log-level", "debug"]
 needs = pytest.mark.skipif
 
@@ -208,6 +209,14 @@ def unit_copies(tmp: Path) -> Path:
 @needs(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
 def test_systemd_analyze_verify_reports_nothing(short_tmp: Path) -> None:
     service = unit_copies(short_tmp)
+    # The units' Documentation=man:trackerd(8) ...: verify runs man(1) on each, so the
+    # project's pages go where man finds them, as an install puts them (a trailing
+    # ":" in MANPATH keeps the system's pages, systemd.socket(5) among them).
+    manuals = short_tmp / "man"
+    for page in (MANUALS / "trackerd.8", MANUALS / "trackerctl.1"):
+        section = manuals / f"man{page.suffix[1:]}"
+        section.mkdir(parents=True, exist_ok=True)
+        shutil.copy(page, section)
     result = subprocess.run(
         [
             "systemd-analyze",
@@ -218,8 +227,9 @@ def test_systemd_analyze_verify_reports_nothing(short_tmp: Path) -> None:
         ],
         capture_output=True,
         text=True,
+        env=dict(os.environ, MANPATH=f"{manuals}:"),
     )
-    assert result.returncode == 0
+    assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout + result.stderr == ""
 
 
