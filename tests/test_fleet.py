@@ -350,9 +350,14 @@ def test_acl_lets_a_host_write_only_its_own_keys(
     assert as_bravo.returncode == cli_common.EXIT_REDIS
     assert json.loads(as_bravo.stderr)["reason"] == "denied"
     assert "pw-alpha" not in as_bravo.stderr
+    bravo_url = f"unix://bravo:pw-bravo@{redis_server.socket_path}"
+    bravo = trackerctl("fleet", "push", "--redis", bravo_url, "--host", "bravo",
+                       "--socket", str(daemon.socket_path))  # fmt: skip
+    assert bravo.returncode == 0, bravo.stderr
+    # Each host reads every host's keys (PFCOUNT included) for the status.
     status = trackerctl("fleet", "status", "--redis", url, "--json")
     assert status.returncode == 0, status.stderr
-    assert list(json.loads(status.stdout)["current"]["hosts"]) == ["alpha"]
+    assert list(json.loads(status.stdout)["current"]["hosts"]) == ["alpha", "bravo"]
     alpha = redis_server.client(username="alpha", password="pw-alpha")
     hosts = fleet_store.hosts_key(key.epoch_seconds, key.epoch)
     for command in (("DEL", hosts), ("SET", hosts, "x")):
