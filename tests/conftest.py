@@ -24,8 +24,11 @@ from servertracker.status import Status
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll until condition() is truthy and return it; fail after timeout seconds."""
+def wait_for(condition: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
+    """Poll until condition() is truthy and return it; fail after timeout seconds.
+
+    The default is generous: only a broken promise should reach it, never a busy machine.
+    """
     deadline = time.monotonic() + timeout
     delay = 0.005
     while True:
