@@ -101,7 +101,7 @@ async def _run_locked(
     fleet = None
     if config.fleet.key_file is not None:
         fleet = load_fleet_sketch(config.fleet.key_file, time.time())
-    tracker = Tracker(max_exact=config.max_exact, fleet=fleet)
+    tracker = Tracker(max_exact=config.max_exact, windows=config.windows, fleet=fleet)
     writer = StatusWriter(tracker, config.runtime_dir, min_interval=config.status_interval)
     passed = listen_fds()
     endpoints: list[Endpoint] = []
