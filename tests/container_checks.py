@@ -42,7 +42,9 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def run(command: str, *, check: bool = True, user: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    command: str, *, check: bool = True, user: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a shell command (as `user` if given) in /src and log it."""
     argv = ["bash", "-c", command]
     if user is not None:
@@ -192,7 +194,9 @@ def main() -> None:
         run("useradd --system --no-create-home --shell /usr/sbin/nologin -G trackerd smtpd")
         run("useradd --system --no-create-home --shell /usr/sbin/nologin outsider")
         run(f"{TRACKERCTL} record 192.0.2.1 user@example.com", user="smtpd")
-        outsider = run(f"{TRACKERCTL} record 192.0.2.2 user@example.org", check=False, user="outsider")
+        outsider = run(
+            f"{TRACKERCTL} record 192.0.2.2 user@example.org", check=False, user="outsider"
+        )
         assert outsider.returncode == 4, f"outsider's record exited {outsider.returncode}"
         code, status = status_json(user="smtpd")
         assert code == 0, code

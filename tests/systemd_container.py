@@ -1,4 +1,4 @@
-"""A real systemd (PID 1) for the tests: a Debian root made by debootstrap, booted by systemd-nspawn.
+"""A real systemd (PID 1) for the tests: a debootstrap root booted by systemd-nspawn.
 
 The root is made once per machine (about 90 s) under /var/tmp and reused: a stamp
 file names the packages it was made with, and a lock keeps two test runs from
@@ -75,9 +75,10 @@ def debian_mirror() -> str | None:
                 for key, _, value in (line.partition(":") for line in stanza.splitlines())
                 if not key.startswith("#")
             )
-            if SUITE in fields.get("suites", "").split() and "main" in fields.get(
-                "components", ""
-            ).split():
+            if (
+                SUITE in fields.get("suites", "").split()
+                and "main" in fields.get("components", "").split()
+            ):
                 candidates += fields.get("uris", "").split()
     list_file = Path("/etc/apt/sources.list")
     if list_file.is_file():
