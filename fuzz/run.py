@@ -130,10 +130,15 @@ def run_hypothesis(campaign: Campaign, count: int, seed_value: int) -> None:
 
 
 def run(
-    count: int, seed_value: int, socket_path: Path | None, daemon_pid: int | None
+    count: int,
+    seed_value: int,
+    socket_path: Path | None,
+    daemon_pid: int | None,
+    check_every: int = 2000,
 ) -> FuzzReport:
-    """count inputs in all: two thirds mutated, one third hypothesis-generated."""
-    campaign = Campaign(socket_path, daemon_pid)
+    """count inputs in all: two thirds mutated, one third hypothesis-generated; the
+    daemon is checked before, every check_every inputs, and after."""
+    campaign = Campaign(socket_path, daemon_pid, check_every)
     start = time.monotonic()
     run_mutations(campaign, count - count // 3, seed_value)
     run_hypothesis(campaign, count // 3, seed_value)

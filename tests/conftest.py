@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 
 import pytest
 
@@ -35,6 +36,37 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "con
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+class LineReader:
+    """The lines of a child's pipe, each awaited with a deadline.
+
+    A thread does the blocking reads, so a child that falls silent fails the
+    test at its deadline instead of hanging it; the pipe is drained meanwhile.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._lines.put(line)
+        self._lines.put("")  # end of file
+
+    def readline(self, timeout: float = 30.0, what: str = "a line") -> str:
+        """The next line; "" at end of file."""
+        try:
+            return self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+    def rest(self, timeout: float = 30.0) -> str:
+        """Everything until end of file."""
+        lines = []
+        while line := self.readline(timeout, "the end of the output"):
+            lines.append(line)
+        return "".join(lines)
 
 
 def remove_tree(path: Path) -> None:
@@ -84,8 +116,11 @@ class Daemon:
         env: dict[str, str] | None = None,
         python_prelude: str | None = None,
         log_to_pipe: bool = False,
+        runtime_dir_option: bool = True,
     ) -> None:
         self.runtime_dir = runtime_dir
+        # False: the daemon finds its runtime directory by itself (say from env).
+        self.runtime_dir_option = runtime_dir_option
         self.socket_path = runtime_dir / "trackerd.sock"
         self.log_path = runtime_dir.parent / f"{runtime_dir.name}.log"
         self.extra_args = list(extra_args)
@@ -97,7 +132,8 @@ class Daemon:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> Daemon:
-        args = ["--runtime-dir", str(self.runtime_dir), "--log-level", "debug", *self.extra_args]
+        where = ["--runtime-dir", str(self.runtime_dir)] if self.runtime_dir_option else []
+        args = [*where, "--log-level", "debug", *self.extra_args]
         if self.python_prelude:
             code = "\n".join(
                 [
@@ -124,7 +160,9 @@ class Daemon:
             self.wait_ready()
         return self
 
-    def wait_ready(self, timeout: float = 15.0) -> None:
+    # Deadlines here are generous: a loaded machine starts Python slowly, and
+    # how fast is never what a test asserts.
+    def wait_ready(self, timeout: float = 60.0) -> None:
         def answers() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:
@@ -140,14 +178,14 @@ class Daemon:
 
         wait_for(answers, timeout, "trackerd to answer a ping")
 
-    def connect(self, timeout: float = 5.0) -> DaemonConnection:
+    def connect(self, timeout: float = 30.0) -> DaemonConnection:
         return DaemonConnection(self.socket_path, timeout=timeout)
 
     def status(self) -> Status:
         with self.connect() as conn:
             return conn.status()
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(sig)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from servertracker import STATUS_FILE_NAME
 from servertracker.cli import EXIT_FILE_ONLY, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, app
-from tests.conftest import Daemon, run_as_nobody, wait_for
+from tests.conftest import Daemon, LineReader, run_as_nobody
 
 STATUS_JSON_KEYS = {
     "schema", "source", "boot_time", "unique_conn_ips", "unique_domains", "unique_ip_servers",
@@ -191,7 +191,7 @@ def test_record(daemon: Daemon) -> None:
     code, out, _ = invoke(
         "record", "192.0.2.4", "x@[192.0.2.5]", "--socket", str(daemon.socket_path), "--json"
     )
-    assert code == EXIT_OK and json.loads(out) == {"ok": True}
+    assert code == EXIT_OK and json.loads(out) == {"ok": True, "records": 1}
     assert daemon.status().unique_ip_servers == 1
 
 
@@ -216,7 +216,8 @@ def test_usage_errors_are_typer_s(short_tmp: Path) -> None:
 def test_help_documents_exit_codes_and_environment() -> None:
     result = trackerctl("--help")
     assert result.returncode == 0
-    assert "Exit codes: 0" in result.stdout and "3 status only from the" in result.stdout
+    text = " ".join(result.stdout.split())
+    assert "Exit codes: 0" in text and "3 status and watch only" in text
     result = trackerctl("status", "--help")
     assert "TRACKERD_RUNTIME_DIR" in result.stdout and "TRACKERD_SOCKET" in result.stdout
 
@@ -263,12 +264,14 @@ def test_watch_leaves_cleanly_on_ctrl_c(daemon: Daemon) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert process.stdout is not None
-    wait_for(lambda: "Connection IPs" in process.stdout.readline(), what="a first screen")  # type: ignore[union-attr]
+    assert process.stdout is not None and process.stderr is not None
+    out, err = LineReader(process.stdout), LineReader(process.stderr)
+    while "Connection IPs" not in (line := out.readline(60, "a first screen")):
+        assert line, "watch ended without showing the counts"
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=10)
-    assert process.returncode == EXIT_OK
-    assert_no_traceback(err)
+    assert process.wait(60) == EXIT_OK
+    out.rest()
+    assert_no_traceback(err.rest())
 
 
 def test_status_imports_neither_anyio_nor_the_daemon(short_tmp: Path) -> None:

@@ -80,6 +80,21 @@ def test_counter_switches_to_an_estimate_past_the_bound() -> None:
     assert counter.nbytes == 1 << 16  # the sketch only: the table is gone
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_a_count_never_goes_down_at_the_switch_to_an_estimate(seed: int) -> None:
+    """Issue 12 §10: the count went from 1,000 to 999 at the switch."""
+    counter = DistinctCounter("unique_domains", max_exact=1000)
+    digests = np.random.default_rng(seed).integers(0, 2**64, size=1100, dtype=np.uint64)
+    counter.pending.extend(d.tobytes() for d in digests[:990])
+    counts = [counter.count()]
+    for digest in digests[990:]:
+        counter.pending.append(digest.tobytes())
+        counts.append(counter.count())
+    assert counter.estimated
+    assert counts == sorted(counts), "a since-boot count went down"
+    assert counts[-1] >= 1001  # at least the exact count reached at the switch
+
+
 def test_tracker_flushes_in_batches_and_counts_exactly() -> None:
     tracker = Tracker()
     pairs = [(f"10.0.{i // 256 % 256}.{i % 256}", f"u@d{i}.example") for i in range(FLUSH_AT + 100)]

@@ -11,6 +11,8 @@ import signal
 import socket
 import stat
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -61,17 +63,15 @@ def test_starts_with_a_zero_status_file_and_private_modes(daemon: Daemon) -> Non
 
 def test_concurrent_processes_give_exact_counts_via_socket_and_file(daemon: Daemon) -> None:
     bad_reads: list[str] = []
-    reads = 0
+    records_read: set[int] = set()
     stop = threading.Event()
 
     def poll_status_file() -> None:
-        nonlocal reads
         path = daemon.runtime_dir / STATUS_FILE_NAME
         while not stop.is_set():
             raw = path.read_bytes()
-            reads += 1
             try:
-                json.loads(raw)
+                records_read.add(json.loads(raw)["records"])
             except ValueError:
                 bad_reads.append(raw.decode(errors="replace"))
 
@@ -97,11 +97,12 @@ def test_concurrent_processes_give_exact_counts_via_socket_and_file(daemon: Daem
             what="the status file to catch up",
         )
         assert counts(on_disk) == EXPECTED
+        # The reader went on reading throughout, up to the last file.
+        wait_for(lambda: TOTAL in records_read, what="the reader to read the last file")
     finally:
         stop.set()
         reader.join()
     assert bad_reads == []
-    assert reads > 10
 
 
 def raw_connection(daemon: Daemon) -> socket.socket:
@@ -152,7 +153,7 @@ def test_bad_input_gets_an_error_reply_and_changes_nothing(daemon: Daemon, name:
         bad.sendall(frame([1, "record", [["192.0.2.2", "user@example.org"]]]) + data)
         reply = read_until_closed(bad)
         bad.close()
-        decoder = protocol.MessageDecoder()
+        decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
         decoder.receive_data(reply)
         message = decoder.next_message()
         assert isinstance(message, protocol.Error)
@@ -252,14 +253,43 @@ def test_restart_after_sigkill_replaces_stale_socket_and_temp_files(
 def test_second_daemon_on_the_same_socket_refuses_clearly(
     daemon: Daemon, make_daemon: Callable[..., Daemon]
 ) -> None:
-    second = Daemon(daemon.runtime_dir)
-    second.log_path = daemon.runtime_dir.parent / "second.log"
+    second = make_daemon("rt2", extra_args=["--socket", str(daemon.socket_path)])
     second.start(wait=False)
     assert second.process is not None
     assert second.process.wait(15) == 1
     assert "another trackerd is already listening" in second.log()
     assert "Traceback" not in second.log()
     daemon.status()  # the first one is untouched
+
+
+def test_second_daemon_on_the_same_runtime_dir_refuses_naming_the_holder(
+    daemon: Daemon, short_tmp: Path
+) -> None:
+    assert daemon.process is not None
+    with daemon.connect() as conn:
+        conn.record([("192.0.2.1", "a@example.com")])
+        conn.ping()
+    wait_for(lambda: read_status_file(daemon.runtime_dir).records == 1, what="the status file")
+    second = Daemon(daemon.runtime_dir, extra_args=["--socket", str(short_tmp / "other.sock")])
+    second.log_path = short_tmp / "second.log"
+    second.socket_path = short_tmp / "other.sock"
+    second.start(wait=False)
+    assert second.process is not None
+    assert second.process.wait(15) == 1
+    assert f"is in use by another trackerd (pid {daemon.process.pid}" in second.log()
+    assert "Traceback" not in second.log()
+    assert not (short_tmp / "other.sock").exists()
+    # The first daemon's file was never overwritten with the second one's zeros.
+    assert read_status_file(daemon.runtime_dir).records == 1
+    assert daemon.status().records == 1
+    assert daemon.stop() == 0
+    # The lock goes with the process, however it ends: the next daemon starts.
+    second.start()
+    assert second.stop(signal.SIGKILL) == -signal.SIGKILL
+    third = Daemon(daemon.runtime_dir)
+    third.log_path = short_tmp / "third.log"
+    third.start()
+    assert third.stop() == 0
 
 
 def test_unusable_runtime_dir_is_a_clear_startup_error(short_tmp: Path) -> None:
@@ -283,20 +313,49 @@ def test_too_long_socket_path_is_a_clear_startup_error(short_tmp: Path) -> None:
 
 
 def test_python_m_trackerd_help() -> None:
-    import subprocess
-    import sys
-
     result = subprocess.run(
         [sys.executable, "-m", "trackerd", "--help"], capture_output=True, text=True, check=True
     )
     assert "--runtime-dir" in result.stdout and "TRACKERD_RUNTIME_DIR" in result.stdout
 
 
-def test_env_var_runtime_dir(short_tmp: Path) -> None:
-    runtime = short_tmp / "env-rt"
-    env = dict(os.environ, TRACKERD_RUNTIME_DIR=str(runtime))
-    daemon = Daemon(runtime, env=env)
-    daemon.extra_args = []
-    daemon.start()
-    assert (runtime / STATUS_FILE_NAME).exists()
+def test_environment_chooses_the_runtime_dir_and_the_socket(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    """$TRACKERD_RUNTIME_DIR and $TRACKERD_SOCKET, end to end: the daemon, a worker
+    and trackerctl all started with no option, and all finding one another."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKERD_")}
+    env["TRACKERD_RUNTIME_DIR"] = str(short_tmp / "env-rt")
+    worker = "import servertracker; servertracker.record_server('192.0.2.1', 'a@env.example')"
+
+    # The runtime directory alone: the socket goes in it.
+    daemon = make_daemon("env-rt", env=env, runtime_dir_option=False).start()
+    assert daemon.socket_path == short_tmp / "env-rt" / "trackerd.sock"  # where it answered
+    subprocess.run([sys.executable, "-c", worker], env=env, check=True, timeout=60)
+    wait_for(lambda: daemon.status().unique_domains == 1, what="the worker's record")
+    status = subprocess.run(
+        [sys.executable, "-m", "servertracker.cli", "status", "--json"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["source"] == "live"
+    assert json.loads(status.stdout)["socket"] == str(daemon.socket_path)
     assert daemon.stop() == 0
+    assert read_status_file(short_tmp / "env-rt").unique_domains == 1
+
+    # And the socket elsewhere, by $TRACKERD_SOCKET; the status file stays in the directory.
+    env["TRACKERD_SOCKET"] = str(short_tmp / "env.sock")
+    daemon = make_daemon("env-rt", env=env, runtime_dir_option=False)
+    daemon.socket_path = short_tmp / "env.sock"
+    daemon.start()
+    assert not (short_tmp / "env-rt" / "trackerd.sock").exists()
+    subprocess.run([sys.executable, "-c", worker], env=env, check=True, timeout=60)
+    wait_for(lambda: daemon.status().unique_domains == 1, what="the worker's record")
+    ping = subprocess.run(
+        [sys.executable, "-m", "servertracker.cli", "ping"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ping.returncode == 0, ping.stderr
+    assert ping.stdout.startswith(f"pong from {short_tmp / 'env.sock'} in ")
+    assert daemon.stop() == 0
+    assert read_status_file(short_tmp / "env-rt").unique_domains == 1

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, LineReader, wait_for
 from tests.test_recorder import wait_counts
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "preforked_smtpd.py"
@@ -56,7 +56,7 @@ def test_preforked_aiosmtpd_example(daemon: Daemon, short_tmp: Path) -> None:
     )
     try:
         assert server.stdout is not None
-        line = server.stdout.readline()
+        line = LineReader(server.stdout).readline(60, "the server's port")
         port = int(line.split(":")[1].split()[0])
         context = multiprocessing.get_context("fork")
         clients = [context.Process(target=send_mail, args=(port, c)) for c in range(CLIENTS)]

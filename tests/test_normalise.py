@@ -54,6 +54,27 @@ SENDER_DOMAIN_PARTS = [
     ("xn--zzzzzz.de", REJECTED),
     ("a" * 64 + ".com", REJECTED),
     ("garbage!", REJECTED),
+    # One rule for ASCII labels, whatever the rest of the name (issue 12 §10).
+    ("mail_relay.example.de", (DOMAIN, "mail_relay.example.de")),
+    ("mail_relay.bücher.de", (DOMAIN, "mail_relay.xn--bcher-kva.de")),
+    ("mail_relay.xn--bcher-kva.de", (DOMAIN, "mail_relay.xn--bcher-kva.de")),
+    ("ab--cd.example.de", (DOMAIN, "ab--cd.example.de")),
+    ("ab--cd.bücher.de", (DOMAIN, "ab--cd.xn--bcher-kva.de")),
+    ("ab--cd.xn--bcher-kva.de", (DOMAIN, "ab--cd.xn--bcher-kva.de")),
+    ("-ab.bücher.de", REJECTED),
+    ("ab-.xn--bcher-kva.de", REJECTED),
+    # ... and for the full stops UTS #46 maps to ".", a trailing one included.
+    ("bücher.de\u3002", (DOMAIN, "xn--bcher-kva.de")),
+    ("bücher.de\uff0e", (DOMAIN, "xn--bcher-kva.de")),
+    ("bücher.de\uff61", (DOMAIN, "xn--bcher-kva.de")),
+    ("bücher\u3002de", (DOMAIN, "xn--bcher-kva.de")),
+    ("example.com\u3002", (DOMAIN, "example.com")),
+    ("bücher.de\u3002.", REJECTED),
+    # An IDNA label follows IDNA 2008 in either form: no underscore inside it.
+    ("mail_bücher.de", REJECTED),
+    ("xn--ab--bcher-kva.de", REJECTED),
+    ("a" * 63 + ".bücher.de", (DOMAIN, "a" * 63 + ".xn--bcher-kva.de")),
+    ("ü" * 60 + ".de", REJECTED),
 ]
 
 

@@ -29,14 +29,22 @@ def test_precedence_of_runtime_dir() -> None:
         "RUNTIME_DIRECTORY": "/b:/c",
         "XDG_RUNTIME_DIR": "/run/user/1000",
     }
-    assert resolve_runtime_dir("/x", env) == Path("/x")
-    assert resolve_runtime_dir(None, env) == Path("/a")
+    assert resolve_runtime_dir("/x", env, euid=1000) == Path("/x")
+    assert resolve_runtime_dir(None, env, euid=1000) == Path("/a")
     del env["TRACKERD_RUNTIME_DIR"]
-    assert resolve_runtime_dir(None, env) == Path("/b")
+    assert resolve_runtime_dir(None, env, euid=1000) == Path("/b")
     del env["RUNTIME_DIRECTORY"]
-    assert resolve_runtime_dir(None, env) == Path("/run/user/1000/trackerd")
-    assert resolve_runtime_dir(None, {}) == default_private_dir()
+    assert resolve_runtime_dir(None, env, euid=1000) == Path("/run/user/1000/trackerd")
+    assert resolve_runtime_dir(None, {}, euid=1000) == default_private_dir()
     assert str(default_private_dir()).startswith("/tmp/trackerd-")
+
+
+def test_root_gets_the_system_runtime_dir_even_before_it_exists() -> None:
+    assert not paths.SYSTEM_RUNTIME_DIR.exists()
+    env = {"XDG_RUNTIME_DIR": "/run/user/0"}
+    assert resolve_runtime_dir(None, env, euid=0) == paths.SYSTEM_RUNTIME_DIR
+    assert resolve_runtime_dir(None, {"RUNTIME_DIRECTORY": "/b"}, euid=0) == Path("/b")
+    assert resolve_runtime_dir("/x", env, euid=0) == Path("/x")
 
 
 def test_socket_path() -> None:

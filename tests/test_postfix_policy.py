@@ -16,6 +16,7 @@ from tests.conftest import Daemon, wait_for
 from trackerd.core.policy_protocol import (
     DUNNO_RESPONSE,
     MAX_LINE,
+    MAX_REQUEST,
     NEED_DATA,
     PolicyDecoder,
     PolicyProtocolError,
@@ -42,17 +43,26 @@ def parse_all(data: bytes, chunk: int | None = None) -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize("chunk", [None, 1, 5])
-def test_parses_a_request_whole_or_byte_by_byte(chunk: int | None) -> None:
+def test_parses_a_request_whole_or_byte_by_byte_keeping_only_what_is_used(
+    chunk: int | None,
+) -> None:
     (request,) = parse_all(REQUEST, chunk)
-    assert request["client_address"] == "192.0.2.1"
-    assert request["sender"] == "user@example.com"
-    assert request["instance"] == "123.4567.1"
-    assert request["ccert_subject"] == ""
+    # docs/postfix.md: every other attribute is dropped as it is parsed.
+    assert request == {
+        "client_address": "192.0.2.1",
+        "sender": "user@example.com",
+        "instance": "123.4567.1",
+    }
 
 
-def test_attribute_order_is_free_and_unknown_ones_are_kept_harmlessly() -> None:
+def test_attribute_order_is_free_and_unknown_ones_are_dropped() -> None:
     (request,) = parse_all(b"future_attribute=x=y\nsender=<>\nclient_address=::1\n\n")
-    assert request == {"future_attribute": "x=y", "sender": "<>", "client_address": "::1"}
+    assert request == {"sender": "<>", "client_address": "::1"}
+
+
+def test_dropped_attributes_must_still_be_well_formed() -> None:
+    with pytest.raises(PolicyProtocolError):
+        parse_all(b"sender=a@b.example\nrecipient\n\n")
 
 
 def test_missing_attributes_are_simply_absent() -> None:
@@ -62,6 +72,29 @@ def test_missing_attributes_are_simply_absent() -> None:
 
 def test_many_requests_on_one_connection() -> None:
     assert len(parse_all(REQUEST * 50, 7)) == 50
+
+
+def request_of_size(size: int) -> bytes:
+    """A request whose attribute lines are size bytes in all (newlines included),
+    each line within MAX_LINE; then the empty line that ends it."""
+    lines = [b"client_address=192.0.2.1\n", b"sender=a@big.example\n"]
+    left = size - sum(map(len, lines))
+    while left:
+        length = left if left <= MAX_LINE else min(MAX_LINE, left - 100)
+        prefix = b"x%d=" % len(lines)
+        lines.append(prefix + b"y" * (length - len(prefix) - 1) + b"\n")
+        left -= length
+    data = b"".join(lines)
+    assert len(data) == size and all(len(line) <= MAX_LINE + 1 for line in lines)
+    return data + b"\n"
+
+
+def test_a_request_may_be_64_kib_and_no_more() -> None:
+    assert MAX_REQUEST == 64 * 1024  # docs/postfix.md
+    (request,) = parse_all(request_of_size(MAX_REQUEST))
+    assert request == {"client_address": "192.0.2.1", "sender": "a@big.example"}
+    with pytest.raises(PolicyProtocolError, match="request too large"):
+        parse_all(request_of_size(MAX_REQUEST + 1))
 
 
 def test_crlf_is_tolerated() -> None:
@@ -170,6 +203,35 @@ def test_listener_answers_dunno_and_records(
     status = daemon.status()
     assert (status.unique_conn_ips, status.unique_domains, status.unique_ip_servers) == (3, 1, 1)
     assert status.records == 3
+
+
+def test_a_request_without_instance_is_recorded_every_time(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    daemon, path = policy_daemon(make_daemon, short_tmp)
+    without = b"request=smtpd_access_policy\nclient_address=192.0.2.1\nsender=a@b.example\n\n"
+    with connect_policy(path) as sock:
+        for _ in range(3):
+            assert ask(sock, without) == DUNNO_RESPONSE
+        # An empty instance is no instance either.
+        assert ask(sock, policy_request("192.0.2.1", "a@b.example", "")) == DUNNO_RESPONSE
+        assert ask(sock, policy_request("192.0.2.1", "a@b.example", "")) == DUNNO_RESPONSE
+    status = daemon.status()
+    assert status.records == 5
+    assert (status.unique_conn_ips, status.unique_domains) == (1, 1)
+
+
+def test_a_request_over_64_kib_closes_without_a_reply(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    daemon, path = policy_daemon(make_daemon, short_tmp)
+    with connect_policy(path) as sock:
+        assert ask(sock, request_of_size(MAX_REQUEST)) == DUNNO_RESPONSE  # at the cap: served
+    with connect_policy(path) as sock:
+        sock.sendall(request_of_size(MAX_REQUEST + 1))
+        assert sock.recv(100) == b""  # closed, no answer: Postfix applies default_action
+    wait_for(lambda: "request too large" in daemon.log(), what="the log line")
+    assert daemon.status().records == 1
 
 
 def test_malformed_request_closes_without_a_reply(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -140,7 +141,10 @@ def test_daemon_restart_mid_stream(make_daemon: Callable[..., Daemon]) -> None:
     # Down: these wait in the queue, and the caller notices nothing.
     for i in range(50):
         client.record_server(f"198.51.100.{i}", f"b@second{i}.example")
-    assert client.stats().buffered >= 1 or client.stats().sent == 100
+    # The daemon has gone (its end of the connection closed, so no write can
+    # succeed): all 50 wait in the queue, none is lost or dropped.
+    stats = client.stats()
+    assert (stats.sent, stats.buffered, stats.dropped) == (100, 50, 0), stats
     daemon.start()  # a new daemon: new salt, counts from zero
     wait_counts(daemon, (50, 50, 0, 50))
     for i in range(10):
@@ -184,19 +188,71 @@ def test_flush_at_exit(daemon: Daemon) -> None:
     wait_counts(daemon, (200, 10, 0, 1000))
 
 
+#: Run first among the exit handlers (atexit is last in, first out, and this is
+#: registered before servertracker): reports how the flush at exit went.
+EXIT_REPORT = textwrap.dedent(
+    """
+    import atexit, json, sys, time
+    from servertracker import recorder
+    seen = {}
+    close = recorder.Client.close
+    def timed_close(self, timeout=recorder.DEFAULT_EXIT_TIMEOUT):
+        start = time.monotonic()
+        seen["flushed"] = close(self, timeout)
+        seen.update(
+            timeout=timeout,
+            seconds=time.monotonic() - start,
+            thread_ended=not self._thread.is_alive(),
+            buffered=self.stats().buffered,
+        )
+        return seen["flushed"]
+    recorder.Client.close = timed_close
+    atexit.register(lambda: print(json.dumps(seen), flush=True))
+    """
+)
+
+
 def test_exit_is_bounded_when_the_daemon_is_down(short_tmp: Path) -> None:
+    """The README: at exit the queue is flushed for at most one second.
+
+    What bounds the exit is the flush's own timeout, not the machine's speed: with
+    no daemon it can never succeed, so it must give up at its deadline (1 s by
+    default), say so, and leave no flusher thread behind to wait for. The time it
+    took is measured but only bounded below: a loaded machine may add to it.
+    """
     env = dict(os.environ, TRACKERD_SOCKET=str(short_tmp / "down.sock"))
-    result = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], env=env, timeout=30)
-    assert result.returncode == 0
+    result = subprocess.run(
+        [sys.executable, "-c", EXIT_REPORT + EXIT_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["timeout"] == 1.0  # the promise, from the default
+    assert report["flushed"] is False and report["buffered"] == 1000  # gave up; said so
+    assert report["seconds"] >= 1.0  # it did wait for its whole timeout first
+    assert report["thread_ended"]  # nothing else left to wait for
 
 
 def test_import_is_cheap() -> None:
-    code = (
-        "import sys, servertracker; servertracker.record_server('192.0.2.1', 'a@b.example');"
-        "heavy = ('anyio', 'typer', 'trackerd', 'idna', 'click', 'rich');"
-        "bad = [m for m in heavy if m in sys.modules];"
-        "print(bad); sys.exit(1 if bad else 0)"
+    """Workers load the standard library and msgpack only: no numpy, no anyio, ..."""
+    code = textwrap.dedent(
+        """
+        import sys
+        before = set(sys.modules)
+        import servertracker
+        servertracker.record_server('192.0.2.1', 'a@b.example')
+        heavy = ('numpy', 'anyio', 'typer', 'trackerd', 'idna', 'click', 'rich')
+        bad = [m for m in heavy if m in sys.modules]
+        # msgpack's C extension is built with Cython, which registers these two.
+        allowed = set(sys.stdlib_module_names) | {'msgpack', 'servertracker', 'cython_runtime'}
+        new = [m for m in set(sys.modules) - before if not m.startswith('_cython_')]
+        bad += [m for m in new if m.split('.')[0] not in allowed]
+        print(sorted(bad)); sys.exit(1 if bad else 0)
+        """
     )
     env = dict(os.environ, TRACKERD_SOCKET="/nonexistent/x.sock")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,242 +1,201 @@
 """trackerctl: the admin's command line for trackerd (typer).
 
-Commands: status, ping, watch, record. Every command takes --socket,
---runtime-dir (resolved exactly as the daemon resolves them) and --json.
+Commands: status, ping, record, watch; the common options (--socket,
+--runtime-dir, --timeout, --json) go before or after the command. Commands
+that live in their own modules (servertracker/cli_*.py, built on cli_common)
+are registered at the end of this file, one line each. main() turns every
+error into one line and an exit code from cli_common's table: no tracebacks.
 Starting must stay fast: this module imports neither anyio nor trackerd.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
-import time
-from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from collections.abc import Sequence
+from typing import Annotated
 
 import typer
 
-from servertracker import _format
-from servertracker.connection import DEFAULT_TIMEOUT, DaemonConnection
-from servertracker.errors import DaemonUnavailable, ProtocolError, TrackerError
-from servertracker.paths import (
-    RUNTIME_DIR_HELP,
-    SOCKET_HELP,
-    resolve_runtime_dir,
-    resolve_socket_path,
+from servertracker import _format, cli_watch
+from servertracker.cli_common import (
+    EXIT_CODES_HELP,
+    EXIT_FILE_ONLY,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    JsonOption,
+    OutputError,
+    RuntimeDirOption,
+    SocketOption,
+    TimeoutOption,
+    echo,
+    fail,
+    print_json,
+    target,
 )
-from servertracker.status_source import NoStatusAvailable, error_json, fetch_status
+from servertracker.cli_record import record
+from servertracker.connection import DaemonConnection
+from servertracker.errors import DaemonUnavailable, ProtocolError
+from servertracker.status_source import NoStatusAvailable, fetch_status
 
-# Exit codes: the one place they are defined (README and --help list them).
-EXIT_OK = 0
-EXIT_USAGE = 2  # typer's own, for a mistyped command line
-EXIT_FILE_ONLY = 3  # status: the daemon did not answer; the counts come from the file
-EXIT_UNAVAILABLE = 4  # nothing could answer: no daemon (and, for status, no readable file)
-
-EXIT_CODES_HELP = (
-    f"Exit codes: {EXIT_OK} answered by the daemon; {EXIT_USAGE} usage error; "
-    f"{EXIT_FILE_ONLY} status only from the status file (daemon not reachable); "
-    f"{EXIT_UNAVAILABLE} neither the daemon nor the status file could answer."
-)
+__all__ = [
+    "EXIT_FILE_ONLY",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_OUTPUT",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "app",
+    "main",
+]
 
 app = typer.Typer(
-    help="Ask trackerd how many distinct mail servers have talked to this SMTP endpoint.",
+    name="trackerctl",
     epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-SocketOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--socket",
-        help=f"trackerd's socket: {SOCKET_HELP}.",
-        show_default=False,
-    ),
-]
-RuntimeDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--runtime-dir",
-        help=f"trackerd's runtime directory, where server_tracker.json is: {RUNTIME_DIR_HELP}.",
-        show_default=False,
-    ),
-]
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print one JSON object (errors: one JSON line on stderr).")
-]
-TimeoutOption = Annotated[
-    float,
-    typer.Option("--timeout", min=0.01, max=300, help="Seconds to wait for the daemon's answer."),
-]
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version  # only here: it costs milliseconds
+
+        echo(f"trackerctl {version('servertracker')}")
+        raise typer.Exit(EXIT_OK)
 
 
-def _paths(socket: Path | None, runtime_dir: Path | None) -> tuple[Path, Path]:
-    directory = resolve_runtime_dir(runtime_dir)
-    return resolve_socket_path(socket, directory), directory
+@app.callback()
+def common_options(
+    ctx: typer.Context,
+    socket: SocketOption = None,
+    runtime_dir: RuntimeDirOption = None,
+    as_json: JsonOption = False,
+    timeout: TimeoutOption = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            is_eager=True,
+            callback=_show_version,
+            help="Print trackerctl's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Ask trackerd how many distinct mail servers have talked to this SMTP endpoint.
 
-
-def _print_json(data: dict[str, Any]) -> None:
-    typer.echo(json.dumps(data, sort_keys=True))
-
-
-def _fail(error: TrackerError, as_json: bool, code: int = EXIT_UNAVAILABLE) -> NoReturn:
-    """One line on stderr, then exit."""
-    if isinstance(error, NoStatusAvailable):
-        details = {
-            "daemon": error_json(error.daemon_error),
-            "status_file": error_json(error.file_error),
-        }
-        text = f"error: no status: trackerd: {error.daemon_error}; and {error.file_error}"
-        payload: dict[str, Any] = {"error": "no status available", **details}
-    else:
-        payload = {"error": str(error), **error_json(error)}
-        text = f"error: {error}"
-    typer.echo(json.dumps(payload, sort_keys=True) if as_json else text, err=True)
-    raise typer.Exit(code)
+    The options below may also follow the command: trackerctl --json status and
+    trackerctl status --json are the same.
+    """
+    ctx.obj = {"socket": socket, "runtime_dir": runtime_dir, "as_json": as_json, "timeout": timeout}
 
 
 @app.command()
 def status(
+    ctx: typer.Context,
     socket: SocketOption = None,
     runtime_dir: RuntimeDirOption = None,
     as_json: JsonOption = False,
-    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+    timeout: TimeoutOption = None,
 ) -> None:
     """Show the counts: from the daemon, or else from its status file (and say so)."""
-    socket_path, directory = _paths(socket, runtime_dir)
+    where = target(ctx, socket, runtime_dir, as_json, timeout)
     try:
-        report = fetch_status(socket_path, directory, timeout)
+        report = fetch_status(where.socket_path, where.status_dir, where.timeout)
     except NoStatusAvailable as exc:
-        _fail(exc, as_json)
-    if as_json:
-        _print_json(report.to_json())
+        fail(exc, where.as_json)
+    if where.as_json:
+        print_json(report.to_json())
     else:
-        typer.echo(_format.render_status(report))
+        echo(_format.render_status(report))
     if report.source == "file":
         raise typer.Exit(EXIT_FILE_ONLY)
 
 
 @app.command()
 def ping(
+    ctx: typer.Context,
     socket: SocketOption = None,
     runtime_dir: RuntimeDirOption = None,
     as_json: JsonOption = False,
-    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+    timeout: TimeoutOption = None,
 ) -> None:
     """Health check for monitoring: exit 0 and the round-trip time if trackerd answers."""
-    socket_path, _ = _paths(socket, runtime_dir)
+    where = target(ctx, socket, runtime_dir, as_json, timeout)
     try:
-        with DaemonConnection(socket_path, timeout=timeout) as conn:
+        with DaemonConnection(where.socket_path, timeout=where.timeout) as conn:
             rtt = conn.ping()
     except (DaemonUnavailable, ProtocolError) as exc:
-        _fail(exc, as_json)
-    if as_json:
-        _print_json({"ok": True, "rtt_ms": round(rtt * 1000, 3), "socket": str(socket_path)})
+        fail(exc, where.as_json)
+    if where.as_json:
+        print_json({"ok": True, "rtt_ms": round(rtt * 1000, 3), "socket": str(where.socket_path)})
     else:
-        typer.echo(f"pong from {socket_path} in {rtt * 1000:.2f} ms")
+        echo(f"pong from {where.socket_path} in {rtt * 1000:.2f} ms")
 
 
-@app.command()
-def record(
-    conn_ip: Annotated[
-        str, typer.Argument(help="The SMTP client's IP address.", show_default=False)
-    ],
-    sender: Annotated[
-        str,
-        typer.Argument(
-            help='The MAIL FROM address or its domain ("" or "<>" for the null sender).'
-        ),
-    ],
-    socket: SocketOption = None,
-    runtime_dir: RuntimeDirOption = None,
-    as_json: JsonOption = False,
-    timeout: TimeoutOption = DEFAULT_TIMEOUT,
-) -> None:
-    """Record one connection (for shell scripts and MTA hooks). Silent on success."""
-    socket_path, _ = _paths(socket, runtime_dir)
+app.command()(record)
+app.command()(cli_watch.watch)
+# Commands from other modules register here, one line each, e.g.
+#   app.command()(cli_metrics.metrics)        a command
+#   app.add_typer(cli_fleet.app, name="fleet")  a group of commands
+
+
+def _wants_json(args: Sequence[str]) -> bool:
+    """--json among the options (before any "--"): usage errors are then JSON too."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The trackerctl console script: every failure is one line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = typer.main.get_command(app)
     try:
-        with DaemonConnection(socket_path, timeout=timeout) as conn:
-            conn.record([(conn_ip, sender)])
-            conn.ping()  # the reply comes after the record is applied
-    except (DaemonUnavailable, ProtocolError) as exc:
-        _fail(exc, as_json)
-    if as_json:
-        _print_json({"ok": True})
+        result = command.main(args, prog_name="trackerctl", standalone_mode=False)
+        code = result if isinstance(result, int) else EXIT_OK
+    except typer.Abort:
+        code = EXIT_INTERRUPTED
+    except OutputError as exc:
+        code = _output_failed(exc)
+    except OSError as exc:  # a write typer made itself (--help into /dev/full)
+        code = _output_failed(OutputError(exc))
+    except Exception as exc:
+        # click's errors (typer's vendored copy): UsageError, BadParameter, ...
+        if not (hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", 0), int)):
+            raise
+        message: str = exc.format_message()
+        code = exc.exit_code  # type: ignore[attr-defined]
+        if _wants_json(args):
+            reason = "usage" if code == EXIT_USAGE else "error"
+            line = {"error": message, "reason": reason, "message": message}
+            print(json.dumps(line, sort_keys=True), file=sys.stderr)
+        else:
+            exc.show()  # type: ignore[attr-defined]
+    return code
 
 
-@app.command()
-def watch(
-    interval: Annotated[
-        float,
-        typer.Option("--interval", "-n", min=0.1, max=3600, help="Seconds between refreshes."),
-    ] = 2.0,
-    count: Annotated[
-        int,
-        typer.Option("--count", min=0, help="Stop after this many refreshes (0: until Ctrl-C)."),
-    ] = 0,
-    socket: SocketOption = None,
-    runtime_dir: RuntimeDirOption = None,
-    as_json: JsonOption = False,
-    timeout: TimeoutOption = DEFAULT_TIMEOUT,
-) -> None:
-    """A refreshing view of the counts and how fast they grow. Ctrl-C leaves.
-
-    With --json, one JSON object per refresh, one per line.
-    """
-    socket_path, directory = _paths(socket, runtime_dir)
-    clear = sys.stdout.isatty() and not as_json
-    previous: tuple[float, dict[str, int]] | None = None
-    shown = 0
+def _output_failed(error: OutputError) -> int:
+    # Point stdout at /dev/null so that the interpreter's final flush cannot fail again.
     try:
-        while True:
-            try:
-                report = fetch_status(socket_path, directory, timeout)
-            except NoStatusAvailable as exc:
-                report = None
-                problem = str(exc)
-            if report is not None:
-                values = {
-                    f: getattr(report.status, f)
-                    for f in ("unique_conn_ips", "unique_domains", "unique_ip_servers", "records")
-                }
-                now = time.monotonic()
-                rates: dict[str, float] = {}
-                if previous is not None and now > previous[0]:
-                    rates = {f: (values[f] - previous[1][f]) / (now - previous[0]) for f in values}
-                previous = (now, values)
-                if as_json:
-                    data = report.to_json()
-                    data["per_second"] = {f: round(r, 3) for f, r in rates.items()}
-                    _print_json(data)
-                else:
-                    note = (
-                        "(live)"
-                        if report.source == "live"
-                        else f"(from the file: {report.daemon_error})"
-                    )
-                    screen = _format.render_watch(report.status, rates, note)
-                    typer.echo(
-                        ("\x1b[H\x1b[2J" if clear else "") + screen + ("" if clear else "\n")
-                    )
-            elif as_json:
-                typer.echo(json.dumps({"error": problem}), err=True)
-            else:
-                typer.echo(f"no status: {problem}", err=True)
-            shown += 1
-            if count and shown >= count:
-                return
-            time.sleep(interval)
-    except KeyboardInterrupt:
-        if not as_json:
-            typer.echo("")
-
-
-def main() -> None:
-    """The trackerctl console script."""
-    sys.exit(app())
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        if not error.quiet:
+            print(f"trackerctl: cannot write the output: {error}", file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+    return EXIT_OUTPUT
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

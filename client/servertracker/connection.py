@@ -29,8 +29,18 @@ _REASONS = {
 }
 
 
+class _BacklogFull(TimeoutError):
+    """connect() kept failing with EAGAIN until the deadline."""
+
+
 def _unavailable(exc: OSError, socket_path: object) -> DaemonUnavailable:
     if isinstance(exc, TimeoutError):
+        if isinstance(exc, _BacklogFull):
+            return DaemonUnavailable(
+                "timeout",
+                f"trackerd at {socket_path} did not accept in time (its listen backlog is "
+                "full: the daemon is overloaded or stopped)",
+            )
         return DaemonUnavailable("timeout", f"trackerd at {socket_path} did not answer in time")
     reason = _REASONS.get(exc.errno or 0, "error")
     text = {
@@ -49,14 +59,32 @@ class DaemonConnection:
     ) -> None:
         self.socket_path = os.fspath(socket_path)
         self._timeout = timeout
-        self._decoder = protocol.MessageDecoder()
+        self._decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:
-            self._sock.connect(self.socket_path)
+            self._connect(time.monotonic() + timeout)
         except OSError as exc:
             self._sock.close()
             raise _unavailable(exc, self.socket_path) from None
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def _connect(self, deadline: float) -> None:
+        # A full listen backlog (a busy or stopped daemon) fails a Unix socket's connect
+        # at once with EAGAIN instead of waiting: try again until the deadline.
+        delay = 0.001
+        while True:
+            try:
+                self._sock.connect(self.socket_path)
+                return
+            except BlockingIOError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _BacklogFull(errno.ETIMEDOUT, "listen backlog full") from None
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.05)
 
     def __enter__(self) -> DaemonConnection:
         return self

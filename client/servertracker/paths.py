@@ -1,14 +1,21 @@
 """Where trackerd's runtime directory and socket are: the one place that decides it.
 
 The daemon, the client library and trackerctl all call these functions, so
-they agree on the defaults without anyone configuring anything.
+they agree on the defaults without anyone configuring anything. The
+``--runtime-dir`` and ``--socket`` options are defined here too (name,
+environment variable, help), for trackerd's argparse and trackerctl's typer alike.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # argparse is only needed by trackerd, not by a worker's import
+    import argparse
 
 SOCKET_NAME = "trackerd.sock"
 #: Where a system install keeps its runtime directory (systemd's RuntimeDirectory=).
@@ -19,9 +26,49 @@ SOCKET_ENV = "TRACKERD_SOCKET"
 #: The resolution order below, for --help texts.
 RUNTIME_DIR_HELP = (
     f"--runtime-dir, else ${RUNTIME_DIR_ENV}, else $RUNTIME_DIRECTORY (systemd), else "
-    f"{SYSTEM_RUNTIME_DIR} if it exists, else $XDG_RUNTIME_DIR/trackerd, else /tmp/trackerd-<uid>"
+    f"{SYSTEM_RUNTIME_DIR} for root or if it exists, else $XDG_RUNTIME_DIR/trackerd, "
+    "else /tmp/trackerd-<uid>"
 )
 SOCKET_HELP = f"--socket, else ${SOCKET_ENV}, else <runtime dir>/{SOCKET_NAME}"
+
+
+@dataclass(frozen=True)
+class PathOption:
+    """One command-line option naming a path, as both trackerd and trackerctl offer it."""
+
+    flag: str
+    env: str
+    metavar: str
+    #: What the path is, for the first half of the help text.
+    what: str
+    #: Where it comes from when the option is not given.
+    resolution: str
+
+    @property
+    def help(self) -> str:
+        return f"{self.what}: {self.resolution}"
+
+    @property
+    def dest(self) -> str:
+        """The attribute argparse stores it under (``--runtime-dir`` -> ``runtime_dir``)."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+RUNTIME_DIR_OPTION = PathOption(
+    "--runtime-dir",
+    RUNTIME_DIR_ENV,
+    "DIR",
+    "trackerd's runtime directory, where server_tracker.json is",
+    RUNTIME_DIR_HELP,
+)
+SOCKET_OPTION = PathOption("--socket", SOCKET_ENV, "PATH", "trackerd's socket", SOCKET_HELP)
+PATH_OPTIONS = (RUNTIME_DIR_OPTION, SOCKET_OPTION)
+
+
+@dataclass(frozen=True)
+class RuntimePaths:
+    runtime_dir: Path
+    socket: Path
 
 
 def default_private_dir(uid: int | None = None) -> Path:
@@ -32,23 +79,26 @@ def default_private_dir(uid: int | None = None) -> Path:
 def resolve_runtime_dir(
     explicit: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
+    *,
+    euid: int | None = None,
 ) -> Path:
     """The runtime directory, by precedence.
 
     ``--runtime-dir``, then $TRACKERD_RUNTIME_DIR, then $RUNTIME_DIRECTORY
     (set by systemd's RuntimeDirectory=; the first entry if it lists several),
-    then /run/trackerd if it exists (a system install, so that admins and
-    workers find it with no configuration), then $XDG_RUNTIME_DIR/trackerd,
-    then /tmp/trackerd-<uid>.
+    then /run/trackerd for root or if it exists (a system install, so that
+    admins and workers find it with no configuration; root's daemon is one),
+    then $XDG_RUNTIME_DIR/trackerd, then /tmp/trackerd-<uid>.
     """
     env = os.environ if environ is None else environ
+    is_root = (os.geteuid() if euid is None else euid) == 0
     if explicit:
         return Path(explicit)
     if env.get(RUNTIME_DIR_ENV):
         return Path(env[RUNTIME_DIR_ENV])
     if env.get("RUNTIME_DIRECTORY"):
         return Path(env["RUNTIME_DIRECTORY"].split(":")[0])
-    if SYSTEM_RUNTIME_DIR.is_dir():
+    if is_root or SYSTEM_RUNTIME_DIR.is_dir():
         return SYSTEM_RUNTIME_DIR
     if env.get("XDG_RUNTIME_DIR"):
         return Path(env["XDG_RUNTIME_DIR"]) / "trackerd"
@@ -70,3 +120,28 @@ def resolve_socket_path(
     if env.get(SOCKET_ENV):
         return Path(env[SOCKET_ENV])
     return resolve_runtime_dir(runtime_dir, env) / SOCKET_NAME
+
+
+def resolve_paths(
+    socket: str | os.PathLike[str] | None = None,
+    runtime_dir: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> RuntimePaths:
+    """Both paths from the two options' values (None when not given)."""
+    directory = resolve_runtime_dir(runtime_dir, environ)
+    return RuntimePaths(directory, resolve_socket_path(socket, directory, environ))
+
+
+def add_path_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --runtime-dir and --socket to an argparse parser (trackerd's)."""
+    for option in PATH_OPTIONS:
+        parser.add_argument(option.flag, metavar=option.metavar, help=option.help)
+
+
+def paths_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> RuntimePaths:
+    """The paths from what add_path_arguments() parsed."""
+    return resolve_paths(
+        getattr(args, SOCKET_OPTION.dest), getattr(args, RUNTIME_DIR_OPTION.dest), environ
+    )

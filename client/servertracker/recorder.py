@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import itertools
 import logging
 import os
 import socket
@@ -22,12 +23,14 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from servertracker import protocol
-from servertracker.errors import LocalProtocolError
+from servertracker.errors import LocalProtocolError, ProtocolError
 from servertracker.paths import resolve_socket_path
+from servertracker.reachability import UnreachableWarning
 
 log = logging.getLogger("servertracker")
 
@@ -76,6 +79,15 @@ def _clean(value: Any) -> str | None:
     return text
 
 
+def _pair(pair: Sequence[Any]) -> tuple[str | None, str | None]:
+    conn_ip, sender = pair  # ValueError unless two values
+    if type(conn_ip) is not str and conn_ip is not None:
+        conn_ip = _clean(conn_ip)
+    if type(sender) is not str and sender is not None:
+        sender = _clean(sender)
+    return (conn_ip, sender)
+
+
 class Client:
     """A recorder bound to one trackerd socket. Thread-safe and fork-safe."""
 
@@ -109,11 +121,14 @@ class Client:
         self._sock: socket.socket | None = None
         self._out = b""  # encoded frames taken from the queue, not yet fully written
         self._out_count = 0  # records in _out
+        self._columns = False  # the daemon on this connection takes "columns" messages
+        self._room = threading.Event()  # set by the flusher when it takes from the queue
         self._recorded = 0
         self._sent = 0
         self._dropped = 0
         self._connects = 0
         self._last_drop_warning = -_DROP_WARNING_INTERVAL
+        self._unreachable = UnreachableWarning()
 
     # --- the hot path: runs in the SMTP worker's own thread ---------------------
 
@@ -138,6 +153,56 @@ class Client:
                 self._start()
         except Exception:  # recording must never break an SMTP session
             pass
+
+    def record_many(self, pairs: Iterable[Sequence[Any]], timeout: float | None = None) -> int:
+        """Queue every (connection IP, sender) pair, waiting for room instead of dropping.
+
+        For bulk callers (say, a script importing yesterday's log): where
+        record_server() would drop a record because the queue is full, this waits
+        until the background thread has sent enough to make room. It blocks, so
+        an SMTP session should not call it. Returns how many pairs were queued:
+        all of them, unless ``timeout`` seconds passed first (say, trackerd is
+        down), in which case the rest were neither queued nor counted as dropped.
+        Values are taken as record_server() takes them; a pair that is not two
+        values raises ValueError.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        queue = self._queue
+        queued = 0
+        items = iter(pairs)
+        while True:
+            room = self._max_buffered - len(queue)
+            if room <= 0:
+                if not self._wait_for_room(deadline):
+                    return queued
+                continue
+            chunk = [_pair(pair) for pair in itertools.islice(items, min(room, 65536))]
+            if not chunk:
+                return queued
+            queue.extend(chunk)
+            queued += len(chunk)
+            self._recorded += len(chunk)
+            if self._thread is None:
+                self._start()
+            if self._sleeping:
+                self._sleeping = False
+                self._wake.set()
+
+    def _wait_for_room(self, deadline: float | None) -> bool:
+        """Wait until the flusher takes from the queue; False once the deadline passed."""
+        # Clear, then look again: a batch taken in between sets the event anew.
+        self._room.clear()
+        if len(self._queue) < self._max_buffered:
+            return True
+        if self._thread is None:
+            self._start()
+        self._sleeping = False
+        self._wake.set()
+        wait = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+        if wait <= 0:
+            return False
+        self._room.wait(wait)
+        return True
 
     def _drop(self) -> None:
         self._dropped += 1
@@ -220,15 +285,21 @@ class Client:
                 self._connect()
             if not self._out:
                 batch = self._take_batch()
+                self._room.set()
                 self._out_count = len(batch)
                 try:
-                    frames = protocol.encode_records_split(batch, self._batch_size)
+                    frames = self._encode(batch)
                 except LocalProtocolError:
                     # A lone surrogate, or a value too long for any frame: mend them.
-                    batch = [(_clean(a), _clean(b)) for a, b in batch]
-                    frames = protocol.encode_records_split(batch, self._batch_size)
+                    frames = self._encode([(_clean(a), _clean(b)) for a, b in batch])
                 self._out = b"".join(frames)
             self._write_out()
+
+    def _encode(self, batch: list[tuple[str | None, str | None]]) -> list[bytes]:
+        if not self._columns:
+            return protocol.encode_records_split(batch, self._batch_size)
+        conn_ips, senders = zip(*batch, strict=True)
+        return protocol.encode_columns_split(conn_ips, senders, self._batch_size)
 
     def _write_out(self) -> None:
         # If this raises, _out is kept and sent whole on the next connection: the
@@ -246,18 +317,37 @@ class Client:
         self._out = b""
         self._out_count = 0
 
-    def _connect(self) -> None:
+    def _open(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(_SEND_TIMEOUT)
         try:
             sock.connect(self.socket_path)
-        except OSError:
+        except OSError as exc:
+            sock.close()
+            warning = self._unreachable.failed(exc, self.socket_path, time.monotonic())
+            if warning is not None:
+                log.warning("%s", warning)
+            raise
+        return sock
+
+    def _connect(self) -> None:
+        sock = self._open()
+        try:
+            self._columns = _takes_columns(sock)
+        except _OlderDaemon:
+            # It closes a connection after an unknown message: open another, and
+            # send it the pairs that every version-1 daemon takes.
+            sock.close()
+            sock = self._open()
+            self._columns = False
+        except BaseException:
             sock.close()
             raise
         self._sock = sock
         self._connects += 1
-        if self._connects > 1:
-            log.info("servertracker: reconnected to trackerd at %s", self.socket_path)
+        if self._unreachable.succeeded() or self._connects > 1:
+            again = "reconnected" if self._connects > 1 else "connected"
+            log.info("servertracker: %s to trackerd at %s", again, self.socket_path)
 
     def _disconnect(self) -> None:
         if self._sock is not None:
@@ -309,6 +399,35 @@ class Client:
             reconnects=max(0, self._connects - 1),
             connected=self._sock is not None,
         )
+
+
+class _OlderDaemon(Exception):
+    """The daemon does not know the features request (an older trackerd)."""
+
+
+def _takes_columns(sock: socket.socket) -> bool:
+    """Ask the daemon on a new connection whether it takes "columns" messages.
+
+    One round trip per connection; raises OSError when the daemon does not answer
+    within the socket's timeout, _OlderDaemon when it does not know the question.
+    """
+    sock.sendall(protocol.encode(protocol.FeaturesRequest()))
+    decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
+    while True:
+        try:
+            reply = decoder.next_message()
+        except ProtocolError as exc:
+            raise OSError(f"trackerd answered garbage ({exc.code})") from None
+        if reply is protocol.NEED_DATA:
+            decoder.receive_data(sock.recv(65536))
+            continue
+        if isinstance(reply, protocol.Features):
+            return protocol.FEATURE_COLUMNS in reply.names
+        if isinstance(reply, protocol.Error) and reply.code == protocol.ERR_UNKNOWN_TYPE:
+            raise _OlderDaemon
+        if isinstance(reply, protocol.Error):
+            raise OSError(f"trackerd refused the connection ({reply.code})")
+        raise OSError("trackerd closed the connection or answered out of turn")
 
 
 def _reset_clients_in_child() -> None:

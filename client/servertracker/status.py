@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Final
@@ -99,7 +100,11 @@ def read_status_file(runtime_dir: str | os.PathLike[str]) -> Status:
     """
     path = status_file_path(runtime_dir)
     try:
-        with open(path, "rb") as file:
+        # O_NONBLOCK: opening a FIFO put there must not wait for a writer forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StatusFileError(path, "not a regular file; not a status file")
             raw = file.read(MAX_STATUS_FILE_SIZE + 1)
     except FileNotFoundError:
         raise StatusFileError(

@@ -25,7 +25,8 @@ class StatusReport:
     status: Status
     source: Literal["live", "file"]
     socket_path: Path
-    status_file: Path
+    #: None when no status file belongs to this socket (given on its own).
+    status_file: Path | None
     #: Seconds since the status file was written (file source only).
     file_age: float | None = None
     #: Why the daemon did not answer (file source only).
@@ -45,7 +46,7 @@ class StatusReport:
         data["file_age_seconds"] = None if self.file_age is None else round(self.file_age, 3)
         data["daemon_error"] = None if self.daemon_error is None else error_json(self.daemon_error)
         data["socket"] = str(self.socket_path)
-        data["status_file"] = str(self.status_file)
+        data["status_file"] = None if self.status_file is None else str(self.status_file)
         return data
 
 
@@ -69,15 +70,27 @@ def error_json(error: TrackerError) -> dict[str, str]:
     return {"reason": "error", "message": str(error)}
 
 
-def fetch_status(socket_path: Path, runtime_dir: Path, timeout: float) -> StatusReport:
-    """The live status, else the status file's; raises NoStatusAvailable."""
-    file_path = status_file_path(runtime_dir)
+#: Why no status file is read for a socket given on its own.
+OTHER_DAEMONS_FILE = (
+    "not read: the socket was given without its runtime directory, whose status file "
+    "could be another daemon's (give --runtime-dir too)"
+)
+
+
+def fetch_status(socket_path: Path, runtime_dir: Path | None, timeout: float) -> StatusReport:
+    """The live status, else the status file's; raises NoStatusAvailable.
+
+    ``runtime_dir`` None: no file to fall back on (it would be another daemon's).
+    """
+    file_path = status_file_path(runtime_dir) if runtime_dir is not None else None
     try:
         with DaemonConnection(socket_path, timeout=timeout) as conn:
             status = conn.status()
         return StatusReport(status, "live", socket_path, file_path, now=time.time())
     except (DaemonUnavailable, ProtocolError) as exc:
         daemon_error = exc
+    if runtime_dir is None or file_path is None:
+        raise NoStatusAvailable(daemon_error, StatusFileError("status file", OTHER_DAEMONS_FILE))
     try:
         status = read_status_file(runtime_dir)
         modified = os.stat(file_path).st_mtime

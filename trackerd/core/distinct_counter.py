@@ -4,7 +4,10 @@ Anyone can send MAIL FROM with a new domain each time, so an exact set could be
 grown without bound. Past ``max_exact`` entries the category switches, once and
 for good, to a HyperLogLog sketch fed from the same keyed digests (64 KiB).
 Digests are buffered and added in batches, because the table's cost is per batch.
-Pure, no I/O.
+A count never goes down within one boot: an estimate below the exact count
+reached at the switch, or below a count already reported, reports that instead
+(an estimate may fall a few below the truth; readers take a since-boot count
+that drops for a bug). Pure, no I/O.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class DistinctCounter:
         self.pending: list[bytes] = []
         self._table: DigestTable | None = DigestTable()
         self._sketch: HyperLogLog | None = None
+        #: The highest count reported, or reached exactly: no count is ever below it.
+        self._floor = 0
 
     @property
     def estimated(self) -> bool:
@@ -68,6 +73,7 @@ class DistinctCounter:
         assert self._table is not None
         sketch = HyperLogLog()
         sketch.add_many(self._table.values())
+        self._floor = max(self._floor, len(self._table))
         self._table = None  # frees the table's memory
         self._sketch = sketch
         log.warning(
@@ -80,6 +86,9 @@ class DistinctCounter:
     def count(self) -> int:
         self.flush()
         if self._table is not None:
-            return len(self._table)
-        assert self._sketch is not None
-        return round(self._sketch.estimate())
+            count = len(self._table)
+        else:
+            assert self._sketch is not None
+            count = round(self._sketch.estimate())
+        self._floor = max(self._floor, count)
+        return self._floor

@@ -14,9 +14,8 @@ import socket
 from collections.abc import Iterator, Sequence
 from typing import Any, Final, cast
 
-import idna
-
 from servertracker.protocol import MAX_VALUE_LENGTH
+from trackerd.core import idna_linear
 
 
 class Category(enum.IntEnum):
@@ -38,11 +37,24 @@ IGNORED: Final = Outcome.IGNORED
 REJECTED: Final = Outcome.REJECTED
 
 
-# A hostname label: letters, digits, hyphens inside; underscore tolerated because
-# real MAIL FROM domains carry it. Applied after lowercasing and IDNA encoding.
+# A host label: letters, digits, hyphens inside. The same rule for every label that
+# is not an IDNA one, whether the rest of the name is ASCII or not (issue 12 §10):
+# underscores ("mail_relay") and "--" in positions 3-4 ("r3--sn-abc") occur in
+# real MAIL FROM domains, and an MX operator counts them as names. A-labels
+# ("xn--", checked by idna_linear) match it too, so it checks every name last.
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _DOMAIN_RE: Final = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")
 _MAX_DOMAIN_LENGTH: Final = 253
+#: Longer text is rejected before anything else: a name and one trailing dot.
+#: (UTS #46 would drop "ignored" code points such as soft hyphens from longer
+#: text; no real name needs them, and every later step stays bounded.)
+MAX_DOMAIN_TEXT: Final = _MAX_DOMAIN_LENGTH + 1
+#: A label holding other than ASCII needs "xn--" and at least one octet per code point.
+_MAX_U_LABEL: Final = idna_linear.MAX_PUNYCODE_LENGTH
+#: ... and two more: its smallest code point beyond ASCII is at least U+00B7 (none
+#: below is PVALID or CONTEXTO), so its first Punycode delta is at least 55, three
+#: digits. This bounds how many labels can reach the per-label work.
+_U_LABEL_EXTRA: Final = 6
 
 
 _V4_MAPPED_PREFIX: Final = bytes(10) + b"\xff\xff"
@@ -79,23 +91,63 @@ def canonical_domain(text: str) -> bytes | None:
     """The canonical ASCII form of a domain name, or None if it is not one.
 
     Case-insensitive, one trailing dot ignored, Unicode and punycode forms of one
-    name give the same result (``Bücher.de`` and ``xn--bcher-kva.de``).
+    name give the same result (``Bücher.de`` and ``xn--bcher-kva.de``). IDNA
+    labels (any with other than ASCII, and "xn--" ones) follow IDNA 2008 after
+    UTS #46 mapping; every other label is a host label (_LABEL), in any name.
+    The work is linear in the text and bounded by MAX_DOMAIN_TEXT: every length
+    that can be checked before a costly step is checked first.
     """
-    if text.endswith("."):
-        text = text[:-1]
-    if text.isascii() and "xn--" not in text.lower():
+    if len(text) > MAX_DOMAIN_TEXT:
+        return None
+    if text.isascii():
         name = text.lower()
+        if name.endswith("."):
+            name = name[:-1]
+        if "xn--" in name:
+            labels = name.split(".")
+            for label in labels:
+                if label.startswith("xn--") and (
+                    len(label) > 63 or not idna_linear.check_a_label(label)
+                ):
+                    return None
     else:
-        # IDNA (UTS #46 mapping, IDNA 2008 rules) is subtle; the idna package does it right.
-        try:
-            name = idna.encode(text, uts46=True).decode("ascii").lower()
-        except (idna.IDNAError, UnicodeError, ValueError):
-            return None
+        name = _idna_name(text) or ""
     if len(name) > _MAX_DOMAIN_LENGTH or not _DOMAIN_RE.fullmatch(name):
         return None
     if name.rpartition(".")[2].isdigit():
         return None  # an all-numeric top label: a mangled IP address, not a domain
     return name.encode("ascii")
+
+
+def _idna_name(text: str) -> str | None:
+    """A name with other than ASCII in it, its IDNA labels turned into A-labels."""
+    # UTS #46 (no STD3 rules: the host-label rule decides on ASCII labels) maps the
+    # other full stops, U+3002, U+FF0E and U+FF61, to ".".
+    mapped = idna_linear.uts46_map(text)
+    if mapped is None:
+        return None
+    if mapped.endswith("."):
+        mapped = mapped[:-1]
+    labels = mapped.split(".")
+    # Lengths first: a U-label's A-label is at least _U_LABEL_EXTRA octets longer
+    # than the label, so these bound every later step.
+    widths = list(map(len, labels))
+    if max(widths) > 63 or sum(widths) + len(labels) - 1 > _MAX_DOMAIN_LENGTH:
+        return None
+    unicode_labels = [index for index, label in enumerate(labels) if not label.isascii()]
+    if len(mapped) + _U_LABEL_EXTRA * len(unicode_labels) > _MAX_DOMAIN_LENGTH:
+        return None
+    if any(widths[index] > _MAX_U_LABEL for index in unicode_labels):
+        return None
+    for index, label in enumerate(labels):
+        if not label.isascii():
+            a_label = idna_linear.to_a_label(label)
+            if a_label is None:
+                return None
+            labels[index] = a_label
+        elif label.startswith("xn--") and not idna_linear.check_a_label(label):
+            return None  # an A-label as sent, or one that mapping made ASCII
+    return ".".join(labels)
 
 
 def _looks_like_ip(text: str) -> bool:

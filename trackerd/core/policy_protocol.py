@@ -2,14 +2,21 @@
 
 A request is ``name=value`` lines ending with an empty line; the answer is
 ``action=...`` and an empty line, and the connection stays open for the next
-request (Postfix's SMTPD_POLICY_README). Attribute order is free; unknown
-attributes are ignored. Lines and requests are bounded; anything malformed is
-a PolicyProtocolError, after which the connection must be closed without a reply.
+request (Postfix's SMTPD_POLICY_README). Attribute order is free. Only the
+attributes trackerd uses are kept; every other one (recipient, SASL, TLS, ...)
+is checked for form and dropped as it is parsed, never decoded or stored. Lines
+and requests are bounded; anything malformed is a PolicyProtocolError, after
+which the connection must be closed without a reply. Pure, no I/O.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
+
+from trackerd.errors import PolicyProtocolError
+
+__all__ = ["DUNNO_RESPONSE", "NEED_DATA", "PolicyDecoder", "PolicyProtocolError"]
 
 #: Longest request line, and most lines and bytes in one request. Postfix's own
 #: requests are a few dozen short lines.
@@ -17,12 +24,15 @@ MAX_LINE: Final = 4096
 MAX_ATTRIBUTES: Final = 256
 MAX_REQUEST: Final = 64 * 1024
 
+#: The attributes trackerd reads (docs/postfix.md): what it records, and the id of
+#: the message, so that a message with several recipients is recorded once.
+CLIENT_ADDRESS: Final = "client_address"
+SENDER: Final = "sender"
+INSTANCE: Final = "instance"
+USED_ATTRIBUTES: Final = frozenset({CLIENT_ADDRESS, SENDER, INSTANCE})
+
 #: What trackerd always answers: no opinion, so Postfix goes on with its rules.
 DUNNO_RESPONSE: Final = b"action=DUNNO\n\n"
-
-
-class PolicyProtocolError(Exception):
-    """The peer sent something that is not a policy request. The text holds no input."""
 
 
 class _NeedData:
@@ -34,20 +44,28 @@ NEED_DATA: Final = _NeedData()
 
 
 class PolicyDecoder:
-    """Incremental parser for one connection's requests."""
+    """Incremental parser for one connection's requests; keeps only the ``keep`` attributes."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: Iterable[str] = USED_ATTRIBUTES) -> None:
+        self._keep = frozenset(name.encode("ascii") for name in keep)
         self._buffer = bytearray()
         self._attributes: dict[str, str] = {}
         self._request_bytes = 0
         self._lines = 0
         self._eof = False
+        #: Requests returned so far; with in_progress, tells when a new one began.
+        self.requests = 0
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes; b"" means the peer closed the connection."""
         if not data:
             self._eof = True
         self._buffer += data
+
+    @property
+    def in_progress(self) -> bool:
+        """True while part of a request has arrived and its end has not."""
+        return bool(self._buffer) or self._lines > 0
 
     @property
     def closed_cleanly(self) -> bool:
@@ -67,6 +85,9 @@ class PolicyDecoder:
             if end > MAX_LINE:
                 raise PolicyProtocolError("request line too long")
             line = bytes(self._buffer[:end])
+            # Overwritten before it is cut off: deleting from the front only moves
+            # the start, and the bytes would stay in the buffer's memory.
+            self._buffer[: end + 1] = bytes(end + 1)
             del self._buffer[: end + 1]
             self._request_bytes += end + 1
             if line.endswith(b"\r"):
@@ -76,6 +97,7 @@ class PolicyDecoder:
                     raise PolicyProtocolError("empty request")
                 request, self._attributes = self._attributes, {}
                 self._lines = self._request_bytes = 0
+                self.requests += 1
                 return request
             self._lines += 1
             if self._lines > MAX_ATTRIBUTES or self._request_bytes > MAX_REQUEST:
@@ -83,6 +105,7 @@ class PolicyDecoder:
             name, equals, value = line.partition(b"=")
             if not equals or not name:
                 raise PolicyProtocolError("request line without name=value")
-            # Values may carry SMTPUTF8 addresses; undecodable bytes become U+FFFD,
-            # which no valid address contains, so such a sender counts as rejected.
-            self._attributes[name.decode("ascii", "replace")] = value.decode("utf-8", "replace")
+            if name in self._keep:
+                # Values may carry SMTPUTF8 addresses; undecodable bytes become U+FFFD,
+                # which no valid address contains, so such a sender counts as rejected.
+                self._attributes[name.decode("ascii")] = value.decode("utf-8", "replace")

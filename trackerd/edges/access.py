@@ -9,15 +9,25 @@ a peer by its primary group or any supplementary one (SO_PEERGROUPS), since
 
 from __future__ import annotations
 
+import argparse
 import errno
-import grp
 import os
 import platform
-import pwd
 import socket
 import struct
 import time
 from dataclasses import dataclass, field
+
+from servertracker import protocol
+from trackerd.option_types import Arguments, group_id, int_between, seconds_between, user_id
+
+#: The --help group the options below go in, and what it says.
+ARGUMENT_GROUP = (
+    "access and limits",
+    "The socket's mode (0660) is the first gate; allow-lists are checked on every "
+    "connection with SO_PEERCRED and SO_PEERGROUPS (the peer's uid, its primary gid "
+    "and its supplementary groups). The daemon's own user is always let in.",
+)
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 #: Linux 4.13+; Python 3.11 does not name it. 59 is the value on every
@@ -64,13 +74,37 @@ def peer_groups(sock: socket.socket) -> frozenset[int]:
 
 
 @dataclass(frozen=True)
-class AccessPolicy:
-    """Allow-lists; None means "not restricted beyond the socket's mode"."""
+class AllowLists:
+    """Who may connect, beyond the socket's mode; None means "not restricted"."""
 
     uids: frozenset[int] | None = None
     gids: frozenset[int] | None = None
     #: The daemon's own user is always let in (its admin tools run as it).
     own_uid: int = field(default_factory=os.getuid)
+
+    @classmethod
+    def add_arguments(cls, arguments: Arguments) -> None:
+        arguments.add_argument(
+            "--allow-uid",
+            action="append",
+            type=user_id,
+            metavar="USER",
+            help="a user (name or number) that may connect; repeat for more",
+        )
+        arguments.add_argument(
+            "--allow-gid",
+            action="append",
+            type=group_id,
+            metavar="GROUP",
+            help="a group (name or number) whose members may connect; repeat for more",
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AllowLists:
+        return cls(
+            frozenset(args.allow_uid) if args.allow_uid else None,
+            frozenset(args.allow_gid) if args.allow_gid else None,
+        )
 
     @property
     def restricted(self) -> bool:
@@ -91,25 +125,6 @@ class AccessPolicy:
         )
 
 
-def parse_uid(text: str) -> int:
-    """A user name or number. ValueError names what is wrong."""
-    if text.isdigit():
-        return int(text)
-    try:
-        return pwd.getpwnam(text).pw_uid
-    except KeyError:
-        raise ValueError(f"no such user: {text}") from None
-
-
-def parse_gid(text: str) -> int:
-    if text.isdigit():
-        return int(text)
-    try:
-        return grp.getgrnam(text).gr_gid
-    except KeyError:
-        raise ValueError(f"no such group: {text}") from None
-
-
 @dataclass(frozen=True)
 class ConnectionLimits:
     #: Connections served at once; more are told "busy" and closed.
@@ -118,8 +133,56 @@ class ConnectionLimits:
     idle_timeout: float = 600.0
     #: A frame must arrive whole within this many seconds of its first byte.
     frame_timeout: float = 30.0
-    #: Bytes of unfinished frames buffered across all connections.
+    #: Bytes of unfinished frames buffered across all connections; past it, the
+    #: connections whose frames began first are closed with "busy".
     max_buffered_total: int = 64 * 1024 * 1024
+
+    @classmethod
+    def add_arguments(cls, arguments: Arguments) -> None:
+        defaults = cls()
+        arguments.add_argument(
+            "--max-connections",
+            type=int_between(1, 1 << 20),
+            default=defaults.max_connections,
+            metavar="N",
+            help="connections served at once (default: %(default)s)",
+        )
+        arguments.add_argument(
+            "--idle-timeout",
+            type=seconds_between(0, 1e9),
+            default=defaults.idle_timeout,
+            metavar="SECONDS",
+            help="close connections silent this long; 0 never (default: %(default)s)",
+        )
+        arguments.add_argument(
+            "--frame-timeout",
+            type=seconds_between(0, 1e9),
+            default=defaults.frame_timeout,
+            metavar="SECONDS",
+            help=(
+                "close connections that take longer to send one message, from its first "
+                "byte to its last (default: %(default)s)"
+            ),
+        )
+        arguments.add_argument(
+            "--max-unfinished-bytes",
+            type=int_between(protocol.MAX_MESSAGE_SIZE + protocol.HEADER_SIZE, 1 << 40),
+            default=defaults.max_buffered_total,
+            metavar="BYTES",
+            help=(
+                "bytes of unfinished messages buffered across all connections; past it, "
+                "those whose messages began first are closed (default: %(default)s)"
+            ),
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ConnectionLimits:
+        return cls(
+            max_connections=args.max_connections,
+            idle_timeout=args.idle_timeout,
+            frame_timeout=args.frame_timeout,
+            max_buffered_total=args.max_unfinished_bytes,
+        )
 
 
 class LogThrottle:

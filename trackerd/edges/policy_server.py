@@ -6,25 +6,36 @@ never delays or changes a mail decision, and never waits on the status file.
 A message with many recipients asks once per RCPT with the same ``instance``;
 it is recorded once. A malformed or over-long request is logged and the
 connection closed without a reply (Postfix then applies its default_action).
+A request must arrive whole within the frame timeout of its first byte, so
+slow peers cannot hold the connection slots that Postfix needs.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import logging
+import os
+from pathlib import Path
 
 from anyio.abc import SocketStream
 
 from trackerd.core.policy_protocol import (
+    CLIENT_ADDRESS,
     DUNNO_RESPONSE,
+    INSTANCE,
     NEED_DATA,
+    SENDER,
     PolicyDecoder,
     PolicyProtocolError,
 )
 from trackerd.core.tracker import Tracker
-from trackerd.edges.access import AccessPolicy, ConnectionLimits, LogThrottle
+from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
+from trackerd.edges.endpoint import ListenerSettings
+from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
-from trackerd.edges.stream_server import StreamServer
+from trackerd.edges.stream_server import FrameClock, StreamServer
+from trackerd.option_types import Arguments
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +44,45 @@ log = logging.getLogger(__name__)
 RECENT_INSTANCES = 16
 
 
+POLICY_SOCKET_OPTION = "--postfix-policy-socket"
+POLICY_SOCKET_ENV = "TRACKERD_POSTFIX_POLICY_SOCKET"
+#: FileDescriptorName= of the policy socket in systemd/trackerd-postfix.socket.
+FD_NAME = "postfix-policy"
+
+
 class PolicyServer(StreamServer):
+    @classmethod
+    def add_arguments(cls, arguments: Arguments) -> None:
+        arguments.add_argument(
+            POLICY_SOCKET_OPTION,
+            metavar="PATH",
+            default=os.environ.get(POLICY_SOCKET_ENV) or None,
+            help=(
+                "also listen here for Postfix policy delegation requests (check_policy_service; "
+                f"see docs/postfix.md). Off by default; also ${POLICY_SOCKET_ENV}"
+            ),
+        )
+        SocketFileSettings.add_arguments(arguments, POLICY_SOCKET_OPTION, "the policy socket")
+
+    @classmethod
+    def listener_from_args(cls, args: argparse.Namespace) -> ListenerSettings:
+        """Its settings; the path is None unless given (a socket systemd passes still counts)."""
+        path = getattr(args, "postfix_policy_socket", None)
+        return ListenerSettings(
+            FD_NAME,
+            Path(path) if path else None,
+            SocketFileSettings.from_args(args, POLICY_SOCKET_OPTION),
+        )
+
     def __init__(
         self,
         tracker: Tracker,
         writer: StatusWriter,
         *,
-        policy: AccessPolicy | None = None,
+        allow: AllowLists | None = None,
         limits: ConnectionLimits | None = None,
     ) -> None:
-        super().__init__(policy=policy, limits=limits)
+        super().__init__(allow=allow, limits=limits)
         self._tracker = tracker
         self._writer = writer
         self._error_log = LogThrottle(1.0)
@@ -52,9 +92,9 @@ class PolicyServer(StreamServer):
     async def serve_connection(self, stream: SocketStream) -> None:
         decoder = PolicyDecoder()
         recent: collections.deque[str] = collections.deque(maxlen=RECENT_INSTANCES)
-        request_started: float | None = None
+        clock = FrameClock()
         while True:
-            data = await self.receive(stream, self.deadline(request_started))
+            data = await self.receive(stream, self.deadline(clock.started))
             if data is None:
                 return
             decoder.receive_data(data)
@@ -70,14 +110,14 @@ class PolicyServer(StreamServer):
                 return
             if not data or decoder.closed_cleanly:
                 return
-            request_started = None  # a request in progress may take one frame timeout
+            clock.update(decoder.in_progress, decoder.requests)
 
     def _record(self, request: dict[str, str], recent: collections.deque[str]) -> None:
         self.requests += 1
-        instance = request.get("instance")
+        instance = request.get(INSTANCE)
         if instance:
             if instance in recent:
                 return  # another recipient of a message already recorded
             recent.append(instance)
-        self._tracker.record_server(request.get("client_address"), request.get("sender"))
+        self._tracker.record_server(request.get(CLIENT_ADDRESS), request.get(SENDER))
         self._writer.notify_changed()

@@ -1,13 +1,15 @@
-"""The daemon's listening socket and runtime directory: made safely, or refused clearly.
+"""The daemon's listening socket files and runtime directory: made safely, or refused clearly.
 
-Socket activation (a socket passed by systemd) plugs in here too, so the rest
-of the daemon only ever sees an anyio SocketListener.
+The runtime directory belongs to one daemon at a time: it holds an flock on
+trackerd.lock in it, which names its pid, for as long as it runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
+import fcntl
 import os
 import socket
 import stat
@@ -16,15 +18,60 @@ from pathlib import Path
 from typing import Literal
 
 from servertracker.paths import default_private_dir
+from trackerd.errors import StartupError
+from trackerd.option_types import Arguments, file_mode, group_id, user_id
 
 SOCKET_MODE = 0o660
+LOCK_FILE_NAME = "trackerd.lock"
+LOCK_FILE_MODE = 0o640
 RUNTIME_DIR_MODE = 0o750
 #: sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 
 
-class StartupError(Exception):
-    """The daemon cannot start; the message tells the operator what to do."""
+@dataclass(frozen=True)
+class SocketFileSettings:
+    """Who owns a socket file trackerd binds itself, and its mode; applied at every bind.
+
+    A socket that systemd passes has its unit's SocketUser=, SocketGroup= and
+    SocketMode= instead.
+    """
+
+    owner: int | None = None
+    group: int | None = None
+    mode: int = SOCKET_MODE
+
+    @classmethod
+    def add_arguments(cls, arguments: Arguments, flag: str, what: str) -> None:
+        """--FLAG-owner, --FLAG-group, --FLAG-mode for the socket that --FLAG names."""
+        arguments.add_argument(
+            f"{flag}-owner",
+            type=user_id,
+            metavar="USER",
+            help=f"give {what} file to this user (root only; default: trackerd's own user)",
+        )
+        arguments.add_argument(
+            f"{flag}-group",
+            type=group_id,
+            metavar="GROUP",
+            help=f"give {what} file to this group (default: trackerd's own group)",
+        )
+        arguments.add_argument(
+            f"{flag}-mode",
+            type=file_mode,
+            default=SOCKET_MODE,
+            metavar="MODE",
+            help=f"{what} file's mode, in octal (default: {SOCKET_MODE:04o})",
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, flag: str) -> SocketFileSettings:
+        dest = flag.removeprefix("--").replace("-", "_")
+        return cls(
+            getattr(args, f"{dest}_owner"),
+            getattr(args, f"{dest}_group"),
+            getattr(args, f"{dest}_mode"),
+        )
 
 
 def _runtime_dir_mode(path: Path) -> int:
@@ -40,21 +87,36 @@ def prepare_runtime_dir(path: Path) -> None:
     check_runtime_dir(path)
 
 
+def not_private(path: Path, info: os.stat_result) -> str | None:
+    """Why path, with this stat, is not the private /tmp directory it should be; or None.
+
+    Under a shared /tmp another user could make it first, to read our files.
+    """
+    if path == default_private_dir() and (info.st_uid != os.getuid() or info.st_mode & 0o077):
+        return (
+            f"{path} is not private to this user (owner uid {info.st_uid}, mode "
+            f"{stat.S_IMODE(info.st_mode):o}); remove it or pass --runtime-dir"
+        )
+    return None
+
+
 def check_runtime_dir(path: Path) -> None:
     """Raise StartupError unless path is a directory we may use, and private if in /tmp."""
-    private = path == default_private_dir()
     try:
         info = os.lstat(path)
     except OSError as exc:
         raise StartupError(f"cannot use runtime directory {path}: {exc.strerror}") from None
+    if stat.S_ISLNK(info.st_mode):
+        # Whoever can change the link could point trackerd's socket and files elsewhere.
+        raise StartupError(
+            f"runtime directory {path} is a symbolic link (to {os.path.realpath(path)}); "
+            "trackerd does not follow one: give the directory itself"
+        )
     if not stat.S_ISDIR(info.st_mode):
         raise StartupError(f"runtime directory {path} is not a directory")
-    if private and (info.st_uid != os.getuid() or info.st_mode & 0o077):
-        # Under a shared /tmp another user could have made it first to read our files.
-        raise StartupError(
-            f"{path} is not private to this user (owner uid {info.st_uid}, mode "
-            f"{stat.S_IMODE(info.st_mode):o}); remove it or pass --runtime-dir"
-        )
+    problem = not_private(path, info)
+    if problem is not None:
+        raise StartupError(problem)
     if not os.access(path, os.W_OK | os.X_OK):
         raise StartupError(f"runtime directory {path} is not writable by this user")
 
@@ -73,6 +135,71 @@ def remake_runtime_dir(path: Path) -> bool:
         check_runtime_dir(path)
         return False
     return True
+
+
+class RuntimeDirLock:
+    """An flock on <runtime dir>/trackerd.lock, held for the daemon's whole life.
+
+    The kernel drops the lock when the process ends, however it ends, so a
+    daemon killed with SIGKILL leaves nothing to clean up; the file stays.
+    """
+
+    def __init__(self, runtime_dir: Path) -> None:
+        self.path = runtime_dir / LOCK_FILE_NAME
+        self._fd: int | None = None
+        self.acquire()
+
+    def acquire(self) -> None:
+        """Take the lock (again, if the file was removed); StartupError if another holds it."""
+        try:
+            fd = os.open(
+                self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, LOCK_FILE_MODE
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_pid(fd)
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StartupError(f"cannot lock {self.path}: {exc.strerror}") from None
+            raise StartupError(
+                f"runtime directory {self.path.parent} is in use by another trackerd "
+                f"(pid {holder or 'unknown'}, holding {self.path}); stop it, or give this "
+                "one its own --runtime-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.release()
+        self._fd = fd
+
+    def held(self) -> bool:
+        """True while the file at the path is the one we locked (not removed or replaced)."""
+        if self._fd is None:
+            return False
+        try:
+            return socket_file_identity(self.path) == _fd_identity(self._fd)
+        except OSError:
+            return False
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor drops the flock
+            self._fd = None
+
+
+def _fd_identity(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return (info.st_dev, info.st_ino)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def _remove_stale_socket(path: Path) -> None:
@@ -96,8 +223,15 @@ def _remove_stale_socket(path: Path) -> None:
     raise StartupError(f"another trackerd is already listening on {path}")
 
 
-def bind_unix_socket(path: Path, mode: int = SOCKET_MODE) -> socket.socket:
-    """A listening AF_UNIX stream socket at path, created with mode from the start."""
+def bind_unix_socket(
+    path: Path, settings: SocketFileSettings = SocketFileSettings()
+) -> socket.socket:
+    """A listening AF_UNIX stream socket at path, with its owner, group and mode.
+
+    The file is made with no permissions at all (by the umask), given to its owner
+    and group, and only then opened to its mode: at no moment can anyone connect
+    whom the settings do not let in.
+    """
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise StartupError(
             f"socket path {path} is {len(os.fsencode(path))} bytes; Unix sockets allow "
@@ -105,13 +239,10 @@ def bind_unix_socket(path: Path, mode: int = SOCKET_MODE) -> socket.socket:
         )
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # The umask makes the socket file's mode right from bind(), with no window in
-    # which it is more open; the daemon is still single-threaded here.
-    old_umask = os.umask(0o777 & ~mode)
+    # The daemon is still single-threaded whenever it binds: the umask is safe to touch.
+    old_umask = os.umask(0o777)
     try:
         sock.bind(os.fspath(path))
-        os.chmod(path, mode)
-        sock.listen(socket.SOMAXCONN)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
@@ -119,8 +250,38 @@ def bind_unix_socket(path: Path, mode: int = SOCKET_MODE) -> socket.socket:
         raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
     finally:
         os.umask(old_umask)
+    try:
+        _set_owner_and_mode(path, settings)
+        sock.listen(socket.SOMAXCONN)
+    except BaseException:
+        sock.close()
+        path.unlink(missing_ok=True)
+        raise
     sock.setblocking(False)
     return sock
+
+
+def _set_owner_and_mode(path: Path, settings: SocketFileSettings) -> None:
+    try:
+        if settings.owner is not None or settings.group is not None:
+            os.chown(
+                path,
+                -1 if settings.owner is None else settings.owner,
+                -1 if settings.group is None else settings.group,
+            )
+    except OSError as exc:
+        hint = (
+            "only root may give a file away; a group must be one of trackerd's own"
+            if exc.errno == errno.EPERM
+            else exc.strerror
+        )
+        raise StartupError(
+            f"cannot give socket {path} to user {settings.owner}, group {settings.group}: {hint}"
+        ) from None
+    try:
+        os.chmod(path, settings.mode)
+    except OSError as exc:
+        raise StartupError(f"cannot set the mode of socket {path}: {exc.strerror}") from None
 
 
 def adopt_listening_socket(fd: int) -> socket.socket:
@@ -161,10 +322,13 @@ class OpenSocket:
     path: Path | None = None
     identity: tuple[int, int] | None = None
 
+    #: How to make the file again (see upkeep.py).
+    settings: SocketFileSettings = SocketFileSettings()
+
     @classmethod
-    def bind(cls, path: Path) -> OpenSocket:
-        sock = bind_unix_socket(path)
-        return cls(sock, str(path), path, socket_file_identity(path))
+    def bind(cls, path: Path, settings: SocketFileSettings = SocketFileSettings()) -> OpenSocket:
+        sock = bind_unix_socket(path, settings)
+        return cls(sock, str(path), path, socket_file_identity(path), settings)
 
     def file_state(self) -> Literal["ours", "missing", "replaced"]:
         """ "ours" while our socket file is at its path, else "missing" or "replaced"."""

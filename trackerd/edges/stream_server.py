@@ -4,18 +4,22 @@ A StreamServer accepts connections until stop(), admits each one or refuses it
 (allow-lists by SO_PEERCRED, the connection limit), and gives subclasses a
 receive that honours the idle and frame timeouts and turns into a drain at
 shutdown, and a send that gives up on a peer that does not read. Subclasses
-speak a protocol over it: server.py the msgpack one, policy_server.py Postfix's.
+speak a protocol over it: msgpack_server.py the msgpack one, policy_server.py Postfix's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import math
+import os
 
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
-from trackerd.edges.access import AccessPolicy, ConnectionLimits, LogThrottle, peer_credentials
+from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle, peer_credentials
+from trackerd.errors import ConnectionClosed
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +34,48 @@ DRAIN_DEADLINE = 3.0
 
 ERR_FORBIDDEN = "forbidden"
 ERR_BUSY = "busy"
+TEXT_BUSY = "too many connections; try again later"
+
+#: accept() errors that mean "out of a resource": the daemon refuses or waits,
+#: never ends (issue 12 §2).
+_OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
+#: Pause after an accept() error that refusing a connection cannot cure.
+ACCEPT_BACKOFF_MIN = 0.01
+ACCEPT_BACKOFF_MAX = 1.0
 
 
-class Closed(Exception):
-    """The connection is done; unwinds the connection's task to its cleanup."""
+class FrameClock:
+    """When the frame in progress on one connection began: the frame timeout's clock.
+
+    Its owner tells it, after each read, whether a frame is unfinished and how
+    many frames the connection has finished so far. A frame begins in the read
+    that finished the one before it (or when none was in progress), so the
+    timeout measures one frame from its first byte to its last, however the
+    peer's writes are cut (issue 12 §3).
+    """
+
+    __slots__ = ("_finished", "started")
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self._finished = 0
+
+    def update(self, in_progress: bool, finished: int) -> None:
+        if not in_progress:
+            self.started = None
+        elif self.started is None or finished != self._finished:
+            self.started = anyio.current_time()
+        self._finished = finished
 
 
 class StreamServer:
     """Serves connections from a listener until stop() is called."""
 
     def __init__(
-        self, *, policy: AccessPolicy | None = None, limits: ConnectionLimits | None = None
+        self, *, allow: AllowLists | None = None, limits: ConnectionLimits | None = None
     ) -> None:
-        self._policy = policy or AccessPolicy()
+        #: Checked at each accept; replaced as a whole when SIGHUP reloads it.
+        self.allow = allow or AllowLists()
         self.limits = limits or ConnectionLimits()
         self._stopping = False
         self._receive_scopes: set[anyio.CancelScope] = set()
@@ -51,6 +84,10 @@ class StreamServer:
         self._accept_scopes: set[anyio.CancelScope] = set()
         self._refused_log = LogThrottle()
         self._busy_log = LogThrottle()
+        self._accept_log = LogThrottle()
+        # Kept open to be closed when accept() runs out of descriptors: with it,
+        # one waiting connection can be accepted, told "busy" and closed.
+        self._spare_fd: int | None = _open_spare()
         self.connections_open = 0
         self.connections_total = 0
         self.refused = 0
@@ -72,7 +109,7 @@ class StreamServer:
                 accepting.cancel()
             self._accept_scopes.add(accepting)
             with accepting:
-                await listener.serve(self._handle, connections)
+                await self._accept(listener, connections)
             self._accept_scopes.discard(accepting)
             await listener.aclose()
             with anyio.move_on_after(DRAIN_DEADLINE) as drain:
@@ -83,6 +120,56 @@ class StreamServer:
                     "%d connections still open at shutdown; closing them", self.connections_open
                 )
                 connections.cancel_scope.cancel()
+
+    async def _accept(self, listener: SocketListener, connections: anyio.abc.TaskGroup) -> None:
+        """Accept until cancelled or the listener closes; no accept() error ends it."""
+        backoff = ACCEPT_BACKOFF_MIN
+        while True:
+            try:
+                stream = await listener.accept()
+            except anyio.ClosedResourceError:
+                return
+            except anyio.BrokenResourceError as exc:
+                cause = exc.__cause__
+                code = cause.errno if isinstance(cause, OSError) else None
+                if code in _OUT_OF_FILES and self._refuse_one(listener):
+                    self._log_accept_error("out of file descriptors: refused a connection")
+                    continue
+                self._log_accept_error(
+                    f"accept() failed: {os.strerror(code) if code else 'unknown error'}; "
+                    f"retrying in {backoff:g}s"
+                )
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX)
+                continue
+            backoff = ACCEPT_BACKOFF_MIN
+            connections.start_soon(self._handle, stream)
+
+    def _refuse_one(self, listener: SocketListener) -> bool:
+        """Out of descriptors: use the spare one to accept, refuse and close a peer."""
+        if self._spare_fd is None:
+            self._spare_fd = _open_spare()
+            return False
+        os.close(self._spare_fd)
+        self._spare_fd = None
+        self.busy += 1
+        try:
+            peer, _ = listener.extra(SocketAttribute.raw_socket).accept()
+        except OSError:
+            return False
+        else:
+            # The peer learns from the close alone if the send fails.
+            with peer, contextlib.suppress(OSError):
+                peer.setblocking(False)
+                peer.send(self.refusal(ERR_BUSY, TEXT_BUSY))
+            return True
+        finally:
+            self._spare_fd = _open_spare()
+
+    def _log_accept_error(self, text: str) -> None:
+        suppressed = self._accept_log.ready()
+        if suppressed is not None:
+            log.warning("%s (%d more since)", text, suppressed)
 
     def stop(self) -> None:
         """Stop accepting; make every connection drain what it was sent, then close."""
@@ -97,8 +184,15 @@ class StreamServer:
     async def serve_connection(self, stream: SocketStream) -> None:
         raise NotImplementedError
 
+    def refusal(self, code: str, text: str) -> bytes:
+        """What tells a refused peer why, if the protocol can; by default nothing."""
+        return b""
+
     async def refuse(self, stream: SocketStream, code: str, text: str) -> None:
-        """Tell a refused peer why, if the protocol can; by default just close."""
+        """Tell a refused peer why, then close."""
+        data = self.refusal(code, text)
+        if data:
+            await self.send(stream, data)
 
     def deadline(self, frame_started: float | None) -> float:
         """When to give up waiting: the idle timeout, or sooner inside a frame."""
@@ -134,16 +228,16 @@ class StreamServer:
             return b""
 
     async def send(self, stream: SocketStream, data: bytes) -> None:
-        """Send, or raise Closed when the peer is gone or does not read in time."""
+        """Send, or raise ConnectionClosed when the peer is gone or does not read in time."""
         with anyio.move_on_after(SEND_TIMEOUT):
             try:
                 await stream.send(data)
                 return
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                raise Closed from None
+                raise ConnectionClosed from None
         self.timeouts += 1
         log.info("closing a connection that did not read its reply within %.0fs", SEND_TIMEOUT)
-        raise Closed
+        raise ConnectionClosed
 
     # --- one connection -----------------------------------------------------------------
 
@@ -157,16 +251,17 @@ class StreamServer:
                     await self.serve_connection(stream)
                 else:
                     await self.refuse(stream, *refusal)
-        except Closed:
+        except ConnectionClosed:
             pass
         finally:
             self.connections_open -= 1
 
     def _refusal(self, stream: SocketStream) -> tuple[str, str] | None:
         """Why this connection may not be served (code, text), or None."""
-        if self._policy.restricted:
+        allow = self.allow
+        if allow.restricted:
             peer = peer_credentials(stream.extra(SocketAttribute.raw_socket))
-            if not self._policy.permits(peer):
+            if not allow.permits(peer):
                 self.refused += 1
                 suppressed = self._refused_log.ready()
                 if suppressed is not None:
@@ -188,5 +283,12 @@ class StreamServer:
                     self.limits.max_connections,
                     suppressed,
                 )
-            return (ERR_BUSY, "too many connections; try again later")
+            return (ERR_BUSY, TEXT_BUSY)
+        return None
+
+
+def _open_spare() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return None

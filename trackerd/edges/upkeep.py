@@ -7,6 +7,7 @@ status file could not be written. Every few seconds this checks, and makes again
 
 - the runtime directory, with its usual mode; only its last component, since a
   missing parent is not ours to create;
+- the lock file in it, locked again (another daemon could otherwise start there);
 - each socket file the daemon bound itself, served by the same server as before.
   A socket that systemd passed is systemd's to manage, and a path someone else
   has taken since is left alone.
@@ -17,15 +18,15 @@ Connections made before keep working throughout: they do not need the file.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 from anyio.abc import SocketListener, TaskGroup
 
-from trackerd.edges.socket_files import OpenSocket, StartupError, remake_runtime_dir
+from trackerd.edges.endpoint import Endpoint
+from trackerd.edges.socket_files import RuntimeDirLock, remake_runtime_dir
 from trackerd.edges.status_writer import StatusWriter
-from trackerd.edges.stream_server import StreamServer
+from trackerd.errors import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -33,27 +34,18 @@ log = logging.getLogger(__name__)
 CHECK_INTERVAL = 2.0
 
 
-@dataclass
-class Served:
-    """A server and the socket it listens on; the socket changes when it is made again."""
-
-    server: StreamServer
-    opened: OpenSocket
-
-
 class Upkeep:
     def __init__(
         self,
         runtime_dir: Path,
+        lock: RuntimeDirLock,
         writer: StatusWriter,
-        served: list[Served],
-        all_sockets: list[OpenSocket],
+        endpoints: list[Endpoint],
     ) -> None:
         self._runtime_dir = runtime_dir
+        self._lock = lock
         self._writer = writer
-        # Only what the daemon bound itself can be made again.
-        self._watched = [s for s in served if s.opened.path is not None]
-        self._all_sockets = all_sockets  # closed (and their files removed) at exit
+        self._endpoints = endpoints
         self._trouble: str | None = None
 
     async def run(self, serving: TaskGroup, interval: float = CHECK_INTERVAL) -> None:
@@ -76,18 +68,20 @@ class Upkeep:
         if remake_runtime_dir(self._runtime_dir):
             log.warning("runtime directory %s was removed; made it again", self._runtime_dir)
             self._writer.notify_changed()  # the status file went with it
-        for served in self._watched:
-            opened = served.opened
-            if opened.path is None or served.server.stopping:
+        if not self._lock.held():
+            self._lock.acquire()
+            log.warning("lock file %s was removed; locked it again", self._lock.path)
+        for endpoint in self._endpoints:
+            # Only what the daemon bound itself can be made again.
+            if not endpoint.rebindable or endpoint.server.stopping:
                 continue
+            opened = endpoint.socket
             state = opened.file_state()
             if state == "replaced":
                 log.warning("%s is no longer our socket; leaving it alone", opened.path)
                 opened.path = None  # nor will it be removed at exit
             elif state == "missing":
-                again = OpenSocket.bind(opened.path)
-                self._all_sockets.append(again)
+                again = endpoint.rebind()
                 listener = await SocketListener.from_socket(again.sock)
-                serving.start_soon(served.server.serve, listener)
-                served.opened = again
+                serving.start_soon(endpoint.server.serve, listener)
                 log.warning("socket file %s was removed; listening on it again", again.path)

@@ -1,0 +1,75 @@
+"""When a worker cannot reach trackerd's socket: one WARNING a minute, naming the cause.
+
+The recorder's flusher thread reports each failed connect here and each success.
+A worker outside trackerd's group would otherwise count nothing while only DEBUG
+lines say why. The hot path (record_server) never comes here. The text names the
+socket path and the likely cause, never a recorded value. Pure, no I/O: the
+caller passes the clock and does the logging.
+"""
+
+from __future__ import annotations
+
+import errno
+
+#: A socket unreachable for less than this is a daemon restarting: no warning yet.
+GRACE_SECONDS = 3.0
+#: Least time between two warnings while the socket stays unreachable.
+WARNING_INTERVAL = 60.0
+
+_CAUSES = {
+    errno.EACCES: "permission denied (is this user in trackerd's group?)",
+    errno.EPERM: "permission denied (is this user in trackerd's group?)",
+    errno.ENOENT: "no socket there (is trackerd running? is the socket path right?)",
+    errno.ENOTDIR: "no socket there (is trackerd running? is the socket path right?)",
+    errno.ECONNREFUSED: (
+        "connection refused: a stale socket file that no trackerd listens on "
+        "(trackerd crashed or is starting)"
+    ),
+}
+
+
+def cause(exc: OSError) -> str:
+    """The likely cause of a failed connect, for an operator."""
+    known = _CAUSES.get(exc.errno or 0)
+    if known is not None:
+        return known
+    if isinstance(exc, TimeoutError):
+        return "timed out (trackerd is overloaded or stopped)"
+    return exc.strerror or type(exc).__name__
+
+
+class UnreachableWarning:
+    """Decides when a failed connect deserves a WARNING; at most one per interval."""
+
+    def __init__(self, grace: float | None = None, interval: float | None = None) -> None:
+        # None: read the module's values when used, so a test can set them in a real worker.
+        self._grace = grace
+        self._interval = interval
+        self._failing_since: float | None = None
+        self._last_warning: float | None = None
+        self.warned = False  # a warning was logged since the last success
+
+    def failed(self, exc: OSError, socket_path: str, now: float) -> str | None:
+        """The warning text to log for this failed connect, or None to stay quiet."""
+        grace = GRACE_SECONDS if self._grace is None else self._grace
+        interval = WARNING_INTERVAL if self._interval is None else self._interval
+        if self._failing_since is None:
+            self._failing_since = now
+        if now - self._failing_since < grace:
+            return None
+        if self._last_warning is not None and now - self._last_warning < interval:
+            return None
+        self._last_warning = now
+        self.warned = True
+        return (
+            f"servertracker: cannot reach trackerd at {socket_path} for "
+            f"{now - self._failing_since:.0f} s: {cause(exc)}; records are queued, "
+            "then dropped when the queue is full"
+        )
+
+    def succeeded(self) -> bool:
+        """Note a connect; True if a warning was logged since the last one."""
+        warned = self.warned
+        self._failing_since = None
+        self.warned = False
+        return warned

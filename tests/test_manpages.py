@@ -1,0 +1,76 @@
+"""The man pages: generated from the option definitions, committed, installed, rendered."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import typer.main
+
+from servertracker.cli import app
+from trackerd.options import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = {"trackerd.8": "man8", "trackerctl.1": "man1"}
+
+
+def test_the_committed_pages_are_what_the_options_generate(tmp_path: Path) -> None:
+    # Another environment and terminal width must not change a byte.
+    env = dict(os.environ, COLUMNS="33", TRACKERD_LOG_LEVEL="debug", LANG="C")
+    env["TRACKERD_POSTFIX_POLICY_SOCKET"] = "/elsewhere"
+    subprocess.run(
+        [sys.executable, "-m", "tools.manpages", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    for name in PAGES:
+        committed = (ROOT / "man" / name).read_text()
+        assert (tmp_path / name).read_text() == committed, (
+            f"man/{name} is stale: run `python -m tools.manpages` and commit it"
+        )
+
+
+def test_every_option_is_in_its_page() -> None:
+    trackerd = (ROOT / "man" / "trackerd.8").read_text()
+    for action in build_parser()._actions:
+        for flag in action.option_strings:
+            assert "\\fB" + flag.replace("-", "\\-") + "\\fR" in trackerd, flag
+    trackerctl = (ROOT / "man" / "trackerctl.1").read_text()
+    group = typer.main.get_command(app)
+    commands = getattr(group, "commands", {})
+    for command in [group, *commands.values()]:
+        for param in command.params:
+            for flag in param.opts if param.param_type_name == "option" else []:
+                assert "\\fB" + flag.replace("-", "\\-") + "\\fR" in trackerctl, flag
+    for name in commands:
+        assert f'.SS "trackerctl {name} [OPTIONS]' in trackerctl
+
+
+@pytest.mark.skipif(shutil.which("groff") is None, reason="needs groff")
+@pytest.mark.parametrize("name", PAGES)
+def test_pages_render_without_warnings(name: str) -> None:
+    result = subprocess.run(
+        ["groff", "-man", "-Tutf8", "-ww", "-z", str(ROOT / "man" / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_the_wheel_installs_the_pages_and_the_units_point_to_them() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    shared = project["tool"]["hatch"]["build"]["targets"]["wheel"]["shared-data"]
+    assert shared == {f"man/{n}": f"share/man/{d}/{n}" for n, d in PAGES.items()}
+    for unit in ("trackerd.service", "trackerd.socket", "trackerd-postfix.socket"):
+        text = (ROOT / "systemd" / unit).read_text()
+        documentation = [line for line in text.splitlines() if line.startswith("Documentation=")]
+        assert documentation and "man:trackerd(8)" in documentation[0], unit
+        assert "file://" not in documentation[0], unit  # nothing installs such a file

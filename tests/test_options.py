@@ -1,0 +1,84 @@
+"""trackerd's options: one parser built from the components, ranges checked while parsing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from servertracker.paths import PATH_OPTIONS
+from trackerd.edges.socket_files import SOCKET_MODE
+from trackerd.options import build_parser, parse_config
+
+
+def test_the_parser_has_every_components_options() -> None:
+    flags = {flag for action in build_parser()._actions for flag in action.option_strings}
+    for option in PATH_OPTIONS:
+        assert option.flag in flags
+    for flag in (
+        "--status-interval",
+        "--max-exact-entries",
+        "--postfix-policy-socket",
+        "--allow-uid",
+        "--allow-gid",
+        "--max-connections",
+        "--idle-timeout",
+        "--frame-timeout",
+        "--log-level",
+        "--socket-mode",
+        "--postfix-policy-socket-group",
+    ):
+        assert flag in flags
+
+
+def test_config_from_a_command_line(tmp_path: Path) -> None:
+    config = parse_config(
+        [
+            "--runtime-dir", str(tmp_path), "--allow-gid", "0", "--allow-uid", "root",
+            "--socket-mode", "0600", "--postfix-policy-socket", str(tmp_path / "p"),
+            "--status-interval", "1.5", "--log-level", "WARNING",
+        ]
+    )  # fmt: skip
+    assert config.runtime_dir == tmp_path
+    assert config.listener.path == tmp_path / "trackerd.sock"
+    assert config.listener.file.mode == 0o600
+    assert config.postfix_listener.path == tmp_path / "p"
+    assert config.postfix_listener.file.mode == SOCKET_MODE
+    assert config.allow.uids == frozenset({0}) and config.allow.gids == frozenset({0})
+    assert config.status_interval == 1.5
+    assert config.logging.level == "warning"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--status-interval", "0"], "--status-interval: must be between 0.01 and 3600"),
+        (["--status-interval", "nan"], "--status-interval: must be between"),
+        (["--max-exact-entries", "-1"], "--max-exact-entries: must be between 0 and"),
+        (["--max-connections", "0"], "--max-connections: must be between 1 and"),
+        (["--idle-timeout", "-1"], "--idle-timeout: must be between 0 and"),
+        (["--socket-mode", "999"], "--socket-mode: '999' is not an octal mode"),
+        (["--allow-gid", "no-such-group-here"], "--allow-gid: no such group: no-such-group"),
+        (["--log-level", "loud"], "--log-level: 'loud' is not a log level"),
+    ],
+)
+def test_a_value_out_of_range_is_a_usage_error_naming_the_option(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_bad_log_level_in_the_environment_is_a_usage_error_not_a_traceback() -> None:
+    env = dict(os.environ, TRACKERD_LOG_LEVEL="bogus")
+    result = subprocess.run(
+        [sys.executable, "-m", "trackerd"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "'bogus' is not a log level" in result.stderr
+    assert "Traceback" not in result.stderr
