@@ -327,3 +327,28 @@ def read_reply(sock: socket.socket) -> object:
     while (reply := decoder.next_message()) is protocol.NEED_DATA:
         decoder.receive_data(sock.recv(65536))
     return reply
+
+
+# --- §8: nothing a peer sent reaches the log or the reply --------------------------------
+
+
+def test_a_frame_length_or_version_is_never_echoed(daemon: Daemon) -> None:
+    address = bytes([198, 51, 100, 111])  # 3325256815 as a frame length
+    body = msgpack.packb([3325256815, "ping"])
+    for data, code in [
+        (address, protocol.ERR_TOO_LARGE),
+        (struct.pack(">I", len(body)) + body, protocol.ERR_UNSUPPORTED_VERSION),
+    ]:
+        with unix_connect(daemon.socket_path) as sock:
+            sock.sendall(data)
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
+        decoder.receive_data(reply)
+        error = decoder.next_message()
+        assert isinstance(error, protocol.Error) and error.code == code
+        assert "3325256815" not in error.message
+    # The first is logged (the next one within a second may be throttled).
+    wait_for(lambda: "too-large" in daemon.log(), what="the log line")
+    assert "3325256815" not in daemon.log()

@@ -166,6 +166,12 @@ class DaemonConnection:
         assert isinstance(reply, protocol.StatusReply)
         return reply.status
 
+    def fleet(self) -> protocol.FleetReply:
+        """The fleet sketches (registers only); ProtocolError "fleet-off" without fleet mode."""
+        reply = self._request(protocol.FleetRequest(), protocol.FleetReply)
+        assert isinstance(reply, protocol.FleetReply)
+        return reply
+
     def record(self, pairs: Sequence[protocol.Pair]) -> None:
         """Send records; they are applied before any later request on this connection."""
         for frame in protocol.encode_records_split(pairs):

@@ -46,6 +46,15 @@ ERR_UNSUPPORTED_VERSION: Final = "unsupported-version"
 ERR_UNKNOWN_TYPE: Final = "unknown-type"
 ERR_TRUNCATED: Final = "truncated"
 ERR_UNEXPECTED: Final = "unexpected-message"
+ERR_FLEET_OFF: Final = "fleet-off"
+
+#: Size of one fleet sketch: a dense Redis HyperLogLog string (16-byte header and
+#: 16,384 six-bit registers), as trackerd/core/fleet_sketch.py makes it.
+FLEET_SKETCH_SIZE: Final = 12304
+#: The fleet reply carries at most the current and the previous epoch.
+MAX_FLEET_EPOCHS: Final = 2
+#: At most this many sketches (categories) in one epoch of a fleet reply.
+MAX_FLEET_SKETCHES: Final = 8
 
 #: A pair as it comes off the wire: a two-element list of str or None.
 Pair: TypeAlias = Sequence[str | None]
@@ -102,6 +111,27 @@ class Pong:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetRequest:
+    """Ask for the fleet sketches (docs/fleet.md). Reply: FleetReply."""
+
+
+@dataclass(frozen=True, slots=True)
+class FleetEpoch:
+    """One epoch's sketches: status field name -> dense Redis HyperLogLog string."""
+
+    epoch: int
+    sketches: dict[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetReply:
+    """The current epoch's sketches first, then the previous epoch's if kept."""
+
+    epoch_seconds: int
+    epochs: tuple[FleetEpoch, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     """Sent by the daemon just before it closes a connection that sent garbage."""
 
@@ -119,6 +149,8 @@ Message: TypeAlias = (
     | StatusReply
     | Pong
     | Error
+    | FleetRequest
+    | FleetReply
 )
 
 #: The "columns" message (RecordColumns) is understood.
@@ -249,6 +281,12 @@ def encode(message: Message) -> bytes:
         body = [PROTOCOL_VERSION, "status", message.status.to_dict()]
     elif isinstance(message, Error):
         body = [PROTOCOL_VERSION, "error", message.code, message.message[:MAX_ERROR_TEXT]]
+    elif isinstance(message, FleetRequest):
+        body = [PROTOCOL_VERSION, "fleet"]
+    elif isinstance(message, FleetReply):
+        epochs = [{"epoch": e.epoch, "sketches": dict(e.sketches)} for e in message.epochs]
+        fields = {"epoch_seconds": message.epoch_seconds, "epochs": epochs}
+        body = [PROTOCOL_VERSION, "fleet", fields]
     else:
         raise LocalProtocolError(f"not a protocol message: {message!r}")
     return _frame(_packer_default.pack(body))
@@ -298,6 +336,8 @@ TEXT_UNEXPECTED: Final = "this side may not receive this message"
 TEXT_NO_STATUS: Final = "a status reply needs its fields"
 TEXT_BAD_STATUS: Final = "invalid status fields"
 TEXT_BAD_ERROR: Final = "error needs a code and a message, both strings"
+TEXT_BAD_FLEET: Final = "invalid fleet reply"
+TEXT_FLEET_OFF: Final = "fleet mode is off (trackerd has no --fleet-key-file)"
 TEXT_BAD_COLUMNS: Final = (
     f"columns needs two arrays of equal length, 1 to {MAX_PAIRS_PER_MESSAGE} strings or nil"
 )
@@ -395,7 +435,7 @@ class _FieldReader:
                 max_buffer_size=max(len(body), 1),
                 max_array_len=_MAX_REPLY_CONTAINER,
                 max_map_len=_MAX_REPLY_CONTAINER,
-                max_bin_len=0,
+                max_bin_len=FLEET_SKETCH_SIZE,  # a fleet reply's sketches
                 max_ext_len=0,
             )
         self._unpacker.feed(body)
@@ -480,6 +520,8 @@ def _client_message(kind: str, length: int, reader: _FieldReader) -> Message:
         return StatusRequest()
     if kind == "ping":
         return Ping()
+    if kind == "fleet":
+        return FleetRequest()
     if kind in ("pong", "error"):
         raise ProtocolError(ERR_UNEXPECTED, TEXT_UNEXPECTED)
     # The type is not echoed: whatever a peer sends could be a cleartext value.
@@ -533,6 +575,10 @@ def _daemon_message(kind: str, length: int, reader: _FieldReader) -> Message:
             raise _bad(TEXT_BAD_STATUS) from None
     if kind == "pong":
         return Pong()
+    if kind == "fleet":
+        if length < 3:
+            raise _bad(TEXT_BAD_FLEET)
+        return _fleet_reply(reader.value(ERR_BAD_MESSAGE, TEXT_BAD_FLEET))
     if kind == "features":
         return _features(length, reader)
     if kind == "error":
@@ -546,6 +592,32 @@ def _daemon_message(kind: str, length: int, reader: _FieldReader) -> Message:
     if kind in ("record", "columns", "ping"):
         raise ProtocolError(ERR_UNEXPECTED, TEXT_UNEXPECTED)
     raise ProtocolError(ERR_UNKNOWN_TYPE, TEXT_UNKNOWN_TYPE)
+
+
+def _fleet_reply(fields: object) -> FleetReply:
+    if type(fields) is not dict:
+        raise _bad(TEXT_BAD_FLEET)
+    epoch_seconds, epochs = fields.get("epoch_seconds"), fields.get("epochs")
+    if type(epoch_seconds) is not int or epoch_seconds < 1:
+        raise _bad(TEXT_BAD_FLEET)
+    if type(epochs) is not list or not 1 <= len(epochs) <= MAX_FLEET_EPOCHS:
+        raise _bad(TEXT_BAD_FLEET)
+    parsed = []
+    for each in epochs:
+        if type(each) is not dict or type(each.get("epoch")) is not int:
+            raise _bad(TEXT_BAD_FLEET)
+        sketches = each.get("sketches")
+        if type(sketches) is not dict or len(sketches) > MAX_FLEET_SKETCHES:
+            raise _bad(TEXT_BAD_FLEET)
+        for name, sketch in sketches.items():
+            if type(name) is not str or len(name) > 64:
+                raise _bad(TEXT_BAD_FLEET)
+            if type(sketch) is not bytes or len(sketch) != FLEET_SKETCH_SIZE:
+                raise _bad(TEXT_BAD_FLEET)
+            if sketch[:5] != b"HYLL\x00":  # a dense Redis HyperLogLog
+                raise _bad(TEXT_BAD_FLEET)
+        parsed.append(FleetEpoch(each["epoch"], sketches))
+    return FleetReply(epoch_seconds, tuple(parsed))
 
 
 class MessageDecoder:

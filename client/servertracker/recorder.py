@@ -41,6 +41,12 @@ DEFAULT_EXIT_TIMEOUT = 1.0
 #: A record value longer than this is cut before sending: the daemon rejects
 #: anything over MAX_VALUE_LENGTH anyway, and cutting keeps frames small.
 _SEND_VALUE_LIMIT = protocol.MAX_VALUE_LENGTH + 1
+#: Values longer than this (no IP address, few senders) are cut to the limit above
+#: and share a budget of their own, so that the queue is bounded in bytes, not
+#: only in records: at most max_buffered records of short values, plus
+#: max_long_chars characters of long ones (issue 12 §11).
+_LONG_VALUE = 64
+DEFAULT_MAX_LONG_CHARS = 256 * 1024
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 1.0
 _SEND_TIMEOUT = 0.5
@@ -79,12 +85,28 @@ def _clean(value: Any) -> str | None:
     return text
 
 
+def _long_chars(pairs: Iterable[tuple[str | None, str | None]]) -> int:
+    """Characters of the long values in pairs: what they take of the long-value budget."""
+    return sum(
+        len(value)
+        for pair in pairs
+        for value in pair
+        if value is not None and len(value) > _LONG_VALUE
+    )
+
+
 def _pair(pair: Sequence[Any]) -> tuple[str | None, str | None]:
     conn_ip, sender = pair  # ValueError unless two values
-    if type(conn_ip) is not str and conn_ip is not None:
-        conn_ip = _clean(conn_ip)
-    if type(sender) is not str and sender is not None:
-        sender = _clean(sender)
+    if type(conn_ip) is not str:
+        if conn_ip is not None:
+            conn_ip = _clean(conn_ip)
+    elif len(conn_ip) > _SEND_VALUE_LIMIT:
+        conn_ip = conn_ip[:_SEND_VALUE_LIMIT]
+    if type(sender) is not str:
+        if sender is not None:
+            sender = _clean(sender)
+    elif len(sender) > _SEND_VALUE_LIMIT:
+        sender = sender[:_SEND_VALUE_LIMIT]
     return (conn_ip, sender)
 
 
@@ -99,10 +121,12 @@ class Client:
         batch_size: int = DEFAULT_BATCH_SIZE,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         exit_timeout: float = DEFAULT_EXIT_TIMEOUT,
+        max_long_chars: int = DEFAULT_MAX_LONG_CHARS,
     ) -> None:
         """``socket_path`` defaults to trackerd's, resolved as the daemon does."""
         self.socket_path = os.fspath(resolve_socket_path(socket_path))
         self._max_buffered = max_buffered
+        self._max_long_chars = max_long_chars
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._exit_timeout = exit_timeout
@@ -124,6 +148,9 @@ class Client:
         self._columns = False  # the daemon on this connection takes "columns" messages
         self._room = threading.Event()  # set by the flusher when it takes from the queue
         self._recorded = 0
+        # Characters of long values queued, and taken since; each written by one thread.
+        self._long_queued = 0
+        self._long_sent = 0
         self._sent = 0
         self._dropped = 0
         self._connects = 0
@@ -144,6 +171,19 @@ class Client:
             if len(queue) >= self._max_buffered:
                 self._drop()
                 return
+            # One length check a value; only a long one costs more.
+            if (conn_ip is not None and len(conn_ip) > _LONG_VALUE) or (
+                sender is not None and len(sender) > _LONG_VALUE
+            ):
+                if conn_ip is not None:
+                    conn_ip = conn_ip[:_SEND_VALUE_LIMIT]
+                if sender is not None:
+                    sender = sender[:_SEND_VALUE_LIMIT]
+                chars = _long_chars(((conn_ip, sender),))
+                if self._long_queued - self._long_sent + chars > self._max_long_chars:
+                    self._drop()
+                    return
+                self._long_queued += chars
             queue.append((conn_ip, sender))
             self._recorded += 1
             if self._sleeping and (self._idle or len(queue) >= self._batch_size):
@@ -179,6 +219,9 @@ class Client:
             chunk = [_pair(pair) for pair in itertools.islice(items, min(room, 65536))]
             if not chunk:
                 return queued
+            # Long values take their share of the budget (record_many waits rather
+            # than drops, so it is not refused here), or taking them would free more.
+            self._long_queued += _long_chars(chunk)
             queue.extend(chunk)
             queued += len(chunk)
             self._recorded += len(chunk)
@@ -276,7 +319,10 @@ class Client:
         # One batch per send: the send releases the GIL, so the worker's own thread
         # never waits long for it behind this one. Values are str or None already.
         popleft = self._queue.popleft
-        return [popleft() for _ in range(min(len(self._queue), self._batch_size))]
+        batch = [popleft() for _ in range(min(len(self._queue), self._batch_size))]
+        if self._long_sent != self._long_queued:  # some long values wait: free their share
+            self._long_sent += _long_chars(batch)
+        return batch
 
     def _send_available(self) -> None:
         """Write everything queued; raise OSError when the connection fails."""

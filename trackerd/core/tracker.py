@@ -25,6 +25,7 @@ from typing import Any
 
 from servertracker.status import Status
 from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT, DistinctCounter
+from trackerd.core.fleet_sketch import FleetSketch
 from trackerd.core.normalise import (
     REJECTED,
     Category,
@@ -60,8 +61,10 @@ class Tracker:
         clock: Callable[[], float] = time.time,
         salt: bytes | None = None,
         max_exact: int = DEFAULT_MAX_EXACT,
+        fleet: FleetSketch | None = None,
     ) -> None:
-        """``salt`` exists for tests of the core; the daemon never passes one."""
+        """``salt`` exists for tests of the core; the daemon never passes one.
+        ``fleet``, when given, is fed each canonical value on a cache miss."""
         key = secrets.token_bytes(SALT_SIZE) if salt is None else salt
         # One pre-keyed hasher per category, copied per value: the key block is
         # processed once, and a value can never match across categories.
@@ -77,7 +80,10 @@ class Tracker:
         self._domain_cache: dict[int, tuple[int, bytes] | Outcome] = {}
         # Keyed by the raw sender, before the split: what a repeated sender costs.
         self._sender_cache: dict[int, tuple[int, bytes] | Outcome] = {}
+        #: Every raw-value cache: a new fleet epoch clears them all (roll_fleet_epoch).
+        self._caches = (self._conn_cache, self._domain_cache, self._sender_cache)
         self.raw_cache_entries = RAW_CACHE_ENTRIES if hash_is_secret() else 0
+        self.fleet = fleet
         self._clock = clock
         self.boot_time = int(clock())
         self.records = 0
@@ -111,6 +117,8 @@ class Tracker:
         if type(key) is bytes:
             result = self._digest(Category.CONN_IP, key)
             self.counters[Category.CONN_IP].pending.append(result)
+            if self.fleet is not None:
+                self.fleet.add(Category.CONN_IP, key)
         self._remember(self._conn_cache, cache_key, result)
         return result
 
@@ -124,6 +132,8 @@ class Tracker:
             category, key = classified
             result = (category, self._digest(category, key))
             self.counters[category].pending.append(result[1])
+            if self.fleet is not None:
+                self.fleet.add(category, key)
         self._remember(self._domain_cache, cache_key, result)
         return result
 
@@ -165,6 +175,19 @@ class Tracker:
         self.rejected_senders += sender_results.count(REJECTED)
         for counter in self.counters:
             counter.flush_if_full()
+
+    def roll_fleet_epoch(self) -> None:
+        """Move the fleet sketch to the epoch of now, if that is a later one.
+
+        The raw-value caches start again: a value seen yesterday is a cache hit
+        today, and a hit feeds no sketch, so without this it would be missing from
+        the new epoch's registers. (Its digest is queued once more; the exact
+        counter keeps it once.)
+        """
+        fleet = self.fleet
+        if fleet is not None and fleet.advance_to(fleet.epoch_at(self._clock())):
+            for cache in self._caches:
+                cache.clear()
 
     def _sender_misses(self, senders: Sequence[str | None], results: list[Any]) -> None:
         """Fill in the senders whose raw text was not cached: split them (a batch at a

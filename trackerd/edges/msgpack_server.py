@@ -21,7 +21,7 @@ from anyio.abc import SocketStream
 from servertracker import protocol
 from servertracker.errors import ProtocolError
 from servertracker.paths import SOCKET_OPTION
-from trackerd.core.tracker import Tracker
+from trackerd.core.tracker import STATUS_FIELDS, Tracker
 from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
 from trackerd.edges.endpoint import ListenerSettings
 from trackerd.edges.socket_files import SocketFileSettings
@@ -30,6 +30,9 @@ from trackerd.edges.stream_server import ERR_BUSY, FrameClock, StreamServer
 from trackerd.option_types import Arguments
 
 log = logging.getLogger(__name__)
+
+#: Fleet sketch names in category order: the status fields' names.
+FLEET_NAMES = tuple(STATUS_FIELDS[category] for category in sorted(STATUS_FIELDS))
 
 TEXT_BUFFERS_FULL = "server buffers full"
 
@@ -186,6 +189,8 @@ class TrackerServer(StreamServer):
                     await self.send(stream, protocol.encode(protocol.Features(protocol.FEATURES)))
                 elif isinstance(message, protocol.Ping):
                     await self.send(stream, protocol.encode(protocol.Pong()))
+                elif isinstance(message, protocol.FleetRequest):
+                    await self.send(stream, protocol.encode(self._fleet_reply()))
                 else:
                     raise ProtocolError(
                         protocol.ERR_UNEXPECTED, "a client may not send this message"
@@ -193,3 +198,16 @@ class TrackerServer(StreamServer):
         finally:
             if recorded:
                 self._writer.notify_changed()
+
+    def _fleet_reply(self) -> protocol.FleetReply:
+        """The fleet sketches (registers only), for any peer the allow-lists admit:
+        they are what goes to Redis anyway (docs/fleet.md)."""
+        fleet = self._tracker.fleet
+        if fleet is None:
+            raise ProtocolError(protocol.ERR_FLEET_OFF, protocol.TEXT_FLEET_OFF)
+        self._tracker.roll_fleet_epoch()  # a request just after a boundary sees the new epoch
+        epochs = tuple(
+            protocol.FleetEpoch(epoch, dict(zip(FLEET_NAMES, sketches, strict=True)))
+            for epoch, sketches in fleet.snapshot()
+        )
+        return protocol.FleetReply(fleet.epoch_seconds, epochs)

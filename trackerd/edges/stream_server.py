@@ -93,6 +93,7 @@ class StreamServer:
         self.refused = 0
         self.busy = 0
         self.timeouts = 0
+        self.protocol_errors = 0
 
     @property
     def stopping(self) -> bool:
