@@ -183,6 +183,26 @@ def test_a_slow_policy_request_is_closed_and_a_real_one_is_served(
         sock.close()
 
 
+def test_at_the_connection_limit_a_real_request_takes_a_trickling_peers_slot(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    policy_path = short_tmp / "p"
+    # The default 30 s frame timeout: the slow peers would hold every slot that long.
+    args = ["--max-connections", "5", "--postfix-policy-socket", str(policy_path)]
+    daemon = make_daemon(extra_args=args).start()
+    slow = [unix_connect(policy_path, timeout=5) for _ in range(5)]
+    for sock in slow:
+        sock.sendall(POLICY_REQUEST[:10])  # a request begun, never finished
+    # The real request is answered at once, in place of the slowest peer.
+    wait_for(lambda: policy_answers(policy_path), timeout=10, what="a policy answer")
+    assert daemon.status().unique_domains == 1
+    for sock in slow:
+        sock.settimeout(0.5)
+    assert sum(closed_by_peer(sock) for sock in slow) == 1  # one slot was enough
+    for sock in slow:
+        sock.close()
+
+
 def test_a_policy_connection_sending_requests_in_pieces_is_never_cut(
     make_daemon: Callable[..., Daemon], short_tmp: Path
 ) -> None:

@@ -101,7 +101,7 @@ async def _run_locked(
     fleet = None
     if config.fleet.key_file is not None:
         fleet = load_fleet_sketch(config.fleet.key_file, time.time())
-    tracker = Tracker(max_exact=config.max_exact, fleet=fleet)
+    tracker = Tracker(max_exact=config.max_exact, windows=config.windows, fleet=fleet)
     writer = StatusWriter(tracker, config.runtime_dir, min_interval=config.status_interval)
     passed = listen_fds()
     endpoints: list[Endpoint] = []
@@ -218,9 +218,14 @@ async def _report_status_to_systemd(tracker: Tracker, notifier: Notifier) -> Non
 
 async def _keep_watchdog_fed(notifier: Notifier, interval: float) -> None:
     # Runs in the event loop: if the loop hangs, the pings stop and systemd restarts us.
+    # The loop is never away for long (msgpack_server.py counts large messages in
+    # slices), and the pings keep to a fixed schedule, half the timeout apart,
+    # so a late wake-up does not push every later ping back.
+    due = anyio.current_time()
     while True:
         notifier.watchdog()
-        await anyio.sleep(interval)
+        due = max(due + interval, anyio.current_time())
+        await anyio.sleep_until(due)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,9 @@
 """The Status record and the status file's name and format: the public contract.
 
 The first four fields are the Go original's, with its JSON names and meanings,
-so existing readers of server_tracker.json keep working. The rest are additions.
+so existing readers of server_tracker.json keep working. The rest are additions:
+every count keeps its since-boot meaning, and sliding windows come as a list
+of WindowCounts (``windows``).
 """
 
 from __future__ import annotations
@@ -12,13 +14,41 @@ import os
 import stat
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, get_type_hints
 
 from servertracker.errors import StatusFileError
 
 STATUS_FILE_NAME: Final = "server_tracker.json"
 #: A status file larger than this is not ours; refuse to read it whole.
 MAX_STATUS_FILE_SIZE: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCounts:
+    """Distinct counts over a sliding window: values last seen at most ``seconds`` ago
+    (to the second). Estimates where the category is listed in Status.estimated."""
+
+    #: The window's name as trackerd was told it (``1h``, ``24h``, ``90s``).
+    window: str
+    seconds: int
+    unique_conn_ips: int
+    unique_domains: int
+    unique_ip_servers: int
+
+    @classmethod
+    def from_dict(cls, data: object) -> WindowCounts:
+        if not isinstance(data, dict):
+            raise ValueError("field 'windows' must list objects")
+        name = data.get("window")
+        if type(name) is not str or not 0 < len(name) <= MAX_WINDOW_NAME:
+            raise ValueError(f"a window's name must be 1 to {MAX_WINDOW_NAME} characters")
+        values: dict[str, Any] = {"window": name}
+        for field in ("seconds", *_COUNT_FIELDS):
+            value = data.get(field)
+            if type(value) is not int or value < 0:
+                raise ValueError(f"a window's {field!r} must be a non-negative int")
+            values[field] = value
+        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +74,8 @@ class Status:
     #: Names of the count fields above that are estimates (HyperLogLog) rather than
     #: exact: a category switches past a bound on its memory. The counts stay integers.
     estimated: tuple[str, ...] = ()
+    #: The same three counts over each sliding window (trackerd --windows), shortest first.
+    windows: tuple[WindowCounts, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,18 +101,36 @@ class Status:
                     )
                 values[field.name] = tuple(value)
                 continue
-            if field.type == "float":
+            if field.name == "windows":
+                if type(value) not in (list, tuple) or len(value) > MAX_WINDOWS:
+                    raise ValueError(f"field 'windows' must list at most {MAX_WINDOWS} windows")
+                values[field.name] = tuple(WindowCounts.from_dict(v) for v in value)
+                continue
+            kind = _field_types()[field.name]
+            if kind is float:
                 ok = type(value) in (int, float) and value == value and value >= 0
             else:
                 ok = type(value) is int and value >= 0
             if not ok:
-                raise ValueError(f"field {field.name!r} must be a non-negative {field.type}")
+                raise ValueError(f"field {field.name!r} must be a non-negative {kind.__name__}")
             values[field.name] = value
         return cls(**values)
 
 
 _COUNT_FIELDS: Final = ("unique_conn_ips", "unique_domains", "unique_ip_servers")
 _REQUIRED: Final = ("boot_time", *_COUNT_FIELDS)
+#: Bounds on what a status reply or file may hold in ``windows`` (trackerd's own
+#: limits are tighter: see trackerd/core/windows.py).
+MAX_WINDOWS: Final = 16
+MAX_WINDOW_NAME: Final = 16
+_TYPES: dict[str, type] = {}
+
+
+def _field_types() -> dict[str, type]:
+    """Status's field types as classes (the annotations are strings in this module)."""
+    if not _TYPES:
+        _TYPES.update(get_type_hints(Status))
+    return _TYPES
 
 
 def status_file_path(runtime_dir: str | os.PathLike[str]) -> Path:

@@ -34,7 +34,7 @@ from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
 from trackerd.edges.endpoint import ListenerSettings
 from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
-from trackerd.edges.stream_server import FrameClock, StreamServer
+from trackerd.edges.stream_server import Connection, StreamServer
 from trackerd.option_types import Arguments
 
 log = logging.getLogger(__name__)
@@ -90,13 +90,19 @@ class PolicyServer(StreamServer):
         self.protocol_errors = 0
 
     async def serve_connection(self, stream: SocketStream) -> None:
+        connection = Connection()
+        try:
+            await self._serve(stream, connection)
+        finally:
+            self.forget(connection)
+
+    async def _serve(self, stream: SocketStream, connection: Connection) -> None:
         decoder = PolicyDecoder()
         recent: collections.deque[str] = collections.deque(maxlen=RECENT_INSTANCES)
-        clock = FrameClock()
         while True:
-            data = await self.receive(stream, self.deadline(clock.started))
+            data = await self.receive_on(connection, stream)
             if data is None:
-                return
+                return  # a timeout, or shed for a newcomer: Postfix has no "busy"
             decoder.receive_data(data)
             try:
                 while (request := decoder.next_request()) is not NEED_DATA:
@@ -110,7 +116,7 @@ class PolicyServer(StreamServer):
                 return
             if not data or decoder.closed_cleanly:
                 return
-            clock.update(decoder.in_progress, decoder.requests)
+            self.track(connection, decoder.in_progress, decoder.requests)
 
     def _record(self, request: dict[str, str], recent: collections.deque[str]) -> None:
         self.requests += 1

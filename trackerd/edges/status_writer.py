@@ -4,6 +4,8 @@ A write goes to a temp file in the same directory and is renamed over
 server_tracker.json, so a reader sees the old file or the new one, never a
 part. Writes happen at start, a few times a second at most while counts change,
 and at shutdown; they run in a worker thread so a slow disk never stalls serving.
+With sliding windows, counts also change while nothing arrives (values age
+out), so the writer looks again every second and writes when a count moved.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import secrets
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -29,6 +33,8 @@ STATUS_FILE_MODE = 0o640
 STATUS_INTERVAL = 0.25
 _TEMP_PREFIX = f".{STATUS_FILE_NAME}."
 _TEMP_SUFFIX = ".tmp"
+#: How often counts are looked at while nothing arrives, when windows can age out.
+WINDOW_REFRESH_INTERVAL = 1.0
 
 
 def write_status_file(runtime_dir: Path, status: Status) -> None:
@@ -91,6 +97,7 @@ class StatusWriter:
         self._changed = anyio.Event()
         self._lock = anyio.Lock()
         self._failing = False
+        self._last_written: Status | None = None
         self.writes = 0
         self.failures = 0
 
@@ -108,10 +115,16 @@ class StatusWriter:
         """Cheap enough to call after every message."""
         self._changed.set()
 
-    async def write_now(self) -> bool:
-        """Write the current status; on failure log (once per outage) and return False."""
+    async def write_now(self, *, only_if_changed: bool = False) -> bool:
+        """Write the current status; on failure log (once per outage) and return False.
+
+        ``only_if_changed``: skip the write when no count differs from the last one
+        written (the time of the snapshot aside).
+        """
         async with self._lock:
             status = self._tracker.status()
+            if only_if_changed and _same_counts(status, self._last_written):
+                return True
             try:
                 await anyio.to_thread.run_sync(write_status_file, self._runtime_dir, status)
             except OSError as exc:
@@ -127,16 +140,28 @@ class StatusWriter:
             if self._failing:
                 log.warning("status file written again after %d failed attempts", self.failures)
                 self._failing = False
+            self._last_written = status
             self.writes += 1
             return True
 
     async def run(self) -> None:
         """Loop forever: wait for a change, write, pause. Cancel to stop."""
+        refresh = WINDOW_REFRESH_INTERVAL if self._tracker.windows else math.inf
         while True:
-            await self._changed.wait()
+            with anyio.move_on_after(refresh) as quiet:
+                await self._changed.wait()
+            if quiet.cancelled_caught:
+                if not await self.write_now(only_if_changed=True):
+                    self._changed.set()
+                    await anyio.sleep(self._retry_interval)
+                continue
             self._changed = anyio.Event()
             if await self.write_now():
                 await anyio.sleep(self._min_interval)
             else:
                 self._changed.set()  # still dirty: try again after the pause
                 await anyio.sleep(self._retry_interval)
+
+
+def _same_counts(status: Status, last: Status | None) -> bool:
+    return last is not None and replace(last, updated_time=0) == replace(status, updated_time=0)
