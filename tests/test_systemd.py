@@ -130,7 +130,7 @@ def test_sd_notify_ready_status_stopping_in_order(
         with DaemonConnection(runtime / "trackerd.sock", timeout=5) as conn:
             conn.record([("192.0.2.1", "a@example.com")])
             conn.ping()
-        notify_listener.wait_for("STATUS=1 connection IPs, 1 domains")
+        notify_listener.wait_for("STATUS=1 connection IP, 1 domain")
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0
         notify_listener.wait_for("STOPPING=1")
