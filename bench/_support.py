@@ -21,8 +21,12 @@ from servertracker.status import Status
 class BenchDaemon:
     """trackerd in a short temp dir, logging warnings only."""
 
-    def __init__(self, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, extra_args: Sequence[str] = (), command: Sequence[str] | None = None
+    ) -> None:
+        """``command`` runs another daemon speaking the protocol (bench.naive_daemon)."""
         self.extra_args = list(extra_args)
+        self.command = list(command or [sys.executable, "-m", "trackerd"])
         self.dir = Path(tempfile.mkdtemp(prefix="stb-", dir="/tmp"))
         self.socket_path = self.dir / "trackerd.sock"
         self.process: subprocess.Popen[bytes] | None = None
@@ -30,9 +34,7 @@ class BenchDaemon:
     def start(self) -> BenchDaemon:
         self.process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "trackerd",
+                *self.command,
                 "--runtime-dir",
                 str(self.dir),
                 "--log-level",

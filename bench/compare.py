@@ -1,21 +1,36 @@
-"""trackerd against what operators would use instead, on one workload, side by side.
+"""trackerd against what operators would use instead, on every sender form, side by side.
 
-Run: ``python -m bench.compare [--rounds 3]`` (needs Debian's redis-server and
-the redis package: ``apt-get install redis-server; pip install -e '.[bench]'``).
+Run: ``python -m bench.compare [--rounds 5]`` (needs Debian's redis-server and the
+bench extra: ``apt-get install redis-server; pip install -e '.[bench]'``).
 
 8 forked workers record 200,000 (connection IP, sender) pairs each: 1.6 million
-records with 100,000 distinct connection IPs, 45,000 domains and 5,000 IP
-literals. Each competitor is timed from the first fork until its counts confirm
-every record. Competitors alternate within each round; medians and ratios are
-printed and written to bench/results/compare.json.
+records with 100,000 distinct connection IPs, once per sender form:
 
-- trackerd: the product, workers using servertracker.record_server().
-- redis (a): each worker normalises and computes the keyed hash itself, then one
-  SADD per value, in redis-py pipelines of 1,000 commands (how most would write it).
-- redis (b): as (a), but one multi-member SADD per category per 1,000 records
-  (the best one can do with Redis).
-- seed design: in-process salted sets, the whole status JSON rewritten to a file
-  on every record (what the Go original does on every RecordServer).
+- ``domain``: the domain part alone, as the original's ``RecordServer(connIP,
+  senderDomain)`` takes it, with ``[ip]`` literals for one record in ten;
+- ``user@domain`` and ``<user@domain>``: the whole MAIL FROM, literals alike;
+- ``[ip]``: IP literals only;
+- ``mix``: all of those, plus the null sender ``<>`` and mixed case.
+
+Each competitor is timed from the first fork until its counts confirm every
+record; the daemon's CPU time (utime + stime from /proc/PID/stat) is divided by
+the records. Within a round every form runs every competitor, and the order of
+competitors rotates from round to round, so a load that comes and goes on this
+shared machine falls on each alike. Medians and ratios are printed and written
+to bench/results/compare.json, with the load average before and after.
+
+- trackerd: the product; workers call servertracker.record_server() with a queue
+  large enough that nothing drops.
+- trackerd record_many: the same with Client.record_many(), which waits for room.
+- redis (b): Redis's best use: each worker hashes the raw domain part (no
+  normalising, as the original) with keyed BLAKE2b and sends one multi-member
+  SADD per category per 1,000 records over a pipeline.
+- naive anyio daemon: bench/naive_daemon.py, a batched asyncio daemon in 100 lines
+  speaking the same protocol (what a quick prototype would be).
+- seed design: in-process salted sets, the whole status JSON rewritten to a file on
+  every record (what the Go original does on every RecordServer). It writes a
+  file per record, so it runs on the first --seed-records of each worker only, and
+  its rate is compared.
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ import secrets
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,18 +55,71 @@ from trackerd.core.normalise import Category, classify_conn_ip, classify_sender
 
 WORKERS = 8
 PER_WORKER = 200_000
-TOTAL = WORKERS * PER_WORKER
-DISTINCT = (100_000, 45_000, 5_000)  # conn IPs, domains, IP literals
+CONN_IPS = 100_000
+DOMAINS = 45_000
+LITERALS = 5_000
+FORMS = ("domain", "user@domain", "<user@domain>", "[ip]", "mix")
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
-def record(r: int) -> tuple[str, str]:
-    ip = r % 100_000
-    conn_ip = f"10.{ip // 65536}.{ip // 256 % 256}.{ip % 256}"
-    if r % 20 == 0:
-        literal = (r // 20) % 5_000
-        return conn_ip, f"<postmaster@[192.0.{literal // 256}.{literal % 256}]>"
-    domain = (r - r // 20 - 1) % 45_000  # the how-many-th domain record this is
-    return conn_ip, f"<user{r % 7}@mail{domain}.example.com>"
+def _literal(n: int) -> str:
+    return f"[192.0.{n // 256}.{n % 256}]"
+
+
+def sender(form: str, r: int) -> str:
+    """The sender of record r in a form; one in ten is an IP literal (all in "[ip]")."""
+    if form == "mix":
+        form = FORMS[r % 4]
+        if r % 50 == 7:
+            return "<>"
+        if r % 50 == 9:
+            return f"User@MAIL{r % DOMAINS}.Example.COM."
+    if form == "[ip]" or r % 10 == 0:
+        literal = _literal(r % LITERALS)
+        return {"domain": literal, "[ip]": literal, "user@domain": f"postmaster@{literal}"}.get(
+            form, f"<postmaster@{literal}>"
+        )
+    domain = f"mail{r % DOMAINS}.example.com"
+    if form == "domain":
+        return domain
+    if form == "user@domain":
+        return f"user{r % 7}@{domain}"
+    return f"<user{r % 7}@{domain}>"
+
+
+def conn_ip(r: int) -> str:
+    ip = r % CONN_IPS
+    return f"10.{ip // 65536}.{ip // 256 % 256}.{ip % 256}"
+
+
+class Workload:
+    """Every worker's share of one form, made before any timing, and its true counts."""
+
+    def __init__(self, form: str, per_worker: int) -> None:
+        self.form = form
+        self.per_worker = per_worker
+        self.total = WORKERS * per_worker
+        # Strings are made per record, as an SMTP server makes them per message.
+        self.shares = [
+            [(conn_ip(r), sender(form, r)) for r in range(w * per_worker, (w + 1) * per_worker)]
+            for w in range(WORKERS)
+        ]
+        self.distinct = _true_counts(self.shares)
+
+
+def _true_counts(shares: list[list[tuple[str, str]]]) -> tuple[int, int, int]:
+    ips = {ip for share in shares for ip, _ in share}
+    senders = {s for share in shares for _, s in share}
+    keys: list[set[bytes]] = [set(), set(), set()]
+    for ip in ips:
+        key = classify_conn_ip(ip)
+        if type(key) is bytes:
+            keys[Category.CONN_IP].add(key)
+    for value in senders:
+        classified = classify_sender(value)
+        if type(classified) is tuple:
+            keys[classified[0]].add(classified[1])
+    return (len(keys[0]), len(keys[1]), len(keys[2]))
 
 
 def fork_workers(work: Callable[[int], bool]) -> None:
@@ -70,37 +139,61 @@ def fork_workers(work: Callable[[int], bool]) -> None:
         raise RuntimeError(f"{len(failed)} workers failed")
 
 
-class Workload:
-    def __init__(self) -> None:
-        self.shares = [
-            [record(r) for r in range(w * PER_WORKER, (w + 1) * PER_WORKER)] for w in range(WORKERS)
-        ]
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-# --- trackerd -----------------------------------------------------------------------
+class Run:
+    """One timed run: seconds, and the server's CPU seconds (None when it has none)."""
+
+    def __init__(self, seconds: float, server_cpu: float | None) -> None:
+        self.seconds = seconds
+        self.server_cpu = server_cpu
 
 
-def run_trackerd(load: Workload) -> float:
-    daemon = BenchDaemon().start()
+# --- trackerd (and any daemon speaking its protocol) --------------------------------
+
+
+def run_protocol_daemon(
+    load: Workload, start_daemon: Callable[[], BenchDaemon], many: bool = False
+) -> Run:
+    daemon = start_daemon()
     try:
+        assert daemon.process is not None
+        cpu_before = cpu_seconds(daemon.process.pid)
         start = time.perf_counter()
 
         def work(w: int) -> bool:
-            client = Client(daemon.socket_path, max_buffered=PER_WORKER + 1)
-            record_server = client.record_server
-            for conn_ip, sender in load.shares[w]:
-                record_server(conn_ip, sender)
+            client = Client(daemon.socket_path, max_buffered=load.per_worker + 1)
+            if many:
+                client.record_many(load.shares[w])
+            else:
+                record_server = client.record_server
+                for ip, value in load.shares[w]:
+                    record_server(ip, value)
             return client.flush(600) and client.stats().dropped == 0
 
         fork_workers(work)
-        while (status := daemon.status()).records < TOTAL:
+        while (status := daemon.status()).records < load.total:
             time.sleep(0.002)
         elapsed = time.perf_counter() - start
+        cpu = cpu_seconds(daemon.process.pid) - cpu_before
         got = (status.unique_conn_ips, status.unique_domains, status.unique_ip_servers)
-        assert got == DISTINCT, f"trackerd counted {got}"
-        return elapsed
+        assert got == load.distinct, f"counted {got}, expected {load.distinct}"
+        assert status.records == load.total, f"{status.records} records"
+        return Run(elapsed, cpu)
     finally:
         daemon.stop()
+
+
+def start_trackerd() -> BenchDaemon:
+    return BenchDaemon().start()
+
+
+def start_naive() -> BenchDaemon:
+    return BenchDaemon(command=[sys.executable, "-m", "bench.naive_daemon"]).start()
 
 
 # --- Redis --------------------------------------------------------------------------
@@ -151,12 +244,14 @@ def _digest(hashers: tuple[hashlib._Hash, ...], category: int, key: bytes) -> by
     return h.digest()
 
 
-def run_redis(load: Workload, multi_member: bool) -> float:
+def run_redis(load: Workload) -> Run:
+    """Redis's best use: raw values hashed in the workers, multi-member SADDs."""
     import redis  # a benchmark-only dependency
 
     server = RedisServer()
     salt = secrets.token_bytes(32)
     try:
+        cpu_before = cpu_seconds(server.process.pid)
         start = time.perf_counter()
 
         def work(w: int) -> bool:
@@ -164,26 +259,19 @@ def run_redis(load: Workload, multi_member: bool) -> float:
             hashers = _hashers(salt)
             pipe = db.pipeline(transaction=False)
             pending: list[list[bytes]] = [[], [], []]
-            commands = 0
-            for n, (conn_ip, sender) in enumerate(load.shares[w], 1):
-                values = []
-                ip = classify_conn_ip(conn_ip)
-                if type(ip) is bytes:
-                    values.append((Category.CONN_IP, ip))
-                classified = classify_sender(sender)
-                if type(classified) is tuple:
-                    values.append(classified)
-                for category, key in values:
-                    digest = _digest(hashers, category, key)
-                    if multi_member:
-                        pending[category].append(digest)
-                    else:
-                        pipe.sadd(SET_NAMES[category], digest)
-                        commands += 1
-                        if commands == 1000:
-                            pipe.execute()
-                            commands = 0
-                if multi_member and n % 1000 == 0:
+            conn_ips, domains, literals = pending
+            ip_hasher, domain_hasher, literal_hasher = hashers
+            for n, (ip, value) in enumerate(load.shares[w], 1):
+                h = ip_hasher.copy()
+                h.update(ip.encode())
+                conn_ips.append(h.digest())
+                # The original's callers pass the domain part; take it, unnormalised.
+                part = value.rpartition("@")[2].rstrip(">")
+                if part and part != "<":
+                    h = (literal_hasher if part[0] == "[" else domain_hasher).copy()
+                    h.update(part.lower().rstrip(".").encode())
+                    (literals if part[0] == "[" else domains).append(h.digest())
+                if n % 1000 == 0:
                     for category, members in enumerate(pending):
                         if members:
                             pipe.sadd(SET_NAMES[category], *members)
@@ -199,8 +287,9 @@ def run_redis(load: Workload, multi_member: bool) -> float:
         db = redis.Redis(unix_socket_path=str(server.socket))
         got = tuple(db.scard(name) for name in SET_NAMES)
         elapsed = time.perf_counter() - start
-        assert got == DISTINCT, f"redis counted {got}"
-        return elapsed
+        cpu = cpu_seconds(server.process.pid) - cpu_before
+        assert got == load.distinct, f"redis counted {got}, expected {load.distinct}"
+        return Run(elapsed, cpu)
     finally:
         server.stop()
 
@@ -208,7 +297,7 @@ def run_redis(load: Workload, multi_member: bool) -> float:
 # --- the seed's design ----------------------------------------------------------------
 
 
-def run_seed_design(load: Workload) -> float:
+def run_seed_design(load: Workload) -> Run:
     """In-process sets, and the status file rewritten on every record, as the original."""
     directory = Path(tempfile.mkdtemp(prefix="stbs-", dir="/tmp"))
     salt = secrets.token_bytes(32)
@@ -220,11 +309,11 @@ def run_seed_design(load: Workload) -> float:
             sets: list[set[bytes]] = [set(), set(), set()]
             path = directory / f"server_tracker-{w}.json"
             boot = int(time.time())
-            for conn_ip, sender in load.shares[w]:
-                ip = classify_conn_ip(conn_ip)
-                if type(ip) is bytes:
-                    sets[Category.CONN_IP].add(_digest(hashers, Category.CONN_IP, ip))
-                classified = classify_sender(sender)
+            for ip, value in load.shares[w]:
+                key = classify_conn_ip(ip)
+                if type(key) is bytes:
+                    sets[Category.CONN_IP].add(_digest(hashers, Category.CONN_IP, key))
+                classified = classify_sender(value)
                 if type(classified) is tuple:
                     sets[classified[0]].add(_digest(hashers, *classified))
                 status = {
@@ -237,7 +326,7 @@ def run_seed_design(load: Workload) -> float:
             return True
 
         fork_workers(work)
-        return time.perf_counter() - start
+        return Run(time.perf_counter() - start, None)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -245,51 +334,128 @@ def run_seed_design(load: Workload) -> float:
 # --- the run --------------------------------------------------------------------------
 
 
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="trackerd against Redis and the seed's design")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--skip-seed", action="store_true", help="leave out the slow seed design")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated sender forms")
+    parser.add_argument("--per-worker", type=int, default=PER_WORKER)
+    parser.add_argument(
+        "--seed-records",
+        type=int,
+        default=5_000,
+        help="records per worker for the slow seed design (0: leave it out)",
+    )
     parser.add_argument("--only", help="run only competitors whose name contains this")
     args = parser.parse_args()
+    forms = args.forms.split(",")
 
-    load = Workload()
-    competitors: dict[str, Callable[[], float]] = {"trackerd": lambda: run_trackerd(load)}
+    loads = {form: Workload(form, args.per_worker) for form in forms}
+    seed_load = Workload("mix", args.seed_records) if args.seed_records else None
+    competitors: dict[str, Callable[[Workload], Run]] = {
+        "trackerd": lambda load: run_protocol_daemon(load, start_trackerd),
+        "trackerd record_many": lambda load: run_protocol_daemon(load, start_trackerd, True),
+    }
     if shutil.which("redis-server"):
-        competitors["redis (a) SADD per value"] = lambda: run_redis(load, multi_member=False)
-        competitors["redis (b) multi-member SADD"] = lambda: run_redis(load, multi_member=True)
+        competitors["redis (b) best use"] = run_redis
     else:
         print("redis-server not found (apt-get install redis-server): Redis left out")
-    if not args.skip_seed:
-        competitors["seed design (file per record)"] = lambda: run_seed_design(load)
-
+    competitors["naive anyio daemon"] = lambda load: run_protocol_daemon(load, start_naive)
     if args.only:
         competitors = {n: c for n, c in competitors.items() if args.only in n or n == "trackerd"}
-    times: dict[str, list[float]] = {name: [] for name in competitors}
-    for round_number in range(args.rounds):
-        for name, run in competitors.items():
-            seconds = run()
-            times[name].append(seconds)
-            print(f"round {round_number + 1}: {name}: {seconds:.2f} s", flush=True)
 
-    medians = {name: statistics.median(t) for name, t in times.items()}
-    ours = medians["trackerd"]
-    rows = [
-        [name, f"{m:.2f}", f"{TOTAL / m:,.0f}", f"{m / ours:.2f}x"] for name, m in medians.items()
-    ]
+    names = list(competitors)
+    runs: dict[str, dict[str, list[Run]]] = {f: {n: [] for n in names} for f in forms}
+    seed_runs: list[Run] = []
+    load_before = loadavg()
+    for round_number in range(args.rounds):
+        order = names[round_number % len(names) :] + names[: round_number % len(names)]
+        for form in forms:
+            for name in order:
+                result = competitors[name](loads[form])
+                runs[form][name].append(result)
+                print(
+                    f"round {round_number + 1} {form:14} {name:22} {result.seconds:6.2f} s",
+                    flush=True,
+                )
+        if seed_load is not None:
+            seed_runs.append(run_seed_design(seed_load))
+            print(
+                f"round {round_number + 1} seed design: {seed_runs[-1].seconds:.2f} s "
+                f"for {seed_load.total:,} records",
+                flush=True,
+            )
+    load_after = loadavg()
+
+    seed_rate = (
+        seed_load.total / statistics.median(r.seconds for r in seed_runs) if seed_load else None
+    )
+    rows = []
+    result: dict[str, object] = {
+        "records_per_form": WORKERS * args.per_worker,
+        "rounds": args.rounds,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "seed_records_per_second": seed_rate,
+        "forms": {},
+    }
+    for form in forms:
+        total = loads[form].total
+        ours = statistics.median(r.seconds for r in runs[form]["trackerd"])
+        form_result = {}
+        for name in names:
+            seconds = statistics.median(r.seconds for r in runs[form][name])
+            cpus = [r.server_cpu for r in runs[form][name] if r.server_cpu is not None]
+            cpu_us = statistics.median(cpus) * 1e6 / total if cpus else None
+            rows.append(
+                [
+                    form,
+                    name,
+                    f"{seconds:.2f}",
+                    f"{total / seconds:,.0f}",
+                    f"{seconds / ours:.2f}x",
+                    "-" if cpu_us is None else f"{cpu_us:.2f}",
+                ]
+            )
+            form_result[name] = {
+                "seconds": [r.seconds for r in runs[form][name]],
+                "server_cpu_seconds": [r.server_cpu for r in runs[form][name]],
+                "median_seconds": seconds,
+                "records_per_second": total / seconds,
+                "server_cpu_us_per_record": cpu_us,
+            }
+        if seed_rate:
+            rows.append(
+                [
+                    form,
+                    "seed design (file per record)",
+                    "-",
+                    f"{seed_rate:,.0f}",
+                    f"{total / ours / seed_rate:.1f}x",
+                    "-",
+                ]
+            )
+        result["forms"][form] = form_result  # type: ignore[index]
     print()
+    print(f"load average before {load_before}, after {load_after}")
     print(
-        table(["1.6M records, 8 workers", "median s", "records/s", "trackerd is faster by"], rows)
+        table(
+            [
+                "form",
+                "competitor",
+                "median s",
+                "records/s",
+                "trackerd is faster by",
+                "server CPU µs/record",
+            ],
+            rows,
+        )
     )
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    result = {
-        "records": TOTAL,
-        "distinct": DISTINCT,
-        "rounds": args.rounds,
-        "seconds": times,
-        "median_seconds": medians,
-        "speedup_of_trackerd": {name: m / ours for name, m in medians.items()},
-    }
     (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {out / 'compare.json'}")
 

@@ -11,9 +11,11 @@ from servertracker import protocol
 from servertracker.errors import ProtocolError
 
 
-def decode_everything(data: bytes, chunk: int = 7) -> list[object]:
+def decode_everything(
+    data: bytes, chunk: int = 7, sent_by: protocol.Peer = protocol.Peer.CLIENT
+) -> list[object]:
     """Feed data to a decoder in chunks; return the messages. Raises only ProtocolError."""
-    decoder = protocol.MessageDecoder()
+    decoder = protocol.MessageDecoder(sent_by=sent_by)
     messages: list[object] = []
     for start in range(0, len(data), chunk):
         decoder.receive_data(data[start : start + chunk])
@@ -70,7 +72,7 @@ class DaemonTarget:
                 pass
         self.sent += 1
         try:
-            for message in decode_everything(bytes(reply)):
+            for message in decode_everything(bytes(reply), sent_by=protocol.Peer.DAEMON):
                 if isinstance(message, protocol.Error):
                     self.errors_seen[message.code] = self.errors_seen.get(message.code, 0) + 1
         except ProtocolError as exc:

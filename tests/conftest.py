@@ -24,8 +24,11 @@ from servertracker.status import Status
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll until condition() is truthy and return it; fail after timeout seconds."""
+def wait_for(condition: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
+    """Poll until condition() is truthy and return it; fail after timeout seconds.
+
+    The default is generous: only a broken promise should reach it, never a busy machine.
+    """
     deadline = time.monotonic() + timeout
     delay = 0.005
     while True:
@@ -117,10 +120,13 @@ class Daemon:
         python_prelude: str | None = None,
         log_to_pipe: bool = False,
         runtime_dir_option: bool = True,
+        log_level: str | None = "debug",
     ) -> None:
         self.runtime_dir = runtime_dir
         # False: the daemon finds its runtime directory by itself (say from env).
         self.runtime_dir_option = runtime_dir_option
+        # None: no --log-level on the command line (say, to set it in a config file).
+        self.log_level = log_level
         self.socket_path = runtime_dir / "trackerd.sock"
         self.log_path = runtime_dir.parent / f"{runtime_dir.name}.log"
         self.extra_args = list(extra_args)
@@ -133,7 +139,8 @@ class Daemon:
 
     def start(self, wait: bool = True) -> Daemon:
         where = ["--runtime-dir", str(self.runtime_dir)] if self.runtime_dir_option else []
-        args = [*where, "--log-level", "debug", *self.extra_args]
+        level = ["--log-level", self.log_level] if self.log_level else []
+        args = [*where, *level, *self.extra_args]
         if self.python_prelude:
             code = "\n".join(
                 [

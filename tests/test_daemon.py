@@ -153,7 +153,7 @@ def test_bad_input_gets_an_error_reply_and_changes_nothing(daemon: Daemon, name:
         bad.sendall(frame([1, "record", [["192.0.2.2", "user@example.org"]]]) + data)
         reply = read_until_closed(bad)
         bad.close()
-        decoder = protocol.MessageDecoder()
+        decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
         decoder.receive_data(reply)
         message = decoder.next_message()
         assert isinstance(message, protocol.Error)

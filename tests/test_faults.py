@@ -50,6 +50,9 @@ def busy_worker(
         results.put((worker, f"raised {exc!r}", calls, False, None))
 
 
+# Fifty daemon start-ups take a minute on an idle machine and several on a busy one:
+# each step has its own deadline, and the whole test more time than the default.
+@pytest.mark.timeout(900)
 def test_sigkill_fifty_times_under_load(make_daemon: Callable[..., Daemon]) -> None:
     """Workers never raise, keep running, and reach every daemon that comes up;
     what they could not send is accounted for, and a status file is never torn."""

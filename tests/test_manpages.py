@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer.main
@@ -44,9 +45,18 @@ def test_every_option_is_in_its_page() -> None:
             assert "\\fB" + flag.replace("-", "\\-") + "\\fR" in trackerd, flag
     trackerctl = (ROOT / "man" / "man1" / "trackerctl.1").read_text()
     group = typer.main.get_command(app)
-    commands = getattr(group, "commands", {})
+    commands: dict[str, Any] = {}
+    pending = list(getattr(group, "commands", {}).items())
+    while pending:  # a group's commands ("fleet push") each have their own section
+        name, command = pending.pop()
+        subcommands = getattr(command, "commands", {})
+        pending += [(f"{name} {sub}", each) for sub, each in subcommands.items()]
+        if not subcommands:
+            commands[name] = command
     for command in [group, *commands.values()]:
         for param in command.params:
+            if getattr(param, "hidden", False):
+                continue
             for flag in param.opts if param.param_type_name == "option" else []:
                 assert "\\fB" + flag.replace("-", "\\-") + "\\fR" in trackerctl, flag
     for name in commands:

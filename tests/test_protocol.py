@@ -18,10 +18,15 @@ STATUS = Status(
     boot_time=1, unique_conn_ips=2, unique_domains=3, unique_ip_servers=4, updated_time=5.5
 )
 
-MESSAGES: list[protocol.Message] = [
+CLIENT_MESSAGES: list[protocol.Message] = [
     protocol.Record([("192.0.2.1", "user@example.com"), (None, "<>"), ("::1", None)]),
+    protocol.RecordColumns(["192.0.2.1", None, "::1"], ["user@example.com", "<>", None]),
+    protocol.FeaturesRequest(),
     protocol.StatusRequest(),
     protocol.Ping(),
+]
+DAEMON_MESSAGES: list[protocol.Message] = [
+    protocol.Features(("columns", "something-newer")),
     protocol.Pong(),
     protocol.StatusReply(STATUS),
     protocol.Error("bad-message", "explanation"),
@@ -33,8 +38,10 @@ def frame(obj: object) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-def decode_all(data: bytes, chunk: int | None = None) -> list[object]:
-    decoder = protocol.MessageDecoder()
+def decode_all(
+    data: bytes, chunk: int | None = None, sent_by: protocol.Peer = protocol.Peer.CLIENT
+) -> list[object]:
+    decoder = protocol.MessageDecoder(sent_by=sent_by)
     out: list[object] = []
     step = chunk or max(len(data), 1)
     for start in range(0, len(data), step):
@@ -49,15 +56,23 @@ def decode_all(data: bytes, chunk: int | None = None) -> list[object]:
 def normalised(message: object) -> object:
     if isinstance(message, protocol.Record):
         return protocol.Record([tuple(p) for p in message.pairs])
+    if isinstance(message, protocol.RecordColumns):
+        return protocol.RecordColumns(list(message.conn_ips), list(message.senders))
     return message
 
 
 @pytest.mark.parametrize("chunk", [None, 1, 3, 7])
-def test_round_trip_whole_and_byte_by_byte(chunk: int | None) -> None:
-    stream = b"".join(protocol.encode(m) for m in MESSAGES)
-    decoded = decode_all(stream, chunk)
+@pytest.mark.parametrize(
+    ("sent_by", "messages"),
+    [(protocol.Peer.CLIENT, CLIENT_MESSAGES), (protocol.Peer.DAEMON, DAEMON_MESSAGES)],
+)
+def test_round_trip_whole_and_byte_by_byte(
+    chunk: int | None, sent_by: protocol.Peer, messages: list[protocol.Message]
+) -> None:
+    stream = b"".join(protocol.encode(m) for m in messages)
+    decoded = decode_all(stream, chunk, sent_by)
     assert decoded[-1] is protocol.CLOSED
-    assert [normalised(m) for m in decoded[:-1]] == [normalised(m) for m in MESSAGES]
+    assert [normalised(m) for m in decoded[:-1]] == [normalised(m) for m in messages]
 
 
 def test_wire_format_is_the_documented_one() -> None:
@@ -73,9 +88,9 @@ def test_trailing_fields_are_ignored_for_compatibility() -> None:
     assert decode_all(frame([1, "ping", "future"]))[0] == protocol.Ping()
 
 
-def expect_error(data: bytes, code: str) -> None:
+def expect_error(data: bytes, code: str, sent_by: protocol.Peer = protocol.Peer.CLIENT) -> None:
     with pytest.raises(ProtocolError) as info:
-        decode_all(data)
+        decode_all(data, sent_by=sent_by)
     assert info.value.code == code
 
 
@@ -96,12 +111,29 @@ def expect_error(data: bytes, code: str) -> None:
         ([1, "record", [[b"a", "b"]]], protocol.ERR_BAD_MESSAGE),
         ([1, "record", [["a", ["nested"]]]], protocol.ERR_BAD_MESSAGE),
         ([1, "record", ["ab"]], protocol.ERR_BAD_MESSAGE),
-        ([1, "status", {"boot_time": "x"}], protocol.ERR_BAD_MESSAGE),
-        ([1, "error", 1, 2], protocol.ERR_BAD_MESSAGE),
+        ([1, "pong"], protocol.ERR_UNEXPECTED),
+        ([1, "error", "busy", "text"], protocol.ERR_UNEXPECTED),
     ],
 )
 def test_ill_typed_messages(obj: object, code: str) -> None:
     expect_error(frame(obj), code)
+
+
+@pytest.mark.parametrize(
+    ("obj", "code"),
+    [
+        ([1, "status"], protocol.ERR_BAD_MESSAGE),
+        ([1, "status", {"boot_time": "x"}], protocol.ERR_BAD_MESSAGE),
+        ([1, "status", [1, 2]], protocol.ERR_BAD_MESSAGE),
+        ([1, "error", 1, 2], protocol.ERR_BAD_MESSAGE),
+        ([1, "error", "code"], protocol.ERR_BAD_MESSAGE),
+        ([1, "ping"], protocol.ERR_UNEXPECTED),
+        ([1, "record", []], protocol.ERR_UNEXPECTED),
+        ([1, "launch"], protocol.ERR_UNKNOWN_TYPE),
+    ],
+)
+def test_ill_typed_replies(obj: object, code: str) -> None:
+    expect_error(frame(obj), code, protocol.Peer.DAEMON)
 
 
 def test_one_bad_pair_rejects_the_whole_message() -> None:
@@ -114,7 +146,11 @@ def test_garbage_bytes() -> None:
     expect_error(struct.pack(">I", 3) + b"\xc1\xc1\xc1", protocol.ERR_BAD_MSGPACK)
     expect_error(struct.pack(">I", 2) + b"\x92\x01", protocol.ERR_BAD_MSGPACK)  # truncated msgpack
     expect_error(struct.pack(">I", 3) + b"\x01\x02\x03", protocol.ERR_BAD_MSGPACK)  # extra data
-    expect_error(struct.pack(">I", 4) + b"\xa3\xff\xfe\xfd", protocol.ERR_BAD_MSGPACK)  # bad UTF-8
+    # Invalid UTF-8 in a string the decoder reads; a value it never reads is not checked.
+    bad_utf8 = b"\x93\x01\xa6record\x91\x92\xc0\xa3\xff\xfe\xfd"
+    expect_error(struct.pack(">I", len(bad_utf8)) + bad_utf8, protocol.ERR_BAD_MSGPACK)
+    ignored = b"\x93\x01\xa4ping\xa3\xff\xfe\xfd"
+    assert decode_all(struct.pack(">I", len(ignored)) + ignored)[0] == protocol.Ping()
     deep = b"\x91" * 100000 + b"\xc0"
     expect_error(struct.pack(">I", len(deep)) + deep, protocol.ERR_BAD_MSGPACK)
 
@@ -211,7 +247,7 @@ def test_the_example_in_docs_protocol_md_is_exact() -> None:
     from pathlib import Path
 
     doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
-    example = doc.split("## Example", 1)[1]
+    example = doc.split("## Example\n", 1)[1].split("\n## ", 1)[0]
     hex_columns = [
         re.split(r"\s{3,}", line.strip())[0]
         for line in example.splitlines()
@@ -220,3 +256,83 @@ def test_the_example_in_docs_protocol_md_is_exact() -> None:
     hex_bytes = "".join(hex_columns).replace(" ", "")
     data = protocol.encode(protocol.Record([("192.0.2.1", "a@b.example")]))
     assert bytes.fromhex(hex_bytes) == data
+
+
+def test_the_columns_and_features_examples_in_docs_protocol_md_are_exact() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    section = doc.split("## Example: columns and features\n", 1)[1].split("\n## ", 1)[0]
+    blocks: list[str] = []
+    for line in section.splitlines():
+        if line.startswith("    "):
+            blocks[-1] += re.split(r"\s{3,}", line.strip())[0].replace(" ", "")
+        elif line.strip():
+            blocks.append("")
+    blocks = [b for b in blocks if b]
+    assert [bytes.fromhex(b) for b in blocks] == [
+        protocol.encode(protocol.RecordColumns(["192.0.2.1", None], ["a@b.example", "<>"])),
+        protocol.encode(protocol.FeaturesRequest())
+        + protocol.encode(protocol.Features(("columns",))),
+    ]
+
+
+def test_columns_and_features_are_the_documented_bytes() -> None:
+    data = protocol.encode(protocol.RecordColumns(["192.0.2.1", None], ["a@b.example", "<>"]))
+    assert data == frame([1, "columns", ["192.0.2.1", None], ["a@b.example", "<>"]])
+    assert data.hex(" ") == (
+        "00 00 00 26 94 01 a7 63 6f 6c 75 6d 6e 73 92 a9 31 39 32 2e 30 2e 32 2e 31 c0"
+        " 92 ab 61 40 62 2e 65 78 61 6d 70 6c 65 a2 3c 3e"
+    )
+    assert protocol.encode(protocol.FeaturesRequest()).hex(" ") == (
+        "00 00 00 0b 92 01 a8 66 65 61 74 75 72 65 73"
+    )
+    assert protocol.encode(protocol.Features(protocol.FEATURES)) == frame(
+        [1, "features", ["columns"]]
+    )
+
+
+CLIENT = protocol.Peer.CLIENT
+DAEMON = protocol.Peer.DAEMON
+
+
+@pytest.mark.parametrize(
+    ("sent_by", "body"),
+    [
+        (CLIENT, [1, "columns", ["192.0.2.1"]]),  # one column
+        (CLIENT, [1, "columns", ["192.0.2.1"], ["a@b", "c@d"]]),  # unequal lengths
+        (CLIENT, [1, "columns", [], []]),  # no pairs
+        (CLIENT, [1, "columns", ["192.0.2.1"], [b"a@b"]]),  # bin, not str
+        (CLIENT, [1, "columns", [1], ["a@b"]]),
+        (CLIENT, [1, "columns", [["a", "b"]], ["a@b"]]),
+        (CLIENT, [1, "columns", "192.0.2.1", "a@b"]),
+        (CLIENT, [1, "columns", ["x"] * (protocol.MAX_PAIRS_PER_MESSAGE + 1),
+                  ["y"] * (protocol.MAX_PAIRS_PER_MESSAGE + 1)]),
+        (DAEMON, [1, "features"]),
+        (DAEMON, [1, "features", "columns"]),
+        (DAEMON, [1, "features", [1]]),
+        (DAEMON, [1, "features", ["x" * 65]]),
+        (DAEMON, [1, "features", ["x"] * 65]),
+    ],
+)  # fmt: skip
+def test_malformed_columns_and_features_are_bad_messages(
+    sent_by: protocol.Peer, body: list[object]
+) -> None:
+    decoder = protocol.MessageDecoder(sent_by=sent_by)
+    decoder.receive_data(frame(body))
+    with pytest.raises(ProtocolError) as caught:
+        decoder.next_message()
+    assert caught.value.code == protocol.ERR_BAD_MESSAGE
+    assert caught.value.message in protocol.ERROR_TEXTS
+
+
+def test_columns_split_keeps_every_pair_in_order() -> None:
+    conn_ips = [f"10.0.{i // 256}.{i % 256}" for i in range(1000)]
+    senders = [f"u@d{i}.example" if i % 7 else "x" * 600 for i in range(1000)]
+    frames = protocol.encode_columns_split(conn_ips, senders, max_pairs=300)
+    decoded = [m for f in frames for m in decode_all(f)[:-1]]
+    assert all(isinstance(m, protocol.RecordColumns) for m in decoded)
+    assert [ip for m in decoded for ip in m.conn_ips] == conn_ips  # type: ignore[union-attr]
+    assert [s for m in decoded for s in m.senders] == senders  # type: ignore[union-attr]
+    with pytest.raises(LocalProtocolError):
+        protocol.encode_columns([], [])

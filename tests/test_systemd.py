@@ -143,23 +143,7 @@ def test_sd_notify_ready_status_stopping_in_order(
     assert "WATCHDOG" not in kinds  # not asked for
 
 
-def test_watchdog_pings_at_half_the_timeout(short_tmp: Path) -> None:
-    listener = NotifyListener(str(short_tmp / "notify"))
-    env = dict(os.environ, NOTIFY_SOCKET=listener.address, WATCHDOG_USEC="400000")
-    process = subprocess.Popen(
-        [*TRACKERD, "--runtime-dir", str(short_tmp / "rt")], env=env, stderr=subprocess.DEVNULL
-    )
-    try:
-        listener.wait_for("READY=1")
-        wait_for(
-            lambda: sum(m == "WATCHDOG=1" for m in listener.collect()) >= 3,
-            15,
-            "three WATCHDOG=1 pings",
-        )
-    finally:
-        process.terminate()
-        process.wait(20)
-        listener.sock.close()
+# Pings at half of WatchdogSec: tests/test_timing_promises.py.
 
 
 def test_watchdog_for_another_pid_is_ignored(short_tmp: Path) -> None:

@@ -8,10 +8,12 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trackerd.core.digest_table import Digests
+from trackerd.core.normalise import REJECTED, Category, classify_conn_ip, classify_sender
 from trackerd.core.tracker import SALT_SIZE, Tracker
 
 
@@ -125,11 +127,13 @@ def test_the_raw_value_cache_changes_no_count() -> None:
 def test_the_raw_value_cache_holds_no_cleartext() -> None:
     tracker = Tracker()
     tracker.record_pairs([("203.0.113.77", "someone@secret-domain.example")])
-    for cache in (tracker._conn_cache, tracker._domain_cache):
+    caches = (tracker._conn_cache, tracker._domain_cache, tracker._sender_cache)
+    for cache in caches:
+        assert cache
         for key, value in cache.items():
             assert type(key) is int
             assert type(value) in (bytes, tuple)
-    dump = repr(tracker._conn_cache) + repr(tracker._domain_cache)
+    dump = "".join(map(repr, caches))
     assert "203.0.113.77" not in dump and "secret-domain" not in dump
 
 
@@ -171,3 +175,66 @@ def test_a_batch_counts_as_its_pairs_one_by_one(pairs: list[tuple[str | None, st
         one_by_one.record_server(conn_ip, sender)
     a, b = batched.status(), one_by_one.status()
     assert replace(a, updated_time=0) == replace(b, updated_time=0, boot_time=a.boot_time)
+
+
+def reference_counts(pairs: list[tuple[str | None, str | None]]) -> tuple[int, ...]:
+    """What the counting rules say, from normalise.py alone: no cache, no batch."""
+    keys: list[set[bytes]] = [set(), set(), set()]
+    rejected = [0, 0]
+    for conn_ip, sender in pairs:
+        ip = classify_conn_ip(conn_ip)
+        if type(ip) is bytes:
+            keys[Category.CONN_IP].add(ip)
+        rejected[0] += ip is REJECTED
+        classified = classify_sender(sender)
+        if type(classified) is tuple:
+            keys[classified[0]].add(classified[1])
+        rejected[1] += classified is REJECTED
+    return (*map(len, keys), len(pairs), *rejected)
+
+
+def tracker_counts(tracker: Tracker) -> tuple[int, ...]:
+    s = tracker.status()
+    return (s.unique_conn_ips, s.unique_domains, s.unique_ip_servers, s.records,
+            s.rejected_conn_ips, s.rejected_senders)  # fmt: skip
+
+
+SENDER_FORMS = st.one_of(
+    SENDER_VALUES,
+    st.builds(
+        lambda user, domain, form: form.format(u=user, d=domain),
+        st.sampled_from(["u", "U2", "a.b", "@r:u", ""]),
+        st.sampled_from(["ex.com", "EX.com.", "[192.0.2.9]", "192.0.2.9", "b\u00fccher.de",
+                         "xn--bcher-kva.de", "", "a b", "<", "[1.2.3.4", "@x"]),
+        st.sampled_from(["{d}", "{u}@{d}", "<{u}@{d}>", " <{u}@{d}> ", "<{d}>", "{u}@{d}>",
+                         "<{u}@{d}", "{u}@@{d}", "\t{d}\n", "{d}\u2028"]),
+    ),
+    st.text(alphabet="ab@<>[] .:\n\t1", max_size=12),
+)  # fmt: skip
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(
+    st.lists(st.tuples(PAIR_VALUES, SENDER_FORMS), max_size=60),
+    st.integers(min_value=1, max_value=20),
+)
+def test_the_columns_path_counts_what_the_rules_say(
+    pairs: list[tuple[str | None, str | None]], batch: int
+) -> None:
+    """record_columns(), with its caches by raw text and by domain part, in batches
+    of any size and with every value seen twice, counts exactly what normalise.py's
+    rules say for each pair alone."""
+    tracker = Tracker()
+    for _ in range(2):  # the second time, everything is a cache hit
+        for start in range(0, len(pairs), batch):
+            chunk = pairs[start : start + batch]
+            tracker.record_columns([p[0] for p in chunk], [p[1] for p in chunk])
+    expected = reference_counts(pairs)
+    assert tracker_counts(tracker) == (*expected[:3], *(2 * n for n in expected[3:]))
+
+
+def test_columns_of_unequal_length_are_refused() -> None:
+    tracker = Tracker()
+    with pytest.raises(ValueError):
+        tracker.record_columns(["192.0.2.1"], [])
+    assert tracker.status().records == 0

@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MAN_DIR = ROOT / "man"
@@ -145,6 +146,15 @@ def trackerd_page() -> str:
 # --- trackerctl(1), from typer/click --------------------------------------------------
 
 
+def _leaf_commands(group: object, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(name, command) of every command, a group's ("fleet push") included."""
+    for name, command in getattr(group, "commands", {}).items():
+        if getattr(command, "commands", None):
+            yield from _leaf_commands(command, f"{prefix}{name} ")
+        else:
+            yield f"{prefix}{name}", command
+
+
 def trackerctl_page() -> str:
     from importlib.metadata import version
 
@@ -173,8 +183,7 @@ def trackerctl_page() -> str:
             common.add(param.name or "")
             mentions.append((param.opts[-1], record[1]))
     lines.append(".SH COMMANDS")
-    commands = getattr(group, "commands", {})
-    for name, command in commands.items():
+    for name, command in _leaf_commands(group):
         sub = command.make_context(name, [], parent=ctx, resilient_parsing=True)
         arguments = [p for p in command.params if p.param_type_name == "argument"]
         usage = " ".join(

@@ -1,18 +1,26 @@
-"""trackerd's command line: one parser built from each component's own options, one Config.
+"""trackerd's command line and config file: one parser built from each component's
+own options, one Config.
 
 Each component adds its own arguments (``add_arguments``) and reads its settings
 back from the parsed namespace (``from_args``), as aiosmtpd's ``from_cli`` does;
 this module only puts them in order and collects them into a Config. Every range
 is checked by a ``type=`` validator while parsing (option_types.py).
 build_parser() is also what the man page generator reads.
+
+``--config FILE`` names a file of the same options, one per line without the
+leading dashes (``allow-gid = mail``); SIGHUP reads it again (reload.py).
+Options on the command line come after the file's, so they win; repeatable ones
+(the allow-lists) add up.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from servertracker.paths import RUNTIME_DIR_HELP, SOCKET_HELP, add_path_arguments, paths_from_args
 from trackerd import __version__
@@ -20,10 +28,12 @@ from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT
 from trackerd.edges import access
 from trackerd.edges.access import AllowLists, ConnectionLimits
 from trackerd.edges.endpoint import ListenerSettings
+from trackerd.edges.fleet import FleetSettings
 from trackerd.edges.logs import LogSettings
 from trackerd.edges.msgpack_server import TrackerServer
 from trackerd.edges.policy_server import PolicyServer
 from trackerd.edges.status_writer import STATUS_INTERVAL, StatusWriter
+from trackerd.errors import ConfigError
 from trackerd.option_types import Arguments, int_between
 
 DESCRIPTION = (
@@ -46,6 +56,38 @@ class Config:
     allow: AllowLists = field(default_factory=AllowLists)
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     logging: LogSettings = field(default_factory=LogSettings)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
+    config_file: Path | None = None
+
+
+#: Config fields SIGHUP applies; the others need a restart (the option that sets each).
+RELOADABLE = ("allow", "logging")
+RESTART_ONLY = {
+    "runtime_dir": "--runtime-dir",
+    "listener": "--socket*",
+    "postfix_listener": "--postfix-policy-socket*",
+    "status_interval": "--status-interval",
+    "max_exact": "--max-exact-entries",
+    "limits": "--max-connections/--idle-timeout/--frame-timeout",
+    "config_file": "--config",
+    "fleet": "--fleet-key-file",
+}
+CONFIG_OPTION = "--config"
+#: Options a config file may not hold: they are about the command line itself.
+_NOT_IN_A_FILE = frozenset({CONFIG_OPTION, "--help", "--version", "-h"})
+#: Longest config file read: a few dozen lines are expected.
+MAX_CONFIG_FILE = 64 * 1024
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that can raise ConfigError instead of exiting (for SIGHUP)."""
+
+    raise_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.raise_errors:
+            raise ConfigError(message)
+        super().error(message)
 
 
 def _add_tracker_arguments(arguments: Arguments) -> None:
@@ -65,16 +107,27 @@ def _add_tracker_arguments(arguments: Arguments) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """trackerd's argument parser, with every component's options."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="trackerd",
         description=DESCRIPTION,
         epilog=f"Runtime directory: {RUNTIME_DIR_HELP}. Socket: {SOCKET_HELP}.",
+    )
+    parser.add_argument(
+        CONFIG_OPTION,
+        metavar="FILE",
+        help=(
+            "read options from FILE too, one per line as on the command line without the "
+            "leading dashes ('allow-gid = mail'; # starts a comment). SIGHUP reads it again "
+            "and applies the log level, the statistics interval and the allow-lists; "
+            "options given on the command line win"
+        ),
     )
     add_path_arguments(parser)
     TrackerServer.add_arguments(parser)
     StatusWriter.add_arguments(parser)
     _add_tracker_arguments(parser)
     PolicyServer.add_arguments(parser)
+    FleetSettings.add_arguments(parser)
     title, description = access.ARGUMENT_GROUP
     limits = parser.add_argument_group(title, description)
     AllowLists.add_arguments(limits)
@@ -95,9 +148,60 @@ def config_from_args(args: argparse.Namespace) -> Config:
         allow=AllowLists.from_args(args),
         limits=ConnectionLimits.from_args(args),
         logging=LogSettings.from_args(args),
+        fleet=FleetSettings.from_args(args),
+        config_file=Path(args.config) if args.config else None,
     )
 
 
-def parse_config(argv: Sequence[str] | None = None) -> Config:
-    """The Config from a command line; a usage error exits 2 with argparse's message."""
-    return config_from_args(build_parser().parse_args(argv))
+def read_config_file(path: Path, parser: argparse.ArgumentParser) -> list[str]:
+    """The file's options as command-line arguments. ConfigError says which line is wrong."""
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(MAX_CONFIG_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_FILE:
+        raise ConfigError(f"config file {path} is over {MAX_CONFIG_FILE} bytes")
+    known = parser._option_string_actions
+    arguments: list[str] = []
+    for number, line in enumerate(raw.decode("utf-8", "replace").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, equals, value = line.partition("=")
+        flag = "--" + name.strip()
+        if flag not in known or flag in _NOT_IN_A_FILE:
+            # Only the line number: a stray secret pasted in the wrong file stays out of the log.
+            raise ConfigError(f"{path}, line {number}: not a trackerd option")
+        arguments += [flag, value.strip()] if equals else [flag]
+    return arguments
+
+
+def parse_config(argv: Sequence[str] | None = None, *, raise_errors: bool = False) -> Config:
+    """The Config from a command line (and the config file it names).
+
+    A usage error exits 2 with argparse's message, or raises ConfigError if
+    raise_errors (a reload must not end the daemon).
+    """
+    parser = build_parser()
+    assert isinstance(parser, _Parser)
+    parser.raise_errors = raise_errors
+    command_line = list(argv) if argv is not None else sys.argv[1:]
+    args = parser.parse_args(command_line)
+    if args.config:
+        path = Path(args.config)
+        try:
+            from_file = read_config_file(path, parser)
+            parser.raise_errors = True
+            try:
+                parser.parse_args(from_file)  # alone first: its errors are the file's
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+        except ConfigError as exc:
+            if raise_errors:
+                raise
+            parser.raise_errors = False
+            parser.error(str(exc))
+        parser.raise_errors = raise_errors
+        args = parser.parse_args([*from_file, *command_line])
+    return config_from_args(args)

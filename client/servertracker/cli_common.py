@@ -28,6 +28,8 @@ EXIT_OUTPUT = 1  # trackerctl could not write its output (a full disk, say)
 EXIT_USAGE = 2  # a mistyped command line (typer's own code)
 EXIT_FILE_ONLY = 3  # status, watch: the daemon did not answer; the counts come from the file
 EXIT_UNAVAILABLE = 4  # nothing could answer: no daemon (and, for status, no readable file)
+EXIT_FLEET_KEY = 5  # fleet keygen/advance: the key file cannot be used or written
+EXIT_REDIS = 6  # fleet push/status: Redis unreachable, too slow, refused, or holds no fleet data
 EXIT_INTERRUPTED = 130  # Ctrl-C (watch leaves with its last refresh's code instead)
 
 EXIT_CODES = (
@@ -42,6 +44,8 @@ EXIT_CODES = (
         EXIT_UNAVAILABLE,
         "nothing could answer: no daemon (and, for status and watch, no readable status file)",
     ),
+    (EXIT_FLEET_KEY, "fleet keygen and advance only: the key file cannot be used or written"),
+    (EXIT_REDIS, "fleet push and status only: Redis unreachable, too slow, refused or empty"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C), except watch, which leaves with its last code"),
 )
 EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES) + "."

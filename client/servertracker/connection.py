@@ -59,7 +59,7 @@ class DaemonConnection:
     ) -> None:
         self.socket_path = os.fspath(socket_path)
         self._timeout = timeout
-        self._decoder = protocol.MessageDecoder()
+        self._decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:
@@ -165,6 +165,12 @@ class DaemonConnection:
         reply = self._request(protocol.StatusRequest(), protocol.StatusReply)
         assert isinstance(reply, protocol.StatusReply)
         return reply.status
+
+    def fleet(self) -> protocol.FleetReply:
+        """The fleet sketches (registers only); ProtocolError "fleet-off" without fleet mode."""
+        reply = self._request(protocol.FleetRequest(), protocol.FleetReply)
+        assert isinstance(reply, protocol.FleetReply)
+        return reply
 
     def record(self, pairs: Sequence[protocol.Pair]) -> None:
         """Send records; they are applied before any later request on this connection."""

@@ -11,6 +11,7 @@ A frame is a 4-byte big-endian length N followed by N bytes of one msgpack array
 
 from __future__ import annotations
 
+import enum
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +46,15 @@ ERR_UNSUPPORTED_VERSION: Final = "unsupported-version"
 ERR_UNKNOWN_TYPE: Final = "unknown-type"
 ERR_TRUNCATED: Final = "truncated"
 ERR_UNEXPECTED: Final = "unexpected-message"
+ERR_FLEET_OFF: Final = "fleet-off"
+
+#: Size of one fleet sketch: a dense Redis HyperLogLog string (16-byte header and
+#: 16,384 six-bit registers), as trackerd/core/fleet_sketch.py makes it.
+FLEET_SKETCH_SIZE: Final = 12304
+#: The fleet reply carries at most the current and the previous epoch.
+MAX_FLEET_EPOCHS: Final = 2
+#: At most this many sketches (categories) in one epoch of a fleet reply.
+MAX_FLEET_SKETCHES: Final = 8
 
 #: A pair as it comes off the wire: a two-element list of str or None.
 Pair: TypeAlias = Sequence[str | None]
@@ -55,6 +65,29 @@ class Record:
     """One or many (conn_ip, sender) pairs. No reply."""
 
     pairs: Sequence[Pair]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordColumns:
+    """Many pairs as two columns: (conn_ips[i], senders[i]) is pair i. No reply.
+
+    Means exactly what Record of those pairs means; it costs the daemon less (no
+    array per pair, and the columns are what its hot loop takes). Sent only to a
+    daemon whose Features list FEATURE_COLUMNS.
+    """
+
+    conn_ips: Sequence[str | None]
+    senders: Sequence[str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class FeaturesRequest:
+    """Ask which additions to version 1 the daemon understands. Reply: Features."""
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    names: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +111,27 @@ class Pong:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetRequest:
+    """Ask for the fleet sketches (docs/fleet.md). Reply: FleetReply."""
+
+
+@dataclass(frozen=True, slots=True)
+class FleetEpoch:
+    """One epoch's sketches: status field name -> dense Redis HyperLogLog string."""
+
+    epoch: int
+    sketches: dict[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetReply:
+    """The current epoch's sketches first, then the previous epoch's if kept."""
+
+    epoch_seconds: int
+    epochs: tuple[FleetEpoch, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     """Sent by the daemon just before it closes a connection that sent garbage."""
 
@@ -85,7 +139,26 @@ class Error:
     message: str
 
 
-Message: TypeAlias = Record | StatusRequest | Ping | StatusReply | Pong | Error
+Message: TypeAlias = (
+    Record
+    | RecordColumns
+    | FeaturesRequest
+    | Features
+    | StatusRequest
+    | Ping
+    | StatusReply
+    | Pong
+    | Error
+    | FleetRequest
+    | FleetReply
+)
+
+#: The "columns" message (RecordColumns) is understood.
+FEATURE_COLUMNS: Final = "columns"
+#: What this side understands beyond the messages every version-1 daemon knows.
+FEATURES: Final = (FEATURE_COLUMNS,)
+#: Most feature names in a Features reply, and the longest name.
+MAX_FEATURES: Final = 64
 
 
 class _Sentinel:
@@ -151,12 +224,54 @@ def encode_records_split(pairs: Sequence[Pair], max_pairs: int = 4096) -> list[b
     return frames
 
 
+def encode_columns(conn_ips: Sequence[str | None], senders: Sequence[str | None]) -> bytes:
+    """Encode a columns message (RecordColumns); the client's hot path, as encode_records."""
+    if len(conn_ips) != len(senders) or not conn_ips:
+        raise LocalProtocolError("columns must be of equal length, at least 1")
+    if len(conn_ips) > MAX_PAIRS_PER_MESSAGE:
+        raise LocalProtocolError(f"more than {MAX_PAIRS_PER_MESSAGE} pairs in one message")
+    try:
+        body = _packer_default.pack([PROTOCOL_VERSION, "columns", conn_ips, senders])
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LocalProtocolError(f"cannot encode record: {exc}") from None
+    return _frame(body)
+
+
+def encode_columns_split(
+    conn_ips: Sequence[str | None], senders: Sequence[str | None], max_pairs: int = 4096
+) -> list[bytes]:
+    """Encode any number of pairs, given as columns, as columns frames within the limits.
+
+    As encode_records_split: a chunk that encodes too large is halved until it fits.
+    """
+    frames: list[bytes] = []
+    pending = [(start, min(len(conn_ips), start + max_pairs))
+               for start in range(0, len(conn_ips), max_pairs)]  # fmt: skip
+    pending.reverse()
+    while pending:
+        start, end = pending.pop()
+        try:
+            frames.append(encode_columns(conn_ips[start:end], senders[start:end]))
+        except LocalProtocolError:
+            if end - start <= 1:
+                raise
+            half = (start + end) // 2
+            pending += [(half, end), (start, half)]
+    return frames
+
+
 def encode(message: Message) -> bytes:
     """Encode any message as one frame."""
     if isinstance(message, Record):
         return encode_records(message.pairs)
+    if isinstance(message, RecordColumns):
+        return encode_columns(message.conn_ips, message.senders)
     body: list[Any]
-    if isinstance(message, StatusRequest):
+    if isinstance(message, FeaturesRequest):
+        body = [PROTOCOL_VERSION, "features"]
+    elif isinstance(message, Features):
+        body = [PROTOCOL_VERSION, "features", list(message.names)]
+    elif isinstance(message, StatusRequest):
         body = [PROTOCOL_VERSION, "status"]
     elif isinstance(message, Ping):
         body = [PROTOCOL_VERSION, "ping"]
@@ -166,82 +281,343 @@ def encode(message: Message) -> bytes:
         body = [PROTOCOL_VERSION, "status", message.status.to_dict()]
     elif isinstance(message, Error):
         body = [PROTOCOL_VERSION, "error", message.code, message.message[:MAX_ERROR_TEXT]]
+    elif isinstance(message, FleetRequest):
+        body = [PROTOCOL_VERSION, "fleet"]
+    elif isinstance(message, FleetReply):
+        epochs = [{"epoch": e.epoch, "sketches": dict(e.sketches)} for e in message.epochs]
+        fields = {"epoch_seconds": message.epoch_seconds, "epochs": epochs}
+        body = [PROTOCOL_VERSION, "fleet", fields]
     else:
         raise LocalProtocolError(f"not a protocol message: {message!r}")
     return _frame(_packer_default.pack(body))
 
 
 # --- decoding -----------------------------------------------------------------
+#
+# A body is read in two passes. The first skips the whole value without building
+# anything: it must be exactly one well-formed msgpack value (else bad-msgpack).
+# The second builds only the defined fields, front to back, and stops there:
+# elements after them are never built, so an ignored element costs no memory
+# and its content (map keys of any type, say) is not checked. Wherever a field
+# could hide a large tree of small objects (a record's pairs), each array is
+# checked as it is built, so decoding allocates at most what a valid message of
+# the same size would (docs/protocol.md, "Limits").
+
+
+class Peer(enum.Enum):
+    """Who sent the bytes a decoder reads: a type name means a request from a
+    client and a reply from the daemon ("status"), so each decoder reads one side."""
+
+    CLIENT = "client"  # the daemon's decoders
+    DAEMON = "daemon"  # the clients' decoders
+
+
+# Every text a decoder can put in a ProtocolError: fixed, so that none can echo
+# what a peer sent (a length, a version number, a type name could each carry a
+# value). ERROR_TEXTS holds them all; the tests check that nothing else appears.
+TEXT_TOO_LARGE: Final = "the frame header announces more than the size limit"
+TEXT_EMPTY_FRAME: Final = "empty frame"
+TEXT_TRUNCATED_HEADER: Final = "connection closed inside a frame header"
+TEXT_TRUNCATED: Final = "connection closed inside a frame"
+TEXT_BAD_MSGPACK: Final = "the body is not exactly one well-formed msgpack value"
+TEXT_BAD_UTF8: Final = "a string is not valid UTF-8"
+TEXT_NOT_AN_ARRAY: Final = "a message must be an array [version, type, ...]"
+TEXT_BAD_VERSION: Final = "the version must be an integer"
+TEXT_UNSUPPORTED_VERSION: Final = (
+    f"protocol version not supported (this side speaks {PROTOCOL_VERSION})"
+)
+TEXT_BAD_TYPE: Final = "the message type must be a string"
+TEXT_UNKNOWN_TYPE: Final = "unknown message type"
+TEXT_NO_PAIRS: Final = "record needs its pairs"
+TEXT_PAIRS_NOT_ARRAY: Final = "record pairs must be an array"
+TEXT_TOO_MANY_PAIRS: Final = f"more than {MAX_PAIRS_PER_MESSAGE} pairs in one message"
+TEXT_BAD_PAIR: Final = "each pair must be an array of two elements, each a string or nil"
+TEXT_UNEXPECTED: Final = "this side may not receive this message"
+TEXT_NO_STATUS: Final = "a status reply needs its fields"
+TEXT_BAD_STATUS: Final = "invalid status fields"
+TEXT_BAD_ERROR: Final = "error needs a code and a message, both strings"
+TEXT_BAD_FLEET: Final = "invalid fleet reply"
+TEXT_FLEET_OFF: Final = "fleet mode is off (trackerd has no --fleet-key-file)"
+TEXT_BAD_COLUMNS: Final = (
+    f"columns needs two arrays of equal length, 1 to {MAX_PAIRS_PER_MESSAGE} strings or nil"
+)
+TEXT_BAD_FEATURES: Final = (
+    f"features needs an array of at most {MAX_FEATURES} strings of {MAX_FEATURES} characters"
+)
+ERROR_TEXTS: Final = frozenset(
+    value for name, value in list(globals().items()) if name.startswith("TEXT_")
+)
+
+# First bytes of msgpack types (the msgpack spec's format table).
+_ARRAY_HEADERS = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])
+_INT_HEADERS = frozenset([*range(0x00, 0x80), *range(0xCC, 0xD4), *range(0xE0, 0x100)])
+_STR_HEADERS = frozenset([*range(0xA0, 0xC0), 0xD9, 0xDA, 0xDB])
+#: Bounds for what a daemon's reply may hold (a status map, its "estimated" list).
+_MAX_REPLY_CONTAINER = 1024
+
+
+class _Refused(Exception):
+    """Raised from inside msgpack's hooks to stop building at once."""
+
+    def __init__(self, code: str, text: str) -> None:
+        self.code = code
+        self.text = text
+
+
+class _PairCheck:
+    """msgpack list_hook for a record's pairs: each array is checked as it is built.
+
+    Arrays shaped as pairs pass; one other array may pass (the pairs array
+    itself, built last); a second one means the value is not a list of pairs,
+    and building stops there, before a hostile tree of arrays is built whole.
+    """
+
+    __slots__ = ("max_others", "others", "pairs")
+
+    def __init__(self) -> None:
+        self.pairs = 0
+        self.others = 0
+        #: Arrays other than pairs that may be built: 2 for a columns message.
+        self.max_others = 1
+
+    def __call__(self, items: list[Any]) -> list[Any]:
+        if len(items) == 2:
+            a, b = items
+            if (a is None or type(a) is str) and (b is None or type(b) is str):
+                self.pairs += 1
+                if self.pairs > MAX_PAIRS_PER_MESSAGE:
+                    raise _Refused(ERR_BAD_MESSAGE, TEXT_TOO_MANY_PAIRS)
+                return items
+        self.others += 1
+        if self.others > self.max_others:
+            raise _Refused(ERR_BAD_MESSAGE, TEXT_BAD_PAIR)
+        return items
+
+
+def _no_map(_: object) -> object:
+    raise _Refused(ERR_BAD_MESSAGE, TEXT_BAD_PAIR)
+
+
+def _check_well_formed(body: bytes) -> None:
+    skipper = msgpack.Unpacker(max_buffer_size=max(len(body), 1))
+    skipper.feed(body)
+    try:
+        skipper.skip()
+    except (ValueError, msgpack.UnpackException):
+        # Invalid type bytes, a value cut short, nesting deeper than msgpack allows.
+        raise ProtocolError(ERR_BAD_MSGPACK, TEXT_BAD_MSGPACK) from None
+    if skipper.tell() != len(body):
+        raise ProtocolError(ERR_BAD_MSGPACK, TEXT_BAD_MSGPACK)
+
+
+class _FieldReader:
+    """Reads the defined fields of one well-formed body, building nothing else."""
+
+    def __init__(self, body: bytes, sent_by: Peer) -> None:
+        self._body = body
+        self.pair_check = _PairCheck()
+        if sent_by is Peer.CLIENT:
+            # A client's defined fields hold no map, bin or ext, and no array
+            # longer than a record's pairs.
+            self._unpacker = msgpack.Unpacker(
+                raw=False,
+                max_buffer_size=max(len(body), 1),
+                max_array_len=MAX_PAIRS_PER_MESSAGE,
+                max_map_len=0,
+                max_bin_len=0,
+                max_ext_len=0,
+                list_hook=self.pair_check,
+                object_hook=_no_map,
+            )
+        else:
+            self._unpacker = msgpack.Unpacker(
+                raw=False,
+                max_buffer_size=max(len(body), 1),
+                max_array_len=_MAX_REPLY_CONTAINER,
+                max_map_len=_MAX_REPLY_CONTAINER,
+                max_bin_len=FLEET_SKETCH_SIZE,  # a fleet reply's sketches
+                max_ext_len=0,
+            )
+        self._unpacker.feed(body)
+
+    def next_byte(self) -> int:
+        """The first byte of the next value (the body is known to hold it)."""
+        return self._body[self._unpacker.tell()]
+
+    def next_array_length(self) -> int:
+        """The length of the array that comes next, read from its header alone."""
+        at = self._unpacker.tell()
+        first = self._body[at]
+        if first == 0xDC:
+            return int.from_bytes(self._body[at + 1 : at + 3], "big")
+        if first == 0xDD:
+            return int.from_bytes(self._body[at + 1 : at + 5], "big")
+        return first & 0x0F  # fixarray
+
+    def array_header(self) -> int:
+        length: int = self._unpacker.read_array_header()
+        return length
+
+    def value(self, code: str, text: str) -> Any:
+        """Build the next value; a limit or hook refusing it raises (code, text)."""
+        try:
+            return self._unpacker.unpack()
+        except _Refused as exc:
+            raise ProtocolError(exc.code, exc.text) from None
+        except UnicodeDecodeError:
+            raise ProtocolError(ERR_BAD_MSGPACK, TEXT_BAD_UTF8) from None
+        except ValueError:  # a limit: an array, map, bin or ext where none may be
+            raise ProtocolError(code, text) from None
 
 
 def _bad(text: str) -> ProtocolError:
     return ProtocolError(ERR_BAD_MESSAGE, text)
 
 
-def _validate_pairs(pairs: object) -> Sequence[Pair]:
-    if type(pairs) is not list:
-        raise _bad("record pairs must be an array")
-    if len(pairs) > MAX_PAIRS_PER_MESSAGE:
-        raise _bad(f"more than {MAX_PAIRS_PER_MESSAGE} pairs in one message")
-    for pair in pairs:
-        # Exact type checks: the whole message is validated before any pair counts,
-        # so an ill-typed message changes nothing.
-        if type(pair) is not list or len(pair) != 2:
-            raise _bad("each pair must be an array of two elements")
-        a, b = pair
-        if (a is not None and type(a) is not str) or (b is not None and type(b) is not str):
-            raise _bad("pair elements must be strings or nil")
-    return pairs
+def decode_body(body: bytes, sent_by: Peer = Peer.CLIENT) -> Message:
+    """Decode one frame body (without its length header), as sent by sent_by.
+
+    Raises ProtocolError with a fixed text (one of ERROR_TEXTS).
+    """
+    _check_well_formed(body)
+    reader = _FieldReader(body, sent_by)
+    if reader.next_byte() not in _ARRAY_HEADERS:
+        raise _bad(TEXT_NOT_AN_ARRAY)
+    length = reader.array_header()
+    if length < 2:
+        raise _bad(TEXT_NOT_AN_ARRAY)
+    if reader.next_byte() not in _INT_HEADERS:
+        raise _bad(TEXT_BAD_VERSION)
+    if reader.value(ERR_BAD_MESSAGE, TEXT_BAD_VERSION) != PROTOCOL_VERSION:
+        raise ProtocolError(ERR_UNSUPPORTED_VERSION, TEXT_UNSUPPORTED_VERSION)
+    if reader.next_byte() not in _STR_HEADERS:
+        raise _bad(TEXT_BAD_TYPE)
+    kind = reader.value(ERR_BAD_MESSAGE, TEXT_BAD_TYPE)
+    # Elements after the defined fields are ignored: room for compatible additions.
+    if sent_by is Peer.CLIENT:
+        return _client_message(kind, length, reader)
+    return _daemon_message(kind, length, reader)
 
 
-def _parse_body(obj: object) -> Message:
-    if type(obj) is not list or len(obj) < 2:
-        raise _bad("a message must be an array [version, type, ...]")
-    version, kind = obj[0], obj[1]
-    if type(version) is not int:
-        raise _bad("the version must be an integer")
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError(
-            ERR_UNSUPPORTED_VERSION,
-            f"protocol version {version} is not supported (this side speaks {PROTOCOL_VERSION})",
-        )
-    if type(kind) is not str:
-        raise _bad("the message type must be a string")
-    # Trailing elements beyond those defined are ignored: room for compatible additions.
+def _client_message(kind: str, length: int, reader: _FieldReader) -> Message:
     if kind == "record":
-        if len(obj) < 3:
-            raise _bad("record needs its pairs")
-        return Record(_validate_pairs(obj[2]))
+        if length < 3:
+            raise _bad(TEXT_NO_PAIRS)
+        if reader.next_byte() not in _ARRAY_HEADERS:
+            raise _bad(TEXT_PAIRS_NOT_ARRAY)
+        if reader.next_array_length() > MAX_PAIRS_PER_MESSAGE:
+            raise _bad(TEXT_TOO_MANY_PAIRS)
+        pairs = reader.value(ERR_BAD_MESSAGE, TEXT_BAD_PAIR)
+        # Every array built was a pair but the pairs array itself (see _PairCheck).
+        if reader.pair_check.others != 1 or reader.pair_check.pairs != len(pairs):
+            raise _bad(TEXT_BAD_PAIR)
+        return Record(pairs)
+    if kind == "columns":
+        return _columns(length, reader)
+    if kind == "features":
+        return FeaturesRequest()
+    if kind == "status":
+        return StatusRequest()
     if kind == "ping":
         return Ping()
-    if kind == "pong":
-        return Pong()
+    if kind == "fleet":
+        return FleetRequest()
+    if kind in ("pong", "error"):
+        raise ProtocolError(ERR_UNEXPECTED, TEXT_UNEXPECTED)
+    # The type is not echoed: whatever a peer sends could be a cleartext value.
+    raise ProtocolError(ERR_UNKNOWN_TYPE, TEXT_UNKNOWN_TYPE)
+
+
+_STR_OR_NIL: Final = frozenset((str, type(None)))
+
+
+def _columns(length: int, reader: _FieldReader) -> RecordColumns:
+    if length < 4:
+        raise _bad(TEXT_BAD_COLUMNS)
+    reader.pair_check.max_others = 2  # the two columns themselves
+    columns = []
+    for _ in range(2):
+        if reader.next_byte() not in _ARRAY_HEADERS:
+            raise _bad(TEXT_BAD_COLUMNS)
+        if not 0 < reader.next_array_length() <= MAX_PAIRS_PER_MESSAGE:
+            raise _bad(TEXT_BAD_COLUMNS)
+        column = reader.value(ERR_BAD_MESSAGE, TEXT_BAD_COLUMNS)
+        # One C loop over the types, not a Python loop over the values.
+        if not _STR_OR_NIL.issuperset(map(type, column)):
+            raise _bad(TEXT_BAD_COLUMNS)
+        columns.append(column)
+    if len(columns[0]) != len(columns[1]):
+        raise _bad(TEXT_BAD_COLUMNS)
+    return RecordColumns(*columns)
+
+
+def _features(length: int, reader: _FieldReader) -> Features:
+    if length < 3 or reader.next_byte() not in _ARRAY_HEADERS:
+        raise _bad(TEXT_BAD_FEATURES)
+    names = reader.value(ERR_BAD_MESSAGE, TEXT_BAD_FEATURES)
+    if len(names) > MAX_FEATURES or not all(
+        type(name) is str and len(name) <= MAX_FEATURES for name in names
+    ):
+        raise _bad(TEXT_BAD_FEATURES)
+    return Features(tuple(names))
+
+
+def _daemon_message(kind: str, length: int, reader: _FieldReader) -> Message:
     if kind == "status":
-        if len(obj) == 2:
-            return StatusRequest()
-        fields = obj[2]
+        if length < 3:
+            raise _bad(TEXT_NO_STATUS)
+        fields = reader.value(ERR_BAD_MESSAGE, TEXT_BAD_STATUS)
         if type(fields) is not dict:
-            raise _bad("status fields must be a map")
+            raise _bad(TEXT_BAD_STATUS)
         try:
             return StatusReply(Status.from_dict(fields))
-        except ValueError as exc:
-            raise _bad(f"invalid status: {exc}") from None
+        except ValueError:
+            raise _bad(TEXT_BAD_STATUS) from None
+    if kind == "pong":
+        return Pong()
+    if kind == "fleet":
+        if length < 3:
+            raise _bad(TEXT_BAD_FLEET)
+        return _fleet_reply(reader.value(ERR_BAD_MESSAGE, TEXT_BAD_FLEET))
+    if kind == "features":
+        return _features(length, reader)
     if kind == "error":
-        if len(obj) < 4 or type(obj[2]) is not str or type(obj[3]) is not str:
-            raise _bad("error needs a code and a message, both strings")
-        return Error(obj[2][:64], obj[3][:MAX_ERROR_TEXT])
-    # The type is not echoed: whatever a peer sends could be a cleartext value.
-    raise ProtocolError(ERR_UNKNOWN_TYPE, "unknown message type")
+        if length < 4:
+            raise _bad(TEXT_BAD_ERROR)
+        code = reader.value(ERR_BAD_MESSAGE, TEXT_BAD_ERROR)
+        text = reader.value(ERR_BAD_MESSAGE, TEXT_BAD_ERROR)
+        if type(code) is not str or type(text) is not str:
+            raise _bad(TEXT_BAD_ERROR)
+        return Error(code[:64], text[:MAX_ERROR_TEXT])
+    if kind in ("record", "columns", "ping"):
+        raise ProtocolError(ERR_UNEXPECTED, TEXT_UNEXPECTED)
+    raise ProtocolError(ERR_UNKNOWN_TYPE, TEXT_UNKNOWN_TYPE)
 
 
-def decode_body(body: bytes) -> Message:
-    """Decode one frame body (without its length header)."""
-    try:
-        obj = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
-    except (ValueError, TypeError) as exc:
-        # Covers invalid msgpack, trailing bytes, bad UTF-8 and too-deep nesting.
-        raise ProtocolError(ERR_BAD_MSGPACK, f"invalid msgpack: {type(exc).__name__}") from None
-    return _parse_body(obj)
+def _fleet_reply(fields: object) -> FleetReply:
+    if type(fields) is not dict:
+        raise _bad(TEXT_BAD_FLEET)
+    epoch_seconds, epochs = fields.get("epoch_seconds"), fields.get("epochs")
+    if type(epoch_seconds) is not int or epoch_seconds < 1:
+        raise _bad(TEXT_BAD_FLEET)
+    if type(epochs) is not list or not 1 <= len(epochs) <= MAX_FLEET_EPOCHS:
+        raise _bad(TEXT_BAD_FLEET)
+    parsed = []
+    for each in epochs:
+        if type(each) is not dict or type(each.get("epoch")) is not int:
+            raise _bad(TEXT_BAD_FLEET)
+        sketches = each.get("sketches")
+        if type(sketches) is not dict or len(sketches) > MAX_FLEET_SKETCHES:
+            raise _bad(TEXT_BAD_FLEET)
+        for name, sketch in sketches.items():
+            if type(name) is not str or len(name) > 64:
+                raise _bad(TEXT_BAD_FLEET)
+            if type(sketch) is not bytes or len(sketch) != FLEET_SKETCH_SIZE:
+                raise _bad(TEXT_BAD_FLEET)
+            if sketch[:5] != b"HYLL\x00":  # a dense Redis HyperLogLog
+                raise _bad(TEXT_BAD_FLEET)
+        parsed.append(FleetEpoch(each["epoch"], sketches))
+    return FleetReply(epoch_seconds, tuple(parsed))
 
 
 class MessageDecoder:
@@ -250,19 +626,26 @@ class MessageDecoder:
     Feed bytes with ``receive_data()`` (``b""`` means the peer closed), then call
     ``next_message()`` until it returns NEED_DATA. Once it has raised
     ProtocolError the decoder stays broken: the connection must be closed.
-    Memory is bounded by max_message_size plus one read.
+    Memory is bounded by max_message_size plus one read. The bytes of a frame
+    are overwritten as soon as it is decoded: the buffer never keeps what was
+    already handed out.
     """
 
-    def __init__(self, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
+    def __init__(
+        self, max_message_size: int = MAX_MESSAGE_SIZE, *, sent_by: Peer = Peer.CLIENT
+    ) -> None:
         self._max = max_message_size
+        self._sent_by = sent_by
         self._buffer = bytearray()
         self._offset = 0
         self._eof = False
         self._error: ProtocolError | None = None
+        #: Frames taken from the stream so far, whole (decoded or refused).
+        self.frames = 0
 
     @property
     def buffered(self) -> int:
-        """Bytes received but not yet returned as messages."""
+        """Bytes received but not yet returned as messages: a frame is in progress."""
         return len(self._buffer) - self._offset
 
     def receive_data(self, data: bytes) -> None:
@@ -275,6 +658,7 @@ class MessageDecoder:
             return
         if self._offset and self._offset >= len(self._buffer) // 2:
             # Compact only now and then, so a stream of small frames stays O(n).
+            # What is cut off was overwritten already (see _take_frame).
             del self._buffer[: self._offset]
             self._offset = 0
         self._buffer += data
@@ -293,21 +677,29 @@ class MessageDecoder:
         if available < HEADER_SIZE:
             if self._eof:
                 if available:
-                    raise ProtocolError(ERR_TRUNCATED, "connection closed inside a frame header")
+                    raise ProtocolError(ERR_TRUNCATED, TEXT_TRUNCATED_HEADER)
                 return CLOSED
             return NEED_DATA
         (size,) = _HEADER.unpack_from(self._buffer, self._offset)
         if size > self._max:
-            raise ProtocolError(
-                ERR_TOO_LARGE, f"frame of {size} bytes exceeds the limit of {self._max}"
-            )
+            # The size is not echoed: four bytes a peer chose could be an IPv4 address.
+            raise ProtocolError(ERR_TOO_LARGE, TEXT_TOO_LARGE)
         if size == 0:
-            raise ProtocolError(ERR_EMPTY_FRAME, "empty frame")
+            raise ProtocolError(ERR_EMPTY_FRAME, TEXT_EMPTY_FRAME)
         end = self._offset + HEADER_SIZE + size
         if len(self._buffer) < end:
             if self._eof:
-                raise ProtocolError(ERR_TRUNCATED, "connection closed inside a frame")
+                raise ProtocolError(ERR_TRUNCATED, TEXT_TRUNCATED)
             return NEED_DATA
-        body = bytes(self._buffer[self._offset + HEADER_SIZE : end])
+        return decode_body(self._take_frame(end), self._sent_by)
+
+    def _take_frame(self, end: int) -> bytes:
+        """The body of the frame ending at end; its bytes in the buffer are overwritten."""
+        start = self._offset
+        body = bytes(memoryview(self._buffer)[start + HEADER_SIZE : end])
+        # Cleartext lives no longer than its message (docs/threat-model.md): the
+        # buffer may keep these bytes until the connection closes otherwise.
+        self._buffer[start:end] = bytes(end - start)
         self._offset = end
-        return decode_body(body)
+        self.frames += 1
+        return body

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import itertools
 import logging
 import os
 import socket
@@ -22,11 +23,12 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from servertracker import protocol
-from servertracker.errors import LocalProtocolError
+from servertracker.errors import LocalProtocolError, ProtocolError
 from servertracker.paths import resolve_socket_path
 from servertracker.reachability import UnreachableWarning
 
@@ -39,6 +41,12 @@ DEFAULT_EXIT_TIMEOUT = 1.0
 #: A record value longer than this is cut before sending: the daemon rejects
 #: anything over MAX_VALUE_LENGTH anyway, and cutting keeps frames small.
 _SEND_VALUE_LIMIT = protocol.MAX_VALUE_LENGTH + 1
+#: Values longer than this (no IP address, few senders) are cut to the limit above
+#: and share a budget of their own, so that the queue is bounded in bytes, not
+#: only in records: at most max_buffered records of short values, plus
+#: max_long_chars characters of long ones (issue 12 §11).
+_LONG_VALUE = 64
+DEFAULT_MAX_LONG_CHARS = 256 * 1024
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 1.0
 _SEND_TIMEOUT = 0.5
@@ -77,6 +85,31 @@ def _clean(value: Any) -> str | None:
     return text
 
 
+def _long_chars(pairs: Iterable[tuple[str | None, str | None]]) -> int:
+    """Characters of the long values in pairs: what they take of the long-value budget."""
+    return sum(
+        len(value)
+        for pair in pairs
+        for value in pair
+        if value is not None and len(value) > _LONG_VALUE
+    )
+
+
+def _pair(pair: Sequence[Any]) -> tuple[str | None, str | None]:
+    conn_ip, sender = pair  # ValueError unless two values
+    if type(conn_ip) is not str:
+        if conn_ip is not None:
+            conn_ip = _clean(conn_ip)
+    elif len(conn_ip) > _SEND_VALUE_LIMIT:
+        conn_ip = conn_ip[:_SEND_VALUE_LIMIT]
+    if type(sender) is not str:
+        if sender is not None:
+            sender = _clean(sender)
+    elif len(sender) > _SEND_VALUE_LIMIT:
+        sender = sender[:_SEND_VALUE_LIMIT]
+    return (conn_ip, sender)
+
+
 class Client:
     """A recorder bound to one trackerd socket. Thread-safe and fork-safe."""
 
@@ -88,10 +121,12 @@ class Client:
         batch_size: int = DEFAULT_BATCH_SIZE,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         exit_timeout: float = DEFAULT_EXIT_TIMEOUT,
+        max_long_chars: int = DEFAULT_MAX_LONG_CHARS,
     ) -> None:
         """``socket_path`` defaults to trackerd's, resolved as the daemon does."""
         self.socket_path = os.fspath(resolve_socket_path(socket_path))
         self._max_buffered = max_buffered
+        self._max_long_chars = max_long_chars
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._exit_timeout = exit_timeout
@@ -110,7 +145,12 @@ class Client:
         self._sock: socket.socket | None = None
         self._out = b""  # encoded frames taken from the queue, not yet fully written
         self._out_count = 0  # records in _out
+        self._columns = False  # the daemon on this connection takes "columns" messages
+        self._room = threading.Event()  # set by the flusher when it takes from the queue
         self._recorded = 0
+        # Characters of long values queued, and taken since; each written by one thread.
+        self._long_queued = 0
+        self._long_sent = 0
         self._sent = 0
         self._dropped = 0
         self._connects = 0
@@ -131,6 +171,19 @@ class Client:
             if len(queue) >= self._max_buffered:
                 self._drop()
                 return
+            # One length check a value; only a long one costs more.
+            if (conn_ip is not None and len(conn_ip) > _LONG_VALUE) or (
+                sender is not None and len(sender) > _LONG_VALUE
+            ):
+                if conn_ip is not None:
+                    conn_ip = conn_ip[:_SEND_VALUE_LIMIT]
+                if sender is not None:
+                    sender = sender[:_SEND_VALUE_LIMIT]
+                chars = _long_chars(((conn_ip, sender),))
+                if self._long_queued - self._long_sent + chars > self._max_long_chars:
+                    self._drop()
+                    return
+                self._long_queued += chars
             queue.append((conn_ip, sender))
             self._recorded += 1
             if self._sleeping and (self._idle or len(queue) >= self._batch_size):
@@ -140,6 +193,59 @@ class Client:
                 self._start()
         except Exception:  # recording must never break an SMTP session
             pass
+
+    def record_many(self, pairs: Iterable[Sequence[Any]], timeout: float | None = None) -> int:
+        """Queue every (connection IP, sender) pair, waiting for room instead of dropping.
+
+        For bulk callers (say, a script importing yesterday's log): where
+        record_server() would drop a record because the queue is full, this waits
+        until the background thread has sent enough to make room. It blocks, so
+        an SMTP session should not call it. Returns how many pairs were queued:
+        all of them, unless ``timeout`` seconds passed first (say, trackerd is
+        down), in which case the rest were neither queued nor counted as dropped.
+        Values are taken as record_server() takes them; a pair that is not two
+        values raises ValueError.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        queue = self._queue
+        queued = 0
+        items = iter(pairs)
+        while True:
+            room = self._max_buffered - len(queue)
+            if room <= 0:
+                if not self._wait_for_room(deadline):
+                    return queued
+                continue
+            chunk = [_pair(pair) for pair in itertools.islice(items, min(room, 65536))]
+            if not chunk:
+                return queued
+            # Long values take their share of the budget (record_many waits rather
+            # than drops, so it is not refused here), or taking them would free more.
+            self._long_queued += _long_chars(chunk)
+            queue.extend(chunk)
+            queued += len(chunk)
+            self._recorded += len(chunk)
+            if self._thread is None:
+                self._start()
+            if self._sleeping:
+                self._sleeping = False
+                self._wake.set()
+
+    def _wait_for_room(self, deadline: float | None) -> bool:
+        """Wait until the flusher takes from the queue; False once the deadline passed."""
+        # Clear, then look again: a batch taken in between sets the event anew.
+        self._room.clear()
+        if len(self._queue) < self._max_buffered:
+            return True
+        if self._thread is None:
+            self._start()
+        self._sleeping = False
+        self._wake.set()
+        wait = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+        if wait <= 0:
+            return False
+        self._room.wait(wait)
+        return True
 
     def _drop(self) -> None:
         self._dropped += 1
@@ -213,7 +319,10 @@ class Client:
         # One batch per send: the send releases the GIL, so the worker's own thread
         # never waits long for it behind this one. Values are str or None already.
         popleft = self._queue.popleft
-        return [popleft() for _ in range(min(len(self._queue), self._batch_size))]
+        batch = [popleft() for _ in range(min(len(self._queue), self._batch_size))]
+        if self._long_sent != self._long_queued:  # some long values wait: free their share
+            self._long_sent += _long_chars(batch)
+        return batch
 
     def _send_available(self) -> None:
         """Write everything queued; raise OSError when the connection fails."""
@@ -222,15 +331,21 @@ class Client:
                 self._connect()
             if not self._out:
                 batch = self._take_batch()
+                self._room.set()
                 self._out_count = len(batch)
                 try:
-                    frames = protocol.encode_records_split(batch, self._batch_size)
+                    frames = self._encode(batch)
                 except LocalProtocolError:
                     # A lone surrogate, or a value too long for any frame: mend them.
-                    batch = [(_clean(a), _clean(b)) for a, b in batch]
-                    frames = protocol.encode_records_split(batch, self._batch_size)
+                    frames = self._encode([(_clean(a), _clean(b)) for a, b in batch])
                 self._out = b"".join(frames)
             self._write_out()
+
+    def _encode(self, batch: list[tuple[str | None, str | None]]) -> list[bytes]:
+        if not self._columns:
+            return protocol.encode_records_split(batch, self._batch_size)
+        conn_ips, senders = zip(*batch, strict=True)
+        return protocol.encode_columns_split(conn_ips, senders, self._batch_size)
 
     def _write_out(self) -> None:
         # If this raises, _out is kept and sent whole on the next connection: the
@@ -248,7 +363,7 @@ class Client:
         self._out = b""
         self._out_count = 0
 
-    def _connect(self) -> None:
+    def _open(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(_SEND_TIMEOUT)
         try:
@@ -258,6 +373,21 @@ class Client:
             warning = self._unreachable.failed(exc, self.socket_path, time.monotonic())
             if warning is not None:
                 log.warning("%s", warning)
+            raise
+        return sock
+
+    def _connect(self) -> None:
+        sock = self._open()
+        try:
+            self._columns = _takes_columns(sock)
+        except _OlderDaemon:
+            # It closes a connection after an unknown message: open another, and
+            # send it the pairs that every version-1 daemon takes.
+            sock.close()
+            sock = self._open()
+            self._columns = False
+        except BaseException:
+            sock.close()
             raise
         self._sock = sock
         self._connects += 1
@@ -315,6 +445,35 @@ class Client:
             reconnects=max(0, self._connects - 1),
             connected=self._sock is not None,
         )
+
+
+class _OlderDaemon(Exception):
+    """The daemon does not know the features request (an older trackerd)."""
+
+
+def _takes_columns(sock: socket.socket) -> bool:
+    """Ask the daemon on a new connection whether it takes "columns" messages.
+
+    One round trip per connection; raises OSError when the daemon does not answer
+    within the socket's timeout, _OlderDaemon when it does not know the question.
+    """
+    sock.sendall(protocol.encode(protocol.FeaturesRequest()))
+    decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
+    while True:
+        try:
+            reply = decoder.next_message()
+        except ProtocolError as exc:
+            raise OSError(f"trackerd answered garbage ({exc.code})") from None
+        if reply is protocol.NEED_DATA:
+            decoder.receive_data(sock.recv(65536))
+            continue
+        if isinstance(reply, protocol.Features):
+            return protocol.FEATURE_COLUMNS in reply.names
+        if isinstance(reply, protocol.Error) and reply.code == protocol.ERR_UNKNOWN_TYPE:
+            raise _OlderDaemon
+        if isinstance(reply, protocol.Error):
+            raise OSError(f"trackerd refused the connection ({reply.code})")
+        raise OSError("trackerd closed the connection or answered out of turn")
 
 
 def _reset_clients_in_child() -> None:

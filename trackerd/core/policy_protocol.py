@@ -53,12 +53,19 @@ class PolicyDecoder:
         self._request_bytes = 0
         self._lines = 0
         self._eof = False
+        #: Requests returned so far; with in_progress, tells when a new one began.
+        self.requests = 0
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes; b"" means the peer closed the connection."""
         if not data:
             self._eof = True
         self._buffer += data
+
+    @property
+    def in_progress(self) -> bool:
+        """True while part of a request has arrived and its end has not."""
+        return bool(self._buffer) or self._lines > 0
 
     @property
     def closed_cleanly(self) -> bool:
@@ -78,6 +85,9 @@ class PolicyDecoder:
             if end > MAX_LINE:
                 raise PolicyProtocolError("request line too long")
             line = bytes(self._buffer[:end])
+            # Overwritten before it is cut off: deleting from the front only moves
+            # the start, and the bytes would stay in the buffer's memory.
+            self._buffer[: end + 1] = bytes(end + 1)
             del self._buffer[: end + 1]
             self._request_bytes += end + 1
             if line.endswith(b"\r"):
@@ -87,6 +97,7 @@ class PolicyDecoder:
                     raise PolicyProtocolError("empty request")
                 request, self._attributes = self._attributes, {}
                 self._lines = self._request_bytes = 0
+                self.requests += 1
                 return request
             self._lines += 1
             if self._lines > MAX_ATTRIBUTES or self._request_bytes > MAX_REQUEST:

@@ -21,12 +21,12 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from servertracker.status import Status
 from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT, DistinctCounter
+from trackerd.core.fleet_sketch import FleetSketch
 from trackerd.core.normalise import (
-    IGNORED,
     REJECTED,
     Category,
     Outcome,
@@ -61,8 +61,10 @@ class Tracker:
         clock: Callable[[], float] = time.time,
         salt: bytes | None = None,
         max_exact: int = DEFAULT_MAX_EXACT,
+        fleet: FleetSketch | None = None,
     ) -> None:
-        """``salt`` exists for tests of the core; the daemon never passes one."""
+        """``salt`` exists for tests of the core; the daemon never passes one.
+        ``fleet``, when given, is fed each canonical value on a cache miss."""
         key = secrets.token_bytes(SALT_SIZE) if salt is None else salt
         # One pre-keyed hasher per category, copied per value: the key block is
         # processed once, and a value can never match across categories.
@@ -76,7 +78,12 @@ class Tracker:
         )
         self._conn_cache: dict[int, bytes | Outcome] = {}
         self._domain_cache: dict[int, tuple[int, bytes] | Outcome] = {}
+        # Keyed by the raw sender, before the split: what a repeated sender costs.
+        self._sender_cache: dict[int, tuple[int, bytes] | Outcome] = {}
+        #: Every raw-value cache: a new fleet epoch clears them all (roll_fleet_epoch).
+        self._caches = (self._conn_cache, self._domain_cache, self._sender_cache)
         self.raw_cache_entries = RAW_CACHE_ENTRIES if hash_is_secret() else 0
+        self.fleet = fleet
         self._clock = clock
         self.boot_time = int(clock())
         self.records = 0
@@ -88,7 +95,7 @@ class Tracker:
 
     def record_server(self, conn_ip: str | None, sender: str | None) -> None:
         """Count one (connection IP, sender) pair; never raises for any str or None."""
-        self.record_pairs(((conn_ip, sender),))
+        self.record_columns((conn_ip,), (sender,))
 
     def _digest(self, category: int, key: bytes) -> bytes:
         hasher = self._hashers[category].copy()
@@ -101,7 +108,7 @@ class Tracker:
     # first: a batch looks all its values up before handling its misses, so a new
     # value that comes twice in one batch misses twice, and only the first is new.
 
-    def _conn_ip_miss(self, value: str, cache_key: int) -> bytes | Outcome:
+    def _conn_ip_miss(self, value: str | None, cache_key: int) -> bytes | Outcome:
         known = self._conn_cache.get(cache_key)
         if known is not None:
             return known
@@ -110,6 +117,8 @@ class Tracker:
         if type(key) is bytes:
             result = self._digest(Category.CONN_IP, key)
             self.counters[Category.CONN_IP].pending.append(result)
+            if self.fleet is not None:
+                self.fleet.add(Category.CONN_IP, key)
         self._remember(self._conn_cache, cache_key, result)
         return result
 
@@ -123,6 +132,8 @@ class Tracker:
             category, key = classified
             result = (category, self._digest(category, key))
             self.counters[category].pending.append(result[1])
+            if self.fleet is not None:
+                self.fleet.add(category, key)
         self._remember(self._domain_cache, cache_key, result)
         return result
 
@@ -133,35 +144,66 @@ class Tracker:
             cache[cache_key] = result
 
     def record_pairs(self, pairs: Iterable[Sequence[str | None]]) -> None:
-        """Count many pairs: the daemon's hot loop.
+        """Count many pairs: record_columns() of their two columns."""
+        batch = pairs if type(pairs) is list else list(pairs)
+        if batch:
+            conn_ips, senders = zip(*batch, strict=True)
+            self.record_columns(conn_ips, senders)
+
+    def record_columns(self, conn_ips: Sequence[str | None], senders: Sequence[str | None]) -> None:
+        """Count the pairs (conn_ips[i], senders[i]): the daemon's hot loop.
 
         It goes a column at a time, so that the per-value steps run in C (map,
-        hash, dict.get, list.index, list.count; one regular-expression pass splits
-        the usual senders), and Python code runs only for cache misses. A repeated
-        value costs a hash and a look-up: its digest is queued already.
+        hash, dict.get, list.index, list.count), and Python code runs only for
+        cache misses. A sender is looked up by its raw text first, so a repeated
+        sender costs a hash and a look-up whatever its form; only a new raw text
+        is split, and its domain part looked up in turn.
         """
-        batch = pairs if type(pairs) is list else list(pairs)
-        if not batch:
+        if len(conn_ips) != len(senders):
+            raise ValueError("columns of unequal length")
+        if not conn_ips:
             return
-        conn_ips, senders = zip(*batch, strict=True)
-        conn_cache, domain_cache = self._conn_cache, self._domain_cache
-        conn_results = list(map(conn_cache.get, map(hash, conn_ips)))
+        conn_results = list(map(self._conn_cache.get, map(hash, conn_ips)))
         for index in positions(conn_results, None):
             value = conn_ips[index]
             conn_results[index] = self._conn_ip_miss(value, hash(value))
-        parts = split_senders(senders)
-        sender_results: list[Any] = list(map(domain_cache.get, map(hash, parts)))
-        for outcome in (IGNORED, REJECTED):  # decided already, whatever the cache says
-            for index in positions(parts, outcome):
-                sender_results[index] = outcome
-        for index in positions(sender_results, None):
-            part = cast(str, parts[index])
-            sender_results[index] = self._domain_part_miss(part, hash(part))
-        self.records += len(batch)
+        sender_results: list[Any] = list(map(self._sender_cache.get, map(hash, senders)))
+        if None in sender_results:
+            self._sender_misses(senders, sender_results)
+        self.records += len(conn_ips)
         self.rejected_conn_ips += conn_results.count(REJECTED)
         self.rejected_senders += sender_results.count(REJECTED)
         for counter in self.counters:
             counter.flush_if_full()
+
+    def roll_fleet_epoch(self) -> None:
+        """Move the fleet sketch to the epoch of now, if that is a later one.
+
+        The raw-value caches start again: a value seen yesterday is a cache hit
+        today, and a hit feeds no sketch, so without this it would be missing from
+        the new epoch's registers. (Its digest is queued once more; the exact
+        counter keeps it once.)
+        """
+        fleet = self.fleet
+        if fleet is not None and fleet.advance_to(fleet.epoch_at(self._clock())):
+            for cache in self._caches:
+                cache.clear()
+
+    def _sender_misses(self, senders: Sequence[str | None], results: list[Any]) -> None:
+        """Fill in the senders whose raw text was not cached: split them (a batch at a
+        time), then look their domain parts up, normalising only new ones."""
+        indices = list(positions(results, None))
+        values = [senders[index] for index in indices]
+        parts = split_senders(values)
+        sender_cache = self._sender_cache
+        for index, value, part in zip(indices, values, parts, strict=True):
+            cache_key = hash(value)
+            result = sender_cache.get(cache_key)  # an earlier miss of this batch
+            if result is None:
+                # An Outcome (IGNORED or REJECTED) is decided by the split already.
+                result = self._domain_part_miss(part, hash(part)) if isinstance(part, str) else part
+                self._remember(sender_cache, cache_key, result)
+            results[index] = result
 
     def status(self) -> Status:
         counts = [counter.count() for counter in self.counters]

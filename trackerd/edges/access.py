@@ -18,6 +18,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
+from servertracker import protocol
 from trackerd.option_types import Arguments, group_id, int_between, seconds_between, user_id
 
 #: The --help group the options below go in, and what it says.
@@ -109,6 +110,28 @@ class AllowLists:
     def restricted(self) -> bool:
         return self.uids is not None or self.gids is not None
 
+    def unseeable(self, maps: IdMaps | None = None) -> list[str]:
+        """The listed ids that no peer can ever be seen with here, as "--allow-gid 8".
+
+        In a user namespace (systemd's PrivateUsers=yes makes one mapping only root
+        and the service's own user) the kernel shows every unmapped peer as the
+        overflow id (65534): such an id in a list would never match, or match everyone.
+        """
+        maps = maps or IdMaps.of_this_process()
+        if maps.is_initial:
+            return []
+        found = []
+        for flag, ids, id_map in (
+            ("--allow-uid", self.uids, maps.uids),
+            ("--allow-gid", self.gids, maps.gids),
+        ):
+            for number in sorted(ids or ()):
+                if number == maps.overflow or not any(
+                    inner <= number < inner + count for inner, _, count in id_map
+                ):
+                    found.append(f"{flag} {number}")
+        return found
+
     def permits(self, peer: PeerCredentials | None) -> bool:
         if not self.restricted:
             return True
@@ -124,6 +147,52 @@ class AllowLists:
         )
 
 
+#: The count of the initial namespace's one identity mapping (2**32 - 1 ids).
+_ALL_IDS = 4294967295
+
+
+@dataclass(frozen=True)
+class IdMaps:
+    """This process's user namespace: /proc/self/uid_map and gid_map (inner, outer, count)."""
+
+    uids: tuple[tuple[int, int, int], ...]
+    gids: tuple[tuple[int, int, int], ...]
+    #: What an unmapped peer is shown as (/proc/sys/kernel/overflowuid; the same for gids).
+    overflow: int = 65534
+
+    @property
+    def is_initial(self) -> bool:
+        """True outside any user namespace: everything maps to itself."""
+        whole = ((0, 0, _ALL_IDS),)
+        return self.uids == whole and self.gids == whole
+
+    @classmethod
+    def of_this_process(cls) -> IdMaps:
+        def read_map(path: str) -> tuple[tuple[int, int, int], ...]:
+            try:
+                with open(path) as file:
+                    rows = [line.split() for line in file]
+            except OSError:  # no /proc: nothing to say
+                return ((0, 0, _ALL_IDS),)
+            return tuple((int(a), int(b), int(c)) for a, b, c in rows)
+
+        try:
+            with open("/proc/sys/kernel/overflowuid") as file:
+                overflow = int(file.read())
+        except (OSError, ValueError):
+            overflow = 65534
+        return cls(read_map("/proc/self/uid_map"), read_map("/proc/self/gid_map"), overflow)
+
+
+def unseeable_message(unseeable: list[str]) -> str:
+    return (
+        f"{', '.join(unseeable)}: trackerd runs in a user namespace that does not map "
+        "this id, so the kernel shows every such peer as nobody (65534) and the allow-list "
+        "cannot work. Under systemd, PrivateUsers=yes does this: leave it off (see "
+        "docs/install.md)"
+    )
+
+
 @dataclass(frozen=True)
 class ConnectionLimits:
     #: Connections served at once; more are told "busy" and closed.
@@ -132,7 +201,8 @@ class ConnectionLimits:
     idle_timeout: float = 600.0
     #: A frame must arrive whole within this many seconds of its first byte.
     frame_timeout: float = 30.0
-    #: Bytes of unfinished frames buffered across all connections.
+    #: Bytes of unfinished frames buffered across all connections; past it, the
+    #: connections whose frames began first are closed with "busy".
     max_buffered_total: int = 64 * 1024 * 1024
 
     @classmethod
@@ -157,7 +227,20 @@ class ConnectionLimits:
             type=seconds_between(0, 1e9),
             default=defaults.frame_timeout,
             metavar="SECONDS",
-            help="close connections that take longer to send one message (default: %(default)s)",
+            help=(
+                "close connections that take longer to send one message, from its first "
+                "byte to its last (default: %(default)s)"
+            ),
+        )
+        arguments.add_argument(
+            "--max-unfinished-bytes",
+            type=int_between(protocol.MAX_MESSAGE_SIZE + protocol.HEADER_SIZE, 1 << 40),
+            default=defaults.max_buffered_total,
+            metavar="BYTES",
+            help=(
+                "bytes of unfinished messages buffered across all connections; past it, "
+                "those whose messages began first are closed (default: %(default)s)"
+            ),
         )
 
     @classmethod
@@ -166,6 +249,7 @@ class ConnectionLimits:
             max_connections=args.max_connections,
             idle_timeout=args.idle_timeout,
             frame_timeout=args.frame_timeout,
+            max_buffered_total=args.max_unfinished_bytes,
         )
 
 

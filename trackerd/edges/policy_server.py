@@ -6,6 +6,8 @@ never delays or changes a mail decision, and never waits on the status file.
 A message with many recipients asks once per RCPT with the same ``instance``;
 it is recorded once. A malformed or over-long request is logged and the
 connection closed without a reply (Postfix then applies its default_action).
+A request must arrive whole within the frame timeout of its first byte, so
+slow peers cannot hold the connection slots that Postfix needs.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
 from trackerd.edges.endpoint import ListenerSettings
 from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
-from trackerd.edges.stream_server import StreamServer
+from trackerd.edges.stream_server import FrameClock, StreamServer
 from trackerd.option_types import Arguments
 
 log = logging.getLogger(__name__)
@@ -90,9 +92,9 @@ class PolicyServer(StreamServer):
     async def serve_connection(self, stream: SocketStream) -> None:
         decoder = PolicyDecoder()
         recent: collections.deque[str] = collections.deque(maxlen=RECENT_INSTANCES)
-        request_started: float | None = None
+        clock = FrameClock()
         while True:
-            data = await self.receive(stream, self.deadline(request_started))
+            data = await self.receive(stream, self.deadline(clock.started))
             if data is None:
                 return
             decoder.receive_data(data)
@@ -108,7 +110,7 @@ class PolicyServer(StreamServer):
                 return
             if not data or decoder.closed_cleanly:
                 return
-            request_started = None  # a request in progress may take one frame timeout
+            clock.update(decoder.in_progress, decoder.requests)
 
     def _record(self, request: dict[str, str], recent: collections.deque[str]) -> None:
         self.requests += 1

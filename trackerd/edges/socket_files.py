@@ -87,9 +87,21 @@ def prepare_runtime_dir(path: Path) -> None:
     check_runtime_dir(path)
 
 
+def not_private(path: Path, info: os.stat_result) -> str | None:
+    """Why path, with this stat, is not the private /tmp directory it should be; or None.
+
+    Under a shared /tmp another user could make it first, to read our files.
+    """
+    if path == default_private_dir() and (info.st_uid != os.getuid() or info.st_mode & 0o077):
+        return (
+            f"{path} is not private to this user (owner uid {info.st_uid}, mode "
+            f"{stat.S_IMODE(info.st_mode):o}); remove it or pass --runtime-dir"
+        )
+    return None
+
+
 def check_runtime_dir(path: Path) -> None:
     """Raise StartupError unless path is a directory we may use, and private if in /tmp."""
-    private = path == default_private_dir()
     try:
         info = os.lstat(path)
     except OSError as exc:
@@ -102,12 +114,9 @@ def check_runtime_dir(path: Path) -> None:
         )
     if not stat.S_ISDIR(info.st_mode):
         raise StartupError(f"runtime directory {path} is not a directory")
-    if private and (info.st_uid != os.getuid() or info.st_mode & 0o077):
-        # Under a shared /tmp another user could have made it first to read our files.
-        raise StartupError(
-            f"{path} is not private to this user (owner uid {info.st_uid}, mode "
-            f"{stat.S_IMODE(info.st_mode):o}); remove it or pass --runtime-dir"
-        )
+    problem = not_private(path, info)
+    if problem is not None:
+        raise StartupError(problem)
     if not os.access(path, os.W_OK | os.X_OK):
         raise StartupError(f"runtime directory {path} is not writable by this user")
 

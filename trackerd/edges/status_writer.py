@@ -9,15 +9,17 @@ and at shutdown; they run in a worker thread so a slow disk never stalls serving
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import anyio
 
-from servertracker.status import STATUS_FILE_NAME, Status, encode_status_file, status_file_path
+from servertracker.status import STATUS_FILE_NAME, Status, encode_status_file
 from trackerd.core.tracker import Tracker
+from trackerd.edges.socket_files import not_private
 from trackerd.option_types import Arguments, seconds_between
 
 log = logging.getLogger(__name__)
@@ -30,19 +32,33 @@ _TEMP_SUFFIX = ".tmp"
 
 
 def write_status_file(runtime_dir: Path, status: Status) -> None:
-    """Write the status file atomically with mode 0640. Raises OSError."""
-    fd, temp_name = tempfile.mkstemp(dir=runtime_dir, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX)
+    """Write the status file atomically with mode 0640. Raises OSError.
+
+    The directory is opened once, checked through that handle, and the file made
+    and renamed relative to it: should the runtime directory be removed and a
+    private /tmp one be made by another user meanwhile, no file goes into theirs.
+    """
+    dir_fd = os.open(runtime_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(file.fileno(), STATUS_FILE_MODE)
-            file.write(encode_status_file(status))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, status_file_path(runtime_dir))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
-        raise
+        problem = not_private(runtime_dir, os.fstat(dir_fd))
+        if problem is not None:
+            raise PermissionError(errno.EPERM, problem)
+        temp_name = f"{_TEMP_PREFIX}{secrets.token_hex(8)}{_TEMP_SUFFIX}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temp_name, flags, STATUS_FILE_MODE, dir_fd=dir_fd)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                os.fchmod(file.fileno(), STATUS_FILE_MODE)  # whatever the umask
+                file.write(encode_status_file(status))
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp_name, STATUS_FILE_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp_name, dir_fd=dir_fd)
+            raise
+    finally:
+        os.close(dir_fd)
 
 
 def remove_leftover_temp_files(runtime_dir: Path) -> int:

@@ -9,8 +9,11 @@ speak a protocol over it: msgpack_server.py the msgpack one, policy_server.py Po
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import math
+import os
 
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
@@ -31,6 +34,38 @@ DRAIN_DEADLINE = 3.0
 
 ERR_FORBIDDEN = "forbidden"
 ERR_BUSY = "busy"
+TEXT_BUSY = "too many connections; try again later"
+
+#: accept() errors that mean "out of a resource": the daemon refuses or waits,
+#: never ends (issue 12 §2).
+_OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
+#: Pause after an accept() error that refusing a connection cannot cure.
+ACCEPT_BACKOFF_MIN = 0.01
+ACCEPT_BACKOFF_MAX = 1.0
+
+
+class FrameClock:
+    """When the frame in progress on one connection began: the frame timeout's clock.
+
+    Its owner tells it, after each read, whether a frame is unfinished and how
+    many frames the connection has finished so far. A frame begins in the read
+    that finished the one before it (or when none was in progress), so the
+    timeout measures one frame from its first byte to its last, however the
+    peer's writes are cut (issue 12 §3).
+    """
+
+    __slots__ = ("_finished", "started")
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self._finished = 0
+
+    def update(self, in_progress: bool, finished: int) -> None:
+        if not in_progress:
+            self.started = None
+        elif self.started is None or finished != self._finished:
+            self.started = anyio.current_time()
+        self._finished = finished
 
 
 class StreamServer:
@@ -49,11 +84,16 @@ class StreamServer:
         self._accept_scopes: set[anyio.CancelScope] = set()
         self._refused_log = LogThrottle()
         self._busy_log = LogThrottle()
+        self._accept_log = LogThrottle()
+        # Kept open to be closed when accept() runs out of descriptors: with it,
+        # one waiting connection can be accepted, told "busy" and closed.
+        self._spare_fd: int | None = _open_spare()
         self.connections_open = 0
         self.connections_total = 0
         self.refused = 0
         self.busy = 0
         self.timeouts = 0
+        self.protocol_errors = 0
 
     @property
     def stopping(self) -> bool:
@@ -70,7 +110,7 @@ class StreamServer:
                 accepting.cancel()
             self._accept_scopes.add(accepting)
             with accepting:
-                await listener.serve(self._handle, connections)
+                await self._accept(listener, connections)
             self._accept_scopes.discard(accepting)
             await listener.aclose()
             with anyio.move_on_after(DRAIN_DEADLINE) as drain:
@@ -81,6 +121,56 @@ class StreamServer:
                     "%d connections still open at shutdown; closing them", self.connections_open
                 )
                 connections.cancel_scope.cancel()
+
+    async def _accept(self, listener: SocketListener, connections: anyio.abc.TaskGroup) -> None:
+        """Accept until cancelled or the listener closes; no accept() error ends it."""
+        backoff = ACCEPT_BACKOFF_MIN
+        while True:
+            try:
+                stream = await listener.accept()
+            except anyio.ClosedResourceError:
+                return
+            except anyio.BrokenResourceError as exc:
+                cause = exc.__cause__
+                code = cause.errno if isinstance(cause, OSError) else None
+                if code in _OUT_OF_FILES and self._refuse_one(listener):
+                    self._log_accept_error("out of file descriptors: refused a connection")
+                    continue
+                self._log_accept_error(
+                    f"accept() failed: {os.strerror(code) if code else 'unknown error'}; "
+                    f"retrying in {backoff:g}s"
+                )
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX)
+                continue
+            backoff = ACCEPT_BACKOFF_MIN
+            connections.start_soon(self._handle, stream)
+
+    def _refuse_one(self, listener: SocketListener) -> bool:
+        """Out of descriptors: use the spare one to accept, refuse and close a peer."""
+        if self._spare_fd is None:
+            self._spare_fd = _open_spare()
+            return False
+        os.close(self._spare_fd)
+        self._spare_fd = None
+        self.busy += 1
+        try:
+            peer, _ = listener.extra(SocketAttribute.raw_socket).accept()
+        except OSError:
+            return False
+        else:
+            # The peer learns from the close alone if the send fails.
+            with peer, contextlib.suppress(OSError):
+                peer.setblocking(False)
+                peer.send(self.refusal(ERR_BUSY, TEXT_BUSY))
+            return True
+        finally:
+            self._spare_fd = _open_spare()
+
+    def _log_accept_error(self, text: str) -> None:
+        suppressed = self._accept_log.ready()
+        if suppressed is not None:
+            log.warning("%s (%d more since)", text, suppressed)
 
     def stop(self) -> None:
         """Stop accepting; make every connection drain what it was sent, then close."""
@@ -95,8 +185,15 @@ class StreamServer:
     async def serve_connection(self, stream: SocketStream) -> None:
         raise NotImplementedError
 
+    def refusal(self, code: str, text: str) -> bytes:
+        """What tells a refused peer why, if the protocol can; by default nothing."""
+        return b""
+
     async def refuse(self, stream: SocketStream, code: str, text: str) -> None:
-        """Tell a refused peer why, if the protocol can; by default just close."""
+        """Tell a refused peer why, then close."""
+        data = self.refusal(code, text)
+        if data:
+            await self.send(stream, data)
 
     def deadline(self, frame_started: float | None) -> float:
         """When to give up waiting: the idle timeout, or sooner inside a frame."""
@@ -187,5 +284,12 @@ class StreamServer:
                     self.limits.max_connections,
                     suppressed,
                 )
-            return (ERR_BUSY, "too many connections; try again later")
+            return (ERR_BUSY, TEXT_BUSY)
+        return None
+
+
+def _open_spare() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return None

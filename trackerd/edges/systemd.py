@@ -13,6 +13,7 @@ import ctypes
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping, MutableMapping
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,14 @@ class Notifier:
 
     def status(self, status: str) -> None:
         self.notify(f"STATUS={status}")
+
+    def reloading(self) -> None:
+        """RELOADING=1: systemd waits for the next READY=1 (sd_notify(3))."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
+
+    def reloaded(self, status: str) -> None:
+        self.notify(f"READY=1\nSTATUS={status}")
 
     def stopping(self) -> None:
         self.notify("STOPPING=1\nSTATUS=Stopping")

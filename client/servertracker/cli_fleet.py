@@ -1,0 +1,271 @@
+"""``trackerctl fleet``: the fleet key file, and fleet counts in Redis (docs/fleet.md).
+
+keygen and advance write the key file; push asks trackerd for its registers and
+merges them into Redis; status reads the fleet's counts back. redis-py (the
+``servertracker[fleet]`` extra) is imported only inside push and status.
+Registered by cli.py with one line; the shared options and exit codes come from
+cli_common.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from servertracker.cli_common import (
+    EXIT_FLEET_KEY,
+    EXIT_REDIS,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    JsonOption,
+    RuntimeDirOption,
+    SocketOption,
+    TimeoutOption,
+    echo,
+    target,
+)
+from servertracker.connection import DaemonConnection
+from servertracker.errors import DaemonUnavailable, ProtocolError
+from servertracker.fleet_key import (
+    DEFAULT_EPOCH_SECONDS,
+    MAX_EPOCH_SECONDS,
+    MAX_KEY_FILE_SIZE,
+    FleetKey,
+    FleetKeyError,
+    epoch_at,
+)
+
+REDIS_URL_ENV = "TRACKERCTL_FLEET_REDIS"
+
+app = typer.Typer(
+    help="Fleet-wide distinct counts, merged in Redis without cleartext or digests "
+    "(docs/fleet.md).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+KeyFileArgument = Annotated[Path, typer.Argument(help="The fleet key file.", show_default=False)]
+RedisOption = Annotated[
+    str,
+    typer.Option(
+        "--redis",
+        metavar="URL",
+        envvar=REDIS_URL_ENV,
+        help="Redis URL: redis://[user:password@]host:6379/0, rediss://... or "
+        f"unix:///path/redis.sock (or ${REDIS_URL_ENV}, which keeps a password out of ps).",
+        show_default=False,
+    ),
+]
+RedisTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--redis-timeout",
+        metavar="SECONDS",
+        min=0.01,
+        max=300,
+        help="Seconds to wait for each Redis command [default: 5].",
+        show_default=False,
+    ),
+]
+
+
+def _fail(text: str, reason: str, as_json: bool, code: int) -> NoReturn:
+    """One line on stderr, then exit."""
+    if as_json:
+        echo(json.dumps({"error": text, "reason": reason, "message": text}, sort_keys=True), True)
+    else:
+        echo(f"error: {text}", True)
+    raise typer.Exit(code)
+
+
+def _read_key(path: Path) -> FleetKey:
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_KEY_FILE_SIZE + 1)
+        return FleetKey.from_text(data.decode("ascii"))
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror}", "key-file", False, EXIT_FLEET_KEY)
+    except (UnicodeDecodeError, FleetKeyError) as exc:
+        problem = exc if isinstance(exc, FleetKeyError) else "not a fleet key file"
+        _fail(f"{path}: {problem}", "key-file", False, EXIT_FLEET_KEY)
+
+
+def _write_key(path: Path, key: FleetKey, replace: bool) -> None:
+    """Write atomically: a temp file in the same directory, fsync, rename, fsync the
+    directory. Replacing keeps the old file's mode and owner."""
+    import tempfile  # here, not at the top: trackerctl's start-up stays short
+
+    directory = path.parent
+    mode, owner = 0o600, None
+    if replace:
+        info = os.stat(path)
+        mode, owner = info.st_mode & 0o7777, (info.st_uid, info.st_gid)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        if owner is not None and owner != (os.getuid(), os.getgid()):
+            os.fchown(fd, *owner)
+        os.write(fd, key.to_text().encode("ascii"))
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        if replace:
+            os.replace(temp, path)
+        else:
+            os.link(temp, path)  # fails if the file exists meanwhile: never overwrite
+            os.unlink(temp)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+
+
+@app.command()
+def keygen(
+    path: KeyFileArgument,
+    epoch_seconds: Annotated[
+        int,
+        typer.Option(
+            "--epoch-seconds",
+            min=1,
+            max=MAX_EPOCH_SECONDS,
+            hidden=True,
+            help="Epoch length (for tests; every host reads it from the file).",
+        ),
+    ] = DEFAULT_EPOCH_SECONDS,
+) -> None:
+    """Write a new fleet key file (mode 0600) for the current epoch; never overwrites."""
+    key = FleetKey.generate(time.time(), epoch_seconds)
+    try:
+        _write_key(path, key, replace=False)
+    except FileExistsError:
+        _fail(f"{path} exists; remove it first to make a new key", "exists", False, EXIT_FLEET_KEY)
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc.strerror}", "key-file", False, EXIT_FLEET_KEY)
+    echo(
+        f"wrote a fleet key for epoch {key.epoch} to {path}; copy it to every host "
+        "of the fleet, and to nowhere else (docs/fleet.md)"
+    )
+
+
+@app.command()
+def advance(path: KeyFileArgument) -> None:
+    """Move a key file to the current epoch in place, so that no older key stays on disk."""
+    key = _read_key(path)
+    current = epoch_at(time.time(), key.epoch_seconds)
+    if key.epoch >= current:
+        echo(f"{path} is for epoch {key.epoch} already")
+        return
+    try:
+        newer = key.advanced(current)
+        _write_key(path, newer, replace=True)
+    except FleetKeyError as exc:
+        _fail(f"{path}: {exc}", "key-file", False, EXIT_FLEET_KEY)
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc.strerror}", "key-file", False, EXIT_FLEET_KEY)
+    echo(f"{path}: epoch {key.epoch} -> {current}")
+
+
+def _default_host() -> str:
+    return os.uname().nodename.split(".")[0]
+
+
+@app.command()
+def push(
+    ctx: typer.Context,
+    redis_url: RedisOption,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            metavar="NAME",
+            help="This host's name in Redis (default: the short hostname).",
+            show_default=False,
+        ),
+    ] = None,
+    socket: SocketOption = None,
+    runtime_dir: RuntimeDirOption = None,
+    as_json: JsonOption = False,
+    timeout: TimeoutOption = None,
+    redis_timeout: RedisTimeoutOption = 5.0,
+) -> None:
+    """Fetch trackerd's fleet registers and merge them into Redis (run by a timer)."""
+    from servertracker import fleet_store
+
+    where = target(ctx, socket, runtime_dir, as_json, timeout)
+    as_json = where.as_json
+    name = host or _default_host()
+    try:
+        fleet_store.check_host_name(name)
+    except ValueError as exc:
+        _fail(f"--host: {exc}", "usage", as_json, EXIT_USAGE)
+    try:
+        with DaemonConnection(where.socket_path, timeout=where.timeout) as conn:
+            reply = conn.fleet()
+    except (DaemonUnavailable, ProtocolError) as exc:
+        reason = exc.reason if isinstance(exc, DaemonUnavailable) else exc.code
+        _fail(str(exc), reason, as_json, EXIT_UNAVAILABLE)
+    try:
+        with fleet_store.connect(redis_url, redis_timeout) as client:
+            epochs = fleet_store.push(client, name, reply, time.time())
+    except fleet_store.FleetStoreError as exc:
+        _fail(f"push failed: {exc}", exc.reason, as_json, EXIT_REDIS)
+    if as_json:
+        echo(json.dumps({"ok": True, "host": name, "epochs": epochs}, sort_keys=True))
+    else:
+        echo(f"pushed {name}'s registers for epoch {', '.join(map(str, epochs))}")
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    redis_url: RedisOption,
+    as_json: JsonOption = False,
+    redis_timeout: RedisTimeoutOption = 5.0,
+) -> None:
+    """Per category, the fleet's distinct count for this epoch and the one before,
+    and each host's own count and last push."""
+    from servertracker import fleet_store
+
+    as_json = as_json or target(ctx, None, None, as_json, None).as_json
+    try:
+        with fleet_store.connect(redis_url, redis_timeout) as client:
+            length, epochs = fleet_store.status(client, time.time())
+    except fleet_store.FleetStoreError as exc:
+        _fail(str(exc), exc.reason, as_json, EXIT_REDIS)
+    if as_json:
+        data = {"epoch_seconds": length, "current": epochs[0].to_json()}
+        data["previous"] = epochs[1].to_json()
+        echo(json.dumps(data, sort_keys=True))
+        return
+    for label, counts in zip(("current", "previous"), epochs, strict=True):
+        echo(f"{label} epoch {counts.epoch} (from {_utc(counts.start)}, {length} s):")
+        for category, value in counts.fleet.items():
+            echo(f"  fleet {category:<18} {value:>12,}  (estimate)")
+        for host, info in counts.hosts.items():
+            pushed = info.get("pushed")
+            when = _utc(pushed) if pushed is not None else "never"
+            values = ", ".join(f"{c} {n:,}" for c, n in info["counts"].items())
+            echo(f"  {host}: {values}; last push {when}")
+        if not counts.hosts:
+            echo("  no host has pushed")
+
+
+def _utc(when: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

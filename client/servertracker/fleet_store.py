@@ -1,0 +1,223 @@
+"""Fleet sketches in Redis: the key layout, push and status (redis-py).
+
+Imported only by ``trackerctl fleet push|status`` (servertracker[fleet] brings
+redis-py); importing servertracker never loads it. Every redis-py error becomes a
+FleetStoreError with a stable reason, here, in one place.
+
+Keys (docs/fleet.md): all keys of one epoch share the hash tag ``{L:E}`` (epoch
+length, epoch number), so that the multi-key commands (PFMERGE, PFCOUNT, MULTI)
+work on a Redis Cluster; every key a host writes ends with ``:<host>`` (except
+the shared host set), so that an ACL can let each host write only its own keys.
+
+    servertracker:epoch-seconds                     the fleet's epoch length
+    servertracker:{L:E}:hosts                       set of host names that pushed
+    servertracker:{L:E}:hll:<category>:<host>       the host's registers (HYLL)
+    servertracker:{L:E}:pushed:<host>               Unix time of its last push
+    servertracker:{L:E}:tmp:<token>:<host>          one push's registers, merged then deleted
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Final, NoReturn
+
+import redis
+import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from servertracker.errors import TrackerError
+from servertracker.fleet_key import epoch_at
+from servertracker.protocol import FleetReply
+
+PREFIX: Final = "servertracker"
+#: The categories, as in the status file and the fleet reply.
+CATEGORIES: Final = ("unique_conn_ips", "unique_domains", "unique_ip_servers")
+#: A temporary key outlives a push that died between SET and DEL by this much at most.
+TEMP_KEY_SECONDS: Final = 600
+#: Host names: what a key may hold after its last colon.
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+EPOCH_SECONDS_KEY: Final = f"{PREFIX}:epoch-seconds"
+
+
+class FleetStoreError(TrackerError):
+    """Redis could not do what was asked. ``reason``: "unreachable", "timeout",
+    "denied", "empty" or "error"."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def check_host_name(host: str) -> str:
+    if not HOST_NAME.fullmatch(host) or host == "hosts":
+        raise ValueError("a host name is 1-63 letters, digits, '.', '_' or '-' (and not 'hosts')")
+    return host
+
+
+#: What `trackerctl fleet push` and `status` send to a host's own keys.
+_ACL_COMMANDS: Final = (
+    "-@all +@connection +multi +exec +discard +get +set +del +expireat +pfmerge +pfcount +smembers"
+)
+
+
+def acl_rules(host: str) -> str:
+    """The ACL SETUSER rules (after the user's name and password) that let a host
+    read every fleet key and write only its own (Redis 7 selectors: the shared
+    host set only by SADD and EXPIREAT, the epoch length only by SET)."""
+    check_host_name(host)
+    return (
+        f"resetkeys resetchannels %R~{PREFIX}:* ~{PREFIX}:*:{host} {_ACL_COMMANDS} "
+        f"(%W~{PREFIX}:*:hosts +sadd +expireat) (%W~{EPOCH_SECONDS_KEY} +set)"
+    )
+
+
+def _tag(epoch_seconds: int, epoch: int) -> str:
+    return f"{PREFIX}:{{{epoch_seconds}:{epoch}}}"
+
+
+def hosts_key(epoch_seconds: int, epoch: int) -> str:
+    return f"{_tag(epoch_seconds, epoch)}:hosts"
+
+
+def sketch_key(epoch_seconds: int, epoch: int, category: str, host: str) -> str:
+    return f"{_tag(epoch_seconds, epoch)}:hll:{category}:{host}"
+
+
+def pushed_key(epoch_seconds: int, epoch: int, host: str) -> str:
+    return f"{_tag(epoch_seconds, epoch)}:pushed:{host}"
+
+
+def _temp_key(epoch_seconds: int, epoch: int, host: str) -> str:
+    return f"{_tag(epoch_seconds, epoch)}:tmp:{secrets.token_hex(8)}:{host}"
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for error texts."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urllib.parse.urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def _fail(exc: redis.exceptions.RedisError, where: str) -> NoReturn:
+    if isinstance(exc, redis.exceptions.TimeoutError):
+        raise FleetStoreError("timeout", f"Redis at {where} did not answer in time") from None
+    if isinstance(exc, redis.exceptions.NoPermissionError | redis.exceptions.AuthenticationError):
+        raise FleetStoreError("denied", f"Redis at {where} refused: {exc}") from None
+    if isinstance(exc, redis.exceptions.ConnectionError):
+        raise FleetStoreError("unreachable", f"cannot reach Redis at {where}: {exc}") from None
+    raise FleetStoreError("error", f"Redis at {where}: {exc}") from None
+
+
+@contextmanager
+def connect(url: str, timeout: float) -> Iterator[redis.Redis]:
+    """A client whose every error is a FleetStoreError; no retries, one timeout."""
+    where = redacted(url)
+    try:
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            client_name="trackerctl-fleet",
+        )
+    except ValueError as exc:
+        raise FleetStoreError("error", f"not a Redis URL ({where}): {exc}") from None
+    try:
+        yield client
+    except redis.exceptions.RedisError as exc:
+        _fail(exc, where)
+    finally:
+        client.close()
+
+
+def push(client: redis.Redis, host: str, reply: FleetReply, now: float) -> list[int]:
+    """Merge the daemon's sketches into the host's keys; the epochs pushed.
+
+    SET to a temporary key, then PFMERGE into the host's key (so registers pushed
+    before a daemon restart stay), in one MULTI per epoch (one hash slot each).
+    Keys expire at the end of the epoch after theirs.
+    """
+    length = reply.epoch_seconds
+    client.set(EPOCH_SECONDS_KEY, length)
+    pushed = []
+    for index, epoch in enumerate(reply.epochs):
+        if index and not any(_has_registers(s) for s in epoch.sketches.values()):
+            continue  # a previous epoch the daemon saw nothing of
+        expire_at = (epoch.epoch + 2) * length
+        pipe = client.pipeline(transaction=True)
+        for category, sketch in sorted(epoch.sketches.items()):
+            if category not in CATEGORIES:
+                continue  # a newer daemon's category: an older status would not show it
+            temp = _temp_key(length, epoch.epoch, host)
+            target = sketch_key(length, epoch.epoch, category, host)
+            pipe.set(temp, sketch, ex=TEMP_KEY_SECONDS)
+            pipe.pfmerge(target, temp)
+            pipe.delete(temp)
+            pipe.expireat(target, expire_at)
+        pipe.sadd(hosts_key(length, epoch.epoch), host)
+        pipe.expireat(hosts_key(length, epoch.epoch), expire_at)
+        pipe.set(pushed_key(length, epoch.epoch, host), f"{now:.3f}", exat=expire_at)
+        pipe.execute()
+        pushed.append(epoch.epoch)
+    return pushed
+
+
+def _has_registers(sketch: bytes) -> bool:
+    return any(sketch[16:])
+
+
+@dataclass(frozen=True)
+class EpochCounts:
+    epoch: int
+    start: int
+    fleet: dict[str, int]
+    hosts: dict[str, dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "start": self.start, "fleet": self.fleet, "hosts": self.hosts}
+
+
+def status(client: redis.Redis, now: float) -> tuple[int, list[EpochCounts]]:
+    """(epoch length, [current epoch, previous epoch]) with fleet and per-host counts."""
+    raw = client.get(EPOCH_SECONDS_KEY)
+    if raw is None:
+        raise FleetStoreError("empty", "no fleet data in Redis (nothing pushed yet, or expired)")
+    try:
+        length = int(raw)
+    except ValueError:
+        raise FleetStoreError("error", f"{EPOCH_SECONDS_KEY} is not an integer") from None
+    if length < 1:
+        raise FleetStoreError("error", f"{EPOCH_SECONDS_KEY} is not positive")
+    current = epoch_at(now, length)
+    return length, [_epoch_counts(client, length, e) for e in (current, current - 1)]
+
+
+def _epoch_counts(client: redis.Redis, length: int, epoch: int) -> EpochCounts:
+    members: set[bytes] = client.smembers(hosts_key(length, epoch))  # type: ignore[assignment]
+    names = sorted(name.decode(errors="replace") for name in members)
+    hosts = [name for name in names if HOST_NAME.fullmatch(name)]
+    fleet = {}
+    per_host: dict[str, dict[str, Any]] = {h: {"counts": {}} for h in hosts}
+    count: Callable[..., int] = client.pfcount
+    for category in CATEGORIES:
+        keys = [sketch_key(length, epoch, category, h) for h in hosts]
+        fleet[category] = int(count(*keys)) if keys else 0
+        for host, key in zip(hosts, keys, strict=True):
+            per_host[host]["counts"][category] = int(count(key))
+    for host in hosts:
+        pushed = client.get(pushed_key(length, epoch, host))
+        try:
+            per_host[host]["pushed"] = float(pushed) if pushed is not None else None
+        except ValueError:
+            per_host[host]["pushed"] = None
+    return EpochCounts(epoch, epoch * length, fleet, per_host)

@@ -1,0 +1,373 @@
+"""Fleet counts with real trackerd processes, trackerctl and a real redis-server.
+
+Three daemons share one fleet key and see overlapping populations of a known
+union; trackerctl pushes their registers to Redis and reads the fleet count
+back. Nothing in Redis, its append-only file or a MONITOR capture of the whole
+run may hold a value or a keyed digest of one (the test knows the key).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from servertracker import cli_common, fleet_store
+from servertracker.fleet_key import FleetKey, epoch_at, value_hasher
+from tests.conftest import Daemon, wait_for
+from tests.redis_server import MonitorCapture, RedisServer
+from trackerd.core.fleet_sketch import HLL_REGISTERS, index_and_rank, registers_of
+from trackerd.core.normalise import Category
+
+CATEGORIES = fleet_store.CATEGORIES
+DOCS = Path(__file__).parent.parent / "docs" / "fleet.md"
+UNITS = Path(__file__).parent.parent / "systemd"
+
+
+def trackerctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "servertracker.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def population(start: int, stop: int) -> list[tuple[str, str]]:
+    """Per n: one connection IP, one sender domain, one sender IP literal."""
+    pairs = []
+    for n in range(start, stop):
+        low = f"{(n >> 8) & 255}.{n & 255}"
+        ip = f"10.{n >> 16}.{low}"
+        pairs.append((ip, f"u@d{n}.fleet.example"))
+        pairs.append((ip, f"u@[172.{16 + (n >> 16)}.{low}]"))
+    return pairs
+
+
+def canonical_values(start: int, stop: int, step: int = 1) -> Iterator[tuple[Category, bytes]]:
+    """What the daemon hashes for population(start, stop)."""
+    for n in range(start, stop, step):
+        low = f"{(n >> 8) & 255}.{n & 255}"
+        yield Category.CONN_IP, ipaddress.ip_address(f"10.{n >> 16}.{low}").packed
+        yield Category.DOMAIN, f"d{n}.fleet.example".encode()
+        yield Category.IP_SERVER, ipaddress.ip_address(f"172.{16 + (n >> 16)}.{low}").packed
+
+
+def fleet_digests(
+    key: bytes, start: int, stop: int, step: int = 1
+) -> Iterator[tuple[Category, bytes]]:
+    """The keyed digests the daemon registers for population(start, stop)."""
+    hashers = [value_hasher(key, category) for category in Category]
+    for category, value in canonical_values(start, stop, step):
+        hasher = hashers[category].copy()
+        hasher.update(value)
+        yield category, hasher.digest()
+
+
+def expected_registers(key: bytes, start: int, stop: int) -> dict[str, bytes]:
+    registers = {name: bytearray(HLL_REGISTERS) for name in CATEGORIES}
+    for category, digest in fleet_digests(key, start, stop):
+        index, rank = index_and_rank(int.from_bytes(digest, "little"))
+        target = registers[CATEGORIES[category]]
+        target[index] = max(target[index], rank)
+    return {name: bytes(r) for name, r in registers.items()}
+
+
+def quiet_epoch_seconds() -> int:
+    """A day-long epoch whose next boundary is not within the next ten minutes, so
+    that the test does not straddle one (86400 and 86399 s boundaries are far apart)."""
+    now = time.time()
+    for length in (86400, 86399):
+        if (epoch_at(now, length) + 1) * length - now > 600:
+            return length
+    raise AssertionError("unreachable")
+
+
+def keygen(path: Path, epoch_seconds: int) -> FleetKey:
+    result = trackerctl("fleet", "keygen", str(path), "--epoch-seconds", str(epoch_seconds))
+    assert result.returncode == 0, result.stderr
+    assert path.stat().st_mode & 0o777 == 0o600
+    return FleetKey.from_text(path.read_text())
+
+
+def push(
+    redis: RedisServer, daemon: Daemon, host: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return trackerctl(
+        "fleet", "push", "--redis", redis.url, "--host", host,
+        "--socket", str(daemon.socket_path), *extra,
+    )  # fmt: skip
+
+
+def fleet_status(redis: RedisServer) -> dict[str, Any]:
+    result = trackerctl("fleet", "status", "--redis", redis.url, "--json")
+    assert result.returncode == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def feed(daemon: Daemon, pairs: list[tuple[str, str]]) -> None:
+    with daemon.connect(timeout=60) as conn:
+        conn.record(pairs)
+        conn.ping()  # applied once the pong comes
+
+
+def holds_any(blob: bytes, digests: set[bytes]) -> bool:
+    """Whether any 8-byte digest occurs in blob at any offset."""
+    wanted = {int.from_bytes(d, "little") for d in digests}
+    for offset in range(8):
+        usable = (len(blob) - offset) // 8 * 8
+        words = np.frombuffer(blob[offset : offset + usable], dtype="<u8")
+        if not wanted.isdisjoint(words.tolist()):
+            return True
+    return False
+
+
+@pytest.fixture
+def redis_server(short_tmp: Path) -> Iterator[RedisServer]:
+    server = RedisServer(short_tmp / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fleet_daemon(
+    make_daemon: Callable[..., Daemon],
+) -> Callable[[str, Path], Daemon]:
+    def make(name: str, key_file: Path) -> Daemon:
+        return make_daemon(name, extra_args=["--fleet-key-file", str(key_file)])
+
+    return make
+
+
+def test_fleet_counts_merge_in_redis_without_values(
+    short_tmp: Path, redis_server: RedisServer, fleet_daemon: Callable[[str, Path], Daemon]
+) -> None:
+    monitor = MonitorCapture(redis_server)
+    key = keygen(short_tmp / "fleet.key", quiet_epoch_seconds())
+    ranges = {"alpha": (0, 60_000), "bravo": (40_000, 100_000), "charlie": (80_000, 120_000)}
+    daemons = {h: fleet_daemon(h, short_tmp / "fleet.key").start(wait=False) for h in ranges}
+    for daemon in daemons.values():
+        daemon.wait_ready()
+    with ThreadPoolExecutor(3) as pool:  # three daemons, fed at once
+        list(pool.map(lambda h: feed(daemons[h], population(*ranges[h])), ranges))
+    for host, (start, stop) in ranges.items():
+        status = daemons[host].status()  # each host's own count stays exact
+        assert (status.unique_conn_ips, status.unique_domains, status.unique_ip_servers) == (
+            (stop - start,) * 3
+        )
+        result = push(redis_server, daemons[host], host)
+        assert result.returncode == 0, result.stderr
+
+    before = fleet_status(redis_server)
+    current = before["current"]
+    assert current["epoch"] == key.epoch
+    for category in CATEGORIES:
+        assert abs(current["fleet"][category] - 120_000) <= 0.02 * 120_000, current
+        for host, (start, stop) in ranges.items():
+            own = current["hosts"][host]["counts"][category]
+            assert abs(own - (stop - start)) <= 0.02 * (stop - start)
+    assert all(current["hosts"][h]["pushed"] <= time.time() for h in ranges)
+    assert before["previous"]["hosts"] == {}
+
+    # A restart mid-epoch: the new daemon has seen little, but the push merges.
+    daemons["alpha"].stop()
+    daemons["alpha"].start()
+    feed(daemons["alpha"], population(0, 10_000))
+    assert push(redis_server, daemons["alpha"], "alpha").returncode == 0
+    after = fleet_status(redis_server)["current"]
+    for category in CATEGORIES:
+        assert after["fleet"][category] >= current["fleet"][category]
+        assert (
+            after["hosts"]["alpha"]["counts"][category]
+            >= (current["hosts"]["alpha"]["counts"][category])
+        )
+
+    # The keys: one hash tag per epoch, expiring at the end of the next epoch.
+    client = redis_server.client()
+    names = sorted(k.decode() for k in client.keys("*"))
+    tag = f"{{{key.epoch_seconds}:{key.epoch}}}"
+    assert all(tag in n for n in names if n != fleet_store.EPOCH_SECONDS_KEY), names
+    assert not [n for n in names if ":tmp:" in n]
+    host_key = fleet_store.sketch_key(key.epoch_seconds, key.epoch, CATEGORIES[0], "alpha")
+    assert client.expiretime(host_key) == (key.epoch + 2) * key.epoch_seconds
+    stored = b"".join(client.dump(n) or b"" for n in names)
+
+    # Redis slow, then down: a clear error, a non-zero exit, trackerd unaffected.
+    redis_server.pause()
+    try:
+        result = push(redis_server, daemons["bravo"], "bravo", "--redis-timeout", "0.5")
+    finally:
+        redis_server.resume()
+    assert result.returncode == cli_common.EXIT_REDIS
+    assert "did not answer in time" in result.stderr and "Traceback" not in result.stderr
+    redis_server.stop()
+    result = push(redis_server, daemons["bravo"], "bravo", "--json")
+    assert result.returncode == cli_common.EXIT_REDIS
+    assert json.loads(result.stderr)["reason"] == "unreachable"
+    feed(daemons["bravo"], population(200_000, 200_010))
+    assert daemons["bravo"].status().unique_conn_ips == 60_010
+
+    # Nothing anywhere holds a value or a keyed digest of one.
+    seen = {
+        "keys": stored,
+        "append-only file": redis_server.aof_bytes(),
+        "MONITOR": monitor.stop(),
+    }
+    assert b"+OK" in seen["MONITOR"] and b"PFMERGE" in seen["MONITOR"].upper()
+    # Every 7th value's digests: a leak of digests would leak them all.
+    digests = {digest for _, digest in fleet_digests(key.key, 0, 120_000, 7)}
+    hex_digests = {d.hex().encode() for d in digests}
+    cleartext = re.compile(rb"fleet\.example|(?<![\d.])(?:10|172)\.\d{1,3}\.\d{1,3}\.\d{1,3}")
+    for where, blob in seen.items():
+        assert blob, where
+        assert not cleartext.search(blob), where
+        assert not holds_any(blob, digests), where
+        assert not hex_digests & set(re.findall(rb"[0-9a-f]{16}", blob)), where
+        assert key.key not in blob and key.key.hex().encode() not in blob, where
+
+
+def test_next_epoch_starts_at_the_boundary(
+    short_tmp: Path, fleet_daemon: Callable[[str, Path], Daemon]
+) -> None:
+    key = keygen(short_tmp / "fleet.key", 3)
+    daemon = fleet_daemon("rt", short_tmp / "fleet.key").start()
+    values = population(0, 300)
+    with daemon.connect() as conn:
+        for _attempt in range(5):
+            conn.record(values)
+            first = conn.fleet().epochs[0].epoch
+            boundary = (first + 1) * key.epoch_seconds
+            wait_for(lambda f=first: conn.fleet().epochs[0].epoch > f, 15, "the next epoch")
+            assert time.time() >= boundary  # not before it
+            conn.record(values)  # the same values: cached, yet registered again
+            reply = conn.fleet()
+            if reply.epochs[0].epoch == first + 1:
+                break
+        else:
+            raise AssertionError("no epoch lasted long enough to look at it")
+    assert reply.epoch_seconds == 3
+    current, previous = reply.epochs
+    assert previous.epoch == first
+    for epoch in (current, previous):
+        expected = expected_registers(key.advanced(epoch.epoch).key, 0, 300)
+        for name in CATEGORIES:
+            assert registers_of(epoch.sketches[name]) == expected[name], (epoch.epoch, name)
+    assert daemon.status().unique_conn_ips == 300
+    assert "fleet: epoch" in daemon.log()
+
+
+def test_advance_moves_the_key_file_forward_and_keeps_no_old_key(
+    short_tmp: Path, fleet_daemon: Callable[[str, Path], Daemon]
+) -> None:
+    now_epoch = epoch_at(time.time(), 86400)
+    old = FleetKey(86400, now_epoch - 5, os.urandom(32))
+    path = short_tmp / "keys" / "fleet.key"
+    path.parent.mkdir()
+    path.write_text(old.to_text())
+    path.chmod(0o640)
+    # A daemon started on the old file derives today's key itself.
+    daemon = fleet_daemon("rt", path).start()
+    feed(daemon, population(0, 200))
+    with daemon.connect() as conn:
+        reply = conn.fleet()
+    expected = expected_registers(old.advanced(now_epoch).key, 0, 200)
+    assert registers_of(reply.epochs[0].sketches["unique_domains"]) == expected["unique_domains"]
+
+    result = trackerctl("fleet", "advance", str(path))
+    assert result.returncode == 0, result.stderr
+    text = path.read_text()
+    assert FleetKey.from_text(text) == old.advanced(now_epoch)
+    assert old.key.hex() not in text
+    assert [p.name for p in path.parent.iterdir()] == ["fleet.key"]  # no temp file left
+    assert path.stat().st_mode & 0o777 == 0o640
+    again = trackerctl("fleet", "advance", str(path))
+    assert again.returncode == 0 and "already" in again.stdout
+    assert path.read_text() == text
+
+
+def test_key_file_errors_are_clear(short_tmp: Path, make_daemon: Callable[..., Daemon]) -> None:
+    path = short_tmp / "fleet.key"
+    path.write_text("not a key\n")
+    result = trackerctl("fleet", "advance", str(path))
+    assert result.returncode == cli_common.EXIT_FLEET_KEY
+    assert "not a fleet key file" in result.stderr
+    daemon = make_daemon(extra_args=["--fleet-key-file", str(path)])
+    daemon.start(wait=False)
+    assert daemon.process is not None and daemon.process.wait(30) == 1
+    assert "not a fleet key file" in daemon.log()
+    future = FleetKey(86400, epoch_at(time.time(), 86400) + 2, os.urandom(32))
+    path.write_text(future.to_text())
+    assert trackerctl("fleet", "keygen", str(path)).returncode == cli_common.EXIT_FLEET_KEY
+    assert path.read_text() == future.to_text()  # keygen never overwrites
+    second = make_daemon("rt2", extra_args=["--fleet-key-file", str(path)])
+    second.start(wait=False)
+    assert second.process is not None and second.process.wait(30) == 1
+    assert "later than the current one" in second.log()
+    assert future.key.hex() not in daemon.log() + second.log()
+
+
+def test_push_without_fleet_mode_says_so(daemon: Daemon, short_tmp: Path) -> None:
+    result = trackerctl(
+        "fleet", "push", "--redis", f"unix://{short_tmp}/none.sock", "--socket",
+        str(daemon.socket_path), "--host", "alpha",
+    )  # fmt: skip
+    assert result.returncode == cli_common.EXIT_UNAVAILABLE
+    assert "fleet mode is off" in result.stderr
+
+
+def test_acl_lets_a_host_write_only_its_own_keys(
+    short_tmp: Path, redis_server: RedisServer, fleet_daemon: Callable[[str, Path], Daemon]
+) -> None:
+    rules = fleet_store.acl_rules("alpha")
+    assert rules.replace("alpha", "HOST") in DOCS.read_text()  # the docs show these rules
+    admin = redis_server.client()
+    for host in ("alpha", "bravo"):
+        admin.execute_command("ACL", "SETUSER", host, "on", f">pw-{host}",
+                              *fleet_store.acl_rules(host).split())  # fmt: skip
+    key = keygen(short_tmp / "fleet.key", quiet_epoch_seconds())
+    daemon = fleet_daemon("rt", short_tmp / "fleet.key").start()
+    feed(daemon, population(0, 100))
+    url = f"unix://alpha:pw-alpha@{redis_server.socket_path}"
+    as_alpha = trackerctl("fleet", "push", "--redis", url, "--host", "alpha",
+                          "--socket", str(daemon.socket_path))  # fmt: skip
+    assert as_alpha.returncode == 0, as_alpha.stderr
+    as_bravo = trackerctl("fleet", "push", "--redis", url, "--host", "bravo",
+                          "--socket", str(daemon.socket_path), "--json")  # fmt: skip
+    assert as_bravo.returncode == cli_common.EXIT_REDIS
+    assert json.loads(as_bravo.stderr)["reason"] == "denied"
+    assert "pw-alpha" not in as_bravo.stderr
+    status = trackerctl("fleet", "status", "--redis", url, "--json")
+    assert status.returncode == 0, status.stderr
+    assert list(json.loads(status.stdout)["current"]["hosts"]) == ["alpha"]
+    alpha = redis_server.client(username="alpha", password="pw-alpha")
+    hosts = fleet_store.hosts_key(key.epoch_seconds, key.epoch)
+    for command in (("DEL", hosts), ("SET", hosts, "x")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            alpha.execute_command(*command)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_fleet_units_verify(short_tmp: Path) -> None:
+    trackerctl_path = Path(sys.executable).parent / "trackerctl"
+    units = []
+    for name in ("push.service", "push.timer", "advance.service", "advance.timer"):
+        text = (UNITS / f"trackerd-fleet-{name}").read_text()
+        unit = short_tmp / f"trackerd-fleet-{name}"
+        unit.write_text(text.replace("/usr/local/bin/trackerctl", str(trackerctl_path)))
+        units.append(str(unit))
+    result = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stderr

@@ -1,0 +1,209 @@
+"""The sans-IO decoder under attack: what it allocates, what it keeps, what it says.
+
+Issue 12 §6 to §9: decoding memory is bounded whatever the frame's shape,
+consumed bytes are not kept, error texts never echo input, and messages with
+ignored elements decode as docs/protocol.md says.
+"""
+
+from __future__ import annotations
+
+import struct
+import tracemalloc
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from servertracker import protocol
+from servertracker.errors import ProtocolError
+
+M = protocol.MAX_MESSAGE_SIZE
+#: docs/protocol.md, "Limits": what decoding one frame may allocate at most. A
+#: valid record of 65,536 pairs of two-character strings needs about 12 MiB.
+DECODE_MEMORY_BOUND = 16 * 1024 * 1024
+
+
+def frame(obj: object) -> bytes:
+    body = msgpack.packb(obj)
+    assert len(body) <= M
+    return struct.pack(">I", len(body)) + body
+
+
+def decode_one(data: bytes, sent_by: protocol.Peer = protocol.Peer.CLIENT) -> object:
+    decoder = protocol.MessageDecoder(sent_by=sent_by)
+    decoder.receive_data(data)
+    return decoder.next_message()
+
+
+# --- §9: what the document says, the decoder does ---------------------------------------
+
+
+def test_a_status_request_with_trailing_elements_is_a_status_request() -> None:
+    assert decode_one(frame([1, "status", None, "extra"])) == protocol.StatusRequest()
+    # From a client, "status" is always a request, whatever follows its type.
+    assert decode_one(frame([1, "status", {"boot_time": 1}])) == protocol.StatusRequest()
+
+
+def test_an_ignored_element_may_be_any_msgpack_value() -> None:
+    assert decode_one(frame([1, "ping", {1: 2}])) == protocol.Ping()
+    assert decode_one(frame([1, "ping", {(1, 2): [b"bin", 1.5, None]}])) == protocol.Ping()
+    record = decode_one(frame([1, "record", [["192.0.2.1", None]], {3: msgpack.ExtType(5, b"x")}]))
+    assert isinstance(record, protocol.Record) and list(record.pairs) == [["192.0.2.1", None]]
+    reply = frame([1, "status", protocol.Status(1, 2, 3, 4).to_dict(), {1: 2}])
+    assert isinstance(decode_one(reply, protocol.Peer.DAEMON), protocol.StatusReply)
+
+
+def test_errors_come_in_the_documented_order() -> None:
+    # Well-formedness of the whole body first ...
+    garbage_after = b"\x93\x02\xa6launch\xc1"
+    with pytest.raises(ProtocolError) as info:
+        decode_one(struct.pack(">I", len(garbage_after)) + garbage_after)
+    assert info.value.code == protocol.ERR_BAD_MSGPACK
+    # ... then the fields front to back: the version before the type before the rest.
+    for obj, code in [
+        ([2, "launch"], protocol.ERR_UNSUPPORTED_VERSION),
+        ([1, "launch", "x"], protocol.ERR_UNKNOWN_TYPE),
+        ([1, "record", [["a", 5]], {1: 2}], protocol.ERR_BAD_MESSAGE),
+    ]:
+        with pytest.raises(ProtocolError) as info:
+            decode_one(frame(obj))
+        assert info.value.code == code
+
+
+# --- §6: decoding allocates at most what a valid message of that size would -------------
+
+HOSTILE_FRAMES = {
+    # The issue's frame: an ignored trailing element of a million empty maps.
+    "ping-of-empty-maps": [1, "ping", [{}] * (M - 20)],
+    "ping-of-a-tree-of-arrays": [1, "ping", [[[]] * 65535] * 15],
+    "record-of-a-tree-of-arrays": [1, "record", [[[]] * 65535] * 15],
+    "record-of-empty-maps": [1, "record", [[{}] * 65535] * 15],
+    "record-of-pairs-nested": [1, "record", [[["ab", "cd"]] * 65535] * 2],
+    "record-of-integers": [1, "record", [[1000] * 65535] * 5],
+    "version-of-a-tree": [[[{}] * 65535] * 15, "ping"],
+    "status-request-of-maps": [1, "status", [{}] * (M - 20)],
+}
+LEGITIMATE_WORST = [1, "record", [["ab", "cd"]] * protocol.MAX_PAIRS_PER_MESSAGE]
+
+
+def peak_decoding(data: bytes) -> int:
+    decoder = protocol.MessageDecoder()
+    decoder.receive_data(data)
+    tracemalloc.start()
+    try:
+        decoder.next_message()
+    except ProtocolError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_FRAMES))
+def test_decoding_a_hostile_frame_stays_within_the_documented_bound(name: str) -> None:
+    data = frame(HOSTILE_FRAMES[name])
+    assert len(data) > M // 3  # each one is a large frame
+    assert peak_decoding(data) < DECODE_MEMORY_BOUND
+
+
+def test_the_bound_covers_the_largest_valid_record() -> None:
+    assert peak_decoding(frame(LEGITIMATE_WORST)) < DECODE_MEMORY_BOUND
+
+
+# --- §7: the decoder keeps no byte of a frame it has returned ---------------------------
+
+MARKER = "marker-198.51.100.7@secret.example"
+
+
+@pytest.mark.parametrize("tail", [b"", b"\x00\x00", b"\x00\x00\x00\x30\x93"])
+def test_a_returned_frame_leaves_no_trace_in_the_buffer(tail: bytes) -> None:
+    decoder = protocol.MessageDecoder()
+    data = protocol.encode(protocol.Record([("192.0.2.1", MARKER)]))
+    # Behind the marker: nothing, or the start of the next frame (nothing to compact yet).
+    decoder.receive_data(protocol.encode(protocol.Ping()) + data + tail)
+    assert decoder.next_message() == protocol.Ping()
+    message = decoder.next_message()
+    assert isinstance(message, protocol.Record)
+    assert decoder.next_message() is protocol.NEED_DATA
+    assert MARKER.encode() not in bytes(decoder._buffer)
+    assert decoder.buffered == len(tail)
+
+
+def test_a_refused_frame_leaves_no_trace_either() -> None:
+    decoder = protocol.MessageDecoder()
+    decoder.receive_data(frame([1, "record", [["192.0.2.1", MARKER]], 5, {1: [MARKER]}]))
+    decoder.next_message()
+    bad = frame([1, "record", [[MARKER, 5]]])
+    decoder.receive_data(bad)
+    with pytest.raises(ProtocolError):
+        decoder.next_message()
+    assert MARKER.encode() not in bytes(decoder._buffer)
+
+
+# --- §8: every error text is fixed ------------------------------------------------------
+
+
+def test_the_fixed_texts_are_short() -> None:
+    assert protocol.ERROR_TEXTS
+    assert all(0 < len(text) <= protocol.MAX_ERROR_TEXT for text in protocol.ERROR_TEXTS)
+
+
+def test_an_address_in_a_frame_header_is_not_echoed() -> None:
+    header = bytes([198, 51, 100, 111])  # 3325256815 as a frame length
+    with pytest.raises(ProtocolError) as info:
+        decode_one(header)
+    assert info.value.code == protocol.ERR_TOO_LARGE
+    assert "3325256815" not in info.value.message and "198" not in info.value.message
+
+
+def test_an_unsupported_version_is_not_echoed() -> None:
+    for version in (3325256815, 2**63 + 12345, -98765):
+        with pytest.raises(ProtocolError) as info:
+            decode_one(frame([version, "ping"]))
+        assert info.value.code == protocol.ERR_UNSUPPORTED_VERSION
+        assert str(version) not in info.value.message and str(abs(version)) not in str(info.value)
+
+
+hostile_values = st.recursive(
+    st.none()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.text(max_size=30)
+    | st.binary(max_size=10)
+    | st.floats(allow_nan=False),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=5) | st.integers(), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+message_like = st.one_of(
+    hostile_values,
+    st.tuples(
+        st.integers(-(2**63), 2**64 - 1) | hostile_values,
+        st.sampled_from(["record", "status", "ping", "pong", "error"]) | st.text(max_size=20),
+        hostile_values,
+    ).map(list),
+)
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(message_like, st.sampled_from(list(protocol.Peer)), st.binary(max_size=8))
+def test_every_error_text_is_one_of_the_fixed_texts(
+    obj: object, sent_by: protocol.Peer, noise: bytes
+) -> None:
+    try:
+        body = msgpack.packb(obj)
+    except (TypeError, ValueError, OverflowError):
+        return
+    for data in (struct.pack(">I", len(body)) + body, struct.pack(">I", len(body)) + body[:-1],
+                 struct.pack(">I", len(body) + len(noise)) + body + noise, noise):  # fmt: skip
+        decoder = protocol.MessageDecoder(sent_by=sent_by)
+        decoder.receive_data(data)
+        decoder.receive_data(b"")
+        try:
+            decoder.next_message()
+        except ProtocolError as exc:
+            assert exc.message in protocol.ERROR_TEXTS, exc.message
+            assert exc.message == str(exc)
