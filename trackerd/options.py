@@ -64,6 +64,7 @@ class Config:
 
 
 #: Config fields SIGHUP applies; the others need a restart (the option that sets each).
+#: A new Config field goes in one of the two (tests/test_options.py checks).
 RELOADABLE = ("allow", "logging")
 RESTART_ONLY = {
     "runtime_dir": "--runtime-dir",

@@ -52,6 +52,10 @@ DIGEST_SIZE = 8
 
 #: Entries per raw-value cache before it starts again (about 100 bytes each).
 RAW_CACHE_ENTRIES = 1 << 17
+#: The cache of raw senders holds more: whole MAIL FROM addresses are many more
+#: than their domains (users times domains), and a full cache starts again. Its
+#: values are the domain-part cache's own objects, so an entry costs about 70 bytes.
+SENDER_CACHE_FACTOR = 4
 
 #: The Status field that reports each category.
 STATUS_FIELDS = {
@@ -160,7 +164,10 @@ class Tracker:
 
     def _remember(self, cache: dict[int, Any], cache_key: int, result: object) -> None:
         if self.raw_cache_entries:
-            if len(cache) >= self.raw_cache_entries:
+            bound = self.raw_cache_entries
+            if cache is self._sender_cache:
+                bound *= SENDER_CACHE_FACTOR
+            if len(cache) >= bound:
                 cache.clear()  # start again: simpler and cheaper than evicting one by one
             cache[cache_key] = result
 
