@@ -44,6 +44,13 @@ SLICE_SECONDS = 0.002
 MIN_SLICE = 16
 MAX_SLICE = 16384
 
+#: Frames larger than this are decoded and counted one at a time, across all
+#: connections. A frame's values live while it is counted in slices, with other
+#: connections served in between: without a turn each, a thousand connections
+#: could each hold a decoded 1 MiB frame at once. Smaller frames (a ping, a status
+#: request, a few dozen pairs) never wait for a turn.
+LARGE_FRAME = 1024
+
 #: Fleet sketch names in category order: the status fields' names.
 FLEET_NAMES = tuple(STATUS_FIELDS[category] for category in sorted(STATUS_FIELDS))
 
@@ -84,6 +91,7 @@ class TrackerServer(StreamServer):
         self._buffered_total = 0
         self._error_log = LogThrottle(1.0)
         self._slice_pairs = MIN_SLICE  # adapted by _record()
+        self._counting = anyio.Lock()  # the turn to decode and count a large frame
         self.protocol_errors = 0
 
     def refusal(self, code: str, text: str) -> bytes:
@@ -192,17 +200,25 @@ class TrackerServer(StreamServer):
         recorded = False
         try:
             while True:
-                message = decoder.next_message()
+                if decoder.next_frame_size > LARGE_FRAME:
+                    # Its turn first, then decode and count it; a reply (to a large
+                    # status request, say) is sent after the turn is given back.
+                    async with self._counting:
+                        message = decoder.next_message()
+                        if isinstance(message, protocol.RecordColumns | protocol.Record):
+                            conn_ips, senders = _columns(message)
+                            del message  # the columns hold the values, only while counted
+                            await self._record(conn_ips, senders)
+                            del conn_ips, senders
+                            recorded = True
+                            continue
+                else:
+                    message = decoder.next_message()
                 if message is protocol.NEED_DATA or message is protocol.CLOSED:
                     return
                 if isinstance(message, protocol.RecordColumns | protocol.Record):
-                    conn_ips: Sequence[str | None] = ()
-                    senders: Sequence[str | None] = ()
-                    if isinstance(message, protocol.RecordColumns):
-                        conn_ips, senders = message.conn_ips, message.senders
-                    elif message.pairs:
-                        conn_ips, senders = zip(*message.pairs, strict=True)
-                    del message  # the columns hold the values, and only while counted
+                    conn_ips, senders = _columns(message)
+                    del message
                     await self._record(conn_ips, senders)
                     # Its values are done with: none lives on while other peers run.
                     del conn_ips, senders
@@ -218,9 +234,7 @@ class TrackerServer(StreamServer):
                 elif isinstance(message, protocol.FleetRequest):
                     await self.send(stream, protocol.encode(self._fleet_reply()))
                 else:
-                    raise ProtocolError(
-                        protocol.ERR_UNEXPECTED, "a client may not send this message"
-                    )
+                    raise ProtocolError(protocol.ERR_UNEXPECTED, protocol.TEXT_UNEXPECTED)
         finally:
             if recorded:
                 self._writer.notify_changed()
@@ -237,3 +251,15 @@ class TrackerServer(StreamServer):
             for epoch, sketches in fleet.snapshot()
         )
         return protocol.FleetReply(fleet.epoch_seconds, epochs)
+
+
+def _columns(
+    message: protocol.Record | protocol.RecordColumns,
+) -> tuple[Sequence[str | None], Sequence[str | None]]:
+    """A record's values as two columns, the form the tracker counts."""
+    if isinstance(message, protocol.RecordColumns):
+        return message.conn_ips, message.senders
+    if not message.pairs:
+        return (), ()
+    conn_ips, senders = zip(*message.pairs, strict=True)
+    return conn_ips, senders
