@@ -10,7 +10,7 @@ import platform
 import time
 from pathlib import Path
 
-from bench import cli_startup, end_to_end, memory, record_cost, status_under_load
+from bench import cli_startup, costly_names, end_to_end, memory, record_cost, status_under_load
 
 
 def main() -> None:
@@ -35,6 +35,11 @@ def main() -> None:
     under_load = status_under_load.run()
     print(status_under_load.report(under_load), end="\n\n")
     results["status_under_load_ms"] = under_load
+
+    costly = costly_names.value_costs(20)
+    flood = costly_names.ping_under_flood(5.0)
+    print(costly_names.report(costly, flood), end="\n\n")
+    results["costly_names"] = {"values": costly, "ping_under_flood_ms": flood}
 
     memory_rows = memory.run(with_daemon=True)
     print(memory.report(memory_rows), end="\n\n")

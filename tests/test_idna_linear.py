@@ -54,6 +54,16 @@ def test_punycode_agrees_with_the_codec(label: str) -> None:
     assert limited == (expected if len(expected) <= idna_linear.MAX_PUNYCODE_LENGTH else None)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-ABZ", max_size=20))
+def test_punycode_decode_agrees_with_the_codec(text: str) -> None:
+    try:
+        expected: str | None = text.encode("ascii").decode("punycode")
+    except (UnicodeError, ValueError, OverflowError):
+        expected = None
+    assert idna_linear.punycode_decode(text) == expected
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.text(max_size=40) | labels)
 def test_uts46_map_agrees_with_idna(text: str) -> None:
@@ -87,8 +97,8 @@ _HOST_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 
 def reference(text: str) -> bytes | None:
     """The documented rule, written with idna itself: UTS #46 mapping, one trailing
-    dot, IDNA 2008 (idna.alabel/ulabel) for IDNA labels, the host-label rule for
-    the others, then the length and numeric-top-label rules."""
+    dot, IDNA 2008 (idna.alabel/ulabel) for IDNA labels (at most 8), the host-label
+    rule for the others, then the length and numeric-top-label rules."""
     if len(text) > 254:
         return None
     try:
@@ -109,6 +119,8 @@ def reference(text: str) -> bytes | None:
             return None
         out.append(label)
     name = ".".join(out)
+    if name.count("xn--") > 8:
+        return None
     if len(name) > 253 or name.rpartition(".")[2].isdigit():
         return None
     return name.encode()
@@ -166,3 +178,12 @@ def test_idnas_costly_paths_are_never_taken(monkeypatch: pytest.MonkeyPatch, tex
         monkeypatch.setattr(idna, name, costly, raising=False)
     monkeypatch.setattr("encodings.punycode.punycode_encode", costly)
     canonical_domain(text)
+
+
+def test_at_most_eight_idna_labels_in_a_name() -> None:
+    eight = ".".join(["b\u00fccher"] * 8) + ".de"
+    assert canonical_domain(eight) == b".".join([b"xn--bcher-kva"] * 8) + b".de"
+    assert canonical_domain("x." + eight) is not None
+    assert canonical_domain("\u00e4." + eight) is None
+    assert canonical_domain("xn--4ca." + eight.replace("\u00fc", "ue")) is not None
+    assert canonical_domain(".".join(["xn--bcher-kva"] * 9)) is None

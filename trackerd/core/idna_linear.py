@@ -140,12 +140,15 @@ def _positions(classes: str, letter: str) -> list[int]:
 def _contextj_ok(label: str, classes: str) -> bool:
     """RFC 5892 A.1 and A.2, as idna.valid_contextj(), for every joiner in label."""
     joining: str | None = None
+    named: set[str] = set()  # unicodedata.name() costs a microsecond: once per character
     for pos in _positions(classes, "j"):
         if pos > 0:
             before = label[pos - 1]
             combining = unicodedata.combining(before)
-            if combining == 0 and not unicodedata.name(before, ""):
-                return False  # idna raises for an unknown neighbour
+            if combining == 0 and before not in named:
+                if not unicodedata.name(before, ""):
+                    return False  # idna raises for an unknown neighbour
+                named.add(before)
             if combining == _VIRAMA:
                 continue
         if label[pos] == "\u200d":
@@ -167,104 +170,168 @@ def _contexto_ok(label: str, classes: str) -> bool:
     """RFC 5892 A.3-A.9, as idna.valid_contexto(); rules about the whole label are
     decided once per label, not once per code point."""
     last = len(label) - 1
+    kana_or_han: bool | None = None
     for pos in _positions(classes, "o"):
         char = label[pos]
         if char == "\u00b7":  # MIDDLE DOT: only between two l (Catalan l·l)
             if not (0 < pos < last and label[pos - 1] == "l" and label[pos + 1] == "l"):
                 return False
         elif char == "\u0375":  # GREEK LOWER NUMERAL SIGN: before a Greek letter
-            if not (pos < last and _GREEK.match(label[pos + 1])):
+            if not (pos < last and _GREEK.match(label, pos + 1)):
                 return False
         elif char in "\u05f3\u05f4":  # HEBREW GERESH, GERSHAYIM: after a Hebrew letter
-            if not (pos > 0 and _HEBREW.match(label[pos - 1])):
+            if not (pos > 0 and _HEBREW.match(label, pos - 1)):
                 return False
         elif char == "\u30fb":  # KATAKANA MIDDLE DOT: with kana or Han in the label
-            if not _KANA_OR_HAN.search(label.replace("\u30fb", "")):
+            if kana_or_han is None:
+                kana_or_han = bool(_KANA_OR_HAN.search(label.replace("\u30fb", "")))
+            if not kana_or_han:
                 return False
-        elif "\u0660" <= char <= "\u0669" or "\u06f0" <= char <= "\u06f9":
-            # The two sets of Arabic-Indic digits are never mixed in one label.
-            if _ARABIC_INDIC.search(label) and _EXTENDED_ARABIC_INDIC.search(label):
-                return False
-        else:
+        elif not ("\u0660" <= char <= "\u0669" or "\u06f0" <= char <= "\u06f9"):
             return False
-    return True
+    # The two sets of Arabic-Indic digits are never mixed in one label.
+    return not (_ARABIC_INDIC.search(label) and _EXTENDED_ARABIC_INDIC.search(label))
 
 
 # --- Punycode (RFC 3492) --------------------------------------------------------------
+# Written out here because the standard library's codec is pure Python too, and
+# walks the whole label once per distinct code point (about 600 us for 59
+# distinct ones). These make one pass over the code points, in order of value,
+# and stop as soon as the result would be too long.
 
 _BASE, _TMIN, _TMAX, _SKEW, _DAMP = 36, 1, 26, 38, 700
-_INITIAL_BIAS, _INITIAL_N = 72, 128
 _DIGITS: Final = "abcdefghijklmnopqrstuvwxyz0123456789"
+_DIGIT_VALUES: Final = {char: value for value, char in enumerate(_DIGITS)} | {
+    char.upper(): value for value, char in enumerate(_DIGITS[:26])
+}
 
 
 def _adapt(delta: int, points: int, first: bool) -> int:
-    delta = delta // _DAMP if first else delta // 2
+    delta = delta // _DAMP if first else delta >> 1
     delta += delta // points
     k = 0
-    while delta > ((_BASE - _TMIN) * _TMAX) // 2:
-        delta //= _BASE - _TMIN
+    while delta > 455:  # ((_BASE - _TMIN) * _TMAX) // 2
+        delta //= 35  # _BASE - _TMIN
         k += _BASE
-    return k + (_BASE - _TMIN + 1) * delta // (delta + _SKEW)
+    return k + 36 * delta // (delta + _SKEW)
+
+
+def _thresholds(bias: int) -> tuple[int, ...]:
+    """t for the digits of one variable-length integer at this bias, in order."""
+    # Sixteen digits are more than any delta of a label takes (each digit divides
+    # by at least 10); the last entry is a sentinel no digit reaches.
+    return (
+        *(
+            _TMIN if k <= bias else _TMAX if k >= bias + _TMAX else k - bias
+            for k in range(_BASE, _BASE * 17, _BASE)
+        ),
+        _BASE,
+    )
+
+
+#: By bias: _adapt() returns less than 36 * 8 for any delta below 36**8.
+_THRESHOLDS: Final = tuple(_thresholds(bias) for bias in range(_BASE * 8))
 
 
 def punycode_encode(label: str, limit: int = MAX_PUNYCODE_LENGTH) -> str | None:
     """label.encode("punycode").decode(), or None as soon as it exceeds limit characters.
 
     RFC 3492's encoder walks the whole label once per distinct code point. Here
-    the code points are taken in order with their positions, and the count the
-    walk would make (characters already handled before a position) is a
-    bisection in the sorted list of handled positions: O(n log n), not O(n x m).
+    the code points are taken in order of value with their positions, and what
+    that walk counts (the characters handled before a position) is a bisection
+    in the sorted list of handled positions: O(n log n), not O(n x m).
     """
-    basic = [char for char in label if char < "\x80"]
-    out = [*basic, "-"] if basic else []
-    if len(out) > limit:
+    basic = label.encode("ascii", "ignore").decode("ascii")
+    out = [basic, "-"] if basic else []
+    length = len(basic) + 1 if basic else 0
+    if length > limit:
         return None
-    handled = [index for index, char in enumerate(label) if char < "\x80"]
-    others = sorted((ord(char), index) for index, char in enumerate(label) if char >= "\x80")
-    n, delta, bias = _INITIAL_N, 0, _INITIAL_BIAS
-    h = b = len(handled)
-    start = 0
-    while start < len(others):
-        m = others[start][0]
-        end = start
-        while end < len(others) and others[end][0] == m:
-            end += 1
+    points = sorted(zip(map(ord, label), range(len(label)), strict=True))
+    b = h = len(basic)
+    handled = sorted(position for _, position in points[:b])
+    n, delta, bias = 128, 0, 72
+    start, total = b, len(points)
+    while start < total:
+        m = points[start][0]
         delta += (m - n) * (h + 1)
-        before = 0  # handled characters before the previous occurrence of m
-        for _, pos in others[start:end]:
-            count = bisect.bisect_left(handled, pos)
+        before = 0  # handled characters before the previous position of m
+        end = start
+        while end < total and points[end][0] == m:
+            count = bisect.bisect_left(handled, points[end][1])
             delta += count - before
             before = count
             # delta as a generalised variable-length integer
-            q, k = delta, _BASE
-            while True:
-                t = _TMIN if k <= bias else _TMAX if k >= bias + _TMAX else k - bias
+            q = delta
+            for t in _THRESHOLDS[bias]:
                 if q < t:
                     break
                 out.append(_DIGITS[t + (q - t) % (_BASE - t)])
                 q = (q - t) // (_BASE - t)
-                k += _BASE
+                length += 1
             out.append(_DIGITS[q])
-            if len(out) > limit:
+            length += 1
+            if length > limit:
                 return None
-            bias = _adapt(delta, h + 1, h == b)
+            if h == b or delta > 454:
+                bias = _adapt(delta, h + 1, h == b)
+            else:  # _adapt() for the usual small delta, inline (no loop below 455)
+                half = delta >> 1
+                half += half // (h + 1)
+                bias = 36 * half // (half + _SKEW)
             delta = 0
             h += 1
+            end += 1
         delta += len(handled) - before + 1
-        for _, pos in others[start:end]:
-            bisect.insort(handled, pos)
+        for _, position in points[start:end]:
+            bisect.insort(handled, position)
         n = m + 1
         start = end
+    return "".join(out)
+
+
+def punycode_decode(text: str) -> str | None:
+    """text.encode().decode("punycode"), or None where the codec raises."""
+    delimiter = text.rfind("-")
+    out = list(text[:delimiter]) if delimiter > 0 else []
+    if not text[: max(delimiter, 0)].isascii():
+        return None
+    rest = text[delimiter + 1 :]
+    n, i, bias, at = 128, 0, 72, 0
+    while at < len(rest):
+        old, w, k = i, 1, _BASE
+        while True:
+            if at >= len(rest):
+                return None
+            digit = _DIGIT_VALUES.get(rest[at])
+            at += 1
+            if digit is None:
+                return None
+            i += digit * w
+            t = _TMIN if k <= bias else _TMAX if k >= bias + _TMAX else k - bias
+            if digit < t:
+                break
+            w *= _BASE - t
+            k += _BASE
+        size = len(out) + 1
+        bias = _adapt(i - old, size, old == 0)
+        n += i // size
+        i %= size
+        if n > 0x10FFFF:
+            return None
+        out.insert(i, chr(n))
+        i += 1
     return "".join(out)
 
 
 def to_a_label(label: str) -> str | None:
     """The A-label of a U-label (mapped already), or None if it is not a valid one
     or its A-label would be longer than 63 octets. As idna.alabel()."""
-    if len(label) > MAX_PUNYCODE_LENGTH or not valid_u_label(label):
+    if len(label) > MAX_PUNYCODE_LENGTH:
         return None
-    encoded = punycode_encode(label)
-    return None if encoded is None else "xn--" + encoded
+    encoded = punycode_encode(label)  # first: it stops at once when too long
+    if encoded is None or not valid_u_label(label):
+        return None
+    return "xn--" + encoded
 
 
 def check_a_label(label: str) -> bool:
@@ -274,8 +341,7 @@ def check_a_label(label: str) -> bool:
     body = label[4:]
     if not body or body.endswith("-") or not body.isascii():
         return False
-    try:
-        decoded = body.encode("ascii").decode("punycode")  # linear in at most 59 octets
-    except (UnicodeError, ValueError, OverflowError):
+    decoded = punycode_decode(body)
+    if decoded is None:
         return False
     return punycode_encode(decoded, len(body)) == body and valid_u_label(decoded)

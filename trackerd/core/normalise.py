@@ -55,6 +55,10 @@ _MAX_U_LABEL: Final = idna_linear.MAX_PUNYCODE_LENGTH
 #: below is PVALID or CONTEXTO), so its first Punycode delta is at least 55, three
 #: digits. This bounds how many labels can reach the per-label work.
 _U_LABEL_EXTRA: Final = 6
+#: IDNA labels in one name, at most. Each costs a fixed amount of work beside its
+#: length (a few microseconds); real names hold one or two, and 30 short ones
+#: would make a name cost more than 200 us (issue 12's bound for any value).
+MAX_IDNA_LABELS: Final = 8
 
 
 _V4_MAPPED_PREFIX: Final = bytes(10) + b"\xff\xff"
@@ -104,8 +108,9 @@ def canonical_domain(text: str) -> bytes | None:
         if name.endswith("."):
             name = name[:-1]
         if "xn--" in name:
-            labels = name.split(".")
-            for label in labels:
+            if name.count("xn--") > MAX_IDNA_LABELS:
+                return None
+            for label in name.split("."):
                 if label.startswith("xn--") and (
                     len(label) > 63 or not idna_linear.check_a_label(label)
                 ):
@@ -136,6 +141,8 @@ def _idna_name(text: str) -> str | None:
         return None
     unicode_labels = [index for index, label in enumerate(labels) if not label.isascii()]
     if len(mapped) + _U_LABEL_EXTRA * len(unicode_labels) > _MAX_DOMAIN_LENGTH:
+        return None
+    if len(unicode_labels) + mapped.count("xn--") > MAX_IDNA_LABELS:
         return None
     if any(widths[index] > _MAX_U_LABEL for index in unicode_labels):
         return None

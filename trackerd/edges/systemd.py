@@ -19,6 +19,8 @@ from collections.abc import Mapping, MutableMapping
 log = logging.getLogger(__name__)
 
 SD_LISTEN_FDS_START = 3
+#: Seconds a notification may wait for room in the service manager's queue.
+NOTIFY_SEND_TIMEOUT = 0.05
 _PR_SET_DUMPABLE = 4
 
 
@@ -51,6 +53,9 @@ class Notifier:
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                # This runs in the event loop: a service manager whose queue is
+                # full must not hold it (the next watchdog ping would be late).
+                sock.settimeout(NOTIFY_SEND_TIMEOUT)
                 sock.connect(self._address)
                 sock.sendall(message.encode())
             return True
