@@ -113,7 +113,7 @@ class PolicyServer(StreamServer):
                     self._record(request, recent)
                     await self._answer(stream, raw)
             except PolicyProtocolError as exc:
-                self.protocol_errors += 1
+                self.count_protocol_error("policy")
                 if self._error_log.ready() is not None:
                     log.warning("closing a Postfix policy connection: %s", exc)
                 return

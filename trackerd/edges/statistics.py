@@ -8,22 +8,28 @@ also what systemd's STATUS= shows, in its short form (summarise()).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import anyio
 
-from servertracker.status import Status
+from servertracker.status import Health, Status
 from trackerd.edges.status_writer import StatusWriter
 from trackerd.edges.stream_server import StreamServer
 
 log = logging.getLogger("trackerd")
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"  # no digit grouping: commas separate
+
+
 def summarise(status: Status) -> str:
-    """One line of counts, for logs and systemd's STATUS=."""
+    """One line of counts, for logs and systemd's STATUS=: "1 connection IP, 2 domains"."""
     return (
-        f"{status.unique_conn_ips} connection IPs, {status.unique_domains} domains, "
-        f"{status.unique_ip_servers} IP servers; {status.records} records"
+        f"{_plural(status.unique_conn_ips, 'connection IP')}, "
+        f"{_plural(status.unique_domains, 'domain')}, "
+        f"{_plural(status.unique_ip_servers, 'IP server')}; {_plural(status.records, 'record')}"
     )
 
 
@@ -37,6 +43,25 @@ def statistics_line(status: Status, servers: Sequence[StreamServer], writer: Sta
         f"{sum(s.timeouts for s in servers)} timed out, "
         f"{sum(s.protocol_errors for s in servers)} protocol errors; "
         f"{writer.writes} status writes, {writer.failures} failed"
+    )
+
+
+def collect_health(servers: Sequence[StreamServer], writer: StatusWriter) -> Health:
+    """The daemon's health counters, every listener summed (for the status and metrics)."""
+    stats = [server.stats() for server in servers]
+    errors: Counter[str] = Counter()
+    for each in stats:
+        errors.update(each.protocol_errors)
+    return Health(
+        connections_accepted=sum(s.connections_total for s in stats),
+        connections_refused={
+            "forbidden": sum(s.refused for s in stats),
+            "busy": sum(s.busy for s in stats),
+        },
+        connection_timeouts=sum(s.timeouts for s in stats),
+        protocol_errors=dict(errors),
+        status_writes=writer.writes,
+        status_write_failures=writer.failures,
     )
 
 
