@@ -58,6 +58,7 @@ class Config:
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     logging: LogSettings = field(default_factory=LogSettings)
     windows: tuple[Window, ...] = ()
+    metrics_textfile: Path | None = None
     fleet: FleetSettings = field(default_factory=FleetSettings)
     config_file: Path | None = None
 
@@ -75,6 +76,7 @@ RESTART_ONLY = {
     "config_file": "--config",
     "fleet": "--fleet-key-file",
     "windows": "--windows",
+    "metrics_textfile": "--metrics-textfile",
 }
 CONFIG_OPTION = "--config"
 #: Options a config file may not hold: they are about the command line itself.
@@ -171,6 +173,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         limits=ConnectionLimits.from_args(args),
         logging=LogSettings.from_args(args),
         windows=args.windows,
+        metrics_textfile=args.metrics_textfile,
         fleet=FleetSettings.from_args(args),
         config_file=Path(args.config) if args.config else None,
     )

@@ -13,6 +13,7 @@ import json
 import os
 import stat
 from dataclasses import asdict, dataclass, fields
+from dataclasses import field as _field
 from pathlib import Path
 from typing import Any, Final, get_type_hints
 
@@ -51,6 +52,66 @@ class WindowCounts:
         return cls(**values)
 
 
+#: Why a connection was turned away (the labels of servertracker_connections_refused_total).
+REFUSAL_REASONS: Final = ("forbidden", "busy")
+#: Protocol error codes the daemon counts: the msgpack protocol's (docs/protocol.md)
+#: and "policy" for a malformed Postfix policy request.
+PROTOCOL_ERROR_CODES: Final = (
+    "too-large",
+    "empty-frame",
+    "bad-msgpack",
+    "bad-message",
+    "unsupported-version",
+    "unknown-type",
+    "truncated",
+    "unexpected-message",
+    "fleet-off",
+    "policy",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What the daemon knows of its own work since it started (every listener summed).
+
+    Keys of the maps come from fixed sets (REFUSAL_REASONS, PROTOCOL_ERROR_CODES),
+    never from a peer.
+    """
+
+    connections_accepted: int = 0
+    #: By reason: "forbidden" (allow-lists), "busy" (limits, buffers, no descriptors).
+    connections_refused: dict[str, int] = _field(default_factory=dict)
+    connection_timeouts: int = 0
+    #: By code.
+    protocol_errors: dict[str, int] = _field(default_factory=dict)
+    status_writes: int = 0
+    status_write_failures: int = 0
+
+    @classmethod
+    def from_dict(cls, data: object) -> Health:
+        if not isinstance(data, dict):
+            raise ValueError("field 'health' must be an object")
+        values: dict[str, Any] = {}
+        for name, known in (
+            ("connections_refused", REFUSAL_REASONS),
+            ("protocol_errors", PROTOCOL_ERROR_CODES),
+        ):
+            counts = data.get(name, {})
+            if not isinstance(counts, dict) or not all(
+                type(v) is int and v >= 0 for v in counts.values()
+            ):
+                raise ValueError(f"health's {name!r} must map names to non-negative ints")
+            # Names from a newer daemon are left out: only fixed sets become labels.
+            values[name] = {k: v for k, v in counts.items() if k in known}
+        for name in ("connections_accepted", "connection_timeouts", "status_writes",
+                     "status_write_failures"):  # fmt: skip
+            value = data.get(name, 0)
+            if type(value) is not int or value < 0:
+                raise ValueError(f"health's {name!r} must be a non-negative int")
+            values[name] = value
+        return cls(**values)
+
+
 @dataclass(frozen=True, slots=True)
 class Status:
     """Counts since the daemon started. Never contains a recorded value."""
@@ -76,6 +137,8 @@ class Status:
     estimated: tuple[str, ...] = ()
     #: The same three counts over each sliding window (trackerd --windows), shortest first.
     windows: tuple[WindowCounts, ...] = ()
+    #: The daemon's own health counters (for metrics); None where not known.
+    health: Health | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +163,9 @@ class Status:
                         f"field 'estimated' must list some of {', '.join(_COUNT_FIELDS)}"
                     )
                 values[field.name] = tuple(value)
+                continue
+            if field.name == "health":
+                values[field.name] = None if value is None else Health.from_dict(value)
                 continue
             if field.name == "windows":
                 if type(value) not in (list, tuple) or len(value) > MAX_WINDOWS:

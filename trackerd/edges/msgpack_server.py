@@ -112,7 +112,7 @@ class TrackerServer(StreamServer):
                 try:
                     await self._dispatch_all(stream, decoder)
                 except ProtocolError as exc:
-                    self.protocol_errors += 1
+                    self.count_protocol_error(exc.code)
                     if self._error_log.ready() is not None:
                         # The text is one of protocol.ERROR_TEXTS: it holds no input.
                         log.warning(
@@ -225,7 +225,7 @@ class TrackerServer(StreamServer):
                     recorded = True
                 elif isinstance(message, protocol.StatusRequest):
                     await self.send(
-                        stream, protocol.encode(protocol.StatusReply(self._tracker.status()))
+                        stream, protocol.encode(protocol.StatusReply(self._writer.snapshot()))
                     )
                 elif isinstance(message, protocol.FeaturesRequest):
                     await self.send(stream, protocol.encode(protocol.Features(protocol.FEATURES)))

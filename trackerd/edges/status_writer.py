@@ -16,13 +16,15 @@ import logging
 import math
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import anyio
 
-from servertracker.status import STATUS_FILE_NAME, Status, encode_status_file
+from servertracker.status import STATUS_FILE_NAME, Health, Status, encode_status_file
 from trackerd.core.tracker import Tracker
+from trackerd.edges.metrics_textfile import MetricsTextfile
 from trackerd.edges.socket_files import not_private
 from trackerd.option_types import Arguments, seconds_between
 
@@ -100,6 +102,10 @@ class StatusWriter:
         self._last_written: Status | None = None
         self.writes = 0
         self.failures = 0
+        #: The daemon's health counters, added to each snapshot (set by main).
+        self.health: Callable[[], Health] | None = None
+        #: --metrics-textfile: rewritten after each status write.
+        self.textfile: MetricsTextfile | None = None
 
     @classmethod
     def add_arguments(cls, arguments: Arguments) -> None:
@@ -110,6 +116,22 @@ class StatusWriter:
             metavar="SECONDS",
             help="least time between two status file writes (default: %(default)s)",
         )
+        arguments.add_argument(
+            "--metrics-textfile",
+            type=Path,
+            metavar="PATH",
+            help=(
+                "also write the Prometheus text exposition here at each status write, for "
+                "node_exporter's textfile collector (a *.prom path in its "
+                "--collector.textfile.directory; see docs/monitoring.md). Off by default"
+            ),
+        )
+
+    def snapshot(self) -> Status:
+        """The tracker's status with the daemon's health: what the status reply, the
+        status file and the metrics show."""
+        status = self._tracker.status()
+        return status if self.health is None else replace(status, health=self.health())
 
     def notify_changed(self) -> None:
         """Cheap enough to call after every message."""
@@ -122,11 +144,11 @@ class StatusWriter:
         written (the time of the snapshot aside).
         """
         async with self._lock:
-            status = self._tracker.status()
+            status = self.snapshot()
             if only_if_changed and _same_counts(status, self._last_written):
                 return True
             try:
-                await anyio.to_thread.run_sync(write_status_file, self._runtime_dir, status)
+                await anyio.to_thread.run_sync(self._write_files, status)
             except OSError as exc:
                 self.failures += 1
                 if not self._failing:
@@ -143,6 +165,12 @@ class StatusWriter:
             self._last_written = status
             self.writes += 1
             return True
+
+    def _write_files(self, status: Status) -> None:
+        write_status_file(self._runtime_dir, status)
+        if self.textfile is not None:
+            # After the status write: a failed status write shows in its metrics next time.
+            self.textfile.write(status)
 
     async def run(self) -> None:
         """Loop forever: wait for a change, write, pause. Cancel to stop."""
@@ -164,4 +192,10 @@ class StatusWriter:
 
 
 def _same_counts(status: Status, last: Status | None) -> bool:
-    return last is not None and replace(last, updated_time=0) == replace(status, updated_time=0)
+    """Whether nothing but the time and the health counters moved (the write
+    counters move at every write)."""
+    if last is None:
+        return False
+    return replace(last, updated_time=0, health=None) == replace(
+        status, updated_time=0, health=None
+    )

@@ -14,6 +14,8 @@ import errno
 import logging
 import math
 import os
+from collections import Counter
+from dataclasses import dataclass
 
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
@@ -87,6 +89,22 @@ class Connection:
         self.waiting: anyio.CancelScope | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ServerStats:
+    """What one listener did with connections, at one moment (stats())."""
+
+    connections_open: int
+    #: Every connection accepted, served or refused.
+    connections_total: int
+    #: Refused by the allow-lists.
+    refused: int
+    #: Turned away or shed: the connection limit, the buffer budget, no descriptors.
+    busy: int
+    timeouts: int
+    #: By code (servertracker.status.PROTOCOL_ERROR_CODES).
+    protocol_errors: dict[str, int]
+
+
 class StreamServer:
     """Serves connections from a listener until stop() is called."""
 
@@ -115,6 +133,22 @@ class StreamServer:
         self.busy = 0
         self.timeouts = 0
         self.protocol_errors = 0
+        self.protocol_errors_by_code: Counter[str] = Counter()
+
+    def stats(self) -> ServerStats:
+        """A frozen snapshot of the counters (read by logs and metrics)."""
+        return ServerStats(
+            connections_open=self.connections_open,
+            connections_total=self.connections_total,
+            refused=self.refused,
+            busy=self.busy,
+            timeouts=self.timeouts,
+            protocol_errors=dict(self.protocol_errors_by_code),
+        )
+
+    def count_protocol_error(self, code: str) -> None:
+        self.protocol_errors += 1
+        self.protocol_errors_by_code[code] += 1
 
     @property
     def stopping(self) -> bool:
