@@ -412,3 +412,18 @@ def test_many_large_frames_at_once_hold_one_decoded_frame_at_a_time(daemon: Daem
     # Each connection decoding its own at once took 180 MiB more; one at a time,
     # the raw frames (16 MiB) and one decoded frame.
     assert peak_rss_mib(daemon.process.pid) - before < 100
+
+
+# --- §9 on a live daemon: the two messages a worker written from protocol.md missed -----
+
+
+def test_a_live_daemon_answers_messages_with_ignored_elements(daemon: Daemon) -> None:
+    def frame(obj: object) -> bytes:
+        body = msgpack.packb(obj)
+        return struct.pack(">I", len(body)) + body
+
+    with unix_connect(daemon.socket_path) as sock:
+        sock.sendall(frame([1, "status", None, "extra"]))
+        assert isinstance(read_reply(sock), protocol.StatusReply)
+        sock.sendall(frame([1, "ping", {1: 2}]))
+        assert read_reply(sock) == protocol.Pong()
