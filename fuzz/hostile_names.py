@@ -46,9 +46,7 @@ SHAPES: dict[str, Callable[[int], str]] = {
     ),
     "middle dots, valid label length": lambda i: "\u30fb" * 29 + _letters(i, 28) + "\u30a2.de",
     "mixed Arabic-Indic digit sets": lambda i: _digits(i, 30, 0x660) + "\u06f1" * 29 + ".de",
-    "extended Arabic-Indic digits, 4 labels": lambda i: ".".join(
-        [_digits(i, 59, 0x6F0)] * 4
-    ),
+    "extended Arabic-Indic digits, 4 labels": lambda i: ".".join([_digits(i, 59, 0x6F0)] * 4),
     # CONTEXTJ: each ZERO WIDTH NON-JOINER scans back and forth over transparent marks.
     "joiners between transparent marks": lambda i: (
         "\u0628" + "\u064b" * 20 + "\u200c" * 18 + "\u064b" * 19 + _digits(i, 1, 0x660) + ".de"
@@ -67,9 +65,7 @@ SHAPES: dict[str, Callable[[int], str]] = {
     "59 distinct CJK ideographs in one label": lambda i: _cjk(i, 59) + ".cn",
     "4 labels of 59 distinct CJK": lambda i: ".".join(_cjk(i + k, 59, 89) for k in range(4)),
     "254 CJK ideographs, no dot": lambda i: _cjk(i, 254),
-    "many one-character U-labels": lambda i: ".".join(
-        chr(0xE0 + (i + k) % 23) for k in range(30)
-    ),
+    "many one-character U-labels": lambda i: ".".join(chr(0xE0 + (i + k) % 23) for k in range(30)),
     "many A-labels": lambda i: ".".join(
         "xn--" + chr(0xE0 + (i + k) % 23).encode("punycode").decode() for k in range(30)
     ),
@@ -103,9 +99,7 @@ def variant(shape: str, i: int) -> str:
 def worst_senders(count: int, start: int = 0) -> list[str]:
     """count distinct senders, cycling through every costly shape."""
     shapes = [name for name in SHAPES if name not in LEGITIMATE]
-    return [
-        "u@" + variant(shapes[i % len(shapes)], start + i // len(shapes)) for i in range(count)
-    ]
+    return ["u@" + variant(shapes[i % len(shapes)], start + i // len(shapes)) for i in range(count)]
 
 
 def flood_pairs(number: int, count: int) -> list[tuple[str, str]]:
