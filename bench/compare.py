@@ -22,6 +22,8 @@ to bench/results/compare.json, with the load average before and after.
 - trackerd: the product; workers call servertracker.record_server() with a queue
   large enough that nothing drops.
 - trackerd record_many: the same with Client.record_many(), which waits for room.
+- trackerd --windows none: the product without sliding windows (1h and 24h are on
+  by default), to show what the windows cost end to end.
 - redis (b): Redis's best use: each worker hashes the raw domain part (no
   normalising, as the original) with keyed BLAKE2b and sends one multi-member
   SADD per category per 1,000 records over a pipeline.
@@ -192,6 +194,10 @@ def start_trackerd() -> BenchDaemon:
     return BenchDaemon().start()
 
 
+def start_trackerd_without_windows() -> BenchDaemon:
+    return BenchDaemon(["--windows", "none"]).start()
+
+
 def start_naive() -> BenchDaemon:
     return BenchDaemon(command=[sys.executable, "-m", "bench.naive_daemon"]).start()
 
@@ -358,6 +364,9 @@ def main() -> None:
     competitors: dict[str, Callable[[Workload], Run]] = {
         "trackerd": lambda load: run_protocol_daemon(load, start_trackerd),
         "trackerd record_many": lambda load: run_protocol_daemon(load, start_trackerd, True),
+        "trackerd --windows none": lambda load: run_protocol_daemon(
+            load, start_trackerd_without_windows
+        ),
     }
     if shutil.which("redis-server"):
         competitors["redis (b) best use"] = run_redis

@@ -3,6 +3,7 @@ against a real trackerd and against a daemon that speaks version 1 without it.""
 
 from __future__ import annotations
 
+import gc
 import socket
 import threading
 import time
@@ -106,3 +107,42 @@ def test_an_older_daemon_gets_pairs_and_loses_nothing(short_tmp: Path) -> None:
     assert older.pairs == pairs
     client.close()
     older.listener.close()
+
+
+def test_record_server_makes_no_object_the_garbage_collector_tracks(short_tmp: Path) -> None:
+    """So recording never sets off a collection, which stalls the caller (a full
+    collection took milliseconds: docs/performance.md)."""
+    client = Client(short_tmp / "nobody-home.sock")
+    client._start = lambda: None  # type: ignore[method-assign]  # no flusher allocating meanwhile
+    conn_ips = [f"192.0.2.{i % 250}" for i in range(1000)]
+    record = client.record_server
+    record("192.0.2.1", "warm@up.example")
+    gc.disable()
+    try:
+        before = gc.get_count()[0]
+        for conn_ip in conn_ips:
+            record(conn_ip, "user@example.com")
+        after = gc.get_count()[0]
+    finally:
+        gc.enable()
+    assert client.stats().recorded == 1001
+    assert after - before < 10  # a tuple per record would be 1,000
+
+
+def test_flush_waits_for_the_batch_being_encoded(daemon: Daemon) -> None:
+    """flush() returned True while the flusher held the last batch, taken from the
+    queue but not yet encoded: a process that then exited lost it."""
+    client = Client(daemon.socket_path)
+    client.record_server("192.0.2.1", "warm@up.example")
+    assert client.flush(10)
+    encode = client._encode
+
+    def slow_encode(*columns: list[str | None]) -> list[bytes]:
+        time.sleep(0.3)  # widens the window in which the batch is in no queue
+        return encode(*columns)
+
+    client._encode = slow_encode  # type: ignore[method-assign]
+    client.record_server("192.0.2.2", "last@batch.example")
+    assert client.flush(10)
+    assert client.stats().sent == 2
+    client.close()

@@ -20,7 +20,7 @@ from tests.conftest import Daemon, LineReader, run_as_nobody
 STATUS_JSON_KEYS = {
     "schema", "source", "boot_time", "unique_conn_ips", "unique_domains", "unique_ip_servers",
     "updated_time", "records", "rejected_conn_ips", "rejected_senders", "uptime_seconds",
-    "file_age_seconds", "daemon_error", "socket", "status_file", "estimated",
+    "file_age_seconds", "daemon_error", "socket", "status_file", "estimated", "windows", "health",
 }  # fmt: skip
 
 

@@ -256,7 +256,7 @@ def test_second_daemon_on_the_same_socket_refuses_clearly(
     second = make_daemon("rt2", extra_args=["--socket", str(daemon.socket_path)])
     second.start(wait=False)
     assert second.process is not None
-    assert second.process.wait(15) == 1
+    assert second.process.wait(60) == 1
     assert "another trackerd is already listening" in second.log()
     assert "Traceback" not in second.log()
     daemon.status()  # the first one is untouched
@@ -275,7 +275,7 @@ def test_second_daemon_on_the_same_runtime_dir_refuses_naming_the_holder(
     second.socket_path = short_tmp / "other.sock"
     second.start(wait=False)
     assert second.process is not None
-    assert second.process.wait(15) == 1
+    assert second.process.wait(60) == 1
     assert f"is in use by another trackerd (pid {daemon.process.pid}" in second.log()
     assert "Traceback" not in second.log()
     assert not (short_tmp / "other.sock").exists()
@@ -299,7 +299,7 @@ def test_unusable_runtime_dir_is_a_clear_startup_error(short_tmp: Path) -> None:
     daemon.log_path = short_tmp / "daemon.log"
     daemon.start(wait=False)
     assert daemon.process is not None
-    assert daemon.process.wait(15) == 1
+    assert daemon.process.wait(60) == 1
     assert "cannot create runtime directory" in daemon.log()
     assert "Traceback" not in daemon.log()
 
@@ -308,7 +308,7 @@ def test_too_long_socket_path_is_a_clear_startup_error(short_tmp: Path) -> None:
     daemon = Daemon(short_tmp / "rt", extra_args=["--socket", str(short_tmp / ("s" * 120))])
     daemon.start(wait=False)
     assert daemon.process is not None
-    assert daemon.process.wait(15) == 1
+    assert daemon.process.wait(60) == 1
     assert "Unix sockets allow 107" in daemon.log()
 
 

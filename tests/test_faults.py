@@ -154,7 +154,7 @@ def test_runtime_directory_removed_is_made_again_with_its_socket(daemon: Daemon)
     second = Daemon(daemon.runtime_dir, extra_args=["--socket", f"{daemon.runtime_dir}2.sock"])
     second.log_path = daemon.runtime_dir.parent / "second.log"
     assert second.start(wait=False).process is not None
-    assert second.process.wait(15) == 1
+    assert second.process.wait(60) == 1
     assert "is in use by another trackerd" in second.log()
     assert daemon.stop() == 0
     assert not daemon.socket_path.exists()  # the new socket file is ours to remove
@@ -200,7 +200,7 @@ def test_a_socket_path_taken_by_someone_else_is_left_alone(daemon: Daemon) -> No
         other.bind(str(daemon.socket_path))  # another program's socket, now at our path
         other.listen()
         identity = daemon.socket_path.stat().st_ino
-        wait_for(lambda: "is no longer our socket" in daemon.log(), 15, what="the log line")
+        wait_for(lambda: "is no longer our socket" in daemon.log(), 60, what="the log line")
         assert daemon.stop() == 0
         assert daemon.socket_path.stat().st_ino == identity  # neither replaced nor removed
 

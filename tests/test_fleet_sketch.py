@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from servertracker import fleet_key, protocol
+from servertracker.errors import ProtocolError
 from servertracker.fleet_key import FleetKey, FleetKeyError, next_key, value_hasher
 from tests.redis_server import RedisServer
 from trackerd.core.fleet_sketch import (
@@ -186,3 +187,27 @@ def test_blake2b_person_labels_differ() -> None:
     step = next_key(key)
     value = hashlib.blake2b(b"next epoch", key=key, digest_size=32).digest()
     assert step != value
+
+
+def test_fleet_messages_round_trip_and_bad_replies_are_refused() -> None:
+    sketch = dense(bytes(HLL_REGISTERS))
+    reply = protocol.FleetReply(
+        86400, (protocol.FleetEpoch(7, {"unique_domains": sketch}), protocol.FleetEpoch(6, {}))
+    )
+    daemon_side = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
+    daemon_side.receive_data(protocol.encode(reply))
+    assert daemon_side.next_message() == reply
+    client_side = protocol.MessageDecoder()
+    client_side.receive_data(protocol.encode(protocol.FleetRequest()))
+    assert client_side.next_message() == protocol.FleetRequest()
+    # From a client, "fleet" is a request: what follows is ignored, never built (as "status").
+    client_side = protocol.MessageDecoder()
+    client_side.receive_data(protocol.encode(reply))
+    assert client_side.next_message() == protocol.FleetRequest()
+    for bad in (sketch[:-1], b"XXXX" + sketch[4:], sketch + b"\0"):
+        wrong = protocol.FleetReply(86400, (protocol.FleetEpoch(7, {"unique_domains": bad}),))
+        decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
+        decoder.receive_data(protocol.encode(wrong))
+        with pytest.raises(ProtocolError) as caught:
+            decoder.next_message()
+        assert caught.value.message in protocol.ERROR_TEXTS

@@ -138,7 +138,7 @@ def test_a_gid_allow_list_admits_primary_or_supplementary_groups() -> None:
 def test_unknown_user_is_a_usage_error(short_tmp: Path) -> None:
     daemon = Daemon(short_tmp / "rt", extra_args=["--allow-uid", "no-such-user-here"])
     daemon.start(wait=False)
-    assert daemon.process is not None and daemon.process.wait(15) == 2
+    assert daemon.process is not None and daemon.process.wait(60) == 2
     assert "no such user: no-such-user-here" in daemon.log()
 
 

@@ -82,3 +82,14 @@ def test_a_bad_log_level_in_the_environment_is_a_usage_error_not_a_traceback() -
     assert result.returncode == 2
     assert "'bogus' is not a log level" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_every_config_field_is_either_reloadable_or_named_for_a_restart() -> None:
+    """SIGHUP applies RELOADABLE and names the rest in its warning: a new field needs a place."""
+    import dataclasses
+
+    from trackerd.options import RELOADABLE, RESTART_ONLY, Config
+
+    names = {field.name for field in dataclasses.fields(Config)}
+    assert names == set(RELOADABLE) | set(RESTART_ONLY)
+    assert not set(RELOADABLE) & set(RESTART_ONLY)

@@ -23,7 +23,7 @@ def counts(status: Status) -> tuple[int, int, int, int]:
     return (status.unique_conn_ips, status.unique_domains, status.unique_ip_servers, status.records)
 
 
-def wait_counts(daemon: Daemon, expected: tuple[int, int, int, int], timeout: float = 20) -> Status:
+def wait_counts(daemon: Daemon, expected: tuple[int, int, int, int], timeout: float = 60) -> Status:
     last: list[Status] = []
 
     def reached() -> bool:

@@ -23,14 +23,15 @@ from tests.conftest import remove_tree, wait_for
 from trackerd.edges.systemd import listen_fds, make_non_dumpable, pick_fd
 
 UNITS = Path(__file__).parent.parent / "systemd"
+MANUALS = Path(__file__).parent.parent / "man"
 TRACKERD = [sys.executable, "-m", "trackerd", "--log-level", "debug"]
 needs = pytest.mark.skipif
 
 
-def ping_until_up(socket_path: Path, timeout: float = 20) -> None:
+def ping_until_up(socket_path: Path, timeout: float = 60) -> None:
     def answers() -> bool:
         try:
-            with DaemonConnection(socket_path, timeout=5) as conn:
+            with DaemonConnection(socket_path, timeout=30) as conn:
                 conn.ping()
             return True
         except DaemonUnavailable:
@@ -57,7 +58,7 @@ def test_socket_activation(short_tmp: Path, fdname: str | None) -> None:
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         ping_until_up(socket_path)  # the first connection makes the activator exec trackerd
-        with DaemonConnection(socket_path, timeout=5) as conn:
+        with DaemonConnection(socket_path, timeout=30) as conn:
             conn.record([("192.0.2.1", "a@example.com"), ("192.0.2.2", "b@example.org")])
             status = conn.status()
         assert (status.unique_conn_ips, status.unique_domains) == (2, 2)
@@ -91,7 +92,7 @@ class NotifyListener:
             pass
         return self.messages
 
-    def wait_for(self, prefix: str, timeout: float = 15) -> str:
+    def wait_for(self, prefix: str, timeout: float = 60) -> str:
         def seen() -> str | None:
             for message in self.collect():
                 if any(line.startswith(prefix) for line in message.splitlines()):
@@ -127,12 +128,12 @@ def test_sd_notify_ready_status_stopping_in_order(
         assert f"MAINPID={process.pid}" in ready
         # READY=1 comes only after the socket listens and the first status file exists.
         assert (runtime / "server_tracker.json").exists()
-        with DaemonConnection(runtime / "trackerd.sock", timeout=5) as conn:
+        with DaemonConnection(runtime / "trackerd.sock", timeout=30) as conn:
             conn.record([("192.0.2.1", "a@example.com")])
             conn.ping()
         notify_listener.wait_for("STATUS=1 connection IPs, 1 domains")
         process.send_signal(signal.SIGTERM)
-        assert process.wait(20) == 0
+        assert process.wait(60) == 0
         notify_listener.wait_for("STOPPING=1")
     finally:
         if process.poll() is None:
@@ -208,6 +209,14 @@ def unit_copies(tmp: Path) -> Path:
 @needs(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
 def test_systemd_analyze_verify_reports_nothing(short_tmp: Path) -> None:
     service = unit_copies(short_tmp)
+    # The units' Documentation=man:trackerd(8) ...: verify runs man(1) on each, so the
+    # project's pages go where man finds them, as an install puts them (a trailing
+    # ":" in MANPATH keeps the system's pages, systemd.socket(5) among them).
+    manuals = short_tmp / "man"
+    for page in (MANUALS / "trackerd.8", MANUALS / "trackerctl.1"):
+        section = manuals / f"man{page.suffix[1:]}"
+        section.mkdir(parents=True, exist_ok=True)
+        shutil.copy(page, section)
     result = subprocess.run(
         [
             "systemd-analyze",
@@ -218,8 +227,9 @@ def test_systemd_analyze_verify_reports_nothing(short_tmp: Path) -> None:
         ],
         capture_output=True,
         text=True,
+        env=dict(os.environ, MANPATH=f"{manuals}:"),
     )
-    assert result.returncode == 0
+    assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout + result.stderr == ""
 
 

@@ -183,6 +183,26 @@ def test_a_slow_policy_request_is_closed_and_a_real_one_is_served(
         sock.close()
 
 
+def test_at_the_connection_limit_a_real_request_takes_a_trickling_peers_slot(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    policy_path = short_tmp / "p"
+    # The default 30 s frame timeout: the slow peers would hold every slot that long.
+    args = ["--max-connections", "5", "--postfix-policy-socket", str(policy_path)]
+    daemon = make_daemon(extra_args=args).start()
+    slow = [unix_connect(policy_path, timeout=5) for _ in range(5)]
+    for sock in slow:
+        sock.sendall(POLICY_REQUEST[:10])  # a request begun, never finished
+    # The real request is answered at once, in place of the slowest peer.
+    wait_for(lambda: policy_answers(policy_path), timeout=10, what="a policy answer")
+    assert daemon.status().unique_domains == 1
+    for sock in slow:
+        sock.settimeout(0.5)
+    assert sum(closed_by_peer(sock) for sock in slow) == 1  # one slot was enough
+    for sock in slow:
+        sock.close()
+
+
 def test_a_policy_connection_sending_requests_in_pieces_is_never_cut(
     make_daemon: Callable[..., Daemon], short_tmp: Path
 ) -> None:
@@ -352,3 +372,43 @@ def test_a_frame_length_or_version_is_never_echoed(daemon: Daemon) -> None:
     # The first is logged (the next one within a second may be throttled).
     wait_for(lambda: "too-large" in daemon.log(), what="the log line")
     assert "3325256815" not in daemon.log()
+
+
+# --- §6 on a live daemon: large frames are decoded and counted one at a time ------------
+
+
+def peak_rss_mib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_many_large_frames_at_once_hold_one_decoded_frame_at_a_time(daemon: Daemon) -> None:
+    assert daemon.process is not None
+    before = peak_rss_mib(daemon.process.pid)
+    senders = 16
+    frames = []
+    for c in range(senders):
+        # 65,536 pairs of short strings: about 8 MiB decoded, counted in slices.
+        body = msgpack.packb([1, "record", [[f"{c}{i % 10}", f"{i:x}"] for i in range(65536)]])
+        frames.append(struct.pack(">I", len(body)) + body + protocol.encode(protocol.Ping()))
+    socks = [unix_connect(daemon.socket_path, timeout=60) for _ in range(senders)]
+    start = threading.Barrier(senders)
+
+    def send(sock: socket.socket, data: bytes) -> None:
+        start.wait()
+        sock.sendall(data)
+        read_reply(sock)
+
+    threads = [threading.Thread(target=send, args=pair) for pair in zip(socks, frames, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for sock in socks:
+        sock.close()
+    assert daemon.status().records == senders * 65536
+    # Each connection decoding its own at once took 180 MiB more; one at a time,
+    # the raw frames (16 MiB) and one decoded frame.
+    assert peak_rss_mib(daemon.process.pid) - before < 100

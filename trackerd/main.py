@@ -26,10 +26,11 @@ from trackerd.edges.access import unseeable_message
 from trackerd.edges.endpoint import Endpoint
 from trackerd.edges.fleet import epoch_clock, load_fleet_sketch
 from trackerd.edges.logs import setup_logging
+from trackerd.edges.metrics_textfile import MetricsTextfile
 from trackerd.edges.msgpack_server import TrackerServer
 from trackerd.edges.policy_server import PolicyServer
 from trackerd.edges.socket_files import RuntimeDirLock, prepare_runtime_dir
-from trackerd.edges.statistics import StatisticsLog, statistics_line, summarise
+from trackerd.edges.statistics import StatisticsLog, collect_health, statistics_line, summarise
 from trackerd.edges.status_writer import StatusWriter, remove_leftover_temp_files
 from trackerd.edges.stream_server import StreamServer
 from trackerd.edges.systemd import Notifier, listen_fds, make_non_dumpable, pick_fd
@@ -101,8 +102,10 @@ async def _run_locked(
     fleet = None
     if config.fleet.key_file is not None:
         fleet = load_fleet_sketch(config.fleet.key_file, time.time())
-    tracker = Tracker(max_exact=config.max_exact, fleet=fleet)
+    tracker = Tracker(max_exact=config.max_exact, windows=config.windows, fleet=fleet)
     writer = StatusWriter(tracker, config.runtime_dir, min_interval=config.status_interval)
+    if config.metrics_textfile is not None:
+        writer.textfile = MetricsTextfile(config.metrics_textfile)
     passed = listen_fds()
     endpoints: list[Endpoint] = []
     try:
@@ -125,6 +128,8 @@ async def _run_locked(
         # Every listener may serve --max-connections; accept() copes with running out anyway.
         _raise_open_file_limit(config.limits.max_connections * len(endpoints) + FILES_BESIDES)
         listeners = [await anyio.abc.SocketListener.from_socket(e.socket.sock) for e in endpoints]
+        servers = [endpoint.server for endpoint in endpoints]
+        writer.health = lambda: collect_health(servers, writer)
         if not await writer.write_now():
             raise StartupError(f"cannot write the status file in {config.runtime_dir}")
         for endpoint in endpoints[1:]:
@@ -137,7 +142,6 @@ async def _run_locked(
         )
         notifier.ready(f"Ready: {summarise(tracker.status())}")
         _tune_garbage_collector()
-        servers = [endpoint.server for endpoint in endpoints]
         statistics = StatisticsLog(
             lambda: statistics_line(tracker.status(), servers, writer),
             config.logging.stats_interval,

@@ -25,6 +25,7 @@ from typing import NoReturn
 from servertracker.paths import RUNTIME_DIR_HELP, SOCKET_HELP, add_path_arguments, paths_from_args
 from trackerd import __version__
 from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT
+from trackerd.core.windows import DEFAULT_WINDOWS, Window, parse_windows
 from trackerd.edges import access
 from trackerd.edges.access import AllowLists, ConnectionLimits
 from trackerd.edges.endpoint import ListenerSettings
@@ -56,11 +57,14 @@ class Config:
     allow: AllowLists = field(default_factory=AllowLists)
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     logging: LogSettings = field(default_factory=LogSettings)
+    windows: tuple[Window, ...] = ()
+    metrics_textfile: Path | None = None
     fleet: FleetSettings = field(default_factory=FleetSettings)
     config_file: Path | None = None
 
 
 #: Config fields SIGHUP applies; the others need a restart (the option that sets each).
+#: A new Config field goes in one of the two (tests/test_options.py checks).
 RELOADABLE = ("allow", "logging")
 RESTART_ONLY = {
     "runtime_dir": "--runtime-dir",
@@ -71,6 +75,8 @@ RESTART_ONLY = {
     "limits": "--max-connections/--idle-timeout/--frame-timeout",
     "config_file": "--config",
     "fleet": "--fleet-key-file",
+    "windows": "--windows",
+    "metrics_textfile": "--metrics-textfile",
 }
 CONFIG_OPTION = "--config"
 #: Options a config file may not hold: they are about the command line itself.
@@ -103,6 +109,24 @@ def _add_tracker_arguments(arguments: Arguments) -> None:
             "(default: %(default)s, a 32 MiB table each)"
         ),
     )
+    arguments.add_argument(
+        "--windows",
+        type=_windows,
+        default=DEFAULT_WINDOWS,
+        metavar="LIST",
+        help=(
+            "sliding windows to count over besides since boot: durations with a unit "
+            "(s, m, h, d), comma-separated, or 'none' (default: %(default)s). Each category "
+            "then keeps a last-seen time per value (+50%% of its table; 12.5 MiB once estimated)"
+        ),
+    )
+
+
+def _windows(text: str) -> tuple[Window, ...]:
+    try:
+        return parse_windows(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +172,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         allow=AllowLists.from_args(args),
         limits=ConnectionLimits.from_args(args),
         logging=LogSettings.from_args(args),
+        windows=args.windows,
+        metrics_textfile=args.metrics_textfile,
         fleet=FleetSettings.from_args(args),
         config_file=Path(args.config) if args.config else None,
     )

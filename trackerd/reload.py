@@ -58,7 +58,7 @@ class Reloader:
         old = self.config
         kept = dataclasses.replace(new, **{name: getattr(old, name) for name in RELOADABLE})
         needs_restart = [
-            RESTART_ONLY[f.name]
+            RESTART_ONLY.get(f.name, f.name)
             for f in dataclasses.fields(Config)
             if getattr(kept, f.name) != getattr(old, f.name)
         ]

@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from servertracker import _format, cli_fleet, cli_watch
+from servertracker import _format, cli_fleet, cli_metrics, cli_watch
 from servertracker.cli_common import (
     EXIT_CODES_HELP,
     EXIT_FILE_ONLY,
@@ -143,6 +143,7 @@ def ping(
 app.command()(record)
 app.command()(cli_watch.watch)
 app.add_typer(cli_fleet.app, name="fleet")
+app.command()(cli_metrics.metrics)
 # Commands from other modules register here, one line each, e.g.
 #   app.command()(cli_metrics.metrics)        a command
 #   app.add_typer(cli_fleet.app, name="fleet")  a group of commands

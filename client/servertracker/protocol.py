@@ -648,6 +648,16 @@ class MessageDecoder:
         """Bytes received but not yet returned as messages: a frame is in progress."""
         return len(self._buffer) - self._offset
 
+    @property
+    def next_frame_size(self) -> int:
+        """The body size of the next frame if it has arrived whole, else 0: a server
+        may wait for its turn before it decodes a large one."""
+        available = len(self._buffer) - self._offset - HEADER_SIZE
+        if self._error is not None or available < 0:
+            return 0
+        (size,) = _HEADER.unpack_from(self._buffer, self._offset)
+        return size if size <= min(available, self._max) else 0
+
     def receive_data(self, data: bytes) -> None:
         if self._eof:
             if data:

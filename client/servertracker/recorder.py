@@ -85,14 +85,9 @@ def _clean(value: Any) -> str | None:
     return text
 
 
-def _long_chars(pairs: Iterable[tuple[str | None, str | None]]) -> int:
-    """Characters of the long values in pairs: what they take of the long-value budget."""
-    return sum(
-        len(value)
-        for pair in pairs
-        for value in pair
-        if value is not None and len(value) > _LONG_VALUE
-    )
+def _long_chars(values: Iterable[str | None]) -> int:
+    """Characters of the long values: what they take of the long-value budget."""
+    return sum(len(value) for value in values if value is not None and len(value) > _LONG_VALUE)
 
 
 def _pair(pair: Sequence[Any]) -> tuple[str | None, str | None]:
@@ -135,7 +130,15 @@ class Client:
 
     def _reset_state(self) -> None:
         """Fresh per-process state: used at construction and in a forked child."""
-        self._queue: collections.deque[tuple[Any, Any]] = collections.deque()
+        # The queue, as two columns of str or None: record_server() makes no tuple,
+        # so it makes no object the garbage collector tracks, and never sets off a
+        # collection (a full one stalled the caller for milliseconds; see
+        # docs/performance.md). The sender is appended last, so len(_senders) is the
+        # number of complete records. Two threads recording at once may pair one's
+        # connection IP with the other's sender on the wire: each value counts alone,
+        # so no count changes.
+        self._conn_ips: collections.deque[str | None] = collections.deque()
+        self._senders: collections.deque[str | None] = collections.deque()
         self._wake = threading.Event()
         self._sleeping = False
         self._idle = True
@@ -167,8 +170,8 @@ class Client:
                 conn_ip = _clean(conn_ip)
             if type(sender) is not str and sender is not None:
                 sender = _clean(sender)
-            queue = self._queue
-            if len(queue) >= self._max_buffered:
+            senders = self._senders
+            if len(senders) >= self._max_buffered:
                 self._drop()
                 return
             # One length check a value; only a long one costs more.
@@ -179,14 +182,15 @@ class Client:
                     conn_ip = conn_ip[:_SEND_VALUE_LIMIT]
                 if sender is not None:
                     sender = sender[:_SEND_VALUE_LIMIT]
-                chars = _long_chars(((conn_ip, sender),))
+                chars = _long_chars((conn_ip, sender))
                 if self._long_queued - self._long_sent + chars > self._max_long_chars:
                     self._drop()
                     return
                 self._long_queued += chars
-            queue.append((conn_ip, sender))
+            self._conn_ips.append(conn_ip)
+            senders.append(sender)
             self._recorded += 1
-            if self._sleeping and (self._idle or len(queue) >= self._batch_size):
+            if self._sleeping and (self._idle or len(senders) >= self._batch_size):
                 self._sleeping = False
                 self._wake.set()
             if self._thread is None:
@@ -207,11 +211,10 @@ class Client:
         values raises ValueError.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        queue = self._queue
         queued = 0
         items = iter(pairs)
         while True:
-            room = self._max_buffered - len(queue)
+            room = self._max_buffered - len(self._senders)
             if room <= 0:
                 if not self._wait_for_room(deadline):
                     return queued
@@ -219,10 +222,12 @@ class Client:
             chunk = [_pair(pair) for pair in itertools.islice(items, min(room, 65536))]
             if not chunk:
                 return queued
+            conn_ips, senders = zip(*chunk, strict=True)
             # Long values take their share of the budget (record_many waits rather
             # than drops, so it is not refused here), or taking them would free more.
-            self._long_queued += _long_chars(chunk)
-            queue.extend(chunk)
+            self._long_queued += _long_chars(conn_ips) + _long_chars(senders)
+            self._conn_ips.extend(conn_ips)
+            self._senders.extend(senders)
             queued += len(chunk)
             self._recorded += len(chunk)
             if self._thread is None:
@@ -235,7 +240,7 @@ class Client:
         """Wait until the flusher takes from the queue; False once the deadline passed."""
         # Clear, then look again: a batch taken in between sets the event anew.
         self._room.clear()
-        if len(self._queue) < self._max_buffered:
+        if len(self._senders) < self._max_buffered:
             return True
         if self._thread is None:
             self._start()
@@ -279,7 +284,7 @@ class Client:
         backoff = _BACKOFF_MIN
         while True:
             self._wait_for_work()
-            if self._closing and not self._queue and not self._out:
+            if self._closing and not self._senders and not self._out:
                 return
             try:
                 self._send_available()
@@ -300,13 +305,13 @@ class Client:
         # Clear, announce we sleep, then re-check: a record that lands in between
         # sets the event, so no wake-up is ever lost.
         self._wake.clear()
-        self._idle = not self._queue and not self._out
+        self._idle = not self._senders and not self._out
         self._sleeping = True
         if self._idle and not self._closing:
             self._wake.wait()
             self._wake.clear()
             self._idle = False
-        if not self._closing and len(self._queue) < self._batch_size:
+        if not self._closing and len(self._senders) < self._batch_size:
             self._wake.wait(self._flush_interval)  # gather a batch, bounded in delay
         self._sleeping = False
 
@@ -315,37 +320,40 @@ class Client:
         if not self._closing:
             self._wake.wait(seconds)
 
-    def _take_batch(self) -> list[tuple[str | None, str | None]]:
+    def _take_batch(self, size: int) -> tuple[list[str | None], list[str | None]]:
         # One batch per send: the send releases the GIL, so the worker's own thread
         # never waits long for it behind this one. Values are str or None already.
-        popleft = self._queue.popleft
-        batch = [popleft() for _ in range(min(len(self._queue), self._batch_size))]
+        count = range(size)
+        next_ip, next_sender = self._conn_ips.popleft, self._senders.popleft
+        conn_ips, senders = [next_ip() for _ in count], [next_sender() for _ in count]
         if self._long_sent != self._long_queued:  # some long values wait: free their share
-            self._long_sent += _long_chars(batch)
-        return batch
+            self._long_sent += _long_chars(conn_ips) + _long_chars(senders)
+        return conn_ips, senders
 
     def _send_available(self) -> None:
         """Write everything queued; raise OSError when the connection fails."""
-        while self._out or self._queue:
+        while self._out or self._senders:
             if self._sock is None:
                 self._connect()
             if not self._out:
-                batch = self._take_batch()
+                # In flight before it leaves the queue, so that flush() never sees an
+                # empty queue and nothing in flight while a batch is being encoded.
+                self._out_count = min(len(self._senders), self._batch_size)
+                conn_ips, senders = self._take_batch(self._out_count)
                 self._room.set()
-                self._out_count = len(batch)
                 try:
-                    frames = self._encode(batch)
+                    frames = self._encode(conn_ips, senders)
                 except LocalProtocolError:
                     # A lone surrogate, or a value too long for any frame: mend them.
-                    frames = self._encode([(_clean(a), _clean(b)) for a, b in batch])
+                    frames = self._encode(list(map(_clean, conn_ips)), list(map(_clean, senders)))
                 self._out = b"".join(frames)
             self._write_out()
 
-    def _encode(self, batch: list[tuple[str | None, str | None]]) -> list[bytes]:
-        if not self._columns:
-            return protocol.encode_records_split(batch, self._batch_size)
-        conn_ips, senders = zip(*batch, strict=True)
-        return protocol.encode_columns_split(conn_ips, senders, self._batch_size)
+    def _encode(self, conn_ips: list[str | None], senders: list[str | None]) -> list[bytes]:
+        if self._columns:
+            return protocol.encode_columns_split(conn_ips, senders, self._batch_size)
+        pairs = list(zip(conn_ips, senders, strict=True))
+        return protocol.encode_records_split(pairs, self._batch_size)
 
     def _write_out(self) -> None:
         # If this raises, _out is kept and sent whole on the next connection: the
@@ -405,7 +413,7 @@ class Client:
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued has been written to trackerd; False on timeout."""
         deadline = time.monotonic() + timeout
-        while self._queue or self._out:
+        while self._senders or self._out_count:
             if self._thread is None:
                 self._start()
             self._wake.set()
@@ -416,7 +424,7 @@ class Client:
 
     def close(self, timeout: float = DEFAULT_EXIT_TIMEOUT) -> bool:
         """Flush for up to timeout seconds, then stop the thread and close the socket."""
-        flushed = self.flush(timeout) if self._thread is not None else not self._queue
+        flushed = self.flush(timeout) if self._thread is not None else not self._senders
         self._closing = True
         self._wake.set()
         thread = self._thread
@@ -440,7 +448,7 @@ class Client:
         return ClientStats(
             recorded=self._recorded,
             sent=self._sent,
-            buffered=len(self._queue) + self._out_count,
+            buffered=len(self._senders) + self._out_count,
             dropped=self._dropped,
             reconnects=max(0, self._connects - 1),
             connected=self._sock is not None,

@@ -1,7 +1,9 @@
 """The Status record and the status file's name and format: the public contract.
 
 The first four fields are the Go original's, with its JSON names and meanings,
-so existing readers of server_tracker.json keep working. The rest are additions.
+so existing readers of server_tracker.json keep working. The rest are additions:
+every count keeps its since-boot meaning, and sliding windows come as a list
+of WindowCounts (``windows``).
 """
 
 from __future__ import annotations
@@ -11,14 +13,103 @@ import json
 import os
 import stat
 from dataclasses import asdict, dataclass, fields
+from dataclasses import field as _field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, get_type_hints
 
 from servertracker.errors import StatusFileError
 
 STATUS_FILE_NAME: Final = "server_tracker.json"
 #: A status file larger than this is not ours; refuse to read it whole.
 MAX_STATUS_FILE_SIZE: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCounts:
+    """Distinct counts over a sliding window: values last seen at most ``seconds`` ago
+    (to the second). Estimates where the category is listed in Status.estimated."""
+
+    #: The window's name as trackerd was told it (``1h``, ``24h``, ``90s``).
+    window: str
+    seconds: int
+    unique_conn_ips: int
+    unique_domains: int
+    unique_ip_servers: int
+
+    @classmethod
+    def from_dict(cls, data: object) -> WindowCounts:
+        if not isinstance(data, dict):
+            raise ValueError("field 'windows' must list objects")
+        name = data.get("window")
+        if type(name) is not str or not 0 < len(name) <= MAX_WINDOW_NAME:
+            raise ValueError(f"a window's name must be 1 to {MAX_WINDOW_NAME} characters")
+        values: dict[str, Any] = {"window": name}
+        for field in ("seconds", *_COUNT_FIELDS):
+            value = data.get(field)
+            if type(value) is not int or value < 0:
+                raise ValueError(f"a window's {field!r} must be a non-negative int")
+            values[field] = value
+        return cls(**values)
+
+
+#: Why a connection was turned away (the labels of servertracker_connections_refused_total).
+REFUSAL_REASONS: Final = ("forbidden", "busy")
+#: Protocol error codes the daemon counts: the msgpack protocol's (docs/protocol.md)
+#: and "policy" for a malformed Postfix policy request.
+PROTOCOL_ERROR_CODES: Final = (
+    "too-large",
+    "empty-frame",
+    "bad-msgpack",
+    "bad-message",
+    "unsupported-version",
+    "unknown-type",
+    "truncated",
+    "unexpected-message",
+    "fleet-off",
+    "policy",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What the daemon knows of its own work since it started (every listener summed).
+
+    Keys of the maps come from fixed sets (REFUSAL_REASONS, PROTOCOL_ERROR_CODES),
+    never from a peer.
+    """
+
+    connections_accepted: int = 0
+    #: By reason: "forbidden" (allow-lists), "busy" (limits, buffers, no descriptors).
+    connections_refused: dict[str, int] = _field(default_factory=dict)
+    connection_timeouts: int = 0
+    #: By code.
+    protocol_errors: dict[str, int] = _field(default_factory=dict)
+    status_writes: int = 0
+    status_write_failures: int = 0
+
+    @classmethod
+    def from_dict(cls, data: object) -> Health:
+        if not isinstance(data, dict):
+            raise ValueError("field 'health' must be an object")
+        values: dict[str, Any] = {}
+        for name, known in (
+            ("connections_refused", REFUSAL_REASONS),
+            ("protocol_errors", PROTOCOL_ERROR_CODES),
+        ):
+            counts = data.get(name, {})
+            if not isinstance(counts, dict) or not all(
+                type(v) is int and v >= 0 for v in counts.values()
+            ):
+                raise ValueError(f"health's {name!r} must map names to non-negative ints")
+            # Names from a newer daemon are left out: only fixed sets become labels.
+            values[name] = {k: v for k, v in counts.items() if k in known}
+        for name in ("connections_accepted", "connection_timeouts", "status_writes",
+                     "status_write_failures"):  # fmt: skip
+            value = data.get(name, 0)
+            if type(value) is not int or value < 0:
+                raise ValueError(f"health's {name!r} must be a non-negative int")
+            values[name] = value
+        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +135,10 @@ class Status:
     #: Names of the count fields above that are estimates (HyperLogLog) rather than
     #: exact: a category switches past a bound on its memory. The counts stay integers.
     estimated: tuple[str, ...] = ()
+    #: The same three counts over each sliding window (trackerd --windows), shortest first.
+    windows: tuple[WindowCounts, ...] = ()
+    #: The daemon's own health counters (for metrics); None where not known.
+    health: Health | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,18 +164,39 @@ class Status:
                     )
                 values[field.name] = tuple(value)
                 continue
-            if field.type == "float":
+            if field.name == "health":
+                values[field.name] = None if value is None else Health.from_dict(value)
+                continue
+            if field.name == "windows":
+                if type(value) not in (list, tuple) or len(value) > MAX_WINDOWS:
+                    raise ValueError(f"field 'windows' must list at most {MAX_WINDOWS} windows")
+                values[field.name] = tuple(WindowCounts.from_dict(v) for v in value)
+                continue
+            kind = _field_types()[field.name]
+            if kind is float:
                 ok = type(value) in (int, float) and value == value and value >= 0
             else:
                 ok = type(value) is int and value >= 0
             if not ok:
-                raise ValueError(f"field {field.name!r} must be a non-negative {field.type}")
+                raise ValueError(f"field {field.name!r} must be a non-negative {kind.__name__}")
             values[field.name] = value
         return cls(**values)
 
 
 _COUNT_FIELDS: Final = ("unique_conn_ips", "unique_domains", "unique_ip_servers")
 _REQUIRED: Final = ("boot_time", *_COUNT_FIELDS)
+#: Bounds on what a status reply or file may hold in ``windows`` (trackerd's own
+#: limits are tighter: see trackerd/core/windows.py).
+MAX_WINDOWS: Final = 16
+MAX_WINDOW_NAME: Final = 16
+_TYPES: dict[str, type] = {}
+
+
+def _field_types() -> dict[str, type]:
+    """Status's field types as classes (the annotations are strings in this module)."""
+    if not _TYPES:
+        _TYPES.update(get_type_hints(Status))
+    return _TYPES
 
 
 def status_file_path(runtime_dir: str | os.PathLike[str]) -> Path:

@@ -76,6 +76,10 @@ class DigestTable:
         self._count += added
         return added
 
+    def slots_of(self, digests: Digests) -> npt.NDArray[np.intp]:
+        """The slots of these digests (sorted, unique, non-zero), -1 for absent ones."""
+        return find_slots(self._table, self._shift, digests)
+
     def _rehash(self, capacity: int) -> None:
         old = self.values()
         old.sort()
@@ -89,6 +93,15 @@ class DigestTable:
 class _Overflow(Exception):
     def __init__(self, added: int) -> None:
         self.added = added
+
+
+def sorted_unique(values: Digests) -> Digests:
+    """Sorted, without duplicates, and 0 stored as 1 (as the table stores it)."""
+    keys = _sorted_unique(values)
+    if keys.size and keys[0] == _EMPTY:
+        keys[0] = 1
+        keys = _sorted_unique(keys)
+    return keys
 
 
 def _sorted_unique(values: Digests) -> Digests:
@@ -137,3 +150,25 @@ def _insert(table: Digests, shift: np.uint64, keys: Digests) -> int:
         pending = pending[keep]
         slots = slots[keep] + 1
     return added
+
+
+def find_slots(table: Digests, shift: np.uint64, keys: Digests) -> npt.NDArray[np.intp]:
+    """The slot of each key (sorted, unique, non-zero), or -1 where a key is absent.
+
+    The same probe sequence as _insert, reading only: a key is present iff it
+    sits before the first empty slot of its probe sequence.
+    """
+    found = np.full(keys.size, -1, dtype=np.intp)
+    pending = np.arange(keys.size, dtype=np.intp)
+    slots = (keys >> shift).astype(np.intp)
+    end = table.size
+    while pending.size:
+        inside = slots < end
+        pending, slots = pending[inside], slots[inside]
+        current = table[slots]
+        hit = current == keys[pending]
+        found[pending[hit]] = slots[hit]
+        more = ~hit & (current != _EMPTY)
+        pending = pending[more]
+        slots = slots[more] + 1
+    return found

@@ -86,10 +86,17 @@ class FleetSketch:
         self.registers = tuple(bytearray(HLL_REGISTERS) for _ in Category)
 
     def add(self, category: int, canonical: bytes) -> None:
-        """Register one canonical value (a cache miss of the tracker)."""
+        """Register one canonical value (a cache miss of the tracker).
+
+        index_and_rank() written out: this runs once per new value, and the call
+        cost as much as the arithmetic.
+        """
         hasher = self._hashers[category].copy()
         hasher.update(canonical)
-        index, rank = index_and_rank(int.from_bytes(hasher.digest(), "little"))
+        hash64 = int.from_bytes(hasher.digest(), "little")
+        rest = (hash64 >> HLL_P) | _STOP_BIT
+        rank = (rest & -rest).bit_length()
+        index = hash64 & _INDEX_MASK
         registers = self.registers[category]
         if registers[index] < rank:
             registers[index] = rank

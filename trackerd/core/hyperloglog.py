@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 from trackerd.core.digest_table import Digests
 
@@ -36,24 +37,36 @@ class HyperLogLog:
     def add_many(self, digests: Digests) -> None:
         if digests.size == 0:
             return
-        q = self._q
-        index = (digests >> np.uint64(q)).astype(np.intp)
-        rest = digests & np.uint64((1 << q) - 1)
-        # bit_length(rest) without float rounding trouble: rest < 2**53, exact in float64,
-        # and frexp gives the exponent exactly. rank = q - bit_length + 1 (q + 1 for 0).
-        _, exponent = np.frexp(rest.astype(np.float64))
-        rank = (q + 1 - exponent).astype(np.uint8)
+        index, rank = register_ranks(digests, self.precision)
         np.maximum.at(self.registers, index, rank)
 
     def estimate(self) -> float:
-        m = self.registers.size
-        q = self._q
-        counts = np.bincount(self.registers, minlength=q + 2)
-        z = m * _tau(1 - counts[q + 1] / m)
-        for k in range(q, 0, -1):
-            z = 0.5 * (z + counts[k])
-        z += m * _sigma(counts[0] / m)
-        return float(_ALPHA_INF * m * m / z)
+        return estimate(self.registers, self._q)
+
+
+def register_ranks(
+    digests: Digests, precision: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.uint8]]:
+    """Each digest's register (its top bits) and rank (first 1-bit of the rest, from 1)."""
+    q = 64 - precision
+    index = (digests >> np.uint64(q)).astype(np.intp)
+    rest = digests & np.uint64((1 << q) - 1)
+    # bit_length(rest) without float rounding trouble: rest < 2**53, exact in float64,
+    # and frexp gives the exponent exactly. rank = q - bit_length + 1 (q + 1 for 0).
+    _, exponent = np.frexp(rest.astype(np.float64))
+    rank = (q + 1 - exponent).astype(np.uint8)
+    return index, rank
+
+
+def estimate(registers: npt.NDArray[np.uint8], q: int) -> float:
+    """Ertl's improved raw estimate from registers holding ranks 0..q+1."""
+    m = registers.size
+    counts = np.bincount(registers, minlength=q + 2)
+    z = m * _tau(1 - counts[q + 1] / m)
+    for k in range(q, 0, -1):
+        z = 0.5 * (z + counts[k])
+    z += m * _sigma(counts[0] / m)
+    return float(_ALPHA_INF * m * m / z)
 
 
 def _sigma(x: float) -> float:

@@ -11,6 +11,14 @@ cached: the key is Python's hash() of the raw text, SipHash keyed with the
 interpreter's own random secret, and the value the digest that is stored anyway.
 No cleartext is kept. When that secret is not random (PYTHONHASHSEED set), the
 cache stays off, since its keys could then be reversed by trying values.
+
+Sliding windows (windows.py) need to know when each value was last seen, cache
+hits included. Time is cut into periods (1/60 of the shortest window, 1 s to
+60 s), and the raw-value caches start empty at each period: so the first
+sighting of a value in a period is a cache miss, which queues its digest, and
+the counter stamps what it adds with the period's end; later sightings in the
+same period are hits and need nothing. A hit costs no more than without windows;
+each distinct value costs one more miss per period.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from servertracker.status import Status
+from servertracker.status import Status, WindowCounts
 from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT, DistinctCounter
 from trackerd.core.fleet_sketch import FleetSketch
 from trackerd.core.normalise import (
@@ -35,6 +43,7 @@ from trackerd.core.normalise import (
     positions,
     split_senders,
 )
+from trackerd.core.windows import Window, cutoff_stamp, period_of
 
 SALT_SIZE = 32
 #: 64-bit digests: at ten million values per set the chance of any collision is
@@ -43,6 +52,10 @@ DIGEST_SIZE = 8
 
 #: Entries per raw-value cache before it starts again (about 100 bytes each).
 RAW_CACHE_ENTRIES = 1 << 17
+#: The cache of raw senders holds more: whole MAIL FROM addresses are many more
+#: than their domains (users times domains), and a full cache starts again. Its
+#: values are the domain-part cache's own objects, so an entry costs about 70 bytes.
+SENDER_CACHE_FACTOR = 4
 
 #: The Status field that reports each category.
 STATUS_FIELDS = {
@@ -61,10 +74,15 @@ class Tracker:
         clock: Callable[[], float] = time.time,
         salt: bytes | None = None,
         max_exact: int = DEFAULT_MAX_EXACT,
+        windows: Sequence[Window] = (),
+        monotonic: Callable[[], float] = time.monotonic,
         fleet: FleetSketch | None = None,
     ) -> None:
         """``salt`` exists for tests of the core; the daemon never passes one.
-        ``fleet``, when given, is fed each canonical value on a cache miss."""
+        ``fleet``, when given, is fed each canonical value on a cache miss.
+        ``monotonic`` is the windows' clock: a wall clock set back or forward must
+        not age values out early or late.
+        """
         key = secrets.token_bytes(SALT_SIZE) if salt is None else salt
         # One pre-keyed hasher per category, copied per value: the key block is
         # processed once, and a value can never match across categories.
@@ -74,8 +92,15 @@ class Tracker:
         )
         del key
         self.counters = tuple(
-            DistinctCounter(STATUS_FIELDS[category], max_exact) for category in Category
+            DistinctCounter(STATUS_FIELDS[category], max_exact, windowed=bool(windows))
+            for category in Category
         )
+        self.windows = tuple(windows)
+        self._monotonic = monotonic
+        self._started = monotonic()
+        self._period = period_of(self.windows)
+        self._slot = 0  # the current period: whole seconds since start // period
+        self._window_cache: tuple[tuple[int, int], tuple[WindowCounts, ...]] | None = None
         self._conn_cache: dict[int, bytes | Outcome] = {}
         self._domain_cache: dict[int, tuple[int, bytes] | Outcome] = {}
         # Keyed by the raw sender, before the split: what a repeated sender costs.
@@ -139,7 +164,10 @@ class Tracker:
 
     def _remember(self, cache: dict[int, Any], cache_key: int, result: object) -> None:
         if self.raw_cache_entries:
-            if len(cache) >= self.raw_cache_entries:
+            bound = self.raw_cache_entries
+            if cache is self._sender_cache:
+                bound *= SENDER_CACHE_FACTOR
+            if len(cache) >= bound:
                 cache.clear()  # start again: simpler and cheaper than evicting one by one
             cache[cache_key] = result
 
@@ -163,6 +191,8 @@ class Tracker:
             raise ValueError("columns of unequal length")
         if not conn_ips:
             return
+        if self.windows:
+            self._follow_the_clock()
         conn_results = list(map(self._conn_cache.get, map(hash, conn_ips)))
         for index in positions(conn_results, None):
             value = conn_ips[index]
@@ -175,6 +205,50 @@ class Tracker:
         self.rejected_senders += sender_results.count(REJECTED)
         for counter in self.counters:
             counter.flush_if_full()
+
+    def _follow_the_clock(self) -> None:
+        """At a new period: stamp what is queued with the old one, empty the caches."""
+        slot = int(self._monotonic() - self._started) // self._period
+        if slot == self._slot:
+            return
+        for counter in self.counters:
+            counter.flush()
+            counter.stamp = (slot + 1) * self._period
+        for cache in self._caches:
+            cache.clear()
+        self._slot = slot
+
+    def window_counts(self) -> tuple[WindowCounts, ...]:
+        """Each window's distinct counts, as of now.
+
+        Computed again only when a second passed or, while every category is
+        exact, a record arrived: an estimated window costs a pass over a 12.5 MiB
+        sketch, so estimates follow new records once a second.
+        """
+        if not self.windows:
+            return ()
+        self._follow_the_clock()
+        elapsed = int(self._monotonic() - self._started)
+        estimated = any(counter.estimated for counter in self.counters)
+        key = (elapsed, -1 if estimated else self.records)
+        cache = self._window_cache
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        result = []
+        for window in self.windows:
+            since = cutoff_stamp(elapsed, window)
+            counts = [counter.count_since(since) for counter in self.counters]
+            result.append(
+                WindowCounts(
+                    window=window.name,
+                    seconds=window.seconds,
+                    unique_conn_ips=counts[Category.CONN_IP],
+                    unique_domains=counts[Category.DOMAIN],
+                    unique_ip_servers=counts[Category.IP_SERVER],
+                )
+            )
+        self._window_cache = (key, tuple(result))
+        return self._window_cache[1]
 
     def roll_fleet_epoch(self) -> None:
         """Move the fleet sketch to the epoch of now, if that is a later one.
@@ -207,6 +281,7 @@ class Tracker:
 
     def status(self) -> Status:
         counts = [counter.count() for counter in self.counters]
+        windows = self.window_counts()
         return Status(
             boot_time=self.boot_time,
             unique_conn_ips=counts[Category.CONN_IP],
@@ -217,6 +292,7 @@ class Tracker:
             rejected_conn_ips=self.rejected_conn_ips,
             rejected_senders=self.rejected_senders,
             estimated=tuple(c.name for c in self.counters if c.estimated),
+            windows=windows,
         )
 
 

@@ -30,7 +30,7 @@ from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
 from trackerd.edges.endpoint import ListenerSettings
 from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
-from trackerd.edges.stream_server import ERR_BUSY, FrameClock, StreamServer
+from trackerd.edges.stream_server import ERR_BUSY, Connection, StreamServer
 from trackerd.option_types import Arguments
 
 log = logging.getLogger(__name__)
@@ -44,22 +44,17 @@ SLICE_SECONDS = 0.002
 MIN_SLICE = 16
 MAX_SLICE = 16384
 
+#: Frames larger than this are decoded and counted one at a time, across all
+#: connections. A frame's values live while it is counted in slices, with other
+#: connections served in between: without a turn each, a thousand connections
+#: could each hold a decoded 1 MiB frame at once. Smaller frames (a ping, a status
+#: request, a few dozen pairs) never wait for a turn.
+LARGE_FRAME = 1024
+
 #: Fleet sketch names in category order: the status fields' names.
 FLEET_NAMES = tuple(STATUS_FIELDS[category] for category in sorted(STATUS_FIELDS))
 
 TEXT_BUFFERS_FULL = "server buffers full"
-
-
-class _Holder:
-    """One connection's share of the unfinished-frame budget."""
-
-    __slots__ = ("buffered", "clock", "shed", "waiting")
-
-    def __init__(self) -> None:
-        self.buffered = 0
-        self.clock = FrameClock()
-        self.shed = False
-        self.waiting: anyio.CancelScope | None = None
 
 
 #: FileDescriptorName= of this listener's socket in systemd/trackerd.socket.
@@ -94,10 +89,9 @@ class TrackerServer(StreamServer):
         self._writer = writer
         self._max_message_size = max_message_size
         self._buffered_total = 0
-        # Connections with an unfinished frame, in the order their frames began.
-        self._holders: dict[_Holder, None] = {}
         self._error_log = LogThrottle(1.0)
         self._slice_pairs = MIN_SLICE  # adapted by _record()
+        self._counting = anyio.Lock()  # the turn to decode and count a large frame
         self.protocol_errors = 0
 
     def refusal(self, code: str, text: str) -> bytes:
@@ -105,13 +99,11 @@ class TrackerServer(StreamServer):
 
     async def serve_connection(self, stream: SocketStream) -> None:
         decoder = protocol.MessageDecoder(self._max_message_size)
-        holder = _Holder()
+        connection = Connection()
         try:
             while True:
-                with anyio.CancelScope() as holder.waiting:
-                    data = await self.receive(stream, self.deadline(holder.clock.started))
-                holder.waiting = None
-                if holder.shed:
+                data = await self.receive_on(connection, stream)
+                if connection.shed:
                     await self._send_busy(stream)
                     return
                 if data is None:
@@ -120,7 +112,7 @@ class TrackerServer(StreamServer):
                 try:
                     await self._dispatch_all(stream, decoder)
                 except ProtocolError as exc:
-                    self.protocol_errors += 1
+                    self.count_protocol_error(exc.code)
                     if self._error_log.ready() is not None:
                         # The text is one of protocol.ERROR_TEXTS: it holds no input.
                         log.warning(
@@ -132,33 +124,27 @@ class TrackerServer(StreamServer):
                     return
                 if not data:
                     return  # end of stream, and every complete frame handled
-                self._account(holder, decoder)
-                if holder.shed:
+                self._account(connection, decoder)
+                if connection.shed:
                     await self._send_busy(stream)
                     return
         finally:
-            self._release(holder)
+            self._release(connection)
+            self.forget(connection)
 
-    def _account(self, holder: _Holder, decoder: protocol.MessageDecoder) -> None:
+    def _account(self, connection: Connection, decoder: protocol.MessageDecoder) -> None:
         """Update this connection's share; past the budget, shed the oldest frames."""
-        if holder.shed:
+        if connection.shed:
             return  # its share is released already; it closes next
-        clock = holder.clock
-        started = clock.started
-        clock.update(decoder.buffered > 0, decoder.frames)
-        if clock.started != started:  # a frame ended, or a new one began
-            self._holders.pop(holder, None)
-            if clock.started is not None:
-                self._holders[holder] = None  # last: the newest frame
-        self._buffered_total += decoder.buffered - holder.buffered
-        holder.buffered = decoder.buffered
-        while self._buffered_total > self.limits.max_buffered_total and self._holders:
-            oldest = next(iter(self._holders))
+        self.track(connection, decoder.buffered > 0, decoder.frames)
+        self._buffered_total += decoder.buffered - connection.buffered
+        connection.buffered = decoder.buffered
+        while self._buffered_total > self.limits.max_buffered_total:
+            oldest = self.oldest_frame()
+            if oldest is None:
+                return
             self._release(oldest)
-            oldest.shed = True
-            if oldest.waiting is not None:
-                oldest.waiting.cancel()
-            self.busy += 1
+            self.shed(oldest)
             suppressed = self._busy_log.ready()
             if suppressed is not None:
                 log.warning(
@@ -168,10 +154,9 @@ class TrackerServer(StreamServer):
                     suppressed,
                 )
 
-    def _release(self, holder: _Holder) -> None:
-        self._holders.pop(holder, None)
-        self._buffered_total -= holder.buffered
-        holder.buffered = 0
+    def _release(self, connection: Connection) -> None:
+        self._buffered_total -= connection.buffered
+        connection.buffered = 0
 
     async def _send_busy(self, stream: SocketStream) -> None:
         await self.send(stream, protocol.encode(protocol.Error(ERR_BUSY, TEXT_BUFFERS_FULL)))
@@ -215,24 +200,32 @@ class TrackerServer(StreamServer):
         recorded = False
         try:
             while True:
-                message = decoder.next_message()
+                if decoder.next_frame_size > LARGE_FRAME:
+                    # Its turn first, then decode and count it; a reply (to a large
+                    # status request, say) is sent after the turn is given back.
+                    async with self._counting:
+                        message = decoder.next_message()
+                        if isinstance(message, protocol.RecordColumns | protocol.Record):
+                            conn_ips, senders = _columns(message)
+                            del message  # the columns hold the values, only while counted
+                            await self._record(conn_ips, senders)
+                            del conn_ips, senders
+                            recorded = True
+                            continue
+                else:
+                    message = decoder.next_message()
                 if message is protocol.NEED_DATA or message is protocol.CLOSED:
                     return
                 if isinstance(message, protocol.RecordColumns | protocol.Record):
-                    conn_ips: Sequence[str | None] = ()
-                    senders: Sequence[str | None] = ()
-                    if isinstance(message, protocol.RecordColumns):
-                        conn_ips, senders = message.conn_ips, message.senders
-                    elif message.pairs:
-                        conn_ips, senders = zip(*message.pairs, strict=True)
-                    del message  # the columns hold the values, and only while counted
+                    conn_ips, senders = _columns(message)
+                    del message
                     await self._record(conn_ips, senders)
                     # Its values are done with: none lives on while other peers run.
                     del conn_ips, senders
                     recorded = True
                 elif isinstance(message, protocol.StatusRequest):
                     await self.send(
-                        stream, protocol.encode(protocol.StatusReply(self._tracker.status()))
+                        stream, protocol.encode(protocol.StatusReply(self._writer.snapshot()))
                     )
                 elif isinstance(message, protocol.FeaturesRequest):
                     await self.send(stream, protocol.encode(protocol.Features(protocol.FEATURES)))
@@ -241,9 +234,7 @@ class TrackerServer(StreamServer):
                 elif isinstance(message, protocol.FleetRequest):
                     await self.send(stream, protocol.encode(self._fleet_reply()))
                 else:
-                    raise ProtocolError(
-                        protocol.ERR_UNEXPECTED, "a client may not send this message"
-                    )
+                    raise ProtocolError(protocol.ERR_UNEXPECTED, protocol.TEXT_UNEXPECTED)
         finally:
             if recorded:
                 self._writer.notify_changed()
@@ -260,3 +251,15 @@ class TrackerServer(StreamServer):
             for epoch, sketches in fleet.snapshot()
         )
         return protocol.FleetReply(fleet.epoch_seconds, epochs)
+
+
+def _columns(
+    message: protocol.Record | protocol.RecordColumns,
+) -> tuple[Sequence[str | None], Sequence[str | None]]:
+    """A record's values as two columns, the form the tracker counts."""
+    if isinstance(message, protocol.RecordColumns):
+        return message.conn_ips, message.senders
+    if not message.pairs:
+        return (), ()
+    conn_ips, senders = zip(*message.pairs, strict=True)
+    return conn_ips, senders

@@ -16,9 +16,10 @@ import argparse
 import collections
 import logging
 import os
+import socket
 from pathlib import Path
 
-from anyio.abc import SocketStream
+from anyio.abc import SocketAttribute, SocketStream
 
 from trackerd.core.policy_protocol import (
     CLIENT_ADDRESS,
@@ -34,7 +35,8 @@ from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
 from trackerd.edges.endpoint import ListenerSettings
 from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
-from trackerd.edges.stream_server import FrameClock, StreamServer
+from trackerd.edges.stream_server import Connection, StreamServer
+from trackerd.errors import ConnectionClosed
 from trackerd.option_types import Arguments
 
 log = logging.getLogger(__name__)
@@ -90,27 +92,47 @@ class PolicyServer(StreamServer):
         self.protocol_errors = 0
 
     async def serve_connection(self, stream: SocketStream) -> None:
+        connection = Connection()
+        try:
+            await self._serve(stream, connection)
+        finally:
+            self.forget(connection)
+
+    async def _serve(self, stream: SocketStream, connection: Connection) -> None:
         decoder = PolicyDecoder()
         recent: collections.deque[str] = collections.deque(maxlen=RECENT_INSTANCES)
-        clock = FrameClock()
+        raw = stream.extra(SocketAttribute.raw_socket)
         while True:
-            data = await self.receive(stream, self.deadline(clock.started))
+            data = await self.receive_on(connection, stream)
             if data is None:
-                return
+                return  # a timeout, or shed for a newcomer: Postfix has no "busy"
             decoder.receive_data(data)
             try:
                 while (request := decoder.next_request()) is not NEED_DATA:
                     assert isinstance(request, dict)
                     self._record(request, recent)
-                    await self.send(stream, DUNNO_RESPONSE)
+                    await self._answer(stream, raw)
             except PolicyProtocolError as exc:
-                self.protocol_errors += 1
+                self.count_protocol_error("policy")
                 if self._error_log.ready() is not None:
                     log.warning("closing a Postfix policy connection: %s", exc)
                 return
             if not data or decoder.closed_cleanly:
                 return
-            clock.update(decoder.in_progress, decoder.requests)
+            self.track(connection, decoder.in_progress, decoder.requests)
+
+    async def _answer(self, stream: SocketStream, raw: socket.socket) -> None:
+        """Send DUNNO. The socket nearly always takes 14 bytes at once: send them
+        straight away, without the event-loop round trip and the timeout scope of a
+        full send (a third of a request's cost); what it does not take goes that way."""
+        try:
+            sent = raw.send(DUNNO_RESPONSE)  # non-blocking: anyio made it so
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            raise ConnectionClosed from None
+        if sent < len(DUNNO_RESPONSE):
+            await self.send(stream, DUNNO_RESPONSE[sent:])
 
     def _record(self, request: dict[str, str], recent: collections.deque[str]) -> None:
         self.requests += 1

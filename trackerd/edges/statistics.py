@@ -8,11 +8,12 @@ also what systemd's STATUS= shows, in its short form (summarise()).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import anyio
 
-from servertracker.status import Status
+from servertracker.status import Health, Status
 from trackerd.edges.status_writer import StatusWriter
 from trackerd.edges.stream_server import StreamServer
 
@@ -37,6 +38,25 @@ def statistics_line(status: Status, servers: Sequence[StreamServer], writer: Sta
         f"{sum(s.timeouts for s in servers)} timed out, "
         f"{sum(s.protocol_errors for s in servers)} protocol errors; "
         f"{writer.writes} status writes, {writer.failures} failed"
+    )
+
+
+def collect_health(servers: Sequence[StreamServer], writer: StatusWriter) -> Health:
+    """The daemon's health counters, every listener summed (for the status and metrics)."""
+    stats = [server.stats() for server in servers]
+    errors: Counter[str] = Counter()
+    for each in stats:
+        errors.update(each.protocol_errors)
+    return Health(
+        connections_accepted=sum(s.connections_total for s in stats),
+        connections_refused={
+            "forbidden": sum(s.refused for s in stats),
+            "busy": sum(s.busy for s in stats),
+        },
+        connection_timeouts=sum(s.timeouts for s in stats),
+        protocol_errors=dict(errors),
+        status_writes=writer.writes,
+        status_write_failures=writer.failures,
     )
 
 

@@ -4,6 +4,8 @@ A write goes to a temp file in the same directory and is renamed over
 server_tracker.json, so a reader sees the old file or the new one, never a
 part. Writes happen at start, a few times a second at most while counts change,
 and at shutdown; they run in a worker thread so a slow disk never stalls serving.
+With sliding windows, counts also change while nothing arrives (values age
+out), so the writer looks again every second and writes when a count moved.
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import secrets
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
 
-from servertracker.status import STATUS_FILE_NAME, Status, encode_status_file
+from servertracker.status import STATUS_FILE_NAME, Health, Status, encode_status_file
 from trackerd.core.tracker import Tracker
+from trackerd.edges.metrics_textfile import MetricsTextfile
 from trackerd.edges.socket_files import not_private
 from trackerd.option_types import Arguments, seconds_between
 
@@ -29,6 +35,8 @@ STATUS_FILE_MODE = 0o640
 STATUS_INTERVAL = 0.25
 _TEMP_PREFIX = f".{STATUS_FILE_NAME}."
 _TEMP_SUFFIX = ".tmp"
+#: How often counts are looked at while nothing arrives, when windows can age out.
+WINDOW_REFRESH_INTERVAL = 1.0
 
 
 def write_status_file(runtime_dir: Path, status: Status) -> None:
@@ -91,8 +99,13 @@ class StatusWriter:
         self._changed = anyio.Event()
         self._lock = anyio.Lock()
         self._failing = False
+        self._last_written: Status | None = None
         self.writes = 0
         self.failures = 0
+        #: The daemon's health counters, added to each snapshot (set by main).
+        self.health: Callable[[], Health] | None = None
+        #: --metrics-textfile: rewritten after each status write.
+        self.textfile: MetricsTextfile | None = None
 
     @classmethod
     def add_arguments(cls, arguments: Arguments) -> None:
@@ -103,17 +116,39 @@ class StatusWriter:
             metavar="SECONDS",
             help="least time between two status file writes (default: %(default)s)",
         )
+        arguments.add_argument(
+            "--metrics-textfile",
+            type=Path,
+            metavar="PATH",
+            help=(
+                "also write the Prometheus text exposition here at each status write, for "
+                "node_exporter's textfile collector (a *.prom path in its "
+                "--collector.textfile.directory; see docs/monitoring.md). Off by default"
+            ),
+        )
+
+    def snapshot(self) -> Status:
+        """The tracker's status with the daemon's health: what the status reply, the
+        status file and the metrics show."""
+        status = self._tracker.status()
+        return status if self.health is None else replace(status, health=self.health())
 
     def notify_changed(self) -> None:
         """Cheap enough to call after every message."""
         self._changed.set()
 
-    async def write_now(self) -> bool:
-        """Write the current status; on failure log (once per outage) and return False."""
+    async def write_now(self, *, only_if_changed: bool = False) -> bool:
+        """Write the current status; on failure log (once per outage) and return False.
+
+        ``only_if_changed``: skip the write when no count differs from the last one
+        written (the time of the snapshot aside).
+        """
         async with self._lock:
-            status = self._tracker.status()
+            status = self.snapshot()
+            if only_if_changed and _same_counts(status, self._last_written):
+                return True
             try:
-                await anyio.to_thread.run_sync(write_status_file, self._runtime_dir, status)
+                await anyio.to_thread.run_sync(self._write_files, status)
             except OSError as exc:
                 self.failures += 1
                 if not self._failing:
@@ -127,16 +162,40 @@ class StatusWriter:
             if self._failing:
                 log.warning("status file written again after %d failed attempts", self.failures)
                 self._failing = False
+            self._last_written = status
             self.writes += 1
             return True
 
+    def _write_files(self, status: Status) -> None:
+        write_status_file(self._runtime_dir, status)
+        if self.textfile is not None:
+            # After the status write: a failed status write shows in its metrics next time.
+            self.textfile.write(status)
+
     async def run(self) -> None:
         """Loop forever: wait for a change, write, pause. Cancel to stop."""
+        refresh = WINDOW_REFRESH_INTERVAL if self._tracker.windows else math.inf
         while True:
-            await self._changed.wait()
+            with anyio.move_on_after(refresh) as quiet:
+                await self._changed.wait()
+            if quiet.cancelled_caught:
+                if not await self.write_now(only_if_changed=True):
+                    self._changed.set()
+                    await anyio.sleep(self._retry_interval)
+                continue
             self._changed = anyio.Event()
             if await self.write_now():
                 await anyio.sleep(self._min_interval)
             else:
                 self._changed.set()  # still dirty: try again after the pause
                 await anyio.sleep(self._retry_interval)
+
+
+def _same_counts(status: Status, last: Status | None) -> bool:
+    """Whether nothing but the time and the health counters moved (the write
+    counters move at every write)."""
+    if last is None:
+        return False
+    return replace(last, updated_time=0, health=None) == replace(
+        status, updated_time=0, health=None
+    )

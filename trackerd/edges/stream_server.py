@@ -14,6 +14,8 @@ import errno
 import logging
 import math
 import os
+from collections import Counter
+from dataclasses import dataclass
 
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
@@ -39,6 +41,11 @@ TEXT_BUSY = "too many connections; try again later"
 #: accept() errors that mean "out of a resource": the daemon refuses or waits,
 #: never ends (issue 12 §2).
 _OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
+#: At the connection limit, a newcomer takes the slot of the connection whose
+#: unfinished frame (or request) began first, if that was at least this long ago
+#: (or half the frame timeout, if shorter): a frame sent whole takes milliseconds,
+#: so only peers that trickle theirs are shed, and they cannot starve real ones.
+SHED_AFTER = 1.0
 #: Pause after an accept() error that refusing a connection cannot cure.
 ACCEPT_BACKOFF_MIN = 0.01
 ACCEPT_BACKOFF_MAX = 1.0
@@ -68,6 +75,36 @@ class FrameClock:
         self._finished = finished
 
 
+class Connection:
+    """What a server knows of one connection it serves: when its frame in progress
+    began, its share of the unfinished-frame budget, and whether it is being shed."""
+
+    __slots__ = ("buffered", "clock", "shed", "waiting")
+
+    def __init__(self) -> None:
+        self.buffered = 0
+        self.clock = FrameClock()
+        self.shed = False
+        #: The scope of the receive it waits in, to wake it when it is shed.
+        self.waiting: anyio.CancelScope | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStats:
+    """What one listener did with connections, at one moment (stats())."""
+
+    connections_open: int
+    #: Every connection accepted, served or refused.
+    connections_total: int
+    #: Refused by the allow-lists.
+    refused: int
+    #: Turned away or shed: the connection limit, the buffer budget, no descriptors.
+    busy: int
+    timeouts: int
+    #: By code (servertracker.status.PROTOCOL_ERROR_CODES).
+    protocol_errors: dict[str, int]
+
+
 class StreamServer:
     """Serves connections from a listener until stop() is called."""
 
@@ -85,6 +122,8 @@ class StreamServer:
         self._refused_log = LogThrottle()
         self._busy_log = LogThrottle()
         self._accept_log = LogThrottle()
+        # Connections with an unfinished frame, in the order their frames began.
+        self._in_progress: dict[Connection, None] = {}
         # Kept open to be closed when accept() runs out of descriptors: with it,
         # one waiting connection can be accepted, told "busy" and closed.
         self._spare_fd: int | None = _open_spare()
@@ -94,6 +133,22 @@ class StreamServer:
         self.busy = 0
         self.timeouts = 0
         self.protocol_errors = 0
+        self.protocol_errors_by_code: Counter[str] = Counter()
+
+    def stats(self) -> ServerStats:
+        """A frozen snapshot of the counters (read by logs and metrics)."""
+        return ServerStats(
+            connections_open=self.connections_open,
+            connections_total=self.connections_total,
+            refused=self.refused,
+            busy=self.busy,
+            timeouts=self.timeouts,
+            protocol_errors=dict(self.protocol_errors_by_code),
+        )
+
+    def count_protocol_error(self, code: str) -> None:
+        self.protocol_errors += 1
+        self.protocol_errors_by_code[code] += 1
 
     @property
     def stopping(self) -> bool:
@@ -228,6 +283,41 @@ class StreamServer:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             return b""
 
+    async def receive_on(self, connection: Connection, stream: SocketStream) -> bytes | None:
+        """receive() within connection's frame deadline; check connection.shed after it."""
+        with anyio.CancelScope() as connection.waiting:
+            data = await self.receive(stream, self.deadline(connection.clock.started))
+        connection.waiting = None
+        return None if connection.shed else data
+
+    def track(self, connection: Connection, in_progress: bool, finished: int) -> None:
+        """After each read: is a frame unfinished, and how many has it finished so far."""
+        if connection.shed:
+            return
+        clock = connection.clock
+        started = clock.started
+        clock.update(in_progress, finished)
+        if clock.started != started:  # a frame ended, or a new one began
+            self._in_progress.pop(connection, None)
+            if clock.started is not None:
+                self._in_progress[connection] = None  # last: the newest frame
+
+    def forget(self, connection: Connection) -> None:
+        """The connection is closing."""
+        self._in_progress.pop(connection, None)
+
+    def shed(self, connection: Connection) -> None:
+        """Make a connection close (with "busy" where the protocol can say so)."""
+        self._in_progress.pop(connection, None)
+        connection.shed = True
+        if connection.waiting is not None:
+            connection.waiting.cancel()
+        self.busy += 1
+
+    def oldest_frame(self) -> Connection | None:
+        """The connection whose unfinished frame began first, if any."""
+        return next(iter(self._in_progress), None)
+
     async def send(self, stream: SocketStream, data: bytes) -> None:
         """Send, or raise ConnectionClosed when the peer is gone or does not read in time."""
         with anyio.move_on_after(SEND_TIMEOUT):
@@ -276,6 +366,8 @@ class StreamServer:
                     )
                 return (ERR_FORBIDDEN, "this user or group may not use trackerd")
         if self.connections_open > self.limits.max_connections:
+            if self._shed_a_slow_frame():
+                return None
             self.busy += 1
             suppressed = self._busy_log.ready()
             if suppressed is not None:
@@ -286,6 +378,26 @@ class StreamServer:
                 )
             return (ERR_BUSY, TEXT_BUSY)
         return None
+
+    def _shed_a_slow_frame(self) -> bool:
+        """At the limit: close the connection that has trickled a frame longest, if any."""
+        oldest = self.oldest_frame()
+        if oldest is None or oldest.clock.started is None:
+            return False
+        timeout = self.limits.frame_timeout
+        least = min(SHED_AFTER, timeout / 2) if timeout > 0 else SHED_AFTER
+        if anyio.current_time() - oldest.clock.started < least:
+            return False
+        self.shed(oldest)
+        suppressed = self._busy_log.ready()
+        if suppressed is not None:
+            log.warning(
+                "at the limit of %d connections: closed the one whose frame began first "
+                "to serve a new one (%d more since)",
+                self.limits.max_connections,
+                suppressed,
+            )
+        return True
 
 
 def _open_spare() -> int | None:

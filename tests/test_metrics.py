@@ -1,0 +1,214 @@
+"""Prometheus metrics: trackerctl metrics and --metrics-textfile, checked with the real
+tools (promtool, and a node_exporter serving the text file over loopback)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from servertracker.exposition import METRIC_NAMES, render
+from servertracker.status import Health, Status, WindowCounts
+from tests.conftest import Daemon, wait_for
+
+PROMTOOL = shutil.which("promtool")
+NODE_EXPORTER = shutil.which("prometheus-node-exporter")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed")
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
+    """{(name, sorted labels): value} of every sample in an exposition."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(found: Samples, name: str, **labels: str) -> float:
+    return found[(name, tuple(sorted(labels.items())))]
+
+
+def promtool_check(text: str) -> None:
+    assert PROMTOOL is not None
+    result = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def trackerctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "servertracker.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+PAIRS = [
+    ("192.0.2.1", "a@example.com"),
+    ("192.0.2.2", "b@[192.0.2.9]"),
+    ("192.0.2.3", "c@example.org"),
+    ("not an ip", "<>"),
+]
+
+
+def record(daemon: Daemon) -> None:
+    with daemon.connect() as conn:
+        conn.record(PAIRS)
+        conn.ping()
+
+
+def assert_counts(found: Samples) -> None:
+    for window in ("boot", "1h"):
+        assert value(found, "servertracker_distinct_servers", category="connection_ip",
+                     window=window) == 3  # fmt: skip
+        assert value(found, "servertracker_distinct_servers", category="domain",
+                     window=window) == 2  # fmt: skip
+        assert value(found, "servertracker_distinct_servers", category="ip_literal",
+                     window=window) == 1  # fmt: skip
+    assert value(found, "servertracker_records_total") == 4
+    assert value(found, "servertracker_rejected_total", field="conn_ip") == 1
+    assert value(found, "servertracker_estimated", category="domain") == 0
+    assert value(found, "servertracker_window_seconds", window="1h") == 3600
+
+
+@needs_promtool
+def test_trackerctl_metrics_live_then_from_the_file(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon(extra_args=["--windows", "1h,24h"]).start()
+    record(daemon)
+    with socket.socket(socket.AF_UNIX) as raw:  # a protocol error, counted by its code
+        raw.settimeout(10)
+        raw.connect(str(daemon.socket_path))
+        raw.sendall(b"\x00\x00\x00\x03\xc1\xc1\xc1")
+        while raw.recv(4096):  # the error reply, then the daemon closes
+            pass
+    result = trackerctl("metrics", "--runtime-dir", str(daemon.runtime_dir))
+    assert result.returncode == 0, result.stderr
+    promtool_check(result.stdout)
+    found = samples(result.stdout)
+    assert_counts(found)
+    assert value(found, "servertracker_status_source", source="live") == 1
+    assert value(found, "servertracker_protocol_errors_total", code="bad-msgpack") == 1
+    assert value(found, "servertracker_connections_accepted_total") >= 3
+    assert value(found, "servertracker_connections_refused_total", reason="forbidden") == 0
+    assert {name for name, _ in found} <= METRIC_NAMES
+    assert "192.0.2" not in result.stdout and "example" not in result.stdout
+    openmetrics = trackerctl("metrics", "--openmetrics", "--runtime-dir", str(daemon.runtime_dir))
+    assert openmetrics.returncode == 0 and openmetrics.stdout.endswith("# EOF\n")
+
+    daemon.stop()
+    result = trackerctl("metrics", "--runtime-dir", str(daemon.runtime_dir))
+    assert result.returncode == 3, result.stderr  # from the file, as `status` says
+    promtool_check(result.stdout)
+    found = samples(result.stdout)
+    assert_counts(found)
+    assert value(found, "servertracker_status_source", source="file") == 1
+    assert "Traceback" not in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def node_exporter(short_tmp: Path) -> Iterator[tuple[Path, str]]:
+    """A node_exporter with only the textfile collector, on a loopback port."""
+    if NODE_EXPORTER is None:
+        pytest.skip("prometheus-node-exporter not installed")
+    directory = short_tmp / "textfiles"
+    directory.mkdir()
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            NODE_EXPORTER,
+            "--collector.disable-defaults",
+            "--collector.textfile",
+            f"--collector.textfile.directory={directory}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        yield directory, url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def scrape(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text: str = response.read().decode()
+            return text
+    except OSError:
+        return None
+
+
+@needs_promtool
+def test_textfile_served_by_node_exporter(
+    make_daemon: Callable[..., Daemon], node_exporter: tuple[Path, str]
+) -> None:
+    directory, url = node_exporter
+    textfile = directory / "servertracker.prom"
+    daemon = make_daemon(
+        extra_args=["--windows", "1h", "--metrics-textfile", str(textfile)]
+    ).start()
+    assert textfile.exists()  # written with the first status file, before ready
+    assert textfile.stat().st_mode & 0o777 == 0o644
+    record(daemon)
+
+    def scraped_counts() -> Samples | None:
+        text = scrape(url)
+        if text is None or "servertracker_records_total 4" not in text:
+            return None
+        return samples(text)
+
+    found = wait_for(scraped_counts, 30, "node_exporter to serve trackerd's counts")
+    assert_counts(found)
+    assert value(found, "node_textfile_scrape_error") == 0
+    promtool_check(textfile.read_text())
+    assert list(directory.glob(".*")) == []  # no temp file left where node_exporter reads
+
+
+def test_every_label_comes_from_a_fixed_set() -> None:
+    health = Health(5, {"busy": 1, "forbidden": 2}, 3, {"truncated": 4}, 9, 1)
+    status = Status(
+        1_700_000_000, 1, 2, 3, records=7, windows=(WindowCounts("90s", 90, 1, 1, 1),),
+        estimated=("unique_conn_ips",), health=health,
+    )  # fmt: skip
+    found = samples(render(status, source="file", version="1.2.3").decode())
+    labels = {label for _, pairs in found for label in pairs}
+    assert labels == {
+        ("category", "connection_ip"), ("category", "domain"), ("category", "ip_literal"),
+        ("window", "boot"), ("window", "90s"), ("field", "conn_ip"), ("field", "sender"),
+        ("source", "file"), ("version", "1.2.3"), ("reason", "busy"), ("reason", "forbidden"),
+    } | {("code", code) for code in (
+        "too-large", "empty-frame", "bad-msgpack", "bad-message", "unsupported-version",
+        "unknown-type", "truncated", "unexpected-message", "fleet-off", "policy",
+    )}  # fmt: skip
+    assert value(found, "servertracker_estimated", category="connection_ip") == 1
+    assert value(found, "servertracker_protocol_errors_total", code="truncated") == 4
+    assert value(found, "servertracker_status_write_failures_total") == 1
+    assert {name for name, _ in found} == METRIC_NAMES
+
+
+def test_status_from_an_older_daemon_has_no_health_metrics() -> None:
+    text = render(Status(1, 2, 3, 4), source="file", version="1").decode()
+    assert "servertracker_connections_accepted_total" not in text
+    assert "servertracker_distinct_servers" in text
