@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ import redis
 from servertracker import cli_common, fleet_store
 from servertracker.fleet_key import FleetKey, epoch_at, value_hasher
 from tests.conftest import Daemon, wait_for
-from tests.redis_server import MonitorCapture, RedisServer
+from tests.redis_server import REDIS_SERVER, MonitorCapture, RedisServer
 from trackerd.core.fleet_sketch import HLL_REGISTERS, index_and_rank, registers_of
 from trackerd.core.normalise import Category
 
@@ -379,3 +380,76 @@ def test_fleet_units_verify(short_tmp: Path) -> None:
         units.append(str(unit))
     result = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stderr
+
+
+def free_cluster_ports(count: int) -> list[int]:
+    """Loopback ports free for a node and for its cluster bus (port + 10000)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port + 10000 > 65535 or port in ports:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli missing")
+def test_push_and_status_on_a_redis_cluster(
+    short_tmp: Path, fleet_daemon: Callable[[str, Path], Daemon]
+) -> None:
+    if not Path(REDIS_SERVER).exists():
+        pytest.skip("redis-server is not installed")
+    ports = free_cluster_ports(3)
+    nodes = []
+    try:
+        for port in ports:
+            directory = short_tmp / f"node{port}"
+            directory.mkdir()
+            command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1",
+                       "--cluster-enabled", "yes", "--dir", str(directory), "--save", "",
+                       "--cluster-config-file", str(directory / "nodes.conf")]  # fmt: skip
+            nodes.append(
+                subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+        for port in ports:
+            wait_for(lambda p=port: redis.Redis(port=p).ping(), 30, "a cluster node")
+        created = subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert created.returncode == 0, created.stdout + created.stderr
+        for port in ports:
+            wait_for(
+                lambda p=port: (
+                    b"cluster_state:ok" in redis.Redis(port=p).execute_command("CLUSTER", "INFO")
+                ),
+                60,
+                "the cluster to be ready",
+            )
+        key = keygen(short_tmp / "fleet.key", quiet_epoch_seconds())
+        daemon = fleet_daemon("rt", short_tmp / "fleet.key").start()
+        feed(daemon, population(0, 2000))
+        url = f"redis://127.0.0.1:{ports[0]}/0"
+        for host in ("alpha", "bravo"):  # two names, one population: a union of 2,000
+            result = trackerctl("fleet", "push", "--cluster", "--redis", url, "--host", host,
+                                "--socket", str(daemon.socket_path))  # fmt: skip
+            assert result.returncode == 0, result.stderr
+        result = trackerctl("fleet", "status", "--cluster", "--redis", url, "--json")
+        assert result.returncode == 0, result.stderr
+        current = json.loads(result.stdout)["current"]
+        assert current["epoch"] == key.epoch and sorted(current["hosts"]) == ["alpha", "bravo"]
+        for category in CATEGORIES:
+            assert abs(current["fleet"][category] - 2000) <= 0.02 * 2000
+    finally:
+        for node in nodes:
+            node.terminate()
+        for node in nodes:
+            node.wait(15)

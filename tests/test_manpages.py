@@ -17,7 +17,7 @@ from servertracker.cli import app
 from trackerd.options import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = {"trackerd.8": "man8", "trackerctl.1": "man1"}
+PAGES = ("man8/trackerd.8", "man1/trackerctl.1")
 
 
 def test_the_committed_pages_are_what_the_options_generate(tmp_path: Path) -> None:
@@ -39,11 +39,11 @@ def test_the_committed_pages_are_what_the_options_generate(tmp_path: Path) -> No
 
 
 def test_every_option_is_in_its_page() -> None:
-    trackerd = (ROOT / "man" / "trackerd.8").read_text()
+    trackerd = (ROOT / "man" / "man8" / "trackerd.8").read_text()
     for action in build_parser()._actions:
         for flag in action.option_strings:
             assert "\\fB" + flag.replace("-", "\\-") + "\\fR" in trackerd, flag
-    trackerctl = (ROOT / "man" / "trackerctl.1").read_text()
+    trackerctl = (ROOT / "man" / "man1" / "trackerctl.1").read_text()
     group = typer.main.get_command(app)
     commands: dict[str, Any] = {}
     pending = list(getattr(group, "commands", {}).items())
@@ -78,7 +78,7 @@ def test_pages_render_without_warnings(name: str) -> None:
 def test_the_wheel_installs_the_pages_and_the_units_point_to_them() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     shared = project["tool"]["hatch"]["build"]["targets"]["wheel"]["shared-data"]
-    assert shared == {f"man/{n}": f"share/man/{d}/{n}" for n, d in PAGES.items()}
+    assert shared == {f"man/{page}": f"share/man/{page}" for page in PAGES}
     for unit in ("trackerd.service", "trackerd.socket", "trackerd-postfix.socket"):
         text = (ROOT / "systemd" / unit).read_text()
         documentation = [line for line in text.splitlines() if line.startswith("Documentation=")]

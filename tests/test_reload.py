@@ -167,7 +167,7 @@ def test_statistics_line_at_its_interval_with_counts_only(
         conn.record([("203.0.113.77", "someone@very-secret-domain.example")])
         conn.ping()
     wait_for(
-        lambda: "statistics: 1 connection IPs, 1 domains, 0 IP servers; 1 records" in daemon.log(),
+        lambda: "statistics: 1 connection IP, 1 domain, 0 IP servers; 1 record" in daemon.log(),
         15,
         "a statistics line with the record",
     )

@@ -1,4 +1,4 @@
-"""Write man/trackerd.8 and man/trackerctl.1 from the programs' own option definitions.
+"""Write man/man8/trackerd.8 and man/man1/trackerctl.1 from the programs' own option definitions.
 
     python -m tools.manpages           # write both pages
     python -m tools.manpages --check   # exit 1 if a committed page is out of date
@@ -212,7 +212,8 @@ def trackerctl_page() -> str:
     return "\n".join(lines) + "\n"
 
 
-PAGES = {"trackerd.8": trackerd_page, "trackerctl.1": trackerctl_page}
+#: Each page under man/, in man's own layout (MANPATH=man finds them).
+PAGES = {"man8/trackerd.8": trackerd_page, "man1/trackerctl.1": trackerctl_page}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

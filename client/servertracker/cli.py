@@ -10,6 +10,7 @@ Starting must stay fast: this module imports neither anyio nor trackerd.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -140,13 +141,16 @@ def ping(
         echo(f"pong from {where.socket_path} in {rtt * 1000:.2f} ms")
 
 
+# Commands from other modules (built on cli_common) register here, one line each:
+# app.command()(function) for a command, app.add_typer(sub_app, name=...) for a group.
 app.command()(record)
 app.command()(cli_watch.watch)
 app.add_typer(cli_fleet.app, name="fleet")
 app.command()(cli_metrics.metrics)
-# Commands from other modules register here, one line each, e.g.
-#   app.command()(cli_metrics.metrics)        a command
-#   app.add_typer(cli_fleet.app, name="fleet")  a group of commands
+
+
+#: What a failed write of trackerctl's own output raises (a full disk, a closed pipe).
+_WRITE_ERRORS = (errno.ENOSPC, errno.EPIPE, errno.EIO, errno.EDQUOT, errno.EFBIG, errno.EBADF)
 
 
 def _wants_json(args: Sequence[str]) -> bool:
@@ -170,8 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = EXIT_INTERRUPTED
     except OutputError as exc:
         code = _output_failed(exc)
-    except OSError as exc:  # a write typer made itself (--help into /dev/full)
-        code = _output_failed(OutputError(exc))
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRORS:
+            raise
+        code = _output_failed(OutputError(exc))  # a write typer made itself (--help)
     except Exception as exc:
         # click's errors (typer's vendored copy): UsageError, BadParameter, ...
         if not (hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", 0), int)):

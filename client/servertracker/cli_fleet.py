@@ -63,6 +63,12 @@ RedisOption = Annotated[
         show_default=False,
     ),
 ]
+ClusterOption = Annotated[
+    bool,
+    typer.Option(
+        "--cluster", help="--redis names a node of a Redis Cluster (one hash slot per epoch)."
+    ),
+]
 RedisTimeoutOption = Annotated[
     float,
     typer.Option(
@@ -202,6 +208,7 @@ def push(
     as_json: JsonOption = False,
     timeout: TimeoutOption = None,
     redis_timeout: RedisTimeoutOption = 5.0,
+    cluster: ClusterOption = False,
 ) -> None:
     """Fetch trackerd's fleet registers and merge them into Redis (run by a timer)."""
     from servertracker import fleet_store
@@ -220,7 +227,7 @@ def push(
         reason = exc.reason if isinstance(exc, DaemonUnavailable) else exc.code
         _fail(str(exc), reason, as_json, EXIT_UNAVAILABLE)
     try:
-        with fleet_store.connect(redis_url, redis_timeout) as client:
+        with fleet_store.connect(redis_url, redis_timeout, cluster) as client:
             epochs = fleet_store.push(client, name, reply, time.time())
     except fleet_store.FleetStoreError as exc:
         _fail(f"push failed: {exc}", exc.reason, as_json, EXIT_REDIS)
@@ -236,6 +243,7 @@ def status(
     redis_url: RedisOption,
     as_json: JsonOption = False,
     redis_timeout: RedisTimeoutOption = 5.0,
+    cluster: ClusterOption = False,
 ) -> None:
     """Per category, the fleet's distinct count for this epoch and the one before,
     and each host's own count and last push."""
@@ -243,7 +251,7 @@ def status(
 
     as_json = as_json or target(ctx, None, None, as_json, None).as_json
     try:
-        with fleet_store.connect(redis_url, redis_timeout) as client:
+        with fleet_store.connect(redis_url, redis_timeout, cluster) as client:
             length, epochs = fleet_store.status(client, time.time())
     except fleet_store.FleetStoreError as exc:
         _fail(str(exc), exc.reason, as_json, EXIT_REDIS)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
 import redis
+import redis.cluster
 import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -108,7 +109,11 @@ def redacted(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=user + netloc))
 
 
-def _fail(exc: redis.exceptions.RedisError, where: str) -> NoReturn:
+#: What redis-py raises: RedisClusterException is not a RedisError.
+_REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
+
+
+def _fail(exc: Exception, where: str) -> NoReturn:
     if isinstance(exc, redis.exceptions.TimeoutError):
         raise FleetStoreError("timeout", f"Redis at {where} did not answer in time") from None
     if isinstance(exc, redis.exceptions.NoPermissionError | redis.exceptions.AuthenticationError):
@@ -118,29 +123,46 @@ def _fail(exc: redis.exceptions.RedisError, where: str) -> NoReturn:
     raise FleetStoreError("error", f"Redis at {where}: {exc}") from None
 
 
+#: A single Redis (or a proxy), or a Redis Cluster client: push and status use the
+#: commands both have; all multi-key commands stay in one epoch's hash slot.
+Client = redis.Redis | redis.cluster.RedisCluster
+
+
 @contextmanager
-def connect(url: str, timeout: float) -> Iterator[redis.Redis]:
-    """A client whose every error is a FleetStoreError; no retries, one timeout."""
+def connect(url: str, timeout: float, cluster: bool = False) -> Iterator[Client]:
+    """A client whose every error is a FleetStoreError; no retries, one timeout.
+    With ``cluster``, a Redis Cluster client that starts from the node in ``url``."""
     where = redacted(url)
+    client: Client
     try:
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            client_name="trackerctl-fleet",
-        )
+        if cluster:
+            client = redis.cluster.RedisCluster.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                client_name="trackerctl-fleet",
+            )
+        else:
+            client = redis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+                client_name="trackerctl-fleet",
+            )
+    except _REDIS_ERRORS as exc:
+        _fail(exc, where)
     except ValueError as exc:
         raise FleetStoreError("error", f"not a Redis URL ({where}): {exc}") from None
     try:
         yield client
-    except redis.exceptions.RedisError as exc:
+    except _REDIS_ERRORS as exc:
         _fail(exc, where)
     finally:
         client.close()
 
 
-def push(client: redis.Redis, host: str, reply: FleetReply, now: float) -> list[int]:
+def push(client: Client, host: str, reply: FleetReply, now: float) -> list[int]:
     """Merge the daemon's sketches into the host's keys; the epochs pushed.
 
     SET to a temporary key, then PFMERGE into the host's key (so registers pushed
@@ -161,7 +183,9 @@ def push(client: redis.Redis, host: str, reply: FleetReply, now: float) -> list[
             temp = _temp_key(length, epoch.epoch, host)
             target = sketch_key(length, epoch.epoch, category, host)
             pipe.set(temp, sketch, ex=TEMP_KEY_SECONDS)
-            pipe.pfmerge(target, temp)
+            # As a raw command: redis-py's cluster pipeline refuses its pfmerge()
+            # method, though the keys share a slot.
+            pipe.execute_command("PFMERGE", target, temp)
             pipe.delete(temp)
             pipe.expireat(target, expire_at)
         pipe.sadd(hosts_key(length, epoch.epoch), host)
@@ -187,7 +211,7 @@ class EpochCounts:
         return {"epoch": self.epoch, "start": self.start, "fleet": self.fleet, "hosts": self.hosts}
 
 
-def status(client: redis.Redis, now: float) -> tuple[int, list[EpochCounts]]:
+def status(client: Client, now: float) -> tuple[int, list[EpochCounts]]:
     """(epoch length, [current epoch, previous epoch]) with fleet and per-host counts."""
     raw = client.get(EPOCH_SECONDS_KEY)
     if raw is None:
@@ -202,7 +226,7 @@ def status(client: redis.Redis, now: float) -> tuple[int, list[EpochCounts]]:
     return length, [_epoch_counts(client, length, e) for e in (current, current - 1)]
 
 
-def _epoch_counts(client: redis.Redis, length: int, epoch: int) -> EpochCounts:
+def _epoch_counts(client: Client, length: int, epoch: int) -> EpochCounts:
     members: set[bytes] = client.smembers(hosts_key(length, epoch))  # type: ignore[assignment]
     names = sorted(name.decode(errors="replace") for name in members)
     hosts = [name for name in names if HOST_NAME.fullmatch(name)]

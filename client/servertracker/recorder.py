@@ -90,21 +90,6 @@ def _long_chars(values: Iterable[str | None]) -> int:
     return sum(len(value) for value in values if value is not None and len(value) > _LONG_VALUE)
 
 
-def _pair(pair: Sequence[Any]) -> tuple[str | None, str | None]:
-    conn_ip, sender = pair  # ValueError unless two values
-    if type(conn_ip) is not str:
-        if conn_ip is not None:
-            conn_ip = _clean(conn_ip)
-    elif len(conn_ip) > _SEND_VALUE_LIMIT:
-        conn_ip = conn_ip[:_SEND_VALUE_LIMIT]
-    if type(sender) is not str:
-        if sender is not None:
-            sender = _clean(sender)
-    elif len(sender) > _SEND_VALUE_LIMIT:
-        sender = sender[:_SEND_VALUE_LIMIT]
-    return (conn_ip, sender)
-
-
 class Client:
     """A recorder bound to one trackerd socket. Thread-safe and fork-safe."""
 
@@ -219,17 +204,23 @@ class Client:
                 if not self._wait_for_room(deadline):
                     return queued
                 continue
-            chunk = [_pair(pair) for pair in itertools.islice(items, min(room, 65536))]
-            if not chunk:
+            # Two lists, no tuple per pair: a tuple is an object the garbage
+            # collector tracks, and a million of them set off collections.
+            conn_ips: list[str | None] = []
+            senders: list[str | None] = []
+            add_ip, add_sender = conn_ips.append, senders.append
+            for conn_ip, sender in itertools.islice(items, min(room, 65536)):
+                add_ip(conn_ip if type(conn_ip) is str or conn_ip is None else _clean(conn_ip))
+                add_sender(sender if type(sender) is str or sender is None else _clean(sender))
+            if not senders:
                 return queued
-            conn_ips, senders = zip(*chunk, strict=True)
             # Long values take their share of the budget (record_many waits rather
             # than drops, so it is not refused here), or taking them would free more.
             self._long_queued += _long_chars(conn_ips) + _long_chars(senders)
             self._conn_ips.extend(conn_ips)
             self._senders.extend(senders)
-            queued += len(chunk)
-            self._recorded += len(chunk)
+            queued += len(senders)
+            self._recorded += len(senders)
             if self._thread is None:
                 self._start()
             if self._sleeping:

@@ -20,11 +20,16 @@ from trackerd.edges.stream_server import StreamServer
 log = logging.getLogger("trackerd")
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"  # no digit grouping: commas separate
+
+
 def summarise(status: Status) -> str:
-    """One line of counts, for logs and systemd's STATUS=."""
+    """One line of counts, for logs and systemd's STATUS=: "1 connection IP, 2 domains"."""
     return (
-        f"{status.unique_conn_ips} connection IPs, {status.unique_domains} domains, "
-        f"{status.unique_ip_servers} IP servers; {status.records} records"
+        f"{_plural(status.unique_conn_ips, 'connection IP')}, "
+        f"{_plural(status.unique_domains, 'domain')}, "
+        f"{_plural(status.unique_ip_servers, 'IP server')}; {_plural(status.records, 'record')}"
     )
 
 

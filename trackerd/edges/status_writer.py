@@ -5,7 +5,8 @@ server_tracker.json, so a reader sees the old file or the new one, never a
 part. Writes happen at start, a few times a second at most while counts change,
 and at shutdown; they run in a worker thread so a slow disk never stalls serving.
 With sliding windows, counts also change while nothing arrives (values age
-out), so the writer looks again every second and writes when a count moved.
+out), so the writer looks again every second and writes when a count moved,
+and at least once a minute anyway (updated_time then shows the daemon alive).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import math
 import os
 import secrets
 from collections.abc import Callable
@@ -35,8 +35,11 @@ STATUS_FILE_MODE = 0o640
 STATUS_INTERVAL = 0.25
 _TEMP_PREFIX = f".{STATUS_FILE_NAME}."
 _TEMP_SUFFIX = ".tmp"
-#: How often counts are looked at while nothing arrives, when windows can age out.
+#: How often counts are looked at while nothing arrives (windows age out meanwhile).
 WINDOW_REFRESH_INTERVAL = 1.0
+#: The status (and metrics) file is rewritten at least this often, so that its
+#: updated_time shows the daemon alive even when no count moves.
+MAX_STATUS_AGE = 60.0
 
 
 def write_status_file(runtime_dir: Path, status: Status) -> None:
@@ -174,7 +177,7 @@ class StatusWriter:
 
     async def run(self) -> None:
         """Loop forever: wait for a change, write, pause. Cancel to stop."""
-        refresh = WINDOW_REFRESH_INTERVAL if self._tracker.windows else math.inf
+        refresh = WINDOW_REFRESH_INTERVAL
         while True:
             with anyio.move_on_after(refresh) as quiet:
                 await self._changed.wait()
@@ -194,7 +197,7 @@ class StatusWriter:
 def _same_counts(status: Status, last: Status | None) -> bool:
     """Whether nothing but the time and the health counters moved (the write
     counters move at every write)."""
-    if last is None:
+    if last is None or status.updated_time - last.updated_time >= MAX_STATUS_AGE:
         return False
     return replace(last, updated_time=0, health=None) == replace(
         status, updated_time=0, health=None
