@@ -273,14 +273,19 @@ def test_watch_leaves_cleanly_on_ctrl_c(daemon: Daemon) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert process.stdout is not None and process.stderr is not None
-    out, err = LineReader(process.stdout), LineReader(process.stderr)
-    while "Connection IPs" not in (line := out.readline(60, "a first screen")):
-        assert line, "watch ended without showing the counts"
-    process.send_signal(signal.SIGINT)
-    assert process.wait(60) == EXIT_OK
-    out.rest()
-    assert_no_traceback(err.rest())
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        out, err = LineReader(process.stdout), LineReader(process.stderr)
+        while "Connection IPs" not in (line := out.readline(60, "a first screen")):
+            assert line, "watch ended without showing the counts"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == EXIT_OK
+        out.rest()
+        assert_no_traceback(err.rest())
+    finally:
+        if process.poll() is None:  # a failed test leaves no watch running
+            process.kill()
+            process.wait()
 
 
 def test_status_imports_neither_anyio_nor_the_daemon(short_tmp: Path) -> None:
