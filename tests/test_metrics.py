@@ -227,3 +227,11 @@ def test_workers_and_other_commands_never_load_prometheus_client(short_tmp: Path
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_protocol_error_labels_are_the_protocol_s_codes() -> None:
+    from servertracker import protocol
+    from servertracker.status import PROTOCOL_ERROR_CODES
+
+    codes = {value for name, value in vars(protocol).items() if name.startswith("ERR_")}
+    assert set(PROTOCOL_ERROR_CODES) == codes | {"policy"}
