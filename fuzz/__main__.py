@@ -1,10 +1,15 @@
-"""Fuzz trackerd: ``python -m fuzz [--inputs N] [--seed S] [--decoder-only] [--atheris-runs N]``.
+"""Fuzz trackerd: ``python -m fuzz [--inputs N] [--seed S] [--decoder-only] [--atheris-runs N]
+[--names N] [--time-bound S] [--value-bound-us US]``.
 
 Feeds mutated valid frames and hypothesis-generated msgpack messages to the
 sans-IO decoder and, on fresh connections, to a live trackerd started for the
 run. Checks after every 2,000 inputs and at the end that the daemon answers,
 that its counts are exactly those of a control set of records (inputs that
 would legitimately record something are not sent), and records its memory.
+Then mutated costly domain names go through the normaliser. A time oracle
+makes an input that takes the decoder or the daemon longer than --time-bound,
+or a sender that takes the normaliser longer than --value-bound-us, a finding:
+listed, and the exit status is 1, as for a crash.
 Then, if atheris is installed (pip install -e '.[fuzz]'), runs its
 coverage-guided fuzzer on the decoder.
 """
@@ -27,6 +32,19 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
     parser.add_argument("--decoder-only", action="store_true", help="do not start or fuzz a daemon")
     parser.add_argument("--atheris-runs", type=int, default=100_000, help="0 to skip atheris")
+    parser.add_argument(
+        "--names", type=int, default=20_000,
+        help="mutated costly senders through the normaliser (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--time-bound", type=float, default=run.DEFAULT_TIME_BOUND, metavar="SECONDS",
+        help="an input that takes the decoder or the daemon longer is a finding "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--value-bound-us", type=float, default=run.DEFAULT_VALUE_BOUND * 1e6, metavar="US",
+        help="a sender that takes the normaliser longer is a finding (default: %(default)s)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     daemon = None if args.decoder_only else BenchDaemon().start()
@@ -36,6 +54,9 @@ def main() -> int:
             args.seed,
             daemon.socket_path if daemon else None,
             daemon.process.pid if daemon and daemon.process else None,
+            names=args.names,
+            time_bound=args.time_bound,
+            value_bound=args.value_bound_us / 1e6,
         )
     finally:
         if daemon:
@@ -48,6 +69,13 @@ def main() -> int:
         print(f"daemon checks passed (alive, counts unchanged): {report.daemon_checks}")
         rss = report.rss_kib
         print(f"daemon RSS KiB first/max/last: {rss[0]}/{max(rss)}/{rss[-1]}")
+    print(f"senders through the normaliser: {report.values}")
+    if report.slow:
+        print(f"TIME ORACLE: {len(report.slow)} inputs over the bound (a finding, as a crash):")
+        for slow in sorted(report.slow, key=lambda s: -s.seconds)[:20]:
+            print(f"  {slow.where}: {slow.seconds * 1e6:.0f} us for {slow.data[:120]!r}")
+        return 1
+    print("time oracle: no input over the bound")
 
     if args.atheris_runs:
         try:

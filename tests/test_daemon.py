@@ -334,7 +334,7 @@ def test_environment_chooses_the_runtime_dir_and_the_socket(
     subprocess.run([sys.executable, "-c", worker], env=env, check=True, timeout=60)
     wait_for(lambda: daemon.status().unique_domains == 1, what="the worker's record")
     status = subprocess.run(
-        [sys.executable, "-m", "servertracker.cli", "status", "--json"],
+        [sys.executable, "-m", "servertracker.cli", "status", "--json", "--timeout", "60"],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert status.returncode == 0, status.stderr
@@ -352,7 +352,7 @@ def test_environment_chooses_the_runtime_dir_and_the_socket(
     subprocess.run([sys.executable, "-c", worker], env=env, check=True, timeout=60)
     wait_for(lambda: daemon.status().unique_domains == 1, what="the worker's record")
     ping = subprocess.run(
-        [sys.executable, "-m", "servertracker.cli", "ping"],
+        [sys.executable, "-m", "servertracker.cli", "ping", "--timeout", "60"],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert ping.returncode == 0, ping.stderr

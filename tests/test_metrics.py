@@ -212,3 +212,26 @@ def test_status_from_an_older_daemon_has_no_health_metrics() -> None:
     text = render(Status(1, 2, 3, 4), source="file", version="1").decode()
     assert "servertracker_connections_accepted_total" not in text
     assert "servertracker_distinct_servers" in text
+
+
+def test_workers_and_other_commands_never_load_prometheus_client(short_tmp: Path) -> None:
+    code = (
+        "import sys\n"
+        "import servertracker\n"
+        "from servertracker import record_server\n"
+        "assert 'prometheus_client' not in sys.modules, 'a worker import loads it'\n"
+        "from servertracker.cli import app\n"
+        f"try:\n    app(['status', '--runtime-dir', {str(short_tmp)!r}])\n"
+        "except SystemExit:\n    pass\n"
+        "sys.exit(1 if 'prometheus_client' in sys.modules else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_protocol_error_labels_are_the_protocol_s_codes() -> None:
+    from servertracker import protocol
+    from servertracker.status import PROTOCOL_ERROR_CODES
+
+    codes = {value for name, value in vars(protocol).items() if name.startswith("ERR_")}
+    assert set(PROTOCOL_ERROR_CODES) == codes | {"policy"}

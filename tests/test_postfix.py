@@ -216,7 +216,7 @@ def test_postfix_feeds_trackerd(postfix_and_trackerd: tuple[PostfixInstance, Dae
 
     def status() -> dict[str, object]:
         result = subprocess.run(
-            [sys.executable, "-m", "servertracker.cli", "status", "--json",
+            [sys.executable, "-m", "servertracker.cli", "status", "--json", "--timeout", "60",
              "--runtime-dir", str(daemon.runtime_dir)],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip

@@ -275,3 +275,35 @@ def test_daemon_refuses_bad_windows(make_daemon: Callable[..., Daemon]) -> None:
     assert daemon.process is not None
     assert daemon.process.wait(30) == 2
     assert "--windows" in daemon.log() and "Traceback" not in daemon.log()
+
+
+def test_status_and_watch_show_each_window(make_daemon: Callable[..., Daemon]) -> None:
+    import subprocess
+    import sys
+
+    daemon = make_daemon(extra_args=["--windows", "1h,24h"]).start()
+    with daemon.connect() as conn:
+        conn.record([("192.0.2.1", "a@example.com"), ("192.0.2.2", "b@[192.0.2.9]")])
+        conn.ping()
+
+    def trackerctl(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "servertracker.cli", *args, "--runtime-dir",
+             str(daemon.runtime_dir)],
+            capture_output=True, text=True, timeout=60, env={"PYTHONIOENCODING": "utf-8"},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    status = trackerctl("status")
+    assert "last 1h  last 24h" in status
+    assert any(line.split() == ["Connection", "IPs:", "2", "2"] for line in status.splitlines())
+    screen = trackerctl("watch", "--count", "3", "--interval", "0.2")
+    lines = screen.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    header = next(line for line in lines if "since boot" in line)
+    assert "per second" in header and "last 1h" in header and "last 24h" in header
+    rows = [line.split() for line in lines if line.startswith("  Connection IPs")]
+    assert rows[0][2:] == ["2", "-", "2", "2"]  # no rate before a second refresh
+    assert rows[-1][:4] == ["Connection", "IPs", "2", "0.0"]
+    assert rows[-1][4:6] == ["2", "2"] and len(rows[-1]) == 7  # and a sparkline

@@ -54,6 +54,9 @@ def render_status(report: StatusReport) -> str:
     lines.append("Email servers seen (since last restart):")
     for label, field in COUNTS:
         lines.append(f"  {label + ':':<16}{_count(status, field)}")
+    from servertracker._watch_screen import window_lines  # it imports this module
+
+    lines += window_lines(status)
     lines.append(
         f"Records received: {status.records:,} (rejected: "
         f"{plural(status.rejected_conn_ips, 'connection IP')}, "
@@ -65,19 +68,3 @@ def render_status(report: StatusReport) -> str:
 def plural(count: int, noun: str) -> str:
     """``1 connection IP``, ``2 connection IPs``."""
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
-
-
-def render_watch(status: Status, rates: dict[str, float] | None, source_note: str) -> str:
-    """The watch screen; rates per second, or None before there are two refreshes."""
-    now = time.time()
-    uptime = format_duration(now - status.boot_time)
-    lines = [
-        f"trackerd  {format_time(now)}  up {uptime}  {source_note}",
-        "",
-        f"  {'':<16}{'count':>14}{'per second':>14}",
-    ]
-    for label, field in (*COUNTS, ("Records", "records")):
-        rate = "-" if rates is None else f"{rates.get(field, 0.0):,.1f}"
-        lines.append(f"  {label:<16}{_count(status, field):>14}{rate:>14}")
-    lines += ["", "Ctrl-C to leave."]
-    return "\n".join(lines)

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from servertracker import _format
+from servertracker._watch_screen import WatchScreen
 from servertracker.cli_common import (
     EXIT_FILE_ONLY,
     EXIT_INTERRUPTED,
@@ -67,6 +67,7 @@ def watch(
     where = target(ctx, socket, runtime_dir, as_json, timeout)
     clear = sys.stdout.isatty() and not where.as_json
     previous: tuple[float, dict[str, int]] | None = None
+    screen = WatchScreen(unicode=(sys.stdout.encoding or "").lower().replace("-", "") == "utf8")
     shown = 0
     code = EXIT_INTERRUPTED
     try:
@@ -98,8 +99,8 @@ def watch(
                         if report.source == "live"
                         else f"(from the file: {report.daemon_error})"
                     )
-                    screen = _format.render_watch(report.status, rates, note)
-                    echo(("\x1b[H\x1b[2J" if clear else "") + screen + ("" if clear else "\n"))
+                    text = screen.render(report.status, rates, note)
+                    echo(("\x1b[H\x1b[2J" if clear else "") + text + ("" if clear else "\n"))
             shown += 1
             if count and shown >= count:
                 break
