@@ -9,7 +9,6 @@ with ptrace rights, can read it; elsewhere the test is skipped.
 
 from __future__ import annotations
 
-import os
 import secrets
 import socket
 from collections.abc import Callable, Iterator
@@ -22,8 +21,8 @@ from tests.conftest import Daemon
 
 #: Other traffic after the marked connections: enough to run the allocator through
 #: its free lists, bounded so the test takes seconds.
-OTHER_RECORDS = int(os.environ.get("XR", "20000"))
-OTHER_REQUESTS = int(os.environ.get("XP", "500"))
+OTHER_RECORDS = 10_000
+OTHER_REQUESTS = 500
 CHUNK = 1 << 20
 
 
