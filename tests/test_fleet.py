@@ -364,9 +364,160 @@ def test_acl_lets_a_host_write_only_its_own_keys(
     assert list(json.loads(status.stdout)["current"]["hosts"]) == ["alpha", "bravo"]
     alpha = redis_server.client(username="alpha", password="pw-alpha")
     hosts = fleet_store.hosts_key(key.epoch_seconds, key.epoch)
-    for command in (("DEL", hosts), ("SET", hosts, "x")):
+    for command in (("DEL", hosts), ("SET", hosts, "x"), ("CLIENT", "PAUSE", "10000"),
+                    ("CLIENT", "LIST"), ("CLIENT", "KILL", "ID", "1")):  # fmt: skip
         with pytest.raises(redis.exceptions.NoPermissionError):
             alpha.execute_command(*command)
+    # The refusal in text form: the server's words only, without redis-py's echo of
+    # the pipeline's command (binary registers) and without control characters.
+    as_bravo_text = trackerctl("fleet", "push", "--redis", url, "--host", "bravo",
+                               "--socket", str(daemon.socket_path))  # fmt: skip
+    assert as_bravo_text.returncode == cli_common.EXIT_REDIS
+    assert "no permissions" in as_bravo_text.stderr and "Command #" not in as_bravo_text.stderr
+    assert as_bravo_text.stderr.count("\n") == 1
+    assert as_bravo_text.stderr.isprintable() or as_bravo_text.stderr[:-1].isprintable()
+    assert len(as_bravo_text.stderr) < 400
+
+
+def test_status_survives_what_a_host_or_redis_may_store(
+    short_tmp: Path, redis_server: RedisServer, fleet_daemon: Callable[[str, Path], Daemon]
+) -> None:
+    key = keygen(short_tmp / "fleet.key", quiet_epoch_seconds())
+    daemon = fleet_daemon("rt", short_tmp / "fleet.key").start()
+    feed(daemon, population(0, 300))
+    for host in ("alpha", "bravo"):
+        assert push(redis_server, daemon, host).returncode == 0
+    admin = redis_server.client()
+    length, epoch = key.epoch_seconds, key.epoch
+
+    def status_json() -> dict[str, Any]:
+        result = trackerctl("fleet", "status", "--redis", redis_server.url, "--json")
+        assert result.returncode == 0, result.stderr
+
+        def no_constants(name: str) -> None:
+            raise AssertionError(f"not JSON: {name}")
+
+        data: dict[str, Any] = json.loads(result.stdout, parse_constant=no_constants)
+        text = trackerctl("fleet", "status", "--redis", redis_server.url)
+        assert text.returncode == 0 and "Traceback" not in text.stderr, text.stderr
+        return data
+
+    # A host may store anything as its push time: shown as no time, never a crash.
+    for bad in ("1e300", "inf", "-inf", "nan", "99999999999999", "-5", "x"):
+        admin.set(fleet_store.pushed_key(length, epoch, "alpha"), bad)
+        hosts = status_json()["current"]["hosts"]
+        assert hosts["alpha"]["pushed"] is None and hosts["bravo"]["pushed"] is not None
+
+    # A host's registers that are not a HyperLogLog: that host is named and left
+    # out; the fleet counts the others.
+    admin.set(fleet_store.sketch_key(length, epoch, "unique_domains", "bravo"), "not hll")
+    current = status_json()["current"]
+    assert current["hosts"]["bravo"].get("invalid") is True
+    assert "invalid" not in current["hosts"]["alpha"]
+    assert current["fleet"] == current["hosts"]["alpha"]["counts"]
+    text = trackerctl("fleet", "status", "--redis", redis_server.url)
+    assert "bravo: its registers in Redis are not a HyperLogLog" in text.stdout
+
+    # A bad epoch length: one clear line and exit 6.
+    for bad in ("1e12", "1000000000000", "0", "-1", "abc", "9" * 5000):
+        admin.set(fleet_store.EPOCH_SECONDS_KEY, bad)
+        result = trackerctl("fleet", "status", "--redis", redis_server.url, "--json")
+        assert result.returncode == cli_common.EXIT_REDIS, (bad, result.stderr)
+        assert json.loads(result.stderr)["reason"] == "error"
+    admin.delete(fleet_store.EPOCH_SECONDS_KEY)
+    admin.sadd(fleet_store.hosts_key(length, epoch), "x")
+    admin.set(fleet_store.EPOCH_SECONDS_KEY, length)
+    admin.delete(fleet_store.hosts_key(length, epoch))
+    admin.set(fleet_store.hosts_key(length, epoch), "a string")
+    result = trackerctl("fleet", "status", "--redis", redis_server.url)
+    assert result.returncode == cli_common.EXIT_REDIS and "Traceback" not in result.stderr
+
+
+class OddClient:
+    """A Redis that answers with the wrong types (what a real redis-server cannot be
+    made to do): GET, SMEMBERS and PFCOUNT replies of every odd kind."""
+
+    def __init__(self, replies: dict[str, object]) -> None:
+        self.replies = replies
+
+    def get(self, key: str) -> object:
+        if key == fleet_store.EPOCH_SECONDS_KEY:
+            return self.replies.get("length", b"86400")
+        return self.replies.get("get", None)
+
+    def smembers(self, key: str) -> object:
+        return self.replies.get("smembers", {b"alpha"})
+
+    def pfcount(self, *keys: str) -> object:
+        return self.replies.get("pfcount", 1)
+
+
+@pytest.mark.parametrize(
+    "replies",
+    [
+        {"length": [b"1"]},
+        {"length": 86400},
+        {"get": [b"1"]},
+        {"get": 5},
+        {"smembers": 3},
+        {"smembers": {1, 2}},
+        {"pfcount": None},
+        {"pfcount": b"3"},
+        {"pfcount": -1},
+        {"pfcount": 2.5},
+        {"pfcount": True},
+    ],
+)
+def test_status_turns_odd_reply_types_into_a_store_error(replies: dict[str, object]) -> None:
+    with pytest.raises(fleet_store.FleetStoreError) as caught:
+        fleet_store.status(OddClient(replies), time.time())  # type: ignore[arg-type]
+    assert caught.value.reason == "error"
+
+
+def test_redis_url_errors_never_show_a_password(short_tmp: Path) -> None:
+    assert fleet_store.redacted("redis://u:pw@[::1") == "an unparsable URL"
+    masked = fleet_store.redacted("redis://h:1/0?password=s3cret&db=0")
+    assert "s3cret" not in masked and "password=***" in masked and "db=0" in masked
+    assert "s3cret" not in fleet_store.redacted("redis://u:s3cret@h:1/0?password=s3cret")
+    for url in ("redis://u:s3cret@[::1", "redis://127.0.0.1:1/0?password=s3cret",
+                f"unix://{short_tmp}/none.sock?password=s3cret"):  # fmt: skip
+        result = trackerctl("fleet", "status", "--redis", url)
+        assert result.returncode == cli_common.EXIT_REDIS, result.stderr
+        assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
+        assert result.stderr.startswith("error: ")
+
+
+def test_advance_refuses_links_and_a_future_file(short_tmp: Path) -> None:
+    now_epoch = epoch_at(time.time(), 86400)
+    old = FleetKey(86400, now_epoch - 3, os.urandom(32))
+    path = short_tmp / "fleet.key"
+    path.write_text(old.to_text())
+    link = short_tmp / "link.key"
+    link.symlink_to(path)
+    result = trackerctl("fleet", "advance", str(link))
+    assert result.returncode == cli_common.EXIT_FLEET_KEY
+    assert "symbolic link" in result.stderr
+    assert link.is_symlink() and path.read_text() == old.to_text()
+    link.unlink()
+    hard = short_tmp / "hard.key"
+    os.link(path, hard)
+    result = trackerctl("fleet", "advance", str(path))
+    assert result.returncode == cli_common.EXIT_FLEET_KEY
+    assert "hard links" in result.stderr
+    assert path.read_text() == hard.read_text() == old.to_text()
+    hard.unlink()
+    assert trackerctl("fleet", "advance", str(path)).returncode == 0
+    assert old.key.hex() not in path.read_text()
+
+    future = FleetKey(86400, epoch_at(time.time(), 86400) + 2, os.urandom(32))
+    path.write_text(future.to_text())
+    result = trackerctl("fleet", "advance", str(path))
+    assert result.returncode == cli_common.EXIT_FLEET_KEY
+    assert "later than the current one" in result.stderr and "clock behind" in result.stderr
+    assert path.read_text() == future.to_text()
+    # A path that cannot be read as a file: exit 5 too (not typer's usage error).
+    result = trackerctl("fleet", "advance", str(short_tmp))
+    assert result.returncode == cli_common.EXIT_FLEET_KEY, result.stderr
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")

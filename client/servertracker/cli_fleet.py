@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -171,9 +172,18 @@ def keygen(
 @app.command()
 def advance(path: KeyFileArgument) -> None:
     """Move a key file to the current epoch in place, so that no older key stays on disk."""
+    _check_single_name(path)
     key = _read_key(path)
     current = epoch_at(time.time(), key.epoch_seconds)
-    if key.epoch >= current:
+    if key.epoch > current:  # trackerd refuses such a file with the same words
+        _fail(
+            f"{path} is for epoch {key.epoch}, later than the current one ({current}): "
+            "is this host's clock behind?",
+            "key-file",
+            False,
+            EXIT_FLEET_KEY,
+        )
+    if key.epoch == current:
         echo(f"{path} is for epoch {key.epoch} already")
         return
     try:
@@ -184,6 +194,31 @@ def advance(path: KeyFileArgument) -> None:
     except OSError as exc:
         _fail(f"cannot write {path}: {exc.strerror}", "key-file", False, EXIT_FLEET_KEY)
     echo(f"{path}: epoch {key.epoch} -> {current}")
+
+
+def _check_single_name(path: Path) -> None:
+    """Refuse a key file that has another name: replacing it by rename would leave
+    the old key under the other name (a symlink's target, a hard link)."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return  # _read_key says why
+    if stat.S_ISLNK(info.st_mode):
+        _fail(
+            f"{path} is a symbolic link; advance the file it points to, so that no "
+            "old key stays behind",
+            "key-file",
+            False,
+            EXIT_FLEET_KEY,
+        )
+    if info.st_nlink > 1:
+        _fail(
+            f"{path} has {info.st_nlink} hard links; the other names would keep the old "
+            "key: remove them first",
+            "key-file",
+            False,
+            EXIT_FLEET_KEY,
+        )
 
 
 def _default_host() -> str:
@@ -265,6 +300,9 @@ def status(
         for category, value in counts.fleet.items():
             echo(f"  fleet {category:<18} {value:>12,}  (estimate)")
         for host, info in counts.hosts.items():
+            if info.get("invalid"):
+                echo(f"  {host}: its registers in Redis are not a HyperLogLog; left out")
+                continue
             pushed = info.get("pushed")
             when = _utc(pushed) if pushed is not None else "never"
             values = ", ".join(f"{c} {n:,}" for c, n in info["counts"].items())

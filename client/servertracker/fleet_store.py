@@ -18,6 +18,7 @@ the shared host set), so that an ACL can let each host write only its own keys.
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import urllib.parse
@@ -33,7 +34,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from servertracker.errors import TrackerError
-from servertracker.fleet_key import epoch_at
+from servertracker.fleet_key import MAX_EPOCH_SECONDS, epoch_at
 from servertracker.protocol import FleetReply
 
 PREFIX: Final = "servertracker"
@@ -44,6 +45,10 @@ TEMP_KEY_SECONDS: Final = 600
 #: Host names: what a key may hold after its last colon.
 HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 EPOCH_SECONDS_KEY: Final = f"{PREFIX}:epoch-seconds"
+#: A push time later than this (9999-12-31, datetime's limit) is not a time.
+MAX_PUSHED: Final = 253402300799.0
+#: At most this many characters of a Redis error text reach the terminal.
+MAX_ERROR_TEXT: Final = 200
 
 
 class FleetStoreError(TrackerError):
@@ -62,9 +67,11 @@ def check_host_name(host: str) -> str:
     return host
 
 
-#: What `trackerctl fleet push` and `status` send to a host's own keys.
+#: What `trackerctl fleet push` and `status` send (redis-py's connection set-up
+#: included: AUTH, HELLO, CLIENT SETNAME); nothing that could pause or list clients.
 _ACL_COMMANDS: Final = (
-    "-@all +@connection +multi +exec +discard +get +set +del +expireat +pfmerge +pfcount +smembers"
+    "-@all +auth +hello +ping +client|setname +multi +exec +discard "
+    "+get +set +del +expireat +pfmerge +pfcount +smembers"
 )
 
 
@@ -100,13 +107,35 @@ def _temp_key(epoch_seconds: int, epoch: int, host: str) -> str:
 
 
 def redacted(url: str) -> str:
-    """The URL without its password, for error texts."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urllib.parse.urlunsplit(parts._replace(netloc=user + netloc))
+    """The URL without its password (in the user part or as the ``password`` query
+    parameter), for error texts; a URL that does not parse is not echoed."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+        username = parts.username
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        return "an unparsable URL"
+    if any(name == "password" for name, _ in query):
+        masked = [(n, "***" if n == "password" else v) for n, v in query]
+        parts = parts._replace(query=urllib.parse.urlencode(masked, safe="*"))
+    if password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        user = f"{username}:***@" if username else ":***@"
+        parts = parts._replace(netloc=user + netloc)
+    return urllib.parse.urlunsplit(parts)
+
+
+def server_message(exc: BaseException) -> str:
+    """The server's own words from a redis-py error, printable and short: without
+    redis-py's echo of a pipeline's command (which holds the binary registers), with
+    control characters (a terminal escape, say) escaped."""
+    text = str(exc.args[0]) if exc.args else type(exc).__name__
+    _, marker, rest = text.partition(" of pipeline caused error: ")
+    if marker:
+        text = rest
+    safe = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return safe if len(safe) <= MAX_ERROR_TEXT else safe[: MAX_ERROR_TEXT - 3] + "..."
 
 
 #: What redis-py raises: RedisClusterException is not a RedisError.
@@ -117,10 +146,20 @@ def _fail(exc: Exception, where: str) -> NoReturn:
     if isinstance(exc, redis.exceptions.TimeoutError):
         raise FleetStoreError("timeout", f"Redis at {where} did not answer in time") from None
     if isinstance(exc, redis.exceptions.NoPermissionError | redis.exceptions.AuthenticationError):
-        raise FleetStoreError("denied", f"Redis at {where} refused: {exc}") from None
+        text = f"Redis at {where} refused: {server_message(exc)}"
+        raise FleetStoreError("denied", text) from None
     if isinstance(exc, redis.exceptions.ConnectionError):
-        raise FleetStoreError("unreachable", f"cannot reach Redis at {where}: {exc}") from None
-    raise FleetStoreError("error", f"Redis at {where}: {exc}") from None
+        text = f"cannot reach Redis at {where}: {server_message(exc)}"
+        raise FleetStoreError("unreachable", text) from None
+    raise FleetStoreError("error", f"Redis at {where}: {server_message(exc)}") from None
+
+
+#: What a reply of an unexpected type or range makes redis-py or this module raise.
+_REPLY_ERRORS = (TypeError, ValueError, OverflowError, AttributeError, KeyError, IndexError)
+
+
+def _bad_reply(what: str) -> NoReturn:
+    raise FleetStoreError("error", f"Redis gave an unexpected reply for {what}")
 
 
 #: A single Redis (or a proxy), or a Redis Cluster client: push and status use the
@@ -152,12 +191,15 @@ def connect(url: str, timeout: float, cluster: bool = False) -> Iterator[Client]
             )
     except _REDIS_ERRORS as exc:
         _fail(exc, where)
-    except ValueError as exc:
-        raise FleetStoreError("error", f"not a Redis URL ({where}): {exc}") from None
+    except ValueError:
+        raise FleetStoreError("error", f"not a Redis URL ({where})") from None
     try:
         yield client
     except _REDIS_ERRORS as exc:
         _fail(exc, where)
+    except _REPLY_ERRORS:
+        # redis-py itself choked on a reply (EXEC answered by an integer, say).
+        raise FleetStoreError("error", f"Redis at {where} gave an unexpected reply") from None
     finally:
         client.close()
 
@@ -212,36 +254,80 @@ class EpochCounts:
 
 
 def status(client: Client, now: float) -> tuple[int, list[EpochCounts]]:
-    """(epoch length, [current epoch, previous epoch]) with fleet and per-host counts."""
+    """(epoch length, [current epoch, previous epoch]) with fleet and per-host counts.
+
+    Every reply is checked for type and range: Redis, and every host that can write
+    its own keys, may hold anything there. A host whose registers are not a
+    HyperLogLog is named (``"invalid": true``) and left out of the fleet count.
+    """
     raw = client.get(EPOCH_SECONDS_KEY)
     if raw is None:
         raise FleetStoreError("empty", "no fleet data in Redis (nothing pushed yet, or expired)")
-    try:
-        length = int(raw)
-    except ValueError:
-        raise FleetStoreError("error", f"{EPOCH_SECONDS_KEY} is not an integer") from None
-    if length < 1:
-        raise FleetStoreError("error", f"{EPOCH_SECONDS_KEY} is not positive")
+    if not isinstance(raw, bytes) or len(raw) > 20 or not raw.strip().isdigit():
+        raise FleetStoreError("error", f"{EPOCH_SECONDS_KEY} is not an integer")
+    length = int(raw)
+    if not 1 <= length <= MAX_EPOCH_SECONDS:
+        raise FleetStoreError(
+            "error", f"{EPOCH_SECONDS_KEY} is not between 1 and {MAX_EPOCH_SECONDS}"
+        )
     current = epoch_at(now, length)
+    if current < 1:
+        raise FleetStoreError("error", f"{EPOCH_SECONDS_KEY} is longer than the time since 1970")
     return length, [_epoch_counts(client, length, e) for e in (current, current - 1)]
 
 
+def _count(client: Client, *keys: str) -> int | None:
+    """PFCOUNT; None if a key is not a HyperLogLog (WRONGTYPE, INVALIDOBJ)."""
+    count: Callable[..., object] = client.pfcount
+    try:
+        value = count(*keys)
+    except redis.exceptions.NoPermissionError:
+        raise
+    except redis.exceptions.ResponseError:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        _bad_reply("PFCOUNT")
+    return value
+
+
+def _pushed(raw: object) -> float | None:
+    """A host's last push time, or None if absent or not a time."""
+    if not isinstance(raw, bytes):
+        if raw is None:
+            return None
+        _bad_reply("GET")
+    try:
+        when = float(raw)
+    except ValueError:
+        return None
+    return when if math.isfinite(when) and 0 <= when <= MAX_PUSHED else None
+
+
 def _epoch_counts(client: Client, length: int, epoch: int) -> EpochCounts:
-    members: set[bytes] = client.smembers(hosts_key(length, epoch))  # type: ignore[assignment]
+    members: object = client.smembers(hosts_key(length, epoch))
+    if not isinstance(members, set | list) or not all(isinstance(m, bytes) for m in members):
+        _bad_reply("SMEMBERS")
     names = sorted(name.decode(errors="replace") for name in members)
     hosts = [name for name in names if HOST_NAME.fullmatch(name)]
-    fleet = {}
     per_host: dict[str, dict[str, Any]] = {h: {"counts": {}} for h in hosts}
-    count: Callable[..., int] = client.pfcount
+    invalid: set[str] = set()
     for category in CATEGORIES:
-        keys = [sketch_key(length, epoch, category, h) for h in hosts]
-        fleet[category] = int(count(*keys)) if keys else 0
-        for host, key in zip(hosts, keys, strict=True):
-            per_host[host]["counts"][category] = int(count(key))
+        for host in hosts:
+            value = _count(client, sketch_key(length, epoch, category, host))
+            if value is None:
+                invalid.add(host)
+            else:
+                per_host[host]["counts"][category] = value
+    valid = [h for h in hosts if h not in invalid]
+    fleet = {}
+    for category in CATEGORIES:
+        keys = [sketch_key(length, epoch, category, h) for h in valid]
+        total = _count(client, *keys) if keys else 0
+        if total is None:  # a key changed type since: counted as nothing
+            raise FleetStoreError("error", "a host's registers changed while counting; retry")
+        fleet[category] = total
     for host in hosts:
-        pushed = client.get(pushed_key(length, epoch, host))
-        try:
-            per_host[host]["pushed"] = float(pushed) if pushed is not None else None
-        except ValueError:
-            per_host[host]["pushed"] = None
+        per_host[host]["pushed"] = _pushed(client.get(pushed_key(length, epoch, host)))
+        if host in invalid:
+            per_host[host]["invalid"] = True
     return EpochCounts(epoch, epoch * length, fleet, per_host)
