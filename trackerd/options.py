@@ -52,6 +52,8 @@ class Config:
     listener: ListenerSettings
     #: Its path is None unless --postfix-policy-socket is given; systemd may still pass one.
     postfix_listener: ListenerSettings
+    #: Why runtime_dir was chosen, for start-up errors (see servertracker.paths).
+    runtime_dir_why: str = ""
     status_interval: float = STATUS_INTERVAL
     max_exact: int = DEFAULT_MAX_EXACT
     allow: AllowLists = field(default_factory=AllowLists)
@@ -68,6 +70,7 @@ class Config:
 RELOADABLE = ("allow", "logging")
 RESTART_ONLY = {
     "runtime_dir": "--runtime-dir",
+    "runtime_dir_why": "--runtime-dir",
     "listener": "--socket*",
     "postfix_listener": "--postfix-policy-socket*",
     "status_interval": "--status-interval",
@@ -165,6 +168,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     paths = paths_from_args(args)
     return Config(
         runtime_dir=paths.runtime_dir,
+        runtime_dir_why=paths.why,
         listener=TrackerServer.listener_from_args(args, paths.socket),
         postfix_listener=PolicyServer.listener_from_args(args),
         status_interval=args.status_interval,
