@@ -123,11 +123,11 @@ def report(rows: list[list[str]]) -> str:
     return table(["memory", "size", "accuracy"], rows)
 
 
-def per_category(default_bound: bool) -> list[list[str]]:
-    """RSS growth per entry at 1 and 10 million, for each category."""
+def per_category(default_bound: bool, totals: tuple[int, ...]) -> list[list[str]]:
+    """RSS growth per entry at each total (1 and 10 million), for each category."""
     rows = []
     for category in STATUS_FIELD:
-        growth = daemon_bytes_per_entry((1_000_000, 10_000_000), category, default_bound)
+        growth = daemon_bytes_per_entry(totals, category, default_bound)
         for n, per_entry in growth.items():
             bound = "default bound (estimate past 2.9M)" if default_bound else "all exact"
             rows.append([f"trackerd RSS growth, {n:,} {category}", f"{per_entry:.1f} bytes/entry",
@@ -149,9 +149,12 @@ def main() -> None:
         action="store_true",
         help="with --categories: keep the default --max-exact-entries",
     )
+    parser.add_argument("--totals", default="1000000,10000000",
+                        help="with --categories: entries at which to measure")  # fmt: skip
     args = parser.parse_args()
     if args.categories:
-        print(report(per_category(args.default_bound)))
+        totals = tuple(int(n) for n in args.totals.split(","))
+        print(report(per_category(args.default_bound, totals)))
     else:
         print(report(run(args.daemon)))
 

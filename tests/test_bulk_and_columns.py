@@ -126,7 +126,9 @@ def test_record_server_makes_no_object_the_garbage_collector_tracks(short_tmp: P
     finally:
         gc.enable()
     assert client.stats().recorded == 1001
-    assert after - before < 10  # a tuple per record would be 1,000
+    # A tuple per record would be 1,000; the margin is for other threads of this
+    # process (an earlier test's client retrying a connection) allocating meanwhile.
+    assert after - before < 200
 
 
 def test_flush_waits_for_the_batch_being_encoded(daemon: Daemon) -> None:

@@ -110,3 +110,43 @@ def test_a_costly_flood_leaves_others_served_and_the_watchdog_fed(
     assert status.records == sent
     assert status.unique_conn_ips == sent
     assert mid_frame and watchdogs_during_flood >= 3
+
+
+#: A priming frame: the same cheap pair again and again, all cache hits after the
+#: first (issue 12 §1: such a frame once grew the slice for the frames after it).
+PRIME_PAIRS = 40_000
+PRIME_PAIR = ("192.0.2.1", "a@example.com")
+#: Rounds of (priming frame, costly frame) sent at most.
+MAX_ROUNDS = 8
+
+
+def test_a_costly_frame_after_a_frame_of_cheap_repeats_is_still_sliced(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """Another connection is answered while a costly frame that follows a frame of
+    cheap repeats is counted: its status shows that frame partly counted."""
+    prime = protocol.encode(protocol.Record([PRIME_PAIR] * PRIME_PAIRS))
+    assert len(prime) <= protocol.MAX_MESSAGE_SIZE + 4
+    round_size = PRIME_PAIRS + PAIRS_PER_FRAME
+    daemon = make_daemon().start()
+    with daemon.connect(timeout=60) as other, socket.socket(socket.AF_UNIX) as sender:
+        sender.settimeout(60)
+        sender.connect(os.fspath(daemon.socket_path))
+        mid_costly: list[int] = []
+        for number in range(MAX_ROUNDS):
+            # One round at a time: the priming frame counted whole first.
+            sender.sendall(prime)
+            primed = number * round_size + PRIME_PAIRS
+            wait_for(
+                lambda primed=primed: other.status().records >= primed,
+                60,
+                "the priming frame to be counted",
+            )
+            sender.sendall(flood_frame(number))
+            while (records := other.status().records) < (number + 1) * round_size:
+                if records % round_size > PRIME_PAIRS:
+                    mid_costly.append(records)  # answered between two slices of it
+            if mid_costly:
+                break
+        assert mid_costly, "no reply came while a costly frame was counted"
+        assert other.status().records == (number + 1) * round_size

@@ -233,6 +233,36 @@ def test_the_columns_path_counts_what_the_rules_say(
     assert tracker_counts(tracker) == (*expected[:3], *(2 * n for n in expected[3:]))
 
 
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(st.lists(st.tuples(PAIR_VALUES, SENDER_FORMS), min_size=1, max_size=40))
+def test_a_passed_deadline_counts_from_the_first_pair_on_and_says_how_far(
+    pairs: list[tuple[str | None, str | None]],
+) -> None:
+    """With a deadline long gone, record_columns() stops after its first cache miss
+    and says how many pairs it counted (at least one); going on from there, call
+    after call, counts exactly what one call without a deadline counts."""
+    tracker = Tracker()
+    conn_ips, senders = [p[0] for p in pairs], [p[1] for p in pairs]
+    start = 0
+    while start < len(pairs):
+        done = tracker.record_columns(conn_ips[start:], senders[start:], deadline=0.0)
+        assert 1 <= done <= len(pairs) - start
+        assert tracker.records == start + done
+        start += done
+    whole = Tracker()
+    assert whole.record_columns(conn_ips, senders) == len(pairs)
+    assert tracker_counts(tracker) == tracker_counts(whole)
+
+
+def test_a_passed_deadline_stops_after_the_first_miss() -> None:
+    tracker = Tracker()
+    ips = [f"192.0.2.{i}" for i in range(1, 11)]
+    assert tracker.record_columns(ips, ["u@example.com"] * 10, deadline=0.0) == 1
+    assert tracker.status().records == 1
+    # Cache hits cost no clock reading: the first IP again, and nothing else new.
+    assert tracker.record_columns(ips[:1] * 5, ["u@example.com"] * 5, deadline=0.0) == 5
+
+
 def test_columns_of_unequal_length_are_refused() -> None:
     tracker = Tracker()
     with pytest.raises(ValueError):

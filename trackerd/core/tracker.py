@@ -57,6 +57,9 @@ RAW_CACHE_ENTRIES = 1 << 17
 #: values are the domain-part cache's own objects, so an entry costs about 70 bytes.
 SENDER_CACHE_FACTOR = 4
 
+#: Sender misses split at a time when a deadline bounds the work (record_columns).
+SPLIT_CHUNK = 64
+
 #: The Status field that reports each category.
 STATUS_FIELDS = {
     Category.CONN_IP: "unique_conn_ips",
@@ -178,7 +181,12 @@ class Tracker:
             conn_ips, senders = zip(*batch, strict=True)
             self.record_columns(conn_ips, senders)
 
-    def record_columns(self, conn_ips: Sequence[str | None], senders: Sequence[str | None]) -> None:
+    def record_columns(
+        self,
+        conn_ips: Sequence[str | None],
+        senders: Sequence[str | None],
+        deadline: float | None = None,
+    ) -> int:
         """Count the pairs (conn_ips[i], senders[i]): the daemon's hot loop.
 
         It goes a column at a time, so that the per-value steps run in C (map,
@@ -186,25 +194,49 @@ class Tracker:
         cache misses. A sender is looked up by its raw text first, so a repeated
         sender costs a hash and a look-up whatever its form; only a new raw text
         is split, and its domain part looked up in turn.
+
+        With a ``deadline`` (a time.perf_counter() value), it stops after the
+        cache miss during which the deadline passed, and counts only the pairs
+        before it: the return value is how many pairs, from the first, were
+        counted (at least one; all of them without a deadline). The caller goes on
+        from there. Only misses cost time, so only they check the clock; a value
+        normalised for a pair not yet counted is cached, and a hit later.
         """
         if len(conn_ips) != len(senders):
             raise ValueError("columns of unequal length")
         if not conn_ips:
-            return
+            return 0
         if self.windows:
             self._follow_the_clock()
+        limit = len(conn_ips)
         conn_results = list(map(self._conn_cache.get, map(hash, conn_ips)))
-        for index in positions(conn_results, None):
-            value = conn_ips[index]
-            conn_results[index] = self._conn_ip_miss(value, hash(value))
+        if None in conn_results:
+            limit = self._conn_misses(conn_ips, conn_results, deadline)
+        if limit < len(conn_ips):
+            del conn_results[limit:]
+            senders = senders[:limit]
         sender_results: list[Any] = list(map(self._sender_cache.get, map(hash, senders)))
         if None in sender_results:
-            self._sender_misses(senders, sender_results)
-        self.records += len(conn_ips)
+            limit = self._sender_misses(senders, sender_results, deadline)
+            if limit < len(sender_results):
+                del conn_results[limit:], sender_results[limit:]
+        self.records += limit
         self.rejected_conn_ips += conn_results.count(REJECTED)
         self.rejected_senders += sender_results.count(REJECTED)
         for counter in self.counters:
             counter.flush_if_full()
+        return limit
+
+    def _conn_misses(
+        self, conn_ips: Sequence[str | None], results: list[Any], deadline: float | None
+    ) -> int:
+        """Fill in the IPs not cached; how many pairs are done (see record_columns)."""
+        for index in positions(results, None):
+            value = conn_ips[index]
+            results[index] = self._conn_ip_miss(value, hash(value))
+            if deadline is not None and time.perf_counter() > deadline:
+                return index + 1
+        return len(results)
 
     def _follow_the_clock(self) -> None:
         """At a new period: stamp what is queued with the old one, empty the caches."""
@@ -263,21 +295,35 @@ class Tracker:
             for cache in self._caches:
                 cache.clear()
 
-    def _sender_misses(self, senders: Sequence[str | None], results: list[Any]) -> None:
+    def _sender_misses(
+        self, senders: Sequence[str | None], results: list[Any], deadline: float | None
+    ) -> int:
         """Fill in the senders whose raw text was not cached: split them (a batch at a
-        time), then look their domain parts up, normalising only new ones."""
+        time), then look their domain parts up, normalising only new ones. Returns
+        how many pairs are done (see record_columns)."""
         indices = list(positions(results, None))
-        values = [senders[index] for index in indices]
-        parts = split_senders(values)
         sender_cache = self._sender_cache
-        for index, value, part in zip(indices, values, parts, strict=True):
-            cache_key = hash(value)
-            result = sender_cache.get(cache_key)  # an earlier miss of this batch
-            if result is None:
-                # An Outcome (IGNORED or REJECTED) is decided by the split already.
-                result = self._domain_part_miss(part, hash(part)) if isinstance(part, str) else part
-                self._remember(sender_cache, cache_key, result)
-            results[index] = result
+        # Split a chunk at a time under a deadline: splitting is cheap beside
+        # normalising, but not free, and the values past the deadline wait.
+        chunk = len(indices) if deadline is None else SPLIT_CHUNK
+        for first in range(0, len(indices), chunk):
+            some = indices[first : first + chunk]
+            values = [senders[index] for index in some]
+            parts = split_senders(values)
+            for index, value, part in zip(some, values, parts, strict=True):
+                cache_key = hash(value)
+                result = sender_cache.get(cache_key)  # an earlier miss of this batch
+                if result is None:
+                    # An Outcome (IGNORED or REJECTED) is decided by the split already.
+                    if isinstance(part, str):
+                        result = self._domain_part_miss(part, hash(part))
+                    else:
+                        result = part
+                    self._remember(sender_cache, cache_key, result)
+                results[index] = result
+                if deadline is not None and time.perf_counter() > deadline:
+                    return index + 1
+        return len(results)
 
     def status(self) -> Status:
         counts = [counter.count() for counter in self.counters]

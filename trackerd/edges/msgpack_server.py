@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 #: The event loop is let go at least this often while a message is counted, so it
 #: is never away for long (issue 12: the target is 50 ms, whatever arrives).
 SLICE_SECONDS = 0.002
-#: Bounds of a slice, in pairs. The smallest keeps the cost per slice (a call,
-#: a checkpoint) small beside its work; at the worst cost of one value (about
-#: 120 us, docs/performance.md) it takes about 2 ms.
+#: Bounds of the pairs handed to one slice (the time bound is SLICE_SECONDS). A
+#: message of at most MIN_SLICE pairs is counted in one call without a deadline:
+#: at the worst cost of one value (docs/performance.md) that is a few ms.
 MIN_SLICE = 16
 MAX_SLICE = 16384
 
@@ -90,7 +90,6 @@ class TrackerServer(StreamServer):
         self._max_message_size = max_message_size
         self._buffered_total = 0
         self._error_log = LogThrottle(1.0)
-        self._slice_pairs = MIN_SLICE  # adapted by _record()
         self._counting = anyio.Lock()  # the turn to decode and count a large frame
         self.protocol_errors = 0
 
@@ -102,13 +101,15 @@ class TrackerServer(StreamServer):
         connection = Connection()
         try:
             while True:
-                data = await self.receive_on(connection, stream)
+                # The decoder copies what arrives; the read buffer is then overwritten.
+                count = await self.receive_on(connection, stream, decoder.receive_data)
                 if connection.shed:
                     await self._send_busy(stream)
                     return
-                if data is None:
+                if count is None:
                     return
-                decoder.receive_data(data)
+                if not count:
+                    decoder.receive_data(b"")
                 try:
                     await self._dispatch_all(stream, decoder)
                 except ProtocolError as exc:
@@ -122,7 +123,7 @@ class TrackerServer(StreamServer):
                         )
                     await self.send(stream, protocol.encode(protocol.Error(exc.code, exc.message)))
                     return
-                if not data:
+                if not count:
                     return  # end of stream, and every complete frame handled
                 self._account(connection, decoder)
                 if connection.shed:
@@ -166,32 +167,32 @@ class TrackerServer(StreamServer):
 
         A 1 MiB frame holds tens of thousands of pairs; counted in one go, new
         values at the worst cost each would keep every other connection, and the
-        watchdog notification, waiting for seconds. A slice is sized to take about
-        SLICE_SECONDS, from the time the last one took, so a frame of cheap repeats
-        goes in a few large slices and a frame of costly new values in many small
-        ones. Each pair is counted once and in order; a status reply on another
+        watchdog notification, waiting for seconds. Each slice is bounded by time,
+        not by a count guessed from earlier ones: the tracker stops at the first
+        cache miss past SLICE_SECONDS and says how far it got (issue 12 §1: a
+        count adapted from a previous frame of cheap repeats let a frame of costly
+        values run a second in one slice). The count of pairs handed over only
+        saves the look-ups of pairs a slice will not reach: it starts small for
+        every frame, doubles while slices finish, and follows what the last one
+        did. Each pair is counted once and in order; a status reply on another
         connection may show part of a frame counted. Shielded: a frame being
         counted is finished even at shutdown, so a frame counts whole or not at all.
         """
         record = self._tracker.record_columns
         if len(conn_ips) <= MIN_SLICE:  # the usual message: one slice, no shield needed
-            record(conn_ips, senders)
+            record(conn_ips, senders)  # at the worst cost per value, a few ms
             await anyio.lowlevel.checkpoint()
             return
         with anyio.CancelScope(shield=True):
             start = 0
+            size = MIN_SLICE
             while start < len(conn_ips):
-                size = self._slice_pairs
                 end = start + size
-                began = time.perf_counter()
-                record(conn_ips[start:end], senders[start:end])
-                took = time.perf_counter() - began
-                done = min(end, len(conn_ips)) - start
-                start = end
-                # Halve or double at most: one odd slice (a page fault, a garbage
-                # collection) does not swing the next one far.
-                wanted = int(done * SLICE_SECONDS / took) if took > 0 else MAX_SLICE
-                self._slice_pairs = max(MIN_SLICE, size // 2, min(MAX_SLICE, size * 2, wanted))
+                done = record(
+                    conn_ips[start:end], senders[start:end], time.perf_counter() + SLICE_SECONDS
+                )
+                start += done
+                size = min(MAX_SLICE, size * 2) if done >= size else max(MIN_SLICE, 2 * done)
                 # Let other connections, and the watchdog, in between two slices.
                 await anyio.lowlevel.checkpoint()
 
