@@ -215,10 +215,12 @@ def test_the_punycode_deltas_of_a_name_are_bounded_in_either_form() -> None:
 
 
 def test_a_run_of_marks_too_long_for_a_label_is_refused_before_nfc() -> None:
-    run = "a" + "\u0301" * 21 + "\u0f73" * 21  # 63 marks once mapped (U+0F73 maps to two)
+    run = "a" + "\u0301" * 32 + "\u0f73" * 31  # 63 marks as sent (U+0F73 maps to two)
     assert idna_linear.uts46_map(run, bound_marks=True) is not None
     longer = run + "\u0f73"
     assert idna_linear.uts46_map(longer, bound_marks=True) is None
+    # Ignored code points between the marks do not break the run.
+    assert idna_linear.uts46_map("a" + "\u0301\u00ad" * 64, bound_marks=True) is None
     assert idna_linear.uts46_map(longer) == uts46_remap(longer, std3_rules=False)
     assert canonical_domain(longer + ".de") is None
     assert reference(longer + ".de") is None

@@ -107,49 +107,69 @@ _VIRAMA: Final = 9  # canonical combining class
 #: MAX_PUNYCODE_LENGTH (59) code points. NFC sorts a run of marks by combining
 #: class with an insertion sort, quadratic in the run (a run of 377 cost 390 us).
 MAX_MARK_RUN: Final = 63
-
-
-def _mark_ranges() -> list[tuple[int, int, str]]:
-    """The code points that are, or decompose canonically into, combining marks
-    only (U+0F73 is two marks, of combining class 0 itself), as _table() ranges."""
-    ranges: list[tuple[int, int, str]] = []
-    # Every code point of non-zero combining class is below U+20000 (the last,
-    # U+1E94A, in Unicode 15); tests/test_idna_linear.py checks the whole range.
-    for code_point in range(MARKS_END):
-        char = chr(code_point)
-        decomposition = unicodedata.decomposition(char)
-        if unicodedata.combining(char) or (
-            decomposition
-            and not decomposition.startswith("<")
-            and unicodedata.combining(chr(int(decomposition.split()[0], 16)))
-        ):
-            if ranges and ranges[-1][1] == code_point:
-                ranges[-1] = (ranges[-1][0], code_point + 1, "m")
-            else:
-                ranges.append((code_point, code_point + 1, "m"))
-    return ranges
-
-
+#: Every code point of non-zero combining class is below this (the last, U+1E94A,
+#: in Unicode 15); tests/test_idna_linear.py checks the rest of the range.
 MARKS_END: Final = 0x20000
-#: "m" for a code point of _mark_ranges(), "s" for any other: for str.translate.
-_MARKS: Final = _table(_mark_ranges(), "s")
+
+
+def _is_mark(char: str) -> bool:
+    """A combining mark, or a code point that decomposes canonically into marks
+    (U+0F73: two marks, though of combining class 0 itself)."""
+    if unicodedata.combining(char):
+        return True
+    decomposition = unicodedata.decomposition(char)
+    return bool(
+        decomposition
+        and not decomposition.startswith("<")
+        and unicodedata.combining(chr(int(decomposition.split()[0], 16)))
+    )
+
+
+def _marks_table() -> str:
+    """By code point of the text as sent: "m" if UTS #46 makes it marks only, "i"
+    if it drops it, "s" for anything else (for str.translate). Looked up on the
+    text before mapping, which is at most MAX_DOMAIN_TEXT long: mapping can make
+    it 18 times longer."""
+    ranges: list[tuple[int, int, str]] = []
+
+    def add(code_point: int, letter: str) -> None:
+        if ranges and ranges[-1][1] == code_point and ranges[-1][2] == letter:
+            ranges[-1] = (ranges[-1][0], code_point + 1, letter)
+        else:
+            ranges.append((code_point, code_point + 1, letter))
+
+    for code_point in sorted(set(range(MARKS_END)) | _UTS46_MAP.keys()):
+        status = _UTS46_STATUS[code_point]
+        if status == "I":
+            add(code_point, "i")
+        elif status == "M":
+            mapped = _UTS46_MAP[code_point] or ""
+            if mapped and all(map(_is_mark, mapped)):
+                add(code_point, "m")
+        elif status in "VD" and _is_mark(chr(code_point)):
+            add(code_point, "m")
+    return _table(ranges, "s")
+
+
+_MARKS: Final = _marks_table()
 _LONG_MARK_RUN: Final = "m" * (MAX_MARK_RUN + 1)
 
 
 def uts46_map(text: str, *, bound_marks: bool = False) -> str | None:
     """idna.uts46_remap(text, std3_rules=False), or None for a disallowed code point.
 
-    With ``bound_marks``, also None for a run of more than MAX_MARK_RUN combining
-    marks after mapping, found before NFC would sort it: no label holding one is
-    valid, so a caller that goes on to validate labels loses nothing.
+    With ``bound_marks``, also None for a run of more than MAX_MARK_RUN code points
+    that map to combining marks (ignored ones between them do not count), found
+    before NFC would sort it: no label holding one is valid, so a caller that goes
+    on to validate labels loses nothing.
     """
     statuses = text.translate(_UTS46_STATUS)
     if "X" in statuses:
         return None
+    if bound_marks and _LONG_MARK_RUN in text.translate(_MARKS).replace("i", ""):
+        return None
     if "M" in statuses or "I" in statuses:
         text = text.translate(_UTS46_MAP)
-    if bound_marks and _LONG_MARK_RUN in text.translate(_MARKS):
-        return None
     return unicodedata.normalize("NFC", text)
 
 
