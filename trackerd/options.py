@@ -65,6 +65,22 @@ class Config:
     config_file: Path | None = None
 
 
+#: What each signal does, for trackerd(8)'s SIGNALS (tools/manpages.py).
+SIGNALS = (
+    (
+        "SIGHUP",
+        "Reload: read the command line and --config file again and apply the allow-lists "
+        "and the log level; options that need a restart are logged as such. Counts, "
+        "sockets and connections are kept.",
+    ),
+    (
+        "SIGTERM, SIGINT",
+        "Drain and stop: stop accepting, apply what workers already sent, write the "
+        "final status file, remove the socket files, exit 0. A second SIGINT while "
+        "stopping exits at once with 130.",
+    ),
+)
+
 #: Config fields SIGHUP applies; the others need a restart (the option that sets each).
 #: A new Config field goes in one of the two (tests/test_options.py checks).
 RELOADABLE = ("allow", "logging")
@@ -137,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="trackerd",
         description=DESCRIPTION,
-        epilog=f"Runtime directory: {RUNTIME_DIR_HELP}. Socket: {SOCKET_HELP}.",
+        epilog=f"Runtime directory: {RUNTIME_DIR_HELP}. Socket: {SOCKET_HELP}. "
+        "SIGHUP reloads; SIGTERM or SIGINT drains and stops (see trackerd(8), SIGNALS).",
     )
     parser.add_argument(
         CONFIG_OPTION,
