@@ -72,7 +72,7 @@ def test_sighup_rereads_the_config_file_allow_lists_and_log_level(
 
     config.write_text(f"allow-gid = {WORKERS_GROUP}   # the SMTP workers\n")
     hup_and_wait(daemon, "statistics:")  # the last line a reload logs
-    assert "allow-lists of 0 users and 1 groups" in daemon.log()
+    assert "allow-lists of 0 users and 1 group" in daemon.log()
     assert ping_as_nobody(daemon.socket_path) == 3  # refused: not in the group
     assert ping_as_nobody(daemon.socket_path, groups=[WORKERS_GROUP]) == 0
     # At level warning, neither the reload line nor the statistics line (both info) shows.

@@ -26,6 +26,7 @@ from servertracker import protocol
 from servertracker.errors import ProtocolError
 from servertracker.paths import SOCKET_OPTION
 from trackerd.core.tracker import STATUS_FIELDS, Tracker
+from trackerd.core.wording import more_since
 from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
 from trackerd.edges.endpoint import ListenerSettings
 from trackerd.edges.socket_files import SocketFileSettings
@@ -150,9 +151,9 @@ class TrackerServer(StreamServer):
             if suppressed is not None:
                 log.warning(
                     "unfinished frames exceed %d bytes across connections: closed the one "
-                    "whose frame began first (%d more since)",
+                    "whose frame began first%s",
                     self.limits.max_buffered_total,
-                    suppressed,
+                    more_since(suppressed),
                 )
 
     def _release(self, connection: Connection) -> None:

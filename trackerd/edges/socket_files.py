@@ -276,14 +276,15 @@ def _set_owner_and_mode(path: Path, settings: SocketFileSettings) -> None:
                 -1 if settings.group is None else settings.group,
             )
     except OSError as exc:
-        hint = (
-            "only root may give a file away; a group must be one of trackerd's own"
-            if exc.errno == errno.EPERM
-            else exc.strerror
-        )
-        raise StartupError(
-            f"cannot give socket {path} to user {settings.owner}, group {settings.group}: {hint}"
-        ) from None
+        parts = [f"user {settings.owner}"] if settings.owner is not None else []
+        parts += [f"group {settings.group}"] if settings.group is not None else []
+        if exc.errno != errno.EPERM:
+            hint = exc.strerror
+        elif settings.owner is not None and os.geteuid() != 0:
+            hint = "only root can give a socket to another user (drop the -owner option)"
+        else:
+            hint = "the group must be one of trackerd's own, unless trackerd runs as root"
+        raise StartupError(f"cannot give socket {path} to {' and '.join(parts)}: {hint}") from None
     try:
         os.chmod(path, settings.mode)
     except OSError as exc:
