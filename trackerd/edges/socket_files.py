@@ -207,6 +207,9 @@ def _remove_stale_socket(path: Path) -> None:
         info = os.lstat(path)
     except FileNotFoundError:
         return
+    except OSError as exc:
+        # EACCES on a directory we may not search, ENOTDIR under a regular file, ...
+        raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
     if not stat.S_ISSOCK(info.st_mode):
         raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -214,10 +217,13 @@ def _remove_stale_socket(path: Path) -> None:
     try:
         probe.connect(os.fspath(path))
     except (ConnectionRefusedError, FileNotFoundError):
-        path.unlink(missing_ok=True)  # left by a daemon that died: safe to replace
+        try:
+            path.unlink(missing_ok=True)  # left by a daemon that died: safe to replace
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
         return
     except OSError as exc:
-        raise StartupError(f"cannot check existing socket {path}: {exc.strerror}") from None
+        raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
     finally:
         probe.close()
     raise StartupError(f"another trackerd is already listening on {path}")
