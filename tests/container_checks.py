@@ -30,7 +30,8 @@ RESULTS = Path("/results")
 RUNTIME_DIR = Path("/run/trackerd")
 SOCKET = RUNTIME_DIR / "trackerd.sock"
 STATUS_FILE = RUNTIME_DIR / "server_tracker.json"
-TRACKERCTL = "/usr/local/bin/trackerctl"
+# The first connection starts trackerd: on a busy machine that takes seconds.
+TRACKERCTL = "/usr/local/bin/trackerctl --timeout 30"
 DROPIN_DIR = Path("/etc/systemd/system/trackerd.service.d")
 CONFIG_FILE = Path("/etc/trackerd/trackerd.conf")
 
