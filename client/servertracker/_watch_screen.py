@@ -75,7 +75,7 @@ class WatchScreen:
             lines.append("More windows in `trackerctl status`.")
         if leave_hint:
             lines.append("Ctrl-C to leave.")
-        return "\n".join(lines)
+        return "\n".join(lines).rstrip("\n")
 
     def _sparkline(self, field: str) -> str:
         points = self._history.get(field)

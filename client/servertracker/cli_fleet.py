@@ -293,14 +293,17 @@ def status(
         data["previous"] = epochs[1].to_json()
         echo(json.dumps(data, sort_keys=True))
         return
+    from servertracker._format import COUNTS
+
+    names = {field: label for label, field in COUNTS}  # status's labels; JSON keeps fields
     for label, counts in zip(("current", "previous"), epochs, strict=True):
         echo(f"{label} epoch {counts.epoch} (from {_utc(counts.start)}, {length} s):")
         for category, value in counts.fleet.items():
-            echo(f"  fleet {category:<18} {value:>12,}  (estimate)")
+            echo(f"  fleet {names.get(category, category) + ':':<18} {value:>12,}  (estimate)")
         for host, info in counts.hosts.items():
             pushed = info.get("pushed")
             when = _utc(pushed) if pushed is not None else "never"
-            values = ", ".join(f"{c} {n:,}" for c, n in info["counts"].items())
+            values = ", ".join(f"{names.get(c, c)} {n:,}" for c, n in info["counts"].items())
             echo(f"  {host}: {values}; last push {when}")
         if not counts.hosts:
             echo("  no host has pushed")

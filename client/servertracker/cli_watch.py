@@ -98,6 +98,7 @@ def watch(
                 else:
                     note = None
                     if report.source == "file":
+                        # Own line: a socket path makes it long (status says it alike).
                         note = f"trackerd is not answering: {report.daemon_error}."
                     last = bool(count) and shown + 1 >= count
                     text = screen.render(
