@@ -288,15 +288,21 @@ def test_a_full_listen_backlog_is_retried_until_the_timeout(short_tmp: Path) -> 
 
 
 def test_record_reads_standard_input(daemon: Daemon) -> None:
-    lines = "192.0.2.1 a@example.com\n192.0.2.2\t<>\n\n192.0.2.3\n192.0.2.4  b@[192.0.2.9]\n"
+    # Blank lines and "#" comments (even indented) are skipped, not counted as records.
+    lines = (
+        "# from the hook\n192.0.2.1 a@example.com\n192.0.2.2\t<>\n\n  # a comment\n"
+        "192.0.2.3\n192.0.2.4  b@[192.0.2.9]\n"
+    )
     result = trackerctl("record", "--socket", str(daemon.socket_path), "--json", stdin=lines)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"ok": True, "records": 4}
     status = daemon.status()
     assert (status.unique_conn_ips, status.unique_domains, status.unique_ip_servers) == (4, 1, 1)
     assert status.records == 4 and status.rejected_senders == 0
+    assert status.rejected_conn_ips == 0
     help_text = " ".join(trackerctl("record", "--help").stdout.split())
     assert "standard input" in help_text
+    assert 'blank lines and lines starting with "#" are skipped' in help_text
     assert 'count them twice in "records", but never in the distinct counts' in help_text
     one = trackerctl("record", "192.0.2.1", "--socket", str(daemon.socket_path))
     assert one.returncode == 2

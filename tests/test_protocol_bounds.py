@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import tracemalloc
+from collections.abc import Callable
 
 import msgpack
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from servertracker import protocol
 from servertracker.errors import ProtocolError
+from trackerd.core.policy_protocol import NEED_DATA, PolicyDecoder
 
 M = protocol.MAX_MESSAGE_SIZE
 #: docs/protocol.md, "Limits": what decoding one frame may allocate at most. A
@@ -140,6 +142,46 @@ def test_a_refused_frame_leaves_no_trace_either() -> None:
     with pytest.raises(ProtocolError):
         decoder.next_message()
     assert MARKER.encode() not in bytes(decoder._buffer)
+
+
+def _fed_like_the_server(
+    feed: Callable[[memoryview], None], data: bytes, buffers: Callable[[], bytearray]
+) -> list[bytearray]:
+    """Feed data in small reads through one shared buffer, overwritten after each
+    read as the listeners do; return every buffer the decoder held on the way."""
+    shared = bytearray(7)
+    seen = [buffers()]
+    for start in range(0, len(data), len(shared)):
+        piece = data[start : start + len(shared)]
+        shared[: len(piece)] = piece
+        feed(memoryview(shared)[: len(piece)])
+        shared[:] = bytes(len(shared))
+        if buffers() is not seen[-1]:
+            seen.append(buffers())
+    return seen
+
+
+def test_the_msgpack_decoder_copies_reads_and_overwrites_a_buffer_it_outgrows() -> None:
+    decoder = protocol.MessageDecoder()
+    pairs = [("192.0.2.1", f"{n}{MARKER}") for n in range(20)]
+    seen = _fed_like_the_server(
+        decoder.receive_data, protocol.encode(protocol.Record(pairs)), lambda: decoder._buffer
+    )
+    assert len(seen) > 2  # it grew, more than once
+    message = decoder.next_message()
+    assert isinstance(message, protocol.Record)
+    assert [tuple(pair) for pair in message.pairs] == pairs
+    assert all(MARKER.encode() not in bytes(buffer) for buffer in seen)
+
+
+def test_the_policy_decoder_copies_reads_and_overwrites_a_buffer_it_outgrows() -> None:
+    decoder = PolicyDecoder()
+    request = f"request=smtpd_access_policy\nsender=u@{MARKER}\nrecipient=r@{MARKER}\n\n"
+    seen = _fed_like_the_server(decoder.receive_data, request.encode() * 3, lambda: decoder._buffer)
+    assert len(seen) > 1
+    assert [decoder.next_request() for _ in range(3)] == [{"sender": f"u@{MARKER}"}] * 3
+    assert decoder.next_request() is NEED_DATA
+    assert all(MARKER.encode() not in bytes(buffer) for buffer in seen)
 
 
 # --- §8: every error text is fixed ------------------------------------------------------

@@ -69,8 +69,8 @@ def _lines(stream: BinaryIO, as_json: bool = False) -> Iterator[protocol.Pair]:
             while (rest := stream.readline(_LINE_LIMIT)) and not rest.endswith(b"\n"):
                 pass  # the rest of an overlong line: dropped
         text = line.decode("utf-8", "replace").strip()
-        if not text:
-            continue
+        if not text or text.startswith("#"):
+            continue  # blank lines and comments, as in any line-oriented input
         conn_ip, *sender = text.split(None, 1)
         if sender and len(sender[0].split()) > 1:
             warned += 1
@@ -119,9 +119,10 @@ def record(
 
     Give CONN_IP and SENDER as arguments, or no arguments to read records from
     standard input, one per line: CONN_IP, white space, SENDER ("<>" or nothing for
-    the null sender); a line with more than two fields gets a warning naming its
-    number (its sender is counted as rejected). Standard input keeps the values out
-    of `ps`, where arguments are visible to every user.
+    the null sender); blank lines and lines starting with "#" are skipped; a line
+    with more than two fields gets a warning naming its number (its sender is
+    counted as rejected). Standard input keeps the values out of `ps`, where
+    arguments are visible to every user.
 
     The command exits 0 once the daemon has applied every record. After a timeout,
     some records may have been applied already: a retry may then count them twice

@@ -398,7 +398,7 @@ def _no_map(_: object) -> object:
     raise _Refused(ERR_BAD_MESSAGE, TEXT_BAD_PAIR)
 
 
-def _check_well_formed(body: bytes) -> None:
+def _check_well_formed(body: bytes | bytearray) -> None:
     skipper = msgpack.Unpacker(max_buffer_size=max(len(body), 1))
     skipper.feed(body)
     try:
@@ -413,7 +413,7 @@ def _check_well_formed(body: bytes) -> None:
 class _FieldReader:
     """Reads the defined fields of one well-formed body, building nothing else."""
 
-    def __init__(self, body: bytes, sent_by: Peer) -> None:
+    def __init__(self, body: bytes | bytearray, sent_by: Peer) -> None:
         self._body = body
         self.pair_check = _PairCheck()
         if sent_by is Peer.CLIENT:
@@ -474,7 +474,7 @@ def _bad(text: str) -> ProtocolError:
     return ProtocolError(ERR_BAD_MESSAGE, text)
 
 
-def decode_body(body: bytes, sent_by: Peer = Peer.CLIENT) -> Message:
+def decode_body(body: bytes | bytearray, sent_by: Peer = Peer.CLIENT) -> Message:
     """Decode one frame body (without its length header), as sent by sent_by.
 
     Raises ProtocolError with a fixed text (one of ERROR_TEXTS).
@@ -626,9 +626,10 @@ class MessageDecoder:
     Feed bytes with ``receive_data()`` (``b""`` means the peer closed), then call
     ``next_message()`` until it returns NEED_DATA. Once it has raised
     ProtocolError the decoder stays broken: the connection must be closed.
-    Memory is bounded by max_message_size plus one read. The bytes of a frame
-    are overwritten as soon as it is decoded: the buffer never keeps what was
-    already handed out.
+    Memory is bounded by max_message_size plus one read. No received byte is
+    left behind in memory the decoder lets go: a frame's bytes are overwritten as
+    soon as it is decoded, and so is the buffer's old storage when it grows
+    (docs/threat-model.md).
     """
 
     def __init__(
@@ -637,7 +638,9 @@ class MessageDecoder:
         self._max = max_message_size
         self._sent_by = sent_by
         self._buffer = bytearray()
+        # Received bytes not yet decoded are _buffer[_offset:_end]; the rest is zeros.
         self._offset = 0
+        self._end = 0
         self._eof = False
         self._error: ProtocolError | None = None
         #: Frames taken from the stream so far, whole (decoded or refused).
@@ -646,19 +649,20 @@ class MessageDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as messages: a frame is in progress."""
-        return len(self._buffer) - self._offset
+        return self._end - self._offset
 
     @property
     def next_frame_size(self) -> int:
         """The body size of the next frame if it has arrived whole, else 0: a server
         may wait for its turn before it decodes a large one."""
-        available = len(self._buffer) - self._offset - HEADER_SIZE
+        available = self._end - self._offset - HEADER_SIZE
         if self._error is not None or available < 0:
             return 0
         (size,) = _HEADER.unpack_from(self._buffer, self._offset)
         return size if size <= min(available, self._max) else 0
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Copy data in (the caller may overwrite it afterwards)."""
         if self._eof:
             if data:
                 raise LocalProtocolError("receive_data() after end of stream")
@@ -666,12 +670,9 @@ class MessageDecoder:
         if not data:
             self._eof = True
             return
-        if self._offset and self._offset >= len(self._buffer) // 2:
-            # Compact only now and then, so a stream of small frames stays O(n).
-            # What is cut off was overwritten already (see _take_frame).
-            del self._buffer[: self._offset]
-            self._offset = 0
-        self._buffer += data
+        self._buffer, self._offset, self._end = append_received(
+            self._buffer, self._offset, self._end, data, self._max + HEADER_SIZE
+        )
 
     def next_message(self) -> Message | _Sentinel:
         if self._error is not None:
@@ -683,7 +684,7 @@ class MessageDecoder:
             raise
 
     def _next(self) -> Message | _Sentinel:
-        available = len(self._buffer) - self._offset
+        available = self._end - self._offset
         if available < HEADER_SIZE:
             if self._eof:
                 if available:
@@ -697,19 +698,56 @@ class MessageDecoder:
         if size == 0:
             raise ProtocolError(ERR_EMPTY_FRAME, TEXT_EMPTY_FRAME)
         end = self._offset + HEADER_SIZE + size
-        if len(self._buffer) < end:
+        if self._end < end:
             if self._eof:
                 raise ProtocolError(ERR_TRUNCATED, TEXT_TRUNCATED)
             return NEED_DATA
-        return decode_body(self._take_frame(end), self._sent_by)
+        body = self._take_frame(end)
+        try:
+            return decode_body(body, self._sent_by)
+        finally:
+            body[:] = bytes(len(body))  # the decoded values are all that is left
 
-    def _take_frame(self, end: int) -> bytes:
-        """The body of the frame ending at end; its bytes in the buffer are overwritten."""
+    def _take_frame(self, end: int) -> bytearray:
+        """A copy of the body of the frame ending at end; its bytes in the buffer are
+        overwritten."""
         start = self._offset
-        body = bytes(memoryview(self._buffer)[start + HEADER_SIZE : end])
+        body = bytearray(memoryview(self._buffer)[start + HEADER_SIZE : end])
         # Cleartext lives no longer than its message (docs/threat-model.md): the
         # buffer may keep these bytes until the connection closes otherwise.
         self._buffer[start:end] = bytes(end - start)
         self._offset = end
+        if self._offset == self._end:
+            self._buffer, self._offset, self._end = emptied_buffer(self._buffer)
         self.frames += 1
         return body
+
+
+#: A buffer emptied of received bytes is kept for the next ones up to this size.
+KEEP_BUFFER = 4096
+
+
+def append_received(
+    buffer: bytearray, start: int, end: int, data: bytes | bytearray | memoryview, bound: int
+) -> tuple[bytearray, int, int]:
+    """buffer[start:end] followed by data, as (buffer, start, end).
+
+    Room is made by moving the live bytes to a new buffer and overwriting the old
+    one: a bytearray grown in place (+=) may be moved by realloc(), and the freed
+    copy would keep what a peer sent. Shared by the policy decoder. Pure.
+    """
+    count = len(data)
+    if end + count > len(buffer):
+        live = end - start
+        size = max(live + count, min(2 * (live + count), bound))
+        grown = bytearray(size)
+        grown[:live] = memoryview(buffer)[start:end]
+        buffer[start:end] = bytes(live)
+        buffer, start, end = grown, 0, live
+    buffer[end : end + count] = data
+    return buffer, start, end + count
+
+
+def emptied_buffer(buffer: bytearray) -> tuple[bytearray, int, int]:
+    """A buffer whose bytes were all consumed (and overwritten), ready to refill."""
+    return (buffer if len(buffer) <= KEEP_BUFFER else bytearray()), 0, 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
+from servertracker.protocol import append_received, emptied_buffer
 from trackerd.errors import PolicyProtocolError
 
 __all__ = ["DUNNO_RESPONSE", "NEED_DATA", "PolicyDecoder", "PolicyProtocolError"]
@@ -48,7 +49,11 @@ class PolicyDecoder:
 
     def __init__(self, keep: Iterable[str] = USED_ATTRIBUTES) -> None:
         self._keep = frozenset(name.encode("ascii") for name in keep)
+        # Received bytes not yet parsed are _buffer[_start:_end]; the rest is zeros:
+        # each line is overwritten once parsed (docs/threat-model.md).
         self._buffer = bytearray()
+        self._start = 0
+        self._end = 0
         self._attributes: dict[str, str] = {}
         self._request_bytes = 0
         self._lines = 0
@@ -56,56 +61,76 @@ class PolicyDecoder:
         #: Requests returned so far; with in_progress, tells when a new one began.
         self.requests = 0
 
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes; b"" means the peer closed the connection."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Copy data in (the caller may overwrite it afterwards); b"" means the
+        peer closed the connection."""
         if not data:
             self._eof = True
-        self._buffer += data
+            return
+        self._buffer, self._start, self._end = append_received(
+            self._buffer, self._start, self._end, data, MAX_REQUEST
+        )
 
     @property
     def in_progress(self) -> bool:
         """True while part of a request has arrived and its end has not."""
-        return bool(self._buffer) or self._lines > 0
+        return self._end > self._start or self._lines > 0
 
     @property
     def closed_cleanly(self) -> bool:
         """True once the peer has closed between two requests."""
-        return self._eof and not self._buffer and not self._lines
+        return self._eof and self._end == self._start and not self._lines
 
     def next_request(self) -> dict[str, str] | _NeedData:
         """The next complete request's attributes, or NEED_DATA."""
         while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                if len(self._buffer) > MAX_LINE:
+            start = self._start
+            newline = self._buffer.find(b"\n", start, self._end)
+            if newline < 0:
+                if self._end - start > MAX_LINE:
                     raise PolicyProtocolError("request line too long")
-                if self._eof and (self._buffer or self._lines):
+                if self._eof and (self._end > start or self._lines):
                     raise PolicyProtocolError("connection closed inside a request")
                 return NEED_DATA
-            if end > MAX_LINE:
+            if newline - start > MAX_LINE:
                 raise PolicyProtocolError("request line too long")
-            line = bytes(self._buffer[:end])
-            # Overwritten before it is cut off: deleting from the front only moves
-            # the start, and the bytes would stay in the buffer's memory.
-            self._buffer[: end + 1] = bytes(end + 1)
-            del self._buffer[: end + 1]
-            self._request_bytes += end + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if not self._lines:
-                    raise PolicyProtocolError("empty request")
-                request, self._attributes = self._attributes, {}
-                self._lines = self._request_bytes = 0
-                self.requests += 1
+            try:
+                request = self._line(start, newline)
+            finally:
+                # Parsed (or refused): overwritten, so no line outlives its request.
+                self._buffer[start : newline + 1] = bytes(newline + 1 - start)
+                self._start = newline + 1
+                if self._start == self._end:
+                    self._buffer, self._start, self._end = emptied_buffer(self._buffer)
+            if request is not None:
                 return request
-            self._lines += 1
-            if self._lines > MAX_ATTRIBUTES or self._request_bytes > MAX_REQUEST:
-                raise PolicyProtocolError("request too large")
-            name, equals, value = line.partition(b"=")
-            if not equals or not name:
-                raise PolicyProtocolError("request line without name=value")
-            if name in self._keep:
-                # Values may carry SMTPUTF8 addresses; undecodable bytes become U+FFFD,
-                # which no valid address contains, so such a sender counts as rejected.
-                self._attributes[name.decode("ascii")] = value.decode("utf-8", "replace")
+
+    def _line(self, start: int, stop: int) -> dict[str, str] | None:
+        """Parse the line _buffer[start:stop]: the request if it was the empty line
+        that ends one, else None. Only kept values are copied out of the buffer."""
+        buffer = self._buffer
+        self._request_bytes += stop - start + 1
+        if stop > start and buffer[stop - 1] == 0x0D:  # \r
+            stop -= 1
+        if stop == start:
+            if not self._lines:
+                raise PolicyProtocolError("empty request")
+            request, self._attributes = self._attributes, {}
+            self._lines = self._request_bytes = 0
+            self.requests += 1
+            return request
+        self._lines += 1
+        if self._lines > MAX_ATTRIBUTES or self._request_bytes > MAX_REQUEST:
+            raise PolicyProtocolError("request too large")
+        equals = buffer.find(b"=", start, stop)
+        if equals <= start:
+            raise PolicyProtocolError("request line without name=value")
+        view = memoryview(buffer)
+        name = bytes(view[start:equals])
+        if name in self._keep:
+            # Values may carry SMTPUTF8 addresses; undecodable bytes become U+FFFD,
+            # which no valid address contains, so such a sender counts as rejected.
+            self._attributes[name.decode("ascii")] = str(
+                view[equals + 1 : stop], "utf-8", "replace"
+            )
+        return None

@@ -101,13 +101,15 @@ class TrackerServer(StreamServer):
         connection = Connection()
         try:
             while True:
-                data = await self.receive_on(connection, stream)
+                # The decoder copies what arrives; the read buffer is then overwritten.
+                count = await self.receive_on(connection, stream, decoder.receive_data)
                 if connection.shed:
                     await self._send_busy(stream)
                     return
-                if data is None:
+                if count is None:
                     return
-                decoder.receive_data(data)
+                if not count:
+                    decoder.receive_data(b"")
                 try:
                     await self._dispatch_all(stream, decoder)
                 except ProtocolError as exc:
@@ -121,7 +123,7 @@ class TrackerServer(StreamServer):
                         )
                     await self.send(stream, protocol.encode(protocol.Error(exc.code, exc.message)))
                     return
-                if not data:
+                if not count:
                     return  # end of stream, and every complete frame handled
                 self._account(connection, decoder)
                 if connection.shed:

@@ -103,10 +103,12 @@ class PolicyServer(StreamServer):
         recent: collections.deque[str] = collections.deque(maxlen=RECENT_INSTANCES)
         raw = stream.extra(SocketAttribute.raw_socket)
         while True:
-            data = await self.receive_on(connection, stream)
-            if data is None:
+            # The decoder copies what arrives; the read buffer is then overwritten.
+            count = await self.receive_on(connection, stream, decoder.receive_data)
+            if count is None:
                 return  # a timeout, or shed for a newcomer: Postfix has no "busy"
-            decoder.receive_data(data)
+            if not count:
+                decoder.receive_data(b"")
             try:
                 while (request := decoder.next_request()) is not NEED_DATA:
                     assert isinstance(request, dict)
@@ -117,7 +119,7 @@ class PolicyServer(StreamServer):
                 if self._error_log.ready() is not None:
                     log.warning("closing a Postfix policy connection: %s", exc)
                 return
-            if not data or decoder.closed_cleanly:
+            if not count or decoder.closed_cleanly:
                 return
             self.track(connection, decoder.in_progress, decoder.requests)
 

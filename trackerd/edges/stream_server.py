@@ -15,9 +15,11 @@ import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
 from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle, peer_credentials
@@ -26,6 +28,8 @@ from trackerd.errors import ConnectionClosed
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
+#: Overwrites what a read left in the receive buffer (see StreamServer.receive).
+_ZEROS = memoryview(bytes(READ_SIZE))
 #: A reply the peer does not read within this time closes the connection, so a
 #: client that stops reading cannot hold the daemon's memory.
 SEND_TIMEOUT = 10.0
@@ -127,6 +131,11 @@ class StreamServer:
         # Kept open to be closed when accept() runs out of descriptors: with it,
         # one waiting connection can be accepted, told "busy" and closed.
         self._spare_fd: int | None = _open_spare()
+        # What every connection of this listener reads into. A fresh bytes object per
+        # read (anyio's receive()) is freed with the peer's cleartext still in it, to
+        # be found in the heap long after; this one buffer is handed to the decoder
+        # and overwritten before anything else runs (docs/threat-model.md).
+        self._read_buffer = bytearray(READ_SIZE)
         self.connections_open = 0
         self.connections_total = 0
         self.refused = 0
@@ -259,36 +268,62 @@ class StreamServer:
             deadline = min(deadline, frame_started + limits.frame_timeout)
         return deadline
 
-    async def receive(self, stream: SocketStream, deadline: float) -> bytes | None:
-        """The next bytes: b"" at end of stream, None when the connection should close."""
+    async def receive(
+        self, stream: SocketStream, deadline: float, sink: Callable[[memoryview], None]
+    ) -> int | None:
+        """Hand the next bytes to sink: their count, 0 at end of stream (sink is not
+        called), None when the connection should close.
+
+        sink must copy what it keeps: the bytes it is shown are overwritten as soon
+        as it returns, so no copy of a peer's cleartext is left in freed memory.
+        """
         try:
             if self._stopping:
                 with anyio.move_on_after(DRAIN_QUIET_TIME):
-                    return await stream.receive(READ_SIZE)
+                    return await self._read(stream, sink)
                 return None
             with anyio.CancelScope(deadline=deadline) as scope:
                 self._receive_scopes.add(scope)
                 try:
-                    return await stream.receive(READ_SIZE)
+                    return await self._read(stream, sink)
                 finally:
                     self._receive_scopes.discard(scope)
             if self._stopping:
                 # Cancelled by stop(): nothing was consumed; drain what the peer sent.
-                return await self.receive(stream, deadline)
+                return await self.receive(stream, deadline, sink)
             self.timeouts += 1
             log.debug("closing a connection: idle, or a frame took too long to arrive")
             return None
-        except anyio.EndOfStream:
-            return b""
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            return b""
+            return 0
 
-    async def receive_on(self, connection: Connection, stream: SocketStream) -> bytes | None:
+    async def _read(self, stream: SocketStream, sink: Callable[[memoryview], None]) -> int:
+        """One read straight from the (non-blocking) socket into the shared buffer."""
+        sock = stream.extra(SocketAttribute.raw_socket)
+        buffer = self._read_buffer
+        await anyio.lowlevel.checkpoint()  # as anyio's receive(): others get a turn
+        while True:
+            try:
+                count = sock.recv_into(buffer)
+            except BlockingIOError:
+                await anyio.wait_readable(sock)
+                continue
+            if count:
+                # No await between the read and the overwrite: the buffer is shared.
+                try:
+                    sink(memoryview(buffer)[:count])
+                finally:
+                    buffer[:count] = _ZEROS[:count]
+            return count
+
+    async def receive_on(
+        self, connection: Connection, stream: SocketStream, sink: Callable[[memoryview], None]
+    ) -> int | None:
         """receive() within connection's frame deadline; check connection.shed after it."""
         with anyio.CancelScope() as connection.waiting:
-            data = await self.receive(stream, self.deadline(connection.clock.started))
+            count = await self.receive(stream, self.deadline(connection.clock.started), sink)
         connection.waiting = None
-        return None if connection.shed else data
+        return None if connection.shed else count
 
     def track(self, connection: Connection, in_progress: bool, finished: int) -> None:
         """After each read: is a frame unfinished, and how many has it finished so far."""
