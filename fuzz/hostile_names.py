@@ -80,6 +80,22 @@ SHAPES: dict[str, Callable[[int], str]] = {
     "fullwidth letters and full stops": lambda i: (
         "".join(chr(0xFF41 + ord(c) - 97) for c in _letters(i, 60)) + "\uff0e\uff44\uff45"
     ),
+    # NFC sorts a run of combining marks by class, quadratic in the run; U+0F73
+    # maps to two marks (issue 12 review: 393 us before runs were bounded).
+    "review: a run of 377 combining marks (U+0F73 maps to two)": lambda i: (
+        "a" + "\u0301" * 127 + "\u0f73" * 125 + _cjk(i, 1)
+    ),
+    "runs of 63 marks as sent (105 once mapped), 3 labels": lambda i: ".".join(
+        ["a" + "\u0301" * 21 + "\u0f73" * 42] * 3 + [_letters(i, 3)]
+    ),
+    # Each A-label is decoded, encoded again and checked (issue 12 review: 346 us).
+    "review: 8 A-labels of 11 CJK ideographs": lambda i: ".".join(
+        "xn--" + _cjk(i * 8 + k, 11).encode("punycode").decode() for k in range(8)
+    ),
+    "8 U-labels of 11 CJK ideographs": lambda i: ".".join(_cjk(i * 8 + k, 11) for k in range(8)),
+    "3 A-labels of 11 CJK ideographs (deltas just under the bound)": lambda i: ".".join(
+        ["xn--" + _cjk(i * 3 + k, 11).encode("punycode").decode() for k in range(3)] + ["cn"]
+    ),
     # For scale: what real names cost.
     "typical Unicode name": lambda i: f"b\u00fccher{_letters(i, 3)}.de",
     "legitimate 253-octet name": lambda i: ".".join(

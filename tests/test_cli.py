@@ -272,6 +272,10 @@ def test_watch_leaves_cleanly_on_ctrl_c(daemon: Daemon) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as at a terminal: a test run started in the background (nohup, `&` in
+        # a script) passes SIGINT on ignored, and Python then never raises
+        # KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert process.stdout is not None and process.stderr is not None

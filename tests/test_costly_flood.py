@@ -150,3 +150,44 @@ def test_a_costly_frame_after_a_frame_of_cheap_repeats_is_still_sliced(
                 break
         assert mid_costly, "no reply came while a costly frame was counted"
         assert other.status().records == (number + 1) * round_size
+
+
+#: Connections that each send one large frame of costly values.
+LARGE_SENDERS = 4
+#: A client library's batch (recorder.DEFAULT_BATCH_SIZE pairs): about 17 KiB.
+BATCH_PAIRS = 512
+
+
+def test_a_batch_is_counted_before_large_costly_frames_queued_before_it(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """Batch-sized frames do not wait for their turn behind every large frame."""
+    daemon = make_daemon().start()
+    batch = [(f"192.0.2.{i % 250 + 1}", f"u@host{i}.example") for i in range(BATCH_PAIRS)]
+    frame = protocol.encode(protocol.Record(batch))
+    assert 1024 < len(frame) <= 64 * 1024
+    senders = [socket.socket(socket.AF_UNIX) for _ in range(LARGE_SENDERS)]
+    try:
+        with daemon.connect(timeout=60) as honest:
+            for number, sender in enumerate(senders):
+                sender.settimeout(60)
+                sender.connect(os.fspath(daemon.socket_path))
+                sender.sendall(flood_frame(number))
+            wait_for(lambda: honest.status().records > 0, 60, "the large frames to be counted")
+            with socket.socket(socket.AF_UNIX) as worker:
+                worker.settimeout(60)
+                worker.connect(os.fspath(daemon.socket_path))
+                # The status reply comes after the batch is counted (one connection,
+                # in order).
+                worker.sendall(frame + protocol.encode(protocol.StatusRequest()))
+                decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
+                while (reply := decoder.next_message()) is protocol.NEED_DATA:
+                    decoder.receive_data(worker.recv(65536))
+            assert isinstance(reply, protocol.StatusReply), reply
+            records = reply.status.records
+            large = LARGE_SENDERS * PAIRS_PER_FRAME
+            assert records < large + BATCH_PAIRS, "the batch waited for every large frame"
+            wait_for(lambda: honest.status().records == large + BATCH_PAIRS, 120, "all counted")
+    finally:
+        for sender in senders:
+            sender.close()

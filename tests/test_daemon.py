@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -23,7 +24,9 @@ import pytest
 from servertracker import STATUS_FILE_NAME, protocol, read_status_file
 from servertracker.connection import DaemonConnection
 from servertracker.status import Status
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, run_as_nobody, wait_for
+from trackerd.edges.socket_files import bind_unix_socket
+from trackerd.errors import StartupError
 
 WORKERS = 8
 TOTAL = 40_000
@@ -312,6 +315,33 @@ def test_too_long_socket_path_is_a_clear_startup_error(short_tmp: Path) -> None:
     assert "Unix sockets allow 107" in daemon.log()
 
 
+def test_socket_under_a_regular_file_is_a_clear_startup_error(short_tmp: Path) -> None:
+    blocker = short_tmp / "file"
+    blocker.write_text("")
+    daemon = Daemon(short_tmp / "rt", extra_args=["--socket", str(blocker / "x.sock")])
+    daemon.start(wait=False)
+    assert daemon.process is not None
+    assert daemon.process.wait(60) == 1
+    assert f"cannot listen on {blocker / 'x.sock'}: Not a directory" in daemon.log()
+    assert "Traceback" not in daemon.log()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as nobody")
+def test_socket_in_a_directory_nobody_may_not_search_is_a_clear_error(short_tmp: Path) -> None:
+    closed = short_tmp / "closed"
+    closed.mkdir(mode=0o700)
+    path = closed / "x.sock"
+
+    def bind_as_nobody() -> int:
+        try:
+            bind_unix_socket(path)
+        except StartupError as exc:
+            return 0 if str(exc) == f"cannot listen on {path}: Permission denied" else 2
+        return 1
+
+    assert run_as_nobody(bind_as_nobody) == 0
+
+
 def test_python_m_trackerd_help() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "trackerd", "--help"], capture_output=True, text=True, check=True
@@ -359,3 +389,30 @@ def test_environment_chooses_the_runtime_dir_and_the_socket(
     assert ping.stdout.startswith(f"pong from {short_tmp / 'env.sock'} in ")
     assert daemon.stop() == 0
     assert read_status_file(short_tmp / "env-rt").unique_domains == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as nobody")
+def test_a_user_sent_to_root_s_runtime_dir_is_told_why(short_tmp: Path) -> None:
+    short_tmp.chmod(0o755)
+    system_dir = short_tmp / "run"
+    system_dir.mkdir(mode=0o750)  # what root's daemon leaves: 0750 root
+    log_path = short_tmp / "nobody.log"
+    log_path.touch()
+    os.chown(log_path, 65534, 65534)
+
+    def trackerd_as_nobody() -> int:
+        import servertracker.paths
+        import trackerd.main
+
+        servertracker.paths.SYSTEM_RUNTIME_DIR = system_dir
+        for name in ("TRACKERD_RUNTIME_DIR", "RUNTIME_DIRECTORY", "TRACKERD_SOCKET"):
+            os.environ.pop(name, None)
+        sys.stderr = open(log_path, "a", buffering=1)  # noqa: SIM115  (the child's whole life)
+        logging.getLogger().handlers.clear()  # pytest's, which would keep trackerd's away
+        return trackerd.main.main([])
+
+    assert run_as_nobody(trackerd_as_nobody) == 1
+    text = log_path.read_text()
+    assert f"runtime directory {system_dir} is not writable by this user" in text
+    assert f"(chosen because {system_dir} exists; give --runtime-dir" in text
+    assert "Traceback" not in text

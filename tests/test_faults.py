@@ -229,4 +229,4 @@ def test_status_file_cannot_grow_then_can(make_daemon: Callable[..., Daemon]) ->
         lambda: read_status_file(daemon.runtime_dir).unique_conn_ips == 1,
         what="the file to be written",
     )
-    assert "status file written again after" in daemon.log()
+    wait_for(lambda: "status file written again after" in daemon.log(), what="the log line")

@@ -90,6 +90,7 @@ def test_allow_lists_refuse_and_admit_by_uid_and_gid(make_daemon: Callable[..., 
         lambda: "refused a connection from uid 65534 gid 65534" in refused.log(),
         what="the log line",
     )
+    assert "more since" not in refused.log()  # the first refusal: none since to count
 
     by_uid = make_daemon("b", extra_args=["--allow-uid", "nobody"]).start()
     open_up(by_uid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 import idna
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from idna.core import uts46_remap
 
 from trackerd.core import idna_linear
-from trackerd.core.normalise import canonical_domain
+from trackerd.core.normalise import MAX_IDNA_DELTA_OCTETS, canonical_domain
 
 # Code points that exercise every rule: contextual ones (CONTEXTJ, CONTEXTO), what
 # their rules look at (kana, Han, Greek, Hebrew, Arabic letters of each joining
@@ -98,7 +99,7 @@ _HOST_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 def reference(text: str) -> bytes | None:
     """The documented rule, written with idna itself: UTS #46 mapping, one trailing
     dot, IDNA 2008 (idna.alabel/ulabel) for IDNA labels (at most 8), the host-label
-    rule for the others, then the length and numeric-top-label rules."""
+    rule for the others, then the length, Punycode-delta and numeric-top-label rules."""
     if len(text) > 254:
         return None
     try:
@@ -120,6 +121,10 @@ def reference(text: str) -> bytes | None:
         out.append(label)
     name = ".".join(out)
     if name.count("xn--") > 8:
+        return None
+    # At most 96 octets of Punycode deltas (after each A-label's last hyphen) in all.
+    a_labels = [label[4:] for label in name.split(".") if label.startswith("xn--")]
+    if sum(len(body) - body.rfind("-") - 1 for body in a_labels) > 96:
         return None
     if len(name) > 253 or name.rpartition(".")[2].isdigit():
         return None
@@ -148,6 +153,9 @@ def test_names_follow_the_documented_rule(text: str) -> None:
         "l\u00b7l.cat",
         "\u0661\u0662\u0663.de",
         "\u0661\u06f1.de",
+        "a" + "\u0301" * 127 + "\u0f73" * 125 + "x",  # a long run of marks (review)
+        "a" + "\u0301" * 20 + "\u0f73" * 20 + ".de",  # a shorter one
+        "a\u0301\u0f73.de",
     ],
 )
 def test_costly_names_are_classified_as_idna_would(text: str) -> None:
@@ -187,3 +195,42 @@ def test_at_most_eight_idna_labels_in_a_name() -> None:
     assert canonical_domain("\u00e4." + eight) is None
     assert canonical_domain("xn--4ca." + eight.replace("\u00fc", "ue")) is not None
     assert canonical_domain(".".join(["xn--bcher-kva"] * 9)) is None
+
+
+def _cjk(first: int, count: int) -> str:
+    return "".join(chr(0x4E00 + 97 * j + first) for j in range(count))
+
+
+def test_the_punycode_deltas_of_a_name_are_bounded_in_either_form() -> None:
+    """At most MAX_IDNA_DELTA_OCTETS octets of deltas in a name's IDNA labels (issue
+    12 review: 8 labels of 11 ideographs cost 350 us), the same for U- and A-labels."""
+    for count, counted in ((3, True), (4, False)):
+        u_labels = [_cjk(k, 11) for k in range(count)]
+        a_labels = ["xn--" + label.encode("punycode").decode() for label in u_labels]
+        deltas = sum(map(idna_linear.delta_octets, a_labels))
+        assert (deltas <= MAX_IDNA_DELTA_OCTETS) is counted
+        for name in (".".join(u_labels), ".".join(a_labels), ".".join(a_labels[:1] + u_labels[1:])):
+            assert (canonical_domain(name + ".cn") is not None) is counted
+            assert canonical_domain(name + ".cn") == reference(name + ".cn")
+
+
+def test_a_run_of_marks_too_long_for_a_label_is_refused_before_nfc() -> None:
+    run = "a" + "\u0301" * 32 + "\u0f73" * 31  # 63 marks as sent (U+0F73 maps to two)
+    assert idna_linear.uts46_map(run, bound_marks=True) is not None
+    longer = run + "\u0f73"
+    assert idna_linear.uts46_map(longer, bound_marks=True) is None
+    # Ignored code points between the marks do not break the run.
+    assert idna_linear.uts46_map("a" + "\u0301\u00ad" * 64, bound_marks=True) is None
+    assert idna_linear.uts46_map(longer) == uts46_remap(longer, std3_rules=False)
+    assert canonical_domain(longer + ".de") is None
+    assert reference(longer + ".de") is None
+
+
+def test_no_mark_lies_beyond_the_table_of_marks() -> None:
+    """idna_linear looks code points up to MARKS_END only for combining marks."""
+    for code_point in range(idna_linear.MARKS_END, 0x110000):
+        char = chr(code_point)
+        assert not unicodedata.combining(char)
+        decomposition = unicodedata.decomposition(char)
+        if decomposition and not decomposition.startswith("<"):
+            assert not unicodedata.combining(chr(int(decomposition.split()[0], 16)))

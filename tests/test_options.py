@@ -80,7 +80,7 @@ def test_a_bad_log_level_in_the_environment_is_a_usage_error_not_a_traceback() -
         [sys.executable, "-m", "trackerd"], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
-    assert "'bogus' is not a log level" in result.stderr
+    assert "$TRACKERD_LOG_LEVEL='bogus' is not a log level" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -54,3 +54,19 @@ def test_socket_path() -> None:
     assert resolve_socket_path(None, None, {"TRACKERD_RUNTIME_DIR": "/q"}) == Path(
         "/q/trackerd.sock"
     )
+
+
+def test_why_says_how_the_runtime_dir_was_chosen(tmp_path: Path) -> None:
+    env = {"XDG_RUNTIME_DIR": "/run/user/1000"}
+    assert paths.runtime_dir_why("/x", env, euid=1000) == ""
+    assert paths.runtime_dir_why(None, env, euid=1000) == ""  # this user's own
+    assert "$TRACKERD_RUNTIME_DIR" in paths.runtime_dir_why(
+        None, {"TRACKERD_RUNTIME_DIR": "/a"}, euid=1000
+    )
+    assert "RuntimeDirectory=" in paths.runtime_dir_why(None, {"RUNTIME_DIRECTORY": "/b"}, euid=0)
+    paths.SYSTEM_RUNTIME_DIR = tmp_path  # exists, as after root's daemon ran once
+    why = paths.runtime_dir_why(None, env, euid=1000)
+    assert why == (
+        f"(chosen because {tmp_path} exists; give --runtime-dir or set $TRACKERD_RUNTIME_DIR)"
+    )
+    assert paths.resolve_paths(None, "/x", env).why == ""

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def test_sighup_rereads_the_config_file_allow_lists_and_log_level(
 
     config.write_text(f"allow-gid = {WORKERS_GROUP}   # the SMTP workers\n")
     hup_and_wait(daemon, "statistics:")  # the last line a reload logs
-    assert "allow-lists of 0 users and 1 groups" in daemon.log()
+    assert "allow-lists of 0 users and 1 group" in daemon.log()
     assert ping_as_nobody(daemon.socket_path) == 3  # refused: not in the group
     assert ping_as_nobody(daemon.socket_path, groups=[WORKERS_GROUP]) == 0
     # At level warning, neither the reload line nor the statistics line (both info) shows.
@@ -221,3 +222,36 @@ def test_journal_stream_of_another_file_is_not_the_journal(short_tmp: Path) -> N
     lines = daemon.log().splitlines()
     assert lines and not any(line.startswith("<") for line in lines)
     assert all(re.search(r"trackerd\[\d+\]", line) for line in lines)
+
+
+def sighup_handled(pid: int) -> bool:
+    """True once the process ignores or catches SIGHUP (no longer its deadly default)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    masks = [int(line.split()[1], 16) for line in lines if line.startswith(("SigIgn", "SigCgt"))]
+    return any(mask & (1 << (signal.SIGHUP - 1)) for mask in masks)
+
+
+def test_sighup_from_the_first_moment_never_ends_a_starting_daemon(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    # Nothing can act before the interpreter runs the entry point's first line, so
+    # the HUPs start the moment the process stops taking SIGHUP's default action,
+    # and go on, a few a millisecond, until the daemon answers.
+    daemon = make_daemon()
+    daemon.start(wait=False)
+    process = daemon.process
+    assert process is not None
+    wait_for(lambda: sighup_handled(process.pid) or process.poll() is not None, 60, "SIG_IGN")
+    sent = 0
+    while not daemon.socket_path.exists() and process.poll() is None:
+        os.kill(process.pid, signal.SIGHUP)
+        sent += 1
+        time.sleep(0.0005)  # pacing only: a few HUPs a millisecond
+    daemon.wait_ready()  # raises if trackerd died (say with 129, killed by SIGHUP)
+    assert sent > 0
+    assert process.poll() is None
+    assert daemon.status().records == 0
+    assert daemon.stop() == 0

@@ -196,12 +196,24 @@ def test_make_non_dumpable() -> None:
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
 
 
+MAIN_UNITS = ("trackerd.service", "trackerd.socket", "trackerd-postfix.socket")
+FLEET_UNITS = (
+    "trackerd-fleet-push.service",
+    "trackerd-fleet-push.timer",
+    "trackerd-fleet-advance.service",
+    "trackerd-fleet-advance.timer",
+)
+
+
 def unit_copies(tmp: Path) -> Path:
     """The units with ExecStart= pointing at this environment's trackerd."""
     trackerd = Path(sys.executable).parent / "trackerd"
     assert trackerd.exists()
-    for unit in ("trackerd.service", "trackerd.socket", "trackerd-postfix.socket"):
-        text = (UNITS / unit).read_text().replace("/usr/local/bin/trackerd", str(trackerd))
+    for unit in (*MAIN_UNITS, *FLEET_UNITS):
+        # trackerctl before trackerd: the one replace would catch both otherwise.
+        text = (UNITS / unit).read_text()
+        text = text.replace("/usr/local/bin/trackerctl", str(trackerd.parent / "trackerctl"))
+        text = text.replace("/usr/local/bin/trackerd", str(trackerd))
         (tmp / unit).write_text(text)
     return tmp / "trackerd.service"
 
@@ -217,8 +229,7 @@ def test_systemd_analyze_verify_reports_nothing(short_tmp: Path) -> None:
             "systemd-analyze",
             "verify",
             str(service),
-            str(short_tmp / "trackerd.socket"),
-            str(short_tmp / "trackerd-postfix.socket"),
+            *(str(short_tmp / unit) for unit in (*MAIN_UNITS[1:], *FLEET_UNITS)),
         ],
         capture_output=True,
         text=True,

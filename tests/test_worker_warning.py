@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from servertracker import Client, reachability
 from servertracker.reachability import UnreachableWarning, cause
 from tests.conftest import Daemon, run_as_nobody
+from tests.test_hostile import open_up
 
 SECRET_IP = "198.51.100.77"
 SECRET_SENDER = "someone@secret-domain.example"
@@ -140,3 +142,115 @@ def test_a_worker_outside_trackerd_s_group_warns_once(daemon: Daemon) -> None:
 
     assert run_as_nobody(worker_as_nobody) == 0
     assert daemon.status().records == 0
+
+
+def test_causes_name_the_daemon_s_refusals() -> None:
+    assert "not in trackerd's allow-lists" in cause(reachability.Refused("forbidden"))
+    assert "busy" in cause(reachability.Refused("busy"))
+
+
+def refused_worker(socket_path: Path, exit_flush: bool) -> int:
+    """As nobody, in a forked worker: record until six connects failed, or (exit_flush)
+    record one and close as at exit. Returns 100 + failed connects + 1000 * warnings
+    naming the allow-lists, or a small code for anything else."""
+    reachability.GRACE_SECONDS = 0.2
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("servertracker")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    client = Client(socket_path)
+
+    def failures() -> int:
+        return sum("cannot send" in r.getMessage() for r in records)
+
+    if exit_flush:
+        client.record_server(SECRET_IP, SECRET_SENDER)
+        client.close(1.0)  # what the atexit hook does, with its 1 s
+    else:
+        deadline = time.monotonic() + 30
+        while failures() < 6 and time.monotonic() < deadline:
+            client.record_server(SECRET_IP, SECRET_SENDER)
+            time.sleep(0.01)
+    texts = " ".join(r.getMessage() for r in records)
+    if SECRET_IP in texts or client.stats().sent != 0:
+        return 2
+    warnings = [
+        r.getMessage()
+        for r in records
+        if r.levelno == logging.WARNING
+        and str(socket_path) in r.getMessage()
+        and "this user or group is not in trackerd's allow-lists" in r.getMessage()
+    ]
+    return min(100 + failures() + 1000 * len(warnings), 255 * 255)
+
+
+def nobody_result(socket_path: Path, exit_flush: bool) -> tuple[int, int]:
+    """(warnings, failed connects) of refused_worker, run as nobody; exit codes are a
+    byte, so the numbers travel in a file."""
+    out = socket_path.parent / "result"
+    out.touch()
+    os.chown(out, 65534, 65534)
+
+    def worker() -> int:
+        out.write_text(str(refused_worker(socket_path, exit_flush)))
+        return 0
+
+    assert run_as_nobody(worker) == 0
+    value = int(out.read_text())
+    assert value >= 100, value
+    return divmod(value - 100, 1000)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a worker as another user")
+def test_a_worker_refused_by_the_allow_lists_warns_once(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon(extra_args=["--allow-uid", "12345"]).start()
+    open_up(daemon)
+    warnings, failures = nobody_result(daemon.socket_path, exit_flush=False)
+    assert failures >= 6 and warnings == 1
+    assert daemon.status().records == 0
+
+
+EXITING_WORKER = textwrap.dedent(
+    """
+    import logging, sys
+    from servertracker import Client
+
+    logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(message)s")
+    client = Client(sys.argv[1], exit_timeout=1.0)
+    client.record_server(sys.argv[2], sys.argv[3])
+    """
+)
+
+#: With the backoff (0.05 s, doubling to 1 s), a 1 s exit flush tries a handful of
+#: times on any machine; without it, it spun hundreds of times.
+MAX_EXIT_ATTEMPTS = 10
+
+
+def exit_flush_attempts(socket_path: Path) -> int:
+    result = subprocess.run(
+        [sys.executable, "-c", EXITING_WORKER, str(socket_path), SECRET_IP, SECRET_SENDER],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return sum("cannot send" in line for line in result.stderr.splitlines())
+
+
+def test_the_exit_flush_keeps_the_backoff_without_a_socket(short_tmp: Path) -> None:
+    attempts = exit_flush_attempts(short_tmp / "trackerd.sock")
+    assert 1 <= attempts <= MAX_EXIT_ATTEMPTS
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a worker as another user")
+def test_the_exit_flush_keeps_the_backoff_against_a_refusing_daemon(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon(extra_args=["--allow-uid", "12345"]).start()
+    open_up(daemon)
+    _, attempts = nobody_result(daemon.socket_path, exit_flush=True)
+    assert 1 <= attempts <= MAX_EXIT_ATTEMPTS

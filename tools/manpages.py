@@ -99,7 +99,8 @@ def environment_section(texts: Iterable[tuple[str, str]]) -> list[str]:
 
 def trackerd_page() -> str:
     from trackerd import __version__
-    from trackerd.options import build_parser
+    from trackerd.edges.socket_files import LOCK_FILE_NAME
+    from trackerd.options import SIGNALS, build_parser
 
     parser = build_parser()
     formatter = parser._get_formatter()
@@ -125,8 +126,15 @@ def trackerd_page() -> str:
     if parser.epilog:
         lines += [".PP", *body(parser.epilog)]
     lines += environment_section(mentions)
+    lines.append(".SH SIGNALS")
+    for name, text in SIGNALS:
+        lines += [".TP", f"\\fB{name}\\fR", *body(text)]
     lines += [
         ".SH FILES",
+        ".TP",
+        f"\\fI<runtime dir>/{LOCK_FILE_NAME}\\fR",
+        "Locked (flock) by the running trackerd for its whole life, and naming its pid: "
+        "a second trackerd on the same runtime directory refuses to start.",
         ".TP",
         "\\fI<runtime dir>/trackerd.sock\\fR",
         "The socket workers and trackerctl connect to (mode 0660).",
@@ -200,6 +208,9 @@ def trackerctl_page() -> str:
             record = param.get_help_record(sub)
             if record is not None:
                 lines += item(*record)
+                envvar = getattr(param, "envvar", None)
+                if isinstance(envvar, str):  # "--redis" reads $TRACKERCTL_FLEET_REDIS
+                    mentions.append((f"{name} {param.opts[-1]}", f"${envvar}"))
         lines += [".PP", "It also takes the options above, after the command."]
     lines += environment_section(mentions)
     lines.append(".SH EXIT STATUS")

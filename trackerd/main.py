@@ -85,8 +85,15 @@ async def run(config: Config, argv: Sequence[str] = ()) -> None:
     unseeable = config.allow.unseeable()
     if unseeable:
         raise StartupError(unseeable_message(unseeable))
-    prepare_runtime_dir(config.runtime_dir)
-    lock = RuntimeDirLock(config.runtime_dir)
+    try:
+        prepare_runtime_dir(config.runtime_dir)
+        lock = RuntimeDirLock(config.runtime_dir)
+    except StartupError as exc:
+        if not config.runtime_dir_why:
+            raise
+        # Say how the directory was chosen: a user sent to root's /run/trackerd
+        # because it exists would not guess it.
+        raise StartupError(f"{exc} {config.runtime_dir_why}") from None
     try:
         await _run_locked(config, argv, notifier, lock)
     finally:
@@ -167,6 +174,7 @@ async def _run_locked(
                         serving_tasks.start_soon(endpoint.server.serve, listener)
                     tasks.start_soon(upkeep.run, serving_tasks)
             # Still inside the task group, so a SIGHUP now is still handled, not fatal.
+            writer.stopping = True
             await writer.write_now()
             statistics.log_now()
             log.info("stopped: %s", summarise(tracker.status()))
@@ -232,7 +240,8 @@ async def _keep_watchdog_fed(notifier: Notifier, interval: float) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     # SIGHUP's default action ends the process: ignore it until the daemon's own
-    # handler is up (the earliest moment Python lets us act).
+    # handler is up. trackerd/__main__.py, the entry point, did so already before
+    # importing this module; this covers main() called from elsewhere.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     command_line = list(argv) if argv is not None else sys.argv[1:]
     config = parse_config(command_line)

@@ -52,6 +52,8 @@ class Config:
     listener: ListenerSettings
     #: Its path is None unless --postfix-policy-socket is given; systemd may still pass one.
     postfix_listener: ListenerSettings
+    #: Why runtime_dir was chosen, for start-up errors (see servertracker.paths).
+    runtime_dir_why: str = ""
     status_interval: float = STATUS_INTERVAL
     max_exact: int = DEFAULT_MAX_EXACT
     allow: AllowLists = field(default_factory=AllowLists)
@@ -63,11 +65,28 @@ class Config:
     config_file: Path | None = None
 
 
+#: What each signal does, for trackerd(8)'s SIGNALS (tools/manpages.py).
+SIGNALS = (
+    (
+        "SIGHUP",
+        "Reload: read the command line and --config file again and apply the allow-lists "
+        "and the log level; options that need a restart are logged as such. Counts, "
+        "sockets and connections are kept.",
+    ),
+    (
+        "SIGTERM, SIGINT",
+        "Drain and stop: stop accepting, apply what workers already sent, write the "
+        "final status file, remove the socket files, exit 0. A second SIGINT while "
+        "stopping exits at once with 130.",
+    ),
+)
+
 #: Config fields SIGHUP applies; the others need a restart (the option that sets each).
 #: A new Config field goes in one of the two (tests/test_options.py checks).
 RELOADABLE = ("allow", "logging")
 RESTART_ONLY = {
     "runtime_dir": "--runtime-dir",
+    "runtime_dir_why": "--runtime-dir",
     "listener": "--socket*",
     "postfix_listener": "--postfix-policy-socket*",
     "status_interval": "--status-interval",
@@ -134,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="trackerd",
         description=DESCRIPTION,
-        epilog=f"Runtime directory: {RUNTIME_DIR_HELP}. Socket: {SOCKET_HELP}.",
+        epilog=f"Runtime directory: {RUNTIME_DIR_HELP}. Socket: {SOCKET_HELP}. "
+        "SIGHUP reloads; SIGTERM or SIGINT drains and stops (see trackerd(8), SIGNALS).",
     )
     parser.add_argument(
         CONFIG_OPTION,
@@ -165,6 +185,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     paths = paths_from_args(args)
     return Config(
         runtime_dir=paths.runtime_dir,
+        runtime_dir_why=paths.why,
         listener=TrackerServer.listener_from_args(args, paths.socket),
         postfix_listener=PolicyServer.listener_from_args(args),
         status_interval=args.status_interval,

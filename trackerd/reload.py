@@ -14,6 +14,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 
+from trackerd.core.wording import plural
 from trackerd.edges.access import unseeable_message
 from trackerd.edges.endpoint import Endpoint
 from trackerd.edges.logs import apply_level
@@ -73,7 +74,8 @@ class Reloader:
             "SIGHUP: reloaded: log level %s, statistics every %gs, allow-lists %s",
             new.logging.level,
             new.logging.stats_interval,
-            f"of {len(allow.uids or ())} users and {len(allow.gids or ())} groups"
+            f"of {plural(len(allow.uids or ()), 'user')} and "
+            f"{plural(len(allow.gids or ()), 'group')}"
             if allow.restricted
             else "off",
         )

@@ -69,6 +69,9 @@ PATH_OPTIONS = (RUNTIME_DIR_OPTION, SOCKET_OPTION)
 class RuntimePaths:
     runtime_dir: Path
     socket: Path
+    #: Why this runtime directory, for error messages ("" when given explicitly or
+    #: unsurprising); see runtime_dir_why().
+    why: str = ""
 
 
 def default_private_dir(uid: int | None = None) -> Path:
@@ -105,6 +108,34 @@ def resolve_runtime_dir(
     return default_private_dir()
 
 
+def runtime_dir_why(
+    explicit: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    euid: int | None = None,
+) -> str:
+    """Why resolve_runtime_dir() chose what it chose, as a parenthesis for an error
+    message; "" when the choice needs no explaining (given, or this user's own).
+
+    A non-root user who finds /run/trackerd (left by root's daemon) is sent
+    there and fails: the message must say how it came to be chosen.
+    """
+    env = os.environ if environ is None else environ
+    is_root = (os.geteuid() if euid is None else euid) == 0
+    change = f"give --runtime-dir or set ${RUNTIME_DIR_ENV}"
+    if explicit:
+        return ""
+    if env.get(RUNTIME_DIR_ENV):
+        return f"(from ${RUNTIME_DIR_ENV})"
+    if env.get("RUNTIME_DIRECTORY"):
+        return "(from $RUNTIME_DIRECTORY, set by systemd's RuntimeDirectory=)"
+    if is_root:
+        return f"(the default for root; {change})"
+    if SYSTEM_RUNTIME_DIR.is_dir():
+        return f"(chosen because {SYSTEM_RUNTIME_DIR} exists; {change})"
+    return ""
+
+
 def resolve_socket_path(
     explicit: str | os.PathLike[str] | None = None,
     runtime_dir: str | os.PathLike[str] | None = None,
@@ -129,7 +160,11 @@ def resolve_paths(
 ) -> RuntimePaths:
     """Both paths from the two options' values (None when not given)."""
     directory = resolve_runtime_dir(runtime_dir, environ)
-    return RuntimePaths(directory, resolve_socket_path(socket, directory, environ))
+    return RuntimePaths(
+        directory,
+        resolve_socket_path(socket, directory, environ),
+        runtime_dir_why(runtime_dir, environ),
+    )
 
 
 def add_path_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,7 @@
 """When a worker cannot reach trackerd's socket: one WARNING a minute, naming the cause.
 
-The recorder's flusher thread reports each failed connect here and each success.
+The recorder's flusher thread reports each failed connect here (an OSError from
+connect(), or trackerd's refusal on a new connection) and each success.
 A worker outside trackerd's group would otherwise count nothing while only DEBUG
 lines say why. The hot path (record_server) never comes here. The text names the
 socket path and the likely cause, never a recorded value. Pure, no I/O: the
@@ -28,8 +29,25 @@ _CAUSES = {
 }
 
 
+#: The daemon's own refusals (its "error" reply on connect), by code.
+_REFUSALS = {
+    "forbidden": "refused: this user or group is not in trackerd's allow-lists",
+    "busy": "refused: trackerd is at its connection limit (busy)",
+}
+
+
+class Refused(OSError):
+    """trackerd accepted the connection, then refused it with an error code."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(f"trackerd refused the connection ({code})")
+        self.code = code
+
+
 def cause(exc: OSError) -> str:
     """The likely cause of a failed connect, for an operator."""
+    if isinstance(exc, Refused):
+        return _REFUSALS.get(exc.code, str(exc))
     known = _CAUSES.get(exc.errno or 0)
     if known is not None:
         return known

@@ -30,7 +30,7 @@ from typing import Any
 from servertracker import protocol
 from servertracker.errors import LocalProtocolError, ProtocolError
 from servertracker.paths import resolve_socket_path
-from servertracker.reachability import UnreachableWarning
+from servertracker.reachability import Refused, UnreachableWarning
 
 log = logging.getLogger("servertracker")
 
@@ -125,6 +125,7 @@ class Client:
         self._conn_ips: collections.deque[str | None] = collections.deque()
         self._senders: collections.deque[str | None] = collections.deque()
         self._wake = threading.Event()
+        self._stop = threading.Event()  # set by close(): ends a backoff at once
         self._sleeping = False
         self._idle = True
         self._thread: threading.Thread | None = None
@@ -307,9 +308,11 @@ class Client:
         self._sleeping = False
 
     def _sleep(self, seconds: float) -> None:
-        self._wake.clear()
+        # Only close() cuts a backoff short: flush() and new records wake _wake
+        # all the time, and waking on them made the exit flush retry hundreds of
+        # times a second against a daemon that refuses or is not there.
         if not self._closing:
-            self._wake.wait(seconds)
+            self._stop.wait(seconds)
 
     def _take_batch(self, size: int) -> tuple[list[str | None], list[str | None]]:
         # One batch per send: the send releases the GIL, so the worker's own thread
@@ -385,6 +388,14 @@ class Client:
             sock.close()
             sock = self._open()
             self._columns = False
+        except Refused as exc:
+            # Refused by the daemon itself (say, its allow-lists): as worth a
+            # warning as a connect() the kernel refused.
+            sock.close()
+            warning = self._unreachable.failed(exc, self.socket_path, time.monotonic())
+            if warning is not None:
+                log.warning("%s", warning)
+            raise
         except BaseException:
             sock.close()
             raise
@@ -417,6 +428,7 @@ class Client:
         """Flush for up to timeout seconds, then stop the thread and close the socket."""
         flushed = self.flush(timeout) if self._thread is not None else not self._senders
         self._closing = True
+        self._stop.set()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -456,7 +468,11 @@ def _takes_columns(sock: socket.socket) -> bool:
     One round trip per connection; raises OSError when the daemon does not answer
     within the socket's timeout, _OlderDaemon when it does not know the question.
     """
-    sock.sendall(protocol.encode(protocol.FeaturesRequest()))
+    send_failed: OSError | None = None
+    try:
+        sock.sendall(protocol.encode(protocol.FeaturesRequest()))
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        send_failed = exc  # the daemon may have said why before it closed: read it
     decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
     while True:
         try:
@@ -464,14 +480,22 @@ def _takes_columns(sock: socket.socket) -> bool:
         except ProtocolError as exc:
             raise OSError(f"trackerd answered garbage ({exc.code})") from None
         if reply is protocol.NEED_DATA:
-            decoder.receive_data(sock.recv(65536))
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                if send_failed is not None:
+                    raise send_failed from None
+                raise
+            decoder.receive_data(data)
             continue
         if isinstance(reply, protocol.Features):
             return protocol.FEATURE_COLUMNS in reply.names
         if isinstance(reply, protocol.Error) and reply.code == protocol.ERR_UNKNOWN_TYPE:
             raise _OlderDaemon
         if isinstance(reply, protocol.Error):
-            raise OSError(f"trackerd refused the connection ({reply.code})")
+            raise Refused(reply.code)
+        if send_failed is not None:
+            raise send_failed
         raise OSError("trackerd closed the connection or answered out of turn")
 
 

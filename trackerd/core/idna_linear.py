@@ -102,10 +102,71 @@ _EXTENDED_ARABIC_INDIC: Final = re.compile("[\u06f0-\u06f9]")
 _VIRAMA: Final = 9  # canonical combining class
 
 
-def uts46_map(text: str) -> str | None:
-    """idna.uts46_remap(text, std3_rules=False), or None for a disallowed code point."""
+#: A longer run of combining marks can never be in a valid label: NFC composes at
+#: most 3 marks into the character before them, and a U-label has at most
+#: MAX_PUNYCODE_LENGTH (59) code points. NFC sorts a run of marks by combining
+#: class with an insertion sort, quadratic in the run (a run of 377 cost 390 us).
+MAX_MARK_RUN: Final = 63
+#: Every code point of non-zero combining class is below this (the last, U+1E94A,
+#: in Unicode 15); tests/test_idna_linear.py checks the rest of the range.
+MARKS_END: Final = 0x20000
+
+
+def _is_mark(char: str) -> bool:
+    """A combining mark, or a code point that decomposes canonically into marks
+    (U+0F73: two marks, though of combining class 0 itself)."""
+    if unicodedata.combining(char):
+        return True
+    decomposition = unicodedata.decomposition(char)
+    return bool(
+        decomposition
+        and not decomposition.startswith("<")
+        and unicodedata.combining(chr(int(decomposition.split()[0], 16)))
+    )
+
+
+def _marks_table() -> str:
+    """By code point of the text as sent: "m" if UTS #46 makes it marks only, "i"
+    if it drops it, "s" for anything else (for str.translate). Looked up on the
+    text before mapping, which is at most MAX_DOMAIN_TEXT long: mapping can make
+    it 18 times longer."""
+    ranges: list[tuple[int, int, str]] = []
+
+    def add(code_point: int, letter: str) -> None:
+        if ranges and ranges[-1][1] == code_point and ranges[-1][2] == letter:
+            ranges[-1] = (ranges[-1][0], code_point + 1, letter)
+        else:
+            ranges.append((code_point, code_point + 1, letter))
+
+    for code_point in sorted(set(range(MARKS_END)) | _UTS46_MAP.keys()):
+        status = _UTS46_STATUS[code_point]
+        if status == "I":
+            add(code_point, "i")
+        elif status == "M":
+            mapped = _UTS46_MAP[code_point] or ""
+            if mapped and all(map(_is_mark, mapped)):
+                add(code_point, "m")
+        elif status in "VD" and _is_mark(chr(code_point)):
+            add(code_point, "m")
+    return _table(ranges, "s")
+
+
+_MARKS: Final = _marks_table()
+_LONG_MARK_RUN: Final = "m" * (MAX_MARK_RUN + 1)
+
+
+def uts46_map(text: str, *, bound_marks: bool = False) -> str | None:
+    """idna.uts46_remap(text, std3_rules=False), or None for a disallowed code point.
+
+    With ``bound_marks``, also None for a run of more than MAX_MARK_RUN code points
+    that map to combining marks (ignored ones between them do not count), found
+    before NFC would sort it: no label holding one is valid, so a caller that goes
+    on to validate labels loses nothing.
+    """
     statuses = text.translate(_UTS46_STATUS)
     if "X" in statuses:
+        return None
+    if bound_marks and _LONG_MARK_RUN in text.translate(_MARKS).replace("i", ""):
         return None
     if "M" in statuses or "I" in statuses:
         text = text.translate(_UTS46_MAP)
@@ -323,12 +384,22 @@ def punycode_decode(text: str) -> str | None:
     return "".join(out)
 
 
-def to_a_label(label: str) -> str | None:
-    """The A-label of a U-label (mapped already), or None if it is not a valid one
-    or its A-label would be longer than 63 octets. As idna.alabel()."""
+def delta_octets(a_label: str) -> int:
+    """The octets of an "xn--" label's Punycode deltas: what follows its last hyphen
+    (RFC 3492: the basic code points, then a hyphen if there were any)."""
+    body = a_label[4:]
+    return len(body) - body.rfind("-") - 1
+
+
+def to_a_label(label: str, max_delta_octets: int = MAX_PUNYCODE_LENGTH) -> str | None:
+    """The A-label of a U-label (mapped already), or None if it is not a valid one,
+    its A-label would be longer than 63 octets, or its deltas (delta_octets())
+    longer than max_delta_octets. As idna.alabel(), with that bound."""
     if len(label) > MAX_PUNYCODE_LENGTH:
         return None
-    encoded = punycode_encode(label)  # first: it stops at once when too long
+    basic = len(label.encode("ascii", "ignore"))
+    limit = min(MAX_PUNYCODE_LENGTH, basic + (basic > 0) + max_delta_octets)
+    encoded = punycode_encode(label, limit)  # first: it stops at once when too long
     if encoded is None or not valid_u_label(label):
         return None
     return "xn--" + encoded

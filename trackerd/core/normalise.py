@@ -59,6 +59,13 @@ _U_LABEL_EXTRA: Final = 6
 #: length (a few microseconds); real names hold one or two, and 30 short ones
 #: would make a name cost more than 200 us (issue 12's bound for any value).
 MAX_IDNA_LABELS: Final = 8
+#: Octets of Punycode deltas (what follows an A-label's last hyphen: the encoding
+#: of its code points beyond ASCII) in one name's IDNA labels, at most. Decoding,
+#: encoding and checking cost about 1.5 us per such octet: 8 labels of 11 CJK
+#: ideographs (176 octets) cost 350 us (issue 12 review). A real name needs far
+#: fewer (a ten-ideograph label takes about 30); the same bound holds whether a
+#: label comes as an A-label or a U-label, since it is measured on the A-label.
+MAX_IDNA_DELTA_OCTETS: Final = 96
 
 
 _V4_MAPPED_PREFIX: Final = bytes(10) + b"\xff\xff"
@@ -110,10 +117,11 @@ def canonical_domain(text: str) -> bytes | None:
         if "xn--" in name:
             if name.count("xn--") > MAX_IDNA_LABELS:
                 return None
-            for label in name.split("."):
-                if label.startswith("xn--") and (
-                    len(label) > 63 or not idna_linear.check_a_label(label)
-                ):
+            a_labels = [label for label in name.split(".") if label.startswith("xn--")]
+            if sum(map(idna_linear.delta_octets, a_labels)) > MAX_IDNA_DELTA_OCTETS:
+                return None  # before any is decoded
+            for label in a_labels:
+                if len(label) > 63 or not idna_linear.check_a_label(label):
                     return None
     else:
         name = _idna_name(text) or ""
@@ -128,7 +136,8 @@ def _idna_name(text: str) -> str | None:
     """A name with other than ASCII in it, its IDNA labels turned into A-labels."""
     # UTS #46 (no STD3 rules: the host-label rule decides on ASCII labels) maps the
     # other full stops, U+3002, U+FF0E and U+FF61, to ".".
-    mapped = idna_linear.uts46_map(text)
+    # A run of combining marks too long for any label is refused before NFC sorts it.
+    mapped = idna_linear.uts46_map(text, bound_marks=True)
     if mapped is None:
         return None
     if mapped.endswith("."):
@@ -146,11 +155,19 @@ def _idna_name(text: str) -> str | None:
         return None
     if any(widths[index] > _MAX_U_LABEL for index in unicode_labels):
         return None
+    # What the A-labels as sent take of the deltas' bound, before any work; each
+    # U-label's encoding stops as soon as it would exceed what is left.
+    budget = MAX_IDNA_DELTA_OCTETS - sum(
+        idna_linear.delta_octets(label) for label in labels if label.startswith("xn--")
+    )
+    if budget < 0:
+        return None
     for index, label in enumerate(labels):
         if not label.isascii():
-            a_label = idna_linear.to_a_label(label)
+            a_label = idna_linear.to_a_label(label, budget)
             if a_label is None:
                 return None
+            budget -= idna_linear.delta_octets(a_label)
             labels[index] = a_label
         elif label.startswith("xn--") and not idna_linear.check_a_label(label):
             return None  # an A-label as sent, or one that mapping made ASCII

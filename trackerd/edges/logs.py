@@ -24,11 +24,18 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_LEVEL_ENV = "TRACKERD_LOG_LEVEL"
 
 
+class _FromEnvironment(str):
+    """A default read from $TRACKERD_LOG_LEVEL: an error about it names the variable."""
+
+    __slots__ = ()
+
+
 def log_level(text: str) -> str:
     level = text.strip().lower()
     if level not in LOG_LEVELS:
+        where = f"${LOG_LEVEL_ENV}=" if isinstance(text, _FromEnvironment) else ""
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a log level (choose from {', '.join(LOG_LEVELS)})"
+            f"{where}{text!r} is not a log level (choose from {', '.join(LOG_LEVELS)})"
         )
     return level
 
@@ -49,7 +56,7 @@ class LogSettings:
             "--log-level",
             # argparse runs a string default through type= too: a bad
             # $TRACKERD_LOG_LEVEL is reported as a usage error, not a traceback.
-            default=os.environ.get(LOG_LEVEL_ENV) or cls.level,
+            default=_FromEnvironment(os.environ.get(LOG_LEVEL_ENV) or cls.level),
             type=log_level,
             metavar="{" + ",".join(LOG_LEVELS) + "}",
             help=f"default: info, or ${LOG_LEVEL_ENV}",

@@ -26,6 +26,7 @@ from servertracker import protocol
 from servertracker.errors import ProtocolError
 from servertracker.paths import SOCKET_OPTION
 from trackerd.core.tracker import STATUS_FIELDS, Tracker
+from trackerd.core.wording import more_since
 from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
 from trackerd.edges.endpoint import ListenerSettings
 from trackerd.edges.socket_files import SocketFileSettings
@@ -50,6 +51,12 @@ MAX_SLICE = 16384
 #: could each hold a decoded 1 MiB frame at once. Smaller frames (a ping, a status
 #: request, a few dozen pairs) never wait for a turn.
 LARGE_FRAME = 1024
+#: Frames up to this size (a client library's batch: 512 pairs are about 17 KiB)
+#: take turns among themselves, apart from the larger ones: an honest worker's
+#: batch never waits behind 1 MiB frames of costly values from many connections
+#: (issue 12 review: 6-15 s behind 40-60 of them). Memory stays bounded: at most
+#: one decoded frame of each kind at a time.
+BATCH_FRAME = 64 * 1024
 
 #: Fleet sketch names in category order: the status fields' names.
 FLEET_NAMES = tuple(STATUS_FIELDS[category] for category in sorted(STATUS_FIELDS))
@@ -91,6 +98,7 @@ class TrackerServer(StreamServer):
         self._buffered_total = 0
         self._error_log = LogThrottle(1.0)
         self._counting = anyio.Lock()  # the turn to decode and count a large frame
+        self._counting_batch = anyio.Lock()  # ... and a batch-sized one (BATCH_FRAME)
         self.protocol_errors = 0
 
     def refusal(self, code: str, text: str) -> bytes:
@@ -150,9 +158,9 @@ class TrackerServer(StreamServer):
             if suppressed is not None:
                 log.warning(
                     "unfinished frames exceed %d bytes across connections: closed the one "
-                    "whose frame began first (%d more since)",
+                    "whose frame began first%s",
                     self.limits.max_buffered_total,
-                    suppressed,
+                    more_since(suppressed),
                 )
 
     def _release(self, connection: Connection) -> None:
@@ -201,10 +209,12 @@ class TrackerServer(StreamServer):
         recorded = False
         try:
             while True:
-                if decoder.next_frame_size > LARGE_FRAME:
+                size = decoder.next_frame_size
+                if size > LARGE_FRAME:
                     # Its turn first, then decode and count it; a reply (to a large
                     # status request, say) is sent after the turn is given back.
-                    async with self._counting:
+                    turn = self._counting if size > BATCH_FRAME else self._counting_batch
+                    async with turn:
                         message = decoder.next_message()
                         if isinstance(message, protocol.RecordColumns | protocol.Record):
                             conn_ips, senders = _columns(message)

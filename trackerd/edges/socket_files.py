@@ -207,6 +207,9 @@ def _remove_stale_socket(path: Path) -> None:
         info = os.lstat(path)
     except FileNotFoundError:
         return
+    except OSError as exc:
+        # EACCES on a directory we may not search, ENOTDIR under a regular file, ...
+        raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
     if not stat.S_ISSOCK(info.st_mode):
         raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -214,10 +217,13 @@ def _remove_stale_socket(path: Path) -> None:
     try:
         probe.connect(os.fspath(path))
     except (ConnectionRefusedError, FileNotFoundError):
-        path.unlink(missing_ok=True)  # left by a daemon that died: safe to replace
+        try:
+            path.unlink(missing_ok=True)  # left by a daemon that died: safe to replace
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
         return
     except OSError as exc:
-        raise StartupError(f"cannot check existing socket {path}: {exc.strerror}") from None
+        raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
     finally:
         probe.close()
     raise StartupError(f"another trackerd is already listening on {path}")
@@ -270,14 +276,15 @@ def _set_owner_and_mode(path: Path, settings: SocketFileSettings) -> None:
                 -1 if settings.group is None else settings.group,
             )
     except OSError as exc:
-        hint = (
-            "only root may give a file away; a group must be one of trackerd's own"
-            if exc.errno == errno.EPERM
-            else exc.strerror
-        )
-        raise StartupError(
-            f"cannot give socket {path} to user {settings.owner}, group {settings.group}: {hint}"
-        ) from None
+        parts = [f"user {settings.owner}"] if settings.owner is not None else []
+        parts += [f"group {settings.group}"] if settings.group is not None else []
+        if exc.errno != errno.EPERM:
+            hint = exc.strerror
+        elif settings.owner is not None and os.geteuid() != 0:
+            hint = "only root can give a socket to another user (drop the -owner option)"
+        else:
+            hint = "the group must be one of trackerd's own, unless trackerd runs as root"
+        raise StartupError(f"cannot give socket {path} to {' and '.join(parts)}: {hint}") from None
     try:
         os.chmod(path, settings.mode)
     except OSError as exc:

@@ -14,35 +14,33 @@ from collections.abc import Callable, Sequence
 import anyio
 
 from servertracker.status import Health, Status
+from trackerd.core.wording import plural
 from trackerd.edges.status_writer import StatusWriter
 from trackerd.edges.stream_server import StreamServer
 
 log = logging.getLogger("trackerd")
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"  # no digit grouping: commas separate
-
-
 def summarise(status: Status) -> str:
     """One line of counts, for logs and systemd's STATUS=: "1 connection IP, 2 domains"."""
     return (
-        f"{_plural(status.unique_conn_ips, 'connection IP')}, "
-        f"{_plural(status.unique_domains, 'domain')}, "
-        f"{_plural(status.unique_ip_servers, 'IP server')}; {_plural(status.records, 'record')}"
+        f"{plural(status.unique_conn_ips, 'connection IP')}, "
+        f"{plural(status.unique_domains, 'domain')}, "
+        f"{plural(status.unique_ip_servers, 'IP server')}; {plural(status.records, 'record')}"
     )
 
 
 def statistics_line(status: Status, servers: Sequence[StreamServer], writer: StatusWriter) -> str:
     connections = sum(s.connections_total for s in servers)
+    rejected = status.rejected_conn_ips + status.rejected_senders
     return (
-        f"statistics: {summarise(status)}, {status.rejected_conn_ips + status.rejected_senders} "
-        f"rejected values; {connections} connections ({sum(s.connections_open for s in servers)} "
+        f"statistics: {summarise(status)}, {plural(rejected, 'rejected value')}; "
+        f"{plural(connections, 'connection')} ({sum(s.connections_open for s in servers)} "
         f"open), {sum(s.refused for s in servers)} refused by the allow-lists, "
         f"{sum(s.busy for s in servers)} turned away busy, "
         f"{sum(s.timeouts for s in servers)} timed out, "
-        f"{sum(s.protocol_errors for s in servers)} protocol errors; "
-        f"{writer.writes} status writes, {writer.failures} failed"
+        f"{plural(sum(s.protocol_errors for s in servers), 'protocol error')}; "
+        f"{plural(writer.writes, 'status write')}, {writer.failures} failed"
     )
 
 

@@ -22,6 +22,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
+from trackerd.core.wording import more_since
 from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle, peer_credentials
 from trackerd.errors import ConnectionClosed
 
@@ -234,7 +235,7 @@ class StreamServer:
     def _log_accept_error(self, text: str) -> None:
         suppressed = self._accept_log.ready()
         if suppressed is not None:
-            log.warning("%s (%d more since)", text, suppressed)
+            log.warning("%s%s", text, more_since(suppressed))
 
     def stop(self) -> None:
         """Stop accepting; make every connection drain what it was sent, then close."""
@@ -395,9 +396,9 @@ class StreamServer:
                         f"uid {peer.uid} gid {peer.gid} pid {peer.pid}" if peer else "unknown peer"
                     )
                     log.warning(
-                        "refused a connection from %s: not in the allow-lists (%d more since)",
+                        "refused a connection from %s: not in the allow-lists%s",
                         who,
-                        suppressed,
+                        more_since(suppressed),
                     )
                 return (ERR_FORBIDDEN, "this user or group may not use trackerd")
         if self.connections_open > self.limits.max_connections:
@@ -407,9 +408,9 @@ class StreamServer:
             suppressed = self._busy_log.ready()
             if suppressed is not None:
                 log.warning(
-                    "at the limit of %d connections: turned one away (%d more since)",
+                    "at the limit of %d connections: turned one away%s",
                     self.limits.max_connections,
-                    suppressed,
+                    more_since(suppressed),
                 )
             return (ERR_BUSY, TEXT_BUSY)
         return None
@@ -428,9 +429,9 @@ class StreamServer:
         if suppressed is not None:
             log.warning(
                 "at the limit of %d connections: closed the one whose frame began first "
-                "to serve a new one (%d more since)",
+                "to serve a new one%s",
                 self.limits.max_connections,
-                suppressed,
+                more_since(suppressed),
             )
         return True
 
