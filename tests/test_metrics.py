@@ -186,6 +186,27 @@ def test_textfile_served_by_node_exporter(
     assert list(directory.glob(".*")) == []  # no temp file left where node_exporter reads
 
 
+def test_textfile_no_longer_claims_live_after_a_clean_stop(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    textfile = short_tmp / "servertracker.prom"
+    daemon = make_daemon(extra_args=["--metrics-textfile", str(textfile)]).start()
+    record(daemon)
+    wait_for(lambda: "servertracker_records_total 4" in textfile.read_text(), 30, "the counts")
+    live = samples(textfile.read_text())
+    assert value(live, "servertracker_status_source", source="live") == 1
+    assert daemon.stop() == 0
+    # node_exporter serves the file whether or not trackerd runs: the last numbers
+    # stay (ServertrackerMetricsStale fires once they are old), marked as a file's.
+    final = samples(textfile.read_text())
+    assert value(final, "servertracker_status_source", source="file") == 1
+    assert not any(
+        name == "servertracker_status_source" and ("source", "live") in pairs
+        for name, pairs in final
+    )
+    assert value(final, "servertracker_records_total") == 4
+
+
 def test_every_label_comes_from_a_fixed_set() -> None:
     health = Health(5, {"busy": 1, "forbidden": 2}, 3, {"truncated": 4}, 9, 1)
     status = Status(

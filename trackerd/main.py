@@ -174,6 +174,7 @@ async def _run_locked(
                         serving_tasks.start_soon(endpoint.server.serve, listener)
                     tasks.start_soon(upkeep.run, serving_tasks)
             # Still inside the task group, so a SIGHUP now is still handled, not fatal.
+            writer.stopping = True
             await writer.write_now()
             statistics.log_now()
             log.info("stopped: %s", summarise(tracker.status()))

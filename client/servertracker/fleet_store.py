@@ -53,7 +53,7 @@ MAX_ERROR_TEXT: Final = 200
 
 class FleetStoreError(TrackerError):
     """Redis could not do what was asked. ``reason``: "unreachable", "timeout",
-    "denied", "empty" or "error"."""
+    "denied", "empty" or "error"; "usage" for a URL that is not a Redis URL."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
@@ -191,8 +191,8 @@ def connect(url: str, timeout: float, cluster: bool = False) -> Iterator[Client]
             )
     except _REDIS_ERRORS as exc:
         _fail(exc, where)
-    except ValueError:
-        raise FleetStoreError("error", f"not a Redis URL ({where})") from None
+    except ValueError:  # its text may hold the URL: not echoed
+        raise FleetStoreError("usage", f"not a Redis URL ({where})") from None
     try:
         yield client
     except _REDIS_ERRORS as exc:

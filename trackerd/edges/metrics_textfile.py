@@ -49,10 +49,16 @@ class MetricsTextfile:
         self.failures = 0
         self._failing = False
 
-    def write(self, status: Status) -> None:
-        """Called in the status writer's worker thread, after the status file."""
+    def write(self, status: Status, *, live: bool = True) -> None:
+        """Called in the status writer's worker thread, after the status file.
+
+        live=False at a clean stop: the last numbers stay, marked source="file" as
+        the status file's are, since node_exporter serves the file whether or not
+        trackerd runs (docs/monitoring.md).
+        """
+        source: exposition.Source = "live" if live else "file"
         try:
-            write_textfile(self.path, exposition.render(status, source="live", version=__version__))
+            write_textfile(self.path, exposition.render(status, source=source, version=__version__))
         except OSError as exc:
             self.failures += 1
             if not self._failing:

@@ -109,6 +109,8 @@ class StatusWriter:
         self.health: Callable[[], Health] | None = None
         #: --metrics-textfile: rewritten after each status write.
         self.textfile: MetricsTextfile | None = None
+        #: Set before the final write at a clean stop: the text file no longer says live.
+        self.stopping = False
 
     @classmethod
     def add_arguments(cls, arguments: Arguments) -> None:
@@ -173,7 +175,7 @@ class StatusWriter:
         write_status_file(self._runtime_dir, status)
         if self.textfile is not None:
             # After the status write: a failed status write shows in its metrics next time.
-            self.textfile.write(status)
+            self.textfile.write(status, live=not self.stopping)
 
     async def run(self) -> None:
         """Loop forever: wait for a change, write, pause. Cancel to stop."""
