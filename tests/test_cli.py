@@ -222,7 +222,7 @@ def test_help_documents_exit_codes_and_environment() -> None:
     result = trackerctl("--help")
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
-    assert "Exit codes: 0" in text and "3 status and watch only" in text
+    assert "Exit codes: 0" in text and "3 status, watch and metrics only" in text
     result = trackerctl("status", "--help")
     assert "TRACKERD_RUNTIME_DIR" in result.stdout and "TRACKERD_SOCKET" in result.stdout
 

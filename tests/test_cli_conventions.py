@@ -143,7 +143,7 @@ def test_watch_exits_with_its_last_refresh_s_code(daemon: Daemon, short_tmp: Pat
     assert live.returncode == 0
     assert daemon.stop() == 0
     from_file = trackerctl("watch", "--count", "1", "--runtime-dir", str(daemon.runtime_dir))
-    assert from_file.returncode == 3 and "from the file" in from_file.stdout
+    assert from_file.returncode == 3 and "from the status file" in from_file.stdout
 
 
 def test_usage_errors_under_json_are_one_json_line() -> None:

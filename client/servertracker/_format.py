@@ -37,6 +37,12 @@ def _count(status: Status, field: str) -> str:
     return f"~{value:,} (estimate)" if estimated else f"{value:,}"
 
 
+def uptime_text(report: StatusReport) -> str:
+    """ "up 3 h 2 min", or "... at that write" for a status file (status and watch say it alike)."""
+    up = f"up {format_duration(report.uptime)}"
+    return up if report.source == "live" else f"{up} at that write"
+
+
 def render_status(report: StatusReport) -> str:
     status = report.status
     lines = []
@@ -47,10 +53,7 @@ def render_status(report: StatusReport) -> str:
             f"{format_duration(report.file_age or 0)} ago.",
             "",
         ]
-        up = f"up {format_duration(report.uptime)} at that write"
-    else:
-        up = f"up {format_duration(report.uptime)}"
-    lines.append(f"Boot time: {format_time(status.boot_time)} ({up})")
+    lines.append(f"Boot time: {format_time(status.boot_time)} ({uptime_text(report)})")
     lines.append("Email servers seen (since last restart):")
     for label, field in COUNTS:
         lines.append(f"  {label + ':':<16}{_count(status, field)}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from servertracker._format import COUNTS, format_duration, format_time
+from servertracker._format import COUNTS, format_time
 from servertracker.status import Status
 
 WIDTH = 80
@@ -27,7 +27,16 @@ class WatchScreen:
         self._bars = _BARS if unicode else _ASCII_BARS
         self._history: dict[str, deque[float]] = {}
 
-    def render(self, status: Status, rates: dict[str, float] | None, source_note: str) -> str:
+    def render(
+        self,
+        status: Status,
+        rates: dict[str, float] | None,
+        uptime: str,
+        source_note: str | None = None,
+        leave_hint: bool = True,
+    ) -> str:
+        """``uptime``: as `status` says it; ``source_note``: why the counts come from the
+        file (on a line of its own, so that the header fits in 80 columns)."""
         now = time.time()
         rows = (*COUNTS, ("Records", "records"))
         if rates is not None:
@@ -41,12 +50,11 @@ class WatchScreen:
         header = f"  {'':<{_LABEL}}{'since boot':>{_BOOT}}{'per second':>{_RATE}}"
         header += "".join(f"{'last ' + w.window:>{_WINDOW}}" for w in windows)
         header += f"  {'recent rate':<{SPARK_POINTS}}"
-        lines = [
-            f"trackerd  {format_time(now)}  up {format_duration(now - status.boot_time)}  "
-            f"{source_note}",
-            "",
-            header.rstrip(),
-        ]
+        live = "(live)" if source_note is None else "(from the status file)"
+        lines = [f"trackerd  {format_time(now)}  {uptime}  {live}"]
+        if source_note is not None:
+            lines.append(source_note)
+        lines += ["", header.rstrip()]
         estimated = False
         for label, field in rows:
             mark = "~" if field in status.estimated else ""
@@ -65,8 +73,9 @@ class WatchScreen:
             lines.append("~ estimate (HyperLogLog, about 0.4% standard error).")
         if len(windows) < len(status.windows):
             lines.append("More windows in `trackerctl status`.")
-        lines.append("Ctrl-C to leave.")
-        return "\n".join(lines)
+        if leave_hint:
+            lines.append("Ctrl-C to leave.")
+        return "\n".join(lines).rstrip("\n")
 
     def _sparkline(self, field: str) -> str:
         points = self._history.get(field)

@@ -173,11 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except typer.Abort:
         code = EXIT_INTERRUPTED
     except OutputError as exc:
-        code = _output_failed(exc)
+        code = _output_failed(exc, _wants_json(args))
     except OSError as exc:
         if exc.errno not in _WRITE_ERRORS:
             raise
-        code = _output_failed(OutputError(exc))  # a write typer made itself (--help)
+        code = _output_failed(OutputError(exc), _wants_json(args))  # typer's own (--help)
     except Exception as exc:
         # click's errors (typer's vendored copy): UsageError, BadParameter, ...
         if not (hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", 0), int)):
@@ -193,13 +193,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _output_failed(error: OutputError) -> int:
+def _output_failed(error: OutputError, as_json: bool) -> int:
     # Point stdout at /dev/null so that the interpreter's final flush cannot fail again.
     try:
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, sys.stdout.fileno())
-        if not error.quiet:
-            print(f"trackerctl: cannot write the output: {error}", file=sys.stderr)
+        text = f"cannot write the output: {error}"
+        if error.quiet:
+            pass
+        elif as_json:
+            line = {"error": text, "reason": "output", "message": text}
+            print(json.dumps(line, sort_keys=True), file=sys.stderr)
+        else:
+            print(f"trackerctl: {text}", file=sys.stderr)
     except (OSError, ValueError):
         pass
     return EXIT_OUTPUT

@@ -26,10 +26,10 @@ from servertracker.status_source import NoStatusAvailable, error_json
 EXIT_OK = 0
 EXIT_OUTPUT = 1  # trackerctl could not write its output (a full disk, say)
 EXIT_USAGE = 2  # a mistyped command line (typer's own code)
-EXIT_FILE_ONLY = 3  # status, watch: the daemon did not answer; the counts come from the file
+EXIT_FILE_ONLY = 3  # status, watch, metrics: no daemon answer; the counts come from the file
 EXIT_UNAVAILABLE = 4  # nothing could answer: no daemon (and, for status, no readable file)
 EXIT_FLEET_KEY = 5  # fleet keygen/advance: the key file cannot be used or written
-EXIT_REDIS = 6  # fleet push/status: Redis unreachable, too slow, refused, or holds no fleet data
+EXIT_REDIS = 6  # fleet push/status: Redis unreachable, slow, refused, empty; or no redis-py
 EXIT_INTERRUPTED = 130  # Ctrl-C (watch leaves with its last refresh's code instead)
 
 EXIT_CODES = (
@@ -38,14 +38,20 @@ EXIT_CODES = (
     (EXIT_USAGE, "usage error (a mistyped command line)"),
     (
         EXIT_FILE_ONLY,
-        "status and watch only: the daemon did not answer; the counts come from the status file",
+        "status, watch and metrics only: the daemon did not answer; the counts come from "
+        "the status file",
     ),
     (
         EXIT_UNAVAILABLE,
-        "nothing could answer: no daemon (and, for status and watch, no readable status file)",
+        "nothing could answer: no daemon (and, for status, watch and metrics, no readable "
+        "status file)",
     ),
     (EXIT_FLEET_KEY, "fleet keygen and advance only: the key file cannot be used or written"),
-    (EXIT_REDIS, "fleet push and status only: Redis unreachable, too slow, refused or empty"),
+    (
+        EXIT_REDIS,
+        "fleet push and status only: Redis unreachable, too slow, refused or empty "
+        "(or redis-py not installed)",
+    ),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C), except watch, which leaves with its last code"),
 )
 EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES) + "."
@@ -143,6 +149,12 @@ def target(
     return Target(socket_path, directory, matches, timeout, as_json)
 
 
+def wants_json(ctx: typer.Context, as_json: bool) -> bool:
+    """--json given after the command, or before it."""
+    before = ctx.find_root().obj
+    return as_json or (isinstance(before, dict) and bool(before.get("as_json")))
+
+
 def echo(text: str, err: bool = False) -> None:
     """Write a line; a failed write becomes OutputError (main() exits 1, no traceback)."""
     try:
@@ -160,6 +172,8 @@ def error_payload(error: TrackerError) -> dict[str, Any]:
     if isinstance(error, NoStatusAvailable):
         return {
             "error": "no status available",
+            "reason": "unavailable",
+            "message": error_text(error).removeprefix("error: "),
             "daemon": error_json(error.daemon_error),
             "status_file": error_json(error.file_error),
         }

@@ -13,6 +13,7 @@ import json
 import os
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, NoReturn
 
 import typer
@@ -28,6 +29,7 @@ from servertracker.cli_common import (
     TimeoutOption,
     echo,
     target,
+    wants_json,
 )
 from servertracker.connection import DaemonConnection
 from servertracker.errors import DaemonUnavailable, ProtocolError
@@ -51,7 +53,11 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-KeyFileArgument = Annotated[Path, typer.Argument(help="The fleet key file.", show_default=False)]
+KeyFileArgument = Annotated[
+    Path,
+    # readable=False: a key file trackerctl cannot read is exit 5 (cli_common), not a usage error.
+    typer.Argument(help="The fleet key file.", show_default=False, readable=False),
+]
 RedisOption = Annotated[
     str,
     typer.Option(
@@ -91,16 +97,28 @@ def _fail(text: str, reason: str, as_json: bool, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _read_key(path: Path) -> FleetKey:
+def _fleet_store(as_json: bool) -> ModuleType:
+    """servertracker.fleet_store, or one line saying how to install redis-py (exit 6)."""
+    try:
+        from servertracker import fleet_store
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").split(".")[0] == "redis":
+            raise
+        text = "trackerctl fleet push/status need redis-py: pip install 'servertracker[fleet]'"
+        _fail(text, "no-redis-py", as_json, EXIT_REDIS)
+    return fleet_store
+
+
+def _read_key(path: Path, as_json: bool) -> FleetKey:
     try:
         with open(path, "rb") as file:
             data = file.read(MAX_KEY_FILE_SIZE + 1)
         return FleetKey.from_text(data.decode("ascii"))
     except OSError as exc:
-        _fail(f"cannot read {path}: {exc.strerror}", "key-file", False, EXIT_FLEET_KEY)
+        _fail(f"cannot read {path}: {exc.strerror}", "key-file", as_json, EXIT_FLEET_KEY)
     except (UnicodeDecodeError, FleetKeyError) as exc:
         problem = exc if isinstance(exc, FleetKeyError) else "not a fleet key file"
-        _fail(f"{path}: {problem}", "key-file", False, EXIT_FLEET_KEY)
+        _fail(f"{path}: {problem}", "key-file", as_json, EXIT_FLEET_KEY)
 
 
 def _write_key(path: Path, key: FleetKey, replace: bool) -> None:
@@ -142,6 +160,7 @@ def _write_key(path: Path, key: FleetKey, replace: bool) -> None:
 
 @app.command()
 def keygen(
+    ctx: typer.Context,
     path: KeyFileArgument,
     epoch_seconds: Annotated[
         int,
@@ -153,15 +172,21 @@ def keygen(
             help="Epoch length (for tests; every host reads it from the file).",
         ),
     ] = DEFAULT_EPOCH_SECONDS,
+    as_json: JsonOption = False,
 ) -> None:
     """Write a new fleet key file (mode 0600) for the current epoch; never overwrites."""
+    as_json = wants_json(ctx, as_json)
     key = FleetKey.generate(time.time(), epoch_seconds)
     try:
         _write_key(path, key, replace=False)
     except FileExistsError:
-        _fail(f"{path} exists; remove it first to make a new key", "exists", False, EXIT_FLEET_KEY)
+        text = f"{path} exists; remove it first to make a new key"
+        _fail(text, "exists", as_json, EXIT_FLEET_KEY)
     except OSError as exc:
-        _fail(f"cannot write {path}: {exc.strerror}", "key-file", False, EXIT_FLEET_KEY)
+        _fail(f"cannot write {path}: {exc.strerror}", "key-file", as_json, EXIT_FLEET_KEY)
+    if as_json:
+        echo(json.dumps({"ok": True, "epoch": key.epoch, "path": str(path)}, sort_keys=True))
+        return
     echo(
         f"wrote a fleet key for epoch {key.epoch} to {path}; copy it to every host "
         "of the fleet, and to nowhere else (docs/fleet.md)"
@@ -169,21 +194,31 @@ def keygen(
 
 
 @app.command()
-def advance(path: KeyFileArgument) -> None:
+def advance(ctx: typer.Context, path: KeyFileArgument, as_json: JsonOption = False) -> None:
     """Move a key file to the current epoch in place, so that no older key stays on disk."""
-    key = _read_key(path)
+    as_json = wants_json(ctx, as_json)
+    key = _read_key(path, as_json)
     current = epoch_at(time.time(), key.epoch_seconds)
-    if key.epoch >= current:
+    if key.epoch < current:
+        try:
+            newer = key.advanced(current)
+            _write_key(path, newer, replace=True)
+        except FleetKeyError as exc:
+            _fail(f"{path}: {exc}", "key-file", as_json, EXIT_FLEET_KEY)
+        except OSError as exc:
+            _fail(f"cannot write {path}: {exc.strerror}", "key-file", as_json, EXIT_FLEET_KEY)
+    if as_json:
+        data = {"ok": True, "from_epoch": key.epoch, "epoch": max(key.epoch, current)}
+        echo(json.dumps({**data, "path": str(path)}, sort_keys=True))
+    elif key.epoch >= current:
         echo(f"{path} is for epoch {key.epoch} already")
-        return
-    try:
-        newer = key.advanced(current)
-        _write_key(path, newer, replace=True)
-    except FleetKeyError as exc:
-        _fail(f"{path}: {exc}", "key-file", False, EXIT_FLEET_KEY)
-    except OSError as exc:
-        _fail(f"cannot write {path}: {exc.strerror}", "key-file", False, EXIT_FLEET_KEY)
-    echo(f"{path}: epoch {key.epoch} -> {current}")
+    else:
+        echo(f"{path}: epoch {key.epoch} -> {current}")
+
+
+def _redis_exit(reason: str) -> int:
+    """A malformed --redis URL is a usage error; anything else Redis did is exit 6."""
+    return EXIT_USAGE if reason == "usage" else EXIT_REDIS
 
 
 def _default_host() -> str:
@@ -211,10 +246,9 @@ def push(
     cluster: ClusterOption = False,
 ) -> None:
     """Fetch trackerd's fleet registers and merge them into Redis (run by a timer)."""
-    from servertracker import fleet_store
-
     where = target(ctx, socket, runtime_dir, as_json, timeout)
     as_json = where.as_json
+    fleet_store = _fleet_store(as_json)
     name = host or _default_host()
     try:
         fleet_store.check_host_name(name)
@@ -230,7 +264,7 @@ def push(
         with fleet_store.connect(redis_url, redis_timeout, cluster) as client:
             epochs = fleet_store.push(client, name, reply, time.time())
     except fleet_store.FleetStoreError as exc:
-        _fail(f"push failed: {exc}", exc.reason, as_json, EXIT_REDIS)
+        _fail(f"push failed: {exc}", exc.reason, as_json, _redis_exit(exc.reason))
     if as_json:
         echo(json.dumps({"ok": True, "host": name, "epochs": epochs}, sort_keys=True))
     else:
@@ -247,27 +281,29 @@ def status(
 ) -> None:
     """Per category, the fleet's distinct count for this epoch and the one before,
     and each host's own count and last push."""
-    from servertracker import fleet_store
-
-    as_json = as_json or target(ctx, None, None, as_json, None).as_json
+    as_json = wants_json(ctx, as_json)
+    fleet_store = _fleet_store(as_json)
     try:
         with fleet_store.connect(redis_url, redis_timeout, cluster) as client:
             length, epochs = fleet_store.status(client, time.time())
     except fleet_store.FleetStoreError as exc:
-        _fail(str(exc), exc.reason, as_json, EXIT_REDIS)
+        _fail(str(exc), exc.reason, as_json, _redis_exit(exc.reason))
     if as_json:
         data = {"epoch_seconds": length, "current": epochs[0].to_json()}
         data["previous"] = epochs[1].to_json()
         echo(json.dumps(data, sort_keys=True))
         return
+    from servertracker._format import COUNTS
+
+    names = {field: label for label, field in COUNTS}  # status's labels; JSON keeps fields
     for label, counts in zip(("current", "previous"), epochs, strict=True):
         echo(f"{label} epoch {counts.epoch} (from {_utc(counts.start)}, {length} s):")
         for category, value in counts.fleet.items():
-            echo(f"  fleet {category:<18} {value:>12,}  (estimate)")
+            echo(f"  fleet {names.get(category, category) + ':':<18} {value:>12,}  (estimate)")
         for host, info in counts.hosts.items():
             pushed = info.get("pushed")
             when = _utc(pushed) if pushed is not None else "never"
-            values = ", ".join(f"{c} {n:,}" for c, n in info["counts"].items())
+            values = ", ".join(f"{names.get(c, c)} {n:,}" for c, n in info["counts"].items())
             echo(f"  {host}: {values}; last push {when}")
         if not counts.hosts:
             echo("  no host has pushed")

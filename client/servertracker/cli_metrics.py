@@ -33,14 +33,21 @@ def metrics(
     socket: SocketOption = None,
     runtime_dir: RuntimeDirOption = None,
     timeout: TimeoutOption = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Errors as one JSON line on stderr (the metrics stay in their format)."
+        ),
+    ] = False,
 ) -> None:
     """Print the metrics in Prometheus's text format: from the daemon, or else from its
-    status file (marked servertracker_status_source{source="file"}, exit code 3)."""
+    status file (marked servertracker_status_source{source="file"}, exit code 3).
+    promtool check metrics lints the default output only, not --openmetrics."""
     from importlib.metadata import version
 
     from servertracker import exposition  # prometheus_client: only here
 
-    where = target(ctx, socket, runtime_dir, False, timeout)
+    where = target(ctx, socket, runtime_dir, as_json, timeout)
     try:
         report = fetch_status(where.socket_path, where.status_dir, where.timeout)
     except NoStatusAvailable as exc:

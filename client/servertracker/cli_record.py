@@ -7,6 +7,7 @@ value as it would from any worker (a malformed sender is counted as rejected).
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from typing import Annotated, BinaryIO
@@ -19,6 +20,7 @@ from servertracker.cli_common import (
     RuntimeDirOption,
     SocketOption,
     TimeoutOption,
+    echo,
     fail,
     print_json,
     target,
@@ -41,9 +43,25 @@ def _text(value: str) -> str:
     return raw.decode("utf-8", "replace")[:_VALUE_LIMIT]
 
 
-def _lines(stream: BinaryIO) -> Iterator[protocol.Pair]:
-    """Pairs from standard input; each line bounded in size."""
+#: Lines with extra fields named on stderr, one warning each, at most this many.
+_WARNINGS = 10
+
+
+def _warn_extra_fields(number: int, as_json: bool) -> None:
+    """Say that line ``number`` has more than two fields; never echo its content."""
+    text = f"line {number}: more than two fields (CONN_IP SENDER); its sender is rejected"
+    if number == 0:
+        text = "more lines have more than two fields; their senders are rejected"
+    line = json.dumps({"warning": text}) if as_json else f"warning: {text}"
+    echo(line, err=True)
+
+
+def _lines(stream: BinaryIO, as_json: bool = False) -> Iterator[protocol.Pair]:
+    """Pairs from standard input; each line bounded in size. A line with more than
+    two fields is sent as it is (its sender, with a space, is rejected) and named."""
+    number = warned = 0
     while True:
+        number += 1
         line = stream.readline(_LINE_LIMIT)
         if not line:
             return
@@ -54,6 +72,12 @@ def _lines(stream: BinaryIO) -> Iterator[protocol.Pair]:
         if not text or text.startswith("#"):
             continue  # blank lines and comments, as in any line-oriented input
         conn_ip, *sender = text.split(None, 1)
+        if sender and len(sender[0].split()) > 1:
+            warned += 1
+            if warned <= _WARNINGS:
+                _warn_extra_fields(number, as_json)
+            elif warned == _WARNINGS + 1:
+                _warn_extra_fields(0, as_json)
         yield conn_ip[:_VALUE_LIMIT], (sender[0] if sender else "")[:_VALUE_LIMIT]
 
 
@@ -95,9 +119,10 @@ def record(
 
     Give CONN_IP and SENDER as arguments, or no arguments to read records from
     standard input, one per line: CONN_IP, white space, SENDER ("<>" or nothing for
-    the null sender); blank lines and lines starting with "#" are skipped.
-    Standard input keeps the values out of `ps`, where arguments are visible to
-    every user.
+    the null sender); blank lines and lines starting with "#" are skipped; a line
+    with more than two fields gets a warning naming its number (its sender is
+    counted as rejected). Standard input keeps the values out of `ps`, where
+    arguments are visible to every user.
 
     The command exits 0 once the daemon has applied every record. After a timeout,
     some records may have been applied already: a retry may then count them twice
@@ -112,7 +137,7 @@ def record(
     elif sys.stdin is None or sys.stdin.isatty():
         usage_error("give CONN_IP and SENDER, or records on standard input", where.as_json)
     else:
-        pairs = _lines(sys.stdin.buffer)
+        pairs = _lines(sys.stdin.buffer, where.as_json)
     try:
         with DaemonConnection(where.socket_path, timeout=where.timeout) as conn:
             count = _send(conn, pairs)

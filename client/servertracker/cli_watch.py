@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from servertracker._format import uptime_text
 from servertracker._watch_screen import WatchScreen
 from servertracker.cli_common import (
     EXIT_FILE_ONLY,
@@ -26,6 +27,7 @@ from servertracker.cli_common import (
     TimeoutOption,
     echo,
     error_payload,
+    error_text,
     print_json,
     target,
 )
@@ -80,7 +82,7 @@ def watch(
                 if where.as_json:
                     echo(json.dumps(error_payload(exc), sort_keys=True), err=True)
                 else:
-                    echo(f"no status: {exc}", err=True)
+                    echo(error_text(exc), err=True)
             if report is not None:
                 code = EXIT_OK if report.source == "live" else EXIT_FILE_ONLY
                 values = {f: getattr(report.status, f) for f in RATE_FIELDS}
@@ -94,12 +96,14 @@ def watch(
                     data["per_second"] = {f: round(r, 3) for f, r in (rates or {}).items()}
                     print_json(data)
                 else:
-                    note = (
-                        "(live)"
-                        if report.source == "live"
-                        else f"(from the file: {report.daemon_error})"
+                    note = None
+                    if report.source == "file":
+                        # Own line: a socket path makes it long (status says it alike).
+                        note = f"trackerd is not answering: {report.daemon_error}."
+                    last = bool(count) and shown + 1 >= count
+                    text = screen.render(
+                        report.status, rates, uptime_text(report), note, leave_hint=not last
                     )
-                    text = screen.render(report.status, rates, note)
                     echo(("\x1b[H\x1b[2J" if clear else "") + text + ("" if clear else "\n"))
             shown += 1
             if count and shown >= count:

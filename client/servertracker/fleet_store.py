@@ -48,7 +48,7 @@ EPOCH_SECONDS_KEY: Final = f"{PREFIX}:epoch-seconds"
 
 class FleetStoreError(TrackerError):
     """Redis could not do what was asked. ``reason``: "unreachable", "timeout",
-    "denied", "empty" or "error"."""
+    "denied", "empty" or "error"; "usage" for a URL that is not a Redis URL."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
@@ -153,7 +153,7 @@ def connect(url: str, timeout: float, cluster: bool = False) -> Iterator[Client]
     except _REDIS_ERRORS as exc:
         _fail(exc, where)
     except ValueError as exc:
-        raise FleetStoreError("error", f"not a Redis URL ({where}): {exc}") from None
+        raise FleetStoreError("usage", f"not a Redis URL ({where}): {exc}") from None
     try:
         yield client
     except _REDIS_ERRORS as exc:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from servertracker.connection import DaemonConnection
 from servertracker.errors import DaemonUnavailable, ProtocolError, StatusFileError, TrackerError
-from servertracker.status import Status, read_status_file, status_file_path
+from servertracker.status import REFUSAL_REASONS, Status, read_status_file, status_file_path
 
 #: Version of trackerctl's --json output; bumped only on incompatible changes.
 JSON_SCHEMA_VERSION = 1
@@ -64,7 +64,9 @@ def error_json(error: TrackerError) -> dict[str, str]:
     if isinstance(error, DaemonUnavailable):
         return {"reason": error.reason, "message": error.detail}
     if isinstance(error, ProtocolError):
-        return {"reason": "protocol-error", "message": str(error)}
+        # The allow-lists' refusal is no protocol fault: say so ("forbidden").
+        reason = error.code if error.code in REFUSAL_REASONS else "protocol-error"
+        return {"reason": reason, "message": str(error)}
     if isinstance(error, StatusFileError):
         return {"reason": "status-file", "message": str(error)}
     return {"reason": "error", "message": str(error)}
