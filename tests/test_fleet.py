@@ -534,7 +534,15 @@ def test_fleet_units_verify(short_tmp: Path) -> None:
         unit = short_tmp / f"trackerd-fleet-{name}"
         unit.write_text(text.replace("/usr/local/bin/trackerctl", str(trackerctl_path)))
         units.append(str(unit))
-    result = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True)
+    # Their Documentation= names man:trackerctl(1) and man:trackerd(8); verify runs
+    # man(1) on each, so it must find the project's pages (as tests/test_systemd.py).
+    manuals = Path(__file__).parent.parent / "man"
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *units],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, MANPATH=f"{manuals}:"),
+    )
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stderr
 
 

@@ -255,3 +255,19 @@ def test_sighup_from_the_first_moment_never_ends_a_starting_daemon(
     assert process.poll() is None
     assert daemon.status().records == 0
     assert daemon.stop() == 0
+
+
+def test_a_reload_says_when_the_command_line_overrides_the_config_file(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    config = short_tmp / "trackerd.conf"
+    config.write_text("stats-interval = 60\n")
+    daemon = make_daemon(extra_args=["--config", str(config)]).start()  # and --log-level debug
+    hup_and_wait(daemon, "statistics:")
+    assert "overrides" not in daemon.log()
+    config.write_text("log-level = warning\n")
+    hup_and_wait(daemon, "the config file's --log-level")
+    assert "SIGHUP: the command line overrides (or adds to) the config file's --log-level" in (
+        daemon.log()
+    )
+    assert daemon.stop() == 0

@@ -16,6 +16,7 @@ Options on the command line come after the file's, so they win; repeatable ones
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,9 @@ class Config:
     metrics_textfile: Path | None = None
     fleet: FleetSettings = field(default_factory=FleetSettings)
     config_file: Path | None = None
+    #: The config file's options that the command line gives again (its flags): the
+    #: command line wins, or adds to a list option; a reload says so.
+    overridden: tuple[str, ...] = ()
 
 
 #: What each signal does, for trackerd(8)'s SIGNALS (tools/manpages.py).
@@ -83,7 +87,7 @@ SIGNALS = (
 
 #: Config fields SIGHUP applies; the others need a restart (the option that sets each).
 #: A new Config field goes in one of the two (tests/test_options.py checks).
-RELOADABLE = ("allow", "logging")
+RELOADABLE = ("allow", "logging", "overridden")
 RESTART_ONLY = {
     "runtime_dir": "--runtime-dir",
     "runtime_dir_why": "--runtime-dir",
@@ -251,4 +255,19 @@ def parse_config(argv: Sequence[str] | None = None, *, raise_errors: bool = Fals
             parser.error(str(exc))
         parser.raise_errors = raise_errors
         args = parser.parse_args([*from_file, *command_line])
+        both = _given(from_file, parser).keys() & _given(command_line, parser).keys()
+        flags = _given(from_file, parser)
+        return dataclasses.replace(
+            config_from_args(args), overridden=tuple(sorted(flags[dest] for dest in both))
+        )
     return config_from_args(args)
+
+
+def _given(arguments: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+    """{dest: long flag} of the options among arguments."""
+    given: dict[str, str] = {}
+    for argument in arguments:
+        action = parser._option_string_actions.get(argument.split("=", 1)[0])
+        if argument.startswith("--") and action is not None:
+            given[action.dest] = action.option_strings[-1]
+    return given

@@ -79,6 +79,11 @@ class Reloader:
             if allow.restricted
             else "off",
         )
+        if new.overridden:
+            log.info(
+                "SIGHUP: the command line overrides (or adds to) the config file's %s",
+                ", ".join(new.overridden),
+            )
         if needs_restart:
             log.warning(
                 "SIGHUP: changed, but applied only at a restart: %s", ", ".join(needs_restart)
