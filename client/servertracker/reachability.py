@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import errno
 
+from servertracker.error_codes import ERR_BUSY, ERR_FORBIDDEN
+
 #: A socket unreachable for less than this is a daemon restarting: no warning yet.
 GRACE_SECONDS = 3.0
 #: Least time between two warnings while the socket stays unreachable.
@@ -31,8 +33,8 @@ _CAUSES = {
 
 #: The daemon's own refusals (its "error" reply on connect), by code.
 _REFUSALS = {
-    "forbidden": "refused: this user or group is not in trackerd's allow-lists",
-    "busy": "refused: trackerd is at its connection limit (busy)",
+    ERR_FORBIDDEN: "refused: this user or group is not in trackerd's allow-lists",
+    ERR_BUSY: "refused: trackerd is at its connection limit (busy)",
 }
 
 

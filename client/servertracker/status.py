@@ -17,6 +17,7 @@ from dataclasses import field as _field
 from pathlib import Path
 from typing import Any, Final, get_type_hints
 
+from servertracker.error_codes import PROTOCOL_ERROR_CODES, REFUSAL_REASONS
 from servertracker.errors import StatusFileError
 
 STATUS_FILE_NAME: Final = "server_tracker.json"
@@ -53,24 +54,6 @@ class WindowCounts:
                 raise ValueError(f"a window's {field!r} must be a non-negative int")
             values[field] = value
         return cls(**values)
-
-
-#: Why a connection was turned away (the labels of servertracker_connections_refused_total).
-REFUSAL_REASONS: Final = ("forbidden", "busy")
-#: Protocol error codes the daemon counts: the msgpack protocol's (docs/protocol.md)
-#: and "policy" for a malformed Postfix policy request.
-PROTOCOL_ERROR_CODES: Final = (
-    "too-large",
-    "empty-frame",
-    "bad-msgpack",
-    "bad-message",
-    "unsupported-version",
-    "unknown-type",
-    "truncated",
-    "unexpected-message",
-    "fleet-off",
-    "policy",
-)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
 from trackerd.edges.endpoint import ListenerSettings
 from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
-from trackerd.edges.stream_server import ERR_BUSY, Connection, StreamServer
+from trackerd.edges.stream_server import Connection, StreamServer
 from trackerd.option_types import Arguments
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,9 @@ class TrackerServer(StreamServer):
         connection.buffered = 0
 
     async def _send_busy(self, stream: SocketStream) -> None:
-        await self.send(stream, protocol.encode(protocol.Error(ERR_BUSY, TEXT_BUFFERS_FULL)))
+        await self.send(
+            stream, protocol.encode(protocol.Error(protocol.ERR_BUSY, TEXT_BUFFERS_FULL))
+        )
 
     async def _record(self, conn_ips: Sequence[str | None], senders: Sequence[str | None]) -> None:
         """Count a message's pairs in slices, yielding to the event loop after each.
