@@ -19,7 +19,6 @@ Run: ``python -m bench.memory [--daemon]``, or
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import time
 from pathlib import Path
 
@@ -65,8 +64,8 @@ def _pairs(category: str, start: int, n: int) -> list[tuple[str | None, str | No
     """n distinct values of one category, from the start-th on."""
     if category == "domains":
         return [(None, f"mail{i}.example.com") for i in range(start, start + n)]
-    first = int(ipaddress.IPv6Address("2001:db8::")) + start
-    values = [str(ipaddress.IPv6Address(first + i)) for i in range(n)]
+    # 2001:db8::H:L, distinct for each i below 2**32 (ipaddress is 10 times slower).
+    values = [f"2001:db8::{i >> 16:x}:{i & 0xFFFF:x}" for i in range(start, start + n)]
     if category == "ip-servers":
         return [(None, f"[IPv6:{v}]") for v in values]
     return [(v, None) for v in values]

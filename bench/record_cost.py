@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import resource
 import signal
 import statistics
@@ -36,7 +37,7 @@ from bench.compare import loadavg
 from servertracker import Client
 
 CALLS = 200_000
-SLOW_US = 200.0
+SLOW_US = 50.0
 FIRST_CALLS = 20
 _clock = time.perf_counter_ns
 
@@ -252,6 +253,7 @@ def main() -> None:
     parser.add_argument("--slow-us", type=float, default=SLOW_US,
                         help="explain the calls slower than this")  # fmt: skip
     args = parser.parse_args()
+    logging.getLogger("servertracker").setLevel(logging.ERROR)  # "daemon down" warns
     print(f"load average before: {loadavg()}", flush=True)
     results = run(args.rounds, args.calls, args.slow_us)
     print(report(results, args.slow_us))

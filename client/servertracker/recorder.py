@@ -17,6 +17,7 @@ import atexit
 import collections
 import itertools
 import logging
+import operator
 import os
 import socket
 import sys
@@ -317,9 +318,11 @@ class Client:
     def _take_batch(self, size: int) -> tuple[list[str | None], list[str | None]]:
         # One batch per send: the send releases the GIL, so the worker's own thread
         # never waits long for it behind this one. Values are str or None already.
-        count = range(size)
-        next_ip, next_sender = self._conn_ips.popleft, self._senders.popleft
-        conn_ips, senders = [next_ip() for _ in count], [next_sender() for _ in count]
+        # map() calls popleft in C: half the time of a comprehension, and this runs
+        # while the worker's thread may be waiting for the GIL (docs/performance.md).
+        calls = operator.call
+        conn_ips = list(map(calls, itertools.repeat(self._conn_ips.popleft, size)))
+        senders = list(map(calls, itertools.repeat(self._senders.popleft, size)))
         if self._long_sent != self._long_queued:  # some long values wait: free their share
             self._long_sent += _long_chars(conn_ips) + _long_chars(senders)
         return conn_ips, senders
