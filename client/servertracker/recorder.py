@@ -31,7 +31,7 @@ from typing import Any
 from servertracker import protocol
 from servertracker.errors import LocalProtocolError, ProtocolError
 from servertracker.paths import resolve_socket_path
-from servertracker.reachability import Refused, UnreachableWarning
+from servertracker.reachability import DropWarning, Refused, UnreachableWarning
 
 log = logging.getLogger("servertracker")
 
@@ -51,7 +51,6 @@ DEFAULT_MAX_LONG_CHARS = 256 * 1024
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 1.0
 _SEND_TIMEOUT = 0.5
-_DROP_WARNING_INTERVAL = 60.0
 
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
@@ -144,7 +143,7 @@ class Client:
         self._sent = 0
         self._dropped = 0
         self._connects = 0
-        self._last_drop_warning = -_DROP_WARNING_INTERVAL
+        self._drop_warning = DropWarning()
         self._unreachable = UnreachableWarning()
 
     # --- the hot path: runs in the SMTP worker's own thread ---------------------
@@ -246,15 +245,19 @@ class Client:
         return True
 
     def _drop(self) -> None:
+        # Counted only: the flusher thread logs the warning (_warn_of_drops). A log
+        # call formats and writes under its handler's lock, and a handler can block
+        # (a full pipe, a stalled syslog): never in the recording thread.
         self._dropped += 1
-        now = time.monotonic()
-        if now - self._last_drop_warning >= _DROP_WARNING_INTERVAL:
-            self._last_drop_warning = now
+
+    def _warn_of_drops(self) -> None:
+        dropped = self._dropped
+        if dropped and self._drop_warning.due(dropped, time.monotonic()):
             log.warning(
                 "servertracker: trackerd at %s is not keeping up or is down; %d records "
                 "dropped so far (queue bound %d)",
                 self.socket_path,
-                self._dropped,
+                dropped,
                 self._max_buffered,
             )
 
@@ -277,6 +280,7 @@ class Client:
         backoff = _BACKOFF_MIN
         while True:
             self._wait_for_work()
+            self._warn_of_drops()
             if self._closing and not self._senders and not self._out:
                 return
             try:
@@ -291,6 +295,7 @@ class Client:
                 if self._closing:
                     return
                 log.debug("servertracker: cannot send to %s: %s", self.socket_path, exc)
+                self._warn_of_drops()
                 self._sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
 
@@ -330,6 +335,7 @@ class Client:
     def _send_available(self) -> None:
         """Write everything queued; raise OSError when the connection fails."""
         while self._out or self._senders:
+            self._warn_of_drops()  # a burst can keep this loop going for long
             if self._sock is None:
                 self._connect()
             if not self._out:
@@ -361,9 +367,10 @@ class Client:
         while offset < len(view):
             try:
                 offset += self._sock.send(view[offset:])
-            except TimeoutError:
+            except TimeoutError:  # a stalled daemon: drops may pile up meanwhile
                 if self._closing:
                     raise
+                self._warn_of_drops()
         self._sent += self._out_count
         self._out = b""
         self._out_count = 0
