@@ -414,5 +414,5 @@ def test_a_user_sent_to_root_s_runtime_dir_is_told_why(short_tmp: Path) -> None:
     assert run_as_nobody(trackerd_as_nobody) == 1
     text = log_path.read_text()
     assert f"runtime directory {system_dir} is not writable by this user" in text
-    assert f"(chosen because {system_dir} exists; give --runtime-dir" in text
+    assert f"{system_dir} is not writable by this user (chosen because it exists: " in text
     assert "Traceback" not in text

@@ -155,7 +155,11 @@ Message: TypeAlias = (
 
 #: The "columns" message (RecordColumns) is understood.
 FEATURE_COLUMNS: Final = "columns"
-#: What this side understands beyond the messages every version-1 daemon knows.
+#: Fleet mode is on: a FleetRequest gets a FleetReply, not the error "fleet-off".
+#: Listed only then, as SMTP's EHLO lists only the extensions configured.
+FEATURE_FLEET: Final = "fleet"
+#: What this side always understands beyond the messages every version-1 daemon knows
+#: (the daemon adds FEATURE_FLEET in fleet mode).
 FEATURES: Final = (FEATURE_COLUMNS,)
 #: Most feature names in a Features reply, and the longest name.
 MAX_FEATURES: Final = 64

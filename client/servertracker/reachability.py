@@ -84,7 +84,7 @@ class UnreachableWarning:
         self._last_warning = now
         self.warned = True
         return (
-            f"servertracker: cannot reach trackerd at {socket_path} for "
+            f"cannot reach trackerd at {socket_path} for "
             f"{now - self._failing_since:.0f} s: {cause(exc)}; records are queued, "
             "then dropped when the queue is full"
         )

@@ -16,7 +16,6 @@ from __future__ import annotations
 import atexit
 import collections
 import itertools
-import logging
 import operator
 import os
 import socket
@@ -29,11 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from servertracker import protocol
+from servertracker._log import log
 from servertracker.errors import LocalProtocolError, ProtocolError
 from servertracker.paths import resolve_socket_path
 from servertracker.reachability import DropWarning, Refused, UnreachableWarning
-
-log = logging.getLogger("servertracker")
 
 DEFAULT_MAX_BUFFERED = 100_000
 DEFAULT_BATCH_SIZE = 512
@@ -254,7 +252,7 @@ class Client:
         dropped = self._dropped
         if dropped and self._drop_warning.due(dropped, time.monotonic()):
             log.warning(
-                "servertracker: trackerd at %s is not keeping up or is down; %d records "
+                "trackerd at %s is not keeping up or is down; %d records "
                 "dropped so far (queue bound %d)",
                 self.socket_path,
                 dropped,
@@ -287,14 +285,14 @@ class Client:
                 self._send_available()
                 backoff = _BACKOFF_MIN
             except LocalProtocolError:  # pragma: no cover - _clean() prevents it
-                log.exception("servertracker: dropping a batch that cannot be encoded")
+                log.exception("dropping a batch that cannot be encoded")
                 self._dropped += self._out_count
                 self._out, self._out_count = b"", 0
             except OSError as exc:
                 self._disconnect()
                 if self._closing:
                     return
-                log.debug("servertracker: cannot send to %s: %s", self.socket_path, exc)
+                log.debug("cannot send to %s: %s", self.socket_path, exc)
                 self._warn_of_drops()
                 self._sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
@@ -413,7 +411,7 @@ class Client:
         self._connects += 1
         if self._unreachable.succeeded() or self._connects > 1:
             again = "reconnected" if self._connects > 1 else "connected"
-            log.info("servertracker: %s to trackerd at %s", again, self.socket_path)
+            log.info("%s to trackerd at %s", again, self.socket_path)
 
     def _disconnect(self) -> None:
         if self._sock is not None:

@@ -22,6 +22,9 @@ from servertracker.errors import StatusFileError
 STATUS_FILE_NAME: Final = "server_tracker.json"
 #: A status file larger than this is not ours; refuse to read it whole.
 MAX_STATUS_FILE_SIZE: Final = 64 * 1024
+#: StatusFileError.reason when this user may not read the file (trackerctl then says
+#: how its runtime directory was chosen).
+FILE_PERMISSION_DENIED: Final = "permission denied"
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +230,7 @@ def read_status_file(runtime_dir: str | os.PathLike[str]) -> Status:
             path, "no such file (has trackerd run with this runtime directory?)"
         ) from None
     except PermissionError:
-        raise StatusFileError(path, "permission denied") from None
+        raise StatusFileError(path, FILE_PERMISSION_DENIED) from None
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         if exc.errno == errno.ENOTDIR:

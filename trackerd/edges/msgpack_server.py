@@ -239,7 +239,7 @@ class TrackerServer(StreamServer):
                         stream, protocol.encode(protocol.StatusReply(self._writer.snapshot()))
                     )
                 elif isinstance(message, protocol.FeaturesRequest):
-                    await self.send(stream, protocol.encode(protocol.Features(protocol.FEATURES)))
+                    await self.send(stream, protocol.encode(self._features()))
                 elif isinstance(message, protocol.Ping):
                     await self.send(stream, protocol.encode(protocol.Pong()))
                 elif isinstance(message, protocol.FleetRequest):
@@ -249,6 +249,11 @@ class TrackerServer(StreamServer):
         finally:
             if recorded:
                 self._writer.notify_changed()
+
+    def _features(self) -> protocol.Features:
+        """What this daemon understands beyond version 1; "fleet" only in fleet mode."""
+        fleet = (protocol.FEATURE_FLEET,) if self._tracker.fleet is not None else ()
+        return protocol.Features(protocol.FEATURES + fleet)
 
     def _fleet_reply(self) -> protocol.FleetReply:
         """The fleet sketches (registers only), for any peer the allow-lists admit:
