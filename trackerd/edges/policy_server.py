@@ -21,6 +21,7 @@ from pathlib import Path
 
 from anyio.abc import SocketAttribute, SocketStream
 
+from servertracker.error_codes import POLICY_ERROR
 from trackerd.core.policy_protocol import (
     CLIENT_ADDRESS,
     DUNNO_RESPONSE,
@@ -115,7 +116,7 @@ class PolicyServer(StreamServer):
                     self._record(request, recent)
                     await self._answer(stream, raw)
             except PolicyProtocolError as exc:
-                self.count_protocol_error("policy")
+                self.count_protocol_error(POLICY_ERROR)
                 if self._error_log.ready() is not None:
                     log.warning("closing a Postfix policy connection: %s", exc)
                 return
