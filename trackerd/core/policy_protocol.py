@@ -115,6 +115,8 @@ class PolicyDecoder:
     def next_request(self) -> dict[str, str] | _NeedData:
         """The next complete request's attributes, or NEED_DATA."""
         buffer, start, end, checked = self._buffer, self._start, self._end, self._checked
+        if start == end:
+            return NEED_DATA  # nothing received since the last request (or closed cleanly)
         if checked == start and self._whole_request_fine():
             request_end = end
             lines_end = end - (2 if buffer[end - 2] == 0x0D else 1)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -40,6 +41,9 @@ from trackerd.edges.stream_server import (
 )
 
 log = logging.getLogger(__name__)
+
+#: The clock of asyncio's timers (BaseEventLoop.time()), without the method call.
+monotonic = time.monotonic
 
 
 class Session(ABC):
@@ -59,8 +63,12 @@ class Session(ABC):
         """The peer closed its side: handle what is left."""
 
     @abstractmethod
-    def progress(self) -> tuple[bool, int]:
-        """Whether a frame is unfinished, and how many frames have been finished."""
+    def in_progress(self) -> bool:
+        """Whether a frame is unfinished."""
+
+    @abstractmethod
+    def finished(self) -> int:
+        """How many frames have been finished."""
 
     @abstractmethod
     def closed(self) -> None:
@@ -96,9 +104,10 @@ class CallbackConnection(asyncio.BufferedProtocol):
         self._session = session
         self._closed = closed
         self._loop = closed.get_loop()
+        self._buffer = server.read_buffer
         self._connection = Connection()
         self._transport: asyncio.Transport | None = None
-        self._last_read = self._loop.time()
+        self._last_read = monotonic()
         self._draining = False
         # The idle/frame/drain timer, and when it fires (inf: not set).
         self._timer: asyncio.TimerHandle | None = None
@@ -121,25 +130,30 @@ class CallbackConnection(asyncio.BufferedProtocol):
             self._arm()
 
     def get_buffer(self, sizehint: int) -> bytearray:
-        return self._server.read_buffer
+        return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        buffer = self._server.read_buffer
+        buffer, session = self._buffer, self._session
         try:
             # No await (nor any other connection's read) between the read and the overwrite.
-            keep = self._session.received(memoryview(buffer)[:nbytes])
+            keep = session.received(memoryview(buffer)[:nbytes])
         finally:
             buffer[:nbytes] = ZEROS[:nbytes]
-        self._last_read = self._loop.time()
+        self._last_read = monotonic()
         if not keep:
             self._close()
             return
         connection = self._connection
         if connection.shed:
             return
-        self._server.track(connection, *self._session.progress())
-        if connection.clock.started is not None or self._draining:
-            self._arm()  # a frame began: its deadline may come before the idle one
+        clock = connection.clock
+        # Between frames, as after most reads, there is nothing to track.
+        if clock.started is not None or session.in_progress():
+            self._server.track(connection, session.in_progress(), session.finished())
+            if clock.started is not None:
+                self._arm()  # a frame began: its deadline may come before the idle one
+        if self._draining:
+            self._arm()
 
     def eof_received(self) -> bool:
         self._session.ended()
@@ -178,7 +192,7 @@ class CallbackConnection(asyncio.BufferedProtocol):
     def drain(self) -> None:
         """The daemon is stopping: read until quiet, then close."""
         self._draining = True
-        self._last_read = self._loop.time()
+        self._last_read = monotonic()
         self._arm()
 
     # --- timers ------------------------------------------------------------------------
@@ -205,7 +219,7 @@ class CallbackConnection(asyncio.BufferedProtocol):
 
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, math.inf
-        if self._loop.time() < self._deadline():
+        if monotonic() < self._deadline():
             self._arm()  # data came meanwhile: the deadline moved
             return
         if not self._draining:

@@ -126,21 +126,29 @@ class PolicySession(Session):
         self._decoder.receive_data(b"")
         self._answer()
 
-    def progress(self) -> tuple[bool, int]:
-        return self._decoder.in_progress, self._decoder.requests
+    def in_progress(self) -> bool:
+        return self._decoder.in_progress
+
+    def finished(self) -> int:
+        return self._decoder.requests
 
     def closed(self) -> None:
         self._decoder.clear()
 
     def _answer(self) -> bool:
         """Record and answer every complete request; False after a malformed one."""
-        decoder, server, write = self._decoder, self._server, self.write
+        next_request, record, recent, write = (
+            self._decoder.next_request,
+            self._server.record,
+            self._recent,
+            self.write,
+        )
         try:
-            while (request := decoder.next_request()) is not NEED_DATA:
+            while (request := next_request()) is not NEED_DATA:
                 assert isinstance(request, dict)
-                server.record(request, self._recent)
+                record(request, recent)
                 write(DUNNO_RESPONSE)
         except PolicyProtocolError as exc:
-            server.protocol_error(exc)
+            self._server.protocol_error(exc)
             return False
         return True
