@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from servertracker import STATUS_FILE_NAME, protocol
+from servertracker import STATUS_FILE_NAME, paths, protocol
 from servertracker.cli import main
 from servertracker.cli_common import EXIT_CODES
 from servertracker.paths import resolve_runtime_dir
@@ -134,6 +134,51 @@ def test_an_unreadable_runtime_dir_gives_4_by_option_and_by_environment(
         return by_option * 10 + by_environment
 
     assert run_as_nobody(both_ways) == 44
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to become another user")
+def test_permission_denied_says_how_the_runtime_dir_was_chosen(
+    daemon: Daemon, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user sent to root's runtime directory because it exists is told so (issue 11 §7).
+    The daemon's directory stands in for /run/trackerd (forked children inherit it); it
+    is 0700 root, as root's daemon leaves it: nobody may not enter it."""
+    system_dir = daemon.runtime_dir
+    assert system_dir.stat().st_mode & 0o7 == 0
+    short_tmp.chmod(0o755)
+    monkeypatch.setattr(paths, "SYSTEM_RUNTIME_DIR", system_dir)
+    env = {k: v for k, v in clean_env().items() if k != "XDG_RUNTIME_DIR"}
+    chosen = (
+        f"runtime directory {system_dir} (chosen because it exists: the system install's "
+        "directory; give --runtime-dir or set $TRACKERD_RUNTIME_DIR to pick another)"
+    )
+    # (metrics alike, but its lazy import of prometheus_client from this venv under /root
+    # fails as nobody.)
+    for command in ("status", "ping", "watch"):
+        args = [command, "--count", "1"] if command == "watch" else [command]
+        code, out, err = trackerctl_with_default(args, env, short_tmp)
+        assert (code, out) == (4, ""), (command, err)
+        assert "permission denied" in err and err.count(chosen) == 1, (command, err)
+        code, out, err = trackerctl_with_default(["--json", *args], env, short_tmp)
+        error = json.loads(err)
+        assert (code, out) == (4, "") and chosen in error["message"], (command, err)
+        assert error["reason"] in ("permission-denied", "unavailable"), (command, err)
+
+    by_environment = {**env, "TRACKERD_RUNTIME_DIR": str(system_dir)}
+    code, _, err = trackerctl_with_default(["status"], by_environment, short_tmp)
+    assert code == 4 and f"runtime directory {system_dir} (from $TRACKERD_RUNTIME_DIR)" in err
+    # Given on the command line: nothing to explain.
+    code, _, err = trackerctl_with_default(
+        ["ping", "--runtime-dir", str(system_dir)], env, short_tmp
+    )
+    assert code == 4 and "permission denied" in err and "runtime directory" not in err
+    # A socket given elsewhere: the directory's choice does not explain its refusal.
+    elsewhere = short_tmp / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    code, _, err = trackerctl_with_default(
+        ["ping", "--socket", str(elsewhere / "s")], env, short_tmp
+    )
+    assert code == 4 and "permission denied" in err and "runtime directory" not in err
 
 
 def test_watch_exits_with_its_last_refresh_s_code(daemon: Daemon, short_tmp: Path) -> None:

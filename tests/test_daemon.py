@@ -400,9 +400,12 @@ def test_a_user_sent_to_root_s_runtime_dir_is_told_why(short_tmp: Path) -> None:
     log_path.touch()
     os.chown(log_path, 65534, 65534)
 
+    # Imported here, as root: nobody cannot read this interpreter's standard library
+    # under /root (trackerd.main imports resource), so the child must find it loaded.
+    import trackerd.main
+
     def trackerd_as_nobody() -> int:
         import servertracker.paths
-        import trackerd.main
 
         servertracker.paths.SYSTEM_RUNTIME_DIR = system_dir
         for name in ("TRACKERD_RUNTIME_DIR", "RUNTIME_DIRECTORY", "TRACKERD_SOCKET"):
@@ -414,5 +417,5 @@ def test_a_user_sent_to_root_s_runtime_dir_is_told_why(short_tmp: Path) -> None:
     assert run_as_nobody(trackerd_as_nobody) == 1
     text = log_path.read_text()
     assert f"runtime directory {system_dir} is not writable by this user" in text
-    assert f"(chosen because {system_dir} exists; give --runtime-dir" in text
+    assert f"{system_dir} is not writable by this user (chosen because it exists: " in text
     assert "Traceback" not in text

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import redis
 
-from servertracker import cli_common, fleet_store
+from servertracker import cli_common, fleet_store, protocol
 from servertracker.fleet_key import FleetKey, epoch_at, value_hasher
 from tests.conftest import Daemon, wait_for
 from tests.redis_server import REDIS_SERVER, MonitorCapture, RedisServer
@@ -341,6 +341,19 @@ def test_push_without_fleet_mode_says_so(daemon: Daemon, short_tmp: Path) -> Non
     )  # fmt: skip
     assert result.returncode == cli_common.EXIT_UNAVAILABLE
     assert "fleet mode is off" in result.stderr
+
+
+def test_features_list_fleet_only_in_fleet_mode(
+    short_tmp: Path, daemon: Daemon, fleet_daemon: Callable[[str, Path], Daemon]
+) -> None:
+    keygen(short_tmp / "fleet.key", 86400)
+    fleet = fleet_daemon("fleet", short_tmp / "fleet.key").start()
+    with fleet.connect() as conn:
+        assert conn.features() == (*protocol.FEATURES, protocol.FEATURE_FLEET)
+        assert conn.fleet().epochs  # what "fleet" promises: a fleet reply
+    with daemon.connect() as conn:
+        assert conn.features() == protocol.FEATURES
+        assert protocol.FEATURE_FLEET not in protocol.FEATURES
 
 
 def test_acl_lets_a_host_write_only_its_own_keys(

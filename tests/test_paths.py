@@ -67,6 +67,7 @@ def test_why_says_how_the_runtime_dir_was_chosen(tmp_path: Path) -> None:
     paths.SYSTEM_RUNTIME_DIR = tmp_path  # exists, as after root's daemon ran once
     why = paths.runtime_dir_why(None, env, euid=1000)
     assert why == (
-        f"(chosen because {tmp_path} exists; give --runtime-dir or set $TRACKERD_RUNTIME_DIR)"
+        "(chosen because it exists: the system install's directory; give --runtime-dir or "
+        "set $TRACKERD_RUNTIME_DIR to pick another)"
     )
     assert paths.resolve_paths(None, "/x", env).why == ""

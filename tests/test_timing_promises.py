@@ -22,12 +22,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from servertracker import Client, protocol, read_status_file
-from servertracker import recorder as recorder_module
+from servertracker import Client, protocol, reachability, read_status_file
 from servertracker.errors import StatusFileError
 from tests.conftest import Daemon, wait_for
 from trackerd.edges import status_writer, stream_server
@@ -181,41 +179,53 @@ def test_the_status_file_is_written_at_most_4_times_a_second(daemon: Daemon) -> 
     assert min(gaps) >= status_writer.STATUS_INTERVAL - 0.001, gaps
 
 
-def test_the_drop_warning_comes_at_most_once_a_minute(
-    short_tmp: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_the_drop_warning_comes_at_most_once_a_minute() -> None:
     """README.md: past the queue bound records are dropped, counted, and a warning is
-    logged at most once a minute. The recorder's clock is replaced by the test's."""
-    assert recorder_module._DROP_WARNING_INTERVAL == 60.0
-    now = [1000.0]
-    monkeypatch.setattr(
-        recorder_module, "time", SimpleNamespace(monotonic=lambda: now[0], sleep=time.sleep)
-    )
+    logged at most once a minute, with the count so far. The flusher thread asks
+    DropWarning, with its clock, whenever it runs; the test's clock here."""
+    assert reachability.DROP_WARNING_INTERVAL == 60.0
+    warning = reachability.DropWarning()
+    assert not warning.due(0, 1000.0)  # nothing dropped: nothing to say
+    assert warning.due(1, 1000.0)  # the first drop: at once
+    assert not warning.due(5, 1030.0)
+    assert not warning.due(6, 1059.9)
+    assert warning.due(9, 1060.0)  # a minute after the first: the second, count so far
+    assert not warning.due(9, 1200.0)  # nothing new dropped: quiet however long after
+    assert warning.due(10, 1200.5)
+
+
+def test_a_drop_is_logged_by_the_flusher_never_in_the_recording_thread(
+    short_tmp: Path,
+) -> None:
+    """record_server() never blocks: a log handler that blocks (a full pipe, a stalled
+    syslog) holds up the background thread's warning, never the caller. If the
+    caller logged, its first drop would wait in emit() below."""
+    release = threading.Event()
+    warnings: list[tuple[str, str]] = []
+
+    class Blocking(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "records dropped" in record.getMessage():
+                warnings.append((threading.current_thread().name, record.getMessage()))
+                release.wait(30)
+
+    handler = Blocking()
+    logger = logging.getLogger("servertracker")
+    logger.addHandler(handler)
     client = Client(short_tmp / "nobody-home.sock", max_buffered=10)
-    caplog.set_level(logging.WARNING, logger="servertracker")
-
-    def drop_at(moment: float, count: int = 1) -> None:
-        now[0] = 1000.0 + moment
-        for _ in range(count):
-            client.record_server("192.0.2.1", "a@example.com")
-
-    def drop_warnings() -> list[str]:
-        return [r.getMessage() for r in caplog.records if "records dropped" in r.getMessage()]
-
-    drop_at(0, 10)  # fills the queue: nothing dropped yet
-    assert drop_warnings() == []
-    drop_at(0, 5)
-    drop_at(30)
-    drop_at(59.9)
-    assert len(drop_warnings()) == 1 and "1 records dropped so far" in drop_warnings()[0]
-    drop_at(60, 3)  # a minute after the first warning: the second, with the count so far
-    drop_at(119.9)
-    assert len(drop_warnings()) == 2 and "8 records dropped so far" in drop_warnings()[1]
-    drop_at(120)
-    assert len(drop_warnings()) == 3 and "12 records dropped so far" in drop_warnings()[2]
-    assert client.stats().dropped == 12
-    monkeypatch.undo()
-    client.close(timeout=0.1)
+    try:
+        for i in range(1000):
+            client.record_server(f"192.0.2.{i % 250}", "a@example.com")
+        assert client.stats().dropped == 990
+        wait_for(lambda: warnings, 30, "the drop warning")
+        name, text = warnings[0]
+        assert name == "servertracker-flusher", warnings
+        assert "records dropped so far (queue bound 10)" in text
+        assert "192.0.2" not in text and "example.com" not in text  # no recorded value
+    finally:
+        release.set()
+        logger.removeHandler(handler)
+        client.close(timeout=0.1)
 
 
 class TimestampedNotifications:

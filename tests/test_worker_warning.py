@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import socket
@@ -254,3 +255,86 @@ def test_the_exit_flush_keeps_the_backoff_against_a_refusing_daemon(
     open_up(daemon)
     _, attempts = nobody_result(daemon.socket_path, exit_flush=True)
     assert 1 <= attempts <= MAX_EXIT_ATTEMPTS
+
+
+LOGGING_WORKER = textwrap.dedent(
+    """
+    import io, json, logging, sys, time
+    import servertracker.reachability as reachability
+    from servertracker import Client
+
+    reachability.GRACE_SECONDS = 0.2
+    captured = sys.stderr = io.StringIO()  # the last resort writes to sys.stderr as it is
+    mode = sys.argv[2]
+    if mode == "app-format":
+        logging.basicConfig(format="%(name)s %(levelname)s %(message)s")
+    elif mode == "no-last-resort":
+        logging.lastResort = None
+    elif mode == "own-handler":
+        handler = logging.StreamHandler(captured)
+        handler.setFormatter(logging.Formatter("mine: %(message)s"))
+        library = logging.getLogger("servertracker")
+        library.addHandler(handler)
+        library.propagate = False
+
+    warnings = []
+    def seen(record):  # a filter: it sees each record, and is no handler
+        if record.levelno == logging.WARNING:
+            warnings.append(record)
+        return True
+    logging.getLogger("servertracker").addFilter(seen)
+
+    client = Client(sys.argv[1])
+    deadline = time.monotonic() + 30
+    while not warnings and time.monotonic() < deadline:
+        client.record_server("198.51.100.77", "someone@secret-domain.example")
+        time.sleep(0.01)
+    root = logging.getLogger()
+    print(json.dumps({
+        "warnings": len(warnings),
+        "stderr": captured.getvalue(),
+        "root_handlers": len(root.handlers) - (mode == "app-format"),
+        "root_level": root.level,
+        "library_level": logging.getLogger("servertracker").level,
+    }))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        # No logging set up: Postfix's "program: warning: text", not the bare text.
+        ("unconfigured", "servertracker: warning: cannot reach trackerd at {path} for "),
+        # The application's format, applied once; the name is not repeated.
+        ("app-format", "servertracker WARNING cannot reach trackerd at {path} for "),
+        # The application turned the last resort off: nothing.
+        ("no-last-resort", None),
+        # The application's handler on the library's logger alone.
+        ("own-handler", "mine: cannot reach trackerd at {path} for "),
+    ],
+)
+def test_the_warning_reads_cleanly_and_leaves_the_application_s_logging_alone(
+    short_tmp: Path, mode: str, expected: str | None
+) -> None:
+    path = short_tmp / "trackerd.sock"
+    result = subprocess.run(
+        [sys.executable, "-c", LOGGING_WORKER, str(path), mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["warnings"] == 1
+    lines = report["stderr"].splitlines()
+    if expected is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(expected.format(path=path)), lines
+        assert lines[0].endswith("; records are queued, then dropped when the queue is full")
+    # A library sets up no handler and no level outside its own logger, nor a level on it.
+    assert (report["root_handlers"], report["root_level"]) == (0, logging.WARNING)
+    assert report["library_level"] == logging.NOTSET
+    assert "198.51.100.77" not in result.stdout + result.stderr

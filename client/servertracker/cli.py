@@ -111,7 +111,7 @@ def status(
     try:
         report = fetch_status(where.socket_path, where.status_dir, where.timeout)
     except NoStatusAvailable as exc:
-        fail(exc, where.as_json)
+        fail(where.explain(exc), where.as_json)
     if where.as_json:
         print_json(report.to_json())
     else:
@@ -134,7 +134,7 @@ def ping(
         with DaemonConnection(where.socket_path, timeout=where.timeout) as conn:
             rtt = conn.ping()
     except (DaemonUnavailable, ProtocolError) as exc:
-        fail(exc, where.as_json)
+        fail(where.explain(exc), where.as_json)
     if where.as_json:
         print_json({"ok": True, "rtt_ms": round(rtt * 1000, 3), "socket": str(where.socket_path)})
     else:

@@ -17,8 +17,9 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from servertracker.connection import DEFAULT_TIMEOUT
-from servertracker.errors import TrackerError
+from servertracker.errors import DaemonUnavailable, TrackerError
 from servertracker.paths import RUNTIME_DIR_OPTION, SOCKET_OPTION, resolve_paths
+from servertracker.status import FILE_PERMISSION_DENIED
 from servertracker.status_source import NoStatusAvailable, error_json
 
 # Exit codes: the one place they are defined (README's table, --help and the man page
@@ -113,11 +114,37 @@ class Target:
     status_file_matches: bool
     timeout: float
     as_json: bool
+    #: How runtime_dir was chosen (paths.runtime_dir_why); "" when given or unsurprising.
+    why: str = ""
 
     @property
     def status_dir(self) -> Path | None:
         """Where to read this daemon's status file from, if anywhere."""
         return self.runtime_dir if self.status_file_matches else None
+
+    def explain(self, error: TrackerError) -> TrackerError:
+        """The error, saying how the runtime directory was chosen when access to it was
+        denied: a user sent to root's /run/trackerd because it exists would not guess."""
+        if not self.why:
+            return error
+        note = f"runtime directory {self.runtime_dir} {self.why}"
+        if self._socket_denied(error):
+            assert isinstance(error, DaemonUnavailable)
+            return DaemonUnavailable(error.reason, f"{error.detail}; {note}")
+        if isinstance(error, NoStatusAvailable) and (
+            self._socket_denied(error.daemon_error)
+            or error.file_error.reason == FILE_PERMISSION_DENIED
+        ):
+            return NoStatusAvailable(error.daemon_error, error.file_error, note)
+        return error
+
+    def _socket_denied(self, error: TrackerError) -> bool:
+        """Access to a socket in the runtime directory was denied (not one given elsewhere)."""
+        return (
+            isinstance(error, DaemonUnavailable)
+            and error.reason == "permission-denied"
+            and os.path.abspath(self.socket_path.parent) == os.path.abspath(self.runtime_dir)
+        )
 
 
 def target(
@@ -146,7 +173,7 @@ def target(
         or explicit_dir
         or os.path.abspath(socket_path.parent) == os.path.abspath(directory)
     )
-    return Target(socket_path, directory, matches, timeout, as_json)
+    return Target(socket_path, directory, matches, timeout, as_json, paths.why)
 
 
 def wants_json(ctx: typer.Context, as_json: bool) -> bool:
@@ -182,7 +209,8 @@ def error_payload(error: TrackerError) -> dict[str, Any]:
 
 def error_text(error: TrackerError) -> str:
     if isinstance(error, NoStatusAvailable):
-        return f"error: no status: trackerd: {error.daemon_error}; and {error.file_error}"
+        note = f"; {error.note}" if error.note else ""
+        return f"error: no status: trackerd: {error.daemon_error}; and {error.file_error}{note}"
     return f"error: {error}"
 
 

@@ -294,7 +294,7 @@ def push(
             reply = conn.fleet()
     except (DaemonUnavailable, ProtocolError) as exc:
         reason = exc.reason if isinstance(exc, DaemonUnavailable) else exc.code
-        _fail(str(exc), reason, as_json, EXIT_UNAVAILABLE)
+        _fail(str(where.explain(exc)), reason, as_json, EXIT_UNAVAILABLE)
     try:
         with fleet_store.connect(redis_url, redis_timeout, cluster) as client:
             epochs = fleet_store.push(client, name, reply, time.time())

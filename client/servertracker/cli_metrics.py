@@ -51,7 +51,7 @@ def metrics(
     try:
         report = fetch_status(where.socket_path, where.status_dir, where.timeout)
     except NoStatusAvailable as exc:
-        fail(exc, where.as_json)
+        fail(where.explain(exc), where.as_json)
     text = exposition.render(
         report.status,
         source=report.source,

@@ -142,6 +142,6 @@ def record(
         with DaemonConnection(where.socket_path, timeout=where.timeout) as conn:
             count = _send(conn, pairs)
     except (DaemonUnavailable, ProtocolError) as exc:
-        fail(exc, where.as_json)
+        fail(where.explain(exc), where.as_json)
     if where.as_json:
         print_json({"ok": True, "records": count})

@@ -79,10 +79,11 @@ def watch(
                 report = fetch_status(where.socket_path, where.status_dir, where.timeout)
             except NoStatusAvailable as exc:
                 code = EXIT_UNAVAILABLE
+                error = where.explain(exc)
                 if where.as_json:
-                    echo(json.dumps(error_payload(exc), sort_keys=True), err=True)
+                    echo(json.dumps(error_payload(error), sort_keys=True), err=True)
                 else:
-                    echo(error_text(exc), err=True)
+                    echo(error_text(error), err=True)
             if report is not None:
                 code = EXIT_OK if report.source == "live" else EXIT_FILE_ONLY
                 values = {f: getattr(report.status, f) for f in RATE_FIELDS}

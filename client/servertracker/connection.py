@@ -161,6 +161,14 @@ class DaemonConnection:
         self._request(protocol.Ping(), protocol.Pong)
         return time.perf_counter() - start
 
+    def features(self) -> tuple[str, ...]:
+        """What the daemon understands beyond version 1 (docs/protocol.md), such as
+        "columns", and "fleet" in fleet mode; ProtocolError "unknown-type" from a
+        daemon older than the features request."""
+        reply = self._request(protocol.FeaturesRequest(), protocol.Features)
+        assert isinstance(reply, protocol.Features)
+        return reply.names
+
     def status(self) -> Status:
         reply = self._request(protocol.StatusRequest(), protocol.StatusReply)
         assert isinstance(reply, protocol.StatusReply)

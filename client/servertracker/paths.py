@@ -114,15 +114,16 @@ def runtime_dir_why(
     *,
     euid: int | None = None,
 ) -> str:
-    """Why resolve_runtime_dir() chose what it chose, as a parenthesis for an error
-    message; "" when the choice needs no explaining (given, or this user's own).
+    """Why resolve_runtime_dir() chose what it chose, as a parenthesis to follow the
+    directory's name in an error message; "" when the choice needs no explaining
+    (given, or this user's own).
 
     A non-root user who finds /run/trackerd (left by root's daemon) is sent
     there and fails: the message must say how it came to be chosen.
     """
     env = os.environ if environ is None else environ
     is_root = (os.geteuid() if euid is None else euid) == 0
-    change = f"give --runtime-dir or set ${RUNTIME_DIR_ENV}"
+    change = f"give --runtime-dir or set ${RUNTIME_DIR_ENV} to pick another"
     if explicit:
         return ""
     if env.get(RUNTIME_DIR_ENV):
@@ -132,7 +133,7 @@ def runtime_dir_why(
     if is_root:
         return f"(the default for root; {change})"
     if SYSTEM_RUNTIME_DIR.is_dir():
-        return f"(chosen because {SYSTEM_RUNTIME_DIR} exists; {change})"
+        return f"(chosen because it exists: the system install's directory; {change})"
     return ""
 
 

@@ -1,21 +1,27 @@
-"""When a worker cannot reach trackerd's socket: one WARNING a minute, naming the cause.
+"""When a worker cannot reach trackerd's socket, or drops records: one WARNING a minute.
 
 The recorder's flusher thread reports each failed connect here (an OSError from
-connect(), or trackerd's refusal on a new connection) and each success.
-A worker outside trackerd's group would otherwise count nothing while only DEBUG
-lines say why. The hot path (record_server) never comes here. The text names the
-socket path and the likely cause, never a recorded value. Pure, no I/O: the
-caller passes the clock and does the logging.
+connect(), or trackerd's refusal on a new connection) and each success, and asks
+whether the records dropped so far deserve a warning. A worker outside
+trackerd's group would otherwise count nothing while only DEBUG lines say why.
+The hot path (record_server) never comes here: it only counts a drop, since a
+log call does I/O under its handler's lock. The text names the socket path and
+the likely cause, never a recorded value. Pure, no I/O: the caller passes the
+clock and does the logging.
 """
 
 from __future__ import annotations
 
 import errno
 
+from servertracker.error_codes import ERR_BUSY, ERR_FORBIDDEN
+
 #: A socket unreachable for less than this is a daemon restarting: no warning yet.
 GRACE_SECONDS = 3.0
 #: Least time between two warnings while the socket stays unreachable.
 WARNING_INTERVAL = 60.0
+#: Least time between two warnings of dropped records.
+DROP_WARNING_INTERVAL = 60.0
 
 _CAUSES = {
     errno.EACCES: "permission denied (is this user in trackerd's group?)",
@@ -31,8 +37,8 @@ _CAUSES = {
 
 #: The daemon's own refusals (its "error" reply on connect), by code.
 _REFUSALS = {
-    "forbidden": "refused: this user or group is not in trackerd's allow-lists",
-    "busy": "refused: trackerd is at its connection limit (busy)",
+    ERR_FORBIDDEN: "refused: this user or group is not in trackerd's allow-lists",
+    ERR_BUSY: "refused: trackerd is at its connection limit (busy)",
 }
 
 
@@ -80,7 +86,7 @@ class UnreachableWarning:
         self._last_warning = now
         self.warned = True
         return (
-            f"servertracker: cannot reach trackerd at {socket_path} for "
+            f"cannot reach trackerd at {socket_path} for "
             f"{now - self._failing_since:.0f} s: {cause(exc)}; records are queued, "
             "then dropped when the queue is full"
         )
@@ -91,3 +97,22 @@ class UnreachableWarning:
         self._failing_since = None
         self.warned = False
         return warned
+
+
+class DropWarning:
+    """Decides when dropped records deserve a WARNING: at most one per interval."""
+
+    def __init__(self, interval: float = DROP_WARNING_INTERVAL) -> None:
+        self._interval = interval
+        self._last_warning: float | None = None
+        self._reported = 0  # the drop count that the last warning gave
+
+    def due(self, dropped: int, now: float) -> bool:
+        """True when a warning with this count so far should be logged now."""
+        if dropped <= self._reported:
+            return False
+        if self._last_warning is not None and now - self._last_warning < self._interval:
+            return False
+        self._last_warning = now
+        self._reported = dropped
+        return True

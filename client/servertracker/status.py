@@ -17,11 +17,15 @@ from dataclasses import field as _field
 from pathlib import Path
 from typing import Any, Final, get_type_hints
 
+from servertracker.error_codes import PROTOCOL_ERROR_CODES, REFUSAL_REASONS
 from servertracker.errors import StatusFileError
 
 STATUS_FILE_NAME: Final = "server_tracker.json"
 #: A status file larger than this is not ours; refuse to read it whole.
 MAX_STATUS_FILE_SIZE: Final = 64 * 1024
+#: StatusFileError.reason when this user may not read the file (trackerctl then says
+#: how its runtime directory was chosen).
+FILE_PERMISSION_DENIED: Final = "permission denied"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,24 +54,6 @@ class WindowCounts:
                 raise ValueError(f"a window's {field!r} must be a non-negative int")
             values[field] = value
         return cls(**values)
-
-
-#: Why a connection was turned away (the labels of servertracker_connections_refused_total).
-REFUSAL_REASONS: Final = ("forbidden", "busy")
-#: Protocol error codes the daemon counts: the msgpack protocol's (docs/protocol.md)
-#: and "policy" for a malformed Postfix policy request.
-PROTOCOL_ERROR_CODES: Final = (
-    "too-large",
-    "empty-frame",
-    "bad-msgpack",
-    "bad-message",
-    "unsupported-version",
-    "unknown-type",
-    "truncated",
-    "unexpected-message",
-    "fleet-off",
-    "policy",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +213,7 @@ def read_status_file(runtime_dir: str | os.PathLike[str]) -> Status:
             path, "no such file (has trackerd run with this runtime directory?)"
         ) from None
     except PermissionError:
-        raise StatusFileError(path, "permission denied") from None
+        raise StatusFileError(path, FILE_PERMISSION_DENIED) from None
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         if exc.errno == errno.ENOTDIR:

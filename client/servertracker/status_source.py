@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from servertracker.connection import DaemonConnection
+from servertracker.error_codes import REFUSAL_REASONS
 from servertracker.errors import DaemonUnavailable, ProtocolError, StatusFileError, TrackerError
-from servertracker.status import REFUSAL_REASONS, Status, read_status_file, status_file_path
+from servertracker.status import Status, read_status_file, status_file_path
 
 #: Version of trackerctl's --json output; bumped only on incompatible changes.
 JSON_SCHEMA_VERSION = 1
@@ -53,10 +54,15 @@ class StatusReport:
 class NoStatusAvailable(TrackerError):
     """Neither the daemon nor the status file could give a status."""
 
-    def __init__(self, daemon_error: TrackerError, file_error: StatusFileError) -> None:
-        super().__init__(f"trackerd: {daemon_error}; status file: {file_error}")
+    def __init__(
+        self, daemon_error: TrackerError, file_error: StatusFileError, note: str = ""
+    ) -> None:
+        more = f"; {note}" if note else ""
+        super().__init__(f"trackerd: {daemon_error}; status file: {file_error}{more}")
         self.daemon_error = daemon_error
         self.file_error = file_error
+        #: What explains both failures (how the runtime directory was chosen), or "".
+        self.note = note
 
 
 def error_json(error: TrackerError) -> dict[str, str]:

@@ -31,7 +31,7 @@ from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
 from trackerd.edges.endpoint import ListenerSettings
 from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
-from trackerd.edges.stream_server import ERR_BUSY, Connection, StreamServer
+from trackerd.edges.stream_server import Connection, StreamServer
 from trackerd.option_types import Arguments
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,9 @@ class TrackerServer(StreamServer):
         connection.buffered = 0
 
     async def _send_busy(self, stream: SocketStream) -> None:
-        await self.send(stream, protocol.encode(protocol.Error(ERR_BUSY, TEXT_BUFFERS_FULL)))
+        await self.send(
+            stream, protocol.encode(protocol.Error(protocol.ERR_BUSY, TEXT_BUFFERS_FULL))
+        )
 
     async def _record(self, conn_ips: Sequence[str | None], senders: Sequence[str | None]) -> None:
         """Count a message's pairs in slices, yielding to the event loop after each.
@@ -239,7 +241,7 @@ class TrackerServer(StreamServer):
                         stream, protocol.encode(protocol.StatusReply(self._writer.snapshot()))
                     )
                 elif isinstance(message, protocol.FeaturesRequest):
-                    await self.send(stream, protocol.encode(protocol.Features(protocol.FEATURES)))
+                    await self.send(stream, protocol.encode(self._features()))
                 elif isinstance(message, protocol.Ping):
                     await self.send(stream, protocol.encode(protocol.Pong()))
                 elif isinstance(message, protocol.FleetRequest):
@@ -249,6 +251,11 @@ class TrackerServer(StreamServer):
         finally:
             if recorded:
                 self._writer.notify_changed()
+
+    def _features(self) -> protocol.Features:
+        """What this daemon understands beyond version 1; "fleet" only in fleet mode."""
+        fleet = (protocol.FEATURE_FLEET,) if self._tracker.fleet is not None else ()
+        return protocol.Features(protocol.FEATURES + fleet)
 
     def _fleet_reply(self) -> protocol.FleetReply:
         """The fleet sketches (registers only), for any peer the allow-lists admit:

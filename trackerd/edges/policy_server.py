@@ -20,6 +20,7 @@ from pathlib import Path
 
 from anyio.abc import SocketStream
 
+from servertracker.error_codes import POLICY_ERROR
 from trackerd.core.policy_protocol import (
     CLIENT_ADDRESS,
     DUNNO_RESPONSE,
@@ -105,7 +106,7 @@ class PolicyServer(StreamServer):
         self._writer.notify_changed()
 
     def protocol_error(self, exc: PolicyProtocolError) -> None:
-        self.count_protocol_error("policy")
+        self.count_protocol_error(POLICY_ERROR)
         if self._error_log.ready() is not None:
             log.warning("closing a Postfix policy connection: %s", exc)
 

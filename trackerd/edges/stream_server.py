@@ -23,6 +23,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
+from servertracker.error_codes import ERR_BUSY, ERR_FORBIDDEN
 from trackerd.core.wording import more_since
 from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle, peer_credentials
 from trackerd.errors import ConnectionClosed
@@ -40,8 +41,6 @@ DRAIN_QUIET_TIME = 0.05
 #: ... and for at most this long in all.
 DRAIN_DEADLINE = 3.0
 
-ERR_FORBIDDEN = "forbidden"
-ERR_BUSY = "busy"
 TEXT_BUSY = "too many connections; try again later"
 
 #: accept() errors that mean "out of a resource": the daemon refuses or waits,
@@ -112,7 +111,7 @@ class ServerStats:
     #: Turned away or shed: the connection limit, the buffer budget, no descriptors.
     busy: int
     timeouts: int
-    #: By code (servertracker.status.PROTOCOL_ERROR_CODES).
+    #: By code (servertracker.error_codes.PROTOCOL_ERROR_CODES).
     protocol_errors: dict[str, int]
 
 
