@@ -32,13 +32,8 @@ from collections.abc import Callable
 
 from anyio.abc import SocketAttribute, SocketStream
 
-from trackerd.edges.stream_server import (
-    DRAIN_QUIET_TIME,
-    SEND_TIMEOUT,
-    ZEROS,
-    Connection,
-    StreamServer,
-)
+from trackerd.edges import stream_server
+from trackerd.edges.stream_server import ZEROS, Connection, StreamServer
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +169,7 @@ class CallbackConnection(asyncio.BufferedProtocol):
         """A reply waits in the transport's buffer: the peer has SEND_TIMEOUT to take it."""
         assert self._transport is not None
         self._transport.pause_reading()
-        self._send_timer = self._loop.call_later(SEND_TIMEOUT, self._reply_not_read)
+        self._send_timer = self._loop.call_later(stream_server.SEND_TIMEOUT, self._reply_not_read)
 
     def resume_writing(self) -> None:
         assert self._transport is not None
@@ -199,7 +194,7 @@ class CallbackConnection(asyncio.BufferedProtocol):
 
     def _deadline(self) -> float:
         if self._draining:
-            return self._last_read + DRAIN_QUIET_TIME
+            return self._last_read + stream_server.DRAIN_QUIET_TIME
         limits = self._server.limits
         idle = limits.idle_timeout
         deadline = self._last_read + idle if idle > 0 else math.inf
@@ -230,7 +225,10 @@ class CallbackConnection(asyncio.BufferedProtocol):
     def _reply_not_read(self) -> None:
         self._send_timer = None
         self._server.timeouts += 1
-        log.info("closing a connection that did not read its reply within %.0fs", SEND_TIMEOUT)
+        log.info(
+            "closing a connection that did not read its reply within %.0fs",
+            stream_server.SEND_TIMEOUT,
+        )
         assert self._transport is not None
         self._transport.abort()
 
