@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from servertracker.exposition import METRIC_NAMES, render
 from servertracker.status import Health, Status, WindowCounts
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, trackerctl, wait_for
 
 PROMTOOL = shutil.which("promtool")
 NODE_EXPORTER = shutil.which("prometheus-node-exporter")
@@ -44,15 +44,6 @@ def promtool_check(text: str) -> None:
         [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def trackerctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "servertracker.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 PAIRS = [
