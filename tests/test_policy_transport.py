@@ -17,12 +17,13 @@ from pathlib import Path
 from servertracker import read_status_file
 from tests.conftest import Daemon
 from trackerd.core.policy_protocol import DUNNO_RESPONSE, NEED_DATA, PolicyDecoder
-from trackerd.edges import stream_server
+from trackerd.edges import policy_server, stream_server
 
 
 def request(n: int, recipient: str = "r@example.net") -> bytes:
     return (
-        f"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.{n}\n"
+        f"request=smtpd_access_policy\nprotocol_state=RCPT\n"
+        f"client_address=10.0.{n // 256}.{n % 256}\n"
         f"sender=u{n}@sender{n}.example\nrecipient={recipient}\ninstance=i{n}\n\n"
     ).encode()
 
@@ -59,15 +60,16 @@ def test_pipelined_and_split_requests_are_each_answered_once(
 ) -> None:
     daemon, path = start(make_daemon, short_tmp)
     with connect(path) as sock:
-        sock.sendall(b"".join(request(n) for n in range(1, 41)))  # many in one read
-        assert read_replies(sock, 40) == DUNNO_RESPONSE * 40
-        data = request(41) + request(42)
+        assert policy_server.RECORD_BATCH < 300  # many in one read, more than a batch
+        sock.sendall(b"".join(request(n) for n in range(1, 301)))
+        assert read_replies(sock, 300) == DUNNO_RESPONSE * 300
+        data = request(301) + request(302)
         for at in range(0, len(data), 7):  # in pieces, some cut inside the empty line
             sock.sendall(data[at : at + 7])
             time.sleep(0.001)
         assert read_replies(sock, 2) == DUNNO_RESPONSE * 2
     status = daemon.status()
-    assert (status.records, status.unique_conn_ips, status.unique_domains) == (42, 42, 42)
+    assert (status.records, status.unique_conn_ips, status.unique_domains) == (302, 302, 302)
 
 
 def test_an_idle_policy_connection_is_closed_and_counted(
