@@ -28,6 +28,11 @@ MAX_STATUS_FILE_SIZE: Final = 64 * 1024
 FILE_PERMISSION_DENIED: Final = "permission denied"
 
 
+def _is_count(value: object) -> bool:
+    """A count in a status: an int (not a bool, a float or a string of one), never negative."""
+    return type(value) is int and value >= 0
+
+
 @dataclass(frozen=True, slots=True)
 class WindowCounts:
     """Distinct counts over a sliding window: values last seen at most ``seconds`` ago
@@ -50,7 +55,7 @@ class WindowCounts:
         values: dict[str, Any] = {"window": name}
         for field in ("seconds", *_COUNT_FIELDS):
             value = data.get(field)
-            if type(value) is not int or value < 0:
+            if not _is_count(value):
                 raise ValueError(f"a window's {field!r} must be a non-negative int")
             values[field] = value
         return cls(**values)
@@ -83,16 +88,14 @@ class Health:
             ("protocol_errors", PROTOCOL_ERROR_CODES),
         ):
             counts = data.get(name, {})
-            if not isinstance(counts, dict) or not all(
-                type(v) is int and v >= 0 for v in counts.values()
-            ):
+            if not isinstance(counts, dict) or not all(_is_count(v) for v in counts.values()):
                 raise ValueError(f"health's {name!r} must map names to non-negative ints")
             # Names from a newer daemon are left out: only fixed sets become labels.
             values[name] = {k: v for k, v in counts.items() if k in known}
         for name in ("connections_accepted", "connection_timeouts", "status_writes",
                      "status_write_failures"):  # fmt: skip
             value = data.get(name, 0)
-            if type(value) is not int or value < 0:
+            if not _is_count(value):
                 raise ValueError(f"health's {name!r} must be a non-negative int")
             values[name] = value
         return cls(**values)
@@ -162,7 +165,7 @@ class Status:
             if kind is float:
                 ok = type(value) in (int, float) and value == value and value >= 0
             else:
-                ok = type(value) is int and value >= 0
+                ok = _is_count(value)
             if not ok:
                 raise ValueError(f"field {field.name!r} must be a non-negative {kind.__name__}")
             values[field.name] = value
