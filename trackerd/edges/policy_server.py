@@ -149,9 +149,15 @@ class PolicySession(Session):
         self._decoder.receive_data(data)
         return self._answer()
 
+    def resume(self) -> bool:
+        return self._answer()
+
     def ended(self) -> None:
         self._decoder.receive_data(b"")
-        self._answer()
+        while True:
+            self.paused = False  # the last requests are answered whatever the peer reads
+            if not self._answer() or not self.paused:
+                return
 
     def in_progress(self) -> bool:
         return self._decoder.in_progress
@@ -171,10 +177,10 @@ class PolicySession(Session):
             self.write,
         )
         try:
-            while (request := next_request()) is not NEED_DATA:
+            while not self.paused and (request := next_request()) is not NEED_DATA:
                 assert isinstance(request, dict)
                 record(request, recent)
-                write(DUNNO_RESPONSE)
+                write(DUNNO_RESPONSE)  # may pause
         except PolicyProtocolError as exc:
             self._server.protocol_error(exc)
             return False
