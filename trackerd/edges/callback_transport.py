@@ -19,6 +19,12 @@ StreamServer.serve() aborts what is left after DRAIN_DEADLINE. Reads land in the
 server's shared read buffer (get_buffer), are copied by the Session, and are
 overwritten before anything else runs, as StreamServer.receive() does: asyncio
 never makes a bytes object of what a peer sent (docs/threat-model.md).
+
+Beyond that: a session handles a capped number of frames per call (backlog), the
+rest wait their turn with reading paused; when a connection closes, the session
+deals with the complete frames it still holds (closed()); and an error in any of
+asyncio's calls into a connection is logged by type and place, not text, and
+aborts that connection only, never the daemon.
 """
 
 from __future__ import annotations
@@ -27,8 +33,11 @@ import asyncio
 import logging
 import math
 import time
+import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 from anyio.abc import SocketAttribute, SocketStream
 
@@ -40,6 +49,9 @@ log = logging.getLogger(__name__)
 #: The clock of asyncio's timers (BaseEventLoop.time()), without the method call.
 monotonic = time.monotonic
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 
 class Session(ABC):
     """One connection's protocol: what to do with the bytes that arrive."""
@@ -49,6 +61,10 @@ class Session(ABC):
     #: True while a reply waits for the peer to read it: handle no more frames
     #: (what is received meanwhile waits in the decoder) until resume().
     paused = False
+    #: True when a call stopped at its cap of frames with more perhaps complete:
+    #: nothing more is read, and resume() goes on in a later turn of the loop, so
+    #: that a peer that pipelines cannot keep the others waiting.
+    backlog = False
 
     @abstractmethod
     def received(self, data: memoryview) -> bool:
@@ -58,8 +74,8 @@ class Session(ABC):
 
     @abstractmethod
     def resume(self) -> bool:
-        """The peer read the replies (paused is False again): handle the frames that
-        waited; False closes the connection."""
+        """The peer read the replies (paused is False again), or frames wait past the
+        cap (backlog): handle the frames that waited; False closes the connection."""
 
     @abstractmethod
     def ended(self) -> None:
@@ -75,7 +91,8 @@ class Session(ABC):
 
     @abstractmethod
     def closed(self) -> None:
-        """The connection is gone: overwrite what is left of an unfinished frame."""
+        """The connection is gone: deal with the complete frames not handled yet
+        (the peer sent them), overwrite what is left of an unfinished one."""
 
 
 async def serve_with_callbacks(
@@ -88,13 +105,42 @@ async def serve_with_callbacks(
     loop = asyncio.get_running_loop()
     closed: asyncio.Future[None] = loop.create_future()
     sock = stream.extra(SocketAttribute.raw_socket)
-    transport, _ = await loop.connect_accepted_socket(
+    transport, protocol = await loop.connect_accepted_socket(
         lambda: CallbackConnection(server, session, closed), sock
     )
+    assert isinstance(protocol, CallbackConnection)
     try:
         await closed
     finally:
-        transport.abort()  # nothing if it closed already; else cancelled: the drain is over
+        if not closed.done():
+            # Cancelled: the drain is over. (Once connection_lost() ran, the transport
+            # is gone: its abort() would touch the loop it already let go of.)
+            transport.abort()
+            protocol.lost()  # now, not in a later callback: the daemon may be ending
+
+
+def _guarded(
+    method: Callable[Concatenate[CallbackConnection, P], R],
+) -> Callable[Concatenate[CallbackConnection, P], R | None]:
+    """One of asyncio's calls into a connection: what goes wrong in it closes that
+    connection only (asyncio would log the error with its text, which may hold what
+    a peer sent, and a failure in the serving task would end the daemon)."""
+
+    def guarded(self: CallbackConnection, /, *args: P.args, **kwargs: P.kwargs) -> R | None:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # any bug: this connection, not the daemon
+            self.failed(exc)
+            return None
+
+    return guarded
+
+
+def log_failure(exc: BaseException) -> None:
+    """Log an unexpected error by its type and where it happened, never by its text."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    log.error("closing a connection after an internal error: %s%s", type(exc).__name__, where)
 
 
 class CallbackConnection(asyncio.BufferedProtocol):
@@ -112,13 +158,20 @@ class CallbackConnection(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._last_read = monotonic()
         self._draining = False
+        # Closed by the daemon (timeout, shed, drain, malformed frame): its timers
+        # have nothing more to time out, and it is not counted again.
+        self._closed_here = False
+        self._lost = False
         # The idle/frame/drain timer, and when it fires (inf: not set).
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._send_timer: asyncio.TimerHandle | None = None
+        # The call that goes on with frames held past Session.backlog's cap.
+        self._more: asyncio.Handle | None = None
 
     # --- asyncio's calls -----------------------------------------------------------------
 
+    @_guarded
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
@@ -135,6 +188,7 @@ class CallbackConnection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> bytearray:
         return self._buffer
 
+    @_guarded
     def buffer_updated(self, nbytes: int) -> None:
         buffer, session = self._buffer, self._session
         try:
@@ -150,7 +204,10 @@ class CallbackConnection(asyncio.BufferedProtocol):
         if not keep:
             self._close()
             return
-        connection, session = self._connection, self._session
+        session = self._session
+        if session.backlog:
+            self._hold()
+        connection = self._connection
         if connection.shed:
             return
         clock = connection.clock
@@ -162,21 +219,67 @@ class CallbackConnection(asyncio.BufferedProtocol):
         if self._draining:
             self._arm()
 
+    def _hold(self) -> None:
+        """Frames wait past the cap of one call: read no more, go on in a later call
+        (after the other connections' reads that are ready), in turn."""
+        assert self._transport is not None
+        self._transport.pause_reading()
+        if self._more is None:
+            self._more = self._loop.call_soon(self._go_on)
+
+    @_guarded
+    def _go_on(self) -> None:
+        assert self._transport is not None
+        self._more = None
+        if self._transport.is_closing() or self._session.paused:
+            return  # closed; or a reply waits: resume_writing() goes on
+        self._handled(self._session.resume())
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        """Read again, unless a reply waits unread or frames wait their turn."""
+        assert self._transport is not None
+        session = self._session
+        if not (session.paused or session.backlog or self._transport.is_closing()):
+            self._transport.resume_reading()
+
+    @_guarded
     def eof_received(self) -> bool:
         self._session.ended()
         return False  # the transport closes, once the replies are sent
 
+    @_guarded
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._timer, self._send_timer):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._send_timer = None
-        self._session.closed()
-        self._server.forget(self._connection)
-        self._server.unwatch_stop(self.drain)
-        if not self._closed.done():
-            self._closed.set_result(None)
+        self.lost()
 
+    def lost(self) -> None:
+        """The connection is gone, or being aborted: stop its timers, and let the
+        session record and overwrite what it holds. Once; never raises."""
+        if self._lost:
+            return
+        self._lost = True
+        try:
+            for handle in (self._timer, self._send_timer, self._more):
+                if handle is not None:
+                    handle.cancel()
+            self._timer = self._send_timer = self._more = None
+            self._server.forget(self._connection)
+            self._server.unwatch_stop(self.drain)
+            self._session.closed()
+        except Exception as exc:  # see _guarded
+            log_failure(exc)
+        finally:
+            if not self._closed.done():
+                self._closed.set_result(None)
+
+    def failed(self, exc: Exception) -> None:
+        """An unexpected error in this connection's handling: log it, abort the connection."""
+        log_failure(exc)
+        if self._transport is not None and not self._closed.done():
+            self._transport.abort()  # still open: connection_lost() has not run
+        self.lost()
+
+    @_guarded
     def pause_writing(self) -> None:
         """A reply waits in the transport's buffer: the peer has SEND_TIMEOUT to take it.
 
@@ -188,6 +291,7 @@ class CallbackConnection(asyncio.BufferedProtocol):
         log.debug("a peer has not read its replies yet: reading from it paused")
         self._send_timer = self._loop.call_later(stream_server.SEND_TIMEOUT, self._reply_not_read)
 
+    @_guarded
     def resume_writing(self) -> None:
         assert self._transport is not None
         if self._send_timer is not None:
@@ -197,8 +301,7 @@ class CallbackConnection(asyncio.BufferedProtocol):
         if self._transport.is_closing():
             return  # closed after a malformed frame, shed, or ended: nothing more to handle
         self._handled(self._session.resume())
-        if not self._session.paused:
-            self._transport.resume_reading()
+        self._resume_reading()
 
     # --- the server's calls --------------------------------------------------------------
 
@@ -227,6 +330,8 @@ class CallbackConnection(asyncio.BufferedProtocol):
 
     def _arm(self) -> None:
         """Make the timer fire by the earliest deadline (a later one waits for it)."""
+        if self._closed_here:
+            return
         deadline = self._deadline()
         if deadline < self._timer_at:
             if self._timer is not None:
@@ -234,26 +339,40 @@ class CallbackConnection(asyncio.BufferedProtocol):
             self._timer = self._loop.call_at(deadline, self._on_timer)
             self._timer_at = deadline
 
+    @_guarded
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, math.inf
+        if self._closed_here:
+            return  # closed already (shed, say): nothing to time out, nothing to count
         if monotonic() < self._deadline():
             self._arm()  # data came meanwhile: the deadline moved
             return
-        if not self._draining:
+        if self._draining:
+            log.debug("drained: closing a connection that is quiet")
+        else:
             self._server.timeouts += 1
             log.debug("closing a connection: idle, or a frame took too long to arrive")
         self._close()
 
+    @_guarded
     def _reply_not_read(self) -> None:
         self._send_timer = None
-        self._server.timeouts += 1
-        log.info(
-            "closing a connection that did not read its reply within %.0fs",
-            stream_server.SEND_TIMEOUT,
-        )
+        if self._closed_here:
+            # Closed already, and counted if it timed out: its replies are dropped now.
+            log.debug("dropping the replies a closed connection did not read")
+        else:
+            self._server.timeouts += 1
+            log.info(
+                "closing a connection that did not read its reply within %.0fs",
+                stream_server.SEND_TIMEOUT,
+            )
         assert self._transport is not None
-        self._transport.abort()
+        if not self._closed.done():
+            self._transport.abort()
 
     def _close(self) -> None:
+        """Close: the replies already written are sent first (within SEND_TIMEOUT)."""
         assert self._transport is not None
-        self._transport.close()
+        self._closed_here = True
+        if not self._closed.done():
+            self._transport.close()

@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 #: later read is handled), so that they share its fixed cost; at most this many.
 RECORD_BATCH = 256
 
+#: Most requests handled (recorded and answered) in one call from the event loop;
+#: the rest of a read wait for a later turn, after the other connections' reads,
+#: so that peers that pipeline thousands cannot keep a well-behaved one waiting.
+REQUESTS_PER_TURN = 32
+
 #: Postfix sends all requests about one message over one connection, so a few
 #: recent instance ids per connection are all the bookkeeping needed.
 RECENT_INSTANCES = 16
@@ -124,6 +129,10 @@ class PolicyServer(StreamServer):
         elif len(conn_ips) >= RECORD_BATCH:
             self._record_batch()
 
+    def flush(self) -> None:
+        """Count the requests not counted yet now (a connection is closing)."""
+        self._record_batch()
+
     def _record_batch(self) -> None:
         if self._conn_ips:
             conn_ips, senders = self._conn_ips, self._senders
@@ -153,10 +162,12 @@ class PolicySession(Session):
         return self._answer()
 
     def ended(self) -> None:
+        # The last requests (at most one read's: reading stops while any wait) are
+        # answered whatever the peer reads, and past the cap: the connection ends.
         self._decoder.receive_data(b"")
         while True:
-            self.paused = False  # the last requests are answered whatever the peer reads
-            if not self._answer() or not self.paused:
+            self.paused = False
+            if not self._answer() or not (self.paused or self.backlog):
                 return
 
     def in_progress(self) -> bool:
@@ -166,22 +177,42 @@ class PolicySession(Session):
         return self._decoder.requests
 
     def closed(self) -> None:
-        self._decoder.clear()
+        """Record the complete requests read but not answered (closed while a reply
+        waited, shed, timed out, or at shutdown): the client sent them about real
+        mail, and Postfix applies its default_action to them. No answer is sent."""
+        held = 0
+        try:
+            while (request := self._decoder.next_request()) is not NEED_DATA:
+                assert isinstance(request, dict)
+                self._server.record(request, self._recent)
+                held += 1
+        except PolicyProtocolError as exc:
+            self._server.protocol_error(exc)  # the rest is dropped, as when it is read
+        finally:
+            self._decoder.clear()
+        if held:
+            self._server.flush()  # now: the daemon may be ending
+            log.debug("a connection closed with %d requests read, not answered: recorded", held)
 
     def _answer(self) -> bool:
-        """Record and answer every complete request; False after a malformed one."""
+        """Record and answer the complete requests, REQUESTS_PER_TURN at most (then
+        backlog is set); False after a malformed one."""
         next_request, record, recent, write = (
             self._decoder.next_request,
             self._server.record,
             self._recent,
             self.write,
         )
+        self.backlog = False
         try:
-            while not self.paused and (request := next_request()) is not NEED_DATA:
+            for _ in range(REQUESTS_PER_TURN):
+                if self.paused or (request := next_request()) is NEED_DATA:
+                    return True
                 assert isinstance(request, dict)
                 record(request, recent)
                 write(DUNNO_RESPONSE)  # may pause
         except PolicyProtocolError as exc:
             self._server.protocol_error(exc)
             return False
+        self.backlog = not self.paused
         return True
