@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import resource
 import signal
 import statistics
@@ -253,7 +252,6 @@ def main() -> None:
     parser.add_argument("--slow-us", type=float, default=SLOW_US,
                         help="explain the calls slower than this")  # fmt: skip
     args = parser.parse_args()
-    logging.getLogger("servertracker").setLevel(logging.ERROR)  # "daemon down" warns
     print(f"load average before: {loadavg()}", flush=True)
     results = run(args.rounds, args.calls, args.slow_us)
     print(report(results, args.slow_us))
