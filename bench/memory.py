@@ -122,7 +122,7 @@ def run(with_daemon: bool) -> list[list[str]]:
             rows.append(
                 [f"trackerd RSS growth, {n:,} conn IPs", f"{per_entry:.1f} bytes/entry", ""]
             )
-        # The raw-value caches are a fixed ~35 MiB, full long before a million entries:
+        # The raw-value caches are a fixed ~25 MiB, full long before a million entries:
         # the growth from 1 to 10 million is the cost of one more entry.
         marginal = (growth[10_000_000] * 10_000_000 - growth[1_000_000] * 1_000_000) / 9_000_000
         rows.append(["trackerd RSS, 1M -> 10M (marginal)", f"{marginal:.1f} bytes/entry", ""])

@@ -2,21 +2,32 @@
 
 Forked clients, each one connection, ask one request at a time as smtpd does
 (a full Postfix 3 attribute set, a new message each time, so every request is
-recorded), and wait for each answer. The daemon's CPU time (utime + stime from
-/proc) is divided by the requests answered; a run without requests is not
-subtracted (the daemon is idle then).
+recorded), and wait for each answer. The daemon's CPU time (utime and stime
+from /proc, apart) is divided by the requests answered; its start-up is not
+counted, and a run without requests is not subtracted (the daemon is idle then).
+
+``--baseline DIR`` runs, alternately in the same rounds, the trackerd of another
+checkout (``git archive main | tar -x -C DIR``), so that a change is measured
+against what it replaces under the same load. ``--profile PREFIX`` adds one
+round per competitor under py-spy (PREFIX-NAME.txt, raw stacks; not counted).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
 import socket
 import statistics
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from bench._support import BenchDaemon, table
-from bench.compare import cpu_seconds, loadavg
+from bench.compare import loadavg
 
 ATTRIBUTES = (
     "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
@@ -29,6 +40,8 @@ ATTRIBUTES = (
     "encryption_protocol=TLSv1.3\nencryption_cipher=TLS_AES_256_GCM_SHA384\n"
     "encryption_keysize=256\npolicy_context=\ncompatibility_level=3.6\nmail_version=3.7.11\n\n"
 )
+
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def client(path: str, worker: int, requests: int) -> None:
@@ -45,50 +58,142 @@ def client(path: str, worker: int, requests: int) -> None:
                 reply += chunk
 
 
-def one_run(clients: int, requests: int) -> tuple[float, float]:
-    daemon = BenchDaemon()
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    """utime and stime of a process, from /proc (fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
+
+
+@dataclass(frozen=True)
+class Round:
+    user_us: float
+    system_us: float
+    per_second: float
+
+    @property
+    def cpu_us(self) -> float:
+        return self.user_us + self.system_us
+
+
+@dataclass(frozen=True)
+class Competitor:
+    name: str
+    command: list[str]
+
+
+def competitors(baseline: Path | None) -> list[Competitor]:
+    this = Competitor("this tree", [sys.executable, "-m", "trackerd"])
+    if baseline is None:
+        return [this]
+    path = f"{baseline.resolve()}:{baseline.resolve() / 'client'}"
+    # PYTHONPATH comes before the editable install's path entries.
+    other = Competitor(
+        f"baseline ({baseline})",
+        ["env", f"PYTHONPATH={path}", sys.executable, "-m", "trackerd"],
+    )
+    return [other, this]
+
+
+def one_run(
+    competitor: Competitor, clients: int, requests: int, profile: Path | None = None
+) -> Round:
+    daemon = BenchDaemon(command=competitor.command)
     path = daemon.dir / "policy.sock"
     daemon.extra_args = ["--postfix-policy-socket", str(path)]
     daemon.start()
+    spy: subprocess.Popen[bytes] | None = None
     try:
         assert daemon.process is not None
-        before = cpu_seconds(daemon.process.pid)
+        pid = daemon.process.pid
+        if profile is not None:
+            spy = _start_py_spy(pid, profile)
+        user_before, system_before = user_system_seconds(pid)
         start = time.perf_counter()
         pids = []
         for w in range(clients):
-            pid = os.fork()
-            if pid == 0:
+            child = os.fork()
+            if child == 0:
                 code = 1
                 try:
                     client(str(path), w, requests)
                     code = 0
                 finally:
                     os._exit(code)
-            pids.append(pid)
-        for pid in pids:
-            assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+            pids.append(child)
+        for child in pids:
+            assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
         elapsed = time.perf_counter() - start
-        cpu = cpu_seconds(daemon.process.pid) - before
-        assert daemon.status().records == clients * requests
+        user, system = user_system_seconds(pid)
         total = clients * requests
-        return cpu * 1e6 / total, total / elapsed
+        assert daemon.status().records == total
+        return Round(
+            (user - user_before) * 1e6 / total,
+            (system - system_before) * 1e6 / total,
+            total / elapsed,
+        )
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT
+            spy.wait(60)
         daemon.stop()
 
 
+def _start_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    process = subprocess.Popen(
+        [spy, "record", "-p", str(pid), "-r", "500", "-f", "raw", "-o", str(output)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1)  # let it attach
+    return process
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--requests", type=int, default=5000, help="per client")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--baseline", type=Path, metavar="DIR", help="also run the trackerd checked out in DIR"
+    )
+    parser.add_argument("--profile", metavar="PREFIX", help="one more round each under py-spy")
     args = parser.parse_args()
-    runs = [one_run(args.clients, args.requests) for _ in range(args.rounds)]
-    cpu = statistics.median(r[0] for r in runs)
-    rate = statistics.median(r[1] for r in runs)
-    print(f"load average {loadavg()}")
-    print(table(["Postfix policy requests", "daemon CPU µs/request", "requests/s"],
-                [[f"{args.clients} connections x {args.requests:,}", f"{cpu:.1f}",
-                  f"{rate:,.0f}"]]))  # fmt: skip
+    entrants = competitors(args.baseline)
+    print(f"load average before: {loadavg()}")
+    results: dict[str, list[Round]] = {c.name: [] for c in entrants}
+    for number in range(args.rounds):
+        # Alternated, and the order turned each round, so that neither always goes first.
+        order = entrants if number % 2 == 0 else entrants[::-1]
+        for competitor in order:
+            results[competitor.name].append(one_run(competitor, args.clients, args.requests))
+    if args.profile:
+        for competitor in entrants:
+            slug = "baseline" if competitor is not entrants[-1] else "this"
+            output = Path(f"{args.profile}-{slug}.txt")
+            one_run(competitor, args.clients, args.requests, profile=output)
+            print(f"py-spy profile of {competitor.name}: {output}")
+    print(f"load average after: {loadavg()}")
+    rows = []
+    for competitor in entrants:
+        rounds = results[competitor.name]
+        rows.append(
+            [
+                competitor.name,
+                f"{statistics.median(r.cpu_us for r in rounds):.1f}",
+                f"{statistics.median(r.user_us for r in rounds):.1f}",
+                f"{statistics.median(r.system_us for r in rounds):.1f}",
+                f"{statistics.median(r.per_second for r in rounds):,.0f}",
+                " / ".join(f"{r.cpu_us:.0f}" for r in rounds),
+            ]
+        )
+    print(f"{args.clients} connections x {args.requests:,} requests, {args.rounds} rounds, medians")
+    print(
+        table(["daemon", "CPU µs/request", "user", "system", "requests/s", "CPU µs (rounds)"], rows)
+    )
+    if len(entrants) == 2:
+        old, new = (statistics.median(r.cpu_us for r in results[c.name]) for c in entrants)
+        print(f"this tree uses {new / old:.2f} times the baseline's CPU per request")
 
 
 if __name__ == "__main__":

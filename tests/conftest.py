@@ -6,6 +6,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -70,6 +71,43 @@ class LineReader:
         while line := self.readline(timeout, "the end of the output"):
             lines.append(line)
         return "".join(lines)
+
+
+#: trackerctl's console script, as a command line for a real process.
+TRACKERCTL = [sys.executable, "-m", "servertracker.cli"]
+
+
+def trackerctl(
+    *args: str | bytes,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = 90,
+) -> subprocess.CompletedProcess[str]:
+    """trackerctl as an operator runs it: a real process (standard input empty unless
+    given). Whatever happens, it never prints a traceback."""
+    result = subprocess.run(
+        [*TRACKERCTL, *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        timeout=timeout,
+        env=env,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def read_policy_reply(sock: socket.socket) -> bytes:
+    """One Postfix policy reply, up to the empty line that ends it; less if the peer
+    closed the connection first (a caller that expects a reply asserts on its end)."""
+    reply = b""
+    while not reply.endswith(b"\n\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+    return reply
 
 
 def remove_tree(path: Path) -> None:

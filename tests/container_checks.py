@@ -22,7 +22,7 @@ import stat
 import subprocess
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 SRC = Path("/src")
@@ -83,35 +83,46 @@ def status_json(user: str | None = None) -> tuple[int, dict[str, object]]:
         return result.returncode, {}
 
 
-def documented_commands(section: str) -> list[str]:
-    """The shell commands of one numbered section of docs/install.md ("1", "2", ...).
+def shell_commands(lines: Iterable[str]) -> list[str]:
+    """The shell commands among a doc's lines, as the docs write them (this function
+    says so for every test that runs or reads them, tests/test_install.py too).
 
     Commands are the lines indented by four spaces; deeper lines are file contents
     shown in the text (for `systemctl edit`), and a trailing backslash continues.
-    The placeholder for where the software comes from becomes the wheelhouse.
     """
     commands: list[str] = []
-    inside = False
     pending = ""
-    for line in (SRC / "docs" / "install.md").read_text().splitlines():
-        if line.startswith("## "):
-            inside = re.match(rf"## {re.escape(section)}\.", line) is not None
-            continue
-        if not inside or not line.startswith("    ") or line.startswith("     "):
+    for line in lines:
+        if not line.startswith("    ") or line.startswith("     "):
+            pending = ""
             continue
         text = pending + line.strip()
         if text.endswith("\\"):
             pending = text[:-1] + " "
             continue
         pending = ""
-        commands.append(
-            re.sub(
-                r"/path/to/servertracker\S*",
-                "--no-index --find-links /wheelhouse servertracker",
-                text,
-            )
-        )
+        commands.append(text)
     return commands
+
+
+def documented_commands(section: str) -> list[str]:
+    """The shell commands of one numbered section of docs/install.md ("1", "2", ...).
+
+    The placeholder for where the software comes from becomes the wheelhouse.
+    """
+    lines: list[str] = []
+    inside = False
+    for line in (SRC / "docs" / "install.md").read_text().splitlines():
+        if line.startswith("## "):
+            inside = re.match(rf"## {re.escape(section)}\.", line) is not None
+        elif inside:
+            lines.append(line)
+    return [
+        re.sub(
+            r"/path/to/servertracker\S*", "--no-index --find-links /wheelhouse servertracker", text
+        )
+        for text in shell_commands(lines)
+    ]
 
 
 def check(name: str, needs: tuple[str, ...] = ()) -> Callable[[Callable[[], str]], None]:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from servertracker import STATUS_FILE_NAME
 from servertracker.cli import EXIT_FILE_ONLY, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, app
-from tests.conftest import Daemon, LineReader, run_as_nobody
+from tests.conftest import TRACKERCTL, Daemon, LineReader, run_as_nobody, trackerctl
 
 STATUS_JSON_KEYS = {
     "schema", "source", "boot_time", "unique_conn_ips", "unique_domains", "unique_ip_servers",
@@ -27,16 +27,6 @@ STATUS_JSON_KEYS = {
 #: For commands that must reach the live daemon: how fast it answers is not what these
 #: tests check, and a busy machine can take longer than trackerctl's default 2 s.
 LIVE = ("--timeout", "60")
-
-
-def trackerctl(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    """trackerctl as an operator runs it: a real process."""
-    return subprocess.run(
-        [sys.executable, "-m", "servertracker.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
@@ -229,12 +219,7 @@ def test_help_documents_exit_codes_and_environment() -> None:
 
 def test_environment_variables_are_honoured(daemon: Daemon) -> None:
     env = dict(os.environ, TRACKERD_RUNTIME_DIR=str(daemon.runtime_dir))
-    result = subprocess.run(
-        [sys.executable, "-m", "servertracker.cli", "ping", *LIVE],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    result = trackerctl("ping", *LIVE, env=env)
     assert result.returncode == EXIT_OK
 
 
@@ -258,17 +243,7 @@ def test_watch_json_counts_and_rates(daemon: Daemon) -> None:
 
 def test_watch_leaves_cleanly_on_ctrl_c(daemon: Daemon) -> None:
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "servertracker.cli",
-            "watch",
-            "-n",
-            "0.1",
-            "--runtime-dir",
-            str(daemon.runtime_dir),
-            *LIVE,
-        ],
+        [*TRACKERCTL, "watch", "-n", "0.1", "--runtime-dir", str(daemon.runtime_dir), *LIVE],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -23,29 +23,9 @@ from servertracker import STATUS_FILE_NAME, paths, protocol
 from servertracker.cli import main
 from servertracker.cli_common import EXIT_CODES
 from servertracker.paths import resolve_runtime_dir
-from tests.conftest import Daemon, run_as_nobody, wait_for
+from tests.conftest import TRACKERCTL, Daemon, run_as_nobody, trackerctl, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "servertracker.cli"]
-
-
-def trackerctl(
-    *args: str | bytes,
-    env: dict[str, str] | None = None,
-    stdin: str | None = None,
-    timeout: float = 30,
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [*CLI, *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=timeout,
-        env=env,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -73,7 +53,7 @@ def test_shell_completion() -> None:
     assert script.returncode == 0 and "_TRACKERCTL_COMPLETE" in script.stdout
     env = dict(os.environ, _TRACKERCTL_COMPLETE="complete_bash", COMP_WORDS="trackerctl st")
     env["COMP_CWORD"] = "1"
-    result = subprocess.run([*CLI], env=env, capture_output=True, text=True, timeout=30)
+    result = subprocess.run([*TRACKERCTL], env=env, capture_output=True, text=True, timeout=30)
     assert "status" in result.stdout.split()
 
 
@@ -106,7 +86,7 @@ def test_an_undecodable_sender_is_recorded_without_a_traceback(daemon: Daemon) -
 def test_output_into_a_full_disk(daemon: Daemon) -> None:
     with open("/dev/full", "w") as full:
         result = subprocess.run(
-            [*CLI, "status", "--runtime-dir", str(daemon.runtime_dir)],
+            [*TRACKERCTL, "status", "--runtime-dir", str(daemon.runtime_dir)],
             stdout=full,
             stderr=subprocess.PIPE,
             text=True,
@@ -301,7 +281,7 @@ def test_a_full_listen_backlog_is_retried_until_the_timeout(short_tmp: Path) -> 
         assert error["reason"] == "timeout" and "backlog" in error["message"]
         # Now free the backlog while trackerctl waits, and answer its ping.
         process = subprocess.Popen(
-            [*CLI, "ping", "--socket", path, "--timeout", "20"],
+            [*TRACKERCTL, "ping", "--socket", path, "--timeout", "20"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -15,25 +15,7 @@ from pathlib import Path
 import pytest
 
 from servertracker.cli import main
-from tests.conftest import Daemon, run_as_nobody
-
-CLI = [sys.executable, "-m", "servertracker.cli"]
-
-
-def trackerctl(
-    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [*CLI, *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
-        timeout=60,
-        env=env,
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
+from tests.conftest import TRACKERCTL, Daemon, run_as_nobody, trackerctl
 
 
 def json_error(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
@@ -112,7 +94,7 @@ def test_json_errors_have_one_shape(daemon: Daemon, short_tmp: Path) -> None:
     assert text.stderr.startswith("error: ") and "status file: status file" not in text.stderr
     with open("/dev/full", "w") as full:
         result = subprocess.run(
-            [*CLI, "--json", "status", "--runtime-dir", str(daemon.runtime_dir)],
+            [*TRACKERCTL, "--json", "status", "--runtime-dir", str(daemon.runtime_dir)],
             stdout=full,
             stderr=subprocess.PIPE,
             text=True,

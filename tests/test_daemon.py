@@ -24,7 +24,7 @@ import pytest
 from servertracker import STATUS_FILE_NAME, protocol, read_status_file
 from servertracker.connection import DaemonConnection
 from servertracker.status import Status
-from tests.conftest import Daemon, run_as_nobody, wait_for
+from tests.conftest import Daemon, run_as_nobody, trackerctl, wait_for
 from trackerd.edges.socket_files import bind_unix_socket
 from trackerd.errors import StartupError
 
@@ -363,10 +363,7 @@ def test_environment_chooses_the_runtime_dir_and_the_socket(
     assert daemon.socket_path == short_tmp / "env-rt" / "trackerd.sock"  # where it answered
     subprocess.run([sys.executable, "-c", worker], env=env, check=True, timeout=60)
     wait_for(lambda: daemon.status().unique_domains == 1, what="the worker's record")
-    status = subprocess.run(
-        [sys.executable, "-m", "servertracker.cli", "status", "--json", "--timeout", "60"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    status = trackerctl("status", "--json", "--timeout", "60", env=env)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["source"] == "live"
     assert json.loads(status.stdout)["socket"] == str(daemon.socket_path)
@@ -381,10 +378,7 @@ def test_environment_chooses_the_runtime_dir_and_the_socket(
     assert not (short_tmp / "env-rt" / "trackerd.sock").exists()
     subprocess.run([sys.executable, "-c", worker], env=env, check=True, timeout=60)
     wait_for(lambda: daemon.status().unique_domains == 1, what="the worker's record")
-    ping = subprocess.run(
-        [sys.executable, "-m", "servertracker.cli", "ping", "--timeout", "60"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    ping = trackerctl("ping", "--timeout", "60", env=env)
     assert ping.returncode == 0, ping.stderr
     assert ping.stdout.startswith(f"pong from {short_tmp / 'env.sock'} in ")
     assert daemon.stop() == 0
@@ -400,9 +394,12 @@ def test_a_user_sent_to_root_s_runtime_dir_is_told_why(short_tmp: Path) -> None:
     log_path.touch()
     os.chown(log_path, 65534, 65534)
 
+    # Imported here, as root: nobody cannot read this interpreter's standard library
+    # under /root (trackerd.main imports resource), so the child must find it loaded.
+    import trackerd.main
+
     def trackerd_as_nobody() -> int:
         import servertracker.paths
-        import trackerd.main
 
         servertracker.paths.SYSTEM_RUNTIME_DIR = system_dir
         for name in ("TRACKERD_RUNTIME_DIR", "RUNTIME_DIRECTORY", "TRACKERD_SOCKET"):

@@ -28,7 +28,7 @@ import redis
 
 from servertracker import cli_common, fleet_store, protocol
 from servertracker.fleet_key import FleetKey, epoch_at, value_hasher
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, trackerctl, wait_for
 from tests.redis_server import REDIS_SERVER, MonitorCapture, RedisServer
 from trackerd.core.fleet_sketch import HLL_REGISTERS, index_and_rank, registers_of
 from trackerd.core.normalise import Category
@@ -36,15 +36,6 @@ from trackerd.core.normalise import Category
 CATEGORIES = fleet_store.CATEGORIES
 DOCS = Path(__file__).parent.parent / "docs" / "fleet.md"
 UNITS = Path(__file__).parent.parent / "systemd"
-
-
-def trackerctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "servertracker.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def population(start: int, stop: int) -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
+from tests.container_checks import shell_commands
 
 ROOT = Path(__file__).parent.parent
 TRACKERCTL = Path(sys.executable).parent / "trackerctl"
@@ -64,23 +65,12 @@ HIDDEN_BY_PROTECT_HOME = (Path("/root"), Path("/home"), Path("/run/user"))
 
 
 def doc_commands(doc: Path) -> list[list[str]]:
-    """The shell commands in a doc's indented code blocks, split into words
-    (continuation lines joined, comments dropped)."""
-    commands: list[list[str]] = []
-    pending = ""
-    for line in doc.read_text().splitlines():
-        if not line.startswith("    ") or line.startswith("        "):
-            pending = ""
-            continue
-        text = pending + line.strip()
-        if text.endswith("\\"):
-            pending = text[:-1] + " "
-            continue
-        pending = ""
-        words = text.split("#", 1)[0].split()
-        if words:
-            commands.append(words)
-    return commands
+    """The shell commands in a doc (as the container test finds them), split into
+    words, comments dropped."""
+    commands = (
+        text.split("#", 1)[0].split() for text in shell_commands(doc.read_text().splitlines())
+    )
+    return [words for words in commands if words]
 
 
 def unit_name(word: str) -> str:

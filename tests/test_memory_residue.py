@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from servertracker import protocol
-from tests.conftest import Daemon
+from tests.conftest import Daemon, read_policy_reply
 
 #: Other traffic after the marked connections: enough to run the allocator through
 #: its free lists, bounded so the test takes seconds.
@@ -67,11 +67,7 @@ def _policy_request(sender: str, instance: str, recipient: str) -> bytes:
 
 def _ask(sock: socket.socket, request: bytes) -> None:
     sock.sendall(request)
-    reply = b""
-    while not reply.endswith(b"\n\n"):
-        chunk = sock.recv(4096)
-        assert chunk, "the policy listener closed the connection"
-        reply += chunk
+    assert read_policy_reply(sock).endswith(b"\n\n"), "the policy listener closed the connection"
 
 
 def _other_traffic(daemon: Daemon, policy_path: Path) -> None:

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from servertracker.exposition import METRIC_NAMES, render
 from servertracker.status import Health, Status, WindowCounts
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, trackerctl, wait_for
 
 PROMTOOL = shutil.which("promtool")
 NODE_EXPORTER = shutil.which("prometheus-node-exporter")
@@ -44,15 +44,6 @@ def promtool_check(text: str) -> None:
         [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def trackerctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "servertracker.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 PAIRS = [
@@ -250,9 +241,17 @@ def test_workers_and_other_commands_never_load_prometheus_client(short_tmp: Path
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_protocol_error_labels_are_the_protocol_s_codes() -> None:
+def test_protocol_error_labels_are_the_documented_codes() -> None:
+    """The codes are written once (error_codes.py); docs/protocol.md's table of them
+    must name the same: the wire's codes, refusals included, and not "policy"."""
     from servertracker import protocol
-    from servertracker.status import PROTOCOL_ERROR_CODES
+    from servertracker.error_codes import POLICY_ERROR, PROTOCOL_ERROR_CODES, REFUSAL_REASONS
 
-    codes = {value for name, value in vars(protocol).items() if name.startswith("ERR_")}
-    assert set(PROTOCOL_ERROR_CODES) == codes | {"policy"}
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    table = doc.split("| code | meaning |\n|---|---|\n", 1)[1].split("\n\n", 1)[0]
+    documented = {row.split("`")[1] for row in table.splitlines()}
+    wire = {value for name, value in vars(protocol).items() if name.startswith("ERR_")}
+    assert documented == wire == set(PROTOCOL_ERROR_CODES) - {POLICY_ERROR} | set(REFUSAL_REASONS)
+    assert POLICY_ERROR in PROTOCOL_ERROR_CODES and not set(REFUSAL_REASONS) & set(
+        PROTOCOL_ERROR_CODES
+    )

@@ -17,7 +17,6 @@ import shutil
 import smtplib
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, trackerctl, wait_for
 
 pytestmark = pytest.mark.skipif(
     shutil.which("postfix") is None or os.getuid() != 0,
@@ -215,11 +214,9 @@ def test_postfix_feeds_trackerd(postfix_and_trackerd: tuple[PostfixInstance, Dae
     messages = len(CLIENTS) * len(SENDERS)
 
     def status() -> dict[str, object]:
-        result = subprocess.run(
-            [sys.executable, "-m", "servertracker.cli", "status", "--json", "--timeout", "60",
-             "--runtime-dir", str(daemon.runtime_dir)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        result = trackerctl(
+            "status", "--json", "--timeout", "60", "--runtime-dir", str(daemon.runtime_dir)
+        )
         assert result.returncode == 0, result.stderr
         data: dict[str, object] = json.loads(result.stdout)
         return data

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from servertracker.connection import DaemonConnection
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, read_policy_reply, wait_for
 from trackerd.core.policy_protocol import (
     DUNNO_RESPONSE,
     MAX_LINE,
@@ -167,13 +167,7 @@ def connect_once_listening(path: Path) -> socket.socket | None:
 
 def ask(sock: socket.socket, request: bytes) -> bytes:
     sock.sendall(request)
-    reply = b""
-    while not reply.endswith(b"\n\n"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        reply += chunk
-    return reply
+    return read_policy_reply(sock)
 
 
 def policy_request(

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -127,22 +128,34 @@ def test_the_raw_value_cache_changes_no_count() -> None:
 def test_the_raw_value_cache_holds_no_cleartext() -> None:
     tracker = Tracker()
     tracker.record_pairs([("203.0.113.77", "someone@secret-domain.example")])
-    caches = (tracker._conn_cache, tracker._domain_cache, tracker._sender_cache)
-    for cache in caches:
-        assert cache
-        for key, value in cache.items():
-            assert type(key) is int
-            assert type(value) in (bytes, tuple)
-    dump = "".join(map(repr, caches))
-    assert "203.0.113.77" not in dump and "secret-domain" not in dump
+    for cache in (tracker._conn_cache, tracker._sender_cache):
+        assert len(cache) == 1
+        # Its only state: the table of 64-bit keys (and a random empty marker).
+        assert {name: type(value) for name, value in vars(cache).items()} == {
+            "_mask": np.int64, "_row_mask": int, "_empty": np.int64,
+            "_table": np.ndarray}  # fmt: skip
+        assert cache._table.dtype == np.int64
+    assert tracker._domain_cache
+    for key, value in tracker._domain_cache.items():
+        assert type(key) is int
+        assert type(value) is tuple and type(value[1]) is bytes
+    dump = repr(tracker._domain_cache).encode() + tracker._conn_cache._table.tobytes()
+    dump += tracker._sender_cache._table.tobytes()
+    for secret in ("203.0.113.77", "secret-domain"):
+        assert secret.encode() not in dump and secret.encode("utf-16-le") not in dump
 
 
-def test_the_raw_value_cache_is_bounded() -> None:
-    tracker = Tracker()
+def test_the_raw_value_caches_are_bounded() -> None:
+    tracker = Tracker(raw_cache_slots=64)
     tracker.raw_cache_entries = 100
-    tracker.record_pairs([(f"10.0.{i // 256}.{i % 256}", None) for i in range(1000)])
-    assert len(tracker._conn_cache) <= 100
-    assert tracker.status().unique_conn_ips == 1000
+    size = tracker._conn_cache.nbytes
+    tracker.record_pairs(
+        [(f"10.0.{i // 256}.{i % 256}", f"u@d{i}.example") for i in range(1000)]
+    )
+    assert len(tracker._conn_cache) <= 64 and tracker._conn_cache.nbytes == size
+    assert len(tracker._sender_cache) <= 128 and len(tracker._domain_cache) <= 100
+    status = tracker.status()
+    assert (status.unique_conn_ips, status.unique_domains) == (1000, 1000)
 
 
 def test_the_cache_is_off_when_the_hash_secret_is_fixed() -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from servertracker.status import Status, WindowCounts, read_status_file
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, trackerctl, wait_for
 from trackerd.core.digest_table import DigestTable
 from trackerd.core.distinct_counter import DistinctCounter
 from trackerd.core.sliding_hyperloglog import SlidingHyperLogLog
@@ -278,27 +278,22 @@ def test_daemon_refuses_bad_windows(make_daemon: Callable[..., Daemon]) -> None:
 
 
 def test_status_and_watch_show_each_window(make_daemon: Callable[..., Daemon]) -> None:
-    import subprocess
-    import sys
-
     daemon = make_daemon(extra_args=["--windows", "1h,24h"]).start()
     with daemon.connect() as conn:
         conn.record([("192.0.2.1", "a@example.com"), ("192.0.2.2", "b@[192.0.2.9]")])
         conn.ping()
 
-    def trackerctl(*args: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "servertracker.cli", *args, "--runtime-dir",
-             str(daemon.runtime_dir)],
-            capture_output=True, text=True, timeout=60, env={"PYTHONIOENCODING": "utf-8"},
-        )  # fmt: skip
+    def output(*args: str) -> str:
+        result = trackerctl(
+            *args, "--runtime-dir", str(daemon.runtime_dir), env={"PYTHONIOENCODING": "utf-8"}
+        )
         assert result.returncode == 0, result.stderr
         return result.stdout
 
-    status = trackerctl("status")
+    status = output("status")
     assert "last 1h  last 24h" in status
     assert any(line.split() == ["Connection", "IPs:", "2", "2"] for line in status.splitlines())
-    screen = trackerctl("watch", "--count", "3", "--interval", "0.2")
+    screen = output("watch", "--count", "3", "--interval", "0.2")
     lines = screen.splitlines()
     assert max(len(line) for line in lines) <= 80
     header = next(line for line in lines if "since boot" in line)

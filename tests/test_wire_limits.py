@@ -18,7 +18,7 @@ from pathlib import Path
 import msgpack
 
 from servertracker import protocol
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, read_policy_reply, wait_for
 
 POLICY_REQUEST = (
     b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.77\n"
@@ -48,13 +48,7 @@ def closed_by_peer(sock: socket.socket) -> bool:
 def ask_policy(path: Path) -> bytes:
     with unix_connect(path, timeout=5) as sock:
         sock.sendall(POLICY_REQUEST)
-        reply = b""
-        while not reply.endswith(b"\n\n"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
-        return reply
+        return read_policy_reply(sock)
 
 
 def policy_answers(path: Path) -> bool:
@@ -220,11 +214,8 @@ def test_a_policy_connection_sending_requests_in_pieces_is_never_cut(
         sock.sendall(POLICY_REQUEST[:half])
         time.sleep(0.3)
         sock.sendall(POLICY_REQUEST[half:])
-        reply = b""
-        while not reply.endswith(b"\n\n"):
-            chunk = sock.recv(4096)
-            assert chunk, "the daemon closed a connection whose requests each came in time"
-            reply += chunk
+        reply = read_policy_reply(sock)
+        assert reply.endswith(b"\n\n"), "the daemon closed a connection whose requests came in time"
         answered += 1
     sock.close()
     # However many requests the machine's speed allowed, the connection was inside

@@ -15,18 +15,10 @@ from collections.abc import Sequence
 from types import TracebackType
 
 from servertracker import protocol
-from servertracker.errors import DaemonUnavailable, ProtocolError
+from servertracker.errors import CONNECT_REASONS, DaemonUnavailable, ProtocolError
 from servertracker.status import Status
 
 DEFAULT_TIMEOUT = 2.0
-
-_REASONS = {
-    errno.ENOENT: "no-socket",
-    errno.ENOTDIR: "no-socket",
-    errno.ECONNREFUSED: "refused",
-    errno.EACCES: "permission-denied",
-    errno.EPERM: "permission-denied",
-}
 
 
 class _BacklogFull(TimeoutError):
@@ -42,7 +34,7 @@ def _unavailable(exc: OSError, socket_path: object) -> DaemonUnavailable:
                 "full: the daemon is overloaded or stopped)",
             )
         return DaemonUnavailable("timeout", f"trackerd at {socket_path} did not answer in time")
-    reason = _REASONS.get(exc.errno or 0, "error")
+    reason = CONNECT_REASONS.get(exc.errno or 0, "error")
     text = {
         "no-socket": f"no socket at {socket_path} (is trackerd running?)",
         "refused": f"connection to {socket_path} refused (trackerd is not listening)",

@@ -6,6 +6,8 @@ so callers catch servertracker's own types instead of a zoo of OSError subclasse
 
 from __future__ import annotations
 
+import errno
+
 
 class TrackerError(Exception):
     """Base class of every error servertracker raises on purpose."""
@@ -37,11 +39,22 @@ class StatusFileError(TrackerError):
         self.reason = reason
 
 
+#: Why a connect() to trackerd's socket failed, by errno: DaemonUnavailable's reason
+#: (trackerctl), and the cause a worker's warning names (reachability.py).
+CONNECT_REASONS = {
+    errno.ENOENT: "no-socket",
+    errno.ENOTDIR: "no-socket",
+    errno.ECONNREFUSED: "refused",
+    errno.EACCES: "permission-denied",
+    errno.EPERM: "permission-denied",
+}
+
+
 class DaemonUnavailable(TrackerError):
     """trackerd could not be reached or did not answer in time.
 
-    ``reason`` is one of: "no-socket", "refused", "permission-denied",
-    "timeout", "closed", "error".
+    ``reason`` is one of: "no-socket", "refused", "permission-denied" (from
+    CONNECT_REASONS), "timeout", "closed", "error".
     """
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -22,7 +22,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from servertracker.status import PROTOCOL_ERROR_CODES, REFUSAL_REASONS, Status
+from servertracker.error_codes import PROTOCOL_ERROR_CODES, REFUSAL_REASONS
+from servertracker.status import Status
 
 PREFIX = "servertracker"
 #: The since-boot count's window label.

@@ -19,6 +19,19 @@ from typing import Any, Final, TypeAlias
 
 import msgpack
 
+# The error codes of Error messages, as protocol.ERR_*: written in error_codes.py, which
+# status.py imports (it cannot import this module, which imports it).
+from servertracker.error_codes import ERR_BAD_MESSAGE as ERR_BAD_MESSAGE
+from servertracker.error_codes import ERR_BAD_MSGPACK as ERR_BAD_MSGPACK
+from servertracker.error_codes import ERR_BUSY as ERR_BUSY
+from servertracker.error_codes import ERR_EMPTY_FRAME as ERR_EMPTY_FRAME
+from servertracker.error_codes import ERR_FLEET_OFF as ERR_FLEET_OFF
+from servertracker.error_codes import ERR_FORBIDDEN as ERR_FORBIDDEN
+from servertracker.error_codes import ERR_TOO_LARGE as ERR_TOO_LARGE
+from servertracker.error_codes import ERR_TRUNCATED as ERR_TRUNCATED
+from servertracker.error_codes import ERR_UNEXPECTED as ERR_UNEXPECTED
+from servertracker.error_codes import ERR_UNKNOWN_TYPE as ERR_UNKNOWN_TYPE
+from servertracker.error_codes import ERR_UNSUPPORTED_VERSION as ERR_UNSUPPORTED_VERSION
 from servertracker.errors import LocalProtocolError, ProtocolError
 from servertracker.status import Status
 
@@ -37,16 +50,6 @@ MAX_ERROR_TEXT: Final = 512
 _HEADER = struct.Struct(">I")
 HEADER_SIZE: Final = _HEADER.size
 
-# Error codes carried in Error messages (docs/protocol.md lists them).
-ERR_TOO_LARGE: Final = "too-large"
-ERR_EMPTY_FRAME: Final = "empty-frame"
-ERR_BAD_MSGPACK: Final = "bad-msgpack"
-ERR_BAD_MESSAGE: Final = "bad-message"
-ERR_UNSUPPORTED_VERSION: Final = "unsupported-version"
-ERR_UNKNOWN_TYPE: Final = "unknown-type"
-ERR_TRUNCATED: Final = "truncated"
-ERR_UNEXPECTED: Final = "unexpected-message"
-ERR_FLEET_OFF: Final = "fleet-off"
 
 #: Size of one fleet sketch: a dense Redis HyperLogLog string (16-byte header and
 #: 16,384 six-bit registers), as trackerd/core/fleet_sketch.py makes it.

@@ -12,7 +12,8 @@ clock and does the logging.
 
 from __future__ import annotations
 
-import errno
+from servertracker.error_codes import ERR_BUSY, ERR_FORBIDDEN
+from servertracker.errors import CONNECT_REASONS
 
 #: A socket unreachable for less than this is a daemon restarting: no warning yet.
 GRACE_SECONDS = 3.0
@@ -21,12 +22,11 @@ WARNING_INTERVAL = 60.0
 #: Least time between two warnings of dropped records.
 DROP_WARNING_INTERVAL = 60.0
 
+#: By errors.CONNECT_REASONS' reason.
 _CAUSES = {
-    errno.EACCES: "permission denied (is this user in trackerd's group?)",
-    errno.EPERM: "permission denied (is this user in trackerd's group?)",
-    errno.ENOENT: "no socket there (is trackerd running? is the socket path right?)",
-    errno.ENOTDIR: "no socket there (is trackerd running? is the socket path right?)",
-    errno.ECONNREFUSED: (
+    "permission-denied": "permission denied (is this user in trackerd's group?)",
+    "no-socket": "no socket there (is trackerd running? is the socket path right?)",
+    "refused": (
         "connection refused: a stale socket file that no trackerd listens on "
         "(trackerd crashed or is starting)"
     ),
@@ -35,8 +35,8 @@ _CAUSES = {
 
 #: The daemon's own refusals (its "error" reply on connect), by code.
 _REFUSALS = {
-    "forbidden": "refused: this user or group is not in trackerd's allow-lists",
-    "busy": "refused: trackerd is at its connection limit (busy)",
+    ERR_FORBIDDEN: "refused: this user or group is not in trackerd's allow-lists",
+    ERR_BUSY: "refused: trackerd is at its connection limit (busy)",
 }
 
 
@@ -52,7 +52,7 @@ def cause(exc: OSError) -> str:
     """The likely cause of a failed connect, for an operator."""
     if isinstance(exc, Refused):
         return _REFUSALS.get(exc.code, str(exc))
-    known = _CAUSES.get(exc.errno or 0)
+    known = _CAUSES.get(CONNECT_REASONS.get(exc.errno or 0, ""))
     if known is not None:
         return known
     if isinstance(exc, TimeoutError):

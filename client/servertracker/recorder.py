@@ -380,11 +380,15 @@ class Client:
             sock.connect(self.socket_path)
         except OSError as exc:
             sock.close()
-            warning = self._unreachable.failed(exc, self.socket_path, time.monotonic())
-            if warning is not None:
-                log.warning("%s", warning)
+            self._failed_to_connect(exc)
             raise
         return sock
+
+    def _failed_to_connect(self, exc: OSError) -> None:
+        """Log the unreachable warning, if this failure deserves one."""
+        warning = self._unreachable.failed(exc, self.socket_path, time.monotonic())
+        if warning is not None:
+            log.warning("%s", warning)
 
     def _connect(self) -> None:
         sock = self._open()
@@ -400,9 +404,7 @@ class Client:
             # Refused by the daemon itself (say, its allow-lists): as worth a
             # warning as a connect() the kernel refused.
             sock.close()
-            warning = self._unreachable.failed(exc, self.socket_path, time.monotonic())
-            if warning is not None:
-                log.warning("%s", warning)
+            self._failed_to_connect(exc)
             raise
         except BaseException:
             sock.close()

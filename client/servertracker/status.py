@@ -17,6 +17,7 @@ from dataclasses import field as _field
 from pathlib import Path
 from typing import Any, Final, get_type_hints
 
+from servertracker.error_codes import PROTOCOL_ERROR_CODES, REFUSAL_REASONS
 from servertracker.errors import StatusFileError
 
 STATUS_FILE_NAME: Final = "server_tracker.json"
@@ -25,6 +26,11 @@ MAX_STATUS_FILE_SIZE: Final = 64 * 1024
 #: StatusFileError.reason when this user may not read the file (trackerctl then says
 #: how its runtime directory was chosen).
 FILE_PERMISSION_DENIED: Final = "permission denied"
+
+
+def _is_count(value: object) -> bool:
+    """A count in a status: an int (not a bool, a float or a string of one), never negative."""
+    return type(value) is int and value >= 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,28 +55,10 @@ class WindowCounts:
         values: dict[str, Any] = {"window": name}
         for field in ("seconds", *_COUNT_FIELDS):
             value = data.get(field)
-            if type(value) is not int or value < 0:
+            if not _is_count(value):
                 raise ValueError(f"a window's {field!r} must be a non-negative int")
             values[field] = value
         return cls(**values)
-
-
-#: Why a connection was turned away (the labels of servertracker_connections_refused_total).
-REFUSAL_REASONS: Final = ("forbidden", "busy")
-#: Protocol error codes the daemon counts: the msgpack protocol's (docs/protocol.md)
-#: and "policy" for a malformed Postfix policy request.
-PROTOCOL_ERROR_CODES: Final = (
-    "too-large",
-    "empty-frame",
-    "bad-msgpack",
-    "bad-message",
-    "unsupported-version",
-    "unknown-type",
-    "truncated",
-    "unexpected-message",
-    "fleet-off",
-    "policy",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,16 +88,14 @@ class Health:
             ("protocol_errors", PROTOCOL_ERROR_CODES),
         ):
             counts = data.get(name, {})
-            if not isinstance(counts, dict) or not all(
-                type(v) is int and v >= 0 for v in counts.values()
-            ):
+            if not isinstance(counts, dict) or not all(_is_count(v) for v in counts.values()):
                 raise ValueError(f"health's {name!r} must map names to non-negative ints")
             # Names from a newer daemon are left out: only fixed sets become labels.
             values[name] = {k: v for k, v in counts.items() if k in known}
         for name in ("connections_accepted", "connection_timeouts", "status_writes",
                      "status_write_failures"):  # fmt: skip
             value = data.get(name, 0)
-            if type(value) is not int or value < 0:
+            if not _is_count(value):
                 raise ValueError(f"health's {name!r} must be a non-negative int")
             values[name] = value
         return cls(**values)
@@ -179,7 +165,7 @@ class Status:
             if kind is float:
                 ok = type(value) in (int, float) and value == value and value >= 0
             else:
-                ok = type(value) is int and value >= 0
+                ok = _is_count(value)
             if not ok:
                 raise ValueError(f"field {field.name!r} must be a non-negative {kind.__name__}")
             values[field.name] = value

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from servertracker.connection import DaemonConnection
+from servertracker.error_codes import REFUSAL_REASONS
 from servertracker.errors import DaemonUnavailable, ProtocolError, StatusFileError, TrackerError
-from servertracker.status import REFUSAL_REASONS, Status, read_status_file, status_file_path
+from servertracker.status import Status, read_status_file, status_file_path
 
 #: Version of trackerctl's --json output; bumped only on incompatible changes.
 JSON_SCHEMA_VERSION = 1

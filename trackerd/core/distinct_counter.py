@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 FLUSH_AT = 16384
 #: Per category: just under 0.7 x 2**22, so a full table is 2**22 slots (32 MiB).
 #: With windows, 16 MiB of last-seen times beside it. Worst case (README.md,
-#: "Memory, worst case"): three full tables, the raw-value caches (~35 MiB), the
-#: interpreter (~40 MiB) and the 64 MiB budget for unfinished frames: about 285 MiB.
+#: "Memory, worst case"): three full tables, the raw-value caches (~25 MiB), the
+#: interpreter (~40 MiB) and the 64 MiB budget for unfinished frames: about 275 MiB.
 DEFAULT_MAX_EXACT = 2_900_000
 #: Digests moved into the sketches at a time when a category switches.
 SWITCH_CHUNK = 1 << 19

@@ -7,10 +7,11 @@ counts reset by design.
 
 Normalising costs far more than everything else, and the same raw values come
 back again and again (the same servers, the same senders), so results are
-cached: the key is Python's hash() of the raw text, SipHash keyed with the
-interpreter's own random secret, and the value the digest that is stored anyway.
-No cleartext is kept. When that secret is not random (PYTHONHASHSEED set), the
-cache stays off, since its keys could then be reversed by trying values.
+cached (raw_cache.py): the key is Python's hash() of the raw text, SipHash keyed
+with the interpreter's own random secret, and the entry says only whether the
+value was counted, rejected or ignored. No cleartext is kept. When that secret is
+not random (PYTHONHASHSEED set), the caches stay off, since their keys could then
+be reversed by trying values.
 
 Sliding windows (windows.py) need to know when each value was last seen, cache
 hits included. Time is cut into periods (1/60 of the shortest window, 1 s to
@@ -29,20 +30,25 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import cast
+
+import numpy as np
+import numpy.typing as npt
 
 from servertracker.status import Status, WindowCounts
 from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT, DistinctCounter
 from trackerd.core.fleet_sketch import FleetSketch
 from trackerd.core.normalise import (
-    REJECTED,
     Category,
     Outcome,
     classify_conn_ip,
     classify_domain_part,
     positions,
+    split_sender,
     split_senders,
 )
+from trackerd.core.raw_cache import COUNTED, IGNORED, MISS, Codes, Keys, RawCache
+from trackerd.core.raw_cache import REJECTED as CODE_REJECTED
 from trackerd.core.windows import Window, cutoff_stamp, period_of
 
 SALT_SIZE = 32
@@ -50,15 +56,26 @@ SALT_SIZE = 32
 #: about 3 in a million, and a digest is half the size of a 128-bit one.
 DIGEST_SIZE = 8
 
-#: Entries per raw-value cache before it starts again (about 100 bytes each).
+#: Slots of the connection IPs' raw-value cache (8 bytes each: 4 MiB); a value
+#: is forgotten when four others share its row, so about a quarter as many
+#: distinct values stay cached without loss.
+RAW_CACHE_SLOTS = 1 << 19
+#: The cache of raw senders has more: whole MAIL FROM addresses are many more
+#: than their domains (users times domains). 8 MiB.
+SENDER_CACHE_FACTOR = 2
+#: Entries of the domain-part cache (a dict, about 100 bytes each, looked up only
+#: for raw senders not cached) before it starts again.
 RAW_CACHE_ENTRIES = 1 << 17
-#: The cache of raw senders holds more: whole MAIL FROM addresses are many more
-#: than their domains (users times domains), and a full cache starts again. Its
-#: values are the domain-part cache's own objects, so an entry costs about 70 bytes.
-SENDER_CACHE_FACTOR = 4
 
-#: Sender misses split at a time when a deadline bounds the work (record_columns).
-SPLIT_CHUNK = 64
+#: Batches of at most this many pairs are counted a pair at a time (no arrays).
+FEW_PAIRS = 4
+
+#: Sender misses split at a time when a deadline bounds the work (record_columns):
+#: about 0.1 ms of splitting; normalising checks the clock after each value.
+SPLIT_CHUNK = 256
+
+#: The raw-value caches' code for each outcome.
+_CODES: dict[Outcome, int] = {Outcome.REJECTED: CODE_REJECTED, Outcome.IGNORED: IGNORED}
 
 #: The Status field that reports each category.
 STATUS_FIELDS = {
@@ -80,6 +97,7 @@ class Tracker:
         windows: Sequence[Window] = (),
         monotonic: Callable[[], float] = time.monotonic,
         fleet: FleetSketch | None = None,
+        raw_cache_slots: int = RAW_CACHE_SLOTS,
     ) -> None:
         """``salt`` exists for tests of the core; the daemon never passes one.
         ``fleet``, when given, is fed each canonical value on a cache miss.
@@ -104,12 +122,13 @@ class Tracker:
         self._period = period_of(self.windows)
         self._slot = 0  # the current period: whole seconds since start // period
         self._window_cache: tuple[tuple[int, int], tuple[WindowCounts, ...]] | None = None
-        self._conn_cache: dict[int, bytes | Outcome] = {}
+        self._conn_cache = RawCache(raw_cache_slots)
         self._domain_cache: dict[int, tuple[int, bytes] | Outcome] = {}
         # Keyed by the raw sender, before the split: what a repeated sender costs.
-        self._sender_cache: dict[int, tuple[int, bytes] | Outcome] = {}
+        self._sender_cache = RawCache(raw_cache_slots * SENDER_CACHE_FACTOR)
         #: Every raw-value cache: a new fleet epoch clears them all (roll_fleet_epoch).
         self._caches = (self._conn_cache, self._domain_cache, self._sender_cache)
+        #: The domain-part cache's bound; 0 turns every raw-value cache off.
         self.raw_cache_entries = RAW_CACHE_ENTRIES if hash_is_secret() else 0
         self.fleet = fleet
         self._clock = clock
@@ -130,27 +149,24 @@ class Tracker:
         hasher.update(key)
         return hasher.digest()
 
-    # The two cache misses: normalise, hash, queue the digest for its counter, and
-    # remember the result. Queueing and caching happen together, so a cache hit
-    # always means the digest is queued already. Each looks in the cache once more
-    # first: a batch looks all its values up before handling its misses, so a new
-    # value that comes twice in one batch misses twice, and only the first is new.
+    # The two kinds of miss: normalise, hash, and queue the digest for its counter.
+    # The caller remembers the outcome after queueing, so a cache hit always means
+    # the digest is queued already.
 
-    def _conn_ip_miss(self, value: str | None, cache_key: int) -> bytes | Outcome:
-        known = self._conn_cache.get(cache_key)
-        if known is not None:
-            return known
+    def _conn_ip_miss(self, value: str | None) -> int:
+        """Normalise a connection IP not cached; its outcome code (raw_cache.py)."""
         key = classify_conn_ip(value)
-        result = key
         if type(key) is bytes:
-            result = self._digest(Category.CONN_IP, key)
-            self.counters[Category.CONN_IP].pending.append(result)
+            self.counters[Category.CONN_IP].pending.append(self._digest(Category.CONN_IP, key))
             if self.fleet is not None:
                 self.fleet.add(Category.CONN_IP, key)
-        self._remember(self._conn_cache, cache_key, result)
-        return result
+            return COUNTED
+        return _CODES[cast(Outcome, key)]
 
     def _domain_part_miss(self, part: str, cache_key: int) -> tuple[int, bytes] | Outcome:
+        # Looks in the cache once more first: a batch looks all its values up before
+        # handling its misses, so a new part that comes twice in one batch misses
+        # twice, and only the first is new.
         known = self._domain_cache.get(cache_key)
         if known is not None:
             return known
@@ -162,17 +178,11 @@ class Tracker:
             self.counters[category].pending.append(result[1])
             if self.fleet is not None:
                 self.fleet.add(category, key)
-        self._remember(self._domain_cache, cache_key, result)
-        return result
-
-    def _remember(self, cache: dict[int, Any], cache_key: int, result: object) -> None:
         if self.raw_cache_entries:
-            bound = self.raw_cache_entries
-            if cache is self._sender_cache:
-                bound *= SENDER_CACHE_FACTOR
-            if len(cache) >= bound:
-                cache.clear()  # start again: simpler and cheaper than evicting one by one
-            cache[cache_key] = result
+            if len(self._domain_cache) >= self.raw_cache_entries:
+                self._domain_cache.clear()  # start again: simpler than evicting one by one
+            self._domain_cache[cache_key] = result
+        return result
 
     def record_pairs(self, pairs: Iterable[Sequence[str | None]]) -> None:
         """Count many pairs: record_columns() of their two columns."""
@@ -208,35 +218,97 @@ class Tracker:
             return 0
         if self.windows:
             self._follow_the_clock()
+        if len(conn_ips) <= FEW_PAIRS:
+            return self._record_few(conn_ips, senders, deadline)
         limit = len(conn_ips)
-        conn_results = list(map(self._conn_cache.get, map(hash, conn_ips)))
-        if None in conn_results:
-            limit = self._conn_misses(conn_ips, conn_results, deadline)
-        if limit < len(conn_ips):
-            del conn_results[limit:]
-            senders = senders[:limit]
-        sender_results: list[Any] = list(map(self._sender_cache.get, map(hash, senders)))
-        if None in sender_results:
-            limit = self._sender_misses(senders, sender_results, deadline)
-            if limit < len(sender_results):
-                del conn_results[limit:], sender_results[limit:]
+        conn_keys, conn_codes = self._look_up(self._conn_cache, conn_ips)
+        misses = np.flatnonzero(conn_codes == MISS)
+        if misses.size:
+            limit = self._conn_misses(conn_ips, conn_keys, conn_codes, misses, deadline)
+            if limit < len(conn_ips):
+                senders = senders[:limit]
+        sender_keys, sender_codes = self._look_up(self._sender_cache, senders)
+        misses = np.flatnonzero(sender_codes == MISS)
+        if misses.size:
+            limit = self._sender_misses(senders, sender_keys, sender_codes, misses, deadline)
         self.records += limit
-        self.rejected_conn_ips += conn_results.count(REJECTED)
-        self.rejected_senders += sender_results.count(REJECTED)
+        self.rejected_conn_ips += int(np.count_nonzero(conn_codes[:limit] == CODE_REJECTED))
+        self.rejected_senders += int(np.count_nonzero(sender_codes[:limit] == CODE_REJECTED))
         for counter in self.counters:
             counter.flush_if_full()
         return limit
 
-    def _conn_misses(
-        self, conn_ips: Sequence[str | None], results: list[Any], deadline: float | None
+    def _record_few(
+        self, conn_ips: Sequence[str | None], senders: Sequence[str | None], deadline: float | None
     ) -> int:
-        """Fill in the IPs not cached; how many pairs are done (see record_columns)."""
-        for index in positions(results, None):
-            value = conn_ips[index]
-            results[index] = self._conn_ip_miss(value, hash(value))
+        """record_columns() a pair at a time: a few pairs (one Postfix policy request,
+        say) cost less without arrays."""
+        cached = bool(self.raw_cache_entries)
+        conn_cache, sender_cache = self._conn_cache, self._sender_cache
+        done = rejected_conn_ips = rejected_senders = 0
+        for conn_ip, sender in zip(conn_ips, senders, strict=True):
+            key = hash(conn_ip)
+            code = conn_cache.code(key) if cached else MISS
+            missed = code == MISS
+            if missed:
+                code = self._conn_ip_miss(conn_ip)
+                if cached:
+                    conn_cache.put(key, code)
+            rejected_conn_ips += code == CODE_REJECTED
+            key = hash(sender)
+            code = sender_cache.code(key) if cached else MISS
+            if code == MISS:
+                missed = True
+                part = split_sender(sender)
+                result = self._domain_part_miss(part, hash(part)) if type(part) is str else part
+                code = COUNTED if type(result) is tuple else _CODES[cast(Outcome, result)]
+                if cached:
+                    sender_cache.put(key, code)
+            rejected_senders += code == CODE_REJECTED
+            done += 1
+            if missed and deadline is not None and time.perf_counter() > deadline:
+                break
+        self.records += done
+        self.rejected_conn_ips += rejected_conn_ips
+        self.rejected_senders += rejected_senders
+        for counter in self.counters:
+            counter.flush_if_full()
+        return done
+
+    def _look_up(self, cache: RawCache, values: Sequence[str | None]) -> tuple[Keys, Codes]:
+        if self.raw_cache_entries:
+            return cache.look_up(values)
+        return np.zeros(len(values), dtype=np.int64), np.zeros(len(values), dtype=np.int8)
+
+    def _conn_misses(
+        self,
+        conn_ips: Sequence[str | None],
+        keys: Keys,
+        codes: Codes,
+        misses: npt.NDArray[np.intp],
+        deadline: float | None,
+    ) -> int:
+        """Fill in the codes of the IPs not cached; how many pairs are done (see
+        record_columns)."""
+        done = len(codes)
+        cached = bool(self.raw_cache_entries)
+        indices: list[int] = misses.tolist()
+        miss_keys: list[int] = keys[misses].tolist()
+        new: dict[int, int] = {}  # a new value twice in one batch is normalised once
+        found: list[int] = []
+        for index, key in zip(indices, miss_keys, strict=True):
+            code = new.get(key) if cached else None
+            if code is None:
+                code = self._conn_ip_miss(conn_ips[index])
+                new[key] = code
+            found.append(code)
             if deadline is not None and time.perf_counter() > deadline:
-                return index + 1
-        return len(results)
+                done = index + 1
+                break
+        codes[indices[: len(found)]] = found
+        if cached:
+            self._conn_cache.remember(list(new), list(new.values()))
+        return done
 
     def _follow_the_clock(self) -> None:
         """At a new period: stamp what is queued with the old one, empty the caches."""
@@ -296,34 +368,52 @@ class Tracker:
                 cache.clear()
 
     def _sender_misses(
-        self, senders: Sequence[str | None], results: list[Any], deadline: float | None
+        self,
+        senders: Sequence[str | None],
+        keys: Keys,
+        codes: Codes,
+        misses: npt.NDArray[np.intp],
+        deadline: float | None,
     ) -> int:
-        """Fill in the senders whose raw text was not cached: split them (a batch at a
-        time), then look their domain parts up, normalising only new ones. Returns
-        how many pairs are done (see record_columns)."""
-        indices = list(positions(results, None))
-        sender_cache = self._sender_cache
+        """Fill in the codes of the senders whose raw text was not cached: split them
+        (a chunk at a time), then look their domain parts up, normalising only new
+        ones. Returns how many pairs are done (see record_columns).
+
+        No Python statement per value on the usual path (a new raw text whose
+        domain part is known: most of them, since addresses are users times
+        domains): the split is one regular-expression pass, the domain parts are
+        looked up by a comprehension, and the raw texts remembered in one call.
+        """
+        indices: list[int] = misses.tolist()
+        domain_get = self._domain_cache.get
         # Split a chunk at a time under a deadline: splitting is cheap beside
         # normalising, but not free, and the values past the deadline wait.
         chunk = len(indices) if deadline is None else SPLIT_CHUNK
         for first in range(0, len(indices), chunk):
             some = indices[first : first + chunk]
-            values = [senders[index] for index in some]
-            parts = split_senders(values)
-            for index, value, part in zip(some, values, parts, strict=True):
-                cache_key = hash(value)
-                result = sender_cache.get(cache_key)  # an earlier miss of this batch
-                if result is None:
-                    # An Outcome (IGNORED or REJECTED) is decided by the split already.
-                    if isinstance(part, str):
-                        result = self._domain_part_miss(part, hash(part))
-                    else:
-                        result = part
-                    self._remember(sender_cache, cache_key, result)
-                results[index] = result
-                if deadline is not None and time.perf_counter() > deadline:
-                    return index + 1
-        return len(results)
+            parts = split_senders([senders[index] for index in some])
+            # An Outcome (IGNORED or REJECTED) is decided by the split already.
+            found = [domain_get(hash(part)) if type(part) is str else part for part in parts]
+            done = len(some)
+            if None in found:
+                for at in positions(found, None):
+                    part = cast(str, parts[at])
+                    found[at] = self._domain_part_miss(part, hash(part))
+                    if deadline is not None and time.perf_counter() > deadline:
+                        done = at + 1
+                        break
+            # Every result before done is known now: a tuple (counted) or an Outcome.
+            results = cast("list[tuple[int, bytes] | Outcome]", found[:done])
+            found_codes = [
+                COUNTED if type(result) is tuple else _CODES[cast(Outcome, result)]
+                for result in results
+            ]
+            codes[some[:done]] = found_codes
+            if self.raw_cache_entries:
+                self._sender_cache.remember(keys[some[:done]], found_codes)
+            if done < len(some) or (deadline is not None and time.perf_counter() > deadline):
+                return some[done - 1] + 1
+        return len(codes)
 
     def status(self) -> Status:
         counts = [counter.count() for counter in self.counters]

@@ -8,15 +8,14 @@ counts. A failure is logged once per outage and never stops the status file.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import secrets
 from pathlib import Path
 
 from servertracker import exposition
 from servertracker.status import Status
 from trackerd import __version__
+from trackerd.edges.file_writes import FailureLog, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -26,19 +25,7 @@ TEXTFILE_MODE = 0o644
 def write_textfile(path: Path, data: bytes) -> None:
     """Write data to path atomically. Raises OSError."""
     temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(temp, flags, TEXTFILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(file.fileno(), TEXTFILE_MODE)  # whatever the umask
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    write_atomically(path, temp, data, TEXTFILE_MODE)
 
 
 class MetricsTextfile:
@@ -46,8 +33,11 @@ class MetricsTextfile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.failures = 0
-        self._failing = False
+        self._failures = FailureLog(log, "metrics text file")
+
+    @property
+    def failures(self) -> int:
+        return self._failures.failures
 
     def write(self, status: Status, *, live: bool = True) -> None:
         """Called in the status writer's worker thread, after the status file.
@@ -60,15 +50,10 @@ class MetricsTextfile:
         try:
             write_textfile(self.path, exposition.render(status, source=source, version=__version__))
         except OSError as exc:
-            self.failures += 1
-            if not self._failing:
-                log.error(
-                    "cannot write the metrics text file %s: %s; will retry at the next write",
-                    self.path,
-                    exc.strerror or exc,
-                )
-            self._failing = True
+            self._failures.failed(
+                "cannot write the metrics text file %s: %s; will retry at the next write",
+                self.path,
+                exc.strerror or exc,
+            )
             return
-        if self._failing:
-            log.warning("metrics text file written again after %d failures", self.failures)
-            self._failing = False
+        self._failures.succeeded()

@@ -16,11 +16,11 @@ import argparse
 import collections
 import logging
 import os
-import socket
 from pathlib import Path
 
-from anyio.abc import SocketAttribute, SocketStream
+from anyio.abc import SocketStream
 
+from servertracker.error_codes import POLICY_ERROR
 from trackerd.core.policy_protocol import (
     CLIENT_ADDRESS,
     DUNNO_RESPONSE,
@@ -32,11 +32,11 @@ from trackerd.core.policy_protocol import (
 )
 from trackerd.core.tracker import Tracker
 from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
+from trackerd.edges.callback_transport import Session, serve_with_callbacks
 from trackerd.edges.endpoint import ListenerSettings
 from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
-from trackerd.edges.stream_server import Connection, StreamServer
-from trackerd.errors import ConnectionClosed
+from trackerd.edges.stream_server import StreamServer
 from trackerd.option_types import Arguments
 
 log = logging.getLogger(__name__)
@@ -92,56 +92,64 @@ class PolicyServer(StreamServer):
         self.protocol_errors = 0
 
     async def serve_connection(self, stream: SocketStream) -> None:
-        connection = Connection()
-        try:
-            await self._serve(stream, connection)
-        finally:
-            self.forget(connection)
+        await serve_with_callbacks(self, stream, PolicySession(self))
 
-    async def _serve(self, stream: SocketStream, connection: Connection) -> None:
-        decoder = PolicyDecoder()
-        recent: collections.deque[str] = collections.deque(maxlen=RECENT_INSTANCES)
-        raw = stream.extra(SocketAttribute.raw_socket)
-        while True:
-            # The decoder copies what arrives; the read buffer is then overwritten.
-            count = await self.receive_on(connection, stream, decoder.receive_data)
-            if count is None:
-                return  # a timeout, or shed for a newcomer: Postfix has no "busy"
-            if not count:
-                decoder.receive_data(b"")
-            try:
-                while (request := decoder.next_request()) is not NEED_DATA:
-                    assert isinstance(request, dict)
-                    self._record(request, recent)
-                    await self._answer(stream, raw)
-            except PolicyProtocolError as exc:
-                self.count_protocol_error("policy")
-                if self._error_log.ready() is not None:
-                    log.warning("closing a Postfix policy connection: %s", exc)
-                return
-            if not count or decoder.closed_cleanly:
-                return
-            self.track(connection, decoder.in_progress, decoder.requests)
-
-    async def _answer(self, stream: SocketStream, raw: socket.socket) -> None:
-        """Send DUNNO. The socket nearly always takes 14 bytes at once: send them
-        straight away, without the event-loop round trip and the timeout scope of a
-        full send (a third of a request's cost); what it does not take goes that way."""
-        try:
-            sent = raw.send(DUNNO_RESPONSE)  # non-blocking: anyio made it so
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            raise ConnectionClosed from None
-        if sent < len(DUNNO_RESPONSE):
-            await self.send(stream, DUNNO_RESPONSE[sent:])
-
-    def _record(self, request: dict[str, str], recent: collections.deque[str]) -> None:
+    def record(self, request: dict[str, str], recent: collections.deque[str]) -> None:
+        """Record a request, unless it is another recipient of a message recorded already."""
         self.requests += 1
         instance = request.get(INSTANCE)
         if instance:
             if instance in recent:
-                return  # another recipient of a message already recorded
+                return
             recent.append(instance)
         self._tracker.record_server(request.get(CLIENT_ADDRESS), request.get(SENDER))
         self._writer.notify_changed()
+
+    def protocol_error(self, exc: PolicyProtocolError) -> None:
+        self.count_protocol_error(POLICY_ERROR)
+        if self._error_log.ready() is not None:
+            log.warning("closing a Postfix policy connection: %s", exc)
+
+
+class PolicySession(Session):
+    """One Postfix connection: requests in, one DUNNO out for each, at once."""
+
+    def __init__(self, server: PolicyServer) -> None:
+        self._server = server
+        self._decoder = PolicyDecoder()
+        self._recent: collections.deque[str] = collections.deque(maxlen=RECENT_INSTANCES)
+
+    def received(self, data: memoryview) -> bool:
+        self._decoder.receive_data(data)
+        return self._answer()
+
+    def ended(self) -> None:
+        self._decoder.receive_data(b"")
+        self._answer()
+
+    def in_progress(self) -> bool:
+        return self._decoder.in_progress
+
+    def finished(self) -> int:
+        return self._decoder.requests
+
+    def closed(self) -> None:
+        self._decoder.clear()
+
+    def _answer(self) -> bool:
+        """Record and answer every complete request; False after a malformed one."""
+        next_request, record, recent, write = (
+            self._decoder.next_request,
+            self._server.record,
+            self._recent,
+            self.write,
+        )
+        try:
+            while (request := next_request()) is not NEED_DATA:
+                assert isinstance(request, dict)
+                record(request, recent)
+                write(DUNNO_RESPONSE)
+        except PolicyProtocolError as exc:
+            self._server.protocol_error(exc)
+            return False
+        return True

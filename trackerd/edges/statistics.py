@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import anyio
 
+from servertracker.error_codes import ERR_BUSY, ERR_FORBIDDEN
 from servertracker.status import Health, Status
 from trackerd.core.wording import plural
 from trackerd.edges.status_writer import StatusWriter
@@ -53,8 +54,8 @@ def collect_health(servers: Sequence[StreamServer], writer: StatusWriter) -> Hea
     return Health(
         connections_accepted=sum(s.connections_total for s in stats),
         connections_refused={
-            "forbidden": sum(s.refused for s in stats),
-            "busy": sum(s.busy for s in stats),
+            ERR_FORBIDDEN: sum(s.refused for s in stats),
+            ERR_BUSY: sum(s.busy for s in stats),
         },
         connection_timeouts=sum(s.timeouts for s in stats),
         protocol_errors=dict(errors),

@@ -11,7 +11,6 @@ and at least once a minute anyway (updated_time then shows the daemon alive).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -24,6 +23,7 @@ import anyio
 
 from servertracker.status import STATUS_FILE_NAME, Health, Status, encode_status_file
 from trackerd.core.tracker import Tracker
+from trackerd.edges.file_writes import FailureLog, write_atomically
 from trackerd.edges.metrics_textfile import MetricsTextfile
 from trackerd.edges.socket_files import not_private
 from trackerd.option_types import Arguments, seconds_between
@@ -55,19 +55,8 @@ def write_status_file(runtime_dir: Path, status: Status) -> None:
         if problem is not None:
             raise PermissionError(errno.EPERM, problem)
         temp_name = f"{_TEMP_PREFIX}{secrets.token_hex(8)}{_TEMP_SUFFIX}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(temp_name, flags, STATUS_FILE_MODE, dir_fd=dir_fd)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                os.fchmod(file.fileno(), STATUS_FILE_MODE)  # whatever the umask
-                file.write(encode_status_file(status))
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp_name, STATUS_FILE_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp_name, dir_fd=dir_fd)
-            raise
+        data = encode_status_file(status)
+        write_atomically(STATUS_FILE_NAME, temp_name, data, STATUS_FILE_MODE, dir_fd=dir_fd)
     finally:
         os.close(dir_fd)
 
@@ -101,10 +90,9 @@ class StatusWriter:
         self._retry_interval = retry_interval
         self._changed = anyio.Event()
         self._lock = anyio.Lock()
-        self._failing = False
+        self._failures = FailureLog(log, "status file")
         self._last_written: Status | None = None
         self.writes = 0
-        self.failures = 0
         #: The daemon's health counters, added to each snapshot (set by main).
         self.health: Callable[[], Health] | None = None
         #: --metrics-textfile: rewritten after each status write.
@@ -132,6 +120,11 @@ class StatusWriter:
             ),
         )
 
+    @property
+    def failures(self) -> int:
+        """Failed writes since the start."""
+        return self._failures.failures
+
     def snapshot(self) -> Status:
         """The tracker's status with the daemon's health: what the status reply, the
         status file and the metrics show."""
@@ -155,18 +148,13 @@ class StatusWriter:
             try:
                 await anyio.to_thread.run_sync(self._write_files, status)
             except OSError as exc:
-                self.failures += 1
-                if not self._failing:
-                    log.error(
-                        "cannot write the status file in %s: %s; still counting, will retry",
-                        self._runtime_dir,
-                        exc.strerror or exc,
-                    )
-                self._failing = True
+                self._failures.failed(
+                    "cannot write the status file in %s: %s; still counting, will retry",
+                    self._runtime_dir,
+                    exc.strerror or exc,
+                )
                 return False
-            if self._failing:
-                log.warning("status file written again after %d failed attempts", self.failures)
-                self._failing = False
+            self._failures.succeeded()
             self._last_written = status
             self.writes += 1
             return True

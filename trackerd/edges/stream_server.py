@@ -17,11 +17,13 @@ import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
+from servertracker.error_codes import ERR_BUSY, ERR_FORBIDDEN
 from trackerd.core.wording import more_since
 from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle, peer_credentials
 from trackerd.errors import ConnectionClosed
@@ -30,7 +32,7 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
 #: Overwrites what a read left in the receive buffer (see StreamServer.receive).
-_ZEROS = memoryview(bytes(READ_SIZE))
+ZEROS = memoryview(bytes(READ_SIZE))
 #: A reply the peer does not read within this time closes the connection, so a
 #: client that stops reading cannot hold the daemon's memory.
 SEND_TIMEOUT = 10.0
@@ -39,8 +41,6 @@ DRAIN_QUIET_TIME = 0.05
 #: ... and for at most this long in all.
 DRAIN_DEADLINE = 3.0
 
-ERR_FORBIDDEN = "forbidden"
-ERR_BUSY = "busy"
 TEXT_BUSY = "too many connections; try again later"
 
 #: accept() errors that mean "out of a resource": the daemon refuses or waits,
@@ -80,6 +80,10 @@ class FrameClock:
         self._finished = finished
 
 
+class Wakeable(Protocol):
+    def cancel(self) -> object: ...
+
+
 class Connection:
     """What a server knows of one connection it serves: when its frame in progress
     began, its share of the unfinished-frame budget, and whether it is being shed."""
@@ -90,8 +94,9 @@ class Connection:
         self.buffered = 0
         self.clock = FrameClock()
         self.shed = False
-        #: The scope of the receive it waits in, to wake it when it is shed.
-        self.waiting: anyio.CancelScope | None = None
+        #: What to cancel to make it close when it is shed: the scope of the receive
+        #: it waits in, or its callback connection (callback_transport.py).
+        self.waiting: Wakeable | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +111,7 @@ class ServerStats:
     #: Turned away or shed: the connection limit, the buffer budget, no descriptors.
     busy: int
     timeouts: int
-    #: By code (servertracker.status.PROTOCOL_ERROR_CODES).
+    #: By code (servertracker.error_codes.PROTOCOL_ERROR_CODES).
     protocol_errors: dict[str, int]
 
 
@@ -121,6 +126,8 @@ class StreamServer:
         self.limits = limits or ConnectionLimits()
         self._stopping = False
         self._receive_scopes: set[anyio.CancelScope] = set()
+        # What else stop() tells: callback connections, which drain on their own.
+        self._stop_hooks: set[Callable[[], None]] = set()
         # One per listener: a socket file made again after it was removed gets a
         # listener of its own (see upkeep.py).
         self._accept_scopes: set[anyio.CancelScope] = set()
@@ -244,6 +251,21 @@ class StreamServer:
             accepting.cancel()
         for scope in self._receive_scopes:
             scope.cancel()
+        for hook in list(self._stop_hooks):
+            hook()
+
+    def watch_stop(self, hook: Callable[[], None]) -> None:
+        """Call hook at stop() (not if stop() was called already: check stopping)."""
+        self._stop_hooks.add(hook)
+
+    def unwatch_stop(self, hook: Callable[[], None]) -> None:
+        self._stop_hooks.discard(hook)
+
+    @property
+    def read_buffer(self) -> bytearray:
+        """What every connection of this listener reads into; whoever reads into it
+        overwrites what it read before anything else runs (see __init__)."""
+        return self._read_buffer
 
     # --- for subclasses ---------------------------------------------------------------
 
@@ -314,7 +336,7 @@ class StreamServer:
                 try:
                     sink(memoryview(buffer)[:count])
                 finally:
-                    buffer[:count] = _ZEROS[:count]
+                    buffer[:count] = ZEROS[:count]
             return count
 
     async def receive_on(

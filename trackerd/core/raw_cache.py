@@ -1,0 +1,145 @@
+"""What a raw value, as a worker sent it, came to: the tracker's first look-up. Pure, no I/O.
+
+Most values the daemon receives were seen moments ago (the same servers, the same
+senders), so each is looked up before it is normalised. The key is Python's hash()
+of the raw text, SipHash keyed with the interpreter's random secret: no cleartext is
+kept (tracker.py turns the cache off when that secret is fixed). An entry says only
+what the value came to: counted (its digest was queued when the entry was made, so
+a hit needs nothing more), rejected (tallied again at every sighting) or ignored.
+
+The table is one numpy array of rows of WAYS 64-bit slots, set-associative like a
+CPU cache: a key lives in the row its low bits name, and a full row forgets one of
+its keys to take a new one. A batch is looked up with a few array operations
+whatever its length, one memory access a value; a dict look-up takes three (its
+index, its entry, the key object), and a dict entry costs about 100 bytes against
+8 here. Forgetting is safe: a forgotten value is a miss, normalised and queued
+again, and the counters keep each digest once. The size is fixed at creation.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+Keys = npt.NDArray[np.int64]
+Codes = npt.NDArray[np.int8]
+
+#: remember() enters this many keys or fewer one at a time (fewer array operations).
+FEW: Final = 4
+
+#: What look_up() says of each value.
+MISS: Final = 0
+COUNTED: Final = 1
+REJECTED: Final = 2
+IGNORED: Final = 3
+
+#: Slots per row: a row holds up to this many keys whose low bits agree (four:
+#: a row's booleans are then one 32-bit word, see look_up()).
+WAYS: Final = 4
+
+# A slot holds the key itself for a counted value, else the key XOR a mark; the
+# marks are fixed, and a key is a secret-keyed hash no one can aim at them.
+_REJECTED_MARK: Final = 0x2545F4914F6CDD1D
+_IGNORED_MARK: Final = 0x5851F42D4C957F2D
+_MARKS: Final = np.array([0, 0, _REJECTED_MARK, _IGNORED_MARK], dtype=np.int64)
+
+
+class RawCache:
+    """A fixed-size map from hash() of a raw value to its outcome code."""
+
+    def __init__(self, slots: int) -> None:
+        """``slots`` is rounded up to a power of two, at least WAYS."""
+        rows = max(1, -(-slots // WAYS))
+        rows = 1 << (rows - 1).bit_length()
+        self._mask = np.int64(rows - 1)
+        self._row_mask = rows - 1
+        # Empty slots hold a random value, so that no key (not even hash("") == 0)
+        # can be taken for one; the chance that a value hashes to it is 2**-64.
+        self._empty = np.int64(secrets.randbits(64) - (1 << 63))
+        self._table: npt.NDArray[np.int64] = np.full((rows, WAYS), self._empty, dtype=np.int64)
+
+    @property
+    def slots(self) -> int:
+        return int(self._table.size)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._table.nbytes)
+
+    def __len__(self) -> int:
+        """Keys held (a full pass over the table: for tests and reports)."""
+        return int(np.count_nonzero(self._table != self._empty))
+
+    def __contains__(self, key: int) -> bool:
+        """Whether hash(value) == key has an entry, whatever its outcome."""
+        row = self._table[key & int(self._mask)]
+        return bool(np.isin(row, np.int64(key) ^ _MARKS[1:]).any())
+
+    def code(self, key: int) -> int:
+        """look_up() for one key, without arrays: cheaper for a few values."""
+        row = self._table[key & self._row_mask].tolist()
+        if key in row:
+            return COUNTED
+        if key ^ _REJECTED_MARK in row:
+            return REJECTED
+        return IGNORED if key ^ _IGNORED_MARK in row else MISS
+
+    def put(self, key: int, code: int) -> None:
+        """remember() for one key not held yet, without arrays."""
+        index = key & self._row_mask
+        row = self._table[index].tolist()
+        stored = key ^ int(_MARKS[code])
+        if stored in row:
+            return  # given twice
+        empty = int(self._empty)
+        way = row.index(empty) if empty in row else (key >> 32) & (WAYS - 1)
+        self._table[index, way] = stored
+
+    def clear(self) -> None:
+        self._table.fill(self._empty)
+
+    def look_up(self, values: Sequence[str | None]) -> tuple[Keys, Codes]:
+        """Each value's key (hash()) and code: MISS, COUNTED, REJECTED or IGNORED."""
+        keys: Keys = np.array(list(map(hash, values)), dtype=np.int64)
+        found = self._table.take(keys & self._mask, axis=0)
+        # Whether a row holds the key: its WAYS booleans read as one 32-bit word,
+        # three times cheaper than numpy's any(axis=1) on rows this short.
+        hit = (found == keys[:, None]).view(np.int32).ravel() != 0
+        codes: Codes = hit.view(np.int8)  # COUNTED is 1, MISS 0
+        others = np.flatnonzero(codes == MISS)
+        if others.size:
+            found, other_keys = found[others], keys[others]
+            for code in (REJECTED, IGNORED):
+                marked = (other_keys ^ _MARKS[code])[:, None]
+                codes[others[(found == marked).any(axis=1)]] = code
+        return keys, codes
+
+    def remember(self, keys: Keys | Sequence[int], codes: Codes | Sequence[int]) -> None:
+        """Enter keys (none of them held yet, some maybe twice) with their codes (not
+        MISS). A full row forgets one of its keys.
+
+        Arrays at a time: new keys that share a row take its free slots in up to
+        WAYS rounds; past that, of two that chose one slot, one is forgotten at
+        once, which costs one more miss later."""
+        if len(keys) <= FEW:
+            for key, code in zip(keys, codes, strict=True):
+                self.put(int(key), int(code))
+            return
+        all_keys = np.asarray(keys, dtype=np.int64)
+        stored = all_keys ^ _MARKS[np.asarray(codes, dtype=np.intp)]
+        for _ in range(WAYS):
+            rows = all_keys & self._mask
+            free = self._table[rows] == self._empty
+            # A free slot if the row has one, else one chosen by the key's upper bits.
+            chosen = (all_keys >> 32) & (WAYS - 1)
+            way = np.where(free.view(np.int32).ravel() != 0, free.argmax(axis=1), chosen)
+            self._table[rows, way] = stored
+            # Where two keys took one free slot, the other tries the row's next one.
+            lost = (self._table[rows, way] != stored) & (free.view(np.int32).ravel() != 0)
+            if not lost.any():
+                return
+            all_keys, stored = all_keys[lost], stored[lost]
