@@ -9,12 +9,15 @@ counted, and a run without requests is not subtracted (the daemon is idle then).
 ``--baseline DIR`` runs, alternately in the same rounds, the trackerd of another
 checkout (``git archive main | tar -x -C DIR``), so that a change is measured
 against what it replaces under the same load. ``--profile PREFIX`` adds one
-round per competitor under py-spy (PREFIX-NAME.txt, raw stacks; not counted).
+round per competitor under py-spy (not counted): PREFIX-NAME.txt holds the raw
+stacks, and the functions that hold the interpreter lock longest are printed
+(``--gil``: Python's own CPU; the kernel's is the "system" column).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import shutil
 import signal
@@ -141,12 +144,32 @@ def one_run(
 def _start_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
     process = subprocess.Popen(
-        [spy, "record", "-p", str(pid), "-r", "500", "-f", "raw", "-o", str(output)],
+        [spy, "record", "--gil", "-p", str(pid), "-r", "500", "-f", "raw", "-o", str(output)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     time.sleep(1)  # let it attach
     return process
+
+
+def profile_summary(path: Path, top: int = 12) -> str:
+    """The functions with the most samples, inclusive (py-spy's raw format)."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        total += int(count)
+        # Function names only (a frame is "function (file:line)"), each once a stack.
+        for name in {frame.split(" (")[0] for frame in stack.split(";")}:
+            inclusive[name] += int(count)
+    rows = [
+        [name, f"{100 * count / total:.0f}%"]
+        for name, count in inclusive.most_common(top + 12)
+        if not name.startswith(
+            ("<module>", "_run", "run", "Runner.", "AsyncIOBackend.", "main", "BaseEventLoop.run_")
+        )
+    ]
+    return table(["function (inclusive)", f"of {total:,} samples"], rows[:top])
 
 
 def main() -> None:
@@ -172,7 +195,8 @@ def main() -> None:
             slug = "baseline" if competitor is not entrants[-1] else "this"
             output = Path(f"{args.profile}-{slug}.txt")
             one_run(competitor, args.clients, args.requests, profile=output)
-            print(f"py-spy profile of {competitor.name}: {output}")
+            print(f"py-spy --gil profile of {competitor.name} ({output}):")
+            print(profile_summary(output))
     print(f"load average after: {loadavg()}")
     rows = []
     for competitor in entrants:

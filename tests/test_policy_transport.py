@@ -10,19 +10,21 @@ that only it can end what the test waits for; nothing here asserts speed.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from servertracker import read_status_file
-from tests.conftest import Daemon
+from tests.conftest import Daemon, wait_for
 from trackerd.core.policy_protocol import DUNNO_RESPONSE, NEED_DATA, PolicyDecoder
-from trackerd.edges import stream_server
+from trackerd.edges import policy_server, stream_server
 
 
 def request(n: int, recipient: str = "r@example.net") -> bytes:
     return (
-        f"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.{n}\n"
+        f"request=smtpd_access_policy\nprotocol_state=RCPT\n"
+        f"client_address=10.0.{n // 256}.{n % 256}\n"
         f"sender=u{n}@sender{n}.example\nrecipient={recipient}\ninstance=i{n}\n\n"
     ).encode()
 
@@ -59,15 +61,40 @@ def test_pipelined_and_split_requests_are_each_answered_once(
 ) -> None:
     daemon, path = start(make_daemon, short_tmp)
     with connect(path) as sock:
-        sock.sendall(b"".join(request(n) for n in range(1, 41)))  # many in one read
-        assert read_replies(sock, 40) == DUNNO_RESPONSE * 40
-        data = request(41) + request(42)
+        assert policy_server.RECORD_BATCH < 300  # many in one read, more than a batch
+        sock.sendall(b"".join(request(n) for n in range(1, 301)))
+        assert read_replies(sock, 300) == DUNNO_RESPONSE * 300
+        data = request(301) + request(302)
         for at in range(0, len(data), 7):  # in pieces, some cut inside the empty line
             sock.sendall(data[at : at + 7])
             time.sleep(0.001)
         assert read_replies(sock, 2) == DUNNO_RESPONSE * 2
     status = daemon.status()
-    assert (status.records, status.unique_conn_ips, status.unique_domains) == (42, 42, 42)
+    assert (status.records, status.unique_conn_ips, status.unique_domains) == (302, 302, 302)
+
+
+def test_a_peer_that_reads_late_gets_every_answer_once(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    """While a reply waits to be read, the daemon reads and answers nothing more
+    (its memory for a peer that does not read is one read's requests); once the
+    peer reads, every request is answered and recorded, once."""
+    daemon, path = start(make_daemon, short_tmp)
+    # 20,000 replies are 280 KB: more than the socket's buffers take (a Unix
+    # socket's are about 208 KiB), so the daemon must pause.
+    count = 20_000
+    with connect(path) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sender = threading.Thread(
+            target=sock.sendall, args=(b"".join(request(n) for n in range(1, count + 1)),)
+        )
+        sender.start()  # blocks until the daemon reads again, so it waits for the replies
+        wait_for(lambda: not sender.is_alive() or daemon.status().records > 0, what="a read")
+        assert read_replies(sock, count) == DUNNO_RESPONSE * count
+        sender.join(30)
+    status = daemon.status()
+    assert (status.records, status.unique_conn_ips) == (count, count)
+    assert "reading from it paused" in daemon.log()  # the case this test is about
 
 
 def test_an_idle_policy_connection_is_closed_and_counted(

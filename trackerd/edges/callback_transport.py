@@ -46,6 +46,9 @@ class Session(ABC):
 
     #: Sends a reply (the transport's write; set before the first byte arrives).
     write: Callable[[bytes], object]
+    #: True while a reply waits for the peer to read it: handle no more frames
+    #: (what is received meanwhile waits in the decoder) until resume().
+    paused = False
 
     @abstractmethod
     def received(self, data: memoryview) -> bool:
@@ -54,8 +57,13 @@ class Session(ABC):
         data is overwritten as soon as this returns."""
 
     @abstractmethod
+    def resume(self) -> bool:
+        """The peer read the replies (paused is False again): handle the frames that
+        waited; False closes the connection."""
+
+    @abstractmethod
     def ended(self) -> None:
-        """The peer closed its side: handle what is left."""
+        """The peer closed its side: handle what is left, paused or not."""
 
     @abstractmethod
     def in_progress(self) -> bool:
@@ -135,10 +143,14 @@ class CallbackConnection(asyncio.BufferedProtocol):
         finally:
             buffer[:nbytes] = ZEROS[:nbytes]
         self._last_read = monotonic()
+        self._handled(keep)
+
+    def _handled(self, keep: bool) -> None:
+        """After the session handled input: close, or track its frame in progress."""
         if not keep:
             self._close()
             return
-        connection = self._connection
+        connection, session = self._connection, self._session
         if connection.shed:
             return
         clock = connection.clock
@@ -166,9 +178,14 @@ class CallbackConnection(asyncio.BufferedProtocol):
             self._closed.set_result(None)
 
     def pause_writing(self) -> None:
-        """A reply waits in the transport's buffer: the peer has SEND_TIMEOUT to take it."""
+        """A reply waits in the transport's buffer: the peer has SEND_TIMEOUT to take it.
+
+        Meanwhile nothing is read and no more frames are answered, so a peer that
+        does not read holds at most one read's frames and one reply in memory."""
         assert self._transport is not None
+        self._session.paused = True
         self._transport.pause_reading()
+        log.debug("a peer has not read its replies yet: reading from it paused")
         self._send_timer = self._loop.call_later(stream_server.SEND_TIMEOUT, self._reply_not_read)
 
     def resume_writing(self) -> None:
@@ -176,7 +193,12 @@ class CallbackConnection(asyncio.BufferedProtocol):
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
-        self._transport.resume_reading()
+        self._session.paused = False
+        if self._transport.is_closing():
+            return  # closed after a malformed frame, shed, or ended: nothing more to handle
+        self._handled(self._session.resume())
+        if not self._session.paused:
+            self._transport.resume_reading()
 
     # --- the server's calls --------------------------------------------------------------
 
