@@ -85,16 +85,23 @@ class Competitor:
 
 
 def competitors(baseline: Path | None) -> list[Competitor]:
-    this = Competitor("this tree", [sys.executable, "-m", "trackerd"])
+    # -P: the current directory (a checkout, maybe) must not come first on sys.path.
+    this = Competitor("this tree", [sys.executable, "-P", "-m", "trackerd"])
     if baseline is None:
         return [this]
     path = f"{baseline.resolve()}:{baseline.resolve() / 'client'}"
     # PYTHONPATH comes before the editable install's path entries.
     other = Competitor(
         f"baseline ({baseline})",
-        ["env", f"PYTHONPATH={path}", sys.executable, "-m", "trackerd"],
+        ["env", f"PYTHONPATH={path}", sys.executable, "-P", "-m", "trackerd"],
     )
     return [other, this]
+
+
+def where(competitor: Competitor) -> str:
+    """The trackerd package a competitor's command imports."""
+    command = [*competitor.command[:-2], "-c", "import trackerd; print(trackerd.__file__)"]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def one_run(
@@ -183,6 +190,8 @@ def main() -> None:
     parser.add_argument("--profile", metavar="PREFIX", help="one more round each under py-spy")
     args = parser.parse_args()
     entrants = competitors(args.baseline)
+    for competitor in entrants:
+        print(f"{competitor.name}: {where(competitor)}")
     print(f"load average before: {loadavg()}")
     results: dict[str, list[Round]] = {c.name: [] for c in entrants}
     for number in range(args.rounds):
