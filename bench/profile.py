@@ -7,12 +7,19 @@ from start to end; prints the daemon's CPU per record and the samples by part of
 the path a record takes (first matching part, from the receive to the counters).
 py-spy samples threads that wait too (the status writer's), so shares are of the
 busy samples. The raw samples go to --out for a closer look.
+
+``--in-process`` instead decodes the same workload's frames (512 pairs, as the
+library sends them) in this process and counts them with Tracker.record_columns()
+twice, fresh strings each time: the first pass meets every distinct value once
+(its first sighting: split, normalised, hashed), the second finds them all
+cached. Their difference is what first sightings cost per record.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import shutil
 import subprocess
 import sys
@@ -71,6 +78,39 @@ def profile(form: str, out: Path, spy: str) -> tuple[float, dict[str, int]]:
     return run.server_cpu * 1e6 / load.total, samples_by_part(out)
 
 
+def in_process(form: str) -> tuple[float, float, float]:
+    """µs per record: decoding, record_columns() with first sightings, and with none."""
+    from servertracker import protocol
+    from trackerd.core.tracker import Tracker
+    from trackerd.core.windows import DEFAULT_WINDOWS, parse_windows
+
+    load = compare.Workload(form, compare.PER_WORKER)
+    # The workers' frames, interleaved as the daemon receives them.
+    frames = [
+        protocol.encode_columns_split([ip for ip, _ in share], [s for _, s in share], 512)
+        for share in load.shares
+    ]
+    rounds = zip(*frames, strict=True)  # every worker sends as many frames
+    bodies = [bytes(frame[protocol.HEADER_SIZE :]) for batch in rounds for frame in batch]
+    del load.shares, frames
+    gc.collect()
+    gc.freeze()  # as the daemon does after start-up
+    tracker = Tracker(windows=parse_windows(DEFAULT_WINDOWS))
+    seconds = []
+    for _ in range(2):
+        start = time.process_time()
+        messages = [protocol.decode_body(body) for body in bodies]
+        decoded = time.process_time()
+        for message in messages:
+            assert isinstance(message, protocol.RecordColumns)
+            tracker.record_columns(message.conn_ips, message.senders)
+        seconds.append((decoded - start, time.process_time() - decoded))
+        del messages
+    assert tracker.records == 2 * load.total
+    per_record = 1e6 / load.total
+    return seconds[0][0] * per_record, seconds[0][1] * per_record, seconds[1][1] * per_record
+
+
 def samples_by_part(raw: Path) -> dict[str, int]:
     counts: collections.Counter[str] = collections.Counter()
     for line in raw.read_text().splitlines():
@@ -88,7 +128,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="py-spy on trackerd under bench.compare's load")
     parser.add_argument("--form", default="mix", choices=compare.FORMS)
     parser.add_argument("--out", type=Path, help="keep py-spy's raw samples here")
+    parser.add_argument(
+        "--in-process", action="store_true", help="time decoding and record_columns() alone"
+    )
     args = parser.parse_args()
+    if args.in_process:
+        before = compare.loadavg()
+        decode, first, again = in_process(args.form)
+        print(f"load average before {before}, after {compare.loadavg()}")
+        print(
+            f"form {args.form}, µs/record: decoding {decode:.3f}; record_columns() "
+            f"{first:.3f} with first sightings, {again:.3f} without: first sightings "
+            f"{first - again:.3f}"
+        )
+        return
     spy = py_spy()
     if spy is None:
         raise SystemExit("py-spy not found: pip install -e '.[bench]'")
