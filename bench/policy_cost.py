@@ -25,6 +25,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,24 +83,43 @@ class Round:
 class Competitor:
     name: str
     command: list[str]
+    #: bench.policy_floor: answers, and neither parses nor counts.
+    floor: bool = False
 
 
-def competitors(baseline: Path | None) -> list[Competitor]:
-    this = Competitor("this tree", [sys.executable, "-m", "trackerd"])
+FLOOR = Competitor(
+    "floor: asyncio answering DUNNO, nothing else",
+    [sys.executable, "-P", "-m", "bench.policy_floor"],
+    floor=True,
+)
+
+
+def competitors(baseline: Path | None, floor: bool) -> list[Competitor]:
+    """The baseline (if any) first and this tree last; the floor, if asked for, between."""
+    # -P: the current directory (a checkout, maybe) must not come first on sys.path.
+    this = Competitor("this tree", [sys.executable, "-P", "-m", "trackerd"])
     if baseline is None:
-        return [this]
+        return [FLOOR, this] if floor else [this]
     path = f"{baseline.resolve()}:{baseline.resolve() / 'client'}"
     # PYTHONPATH comes before the editable install's path entries.
     other = Competitor(
         f"baseline ({baseline})",
-        ["env", f"PYTHONPATH={path}", sys.executable, "-m", "trackerd"],
+        ["env", f"PYTHONPATH={path}", sys.executable, "-P", "-m", "trackerd"],
     )
-    return [other, this]
+    return [other, FLOOR, this] if floor else [other, this]
+
+
+def where(competitor: Competitor) -> str:
+    """The trackerd package a competitor's command imports."""
+    command = [*competitor.command[:-2], "-c", "import trackerd; print(trackerd.__file__)"]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def one_run(
     competitor: Competitor, clients: int, requests: int, profile: Path | None = None
 ) -> Round:
+    if competitor.floor:
+        return floor_run(competitor, clients, requests)
     daemon = BenchDaemon(command=competitor.command)
     path = daemon.dir / "policy.sock"
     daemon.extra_args = ["--postfix-policy-socket", str(path)]
@@ -110,35 +130,56 @@ def one_run(
         pid = daemon.process.pid
         if profile is not None:
             spy = _start_py_spy(pid, profile)
-        user_before, system_before = user_system_seconds(pid)
-        start = time.perf_counter()
-        pids = []
-        for w in range(clients):
-            child = os.fork()
-            if child == 0:
-                code = 1
-                try:
-                    client(str(path), w, requests)
-                    code = 0
-                finally:
-                    os._exit(code)
-            pids.append(child)
-        for child in pids:
-            assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
-        elapsed = time.perf_counter() - start
-        user, system = user_system_seconds(pid)
-        total = clients * requests
-        assert daemon.status().records == total
-        return Round(
-            (user - user_before) * 1e6 / total,
-            (system - system_before) * 1e6 / total,
-            total / elapsed,
-        )
+        result = measured(pid, str(path), clients, requests)
+        assert daemon.status().records == clients * requests
+        return result
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT
             spy.wait(60)
         daemon.stop()
+
+
+def floor_run(competitor: Competitor, clients: int, requests: int) -> Round:
+    directory = Path(tempfile.mkdtemp(prefix="stb-", dir="/tmp"))
+    path = directory / "floor.sock"
+    process = subprocess.Popen([*competitor.command, str(path)])
+    try:
+        deadline = time.monotonic() + 15
+        while not path.exists():
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("bench.policy_floor did not start")
+            time.sleep(0.02)
+        return measured(process.pid, str(path), clients, requests)
+    finally:
+        process.kill()
+        process.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def measured(pid: int, path: str, clients: int, requests: int) -> Round:
+    """Run the clients against path; the CPU pid spent meanwhile, per request."""
+    user_before, system_before = user_system_seconds(pid)
+    start = time.perf_counter()
+    children = []
+    for w in range(clients):
+        child = os.fork()
+        if child == 0:
+            code = 1
+            try:
+                client(path, w, requests)
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(child)
+    for child in children:
+        assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+    elapsed = time.perf_counter() - start
+    user, system = user_system_seconds(pid)
+    total = clients * requests
+    return Round(
+        (user - user_before) * 1e6 / total, (system - system_before) * 1e6 / total, total / elapsed
+    )
 
 
 def _start_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
@@ -181,8 +222,14 @@ def main() -> None:
         "--baseline", type=Path, metavar="DIR", help="also run the trackerd checked out in DIR"
     )
     parser.add_argument("--profile", metavar="PREFIX", help="one more round each under py-spy")
+    parser.add_argument(
+        "--floor", action="store_true", help="also run bench.policy_floor (asyncio, nothing else)"
+    )
     args = parser.parse_args()
-    entrants = competitors(args.baseline)
+    entrants = competitors(args.baseline, args.floor)
+    for competitor in entrants:
+        if not competitor.floor:
+            print(f"{competitor.name}: {where(competitor)}")
     print(f"load average before: {loadavg()}")
     results: dict[str, list[Round]] = {c.name: [] for c in entrants}
     for number in range(args.rounds):
@@ -192,6 +239,8 @@ def main() -> None:
             results[competitor.name].append(one_run(competitor, args.clients, args.requests))
     if args.profile:
         for competitor in entrants:
+            if competitor.floor:
+                continue
             slug = "baseline" if competitor is not entrants[-1] else "this"
             output = Path(f"{args.profile}-{slug}.txt")
             one_run(competitor, args.clients, args.requests, profile=output)
@@ -215,8 +264,11 @@ def main() -> None:
     print(
         table(["daemon", "CPU µs/request", "user", "system", "requests/s", "CPU µs (rounds)"], rows)
     )
-    if len(entrants) == 2:
-        old, new = (statistics.median(r.cpu_us for r in results[c.name]) for c in entrants)
+    if args.baseline is not None:
+        old, new = (
+            statistics.median(r.cpu_us for r in results[c.name])
+            for c in entrants[:: len(entrants) - 1]
+        )
         print(f"this tree uses {new / old:.2f} times the baseline's CPU per request")
 
 

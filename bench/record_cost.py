@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import resource
 import signal
 import statistics
@@ -53,16 +52,22 @@ class TimedClient(Client):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.holds: list[tuple[int, int]] = []  # (start, end) in perf_counter_ns
+        # (start, end) in perf_counter_ns, and whether the kernel took the core away
+        # from the flusher meanwhile (an involuntary switch while it held the lock).
+        self.holds: list[tuple[int, int, bool]] = []
         self._hold_start = 0
+        self._switches = 0
 
     def _take_batch(self, size: int) -> tuple[list[str | None], list[str | None]]:
+        self._switches = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
         self._hold_start = _clock()
         return super()._take_batch(size)
 
     def _write_out(self) -> None:
         if self._hold_start:
-            self.holds.append((self._hold_start, _clock()))
+            end = _clock()
+            switches = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+            self.holds.append((self._hold_start, end, switches > self._switches))
             self._hold_start = 0
         super()._write_out()
 
@@ -138,12 +143,13 @@ class Condition:
     costs: list[dict[str, float]] = field(default_factory=list)  # one summary a round
     slow: list[SlowCall] = field(default_factory=list)
     holds_us: list[float] = field(default_factory=list)
+    preempted_holds_us: list[float] = field(default_factory=list)
     slow_in_hold: int = 0
 
 
-def _overlaps(call: SlowCall, holds: list[tuple[int, int]]) -> bool:
+def _overlaps(call: SlowCall, holds: list[tuple[int, int, bool]]) -> bool:
     end = call.start_ns + call.us * 1000
-    return any(start < end and call.start_ns < stop for start, stop in holds)
+    return any(start < end and call.start_ns < stop for start, stop, _ in holds)
 
 
 CONDITIONS = ("daemon up", "control: no recording", "daemon down", "daemon stalled")
@@ -185,7 +191,10 @@ def _one(name: str, into: Condition, client: TimedClient, daemon: BenchDaemon, c
             client.holds.clear()
             slow = _measure(record, into, calls, slow_us, timed)
             if name == "daemon up":
-                into.holds_us += [(stop - start) / 1000 for start, stop in client.holds]
+                into.holds_us += [(stop - start) / 1000 for start, stop, _ in client.holds]
+                into.preempted_holds_us += [
+                    (stop - start) / 1000 for start, stop, preempted in client.holds if preempted
+                ]
                 into.slow_in_hold += sum(_overlaps(call, client.holds) for call in slow)
     finally:
         if name == "daemon stalled":
@@ -241,7 +250,9 @@ def report(results: dict[str, Condition], slow_us: float = SLOW_US) -> str:
             f"\nflusher's interpreter-lock holds (take a batch .. send), daemon up: "
             f"{len(holds):,} batches, median {statistics.median(holds):.0f} µs, "
             f"p99 {holds[int(0.99 * (len(holds) - 1))]:.0f} µs, max {holds[-1]:.0f} µs; "
-            f"slow calls overlapping one: {up.slow_in_hold} of {len(up.slow)}"
+            f"slow calls overlapping one: {up.slow_in_hold} of {len(up.slow)}; holds during "
+            f"which the kernel preempted the flusher: {len(up.preempted_holds_us)}, max "
+            f"{max(up.preempted_holds_us, default=0):.0f} µs"
         )
     return "\n".join(lines)
 
@@ -253,7 +264,6 @@ def main() -> None:
     parser.add_argument("--slow-us", type=float, default=SLOW_US,
                         help="explain the calls slower than this")  # fmt: skip
     args = parser.parse_args()
-    logging.getLogger("servertracker").setLevel(logging.ERROR)  # "daemon down" warns
     print(f"load average before: {loadavg()}", flush=True)
     results = run(args.rounds, args.calls, args.slow_us)
     print(report(results, args.slow_us))

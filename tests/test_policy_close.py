@@ -191,9 +191,6 @@ class CountingServer:
     def protocol_error(self, exc: PolicyProtocolError) -> None:
         raise AssertionError("no malformed request was sent")
 
-    def flush(self) -> None:
-        pass
-
 
 def test_one_call_handles_at_most_its_cap_and_every_request_once() -> None:
     cap = policy_server.REQUESTS_PER_TURN

@@ -155,6 +155,36 @@ def test_daemon_restart_mid_stream(make_daemon: Callable[..., Daemon]) -> None:
     client.close()
 
 
+class CountingClient(Client):
+    """Counts the batches the flusher takes and the pauses it makes without the GIL."""
+
+    batches = 0
+    pauses = 0
+
+    def _take_batch(self, size: int) -> tuple[list[str | None], list[str | None]]:
+        self.batches += 1
+        return super()._take_batch(size)
+
+    def _pause(self) -> None:
+        self.pauses += 1
+        super()._pause()
+
+
+def test_the_flusher_lets_go_of_the_gil_between_batches(daemon: Daemon) -> None:
+    """docs/performance.md: a send lets go of the GIL for microseconds only, and the
+    flusher took it back before the recording thread could run, batch after batch.
+    So between two batches of a backlog it pauses without the GIL, and loses nothing."""
+    client = CountingClient(daemon.socket_path, batch_size=100)
+    # record_many queues all 5,000 before it starts the flusher: a backlog of 50.
+    client.record_many((f"10.0.{i // 256}.{i % 256}", f"u@d{i}.example") for i in range(5000))
+    assert client.flush(60)
+    wait_counts(daemon, (5000, 5000, 0, 5000))
+    assert client.batches == 50
+    # After every batch but the last, more waited: a pause (partial sends add more).
+    assert client.pauses >= client.batches - 1
+    client.close()
+
+
 def test_stalled_daemon_does_not_block_and_catches_up(daemon: Daemon) -> None:
     assert daemon.process is not None
     client = Client(daemon.socket_path, max_buffered=500_000)

@@ -149,9 +149,7 @@ def test_the_raw_value_caches_are_bounded() -> None:
     tracker = Tracker(raw_cache_slots=64)
     tracker.raw_cache_entries = 100
     size = tracker._conn_cache.nbytes
-    tracker.record_pairs(
-        [(f"10.0.{i // 256}.{i % 256}", f"u@d{i}.example") for i in range(1000)]
-    )
+    tracker.record_pairs([(f"10.0.{i // 256}.{i % 256}", f"u@d{i}.example") for i in range(1000)])
     assert len(tracker._conn_cache) <= 64 and tracker._conn_cache.nbytes == size
     assert len(tracker._sender_cache) <= 128 and len(tracker._domain_cache) <= 100
     status = tracker.status()

@@ -49,6 +49,12 @@ DEFAULT_MAX_LONG_CHARS = 256 * 1024
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 1.0
 _SEND_TIMEOUT = 0.5
+#: Between two batches of a backlog, and after a send the socket took only part
+#: of, the flusher sleeps this long without the GIL. A send lets go of the GIL,
+#: but for a few microseconds only: the flusher took it back before the worker's
+#: thread, woken for it, could run, and so held it batch after batch for up to
+#: the 5 ms switch interval (traced with perf sched: docs/performance.md).
+_PAUSE = 0.0001
 
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
@@ -319,10 +325,11 @@ class Client:
             self._stop.wait(seconds)
 
     def _take_batch(self, size: int) -> tuple[list[str | None], list[str | None]]:
-        # One batch per send: the send releases the GIL, so the worker's own thread
-        # never waits long for it behind this one. Values are str or None already.
-        # map() calls popleft in C: half the time of a comprehension, and this runs
-        # while the worker's thread may be waiting for the GIL (docs/performance.md).
+        # One batch per send, and a pause after it (_PAUSE), so that the worker's
+        # own thread waits for the GIL one batch at most. Values are str or None
+        # already. map() calls popleft in C, faster than a comprehension: this runs
+        # while the worker's thread may be waiting (taking and encoding a batch,
+        # median 150 -> 125 µs here; docs/performance.md).
         calls = operator.call
         conn_ips = list(map(calls, itertools.repeat(self._conn_ips.popleft, size)))
         senders = list(map(calls, itertools.repeat(self._senders.popleft, size)))
@@ -349,6 +356,12 @@ class Client:
                     frames = self._encode(list(map(_clean, conn_ips)), list(map(_clean, senders)))
                 self._out = b"".join(frames)
             self._write_out()
+            if self._senders:
+                self._pause()
+
+    def _pause(self) -> None:
+        """Let the worker's thread have the GIL for a moment (see _PAUSE)."""
+        time.sleep(_PAUSE)
 
     def _encode(self, conn_ips: list[str | None], senders: list[str | None]) -> list[bytes]:
         if self._columns:
@@ -369,6 +382,9 @@ class Client:
                 if self._closing:
                     raise
                 self._warn_of_drops()
+                continue
+            if offset < len(view):  # the daemon is behind: each poll() wins the GIL back
+                self._pause()
         self._sent += self._out_count
         self._out = b""
         self._out_count = 0

@@ -3,8 +3,6 @@
 Each request records its ``client_address`` and ``sender`` with the same rules
 as every other record, and is answered at once with ``action=DUNNO``: trackerd
 never delays or changes a mail decision, and never waits on the status file.
-The requests answered in one turn of the event loop are counted together at
-the start of the next, before anything read later is handled.
 A message with many recipients asks once per RCPT with the same ``instance``;
 it is recorded once. A malformed or over-long request is logged and the
 connection closed without a reply (Postfix then applies its default_action).
@@ -15,7 +13,6 @@ slow peers cannot hold the connection slots that Postfix needs.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import logging
 import os
@@ -43,11 +40,6 @@ from trackerd.edges.stream_server import StreamServer
 from trackerd.option_types import Arguments
 
 log = logging.getLogger(__name__)
-
-#: The requests answered in one turn of the event loop are counted together, in
-#: one Tracker.record_columns() call at the start of the next turn (before any
-#: later read is handled), so that they share its fixed cost; at most this many.
-RECORD_BATCH = 256
 
 #: Most requests handled (recorded and answered) in one call from the event loop;
 #: the rest of a read wait for a later turn, after the other connections' reads,
@@ -103,13 +95,8 @@ class PolicyServer(StreamServer):
         self._error_log = LogThrottle(1.0)
         self.requests = 0
         self.protocol_errors = 0
-        # The requests of one turn of the event loop, recorded at the start of the next.
-        self._conn_ips: list[str | None] = []
-        self._senders: list[str | None] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve_connection(self, stream: SocketStream) -> None:
-        self._loop = asyncio.get_running_loop()
         await serve_with_callbacks(self, stream, PolicySession(self))
 
     def record(self, request: dict[str, str], recent: collections.deque[str]) -> None:
@@ -120,25 +107,8 @@ class PolicyServer(StreamServer):
             if instance in recent:
                 return
             recent.append(instance)
-        conn_ips = self._conn_ips
-        conn_ips.append(request.get(CLIENT_ADDRESS))
-        self._senders.append(request.get(SENDER))
-        if len(conn_ips) == 1:
-            assert self._loop is not None
-            self._loop.call_soon(self._record_batch)
-        elif len(conn_ips) >= RECORD_BATCH:
-            self._record_batch()
-
-    def flush(self) -> None:
-        """Count the requests not counted yet now (a connection is closing)."""
-        self._record_batch()
-
-    def _record_batch(self) -> None:
-        if self._conn_ips:
-            conn_ips, senders = self._conn_ips, self._senders
-            self._conn_ips, self._senders = [], []
-            self._tracker.record_columns(conn_ips, senders)
-            self._writer.notify_changed()
+        self._tracker.record_server(request.get(CLIENT_ADDRESS), request.get(SENDER))
+        self._writer.notify_changed()
 
     def protocol_error(self, exc: PolicyProtocolError) -> None:
         self.count_protocol_error(POLICY_ERROR)
@@ -191,7 +161,6 @@ class PolicySession(Session):
         finally:
             self._decoder.clear()
         if held:
-            self._server.flush()  # now: the daemon may be ending
             log.debug("a connection closed with %d requests read, not answered: recorded", held)
 
     def _answer(self) -> bool:
