@@ -220,7 +220,7 @@ def test_a_drop_is_logged_by_the_flusher_never_in_the_recording_thread(
         wait_for(lambda: warnings, 30, "the drop warning")
         name, text = warnings[0]
         assert name == "servertracker-flusher", warnings
-        assert "records dropped so far (queue bound 10)" in text
+        assert "990 records dropped so far: the queue of 10 was full" in text
         assert "192.0.2" not in text and "example.com" not in text  # no recorded value
     finally:
         release.set()

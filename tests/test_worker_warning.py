@@ -11,14 +11,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from servertracker import Client, reachability
 from servertracker.reachability import UnreachableWarning, cause
-from tests.conftest import Daemon, run_as_nobody
+from tests.conftest import Daemon, run_as_nobody, wait_for
 from tests.test_hostile import open_up
 
 SECRET_IP = "198.51.100.77"
@@ -338,3 +338,92 @@ def test_the_warning_reads_cleanly_and_leaves_the_application_s_logging_alone(
     assert (report["root_handlers"], report["root_level"]) == (0, logging.WARNING)
     assert report["library_level"] == logging.NOTSET
     assert "198.51.100.77" not in result.stdout + result.stderr
+
+
+class DropLines(logging.Handler):
+    """The drop warnings the library logs, as the operator reads them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "records dropped" in record.getMessage():
+            self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def drop_lines() -> Iterator[DropLines]:
+    handler = DropLines()
+    logger = logging.getLogger("servertracker")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+def first_line(handler: DropLines) -> str:
+    return wait_for(lambda: handler.lines, 30, "the drop warning")[0]
+
+
+def test_a_drop_past_the_long_value_budget_names_that_budget(
+    daemon: Daemon, drop_lines: DropLines
+) -> None:
+    """Case A of the review: trackerd is up and idle, yet long values are dropped by
+    the worker's own budget. The warning says so, and does not blame trackerd."""
+    client = Client(daemon.socket_path, max_long_chars=1000, flush_interval=5.0)
+    try:
+        for i in range(4):  # each cut to 513 characters: only the first fits in 1000
+            client.record_server(SECRET_IP, f"{i}{SECRET_SENDER}" + "x" * 600)
+        assert client.stats().dropped == 3
+        assert client.flush(30)  # wakes the flusher, which warns before it sends
+        text = first_line(drop_lines)
+    finally:
+        client.close(5)
+    assert text == (
+        "3 records dropped so far: values over 64 characters exceeded the "
+        "long-value budget (max_long_chars=1000)"
+    )
+
+
+def test_a_process_outrunning_its_sender_is_told_so(daemon: Daemon, drop_lines: DropLines) -> None:
+    """Case B: a tight loop against an idle trackerd fills the queue faster than the
+    sender thread empties it. The warning names the queue's bound and the process."""
+    client = Client(daemon.socket_path, max_buffered=10, flush_interval=5.0)
+    try:
+        for i in range(1000):  # the flusher gathers for flush_interval: 990 dropped
+            client.record_server(f"192.0.2.{i % 250}", SECRET_SENDER)
+        assert client.stats().dropped == 990
+        assert client.flush(30)
+        text = first_line(drop_lines)
+        wait_for(lambda: daemon.status().records >= 10, 30, "the queued records counted")
+    finally:
+        client.close(5)
+    assert text.startswith(
+        "990 records dropped so far: the queue of 10 was full (this process records "
+        "faster than its sender thread sends, or trackerd at "
+    ), text
+    assert "not keeping up" not in text and "long-value" not in text
+    assert "192.0.2" not in text and "secret-domain" not in text
+
+
+def test_a_drop_with_no_daemon_names_both_bounds_it_hit(
+    short_tmp: Path, drop_lines: DropLines
+) -> None:
+    client = Client(
+        short_tmp / "nobody.sock", max_buffered=5, max_long_chars=1000, flush_interval=5.0
+    )
+    try:
+        client.record_server(SECRET_IP, SECRET_SENDER + "x" * 600)
+        client.record_server(SECRET_IP, SECRET_SENDER + "y" * 600)  # over the budget
+        for _ in range(10):
+            client.record_server(SECRET_IP, SECRET_SENDER)  # 4 fit, 6 find the queue full
+        client.flush(0)  # wakes the flusher, which warns, then fails to connect
+        text = first_line(drop_lines)
+    finally:
+        client.close(0)
+    assert text.startswith("7 records dropped so far: the queue of 5 was full (")
+    assert text.endswith(
+        "for 6; values over 64 characters exceeded the long-value budget "
+        "(max_long_chars=1000) for 1"
+    ), text
+    assert SECRET_IP not in text and "secret-domain" not in text

@@ -6,8 +6,9 @@ whether the records dropped so far deserve a warning. A worker outside
 trackerd's group would otherwise count nothing while only DEBUG lines say why.
 The hot path (record_server) never comes here: it only counts a drop, since a
 log call does I/O under its handler's lock. The text names the socket path and
-the likely cause, never a recorded value. Pure, no I/O: the caller passes the
-clock and does the logging.
+the likely cause, never a recorded value; a drop warning names the bound that
+was hit (the queue's, or the long-value budget's), not the daemon, which may be
+fine. Pure, no I/O: the caller passes the clock and does the logging.
 """
 
 from __future__ import annotations
@@ -114,3 +115,36 @@ class DropWarning:
         self._last_warning = now
         self._reported = dropped
         return True
+
+
+def drop_text(
+    dropped: int,
+    *,
+    queue_full: int,
+    over_budget: int,
+    max_buffered: int,
+    long_value: int,
+    max_long_chars: int,
+    socket_path: str,
+) -> str:
+    """The drop warning: how many so far, and which bound dropped them (never a value).
+
+    ``queue_full`` records were dropped because the queue held ``max_buffered``,
+    ``over_budget`` because a value over ``long_value`` characters would have
+    overrun the long-value budget; ``dropped`` counts them all.
+    """
+    full = (
+        f"the queue of {max_buffered} was full (this process records faster than "
+        f"its sender thread sends, or trackerd at {socket_path} is slow or down)"
+    )
+    long = (
+        f"values over {long_value} characters exceeded the long-value budget "
+        f"(max_long_chars={max_long_chars})"
+    )
+    if queue_full and over_budget:
+        reasons = f"{full} for {queue_full}; {long} for {over_budget}"
+    elif over_budget:
+        reasons = long
+    else:
+        reasons = full
+    return f"{dropped} records dropped so far: {reasons}"

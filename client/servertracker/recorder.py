@@ -31,7 +31,7 @@ from servertracker import protocol
 from servertracker._log import log
 from servertracker.errors import LocalProtocolError, ProtocolError
 from servertracker.paths import resolve_socket_path
-from servertracker.reachability import DropWarning, Refused, UnreachableWarning
+from servertracker.reachability import DropWarning, Refused, UnreachableWarning, drop_text
 
 DEFAULT_MAX_BUFFERED = 100_000
 DEFAULT_BATCH_SIZE = 512
@@ -146,6 +146,10 @@ class Client:
         self._long_sent = 0
         self._sent = 0
         self._dropped = 0
+        # Of _dropped, those the full queue dropped, and those the long-value budget
+        # did: the warning names the bound that was hit (reachability.drop_text).
+        self._dropped_full = 0
+        self._dropped_long = 0
         self._connects = 0
         self._drop_warning = DropWarning()
         self._unreachable = UnreachableWarning()
@@ -162,6 +166,7 @@ class Client:
                 sender = _clean(sender)
             senders = self._senders
             if len(senders) >= self._max_buffered:
+                self._dropped_full += 1
                 self._drop()
                 return
             # One length check a value; only a long one costs more.
@@ -174,6 +179,7 @@ class Client:
                     sender = sender[:_SEND_VALUE_LIMIT]
                 chars = _long_chars((conn_ip, sender))
                 if self._long_queued - self._long_sent + chars > self._max_long_chars:
+                    self._dropped_long += 1
                     self._drop()
                     return
                 self._long_queued += chars
@@ -257,13 +263,16 @@ class Client:
     def _warn_of_drops(self) -> None:
         dropped = self._dropped
         if dropped and self._drop_warning.due(dropped, time.monotonic()):
-            log.warning(
-                "trackerd at %s is not keeping up or is down; %d records "
-                "dropped so far (queue bound %d)",
-                self.socket_path,
+            text = drop_text(
                 dropped,
-                self._max_buffered,
+                queue_full=self._dropped_full,
+                over_budget=self._dropped_long,
+                max_buffered=self._max_buffered,
+                long_value=_LONG_VALUE,
+                max_long_chars=self._max_long_chars,
+                socket_path=self.socket_path,
             )
+            log.warning("%s", text)
 
     def _start(self) -> None:
         with self._start_lock:
