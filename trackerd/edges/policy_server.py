@@ -32,7 +32,7 @@ from trackerd.core.policy_protocol import (
 )
 from trackerd.core.tracker import Tracker
 from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
-from trackerd.edges.callback_transport import Session, serve_with_callbacks
+from trackerd.edges.callback_transport import Session, log_failure, serve_with_callbacks
 from trackerd.edges.endpoint import ListenerSettings
 from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
@@ -97,7 +97,10 @@ class PolicyServer(StreamServer):
         self.protocol_errors = 0
 
     async def serve_connection(self, stream: SocketStream) -> None:
-        await serve_with_callbacks(self, stream, PolicySession(self))
+        try:
+            await serve_with_callbacks(self, stream, PolicySession(self))
+        except Exception as exc:  # one connection's failure is not the daemon's
+            log_failure(exc)
 
     def record(self, request: dict[str, str], recent: collections.deque[str]) -> None:
         """Record a request, unless it is another recipient of a message recorded already."""
