@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 from bench import cli_startup, costly_names, end_to_end, memory, record_cost, status_under_load
+from bench._support import arguments
 
 
 def main() -> None:
+    arguments("bench", __doc__).parse_args()
     results: dict[str, object] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "python": platform.python_version(),

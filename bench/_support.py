@@ -1,7 +1,8 @@
-"""Shared bench helpers: a trackerd process, percentiles, tables."""
+"""Shared bench helpers: a trackerd process, percentiles, tables, --help."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -16,6 +17,22 @@ from pathlib import Path
 from servertracker.connection import DaemonConnection
 from servertracker.errors import DaemonUnavailable
 from servertracker.status import Status
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each option's default (when it has one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):  # "(default: None)" says nothing
+            return action.help
+        return super()._get_help_string(action)
+
+
+def arguments(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """A bench module's parser: ``python -m bench.X --help`` shows its docstring."""
+    return argparse.ArgumentParser(
+        prog=f"python -m {module}", description=doc, formatter_class=_HelpFormatter
+    )
 
 
 class BenchDaemon:

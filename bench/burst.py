@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from bench._support import BenchDaemon, table
+from bench._support import BenchDaemon, arguments, table
 from servertracker import Client
 
 RECORDS = 200_000
@@ -36,6 +36,7 @@ def one(daemon: BenchDaemon, many: bool) -> tuple[int, float]:
 
 
 def main() -> None:
+    arguments("bench.burst", __doc__).parse_args()
     daemon = BenchDaemon().start()
     results: dict[str, list[tuple[int, float]]] = {"record_server": [], "record_many": []}
     try:

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench._support import BenchDaemon, table
+from bench._support import BenchDaemon, arguments, table
 
 ROUNDS = 31
 PROJECT = Path(__file__).resolve().parent.parent
@@ -83,4 +83,5 @@ def report(results: dict[str, dict[str, float]]) -> str:
 
 
 if __name__ == "__main__":
+    arguments("bench.cli_startup", __doc__).parse_args()
     print(report(run()))

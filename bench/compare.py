@@ -39,7 +39,6 @@ to bench/results/compare.json, with the load average before and after.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import hashlib
 import json
@@ -54,7 +53,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench._support import BenchDaemon, table
+from bench._support import BenchDaemon, arguments, table
 from servertracker import Client
 from trackerd.core.normalise import Category, classify_conn_ip, classify_sender
 
@@ -391,10 +390,10 @@ def loadavg() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="trackerd against Redis and the seed's design")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = arguments("bench.compare", __doc__)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds, competitors alternated")
     parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated sender forms")
-    parser.add_argument("--per-worker", type=int, default=PER_WORKER)
+    parser.add_argument("--per-worker", type=int, default=PER_WORKER, help="records per worker")
     parser.add_argument(
         "--seed-records",
         type=int,

@@ -16,7 +16,6 @@ Target: ping max <= 100 ms.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import socket
 import statistics
@@ -26,7 +25,7 @@ from typing import Any
 
 import idna
 
-from bench._support import BenchDaemon, summary, table
+from bench._support import BenchDaemon, arguments, summary, table
 from fuzz.hostile_names import LEGITIMATE, SHAPES, flood_pairs, variant
 from servertracker import protocol
 from servertracker.connection import DaemonConnection
@@ -164,7 +163,7 @@ def report(rows: list[dict[str, object]], ping: dict[str, float] | None) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.costly_names", description=__doc__)
+    parser = arguments("bench.costly_names", __doc__)
     parser.add_argument("--variants", type=int, default=30, help="values per shape")
     parser.add_argument("--seconds", type=float, default=5.0, help="flood length; 0 to skip")
     args = parser.parse_args()

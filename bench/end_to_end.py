@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 
-from bench._support import BenchDaemon, table
+from bench._support import BenchDaemon, arguments, table
 from servertracker import Client
 
 WORKERS = 8
@@ -58,5 +58,6 @@ def report(total: int, seconds: float) -> str:
 
 
 if __name__ == "__main__":
+    arguments("bench.end_to_end", __doc__).parse_args()
     elapsed = run_trackerd()
     print(report(WORKERS * PER_WORKER, elapsed))

@@ -18,13 +18,12 @@ Run: ``python -m bench.memory [--daemon]``, or
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench._support import BenchDaemon, table
+from bench._support import BenchDaemon, arguments, table
 from bench.compare import loadavg
 from servertracker.connection import DaemonConnection
 from trackerd.core.digest_table import DigestTable
@@ -160,7 +159,7 @@ def per_category(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = arguments("bench.memory", __doc__)
     parser.add_argument("--daemon", action="store_true", help="also measure a real daemon")
     parser.add_argument(
         "--categories",
@@ -172,7 +171,7 @@ def main() -> None:
         choices=("default", "exact", "both"),
         default="both",
         help="with --categories: keep the default --max-exact-entries (past it, an "
-        "estimate), raise it so that every entry stays exact, or both (default)",
+        "estimate), raise it so that every entry stays exact, or both",
     )
     parser.add_argument("--category", choices=tuple(STATUS_FIELD), action="append",
                         help="with --categories: only this one (repeatable)")  # fmt: skip

@@ -94,7 +94,11 @@ async def main(runtime_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runtime-dir", type=Path, required=True)
-    parser.add_argument("--log-level")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.naive_daemon",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--runtime-dir", type=Path, required=True, help="where its socket goes")
+    parser.add_argument("--log-level", help="accepted like trackerd's, and ignored")
     anyio.run(main, parser.parse_args().runtime_dir)

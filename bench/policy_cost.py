@@ -16,7 +16,6 @@ stacks, and the functions that hold the interpreter lock longest are printed
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import shutil
@@ -30,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench._support import BenchDaemon, table
+from bench._support import BenchDaemon, arguments, table
 from bench.compare import loadavg
 
 ATTRIBUTES = (
@@ -214,10 +213,10 @@ def profile_summary(path: Path, top: int = 12) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=5000, help="per client")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = arguments("bench.policy_cost", __doc__)
+    parser.add_argument("--clients", type=int, default=4, help="concurrent Postfix connections")
+    parser.add_argument("--requests", type=int, default=5000, help="requests per client")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds, competitors alternated")
     parser.add_argument(
         "--baseline", type=Path, metavar="DIR", help="also run the trackerd checked out in DIR"
     )

@@ -9,8 +9,8 @@ PATH`` serves on the Unix socket PATH until killed.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import sys
 
 DUNNO = b"action=DUNNO\n\n"
 
@@ -46,4 +46,11 @@ async def serve(path: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(sys.argv[1]))
+    # Plain argparse, not bench._support: the floor imports asyncio and nothing else.
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.policy_floor",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("path", help="the Unix socket to serve on")
+    asyncio.run(serve(parser.parse_args().path))

@@ -17,7 +17,6 @@ cached. Their difference is what first sightings cost per record.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import gc
 import shutil
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 
 from bench import compare
-from bench._support import BenchDaemon, table
+from bench._support import BenchDaemon, arguments, table
 
 #: (part, the frame names that mark it), tried in order on each sample's stack.
 PARTS = (
@@ -125,8 +124,8 @@ def samples_by_part(raw: Path) -> dict[str, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="py-spy on trackerd under bench.compare's load")
-    parser.add_argument("--form", default="mix", choices=compare.FORMS)
+    parser = arguments("bench.profile", __doc__)
+    parser.add_argument("--form", default="mix", choices=compare.FORMS, help="the sender form")
     parser.add_argument("--out", type=Path, help="keep py-spy's raw samples here")
     parser.add_argument(
         "--in-process", action="store_true", help="time decoding and record_columns() alone"

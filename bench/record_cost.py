@@ -21,7 +21,6 @@ batch), and each slow call is checked for overlap with one.
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import signal
@@ -31,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench._support import BenchDaemon, summary, table
+from bench._support import BenchDaemon, arguments, summary, table
 from bench.compare import loadavg
 from servertracker import Client
 
@@ -258,8 +257,8 @@ def report(results: dict[str, Condition], slow_us: float = SLOW_US) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = arguments("bench.record_cost", __doc__)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, conditions alternated")
     parser.add_argument("--calls", type=int, default=CALLS, help="calls per condition a round")
     parser.add_argument("--slow-us", type=float, default=SLOW_US,
                         help="explain the calls slower than this")  # fmt: skip

@@ -11,7 +11,7 @@ import resource
 import threading
 import time
 
-from bench._support import BenchDaemon, summary, table
+from bench._support import BenchDaemon, arguments, summary, table
 from servertracker import Client
 from servertracker.connection import DaemonConnection
 
@@ -81,4 +81,5 @@ def report(result: dict[str, float]) -> str:
 
 
 if __name__ == "__main__":
+    arguments("bench.status_under_load", __doc__).parse_args()
     print(report(run()))

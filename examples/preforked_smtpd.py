@@ -9,6 +9,9 @@ accepted and discarded: this is an example of the hook, not a mail store.
     python examples/preforked_smtpd.py --port 2525 --workers 4
 
 SIGTERM or SIGINT stops the workers; each flushes its pending records at exit.
+Ctrl-C at a terminal signals the whole process group, workers included, and the
+parent forwards a SIGTERM too: a worker stops on the first signal and the rest
+do nothing, so none can cut its flush at exit short.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -48,21 +52,33 @@ class TrackingHandler:
         return "250 Message accepted"
 
 
-async def serve(sock: socket.socket) -> None:
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def serve(sock: socket.socket, stopped: threading.Event) -> None:
     loop = asyncio.get_running_loop()
     handler = TrackingHandler()
     server = await loop.create_server(
         lambda: SMTP(handler, hostname="preforked-smtpd", enable_SMTPUTF8=True), sock=sock
     )
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     async with server:
-        await stop.wait()
+        await asyncio.to_thread(stopped.wait)
 
 
 def run_worker(sock: socket.socket) -> None:
-    asyncio.run(serve(sock))
+    stopped = threading.Event()
+
+    def stopping(_signum: int, _frame: Any) -> None:
+        # The first signal stops this worker; the rest do nothing, up to the end and
+        # atexit's flush included. Not loop.add_signal_handler: closing the loop puts
+        # back the default handlers, and a second SIGINT then raised KeyboardInterrupt
+        # in the middle of the flush. Not SIG_IGN set from here either: a signal
+        # already caught then ends in Python's "ignored due to race condition" error.
+        stopped.set()
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stopping)
+    asyncio.run(serve(sock, stopped))
     # Leaving normally runs atexit, which flushes servertracker's queue.
     sys.exit(0)
 
@@ -87,13 +103,15 @@ def main(argv: list[str] | None = None) -> int:
             run_worker(sock)
         children.append(pid)
 
-    def forward(signum: int, _frame: Any) -> None:
+    def forward(_signum: int, _frame: Any) -> None:
+        # SIGTERM whichever signal came: a SIGINT from a terminal reached the workers
+        # already, and each stops on the first signal it gets; the rest do nothing.
         for child in children:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
+                os.kill(child, signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, forward)
     status = 0
     for child in children:
         _, wait_status = os.waitpid(child, 0)

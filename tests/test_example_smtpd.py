@@ -72,3 +72,36 @@ def test_preforked_aiosmtpd_example(daemon: Daemon, short_tmp: Path) -> None:
         server.send_signal(signal.SIGTERM)
         assert server.wait(30) == 0
     assert wait_for(lambda: daemon.status().rejected_senders == 0, what="status")
+
+
+def test_ctrl_c_stops_every_process_cleanly_with_the_records_flushed(daemon: Daemon) -> None:
+    """A terminal's Ctrl-C signals the whole process group: each worker gets SIGINT
+    from the terminal and a signal from the parent. No traceback, and nothing lost:
+    a second signal used to raise KeyboardInterrupt in the workers' flush at exit."""
+    env = dict(os.environ, TRACKERD_SOCKET=str(daemon.socket_path), PYTHONUNBUFFERED="1")
+    server = subprocess.Popen(
+        [sys.executable, str(EXAMPLE), "--port", "0", "--workers", "3"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell job has
+    )
+    try:
+        assert server.stdout is not None
+        line = LineReader(server.stdout).readline(60, "the server's port")
+        port = int(line.split(":")[1].split()[0])
+        for n in range(9):
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+                smtp.sendmail(f"u@d{n}.example", ["postmaster@localhost"], b"\r\nhi\r\n")
+        os.killpg(server.pid, signal.SIGINT)
+        server.wait(30)
+        assert server.stderr is not None
+        stderr = server.stderr.read()
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
+    assert server.returncode == 0, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    wait_counts(daemon, (1, 9, 0, 9))  # one source, nine domains, nine records

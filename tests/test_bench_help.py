@@ -1,0 +1,35 @@
+"""Every bench module answers --help with its usage, and runs nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+MODULES = sorted(
+    "bench" if path.name == "__main__.py" else f"bench.{path.stem}"
+    for path in (ROOT / "bench").glob("*.py")
+    if path.name not in ("__init__.py", "_support.py")
+)
+
+
+def test_every_runnable_bench_module_is_listed() -> None:
+    assert {"bench", "bench.burst", "bench.compare", "bench.memory"} <= set(MODULES)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_help_prints_usage_and_runs_nothing(module: str) -> None:
+    # A benchmark that ignored --help would run for minutes: the timeout catches it.
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"usage: python -m {module} "), result.stdout[:500]
+    assert result.stderr == ""
