@@ -110,6 +110,22 @@ def read_policy_reply(sock: socket.socket) -> bytes:
     return reply
 
 
+def send_until_closed(sock: socket.socket, data: bytes, timeout: float = 60.0) -> bool:
+    """Send data again and again on a non-blocking socket, never reading, until the
+    peer closes it (True) or timeout seconds pass (False). When the peer stops
+    reading, its replies wait for us and the sends block: poll until it gives up."""
+    sock.setblocking(False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            sock.send(data)  # and never a read
+        except BlockingIOError:
+            time.sleep(0.01)
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+    return False
+
+
 def remove_tree(path: Path) -> None:
     """rm -rf, again if the daemon wrote a file into the tree meanwhile."""
 

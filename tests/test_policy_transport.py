@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from servertracker import read_status_file
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, send_until_closed, wait_for
 from trackerd.core.policy_protocol import DUNNO_RESPONSE, NEED_DATA, PolicyDecoder
 from trackerd.edges import stream_server
 
@@ -121,17 +121,8 @@ def test_a_policy_reply_left_unread_closes_the_connection(
     daemon, path = start(make_daemon, short_tmp, prelude=prelude)
     greedy = connect(path)
     greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    greedy.setblocking(False)
     requests = request(1) * 1000
-    deadline = time.monotonic() + 60
-    closed = False
-    while not closed and time.monotonic() < deadline:
-        try:
-            greedy.send(requests)  # and never a read
-        except BlockingIOError:
-            time.sleep(0.01)  # the daemon stopped reading: its replies wait for us
-        except (BrokenPipeError, ConnectionResetError):
-            closed = True
+    closed = send_until_closed(greedy, requests)
     greedy.close()
     assert closed, "the daemon never gave up on a peer that does not read"
     assert "closing a connection that did not read its reply within 1s" in daemon.log()

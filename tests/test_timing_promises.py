@@ -27,7 +27,7 @@ import pytest
 
 from servertracker import Client, protocol, reachability, read_status_file
 from servertracker.errors import StatusFileError
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, send_until_closed, wait_for
 from trackerd.edges import status_writer, stream_server
 
 #: Linux's SO_TIMESTAMPNS (asm-generic/socket.h), which the socket module does not name.
@@ -71,17 +71,8 @@ def test_a_reply_left_unread_closes_the_connection(make_daemon: Callable[..., Da
     prelude = "import trackerd.edges.stream_server as s\ns.SEND_TIMEOUT = 1.0"
     daemon = make_daemon(python_prelude=prelude).start()
     greedy = raw(daemon)
-    greedy.setblocking(False)
     requests = protocol.encode(protocol.StatusRequest()) * 1000
-    deadline = time.monotonic() + 60
-    closed = False
-    while not closed and time.monotonic() < deadline:
-        try:
-            greedy.send(requests)  # and never a read
-        except BlockingIOError:
-            time.sleep(0.01)  # the daemon is blocked on its reply to us: it stopped reading
-        except (BrokenPipeError, ConnectionResetError):
-            closed = True
+    closed = send_until_closed(greedy, requests)
     greedy.close()
     assert closed, "the daemon never gave up on a peer that does not read"
     assert "closing a connection that did not read its reply within 1s" in daemon.log()

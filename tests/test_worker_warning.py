@@ -110,6 +110,24 @@ def test_a_worker_warns_once_about_a_stale_socket(short_tmp: Path) -> None:
     assert str(path) in warnings[0] and "stale socket" in warnings[0]
 
 
+def capture_library_log() -> list[logging.LogRecord]:
+    """In a forked worker: every record the library logs, from DEBUG up, with the
+    warning's grace cut to 0.2 s."""
+    reachability.GRACE_SECONDS = 0.2
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("servertracker")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    return records
+
+
+def failed_sends(records: list[logging.LogRecord]) -> int:
+    """How many sends (connects included) the library logged as failed."""
+    return sum("cannot send" in r.getMessage() for r in records)
+
+
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a worker as another user")
 def test_a_worker_outside_trackerd_s_group_warns_once(daemon: Daemon) -> None:
     # Traversable directories, so that the socket's own mode (0660) is what refuses.
@@ -118,17 +136,11 @@ def test_a_worker_outside_trackerd_s_group_warns_once(daemon: Daemon) -> None:
 
     def worker_as_nobody() -> int:
         # A forked worker (nobody cannot run this venv's interpreter under /root).
-        reachability.GRACE_SECONDS = 0.2
-        records: list[logging.LogRecord] = []
-        handler = logging.Handler()
-        handler.emit = records.append  # type: ignore[method-assign]
-        logger = logging.getLogger("servertracker")
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG)
+        records = capture_library_log()
         client = Client(daemon.socket_path)
 
         def failures() -> int:
-            return sum("cannot send" in r.getMessage() for r in records)
+            return failed_sends(records)
 
         deadline = time.monotonic() + 30
         while failures() < 6 and time.monotonic() < deadline:
@@ -154,17 +166,11 @@ def refused_worker(socket_path: Path, exit_flush: bool) -> int:
     """As nobody, in a forked worker: record until six connects failed, or (exit_flush)
     record one and close as at exit. Returns 100 + failed connects + 1000 * warnings
     naming the allow-lists, or a small code for anything else."""
-    reachability.GRACE_SECONDS = 0.2
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("servertracker")
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
+    records = capture_library_log()
     client = Client(socket_path)
 
     def failures() -> int:
-        return sum("cannot send" in r.getMessage() for r in records)
+        return failed_sends(records)
 
     if exit_flush:
         client.record_server(SECRET_IP, SECRET_SENDER)
