@@ -38,6 +38,7 @@ import numpy.typing as npt
 from servertracker.status import Status, WindowCounts
 from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT, DistinctCounter
 from trackerd.core.fleet_sketch import FleetSketch
+from trackerd.core.interned import Defined, InternedCounting
 from trackerd.core.normalise import (
     Category,
     Outcome,
@@ -85,8 +86,10 @@ STATUS_FIELDS = {
 }
 
 
-class Tracker:
-    """Keyed-hash counters of connection IPs, sender domains and sender IP literals."""
+class Tracker(InternedCounting):
+    """Keyed-hash counters of connection IPs, sender domains and sender IP literals.
+
+    Counts `record` and `columns` messages here, `interned` ones in interned.py."""
 
     def __init__(
         self,
@@ -126,8 +129,10 @@ class Tracker:
         self._domain_cache: dict[int, tuple[int, bytes] | Outcome] = {}
         # Keyed by the raw sender, before the split: what a repeated sender costs.
         self._sender_cache = RawCache(raw_cache_slots * SENDER_CACHE_FACTOR)
+        # interned.py's definition caches, per column: hash(raw) -> what it came to.
+        self._defined: tuple[dict[int, Defined], dict[int, Defined]] = ({}, {})
         #: Every raw-value cache: a new fleet epoch clears them all (roll_fleet_epoch).
-        self._caches = (self._conn_cache, self._domain_cache, self._sender_cache)
+        self._caches = (self._conn_cache, self._domain_cache, self._sender_cache, *self._defined)
         #: The domain-part cache's bound; 0 turns every raw-value cache off.
         self.raw_cache_entries = RAW_CACHE_ENTRIES if hash_is_secret() else 0
         self.fleet = fleet

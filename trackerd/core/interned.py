@@ -1,0 +1,218 @@
+"""The tracker's counting of `interned` messages (docs/protocol.md). Pure, no I/O.
+
+A mixin of Tracker (tracker.py), which owns the salt, the counters and the
+caches. A message is counted in two steps, after the server has checked it whole
+against the connection's tables (value_table.py):
+
+1. define_values(): each new value goes the way of any value (the raw-value
+   caches, then normalising on a miss, its digest queued for its counter, the
+   fleet fed), and what it came to (code, digest, next epoch's fleet register)
+   is returned for the table. A definition cache keyed by hash() of the raw text
+   (as raw_cache.py's, cleared with them) makes the same value defined by eight
+   workers cost one normalisation. Under a deadline it stops after the miss
+   during which the deadline passed, as record_columns() does.
+2. count_references(): numpy only. `records` grows by N; the rejected tallies by
+   the references to rejected values; with windows, the counted ids whose digest
+   was not queued in the current period are queued again, in one call per
+   category; in fleet mode, ids defined in the epoch before get the registers
+   their definition computed for this one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Final, cast
+
+import numpy as np
+
+from trackerd.core.distinct_counter import DistinctCounter
+from trackerd.core.fleet_sketch import FleetSketch
+from trackerd.core.normalise import (
+    Category,
+    Outcome,
+    classify_conn_ip,
+    classify_domain_part,
+    positions,
+    split_sender,
+)
+from trackerd.core.value_table import (
+    COUNTED,
+    IGNORED,
+    REJECTED,
+    Definitions,
+    Ids,
+    Refs,
+    ValueTable,
+    ValueTables,
+)
+from trackerd.core.windows import Window
+
+#: What a definition came to, as cached: one int, digest | code << 64 | register << 72
+#: (a tuple of three would take 175 bytes a cache entry, this about 110).
+Defined = int
+_DIGEST_BITS: Final = 64
+_CODE_BITS: Final = 8
+_DIGEST_MASK: Final = (1 << _DIGEST_BITS) - 1
+_CODE_MASK: Final = (1 << _CODE_BITS) - 1
+_REGISTER_SHIFT: Final = _DIGEST_BITS + _CODE_BITS
+#: Entries of each column's definition cache before it starts again (about 110 bytes
+#: each: 7 MiB a column at most).
+DEFINED_CACHE_ENTRIES: Final = 1 << 16
+
+#: Which column a run of definitions is of.
+IPS: Final = 0
+SENDERS: Final = 1
+
+_OUTCOME_CODES: Final = {Outcome.REJECTED: REJECTED, Outcome.IGNORED: IGNORED}
+
+
+class InternedCounting:
+    """Counting of interned messages; mixed into Tracker, whose attributes these are."""
+
+    counters: tuple[DistinctCounter, ...]
+    fleet: FleetSketch | None
+    windows: tuple[Window, ...]
+    records: int
+    rejected_conn_ips: int
+    rejected_senders: int
+    raw_cache_entries: int
+    _slot: int
+    #: Per column: hash(raw text) -> Defined. Cleared with the raw-value caches.
+    _defined: tuple[dict[int, Defined], dict[int, Defined]]
+    _digest: Callable[[int, bytes], bytes]
+    _domain_part_miss: Callable[[str, int], tuple[int, bytes] | Outcome]
+    _follow_the_clock: Callable[[], None]
+
+    def value_tables(self, granted: int) -> ValueTables:
+        """Empty tables of granted ids each, with what this tracker's mode needs."""
+        return ValueTables(granted, windowed=bool(self.windows), fleet=self.fleet is not None)
+
+    @property
+    def table_period(self) -> int:
+        """The current period as value tables store it (0 means never)."""
+        return self._slot + 1
+
+    def define_values(
+        self, column: int, values: Sequence[str], deadline: float | None = None
+    ) -> tuple[int, Definitions]:
+        """What values[:done] came to, queued and fed as sightings; done is all of them
+        without a deadline, at least one with one."""
+        if self.windows:
+            self._follow_the_clock()
+        cache = self._defined[column]
+        cached = bool(self.raw_cache_entries)
+        keys = list(map(hash, values))
+        found: list[Defined | None] = list(map(cache.get, keys)) if cached else [None] * len(keys)
+        done = len(values)
+        if None in found:
+            miss = self._define_ip if column == IPS else self._define_sender
+            for at in positions(found, None):
+                result = cache.get(keys[at]) if cached else None  # twice in one run
+                if result is None:
+                    result = miss(values[at])
+                    if cached:
+                        if len(cache) >= DEFINED_CACHE_ENTRIES:
+                            cache.clear()
+                        cache[keys[at]] = result
+                found[at] = result
+                if deadline is not None and time.perf_counter() > deadline:
+                    done = at + 1
+                    break
+        results = cast("list[int]", found[:done])
+        registers = None
+        if self.fleet is not None:
+            registers = np.array([r >> _REGISTER_SHIFT for r in results], dtype=np.uint32)
+        return done, Definitions(
+            np.array([r >> _DIGEST_BITS & _CODE_MASK for r in results], dtype=np.int8),
+            np.array([r & _DIGEST_MASK for r in results], dtype=np.uint64),
+            registers,
+        )
+
+    def _define_ip(self, value: str) -> Defined:
+        key = classify_conn_ip(value)
+        if type(key) is not bytes:
+            return _OUTCOME_CODES[key] << _DIGEST_BITS  # type: ignore[index]
+        return self._counted(Category.CONN_IP, key)
+
+    def _define_sender(self, value: str) -> Defined:
+        part = split_sender(value)
+        if type(part) is not str:
+            return _OUTCOME_CODES[part] << _DIGEST_BITS  # type: ignore[index]
+        if self.fleet is None:
+            # The domain-part cache and miss of record_columns(): queued once.
+            known = self._domain_part_miss(part, hash(part))
+            if type(known) is not tuple:
+                return _OUTCOME_CODES[known] << _DIGEST_BITS  # type: ignore[index]
+            return (COUNTED + known[0]) << _DIGEST_BITS | int.from_bytes(known[1], "little")
+        # Fleet mode needs the canonical value for the next epoch's register.
+        classified = classify_domain_part(part)
+        if type(classified) is not tuple:
+            return _OUTCOME_CODES[classified] << _DIGEST_BITS  # type: ignore[index]
+        return self._counted(*classified)
+
+    def _counted(self, category: int, key: bytes) -> Defined:
+        """Queue a canonical value's digest and feed the fleet, as a cache miss does."""
+        digest = self._digest(category, key)
+        self.counters[category].pending.append(digest)
+        register = 0
+        if self.fleet is not None:
+            self.fleet.add(category, key)
+            register = self.fleet.next_register(category, key)
+        code = COUNTED + category
+        return register << _REGISTER_SHIFT | code << _DIGEST_BITS | int.from_bytes(digest, "little")
+
+    def define_into(
+        self,
+        tables: ValueTables,
+        column: int,
+        first: int,
+        values: Sequence[str],
+        deadline: float | None = None,
+    ) -> int:
+        """define_values() of a column, stored in its table from id first on; how
+        many of values are done (see define_values)."""
+        done, found = self.define_values(column, values, deadline)
+        fleet_epoch = self.fleet.epoch if self.fleet is not None else None
+        table = tables.ips if column == IPS else tables.senders
+        table.define(first, found, self.table_period, fleet_epoch)
+        return done
+
+    def count_references(self, tables: ValueTables, ip_refs: Refs, sender_refs: Refs) -> None:
+        """Count the pairs of a message whose definitions are all stored."""
+        if self.windows:
+            self._follow_the_clock()
+        rejected = []
+        for table, refs in ((tables.ips, ip_refs), (tables.senders, sender_refs)):
+            ids, codes = table.resolve(refs)
+            rejected.append(int(np.count_nonzero(codes == REJECTED)))
+            if self.windows:
+                self._queue_again(table, table.due_for_period(ids, codes, self.table_period))
+            if self.fleet is not None:
+                self._feed_epoch(table, table.due_for_epoch(ids, codes, self.fleet.epoch))
+        self.records += ip_refs.size
+        self.rejected_conn_ips += rejected[0]
+        self.rejected_senders += rejected[1]
+        for counter in self.counters:
+            counter.flush_if_full()
+
+    def _queue_again(self, table: ValueTable, due: Ids) -> None:
+        if not due.size:
+            return
+        categories = table.codes[due] - COUNTED
+        for category in Category:
+            chosen = due[categories == category]
+            if chosen.size:
+                digests = table.digests[chosen].astype("<u8", copy=False)
+                self.counters[category].pending.append(digests.tobytes())
+
+    def _feed_epoch(self, table: ValueTable, due: Ids) -> None:
+        if not due.size:
+            return
+        assert self.fleet is not None and table.fleet_next is not None
+        categories = table.codes[due] - COUNTED
+        for category in Category:
+            chosen = due[categories == category]
+            if chosen.size:
+                self.fleet.add_registers(category, table.fleet_next[chosen])
+        table.fleet_next[due] = 0  # fed: at most once an epoch
