@@ -26,16 +26,10 @@ from typing import Final, cast
 
 import numpy as np
 
+from servertracker.sender_split import Outcome, positions, split_sender
 from trackerd.core.distinct_counter import DistinctCounter
 from trackerd.core.fleet_sketch import FleetSketch
-from trackerd.core.normalise import (
-    Category,
-    Outcome,
-    classify_conn_ip,
-    classify_domain_part,
-    positions,
-    split_sender,
-)
+from trackerd.core.normalise import Category, classify_conn_ip, classify_domain_part
 from trackerd.core.value_table import (
     COUNTED,
     IGNORED,
