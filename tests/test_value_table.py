@@ -83,10 +83,12 @@ def test_the_tables_and_caches_hold_no_cleartext() -> None:
     for blob in blobs:
         for needle in (ip.encode(), domain.encode(), b"someone", b"marker", *packed):
             assert needle not in blob
-    # The definition caches: hash() keys and ints, never a string.
+    # The definition caches: hash() keys, codes and digests, never a string.
     for cache in tracker._defined:
-        assert cache
-        assert all(type(k) is int and type(v) is int for k, v in cache.items())
+        assert len(cache) == 2
+        for array in (cache._keys, cache.codes, cache.digests):
+            for needle in (ip.encode(), domain.encode(), b"someone", b"marker", *packed):
+                assert needle not in bytes(array)
 
 
 def test_counting_references_matches_columns() -> None:

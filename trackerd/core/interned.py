@@ -7,10 +7,11 @@ against the connection's tables (value_table.py):
 1. define_values(): each new value goes the way of any value (the raw-value
    caches, then normalising on a miss, its digest queued for its counter, the
    fleet fed), and what it came to (code, digest, next epoch's fleet register)
-   is returned for the table. A definition cache keyed by hash() of the raw text
-   (as raw_cache.py's, cleared with them) makes the same value defined by eight
-   workers cost one normalisation. Under a deadline it stops after the miss
-   during which the deadline passed, as record_columns() does.
+   is returned for the table. A definition cache (definition_cache.py, keyed by
+   hash() of the raw text, cleared with the raw-value caches) makes the same value
+   defined by eight workers cost one normalisation and seven array look-ups.
+   Under a deadline it stops after the miss during which the deadline passed, as
+   record_columns() does.
 2. count_references(): numpy only. `records` grows by N; the rejected tallies by
    the references to rejected values; with windows, the counted ids whose digest
    was not queued in the current period are queued again, in one call per
@@ -22,11 +23,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Final, cast
+from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 
-from servertracker.sender_split import Outcome, positions, split_sender
+from servertracker.sender_split import Outcome, split_sender
+from trackerd.core.definition_cache import DefinitionCache
 from trackerd.core.distinct_counter import DistinctCounter
 from trackerd.core.fleet_sketch import FleetSketch
 from trackerd.core.normalise import Category, classify_conn_ip, classify_domain_part
@@ -42,17 +45,13 @@ from trackerd.core.value_table import (
 )
 from trackerd.core.windows import Window
 
-#: What a definition came to, as cached: one int, digest | code << 64 | register << 72
-#: (a tuple of three would take 175 bytes a cache entry, this about 110).
+#: What a definition came to, from a miss: one int, digest | code << 64 | register << 72.
 Defined = int
 _DIGEST_BITS: Final = 64
 _CODE_BITS: Final = 8
 _DIGEST_MASK: Final = (1 << _DIGEST_BITS) - 1
 _CODE_MASK: Final = (1 << _CODE_BITS) - 1
 _REGISTER_SHIFT: Final = _DIGEST_BITS + _CODE_BITS
-#: Entries of each column's definition cache before it starts again (about 110 bytes
-#: each: 7 MiB a column at most).
-DEFINED_CACHE_ENTRIES: Final = 1 << 16
 
 #: Which column a run of definitions is of.
 IPS: Final = 0
@@ -72,8 +71,8 @@ class InternedCounting:
     rejected_senders: int
     raw_cache_entries: int
     _slot: int
-    #: Per column: hash(raw text) -> Defined. Cleared with the raw-value caches.
-    _defined: tuple[dict[int, Defined], dict[int, Defined]]
+    #: Per column: hash(raw text) -> what it came to. Cleared with the raw-value caches.
+    _defined: tuple[DefinitionCache, DefinitionCache]
     _digest: Callable[[int, bytes], bytes]
     _domain_part_miss: Callable[[str, int], tuple[int, bytes] | Outcome]
     _follow_the_clock: Callable[[], None]
@@ -91,37 +90,80 @@ class InternedCounting:
         self, column: int, values: Sequence[str], deadline: float | None = None
     ) -> tuple[int, Definitions]:
         """What values[:done] came to, queued and fed as sightings; done is all of them
-        without a deadline, at least one with one."""
+        without a deadline, at least one with one.
+
+        The definition cache is looked up a batch at a time (numpy); only its misses
+        run Python code, one normalisation each (a value new twice in one batch once).
+        """
         if self.windows:
             self._follow_the_clock()
         cache = self._defined[column]
-        cached = bool(self.raw_cache_entries)
-        keys = list(map(hash, values))
-        found: list[Defined | None] = list(map(cache.get, keys)) if cached else [None] * len(keys)
-        done = len(values)
-        if None in found:
-            miss = self._define_ip if column == IPS else self._define_sender
-            for at in positions(found, None):
-                result = cache.get(keys[at]) if cached else None  # twice in one run
-                if result is None:
-                    result = miss(values[at])
-                    if cached:
-                        if len(cache) >= DEFINED_CACHE_ENTRIES:
-                            cache.clear()
-                        cache[keys[at]] = result
-                found[at] = result
-                if deadline is not None and time.perf_counter() > deadline:
-                    done = at + 1
-                    break
-        results = cast("list[int]", found[:done])
-        registers = None
-        if self.fleet is not None:
-            registers = np.array([r >> _REGISTER_SHIFT for r in results], dtype=np.uint32)
+        count = len(values)
+        keys = None
+        if self.raw_cache_entries:
+            keys = np.fromiter(map(hash, values), dtype=np.int64, count=count)
+            hits, slots = cache.look_up(keys)
+            # Garbage where there is no hit: filled in below.
+            codes, digests = cache.codes.ravel().take(slots), cache.digests.ravel().take(slots)
+            registers = None
+            if cache.registers is not None:
+                registers = cache.registers.ravel().take(slots)
+            misses = np.flatnonzero(~hits)
+        else:
+            codes, digests = np.zeros(count, dtype=np.int8), np.zeros(count, dtype=np.uint64)
+            registers = np.zeros(count, dtype=np.uint32) if self.fleet is not None else None
+            misses = np.arange(count)
+        done = count
+        if misses.size:
+            done = self._define_misses(column, values, keys, misses, deadline, codes, digests,
+                                       registers)  # fmt: skip
         return done, Definitions(
-            np.array([r >> _DIGEST_BITS & _CODE_MASK for r in results], dtype=np.int8),
-            np.array([r & _DIGEST_MASK for r in results], dtype=np.uint64),
-            registers,
+            codes[:done], digests[:done], registers[:done] if registers is not None else None
         )
+
+    def _define_misses(
+        self,
+        column: int,
+        values: Sequence[str],
+        keys: npt.NDArray[np.int64] | None,
+        misses: npt.NDArray[np.intp],
+        deadline: float | None,
+        codes: npt.NDArray[np.int8],
+        digests: npt.NDArray[np.uint64],
+        registers: npt.NDArray[np.uint32] | None,
+    ) -> int:
+        """Normalise the values not cached into the arrays; how many values are done."""
+        miss = self._define_ip if column == IPS else self._define_sender
+        indices: list[int] = misses.tolist()
+        miss_keys: list[int] = keys[misses].tolist() if keys is not None else []
+        new: dict[int, Defined] = {}
+        results: list[Defined] = []
+        done = len(values)
+        for n, index in enumerate(indices):
+            result = new.get(miss_keys[n]) if keys is not None else None
+            if result is None:
+                result = miss(values[index])
+                if keys is not None:
+                    new[miss_keys[n]] = result
+            results.append(result)
+            if deadline is not None and time.perf_counter() > deadline:
+                done = index + 1
+                break
+        found = misses[: len(results)]
+        codes[found] = [r >> _DIGEST_BITS & _CODE_MASK for r in results]
+        digests[found] = [r & _DIGEST_MASK for r in results]
+        if registers is not None:
+            registers[found] = [r >> _REGISTER_SHIFT for r in results]
+        if keys is not None:
+            self._defined[column].remember(
+                np.array(list(new), dtype=np.int64),
+                np.array([r >> _DIGEST_BITS & _CODE_MASK for r in new.values()], dtype=np.int8),
+                np.array([r & _DIGEST_MASK for r in new.values()], dtype=np.uint64),
+                np.array([r >> _REGISTER_SHIFT for r in new.values()], dtype=np.uint32)
+                if registers is not None
+                else None,
+            )
+        return done
 
     def _define_ip(self, value: str) -> Defined:
         key = classify_conn_ip(value)

@@ -36,9 +36,10 @@ import numpy.typing as npt
 from servertracker.sender_split import Outcome, positions, split_sender, split_senders
 from servertracker.status import Status, WindowCounts
 from servertracker.value_tables import hash_is_secret
+from trackerd.core.definition_cache import DefinitionCache
 from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT, DistinctCounter
 from trackerd.core.fleet_sketch import FleetSketch
-from trackerd.core.interned import Defined, InternedCounting
+from trackerd.core.interned import InternedCounting
 from trackerd.core.normalise import Category, classify_conn_ip, classify_domain_part
 from trackerd.core.raw_cache import COUNTED, IGNORED, MISS, Codes, Keys, RawCache
 from trackerd.core.raw_cache import REJECTED as CODE_REJECTED
@@ -122,7 +123,10 @@ class Tracker(InternedCounting):
         # Keyed by the raw sender, before the split: what a repeated sender costs.
         self._sender_cache = RawCache(raw_cache_slots * SENDER_CACHE_FACTOR)
         # interned.py's definition caches, per column: hash(raw) -> what it came to.
-        self._defined: tuple[dict[int, Defined], dict[int, Defined]] = ({}, {})
+        self._defined = (
+            DefinitionCache(fleet=fleet is not None),
+            DefinitionCache(fleet=fleet is not None),
+        )
         #: Every raw-value cache: a new fleet epoch clears them all (roll_fleet_epoch).
         self._caches = (self._conn_cache, self._domain_cache, self._sender_cache, *self._defined)
         #: The domain-part cache's bound; 0 turns every raw-value cache off.
