@@ -57,11 +57,13 @@ monotonic = time.monotonic
 #: Pairs waiting for the event loop past which the thread reads no socket until
 #: the loop has taken them (back-pressure; one turn's requests may pass it).
 MAX_QUEUED = 4096
-#: The event loop is woken to take the pairs when this many wait ...
+#: The event loop is woken to take the pairs when this many wait (counting them
+#: holds the loop for a few milliseconds at most, as a msgpack slice does) ...
 BATCH = 256
-#: ... or when the oldest has waited this long, in seconds (a status request
-#: takes them at once, whatever their number).
-HANDOVER_DELAY = 0.005
+#: ... or when the oldest has waited this long, in seconds. A status request or
+#: status file write takes them at once, whatever their number. Larger batches
+#: cost the Tracker less a pair (numpy) and wake the loop less often.
+HANDOVER_DELAY = 0.02
 #: How long an exiting thread is waited for, in seconds.
 JOIN_TIMEOUT = 5.0
 
@@ -203,6 +205,8 @@ class PolicyLoop:
         self.call(finish)
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self._thread.join, JOIN_TIMEOUT)
+        if self._thread.is_alive():
+            log.warning("the policy thread did not end in %.0fs; exiting anyway", JOIN_TIMEOUT)
 
     # --- the thread's ------------------------------------------------------------------
 
@@ -262,6 +266,7 @@ class PolicyLoop:
         handover = self.handover
         handover.want_room = True
         if handover.full:  # still: flush() had not run since (it clears want_room)
+            log.debug("the event loop is behind: reading paused until it takes the requests")
             handover.hand_over(now, force=True)
             if self._room.poll(1.0):
                 self._run_commands()
