@@ -9,16 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from servertracker.protocol import MAX_VALUE_LENGTH
-from trackerd.core.normalise import (
+from servertracker.sender_split import (
     IGNORED,
     REJECTED,
-    Category,
     Outcome,
-    classify_conn_ip,
-    classify_sender,
     split_sender,
     split_senders,
 )
+from trackerd.core.normalise import Category, classify_conn_ip, classify_sender
 
 DOMAIN, IP = Category.DOMAIN, Category.IP_SERVER
 

@@ -27,7 +27,7 @@ DECODE_MEMORY_BOUND = 16 * 1024 * 1024
 
 
 def frame(obj: object) -> bytes:
-    body = msgpack.packb(obj)
+    body = msgpack.packb(obj, use_bin_type=True)
     assert len(body) <= M
     return struct.pack(">I", len(body)) + body
 
@@ -84,6 +84,8 @@ HOSTILE_FRAMES = {
     "record-of-pairs-nested": [1, "record", [[["ab", "cd"]] * 65535] * 2],
     "record-of-integers": [1, "record", [[1000] * 65535] * 5],
     "version-of-a-tree": [[[{}] * 65535] * 15, "ping"],
+    "interned-of-a-tree-of-arrays": [1, "interned", 0, [[[]] * 65535] * 15, b"", 0, [], b""],
+    "interned-of-pairs-nested": [1, "interned", 0, [["ab", "cd"]] * 65535 * 2, b"", 0, [], b""],
     "status-request-of-maps": [1, "status", [{}] * (M - 20)],
 }
 LEGITIMATE_WORST = [1, "record", [["ab", "cd"]] * protocol.MAX_PAIRS_PER_MESSAGE]

@@ -11,8 +11,10 @@ A frame is a 4-byte big-endian length N followed by N bytes of one msgpack array
 
 from __future__ import annotations
 
+import array
 import enum
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
@@ -46,6 +48,14 @@ MAX_PAIRS_PER_MESSAGE: Final = 65536
 MAX_VALUE_LENGTH: Final = 512
 #: Longest error message text sent or accepted, in characters.
 MAX_ERROR_TEXT: Final = 512
+
+#: Most entries a client may ask for in EACH of its two interned tables (connection
+#: IPs, senders); ids run from 0 to granted - 1.
+MAX_INTERN_ENTRIES: Final = 1 << 20
+#: The reference meaning "not known" in an interned message (as nil in columns).
+INTERNED_NIL: Final = 0xFFFFFFFF
+#: Bytes per reference in an interned message: a little-endian uint32.
+INTERNED_REF_SIZE: Final = 4
 
 _HEADER = struct.Struct(">I")
 HEADER_SIZE: Final = _HEADER.size
@@ -81,6 +91,49 @@ class RecordColumns:
 
     conn_ips: Sequence[str | None]
     senders: Sequence[str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class InternRequest:
+    """Ask, once per connection, for two value tables of entries ids each (connection
+    IPs, senders). Reply: InternReply. Sent only to a daemon listing FEATURE_INTERNED."""
+
+    entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class InternReply:
+    """The ids granted in each table, 0 to the entries asked: 0 means send columns."""
+
+    granted: int
+
+
+#: References as they travel: N little-endian uint32 (INTERNED_NIL or an id). The
+#: encoder also takes array('I'); the decoder returns bytes, never one int per ref.
+Refs: TypeAlias = "bytes | bytearray | memoryview | array.array[int]"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordInterned:
+    """Many pairs as references into the connection's two value tables. No reply.
+
+    ip_new[i] defines id ip_first + i of the connection-IP table (sender_* likewise),
+    applied before the references are resolved; pair i is (the value of ip_refs[i],
+    the value of sender_refs[i]). The decoder checks shapes only: what the ids name
+    is the daemon's to check against its tables (docs/protocol.md, "interned").
+    """
+
+    ip_first: int
+    ip_new: Sequence[str]
+    ip_refs: bytes
+    sender_first: int
+    sender_new: Sequence[str]
+    sender_refs: bytes
+
+    @property
+    def count(self) -> int:
+        """The number of pairs (N)."""
+        return len(self.ip_refs) // INTERNED_REF_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +198,9 @@ class Error:
 Message: TypeAlias = (
     Record
     | RecordColumns
+    | RecordInterned
+    | InternRequest
+    | InternReply
     | FeaturesRequest
     | Features
     | StatusRequest
@@ -158,6 +214,9 @@ Message: TypeAlias = (
 
 #: The "columns" message (RecordColumns) is understood.
 FEATURE_COLUMNS: Final = "columns"
+#: The "intern" request and the "interned" message (RecordInterned) are understood
+#: (the daemon may still grant 0 ids).
+FEATURE_INTERNED: Final = "interned"
 #: Fleet mode is on: a FleetRequest gets a FleetReply, not the error "fleet-off".
 #: Listed only then, as SMTP's EHLO lists only the extensions configured.
 FEATURE_FLEET: Final = "fleet"
@@ -267,14 +326,68 @@ def encode_columns_split(
     return frames
 
 
+def _little_endian_refs(refs: Refs) -> bytes | bytearray | memoryview:
+    if isinstance(refs, array.array):
+        if refs.itemsize != INTERNED_REF_SIZE:
+            raise LocalProtocolError("interned references must be 4-byte unsigned ints")
+        if sys.byteorder == "big":  # pragma: no cover - no big-endian machine here
+            refs = array.array(refs.typecode, refs)
+            refs.byteswap()
+        return memoryview(refs).cast("B")
+    return refs
+
+
+def encode_interned(
+    ip_first: int,
+    ip_new: Sequence[str],
+    ip_refs: Refs,
+    sender_first: int,
+    sender_new: Sequence[str],
+    sender_refs: Refs,
+) -> bytes:
+    """Encode an interned message from already-numbered parts; a flusher's hot path.
+
+    refs are N little-endian uint32 (bytes) or array('I') of N ids (INTERNED_NIL for
+    "not known"). Only the shape is checked here, in O(1) besides msgpack's own pass:
+    which ids are defined is for the caller to keep right (the daemon refuses a
+    message that gets it wrong, and nothing of it counts).
+    """
+    ip_bin = _little_endian_refs(ip_refs)
+    sender_bin = _little_endian_refs(sender_refs)
+    size = len(ip_bin)
+    if size != len(sender_bin) or size % INTERNED_REF_SIZE or not size:
+        raise LocalProtocolError("interned references must be two equal, non-empty uint32 runs")
+    if size > MAX_PAIRS_PER_MESSAGE * INTERNED_REF_SIZE:
+        raise LocalProtocolError(f"more than {MAX_PAIRS_PER_MESSAGE} pairs in one message")
+    for first, new in ((ip_first, ip_new), (sender_first, sender_new)):
+        if first < 0 or first + len(new) > MAX_INTERN_ENTRIES:
+            raise LocalProtocolError("interned ids beyond the largest table")
+    body = [PROTOCOL_VERSION, "interned", ip_first, ip_new, ip_bin,
+            sender_first, sender_new, sender_bin]  # fmt: skip
+    try:
+        packed = _packer_default.pack(body)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LocalProtocolError(f"cannot encode record: {exc}") from None
+    return _frame(packed)
+
+
 def encode(message: Message) -> bytes:
     """Encode any message as one frame."""
     if isinstance(message, Record):
         return encode_records(message.pairs)
     if isinstance(message, RecordColumns):
         return encode_columns(message.conn_ips, message.senders)
+    if isinstance(message, RecordInterned):
+        return encode_interned(
+            message.ip_first, message.ip_new, message.ip_refs,
+            message.sender_first, message.sender_new, message.sender_refs,
+        )  # fmt: skip
     body: list[Any]
-    if isinstance(message, FeaturesRequest):
+    if isinstance(message, InternRequest):
+        body = [PROTOCOL_VERSION, "intern", message.entries]
+    elif isinstance(message, InternReply):
+        body = [PROTOCOL_VERSION, "intern", message.granted]
+    elif isinstance(message, FeaturesRequest):
         body = [PROTOCOL_VERSION, "features"]
     elif isinstance(message, Features):
         body = [PROTOCOL_VERSION, "features", list(message.names)]
@@ -351,6 +464,21 @@ TEXT_BAD_COLUMNS: Final = (
 TEXT_BAD_FEATURES: Final = (
     f"features needs an array of at most {MAX_FEATURES} strings of {MAX_FEATURES} characters"
 )
+TEXT_BAD_INTERN: Final = f"intern needs a table size, an integer from 1 to {MAX_INTERN_ENTRIES}"
+TEXT_BAD_INTERN_REPLY: Final = (
+    f"an intern reply needs the size granted, an integer from 0 to {MAX_INTERN_ENTRIES}"
+)
+TEXT_BAD_INTERNED: Final = (
+    "interned needs, for each column, a first id, an array of new strings and a bin of"
+    f" 4-byte references; both bins of 1 to {MAX_PAIRS_PER_MESSAGE} references, equally long"
+)
+# The daemon's own checks of an interned message against the connection's tables
+# (trackerd/core/value_table.py): sent as bad-message, fixed texts as all others.
+TEXT_SECOND_INTERN: Final = "intern may be asked only once per connection"
+TEXT_INTERNED_NO_GRANT: Final = "interned sent on a connection that was granted no table"
+TEXT_INTERNED_RANGE: Final = "an interned id is beyond the table granted"
+TEXT_INTERNED_UNDEFINED: Final = "an interned reference names an id not defined on this connection"
+TEXT_INTERNED_UNREFERENCED: Final = "an interned definition is not referenced by its message"
 ERROR_TEXTS: Final = frozenset(
     value for name, value in list(globals().items()) if name.startswith("TEXT_")
 )
@@ -431,7 +559,9 @@ class _FieldReader:
                 max_buffer_size=max(len(body), 1),
                 max_array_len=MAX_PAIRS_PER_MESSAGE,
                 max_map_len=0,
-                max_bin_len=0,
+                # An interned message's references; a bin elsewhere is refused by
+                # the field's own type check (bounded by the frame's size).
+                max_bin_len=MAX_PAIRS_PER_MESSAGE * INTERNED_REF_SIZE,
                 max_ext_len=0,
                 list_hook=self.pair_check,
                 object_hook=_no_map,
@@ -521,6 +651,13 @@ def _client_message(kind: str, length: int, reader: _FieldReader) -> Message:
         return Record(pairs)
     if kind == "columns":
         return _columns(length, reader)
+    if kind == "interned":
+        return _interned(length, reader)
+    if kind == "intern":
+        entries = _int_field(length, reader, TEXT_BAD_INTERN)
+        if not 1 <= entries <= MAX_INTERN_ENTRIES:
+            raise _bad(TEXT_BAD_INTERN)
+        return InternRequest(entries)
     if kind == "features":
         return FeaturesRequest()
     if kind == "status":
@@ -558,6 +695,49 @@ def _columns(length: int, reader: _FieldReader) -> RecordColumns:
     return RecordColumns(*columns)
 
 
+def _int_field(length: int, reader: _FieldReader, text: str) -> int:
+    """The next field, which must be an integer (not a bool, not a float)."""
+    if length < 3 or reader.next_byte() not in _INT_HEADERS:
+        raise _bad(text)
+    value: int = reader.value(ERR_BAD_MESSAGE, text)
+    return value
+
+
+_STR_ONLY: Final = frozenset((str,))
+_BIN_HEADERS = frozenset((0xC4, 0xC5, 0xC6))
+
+
+def _interned(length: int, reader: _FieldReader) -> RecordInterned:
+    if length < 8:
+        raise _bad(TEXT_BAD_INTERNED)
+    reader.pair_check.max_others = 2  # the two arrays of new values
+    fields: list[Any] = []
+    for _ in range(2):
+        if reader.next_byte() not in _INT_HEADERS:
+            raise _bad(TEXT_BAD_INTERNED)
+        first = reader.value(ERR_BAD_MESSAGE, TEXT_BAD_INTERNED)
+        if not 0 <= first <= MAX_INTERN_ENTRIES:
+            raise _bad(TEXT_BAD_INTERNED)
+        if reader.next_byte() not in _ARRAY_HEADERS:
+            raise _bad(TEXT_BAD_INTERNED)
+        new = reader.value(ERR_BAD_MESSAGE, TEXT_BAD_INTERNED)
+        # One C loop over the types: strings only, no nil (an id is a value).
+        if first + len(new) > MAX_INTERN_ENTRIES or not _STR_ONLY.issuperset(map(type, new)):
+            raise _bad(TEXT_BAD_INTERNED)
+        if reader.next_byte() not in _BIN_HEADERS:
+            raise _bad(TEXT_BAD_INTERNED)
+        # bytes, copied out of the frame: the daemon reads it with one np.frombuffer.
+        refs = reader.value(ERR_BAD_MESSAGE, TEXT_BAD_INTERNED)
+        count, odd = divmod(len(refs), INTERNED_REF_SIZE)
+        # Each definition is referenced at least once, so there are no more than refs.
+        if odd or not 0 < count <= MAX_PAIRS_PER_MESSAGE or len(new) > count:
+            raise _bad(TEXT_BAD_INTERNED)
+        fields += (first, new, refs)
+    if len(fields[2]) != len(fields[5]):
+        raise _bad(TEXT_BAD_INTERNED)
+    return RecordInterned(*fields)
+
+
 def _features(length: int, reader: _FieldReader) -> Features:
     if length < 3 or reader.next_byte() not in _ARRAY_HEADERS:
         raise _bad(TEXT_BAD_FEATURES)
@@ -588,6 +768,11 @@ def _daemon_message(kind: str, length: int, reader: _FieldReader) -> Message:
         return _fleet_reply(reader.value(ERR_BAD_MESSAGE, TEXT_BAD_FLEET))
     if kind == "features":
         return _features(length, reader)
+    if kind == "intern":
+        granted = _int_field(length, reader, TEXT_BAD_INTERN_REPLY)
+        if not 0 <= granted <= MAX_INTERN_ENTRIES:
+            raise _bad(TEXT_BAD_INTERN_REPLY)
+        return InternReply(granted)
     if kind == "error":
         if length < 4:
             raise _bad(TEXT_BAD_ERROR)
@@ -596,7 +781,7 @@ def _daemon_message(kind: str, length: int, reader: _FieldReader) -> Message:
         if type(code) is not str or type(text) is not str:
             raise _bad(TEXT_BAD_ERROR)
         return Error(code[:64], text[:MAX_ERROR_TEXT])
-    if kind in ("record", "columns", "ping"):
+    if kind in ("record", "columns", "interned", "ping"):
         raise ProtocolError(ERR_UNEXPECTED, TEXT_UNEXPECTED)
     raise ProtocolError(ERR_UNKNOWN_TYPE, TEXT_UNKNOWN_TYPE)
 

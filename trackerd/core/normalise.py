@@ -11,10 +11,14 @@ from __future__ import annotations
 import enum
 import re
 import socket
-from collections.abc import Iterator, Sequence
-from typing import Any, Final, cast
+from typing import Final
 
 from servertracker.protocol import MAX_VALUE_LENGTH
+
+# The MAIL FROM split rule lives in the client package (one place), so that a
+# worker that sends a sender's domain part (servertracker.sender_split) follows
+# the very rule the daemon applies here.
+from servertracker.sender_split import IGNORED, REJECTED, Outcome, split_sender
 from trackerd.core import idna_linear
 
 
@@ -24,17 +28,6 @@ class Category(enum.IntEnum):
     CONN_IP = 0
     DOMAIN = 1
     IP_SERVER = 2
-
-
-class Outcome(enum.Enum):
-    """Why a value was not counted."""
-
-    IGNORED = "ignored"  # empty, or the null sender <>: not an error, as in the original
-    REJECTED = "rejected"  # malformed: tallied so an operator can see it
-
-
-IGNORED: Final = Outcome.IGNORED
-REJECTED: Final = Outcome.REJECTED
 
 
 # A host label: letters, digits, hyphens inside. The same rule for every label that
@@ -188,75 +181,6 @@ def classify_conn_ip(value: str | None) -> bytes | Outcome:
     if len(value) > MAX_VALUE_LENGTH:
         return REJECTED
     return canonical_ip(value) or REJECTED
-
-
-def split_sender(value: str | None) -> str | Outcome:
-    """The domain part of a sender given as a whole MAIL FROM address or as its domain part.
-
-    Angle brackets, surrounding space and a source route are removed, and the text
-    after the last ``@`` returned (the whole text if there is no ``@``). IGNORED for
-    an empty value or the null sender ``<>``, REJECTED for a malformed address.
-    This runs for every record, so it takes few steps on the common path.
-    """
-    if not value:
-        return IGNORED
-    text = value.strip()
-    if len(text) > MAX_VALUE_LENGTH:
-        return REJECTED
-    if text[-1:] == ">":
-        if text[:1] != "<":
-            return REJECTED
-        text = text[1:-1].strip()
-    elif text[:1] == "<":
-        return REJECTED
-    if not text:
-        return IGNORED
-    if text[0] == "@":
-        # An RFC 5321 source route "@relay,@relay:user@domain": the sender follows it.
-        _route, colon, text = text.partition(":")
-        if not colon:
-            return REJECTED
-    at = text.rfind("@")
-    if at < 0:
-        return text  # the domain part alone, as the original's callers passed it
-    if at == 0 or at == len(text) - 1:
-        return REJECTED  # no local part, or no domain
-    return text[at + 1 :]
-
-
-# The usual MAIL FROM, "<local@domain>" with no space, angle bracket or second "@"
-# in it, for which split_sender() returns the domain. Matched one line per value,
-# for a whole batch at once; any other line gives "" and split_sender() decides.
-_USUAL_SENDER_LINES = re.compile(r"^(?:<[^\s<>@]+@([^\s<>@]+)>|.*)$", re.MULTILINE)
-
-
-def split_senders(values: Sequence[str | None]) -> list[str | Outcome]:
-    """``[split_sender(v) for v in values]``, with the same results (a property test
-    holds them to it), but the usual form is split by one regular-expression pass
-    over the whole batch instead of a Python call per value."""
-    # None and "" are both IGNORED: "" can be joined.
-    texts = cast("Sequence[str]", [v or "" for v in values] if None in values else values)
-    joined = "\n".join(texts)
-    parts: list[str | Outcome] = []
-    # Values that are too long, or hold line breaks of their own (which would shift
-    # every line after them), are left to split_sender() one by one.
-    if joined.count("\n") == len(texts) - 1 and max(map(len, texts)) <= MAX_VALUE_LENGTH:
-        parts = _USUAL_SENDER_LINES.findall(joined)
-    if len(parts) != len(texts):
-        return list(map(split_sender, texts))
-    for index in positions(parts, ""):
-        parts[index] = split_sender(texts[index])
-    return parts
-
-
-def positions(items: list[Any], value: object) -> Iterator[int]:
-    """The indices at which value is in items, found by list.count and list.index
-    (C loops; no ValueError to raise and catch at the end, which costs more than
-    the search in a small batch). The caller may replace each item as it goes."""
-    index = -1
-    for _ in range(items.count(value)):
-        index = items.index(value, index + 1)
-        yield index
 
 
 def classify_domain_part(text: str) -> tuple[Category, bytes] | Outcome:

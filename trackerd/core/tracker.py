@@ -25,9 +25,7 @@ each distinct value costs one more miss per period.
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import cast
@@ -35,18 +33,12 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 
+from servertracker.sender_split import Outcome, positions, split_sender, split_senders
 from servertracker.status import Status, WindowCounts
+from servertracker.value_tables import hash_is_secret
 from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT, DistinctCounter
 from trackerd.core.fleet_sketch import FleetSketch
-from trackerd.core.normalise import (
-    Category,
-    Outcome,
-    classify_conn_ip,
-    classify_domain_part,
-    positions,
-    split_sender,
-    split_senders,
-)
+from trackerd.core.normalise import Category, classify_conn_ip, classify_domain_part
 from trackerd.core.raw_cache import COUNTED, IGNORED, MISS, Codes, Keys, RawCache
 from trackerd.core.raw_cache import REJECTED as CODE_REJECTED
 from trackerd.core.windows import Window, cutoff_stamp, period_of
@@ -430,9 +422,3 @@ class Tracker:
             estimated=tuple(c.name for c in self.counters if c.estimated),
             windows=windows,
         )
-
-
-def hash_is_secret() -> bool:
-    """Whether hash() of a str is keyed with a random secret in this interpreter."""
-    seed = os.environ.get("PYTHONHASHSEED", "random")
-    return bool(sys.flags.hash_randomization) and seed == "random"

@@ -1,0 +1,132 @@
+"""What a worker sends for a sender counts exactly as the whole sender would.
+
+The worker cuts a MAIL FROM to its domain part (servertracker.sender_split) only
+where the daemon's rule gives the part the same result as the whole: these tests
+hold sent_sender() and sent_senders() to that on the classification table's
+tricky inputs and on generated ones, and show that the usual forms are cut.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from servertracker.protocol import MAX_VALUE_LENGTH
+from servertracker.sender_split import sent_sender, sent_senders
+from tests.test_normalise import SENDER_DOMAIN_PARTS, SENDERS_FOR_BATCHES
+from trackerd.core import normalise
+from trackerd.core.normalise import classify_sender
+
+TEMPLATES = [
+    "{}",
+    "user@{}",
+    "<user@{}>",
+    " <First.Last+tag@{}> ",
+    "<user@{}",
+    "user@{}>",
+    "<@relay.example,@b.example:user@{}>",
+    '"odd@local"@{}',
+    '"odd local"@{}',
+    "user@ {}",
+    "<user@{} >",
+    "user@@{}",
+    "@{}",
+    "<{}>",
+    "\t{}\n",
+    "ü@{}",
+    "u\u2003@{}",
+]
+ODD_SENDERS = [
+    "",
+    " ",
+    "<>",
+    "< >",
+    "@",
+    "user@",
+    "<user@>",
+    "a@b@",
+    "<@relay.example>",
+    "<<>>",
+    "@:@",
+    "\x00@example.com",
+    "u@\ud800",
+    "u@" + "a" * (MAX_VALUE_LENGTH - 2),
+    "u@" + "a" * (MAX_VALUE_LENGTH - 1),
+    "<u@" + "a" * (MAX_VALUE_LENGTH - 4) + ">",
+    "<u@" + "a" * (MAX_VALUE_LENGTH - 3) + ">",
+    "line\nbreak@example.com",
+    "u@example.com\n",
+]
+FORMS = [template.format(domain) for template in TEMPLATES for domain, _ in SENDER_DOMAIN_PARTS]
+FORMS += ODD_SENDERS
+
+
+@pytest.mark.parametrize("value", FORMS)
+def test_what_the_worker_sends_counts_as_the_whole(value: str) -> None:
+    assert classify_sender(sent_sender(value)) == classify_sender(value)
+
+
+def test_every_form_in_one_batch_is_cut_as_one_by_one() -> None:
+    values: list[str | None] = [*FORMS, None]
+    # Without line breaks and over-long values, the batch takes the fast path.
+    clean = [v for v in values if v is None or ("\n" not in v and len(v) <= MAX_VALUE_LENGTH)]
+    for batch in (values, clean, clean[::-1]):
+        assert sent_senders(batch) == [sent_sender(v) if v else v for v in batch]
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [
+        ("user@example.com", "example.com"),
+        ("<user@Example.COM>", "Example.COM"),
+        ("First.Last+tag@bücher.de", "bücher.de"),
+        ("u@[192.0.2.1]", "[192.0.2.1]"),
+        ("<u@[IPv6:2001:db8::1]>", "[IPv6:2001:db8::1]"),
+        ("example.com", "example.com"),
+        ("[192.0.2.1]", "[192.0.2.1]"),
+        # Unusual forms go as they came.
+        (" <user@example.com> ", " <user@example.com> "),
+        ("user@example.com ", "user@example.com "),
+        ("<@relay.example:user@example.com>", "<@relay.example:user@example.com>"),
+        ("user@ example.com", "user@ example.com"),
+        ("<>", "<>"),
+        ("user@", "user@"),
+    ],
+)
+def test_the_usual_forms_are_cut_to_their_domain_part(value: str, sent: str) -> None:
+    assert sent_sender(value) == sent
+    assert sent_senders([value, None, "a@b.example"]) == [sent, None, "b.example"]
+
+
+# Senders built from the characters that steer the split rule (brackets, "@",
+# ":", space of both kinds, line breaks) around real domain parts.
+TRICKY = st.one_of(
+    SENDERS_FOR_BATCHES,
+    st.builds(
+        "{}{}{}".format,
+        st.text(alphabet='<>@:" .aZü\t\u2003', max_size=6),
+        st.sampled_from([domain for domain, _ in SENDER_DOMAIN_PARTS]),
+        st.text(alphabet="<>@ .\t", max_size=3),
+    ),
+)
+
+
+@settings(max_examples=3000, derandomize=True, deadline=None)
+@given(TRICKY)
+def test_generated_senders_count_as_the_whole(value: str | None) -> None:
+    if value:
+        assert classify_sender(sent_sender(value)) == classify_sender(value)
+
+
+@settings(max_examples=1000, derandomize=True, deadline=None)
+@given(st.lists(TRICKY, max_size=20))
+def test_a_batch_is_cut_as_its_senders_one_by_one(values: list[str | None]) -> None:
+    assert sent_senders(values) == [sent_sender(v) if v else v for v in values]
+
+
+def test_the_daemon_applies_the_same_rule() -> None:
+    # One place for the rule: the normaliser uses the client package's function.
+    from servertracker import sender_split
+
+    assert normalise.split_sender is sender_split.split_sender
