@@ -22,12 +22,15 @@ ratios are printed, with the load average before and after.
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import statistics
 import struct
+import subprocess
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from bench._support import BenchDaemon, arguments, table
 from bench.compare import (
@@ -39,6 +42,7 @@ from bench.compare import (
     fork_workers,
     loadavg,
 )
+from bench.profile import py_spy
 from servertracker import protocol
 from servertracker.sender_split import sent_senders
 
@@ -95,11 +99,22 @@ def interned_frames(pairs: Sequence[tuple[str, str]]) -> list[bytes]:
     return frames
 
 
-def run(frames: list[list[bytes]], total: int, interned: bool) -> tuple[float, float]:
-    """(seconds, daemon CPU seconds) for every worker sending its frames."""
+def run(
+    frames: list[list[bytes]], total: int, interned: bool, profile: Path | None = None
+) -> tuple[float, float]:
+    """(seconds, daemon CPU seconds) for every worker sending its frames; with
+    profile, py-spy's raw samples of the daemon go there."""
     daemon = BenchDaemon().start()
+    spy = None
     try:
         assert daemon.process is not None
+        if profile is not None:
+            spy = subprocess.Popen(
+                [py_spy() or "py-spy", "record", "-f", "raw", "-r", "250", "-o", str(profile),
+                 "-p", str(daemon.process.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            time.sleep(1)  # attached
         cpu_before = cpu_seconds(daemon.process.pid)
         start = time.perf_counter()
 
@@ -137,6 +152,21 @@ def run(frames: list[list[bytes]], total: int, interned: bool) -> tuple[float, f
         return elapsed, cpu
     finally:
         daemon.stop()
+        if spy is not None:
+            spy.wait(30)
+
+
+def top_functions(path: Path, count: int = 15) -> list[tuple[str, float]]:
+    """The leaf frames of py-spy's raw samples, busiest first, as shares of the busy
+    samples (threads asleep left out)."""
+    own: collections.Counter[str] = collections.Counter()
+    for line in path.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not stack or "Condition.wait" in stack or "WorkerThread.run" in stack:
+            continue
+        own[stack.split(";")[-1]] += int(samples)
+    busy = sum(own.values()) or 1
+    return [(function, n / busy) for function, n in own.most_common(count)]
 
 
 def main() -> None:
@@ -144,6 +174,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every competitor")
     parser.add_argument("--forms", default="domain,mix", help=f"comma-separated, of {FORMS}")
     parser.add_argument("--per-worker", type=int, default=PER_WORKER, help="records per worker")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy the daemon of one more run of each, samples here"
+    )
     args = parser.parse_args()
     print("load before:", loadavg())
     rows = []
@@ -155,7 +188,8 @@ def main() -> None:
             "interned": interned_frames,
         }
         frames = {name: [make(share) for share in load.shares] for name, make in makers.items()}
-        sizes = {name: sum(map(len, f)) // WORKERS for name, f in frames.items()}
+        sizes = {name: sum(len(b) for f in each for b in f) // WORKERS
+                 for name, each in frames.items()}  # fmt: skip
         cpu: dict[str, list[float]] = {name: [] for name in makers}
         wall: dict[str, list[float]] = {name: [] for name in makers}
         names = list(makers)
@@ -165,6 +199,13 @@ def main() -> None:
                 seconds, used = run(frames[name], load.total, name == "interned")
                 cpu[name].append(used)
                 wall[name].append(seconds)
+        if args.profile is not None:
+            for name in names:
+                path = args.profile.with_suffix(f".{form}.{name.replace(' ', '-')}.txt")
+                run(frames[name], load.total, name == "interned", path)
+                print(f"{form} {name}: top own time of py-spy's samples ({path})")
+                for function, share in top_functions(path):
+                    print(f"  {share:5.1%}  {function}")
         base = statistics.median(cpu["columns raw"])
         for name in names:
             median = statistics.median(cpu[name])

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from servertracker.sender_split import Outcome, split_sender
+from servertracker.sender_split import Outcome, split_sender, split_senders
 from trackerd.core.definition_cache import DefinitionCache
 from trackerd.core.distinct_counter import DistinctCounter
 from trackerd.core.fleet_sketch import FleetSketch
@@ -58,6 +58,9 @@ IPS: Final = 0
 SENDERS: Final = 1
 
 _OUTCOME_CODES: Final = {Outcome.REJECTED: REJECTED, Outcome.IGNORED: IGNORED}
+_NO_DIGEST: Final = bytes(8)
+#: New values normalised at a time under a deadline (tracker.py's SPLIT_CHUNK).
+DEFINE_CHUNK: Final = 256
 
 
 class InternedCounting:
@@ -75,6 +78,11 @@ class InternedCounting:
     _defined: tuple[DefinitionCache, DefinitionCache]
     _digest: Callable[[int, bytes], bytes]
     _domain_part_miss: Callable[[str, int], tuple[int, bytes] | Outcome]
+    _domain_cache: dict[int, tuple[int, bytes] | Outcome]
+    _conn_ips_seen: Callable[[Sequence[str | None]], list[bytes | Outcome]]
+    _new_domain_parts: Callable[
+        [list[str | Outcome], list[tuple[int, bytes] | Outcome | None], float | None], int
+    ]
     _follow_the_clock: Callable[[], None]
 
     def value_tables(self, granted: int) -> ValueTables:
@@ -133,6 +141,9 @@ class InternedCounting:
         registers: npt.NDArray[np.uint32] | None,
     ) -> int:
         """Normalise the values not cached into the arrays; how many values are done."""
+        if self.fleet is None:
+            return self._define_batch(column, values, keys, misses, deadline, codes, digests)
+        # Fleet mode: one at a time, for the canonical value's next-epoch register.
         miss = self._define_ip if column == IPS else self._define_sender
         indices: list[int] = misses.tolist()
         miss_keys: list[int] = keys[misses].tolist() if keys is not None else []
@@ -164,6 +175,63 @@ class InternedCounting:
                 else None,
             )
         return done
+
+    def _define_batch(
+        self,
+        column: int,
+        values: Sequence[str],
+        keys: npt.NDArray[np.int64] | None,
+        misses: npt.NDArray[np.intp],
+        deadline: float | None,
+        codes: npt.NDArray[np.int8],
+        digests: npt.NDArray[np.uint64],
+    ) -> int:
+        """_define_misses() outside fleet mode: record_columns()' first sightings, a
+        batch at a time (tracker.py: _conn_ips_seen, _new_domain_parts), DEFINE_CHUNK
+        values at a time under a deadline."""
+        indices: list[int] = misses.tolist()
+        chunk = len(indices) if deadline is None else DEFINE_CHUNK
+        done = len(values)
+        taken = 0
+        for start in range(0, len(indices), chunk):
+            some = [values[index] for index in indices[start : start + chunk]]
+            results = self._ips_seen(some) if column == IPS else self._senders_seen(some, deadline)
+            seen = len(results)
+            at = misses[start : start + seen]
+            codes[at] = [COUNTED + r[0] if type(r) is tuple else _OUTCOME_CODES[r]  # type: ignore[index]
+                         for r in results]  # fmt: skip
+            digests[at] = np.frombuffer(
+                b"".join([r[1] if type(r) is tuple else _NO_DIGEST for r in results]), dtype="<u8"
+            )
+            taken = start + seen
+            if deadline is not None and (seen < len(some) or time.perf_counter() > deadline):
+                done = indices[taken - 1] + 1
+                break
+        if keys is not None and taken:
+            at = misses[:taken]
+            fresh, first = np.unique(keys[at], return_index=True)
+            self._defined[column].remember(fresh, codes[at][first], digests[at][first], None)
+        return done
+
+    def _ips_seen(self, values: list[str]) -> list[tuple[int, bytes] | Outcome]:
+        """What a batch of raw connection IPs came to (tracker.py's _conn_ips_seen)."""
+        return [(Category.CONN_IP, r) if type(r) is bytes else r  # type: ignore[misc]
+                for r in self._conn_ips_seen(values)]  # fmt: skip
+
+    def _senders_seen(
+        self, values: list[str], deadline: float | None
+    ) -> list[tuple[int, bytes] | Outcome]:
+        """What a batch of raw senders came to, as record_columns() finds it: split,
+        the domain-part cache, new parts normalised once; a prefix under a deadline."""
+        parts = split_senders(cast("list[str | None]", values))
+        get = self._domain_cache.get
+        found: list[tuple[int, bytes] | Outcome | None] = [
+            get(hash(part)) if type(part) is str else cast(Outcome, part) for part in parts
+        ]
+        done = len(found)
+        if None in found:
+            done = self._new_domain_parts(parts, found, deadline)
+        return found[:done]  # type: ignore[return-value]
 
     def _define_ip(self, value: str) -> Defined:
         key = classify_conn_ip(value)
