@@ -112,16 +112,40 @@ TRICKY = st.one_of(
 )
 
 
-@settings(max_examples=3000, derandomize=True, deadline=None)
+@settings(max_examples=1500, derandomize=True, deadline=None)
 @given(TRICKY)
 def test_generated_senders_count_as_the_whole(value: str | None) -> None:
     if value:
         assert classify_sender(sent_sender(value)) == classify_sender(value)
 
 
-@settings(max_examples=1000, derandomize=True, deadline=None)
+@settings(max_examples=500, derandomize=True, deadline=None)
 @given(st.lists(TRICKY, max_size=20))
 def test_a_batch_is_cut_as_its_senders_one_by_one(values: list[str | None]) -> None:
+    assert sent_senders(values) == [sent_sender(v) if v else v for v in values]
+
+
+# ASCII without space: the batches sent_senders() cuts without a regular expression,
+# with and without angle brackets (anywhere, or only around values).
+PLAIN = st.text(alphabet="<>@:.aZ1", max_size=8)
+NO_BRACKETS = st.text(alphabet="@:.aZ1", max_size=8)
+WRAPPED = st.builds("<{}>".format, NO_BRACKETS)
+
+
+@settings(max_examples=1000, derandomize=True, deadline=None)
+@given(st.lists(st.one_of(PLAIN, NO_BRACKETS, WRAPPED, st.none()), max_size=12))
+def test_an_ascii_batch_is_cut_as_its_senders_one_by_one(values: list[str | None]) -> None:
+    assert sent_senders(values) == [sent_sender(v) if v else v for v in values]
+    for value in values:
+        if value:
+            assert classify_sender(sent_sender(value)) == classify_sender(value)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.lists(st.one_of(NO_BRACKETS, WRAPPED, st.none()), max_size=12))
+def test_a_batch_with_brackets_only_around_values_is_cut_as_one_by_one(
+    values: list[str | None],
+) -> None:
     assert sent_senders(values) == [sent_sender(v) if v else v for v in values]
 
 
