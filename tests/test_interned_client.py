@@ -10,8 +10,10 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from servertracker import Client
+from servertracker.batch_encoder import BatchEncoder
 from servertracker.status import Status
 from tests.conftest import Daemon, wait_for
 from tests.test_sender_split import FORMS
@@ -49,6 +51,12 @@ def protocol_errors(daemon: Daemon) -> int:
     health = daemon.status().health
     assert health is not None
     return sum(health.protocol_errors.values())
+
+
+def interned_messages(daemon: Daemon) -> int:
+    health = daemon.status().health
+    assert health is not None
+    return health.interned_messages
 
 
 def send(daemon: Daemon, pairs: Sequence[Pair], **options: int) -> Client:
@@ -169,16 +177,21 @@ WORKER = textwrap.dedent(
 
 def test_a_fixed_hash_seed_sends_columns(daemon: Daemon) -> None:
     """hash() is not secret with PYTHONHASHSEED set: the worker keys no table by it."""
-    messages = {}
-    for seed in ("0", "random"):
+
+    def worker(seed: str) -> str:
         env = dict(os.environ, PYTHONHASHSEED=seed)
         result = subprocess.run(
             [sys.executable, "-c", WORKER, str(daemon.socket_path)],
             env=env, capture_output=True, text=True, timeout=60, check=True,
         )  # fmt: skip
-        messages[seed] = result.stdout.strip()
-    assert messages == {"0": "columns", "random": "interned"}
+        return result.stdout.strip()
+
+    assert worker("0") == "columns"
+    assert counts_after(daemon, 20) == (2, 1, 0, 20, 0, 0)
+    assert interned_messages(daemon) == 0  # the daemon's own count agrees
+    assert worker("random") == "interned"
     assert counts_after(daemon, 40) == (2, 1, 0, 40, 0, 0)
+    assert interned_messages(daemon) > 0
 
 
 def test_a_daemon_granting_nothing_gets_columns_and_counts(
@@ -193,3 +206,23 @@ def test_a_daemon_granting_nothing_gets_columns_and_counts(
     assert counts_after(daemon, len(pairs)) == counts_after(reference, len(pairs))
     client.close()
     columns.close()
+
+
+def test_a_failed_write_keeps_the_records_of_the_frames_not_written_whole(
+    short_tmp: Path,
+) -> None:
+    """The frames written whole were sent; the rest of the batch waits for the next
+    connection, whose tables start empty (so it is encoded again, from its values)."""
+    client = Client(short_tmp / "nobody-home.sock")
+    client._encoder = BatchEncoder("interned", 8)  # 8 ids: a batch of many frames
+    pairs = [(f"192.0.2.{i}", f"u@d{i}.example") for i in range(40)]
+    client._batch = ([ip for ip, _ in pairs], [sender for _, sender in pairs])
+    client._out_count = len(pairs)
+    client._encode_batch()
+    assert len(client._out_ends) > 2
+    (first_bytes, first_records), (second_bytes, _) = client._out_ends[:2]
+    client._written = first_bytes + (second_bytes - first_bytes) // 2  # the second in part
+    client._keep_unwritten()
+    assert client.stats().sent == first_records
+    assert list(zip(*client._batch, strict=True)) == pairs[first_records:]
+    assert client._out_count == len(pairs) - first_records and client._out == b""
