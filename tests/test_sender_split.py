@@ -149,6 +149,29 @@ def test_a_batch_with_brackets_only_around_values_is_cut_as_one_by_one(
     assert sent_senders(values) == [sent_sender(v) if v else v for v in values]
 
 
+# Uniform batches, which sent_senders() cuts by one split: every sender local@domain
+# (or every one <local@domain>), the null sender (None, "") anywhere among them,
+# and now and then one that breaks the pattern.
+PART = st.text(alphabet="aZ1.-[]:", min_size=1, max_size=5)
+USUAL = st.builds("{}@{}".format, PART, PART)
+BREAKER = st.sampled_from(["a@b@c", "abc", "@b", "a@", "<a@b>", "a@b>", "<>", "a b@c"])
+
+
+@settings(max_examples=400, derandomize=True, deadline=None)
+@given(
+    st.lists(st.one_of(USUAL, USUAL, USUAL, st.none(), st.just("")), min_size=1, max_size=12),
+    st.booleans(),
+    st.lists(st.tuples(st.integers(0, 12), BREAKER), max_size=1),
+)
+def test_a_uniform_batch_is_cut_as_its_senders_one_by_one(
+    values: list[str | None], wrapped: bool, breakers: list[tuple[int, str]]
+) -> None:
+    batch = [f"<{v}>" if v and wrapped else v for v in values]
+    for index, breaker in breakers:
+        batch.insert(index, breaker)
+    assert sent_senders(batch) == [sent_sender(v) if v else v for v in batch]
+
+
 def test_the_daemon_applies_the_same_rule() -> None:
     # One place for the rule: the normaliser uses the client package's function.
     from servertracker import sender_split

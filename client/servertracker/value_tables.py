@@ -16,6 +16,7 @@ import itertools
 import operator
 import os
 import sys
+from collections.abc import Iterator
 from typing import Final, TypeAlias, cast
 
 from servertracker import protocol
@@ -40,6 +41,11 @@ _COLUMN_BYTES: Final = (protocol.MAX_MESSAGE_SIZE - 64) // 2
 _STRING_HEADER: Final = 5
 _REF_SIZE: Final = protocol.INTERNED_REF_SIZE
 _NONE_HASH: Final = hash(None)
+#: A message defining at most this many values in a column fits its half of a
+#: frame whatever their length (values are cut to one over the protocol's limit).
+_FEW_TEXTS: Final = (_COLUMN_BYTES - _REF_SIZE * protocol.MAX_PAIRS_PER_MESSAGE) // (
+    _STRING_HEADER + 4 * (protocol.MAX_VALUE_LENGTH + 1)
+)
 
 
 class _Numbered:
@@ -84,7 +90,8 @@ class ValueTable:
     def __init__(self, size: int) -> None:
         self.size = size
         self._ids: dict[int, int] = {_NONE_HASH: NIL}
-        self._hashes = array.array("q", [_UNDEFINED]) * size
+        # id -> hash: the int objects the dict holds as keys, so 8 bytes an id.
+        self._hashes: list[int] = [_UNDEFINED] * size
         self._next = 0  # the id the next new value takes
         self._full = False  # every id defined: a new value evicts the oldest
 
@@ -96,12 +103,15 @@ class ValueTable:
         evict an id it references, or wrap around the table, or make a message too
         large, goes a value at a time (_number_one_by_one).
         """
-        hashes = list(map(hash, values))
-        found = list(map(self._ids.get, hashes))
+        ids = self._ids
         try:  # every value known: the usual batch, once a worker's values repeat
-            return _Numbered(array.array("I", found), [], [], [], [], hashes)  # type: ignore[arg-type]
+            # A None (a new value) makes array() raise.
+            refs = array.array("I", cast("Iterator[int]", map(ids.get, map(hash, values))))
+            return _Numbered(refs, [], [], [], [], [])
         except TypeError:  # None, for a new value
             pass
+        hashes = list(map(hash, values))  # each str keeps its hash: no SipHash again
+        found = list(map(ids.get, hashes))
         if found.count(None) == len(found):
             new = dict(zip(hashes, values, strict=True))
         else:
@@ -114,17 +124,21 @@ class ValueTable:
         if (
             end > self.size
             or (self._full and not set(found).isdisjoint(range(first, end)))
-            or _REF_SIZE * len(values) + 4 * sum(map(len, texts)) + _STRING_HEADER * len(texts)
-            > _COLUMN_BYTES
-        ):
+            or (
+                (len(texts) > _FEW_TEXTS or len(values) > protocol.MAX_PAIRS_PER_MESSAGE)
+                and _REF_SIZE * len(values) + 4 * sum(map(len, texts))
+                + _STRING_HEADER * len(texts) > _COLUMN_BYTES
+            )
+        ):  # fmt: skip
             return self._number_one_by_one(values, hashes)
-        ids = self._ids
         if self._full:  # forget the values whose ids are taken (none is in this batch)
             collections.deque(map(ids.pop, self._hashes[first:end], itertools.repeat(0)), 0)
-        ids.update(zip(new, range(first, end), strict=True))
-        self._hashes[first:end] = array.array("q", new)
+        defined = dict(zip(new, range(first, end), strict=True))
+        ids.update(defined)
+        self._hashes[first:end] = new
         self._advance(end)
-        refs = array.array("I", map(ids.__getitem__, hashes))
+        # A new value's id from the few just defined, a known one's as found.
+        refs = array.array("I", cast("Iterator[int]", map(defined.get, hashes, found)))
         return _Numbered(refs, list(range(first, end)), texts, None, [], hashes)
 
     def _advance(self, end: int) -> None:
