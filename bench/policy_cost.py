@@ -86,26 +86,33 @@ class Competitor:
     floor: bool = False
 
 
-FLOOR = Competitor(
-    "floor: asyncio answering DUNNO, nothing else",
-    [sys.executable, "-P", "-m", "bench.policy_floor"],
-    floor=True,
-)
+FLOORS = [
+    Competitor(
+        "floor: asyncio answering DUNNO, nothing else",
+        [sys.executable, "-P", "-m", "bench.policy_floor", "--kind", "asyncio"],
+        floor=True,
+    ),
+    Competitor(
+        "floor: a thread's own epoll answering DUNNO",
+        [sys.executable, "-P", "-m", "bench.policy_floor", "--kind", "thread"],
+        floor=True,
+    ),
+]
 
 
 def competitors(baseline: Path | None, floor: bool) -> list[Competitor]:
-    """The baseline (if any) first and this tree last; the floor, if asked for, between."""
+    """The baseline (if any) first and this tree last; the floors, if asked for, between."""
     # -P: the current directory (a checkout, maybe) must not come first on sys.path.
     this = Competitor("this tree", [sys.executable, "-P", "-m", "trackerd"])
     if baseline is None:
-        return [FLOOR, this] if floor else [this]
+        return [*FLOORS, this] if floor else [this]
     path = f"{baseline.resolve()}:{baseline.resolve() / 'client'}"
     # PYTHONPATH comes before the editable install's path entries.
     other = Competitor(
         f"baseline ({baseline})",
         ["env", f"PYTHONPATH={path}", sys.executable, "-P", "-m", "trackerd"],
     )
-    return [other, FLOOR, this] if floor else [other, this]
+    return [other, *FLOORS, this] if floor else [other, this]
 
 
 def where(competitor: Competitor) -> str:
@@ -222,7 +229,9 @@ def main() -> None:
     )
     parser.add_argument("--profile", metavar="PREFIX", help="one more round each under py-spy")
     parser.add_argument(
-        "--floor", action="store_true", help="also run bench.policy_floor (asyncio, nothing else)"
+        "--floor",
+        action="store_true",
+        help="also run bench.policy_floor's floors (asyncio, a thread's epoll)",
     )
     args = parser.parse_args()
     entrants = competitors(args.baseline, args.floor)

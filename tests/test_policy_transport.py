@@ -1,4 +1,4 @@
-"""The Postfix policy listener's connection handling (edges/callback_transport.py), on
+"""The Postfix policy listener's connection handling (edges/policy_loop.py), on
 real daemons: pipelined and split requests, the idle timeout, the unread-reply
 timeout, the drain at shutdown and its cap, and what is left of a request cut
 short by a closing peer.

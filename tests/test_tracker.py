@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from trackerd.core.digest_table import Digests
 from trackerd.core.normalise import REJECTED, Category, classify_conn_ip, classify_sender
-from trackerd.core.tracker import SALT_SIZE, Tracker
+from trackerd.core.tracker import SALT_SIZE, SPLIT_CHUNK, Tracker
 
 
 def stored_digests(tracker: Tracker) -> list[Digests]:
@@ -265,13 +265,27 @@ def test_a_passed_deadline_counts_from_the_first_pair_on_and_says_how_far(
     assert tracker_counts(tracker) == tracker_counts(whole)
 
 
-def test_a_passed_deadline_stops_after_the_first_miss() -> None:
+def test_a_passed_deadline_stops_after_the_first_chunk_of_misses() -> None:
+    # New connection IPs are normalised SPLIT_CHUNK at a time (each costs at most a
+    # few µs); the clock is read after each chunk.
     tracker = Tracker()
-    ips = [f"192.0.2.{i}" for i in range(1, 11)]
-    assert tracker.record_columns(ips, ["u@example.com"] * 10, deadline=0.0) == 1
-    assert tracker.status().records == 1
-    # Cache hits cost no clock reading: the first IP again, and nothing else new.
-    assert tracker.record_columns(ips[:1] * 5, ["u@example.com"] * 5, deadline=0.0) == 5
+    ips = [f"10.0.{i // 256}.{i % 256}" for i in range(SPLIT_CHUNK + 10)]
+    senders = ["u@example.com"] * len(ips)
+    assert tracker.record_columns(ips, senders, deadline=0.0) == SPLIT_CHUNK
+    assert tracker.status().records == SPLIT_CHUNK
+    # Cache hits cost no clock reading: the first IPs again, and nothing else new.
+    assert tracker.record_columns(ips[:5] * 5, senders[:25], deadline=0.0) == 25
+
+
+def test_a_passed_deadline_stops_after_the_first_costly_domain_part() -> None:
+    # Plain host names are decided a batch at a time; any other new domain part
+    # (an IDNA name here) one at a time, the clock read after each.
+    tracker = Tracker()
+    senders = [f"u@mail{i}.example.com" for i in range(5)] + [
+        f"u@bücher{i}.example" for i in range(5)
+    ]
+    assert tracker.record_columns(["192.0.2.1"] * 10, senders, deadline=0.0) == 6
+    assert tracker_counts(tracker) == (1, 6, 0, 6, 0, 0)
 
 
 def test_columns_of_unequal_length_are_refused() -> None:

@@ -27,7 +27,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from itertools import islice, repeat, starmap
 from typing import cast
 
 import numpy as np
@@ -38,7 +40,12 @@ from servertracker.status import Status, WindowCounts
 from servertracker.value_tables import hash_is_secret
 from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT, DistinctCounter
 from trackerd.core.fleet_sketch import FleetSketch
-from trackerd.core.normalise import Category, classify_conn_ip, classify_domain_part
+from trackerd.core.normalise import (
+    Category,
+    classify_conn_ip,
+    classify_domain_part,
+    plain_domains,
+)
 from trackerd.core.raw_cache import COUNTED, IGNORED, MISS, Codes, Keys, RawCache
 from trackerd.core.raw_cache import REJECTED as CODE_REJECTED
 from trackerd.core.windows import Window, cutoff_stamp, period_of
@@ -62,9 +69,14 @@ RAW_CACHE_ENTRIES = 1 << 17
 #: Batches of at most this many pairs are counted a pair at a time (no arrays).
 FEW_PAIRS = 4
 
-#: Sender misses split at a time when a deadline bounds the work (record_columns):
-#: about 0.1 ms of splitting; normalising checks the clock after each value.
+#: New values handled at a time: connection IPs normalised (a few µs each at
+#: most), and under a deadline (record_columns) raw senders split and their plain
+#: domain parts decided; about 0.1-0.5 ms. Any other domain part is normalised
+#: alone, the clock checked after each.
 SPLIT_CHUNK = 256
+
+#: The type of the hashers (their methods are mapped over many at a time).
+_BLAKE2B = type(hashlib.blake2b())
 
 #: The raw-value caches' code for each outcome.
 _CODES: dict[Outcome, int] = {Outcome.REJECTED: CODE_REJECTED, Outcome.IGNORED: IGNORED}
@@ -141,9 +153,24 @@ class Tracker:
         hasher.update(key)
         return hasher.digest()
 
-    # The two kinds of miss: normalise, hash, and queue the digest for its counter.
-    # The caller remembers the outcome after queueing, so a cache hit always means
-    # the digest is queued already.
+    def _queue(self, category: int, keys: list[bytes]) -> list[bytes]:
+        """The keyed digests of canonical keys of one category, queued for its
+        counter (and each key fed to the fleet sketch). The copies, updates and
+        digests run in map(), without a Python statement per key."""
+        hashers = list(starmap(self._hashers[category].copy, repeat((), len(keys))))
+        deque(map(_BLAKE2B.update, hashers, keys), maxlen=0)
+        digests = list(map(_BLAKE2B.digest, hashers))
+        self.counters[category].pending.extend(digests)
+        if self.fleet is not None:
+            for key in keys:
+                self.fleet.add(category, key)
+        return digests
+
+    # First sightings: normalise, hash, and queue the digest for its counter. The
+    # caller remembers the outcome after queueing, so a cache hit always means the
+    # digest is queued already. One value at a time (_conn_ip_miss,
+    # _domain_part_miss: a Postfix policy request's pair) or a batch at a time
+    # (_conn_ips_seen, _domain_parts_seen); both give the same results.
 
     def _conn_ip_miss(self, value: str | None) -> int:
         """Normalise a connection IP not cached; its outcome code (raw_cache.py)."""
@@ -176,6 +203,54 @@ class Tracker:
             self._domain_cache[cache_key] = result
         return result
 
+    def _conn_ips_seen(self, values: Sequence[str | None]) -> list[bytes | Outcome]:
+        """_conn_ip_miss() for a batch of values, none cached: each one's digest
+        (queued, and fed to the fleet sketch) or its Outcome. Each value costs at
+        most a few µs (classify_conn_ip() checks the length first), so a chunk of
+        SPLIT_CHUNK needs no deadline of its own."""
+        classified = list(map(classify_conn_ip, values))
+        keys = [key for key in classified if type(key) is bytes]
+        digests = self._queue(Category.CONN_IP, keys)
+        if len(keys) == len(classified):
+            return cast("list[bytes | Outcome]", digests)
+        counted = iter(digests)
+        return [next(counted) if type(key) is bytes else key for key in classified]
+
+    def _domain_parts_seen(
+        self, parts: Sequence[str], deadline: float | None = None
+    ) -> list[tuple[int, bytes] | Outcome]:
+        """_domain_part_miss() for a batch of distinct domain parts not in the
+        domain-part cache: each one's (category, digest), queued, or its Outcome;
+        the cache is not touched (the caller enters them).
+
+        Plain host names (plain_domains()) are decided in one pass over the batch;
+        every other part by classify_domain_part(), one at a time, the clock
+        checked after each: with a ``deadline``, only a prefix of the parts is
+        done (at least one), up to the part during which it passed, and nothing
+        after it is queued.
+        """
+        keys = plain_domains(parts)
+        if b"" not in keys:  # the usual batch
+            return list(zip(repeat(Category.DOMAIN), self._queue(Category.DOMAIN, keys)))
+        results: list[tuple[Category, bytes] | Outcome] = [(Category.DOMAIN, key) for key in keys]
+        for at in positions(keys, b""):
+            results[at] = classify_domain_part(parts[at])
+            if deadline is not None and time.perf_counter() > deadline:
+                del results[at + 1 :]
+                break
+        # Each category's keys hashed together, their digests put in their places.
+        places: dict[Category, list[int]] = {Category.DOMAIN: [], Category.IP_SERVER: []}
+        for at, result in enumerate(results):
+            if type(result) is tuple:
+                places[result[0]].append(at)
+        seen = cast("list[tuple[int, bytes] | Outcome]", results)
+        for category, where in places.items():
+            if where:
+                keys = [cast("tuple[Category, bytes]", results[at])[1] for at in where]
+                for at, digest in zip(where, self._queue(category, keys), strict=True):
+                    seen[at] = (category, digest)
+        return seen
+
     def record_pairs(self, pairs: Iterable[Sequence[str | None]]) -> None:
         """Count many pairs: record_columns() of their two columns."""
         batch = pairs if type(pairs) is list else list(pairs)
@@ -198,11 +273,13 @@ class Tracker:
         is split, and its domain part looked up in turn.
 
         With a ``deadline`` (a time.perf_counter() value), it stops after the
-        cache miss during which the deadline passed, and counts only the pairs
-        before it: the return value is how many pairs, from the first, were
-        counted (at least one; all of them without a deadline). The caller goes on
-        from there. Only misses cost time, so only they check the clock; a value
-        normalised for a pair not yet counted is cached, and a hit later.
+        cache misses during which the deadline passed (a chunk of SPLIT_CHUNK
+        cheap ones, or one costly domain part), and counts only the pairs whose
+        values are known by then: the return value is how many pairs, from the
+        first, were counted (at least one; all of them without a deadline). The
+        caller goes on from there. Only misses cost time, so only they check the
+        clock; a value normalised for a pair not yet counted is cached, and a hit
+        later.
         """
         if len(conn_ips) != len(senders):
             raise ValueError("columns of unequal length")
@@ -280,26 +357,38 @@ class Tracker:
         misses: npt.NDArray[np.intp],
         deadline: float | None,
     ) -> int:
-        """Fill in the codes of the IPs not cached; how many pairs are done (see
-        record_columns)."""
-        done = len(codes)
-        cached = bool(self.raw_cache_entries)
+        """Fill in the codes of the IPs not cached, a chunk of new values at a time;
+        how many pairs are done (see record_columns)."""
         indices: list[int] = misses.tolist()
-        miss_keys: list[int] = keys[misses].tolist()
-        new: dict[int, int] = {}  # a new value twice in one batch is normalised once
+        if not self.raw_cache_entries:  # no keys: every value on its own
+            firsts, repeated = indices, False
+        else:
+            # A new value twice in one batch is normalised once: where it is first.
+            miss_keys: list[int] = keys[misses].tolist()
+            first_at = dict(zip(reversed(miss_keys), reversed(indices), strict=True))
+            repeated = len(first_at) < len(indices)
+            firsts = sorted(first_at.values()) if repeated else indices
+        done = len(codes)
         found: list[int] = []
-        for index, key in zip(indices, miss_keys, strict=True):
-            code = new.get(key) if cached else None
-            if code is None:
-                code = self._conn_ip_miss(conn_ips[index])
-                new[key] = code
-            found.append(code)
+        for start in range(0, len(firsts), SPLIT_CHUNK):
+            seen = self._conn_ips_seen([conn_ips[at] for at in firsts[start : start + SPLIT_CHUNK]])
+            found += _codes_of(seen)
             if deadline is not None and time.perf_counter() > deadline:
-                done = index + 1
+                if len(found) < len(firsts):  # pairs before the next new value are known
+                    done = firsts[len(found)]
                 break
-        codes[indices[: len(found)]] = found
-        if cached:
-            self._conn_cache.remember(list(new), list(new.values()))
+        firsts = firsts[: len(found)]
+        if not self.raw_cache_entries:
+            codes[firsts] = found
+            return done
+        new_keys = keys[firsts]
+        if repeated:
+            code_of = dict(zip(new_keys.tolist(), found, strict=True))
+            some = misses[misses < done]
+            codes[some] = list(map(code_of.__getitem__, keys[some].tolist()))
+        else:
+            codes[firsts] = found
+        self._conn_cache.remember(new_keys, found)
         return done
 
     def _follow_the_clock(self) -> None:
@@ -375,6 +464,7 @@ class Tracker:
         domain part is known: most of them, since addresses are users times
         domains): the split is one regular-expression pass, the domain parts are
         looked up by a comprehension, and the raw texts remembered in one call.
+        New domain parts are normalised and hashed a batch at a time.
         """
         indices: list[int] = misses.tolist()
         domain_get = self._domain_cache.get
@@ -385,27 +475,54 @@ class Tracker:
             some = indices[first : first + chunk]
             parts = split_senders([senders[index] for index in some])
             # An Outcome (IGNORED or REJECTED) is decided by the split already.
-            found = [domain_get(hash(part)) if type(part) is str else part for part in parts]
+            found = cast(
+                "list[tuple[int, bytes] | Outcome | None]",
+                [domain_get(hash(part)) if type(part) is str else part for part in parts],
+            )
             done = len(some)
             if None in found:
-                for at in positions(found, None):
-                    part = cast(str, parts[at])
-                    found[at] = self._domain_part_miss(part, hash(part))
-                    if deadline is not None and time.perf_counter() > deadline:
-                        done = at + 1
-                        break
-            # Every result before done is known now: a tuple (counted) or an Outcome.
-            results = cast("list[tuple[int, bytes] | Outcome]", found[:done])
-            found_codes = [
-                COUNTED if type(result) is tuple else _CODES[cast(Outcome, result)]
-                for result in results
-            ]
+                done = self._new_domain_parts(parts, found, deadline)
+            found_codes = _codes_of(found[:done])
             codes[some[:done]] = found_codes
             if self.raw_cache_entries:
                 self._sender_cache.remember(keys[some[:done]], found_codes)
             if done < len(some) or (deadline is not None and time.perf_counter() > deadline):
                 return some[done - 1] + 1
         return len(codes)
+
+    def _new_domain_parts(
+        self,
+        parts: list[str | Outcome],
+        found: list[tuple[int, bytes] | Outcome | None],
+        deadline: float | None,
+    ) -> int:
+        """Fill in found[i] where it is None (parts[i], a str, not in the domain-part
+        cache): each new part normalised once (_domain_parts_seen) and entered in
+        the cache. Returns how many entries of found, from the first, are filled in
+        (all of them without a deadline)."""
+        # All of them, as often (a new sender whose domain part is new too), costs
+        # no search.
+        count = found.count(None)
+        missing = list(range(len(found)) if count == len(found) else positions(found, None))
+        missing_keys = [hash(parts[at]) for at in missing]
+        # A new part twice in the batch is normalised once: where it is first.
+        first_at = dict(zip(reversed(missing_keys), reversed(missing), strict=True))
+        firsts = sorted(first_at.values()) if len(first_at) < len(missing) else missing
+        seen = self._domain_parts_seen([cast(str, parts[at]) for at in firsts], deadline)
+        # Pairs before the first new part not done are known.
+        done = len(found) if len(seen) == len(firsts) else firsts[len(seen)]
+        # Only the parts done (a prefix of firsts) are entered.
+        new = dict(zip([hash(parts[at]) for at in firsts[: len(seen)]], seen, strict=True))
+        for at, key in zip(missing, missing_keys, strict=True):
+            if at >= done:
+                break
+            found[at] = new[key]
+        entries = self.raw_cache_entries
+        if entries:
+            if len(self._domain_cache) + len(new) > entries:
+                self._domain_cache.clear()  # start again: simpler than evicting one by one
+            self._domain_cache.update(islice(new.items(), entries))
+        return done
 
     def status(self) -> Status:
         counts = [counter.count() for counter in self.counters]
@@ -422,3 +539,11 @@ class Tracker:
             estimated=tuple(c.name for c in self.counters if c.estimated),
             windows=windows,
         )
+
+
+def _codes_of(results: Sequence[object]) -> list[int]:
+    """The raw-value caches' code for each first sighting's result: COUNTED for a
+    digest or (category, digest), else the Outcome's code."""
+    if Outcome.REJECTED not in results and Outcome.IGNORED not in results:
+        return [COUNTED] * len(results)
+    return [_CODES[result] if type(result) is Outcome else COUNTED for result in results]

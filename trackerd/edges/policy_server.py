@@ -13,12 +13,17 @@ slow peers cannot hold the connection slots that Postfix needs.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
+import contextlib
 import logging
 import os
+import socket
+from collections.abc import Sequence
 from pathlib import Path
 
-from anyio.abc import SocketStream
+import anyio
+from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
 from servertracker.error_codes import POLICY_ERROR
 from trackerd.core.policy_protocol import (
@@ -32,8 +37,9 @@ from trackerd.core.policy_protocol import (
 )
 from trackerd.core.tracker import Tracker
 from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
-from trackerd.edges.callback_transport import Session, log_failure, serve_with_callbacks
 from trackerd.edges.endpoint import ListenerSettings
+from trackerd.edges.policy_loop import Handover, Pair, PolicyLoop
+from trackerd.edges.session import Session, log_failure
 from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
 from trackerd.edges.stream_server import StreamServer
@@ -41,8 +47,8 @@ from trackerd.option_types import Arguments
 
 log = logging.getLogger(__name__)
 
-#: Most requests handled (recorded and answered) in one call from the event loop;
-#: the rest of a read wait for a later turn, after the other connections' reads,
+#: Most requests handled (recorded and answered) in one call from the policy
+#: thread; the rest of a read wait for a later turn, after the other connections' reads,
 #: so that peers that pipeline thousands cannot keep a well-behaved one waiting.
 REQUESTS_PER_TURN = 32
 
@@ -93,25 +99,82 @@ class PolicyServer(StreamServer):
         self._tracker = tracker
         self._writer = writer
         self._error_log = LogThrottle(1.0)
+        # The thread that serves the connections, from the first serve() on.
+        self._loop: PolicyLoop | None = None
+        self._handover: Handover | None = None
+        self._serving = 0
         self.requests = 0
         self.protocol_errors = 0
 
-    async def serve_connection(self, stream: SocketStream) -> None:
+    def _policy_loop(self) -> PolicyLoop:
+        if self._loop is None:
+            handover = Handover(asyncio.get_running_loop(), self._record_pairs)
+            self._writer.before_snapshot.append(handover.flush)
+            self._handover = handover
+            self._loop = PolicyLoop(self, handover)
+            self._loop.start()
+        return self._loop
+
+    async def serve(self, listener: SocketListener) -> None:
+        """StreamServer.serve(); the last one to end after stop() ends the thread."""
+        loop = self._policy_loop()
+        self._serving += 1
         try:
-            await serve_with_callbacks(self, stream, PolicySession(self))
+            await super().serve(listener)
+        finally:
+            self._serving -= 1
+            if not self._serving and self.stopping:
+                await loop.close()
+
+    def stop(self) -> None:
+        super().stop()
+        if self._loop is not None:
+            self._loop.drain_all()
+
+    async def serve_connection(self, stream: SocketStream) -> None:
+        """Hand the admitted socket to the policy thread; return when it is closed
+        (cancelled: the drain's cap, abort it)."""
+        loop = asyncio.get_running_loop()
+        closed: asyncio.Future[None] = loop.create_future()
+
+        def done() -> None:  # in the policy thread
+            # RuntimeError: the loop is closed, the daemon has ended.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, closed)
+
+        # The thread owns the descriptor now; the stream's own close does nothing.
+        sock = socket.socket(fileno=stream.extra(SocketAttribute.raw_socket).detach())
+        sock.setblocking(False)
+        try:
+            handle = self._policy_loop().adopt(sock, PolicySession(self), done)
         except Exception as exc:  # one connection's failure is not the daemon's
+            sock.close()
             log_failure(exc)
+            return
+        try:
+            await asyncio.shield(closed)
+        finally:
+            if not closed.done():
+                handle.abort()
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                    await asyncio.shield(closed)
+
+    def _record_pairs(self, pairs: Sequence[Pair]) -> None:
+        """The event loop's: count what the policy thread handed over."""
+        self._tracker.record_pairs(pairs)
+        self._writer.notify_changed()
 
     def record(self, request: dict[str, str], recent: collections.deque[str]) -> None:
-        """Record a request, unless it is another recipient of a message recorded already."""
+        """The policy thread's: record a request (hand it to the event loop), unless
+        it is another recipient of a message recorded already."""
         self.requests += 1
         instance = request.get(INSTANCE)
         if instance:
             if instance in recent:
                 return
             recent.append(instance)
-        self._tracker.record_server(request.get(CLIENT_ADDRESS), request.get(SENDER))
-        self._writer.notify_changed()
+        assert self._handover is not None
+        self._handover.put(request.get(CLIENT_ADDRESS), request.get(SENDER))
 
     def protocol_error(self, exc: PolicyProtocolError) -> None:
         self.count_protocol_error(POLICY_ERROR)
@@ -188,3 +251,8 @@ class PolicySession(Session):
             return False
         self.backlog = not self.paused
         return True
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

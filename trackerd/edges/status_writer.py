@@ -99,6 +99,9 @@ class StatusWriter:
         self.textfile: MetricsTextfile | None = None
         #: Set before the final write at a clean stop: the text file no longer says live.
         self.stopping = False
+        #: Called before each snapshot: the policy listener hands over the requests it
+        #: answered, so a status reply or file reflects them (policy_loop.py).
+        self.before_snapshot: list[Callable[[], None]] = []
 
     @classmethod
     def add_arguments(cls, arguments: Arguments) -> None:
@@ -128,6 +131,8 @@ class StatusWriter:
     def snapshot(self) -> Status:
         """The tracker's status with the daemon's health: what the status reply, the
         status file and the metrics show."""
+        for flush in self.before_snapshot:
+            flush()
         status = self._tracker.status()
         return status if self.health is None else replace(status, health=self.health())
 

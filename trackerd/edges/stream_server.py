@@ -72,11 +72,13 @@ class FrameClock:
         self.started: float | None = None
         self._finished = 0
 
-    def update(self, in_progress: bool, finished: int) -> None:
+    def update(self, in_progress: bool, finished: int, now: float | None = None) -> None:
+        """now: the event loop's clock (time.monotonic()), given by a caller that is
+        not in the event loop's thread (policy_loop.py)."""
         if not in_progress:
             self.started = None
         elif self.started is None or finished != self._finished:
-            self.started = anyio.current_time()
+            self.started = anyio.current_time() if now is None else now
         self._finished = finished
 
 
@@ -95,7 +97,7 @@ class Connection:
         self.clock = FrameClock()
         self.shed = False
         #: What to cancel to make it close when it is shed: the scope of the receive
-        #: it waits in, or its callback connection (callback_transport.py).
+        #: it waits in, or its connection on the policy thread (policy_loop.py).
         self.waiting: Wakeable | None = None
 
 
@@ -348,13 +350,18 @@ class StreamServer:
         connection.waiting = None
         return None if connection.shed else count
 
-    def track(self, connection: Connection, in_progress: bool, finished: int) -> None:
-        """After each read: is a frame unfinished, and how many has it finished so far."""
+    def track(
+        self, connection: Connection, in_progress: bool, finished: int, now: float | None = None
+    ) -> None:
+        """After each read: is a frame unfinished, and how many has it finished so far.
+
+        Each step is one dict operation, so the policy thread may call it while the
+        event loop's thread looks at oldest_frame() (see policy_loop.py)."""
         if connection.shed:
             return
         clock = connection.clock
         started = clock.started
-        clock.update(in_progress, finished)
+        clock.update(in_progress, finished, now)
         if clock.started != started:  # a frame ended, or a new one began
             self._in_progress.pop(connection, None)
             if clock.started is not None:

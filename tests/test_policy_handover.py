@@ -1,0 +1,146 @@
+"""The policy thread's hand-over to the event loop (edges/policy_loop.py), on real
+daemons: a burst from many connections is counted whole, a status reply reflects
+every request answered before it however long the hand-over would wait, nothing
+queued is lost at shutdown, and a busy event loop makes the thread stop reading
+(back-pressure) without losing or dropping anything.
+
+Each knob that would make a case rare is turned in the daemon (python_prelude);
+nothing here asserts speed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from servertracker import read_status_file
+from tests.conftest import Daemon
+from tests.test_policy_transport import connect, read_replies, request, start
+from trackerd.core.policy_protocol import DUNNO_RESPONSE
+
+#: The hand-over waits an hour for a batch that never fills: only a flush at the
+#: status snapshot (or at shutdown) can count what was answered.
+NEVER_ON_ITS_OWN = (
+    "import trackerd.edges.policy_loop as p\np.HANDOVER_DELAY = 3600.0\np.BATCH = 10**9\n"
+)
+
+
+def burst(path: Path, connections: int, each: int, *, pipelined: bool) -> list[bytes]:
+    """Requests from many connections at once, each answered; the replies of each."""
+    replies: list[bytes] = [b""] * connections
+    errors: list[BaseException] = []
+
+    def peer(number: int) -> None:
+        try:
+            with connect(path) as sock:
+                first = number * each
+                if pipelined:
+                    sock.sendall(b"".join(request(first + n) for n in range(each)))
+                    replies[number] = read_replies(sock, each)
+                else:
+                    for n in range(each):
+                        sock.sendall(request(first + n))
+                        replies[number] += read_replies(sock, 1)
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=peer, args=(n,)) for n in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    return replies
+
+
+def test_a_burst_from_many_connections_is_counted_whole(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    daemon, path = start(make_daemon, short_tmp)
+    pipelining = burst(path, 12, 150, pipelined=True)
+    one_at_a_time = burst(path, 12, 25, pipelined=False)
+    assert pipelining == [DUNNO_RESPONSE * 150] * 12
+    assert one_at_a_time == [DUNNO_RESPONSE * 25] * 12
+    # request(n) numbers overlap between the two bursts: 12 x 150 distinct in all.
+    status = daemon.status()
+    assert status.records == 12 * 150 + 12 * 25
+    assert status.unique_conn_ips == 12 * 150
+
+
+def test_a_status_reply_reflects_every_request_answered_before_it(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    daemon, path = start(
+        make_daemon, short_tmp, "--status-interval", "3600", prelude=NEVER_ON_ITS_OWN
+    )
+    with connect(path) as sock:
+        for n in range(1, 6):
+            sock.sendall(request(n))
+            assert read_replies(sock, 1) == DUNNO_RESPONSE
+            status = daemon.status()  # on the msgpack socket, right after the answer
+            assert (status.records, status.unique_conn_ips) == (n, n)
+
+
+def test_nothing_queued_or_read_is_lost_at_shutdown(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    daemon, path = start(
+        make_daemon, short_tmp, "--status-interval", "3600", prelude=NEVER_ON_ITS_OWN
+    )
+    assert daemon.process is not None
+    socks = [connect(path) for _ in range(8)]
+    for number, sock in enumerate(socks):
+        sock.sendall(b"".join(request(number * 100 + n) for n in range(100)))
+    # Wait for the first answers of each, so that SIGTERM finds requests answered
+    # and queued in the hand-over, and maybe some not read yet.
+    for sock in socks:
+        assert read_replies(sock, 1).startswith(DUNNO_RESPONSE)
+    daemon.process.send_signal(15)
+    assert daemon.process.wait(60) == 0
+    for sock in socks:
+        sock.close()
+    assert read_status_file(daemon.runtime_dir).records == 800
+    assert "internal error" not in daemon.log()
+
+
+def test_a_busy_event_loop_stops_the_reading_and_loses_nothing(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    """The event loop counts slowly (each batch sleeps in its thread) and the queue
+    holds 8 requests: the thread must wait for room, again and again."""
+    prelude = NEVER_ON_ITS_OWN.replace("10**9", "4") + (
+        "p.MAX_QUEUED = 8\n"
+        "import time\n"
+        "import trackerd.core.tracker as t\n"
+        "record_pairs = t.Tracker.record_pairs\n"
+        "def slow(self, pairs):\n"
+        "    time.sleep(0.01)\n"
+        "    return record_pairs(self, pairs)\n"
+        "t.Tracker.record_pairs = slow\n"
+    )
+    daemon, path = start(make_daemon, short_tmp, prelude=prelude)
+    replies = burst(path, 6, 40, pipelined=True)
+    assert replies == [DUNNO_RESPONSE * 40] * 6
+    assert "the event loop is behind: reading paused" in daemon.log()
+    status = daemon.status()
+    assert (status.records, status.unique_conn_ips) == (240, 240)
+
+
+def test_the_policy_thread_ends_with_the_daemon(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    daemon, path = start(make_daemon, short_tmp)
+    assert daemon.process is not None
+    idle = connect(path)  # open, quiet: drained and closed at SIGTERM
+    with connect(path) as sock:
+        sock.sendall(request(1))
+        assert read_replies(sock, 1) == DUNNO_RESPONSE
+    daemon.process.send_signal(15)
+    assert daemon.process.wait(60) == 0
+    assert idle.recv(100) == b""
+    idle.close()
+    log = daemon.log()
+    assert "internal error" not in log and "still open at shutdown" not in log
+    assert "the policy thread did not end" not in log
+    assert read_status_file(daemon.runtime_dir).records == 1

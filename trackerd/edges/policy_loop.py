@@ -1,0 +1,573 @@
+"""The Postfix policy listener's own thread: one epoll, its connections, no asyncio.
+
+Postfix asks one request at a time on each connection, so every request is a
+wake-up, and through asyncio each wake-up costs its selector wrapper, Handle
+objects and transport callbacks (docs/performance.md). Here a dedicated thread
+runs a level-triggered ``select.epoll`` over the admitted connections'
+non-blocking sockets: each read is one ``recv_into`` into the thread's buffer,
+handed to the connection's Session (policy_server.py), which parses and answers
+with one ``send``; every ready connection of a wake is handled before the next
+``epoll_wait``. Accepting and admission stay in the event loop (StreamServer),
+which hands each admitted socket over (PolicyLoop.adopt) and waits for it to
+close, so the connection counts, the limit and the drain cap are StreamServer's.
+
+The Tracker is the event loop's alone: the Session's pairs go into a Handover,
+which the event loop takes in batches (one wake-up of the loop per batch) and
+before every status snapshot, so a status reply reflects every request answered
+before it. While MAX_QUEUED pairs wait, the thread reads no socket (nothing is
+dropped: the peers wait in their sockets' buffers).
+
+What StreamServer promises for a stream holds here too: the idle and frame
+timeouts are one deadline per connection, moved only when it comes sooner (the
+thread checks them when the earliest is due, and again on each connection when
+its own fires); a reply the peer does not take whole stops reading from it and
+gives it SEND_TIMEOUT to take it; at stop() each connection drains until quiet
+for DRAIN_QUIET_TIME; a Session handles a capped number of requests per call
+(backlog) and goes on in a later turn, after the other ready connections; the
+read buffer is overwritten as soon as the Session copied it; an error in one
+connection is logged by type and place (session.log_failure) and aborts it alone.
+The loop's thread talks to this one only through commands (PolicyLoop.call) and
+an eventfd that wakes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import anyio
+
+from trackerd.edges import stream_server
+from trackerd.edges.session import Session, log_failure
+from trackerd.edges.stream_server import READ_SIZE, ZEROS, Connection, StreamServer
+
+log = logging.getLogger(__name__)
+
+monotonic = time.monotonic
+
+#: Pairs waiting for the event loop past which the thread reads no socket until
+#: the loop has taken them (back-pressure; one turn's requests may pass it).
+MAX_QUEUED = 4096
+#: The event loop is woken to take the pairs when this many wait (counting them
+#: holds the loop for a few milliseconds at most, as a msgpack slice does) ...
+BATCH = 256
+#: ... or when the oldest has waited this long, in seconds. A status request or
+#: status file write takes them at once, whatever their number. Larger batches
+#: cost the Tracker less a pair (numpy) and wake the loop less often.
+HANDOVER_DELAY = 0.02
+#: How long an exiting thread is waited for, in seconds.
+JOIN_TIMEOUT = 5.0
+
+Pair = tuple[str | None, str | None]
+
+_IN, _OUT, _HUP, _ERR = select.EPOLLIN, select.EPOLLOUT, select.EPOLLHUP, select.EPOLLERR
+
+
+class Handover:
+    """Pairs from the policy thread to the event loop's thread, in batches.
+
+    The thread put()s; the loop's flush() takes all that is queued and records it.
+    The thread asks for a flush (call_soon_threadsafe) once per batch; each step
+    on the shared state is one operation under the interpreter lock."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, record: Callable[[Sequence[Pair]], None]
+    ) -> None:
+        self._loop = loop
+        self._record = record
+        self._pairs: collections.deque[Pair] = collections.deque()
+        # The thread's: when the oldest pair not yet asked for was queued.
+        self._since: float | None = None
+        # A flush is scheduled in the loop and has not begun.
+        self._asked = False
+        #: The thread waits for room: flush() wakes it (set by PolicyLoop).
+        self.want_room = False
+        self.wake_thread: Callable[[], None] = lambda: None
+
+    def put(self, conn_ip: str | None, sender: str | None) -> None:
+        """The thread's: queue one pair to record."""
+        self._pairs.append((conn_ip, sender))
+        if self._since is None:
+            self._since = monotonic()
+
+    @property
+    def full(self) -> bool:
+        return len(self._pairs) >= MAX_QUEUED
+
+    def hand_over(self, now: float, force: bool = False) -> float:
+        """The thread's: ask the loop for a flush if one is due; the seconds until
+        the next is due (inf: nothing waits)."""
+        since = self._since
+        if since is None:
+            return math.inf
+        if force or now - since >= HANDOVER_DELAY or len(self._pairs) >= BATCH:
+            self._since = None
+            if not self._asked:
+                self._asked = True
+                # RuntimeError: the loop is closed, the daemon has ended.
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self.flush)
+            return math.inf
+        return since + HANDOVER_DELAY - now
+
+    def flush(self) -> None:
+        """The event loop's: record every pair queued, then let the thread read again."""
+        self._asked = False  # first: a pair queued from now on asks again
+        pairs = self._pairs
+        count = len(pairs)
+        if count:
+            self._record([pairs.popleft() for _ in range(count)])
+        if self.want_room:
+            self.want_room = False
+            self.wake_thread()
+
+
+class PolicyLoop:
+    """The thread that serves the policy listener's admitted connections."""
+
+    def __init__(self, server: StreamServer, handover: Handover) -> None:
+        self.server = server
+        self.handover = handover
+        self.poller = select.epoll()
+        self._waker = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.poller.register(self._waker, _IN)
+        # What the thread waits on while the queue is full: commands and room only.
+        self._room = select.epoll()
+        self._room.register(self._waker, _IN)
+        self._commands: collections.deque[Callable[[], None]] = collections.deque()
+        self.connections: dict[int, ThreadConnection] = {}
+        #: Connections whose Session stopped at its cap: they go on next turn.
+        self.turns: list[ThreadConnection] = []
+        self._next_timer = math.inf
+        self.buffer = bytearray(READ_SIZE)
+        self.view = memoryview(self.buffer)
+        self.draining = False
+        self._exit = False
+        self._thread = threading.Thread(target=self._run, name="trackerd-policy", daemon=True)
+        handover.wake_thread = self.wake
+
+    # --- the event loop's calls --------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        os.eventfd_write(self._waker, 1)
+
+    def call(self, command: Callable[[], None]) -> None:
+        """Run command in the thread, soon."""
+        self._commands.append(command)
+        self.wake()
+
+    def adopt(self, sock: socket.socket, session: Session, done: Callable[[], None]) -> Handle:
+        """Serve an admitted socket with session; done() is called (in the thread)
+        once it is closed and the session has dealt with what it held."""
+        handle = Handle(self)
+
+        def begin() -> None:
+            handle.connection = ThreadConnection(self, sock, session, done)
+            handle.connection.start(monotonic())
+            if handle.aborted:
+                handle.connection.lost()
+
+        self.call(begin)
+        return handle
+
+    def drain_all(self) -> None:
+        """The daemon is stopping: every connection drains until quiet, then closes."""
+
+        def drain() -> None:
+            self.draining = True
+            now = monotonic()
+            for connection in list(self.connections.values()):
+                connection.drain(now)
+
+        self.call(drain)
+
+    async def close(self) -> None:
+        """End the thread: what is still open is aborted (its sessions record what
+        they hold), then the thread is waited for."""
+
+        def finish() -> None:
+            for connection in list(self.connections.values()):
+                connection.lost()
+            self._exit = True
+
+        self.call(finish)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._thread.join, JOIN_TIMEOUT)
+        if self._thread.is_alive():
+            log.warning("the policy thread did not end in %.0fs; exiting anyway", JOIN_TIMEOUT)
+
+    # --- the thread's ------------------------------------------------------------------
+
+    def arm(self, deadline: float) -> None:
+        if deadline < self._next_timer:
+            self._next_timer = deadline
+
+    def _run(self) -> None:
+        try:
+            while not self._exit:
+                try:
+                    self._turn()
+                except Exception as exc:  # a bug: logged, and the thread goes on
+                    log_failure(exc)
+        finally:
+            self.poller.close()
+            self._room.close()
+            os.close(self._waker)
+
+    def _turn(self) -> None:
+        now = monotonic()
+        handover = self.handover
+        wait = min(handover.hand_over(now), self._next_timer - now)
+        if handover.full:
+            self._wait_for_room(now)
+            return
+        if self.turns:
+            wait = 0.0
+        events = self.poller.poll(max(wait, 0.0) if wait < math.inf else -1)
+        now = monotonic()
+        connections = self.connections
+        for fd, mask in events:
+            connection = connections.get(fd)
+            if connection is not None:
+                connection.ready(mask, now)
+            elif fd == self._waker:
+                self._run_commands()
+        if self.turns:
+            turns, self.turns = self.turns, []
+            for connection in turns:
+                connection.go_on(now)
+        if now >= self._next_timer:
+            self._timers(now)
+
+    def _run_commands(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._waker)
+        commands = self._commands
+        while commands:
+            try:
+                commands.popleft()()
+            except Exception as exc:
+                log_failure(exc)
+
+    def _wait_for_room(self, now: float) -> None:
+        """Read no socket until the event loop has taken the pairs (or a command comes)."""
+        handover = self.handover
+        handover.want_room = True
+        if handover.full:  # still: flush() had not run since (it clears want_room)
+            log.debug("the event loop is behind: reading paused until it takes the requests")
+            handover.hand_over(now, force=True)
+            if self._room.poll(1.0):
+                self._run_commands()
+
+    def _timers(self, now: float) -> None:
+        """Fire the deadlines that are due; the next check at the earliest left."""
+        self._next_timer = math.inf
+        for connection in list(self.connections.values()):
+            if connection.timer_at <= now:
+                connection.on_timer(now)
+            if connection.send_at <= now:
+                connection.reply_not_read()
+            self.arm(min(connection.timer_at, connection.send_at))
+
+
+class Handle:
+    """The event loop's hold on one adopted connection: shed or abort it."""
+
+    __slots__ = ("_loop", "aborted", "connection")
+
+    def __init__(self, loop: PolicyLoop) -> None:
+        self._loop = loop
+        self.connection: ThreadConnection | None = None
+        self.aborted = False
+
+    def abort(self) -> None:
+        """Close at once, replies unsent (the drain's cap); the session records what it holds."""
+        self.aborted = True
+
+        def abort() -> None:
+            if self.connection is not None:
+                self.connection.lost()
+
+        self._loop.call(abort)
+
+
+class ThreadConnection:
+    """One connection on the policy thread: reads, replies, timers, drain."""
+
+    def __init__(
+        self, loop: PolicyLoop, sock: socket.socket, session: Session, done: Callable[[], None]
+    ) -> None:
+        self._loop = loop
+        self._server = loop.server
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._session = session
+        self._done = done
+        self.connection = Connection()
+        self.connection.waiting = self  # StreamServer.shed() calls cancel()
+        self._out = bytearray()  # replies the peer has not taken yet
+        self._events = 0
+        self._last_read = monotonic()
+        self._draining = False
+        # Closed by the daemon (timeout, shed, drain, malformed request): not timed
+        # out, nor counted, again.
+        self._closed_here = False
+        self._closing = False  # closes once the replies are sent
+        self._broken = False  # a send failed: the peer is gone
+        self._lost = False
+        self._in_turns = False
+        #: The idle/frame/drain deadline and the unread-reply one (inf: not set).
+        self.timer_at = math.inf
+        self.send_at = math.inf
+        session.write = self._write
+
+    def start(self, now: float) -> None:
+        self._loop.connections[self._fd] = self
+        self._loop.poller.register(self._fd, _IN)
+        self._events = _IN
+        if self._server.stopping or self._loop.draining:
+            self.drain(now)
+        else:
+            self._arm()
+
+    # --- the loop's calls ----------------------------------------------------------------
+
+    def ready(self, mask: int, now: float) -> None:
+        try:
+            if mask & _OUT and self._out:
+                self._writable(now)
+            elif mask & _IN and self._events & _IN:
+                self._readable(now)
+            elif mask & (_HUP | _ERR):
+                self.lost()  # gone while nothing was read: what it holds is recorded
+                return
+            if self._broken:
+                self.lost()
+            else:
+                self._update_events()
+        except Exception as exc:  # any bug: this connection, not the daemon
+            self.failed(exc)
+
+    def go_on(self, now: float) -> None:
+        """Requests held past the cap of one call: their turn."""
+        self._in_turns = False
+        if self._lost or self._closing or self._session.paused:
+            return  # closed; or a reply waits: _writable() goes on
+        try:
+            self._handled(self._session.resume(), now)
+            if self._broken:
+                self.lost()
+            else:
+                self._update_events()
+        except Exception as exc:
+            self.failed(exc)
+
+    # --- reading and writing -------------------------------------------------------------
+
+    def _readable(self, now: float) -> None:
+        loop = self._loop
+        buffer = loop.buffer
+        try:
+            count = self._sock.recv_into(buffer)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._broken = True  # reset by the peer
+            return
+        if not count:
+            self._session.ended()
+            self._finish()  # once the replies are sent
+            return
+        try:
+            # Nothing else runs between the read and the overwrite.
+            keep = self._session.received(loop.view[:count])
+        finally:
+            buffer[:count] = ZEROS[:count]
+        self._last_read = now
+        self._handled(keep, now)
+
+    def _handled(self, keep: bool, now: float) -> None:
+        """After the session handled input: close, or track its request in progress."""
+        if not keep:
+            self._close()
+            return
+        session = self._session
+        if session.backlog and not self._in_turns:
+            self._in_turns = True
+            self._loop.turns.append(self)
+        connection = self.connection
+        if connection.shed:
+            return
+        # Between requests, as after most reads, there is nothing to track.
+        if connection.clock.started is not None or session.in_progress():
+            self._server.track(connection, session.in_progress(), session.finished(), now)
+            if connection.clock.started is not None:
+                self._arm()  # a request began: its deadline may come before the idle one
+        if self._draining:
+            self._arm()
+
+    def _write(self, data: bytes) -> None:
+        """The session's write: send now; what the peer does not take waits, and
+        then reading stops and the send timeout runs."""
+        if self._out or self._broken:
+            self._out += data
+            return
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._broken = True
+            return
+        if sent < len(data):
+            self._out += data[sent:]
+            self._session.paused = True
+            log.debug("a peer has not read its replies yet: reading from it paused")
+            self.send_at = monotonic() + stream_server.SEND_TIMEOUT
+            self._loop.arm(self.send_at)
+
+    def _writable(self, now: float) -> None:
+        try:
+            sent = self._sock.send(self._out)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._broken = True
+            return
+        del self._out[:sent]
+        if self._out:
+            return
+        self.send_at = math.inf
+        if self._closing:
+            self.lost()  # a close waited for its replies
+            return
+        self._session.paused = False
+        self._handled(self._session.resume(), now)
+
+    def _update_events(self) -> None:
+        """Wait for what the state needs: room to send, else data unless held back."""
+        if self._lost:
+            return
+        session = self._session
+        if self._out:
+            events = _OUT
+        elif self._closing or session.paused or session.backlog:
+            events = 0
+        else:
+            events = _IN
+        if events != self._events:
+            self._loop.poller.modify(self._fd, events)
+            self._events = events
+
+    # --- closing -------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Shed by StreamServer (the event loop's thread): close."""
+        self._loop.call(self._close)
+
+    def _close(self) -> None:
+        """Closed by the daemon: the replies already written are sent first (within
+        SEND_TIMEOUT)."""
+        self._closed_here = True
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._lost:
+            return
+        self._closing = True
+        if not self._out:
+            self.lost()
+        else:
+            self._update_events()
+
+    def lost(self) -> None:
+        """The connection is gone, or being aborted: let the session record and
+        overwrite what it holds, close the socket, tell the event loop. Once; never raises."""
+        if self._lost:
+            return
+        self._lost = True
+        self.timer_at = self.send_at = math.inf
+        try:
+            self._loop.connections.pop(self._fd, None)
+            self._server.forget(self.connection)
+            self._session.closed()
+        except Exception as exc:  # see ready()
+            log_failure(exc)
+        finally:
+            with contextlib.suppress(OSError):
+                self._loop.poller.unregister(self._fd)
+            self._sock.close()
+            self._out.clear()
+            self._done()
+
+    def failed(self, exc: Exception) -> None:
+        """An unexpected error in this connection's handling: log it, abort the connection."""
+        log_failure(exc)
+        self.lost()
+
+    # --- timers --------------------------------------------------------------------------
+
+    def drain(self, now: float) -> None:
+        """The daemon is stopping: read until quiet, then close."""
+        self._draining = True
+        self._last_read = now
+        self._arm()
+
+    def _deadline(self) -> float:
+        if self._draining:
+            return self._last_read + stream_server.DRAIN_QUIET_TIME
+        limits = self._server.limits
+        idle = limits.idle_timeout
+        deadline = self._last_read + idle if idle > 0 else math.inf
+        started = self.connection.clock.started
+        if started is not None and limits.frame_timeout > 0:
+            deadline = min(deadline, started + limits.frame_timeout)
+        return deadline
+
+    def _arm(self) -> None:
+        """Make the timer fire by the earliest deadline (a later one waits for it)."""
+        if self._closed_here or self._lost:
+            return
+        deadline = self._deadline()
+        if deadline < self.timer_at:
+            self.timer_at = deadline
+            self._loop.arm(deadline)
+
+    def on_timer(self, now: float) -> None:
+        self.timer_at = math.inf
+        if self._closed_here or self._lost:
+            return  # closed already (shed, say): nothing to time out, nothing to count
+        if now < self._deadline():
+            self._arm()  # data came meanwhile: the deadline moved
+            return
+        if self._draining:
+            log.debug("drained: closing a connection that is quiet")
+        else:
+            self._server.timeouts += 1
+            log.debug("closing a connection: idle, or a frame took too long to arrive")
+        self._close()
+
+    def reply_not_read(self) -> None:
+        self.send_at = math.inf
+        if self._closed_here:
+            # Closed already, and counted if it timed out: its replies are dropped now.
+            log.debug("dropping the replies a closed connection did not read")
+        else:
+            self._server.timeouts += 1
+            log.info(
+                "closing a connection that did not read its reply within %.0fs",
+                stream_server.SEND_TIMEOUT,
+            )
+        self.lost()
