@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import array
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from servertracker import protocol
+from servertracker import batch_encoder, protocol
 from servertracker.value_tables import NIL, Message, ValueTables
 
 
@@ -111,3 +112,20 @@ def test_a_large_batch_of_long_values_is_cut_to_fit_a_frame() -> None:
     assert len(messages) > 1
     pairs = [pair for m in messages for pair in daemon.resolve(m)]
     assert pairs == list(zip(values, values, strict=True))
+
+
+def test_a_slow_interned_batch_pauses_between_its_columns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The flusher lets go of the GIL between the two columns of a batch whose first
+    column took longer than LONG_HOLD (many new values), and only then."""
+    pauses: list[int] = []
+    values: list[str | None] = [f"192.0.2.{i}" for i in range(200)]
+    for hold, expected in ((float("inf"), 0), (0.0, 1)):
+        monkeypatch.setattr(batch_encoder, "LONG_HOLD", hold)
+        pauses.clear()
+        encoder = batch_encoder.BatchEncoder("interned", 1024)
+        _, ends = encoder.encode(values, list(values), 512, lambda: pauses.append(1))
+        assert (len(pauses), ends) == (expected, [200])
+    assert batch_encoder.BatchEncoder("columns").encode(values, values, 512, pauses.clear)
+    assert pauses == [1]  # columns: one frame, no pause

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import socket
 import time
+from collections.abc import Callable
 from typing import Final
 
 from servertracker import protocol
@@ -33,6 +34,10 @@ MIN_TABLE_ENTRIES: Final = 4096
 #: day): a reference to a value defined two epochs back counts everywhere but in
 #: the fleet sketch (docs/protocol.md, "interned").
 TABLE_LIFETIME: Final = 3600.0
+#: Numbering a column for longer than this (seconds) holds the GIL long enough
+#: that the flusher pauses before the next (docs/performance.md: a record_server()
+#: call waits for the GIL as long as the flusher holds it).
+LONG_HOLD: Final = 0.0002
 
 
 class BatchEncoder:
@@ -52,16 +57,31 @@ class BatchEncoder:
             self._born = time.monotonic()
 
     def encode(
-        self, conn_ips: list[str | None], senders: list[str | None], batch_size: int
+        self,
+        conn_ips: list[str | None],
+        senders: list[str | None],
+        batch_size: int,
+        pause: Callable[[], object] | None = None,
     ) -> tuple[list[bytes], list[int]]:
-        """The frames that carry a batch, and the records up to each frame's end."""
+        """The frames that carry a batch, and the records up to each frame's end.
+
+        ``pause`` lets go of the GIL for a moment: called between the two columns
+        of an interned batch when the first took long (many new values), so that
+        the worker's own thread waits for at most about one column's work.
+        """
         if self._tables is not None:
             if time.monotonic() - self._born > TABLE_LIFETIME:
                 self.forget()
             assert self._tables is not None
+            started = time.perf_counter()
+
+            def between() -> None:
+                if pause is not None and time.perf_counter() - started > LONG_HOLD:
+                    pause()
+
             # The daemon's rule gives a usual sender's domain part the same result
             # as the whole (sender_split.py): fewer values to number and send.
-            messages = self._tables.messages(conn_ips, sent_senders(senders))
+            messages = self._tables.messages(conn_ips, sent_senders(senders), between)
             encode = protocol.encode_interned
             return [encode(*message[2:]) for message in messages], [m[1] for m in messages]
         if self.message == "columns":

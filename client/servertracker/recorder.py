@@ -398,7 +398,7 @@ class Client:
         assert self._encoder is not None
         conn_ips, senders = self._batch
         try:
-            frames, ends = self._encoder.encode(conn_ips, senders, self._batch_size)
+            frames, ends = self._encoder.encode(conn_ips, senders, self._batch_size, self._pause)
         except LocalProtocolError:
             # A lone surrogate, or a value too long for any frame: mend them. What
             # the tables numbered for the failed frames never left: start afresh.

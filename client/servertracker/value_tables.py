@@ -16,7 +16,7 @@ import itertools
 import operator
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final, TypeAlias, cast
 
 from servertracker import protocol
@@ -208,14 +208,23 @@ class ValueTables:
         self.conn_ips = ValueTable(size)
         self.senders = ValueTable(size)
 
-    def messages(self, conn_ips: list[str | None], senders: list[str | None]) -> list[Message]:
+    def messages(
+        self,
+        conn_ips: list[str | None],
+        senders: list[str | None],
+        between: Callable[[], object] | None = None,
+    ) -> list[Message]:
         """The interned messages that carry a batch, in the order they must be sent.
 
         Usually one. Where either column must end a message, both do: a message
         cut anywhere stays valid, since each value is defined by the first record
         that uses it, and the records after a cut may refer to what came before.
+        ``between`` is called after the connection IPs are numbered (the flusher
+        lets go of the GIL there when the batch is slow going).
         """
         ips = self.conn_ips.number(conn_ips)
+        if between is not None:
+            between()
         sends = self.senders.number(senders)
         count = len(senders)
         if not ips.cuts and not sends.cuts and count <= protocol.MAX_PAIRS_PER_MESSAGE:
