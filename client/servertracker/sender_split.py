@@ -133,10 +133,10 @@ _ASCII_SPACE: Final = "".join(chr(c) for c in range(128) if chr(c).isspace() and
 def sent_senders(values: list[str | None]) -> list[str | None]:
     """``[sent_sender(v) if v else v for v in values]`` (property tests hold it to
     that), for a whole batch, and cheaply when the batch is uniform: every sender
-    (empty ones aside) ``local@domain``, or every one ``<local@domain>``, in ASCII
-    without space. What holds for the whole batch is checked on the batch joined,
-    and the domain parts come from one split of it: C loops, a new string per
-    value and no Python statement. Any other batch goes a value at a time. (The
+    but the null ones (None, "", "<>") ``local@domain``, or every one
+    ``<local@domain>``, in ASCII without space. What holds for the whole batch is
+    checked on the batch joined, and the domain parts come from one split of it:
+    C loops, a new string per value and no Python statement. Any other batch goes a value at a time. (The
     flusher holds the GIL meanwhile: a regular expression costs several times
     more a value, and so does a method call per value.)
     """
@@ -152,15 +152,20 @@ def sent_senders(values: list[str | None]) -> list[str | None]:
     ):
         return _one_by_one(values)
     senders = texts
-    if "" in texts:  # the null sender, as "" or None: cut the others
-        senders = list(filter(None, texts))
+    nulls = "<>" in joined and "<>" in texts
+    if nulls or "" in texts:  # the null sender, as "", None or "<>": cut the others
+        senders = list(filter(_NULL_SENDER.__ne__, filter(None, texts)))
         joined = "\n".join(senders)
+        if not senders:
+            return values
     cut = _cut_uniform(joined, len(senders))
     if cut is None:
         return _one_by_one(values)
     sent = cast("list[str | None]", cut)
     if senders is not texts:
-        for index in positions(texts, ""):  # in order: each lands at its own index
+        null = sorted([*positions(texts, ""), *positions(texts, _NULL_SENDER)] if nulls else
+                      positions(texts, ""))  # fmt: skip
+        for index in null:  # in order: each lands at its own index
             sent.insert(index, values[index])
     return sent
 
@@ -189,6 +194,9 @@ def _cut_uniform(joined: str, count: int) -> list[str] | None:
     if separators != b"@\n" * (count - 1) + b"@":
         return None  # a sender without "@", or with more than one
     return joined.replace("\n", "@").split("@")[1::2]
+
+
+_NULL_SENDER: Final = "<>"
 
 
 def _one_by_one(values: list[str | None]) -> list[str | None]:
