@@ -136,9 +136,9 @@ def sent_senders(values: list[str | None]) -> list[str | None]:
     but the null ones (None, "", "<>") ``local@domain``, or every one
     ``<local@domain>``, in ASCII without space. What holds for the whole batch is
     checked on the batch joined, and the domain parts come from one split of it:
-    C loops, a new string per value and no Python statement. Any other batch goes a value at a time. (The
-    flusher holds the GIL meanwhile: a regular expression costs several times
-    more a value, and so does a method call per value.)
+    C loops, a new string per value and no Python statement. Any other batch goes
+    a value at a time. (The flusher holds the GIL meanwhile: a regular expression
+    costs several times more a value, and so does a method call per value.)
     """
     texts = [value or "" for value in values] if None in values else cast("list[str]", values)
     joined = "\n".join(texts)
