@@ -327,6 +327,8 @@ class Client:
                 log.exception("dropping a batch that cannot be encoded")
                 self._dropped += self._out_count
                 self._done_with_batch()
+                if self._encoder is not None:
+                    self._encoder.forget()  # it numbered values that never left
             except OSError as exc:
                 self._keep_unwritten()
                 self._disconnect()

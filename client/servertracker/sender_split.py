@@ -188,12 +188,13 @@ def _cut_uniform(joined: str, count: int) -> list[str] | None:
         ):
             return None
         joined = joined.replace("<", "").replace(">", "")
-    if "\n@" in joined or "@\n" in joined or joined[0] == "@" or joined[-1] == "@":
-        return None  # a local part or a domain missing
     separators = joined.encode("ascii").translate(None, _NOT_SEPARATORS)
     if separators != b"@\n" * (count - 1) + b"@":
         return None  # a sender without "@", or with more than one
-    return joined.replace("\n", "@").split("@")[1::2]
+    parts = joined.replace("\n", "@").split("@")
+    if "" in parts:
+        return None  # a local part or a domain missing
+    return parts[1::2]
 
 
 _NULL_SENDER: Final = "<>"
