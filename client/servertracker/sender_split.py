@@ -66,10 +66,16 @@ def split_sender(value: str | None) -> str | Outcome:
     return text[at + 1 :]
 
 
-# The usual MAIL FROM, "<local@domain>" with no space, angle bracket or second "@"
-# in it, for which split_sender() returns the domain. Matched one line per value,
-# for a whole batch at once; any other line gives "" and split_sender() decides.
-_USUAL_SENDER_LINES = re.compile(r"^(?:<[^\s<>@]+@([^\s<>@]+)>|.*)$", re.MULTILINE)
+# The usual senders, with no space, angle bracket or second "@" in them: a bare
+# domain part (what workers send since they split), "local@domain" and
+# "<local@domain>", for which split_sender() returns the domain part. Matched one
+# line per value, for a whole batch at once; the lookaheads make the one group the
+# domain part in each form; any other line gives "" and split_sender() decides.
+_USUAL_SENDER_LINES = re.compile(
+    r"^(?:(?:<[^\s<>@]+@(?=[^\s<>@]+>$)|[^\s<>@]+@(?=[^\s<>@]+$)|(?=[^\s<>@]+$))"
+    r"([^\s<>@]+)>?|.*)$",
+    re.MULTILINE,
+)
 
 
 def split_senders(values: Sequence[str | None]) -> list[str | Outcome]:
