@@ -38,8 +38,10 @@ import numpy.typing as npt
 from servertracker.sender_split import Outcome, positions, split_sender, split_senders
 from servertracker.status import Status, WindowCounts
 from servertracker.value_tables import hash_is_secret
+from trackerd.core.definition_cache import DefinitionCache
 from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT, DistinctCounter
 from trackerd.core.fleet_sketch import FleetSketch
+from trackerd.core.interned import InternedCounting
 from trackerd.core.normalise import (
     Category,
     classify_conn_ip,
@@ -89,8 +91,10 @@ STATUS_FIELDS = {
 }
 
 
-class Tracker:
-    """Keyed-hash counters of connection IPs, sender domains and sender IP literals."""
+class Tracker(InternedCounting):
+    """Keyed-hash counters of connection IPs, sender domains and sender IP literals.
+
+    Counts `record` and `columns` messages here, `interned` ones in interned.py."""
 
     def __init__(
         self,
@@ -130,8 +134,13 @@ class Tracker:
         self._domain_cache: dict[int, tuple[int, bytes] | Outcome] = {}
         # Keyed by the raw sender, before the split: what a repeated sender costs.
         self._sender_cache = RawCache(raw_cache_slots * SENDER_CACHE_FACTOR)
+        # interned.py's definition caches, per column: hash(raw) -> what it came to.
+        self._defined = (
+            DefinitionCache(fleet=fleet is not None),
+            DefinitionCache(fleet=fleet is not None),
+        )
         #: Every raw-value cache: a new fleet epoch clears them all (roll_fleet_epoch).
-        self._caches = (self._conn_cache, self._domain_cache, self._sender_cache)
+        self._caches = (self._conn_cache, self._domain_cache, self._sender_cache, *self._defined)
         #: The domain-part cache's bound; 0 turns every raw-value cache off.
         self.raw_cache_entries = RAW_CACHE_ENTRIES if hash_is_secret() else 0
         self.fleet = fleet

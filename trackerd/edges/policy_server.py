@@ -8,6 +8,11 @@ it is recorded once. A malformed or over-long request is logged and the
 connection closed without a reply (Postfix then applies its default_action).
 A request must arrive whole within the frame timeout of its first byte, so
 slow peers cannot hold the connection slots that Postfix needs.
+
+Accepting and admission are StreamServer's, in the event loop; the admitted
+connections are served on the listener's own thread (policy_loop.py), where
+PolicySession parses and answers; the event loop records what that thread
+hands over, in batches and before every status snapshot.
 """
 
 from __future__ import annotations
