@@ -232,6 +232,14 @@ def test_split_senders_agrees_with_split_sender_one_by_one(values: list[str | No
     assert split_senders(values) == [split_sender(value) for value in values]
 
 
+@settings(max_examples=1000, derandomize=True, deadline=None)
+@given(st.lists(st.one_of(st.text(alphabet="aZ1.ü[]:-" + _ODD + " \t", max_size=6), st.none())))
+def test_split_senders_of_bare_parts_agrees_with_split_sender(values: list[str | None]) -> None:
+    # Batches with no "@" or angle bracket: the path that takes them whole.
+    assert split_senders(values) == [split_sender(value) for value in values]
+    assert split_senders(tuple(values)) == [split_sender(value) for value in values]
+
+
 def test_split_senders_splits_the_usual_forms_without_a_call_per_value(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -256,6 +264,9 @@ def test_split_senders_splits_the_usual_forms_without_a_call_per_value(
         IGNORED,
     ]
     assert calls == odd
+    calls.clear()
+    assert split_senders(("mail.example.com", "[192.0.2.1]")) == ["mail.example.com", "[192.0.2.1]"]
+    assert calls == []
 
 
 @pytest.mark.parametrize("length", [MAX_VALUE_LENGTH - 1, MAX_VALUE_LENGTH, MAX_VALUE_LENGTH + 1])
