@@ -66,26 +66,40 @@ def split_sender(value: str | None) -> str | Outcome:
     return text[at + 1 :]
 
 
-# The usual MAIL FROM, "<local@domain>" with no space, angle bracket or second "@"
-# in it, for which split_sender() returns the domain. Matched one line per value,
-# for a whole batch at once; any other line gives "" and split_sender() decides.
-_USUAL_SENDER_LINES = re.compile(r"^(?:<[^\s<>@]+@([^\s<>@]+)>|.*)$", re.MULTILINE)
+# The usual senders, with no space, angle bracket or second "@" in them: a bare
+# domain part (what workers send since they split), "local@domain",
+# "<local@domain>" and "<domain>", for which split_sender() returns the domain
+# part: group 1 (bracketed) or 2. Matched one line per value, for a whole batch
+# at once; possessive repeats, so a line is read once and never backtracked. Any
+# other line gives "" and split_sender() decides.
+_PLAIN = r"[^\s<>@]"
+_USUAL_SENDER_LINES = re.compile(
+    rf"^(?:<(?:{_PLAIN}++@)?({_PLAIN}++)>|(?:{_PLAIN}++@)?({_PLAIN}++)|.*)$", re.MULTILINE
+)
 
 
 def split_senders(values: Sequence[str | None]) -> list[str | Outcome]:
     """``[split_sender(v) for v in values]``, with the same results (a property test
-    holds them to it), but the usual form is split by one regular-expression pass
-    over the whole batch instead of a Python call per value."""
+    holds them to it), but without a Python call per value on the usual forms: a
+    batch of bare domain parts is seen to be one by a few scans of the whole, and
+    the other usual forms are split by one regular-expression pass."""
     # None and "" are both IGNORED: "" can be joined.
     texts = cast("Sequence[str]", [v or "" for v in values] if None in values else values)
     joined = "\n".join(texts)
-    parts: list[str | Outcome] = []
     # Values that are too long, or hold line breaks of their own (which would shift
     # every line after them), are left to split_sender() one by one.
-    if joined.count("\n") == len(texts) - 1 and max(map(len, texts)) <= MAX_VALUE_LENGTH:
-        parts = _USUAL_SENDER_LINES.findall(joined)
-    if len(parts) != len(texts):
+    if joined.count("\n") != len(texts) - 1 or max(map(len, texts)) > MAX_VALUE_LENGTH:
         return list(map(split_sender, texts))
+    if "@" not in joined and "<" not in joined and ">" not in joined:
+        # No value empty or holding space either, if splitting at space gives them
+        # back: then each is its own domain part.
+        whole = texts if type(texts) is list else list(texts)
+        if joined.split() == whole:
+            return list(whole)
+    found = _USUAL_SENDER_LINES.findall(joined)
+    if len(found) != len(texts):
+        return list(map(split_sender, texts))
+    parts: list[str | Outcome] = list(map("".join, found))  # the group that matched
     for index in positions(parts, ""):
         parts[index] = split_sender(texts[index])
     return parts
