@@ -273,7 +273,7 @@ def test_the_columns_and_features_examples_in_docs_protocol_md_are_exact() -> No
     assert [bytes.fromhex(b) for b in blocks] == [
         protocol.encode(protocol.RecordColumns(["192.0.2.1", None], ["a@b.example", "<>"])),
         protocol.encode(protocol.FeaturesRequest())
-        + protocol.encode(protocol.Features(("columns",))),
+        + protocol.encode(protocol.Features(("columns", "interned"))),
     ]
 
 
@@ -288,7 +288,7 @@ def test_columns_and_features_are_the_documented_bytes() -> None:
         "00 00 00 0b 92 01 a8 66 65 61 74 75 72 65 73"
     )
     assert protocol.encode(protocol.Features(protocol.FEATURES)) == frame(
-        [1, "features", ["columns"]]
+        [1, "features", ["columns", "interned"]]
     )
 
 

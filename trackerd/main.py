@@ -119,7 +119,13 @@ async def _run_locked(
         endpoints.append(
             Endpoint(
                 config.listener.name,
-                TrackerServer(tracker, writer, allow=config.allow, limits=config.limits),
+                TrackerServer(
+                    tracker,
+                    writer,
+                    allow=config.allow,
+                    limits=config.limits,
+                    max_interned=config.max_interned,
+                ),
                 config.listener.open(passed),
             )
         )

@@ -26,6 +26,7 @@ from typing import NoReturn
 from servertracker.paths import RUNTIME_DIR_HELP, SOCKET_HELP, add_path_arguments, paths_from_args
 from trackerd import __version__
 from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT
+from trackerd.core.value_table import DEFAULT_MAX_INTERNED_ENTRIES
 from trackerd.core.windows import DEFAULT_WINDOWS, Window, parse_windows
 from trackerd.edges import access
 from trackerd.edges.access import AllowLists, ConnectionLimits
@@ -57,6 +58,8 @@ class Config:
     runtime_dir_why: str = ""
     status_interval: float = STATUS_INTERVAL
     max_exact: int = DEFAULT_MAX_EXACT
+    #: The interned tables' budget (TrackerServer's --max-interned-entries).
+    max_interned: int = DEFAULT_MAX_INTERNED_ENTRIES
     allow: AllowLists = field(default_factory=AllowLists)
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     logging: LogSettings = field(default_factory=LogSettings)
@@ -95,6 +98,7 @@ RESTART_ONLY = {
     "postfix_listener": "--postfix-policy-socket*",
     "status_interval": "--status-interval",
     "max_exact": "--max-exact-entries",
+    "max_interned": "--max-interned-entries",
     "limits": "--max-connections/--idle-timeout/--frame-timeout",
     "config_file": "--config",
     "fleet": "--fleet-key-file",
@@ -194,6 +198,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         postfix_listener=PolicyServer.listener_from_args(args),
         status_interval=args.status_interval,
         max_exact=args.max_exact_entries,
+        max_interned=args.max_interned_entries,
         allow=AllowLists.from_args(args),
         limits=ConnectionLimits.from_args(args),
         logging=LogSettings.from_args(args),

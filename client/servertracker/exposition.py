@@ -55,6 +55,7 @@ METRIC_NAMES = frozenset(
         "protocol_errors_total",
         "status_writes_total",
         "status_write_failures_total",
+        "interned_messages_total",
     )
 )
 
@@ -163,6 +164,11 @@ class _StatusCollector(Collector):
             f"{PREFIX}_status_write_failures",
             "Status file writes that failed (the daemon keeps counting and retries).",
             value=health.status_write_failures,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_interned_messages",
+            "Record messages that came as references into value tables ('interned').",
+            value=health.interned_messages,
         )
 
 

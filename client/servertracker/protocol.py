@@ -222,7 +222,7 @@ FEATURE_INTERNED: Final = "interned"
 FEATURE_FLEET: Final = "fleet"
 #: What this side always understands beyond the messages every version-1 daemon knows
 #: (the daemon adds FEATURE_FLEET in fleet mode).
-FEATURES: Final = (FEATURE_COLUMNS,)
+FEATURES: Final = (FEATURE_COLUMNS, FEATURE_INTERNED)
 #: Most feature names in a Features reply, and the longest name.
 MAX_FEATURES: Final = 64
 

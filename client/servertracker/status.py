@@ -77,6 +77,8 @@ class Health:
     protocol_errors: dict[str, int] = _field(default_factory=dict)
     status_writes: int = 0
     status_write_failures: int = 0
+    #: `interned` messages counted (docs/protocol.md): whether workers use value tables.
+    interned_messages: int = 0
 
     @classmethod
     def from_dict(cls, data: object) -> Health:
@@ -93,7 +95,7 @@ class Health:
             # Names from a newer daemon are left out: only fixed sets become labels.
             values[name] = {k: v for k, v in counts.items() if k in known}
         for name in ("connections_accepted", "connection_timeouts", "status_writes",
-                     "status_write_failures"):  # fmt: skip
+                     "status_write_failures", "interned_messages"):  # fmt: skip
             value = data.get(name, 0)
             if not _is_count(value):
                 raise ValueError(f"health's {name!r} must be a non-negative int")

@@ -21,9 +21,11 @@ after midnight still delivers the end of yesterday. Pure, no I/O.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 
 from servertracker.fleet_key import FleetKey, epoch_at, value_hasher
 from trackerd.core.normalise import Category
@@ -39,6 +41,8 @@ DENSE_SIZE: Final = len(_HEADER) + HLL_REGISTERS * HLL_BITS // 8
 
 _INDEX_MASK: Final = HLL_REGISTERS - 1
 _STOP_BIT: Final = 1 << HLL_Q
+#: A register packed in one int (next_register): index << RANK_BITS | rank; rank >= 1.
+RANK_BITS: Final = 6
 
 
 def index_and_rank(hash64: int) -> tuple[int, int]:
@@ -83,6 +87,9 @@ class FleetSketch:
         self._key = key  # the only key held: the one of the current epoch
         self.epoch = key.epoch
         self._hashers = tuple(value_hasher(key.key, category) for category in Category)
+        # The next epoch's, made at the first next_register(): derivable from the
+        # current key by anyone holding it, so holding it gives away nothing more.
+        self._next_hashers: tuple[hashlib.blake2b, ...] | None = None
         self.registers = tuple(bytearray(HLL_REGISTERS) for _ in Category)
 
     def add(self, category: int, canonical: bytes) -> None:
@@ -100,6 +107,25 @@ class FleetSketch:
         registers = self.registers[category]
         if registers[index] < rank:
             registers[index] = rank
+
+    def next_register(self, category: int, canonical: bytes) -> int:
+        """The register a canonical value takes in the NEXT epoch, packed
+        (index << RANK_BITS | rank, never 0): what an interned table keeps so that a
+        value only referenced after the boundary still reaches the new sketch."""
+        if self._next_hashers is None:
+            key = self._key.advanced(self.epoch + 1).key
+            self._next_hashers = tuple(value_hasher(key, each) for each in Category)
+        hasher = self._next_hashers[category].copy()
+        hasher.update(canonical)
+        index, rank = index_and_rank(int.from_bytes(hasher.digest(), "little"))
+        return index << RANK_BITS | rank
+
+    def add_registers(self, category: int, packed: npt.NDArray[np.uint32]) -> None:
+        """Raise the current epoch's registers to packed ones (next_register() of the
+        epoch before); no value needed."""
+        registers = np.frombuffer(self.registers[category], dtype=np.uint8)
+        ranks = (packed & ((1 << RANK_BITS) - 1)).astype(np.uint8)
+        np.maximum.at(registers, (packed >> RANK_BITS).astype(np.intp), ranks)
 
     def epoch_at(self, now: float) -> int:
         return epoch_at(now, self.epoch_seconds)

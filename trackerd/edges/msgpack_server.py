@@ -9,6 +9,10 @@ and is closed; everyone else goes on. Memory per connection is bounded by the
 decoder, and across connections by a global budget for unfinished frames: past
 it, the connections whose unfinished frames began first are closed with "busy",
 so peers that trickle frames cannot lock out one that sends its frame whole.
+
+A connection may ask once for interned value tables (docs/protocol.md, "interned"):
+the grant comes from a budget shared by all connections (--max-interned-entries)
+and returns to it when the connection closes.
 """
 
 from __future__ import annotations
@@ -25,14 +29,16 @@ from anyio.abc import SocketStream
 from servertracker import protocol
 from servertracker.errors import ProtocolError
 from servertracker.paths import SOCKET_OPTION
+from trackerd.core.interned import IPS, SENDERS
 from trackerd.core.tracker import STATUS_FIELDS, Tracker
+from trackerd.core.value_table import DEFAULT_MAX_INTERNED_ENTRIES, ValueTables
 from trackerd.core.wording import more_since
 from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
 from trackerd.edges.endpoint import ListenerSettings
 from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
 from trackerd.edges.stream_server import Connection, StreamServer
-from trackerd.option_types import Arguments
+from trackerd.option_types import Arguments, int_between
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,25 @@ FLEET_NAMES = tuple(STATUS_FIELDS[category] for category in sorted(STATUS_FIELDS
 
 TEXT_BUFFERS_FULL = "server buffers full"
 
+#: The largest --max-interned-entries: 2^30 entries could cost 21 GiB of address space
+#: (value_table.BYTES_PER_ENTRY), mapped only where ids are defined.
+MAX_INTERNED_BUDGET = 1 << 30
+
+
+class Interned:
+    """One connection's interned state: asked yet, and the tables granted (if any)."""
+
+    __slots__ = ("asked", "tables")
+
+    def __init__(self) -> None:
+        self.asked = False
+        self.tables: ValueTables | None = None
+
+    @property
+    def charged(self) -> int:
+        """Entries charged against the budget: both tables."""
+        return 2 * self.tables.granted if self.tables is not None else 0
+
 
 #: FileDescriptorName= of this listener's socket in systemd/trackerd.socket.
 FD_NAME = "trackerd"
@@ -79,8 +104,21 @@ class TrackerServer(StreamServer):
 
     @classmethod
     def add_arguments(cls, arguments: Arguments) -> None:
-        """The socket file's owner, group and mode (the path is paths.py's --socket)."""
+        """The socket file's owner, group and mode (the path is paths.py's --socket), and
+        the interned tables' budget."""
         SocketFileSettings.add_arguments(arguments, SOCKET_OPTION.flag, "the socket")
+        arguments.add_argument(
+            "--max-interned-entries",
+            type=int_between(0, MAX_INTERNED_BUDGET),
+            default=DEFAULT_MAX_INTERNED_ENTRIES,
+            metavar="N",
+            help=(
+                "value-table entries granted to all connections together for the "
+                "'interned' message (two tables of the size granted each; at most 21 "
+                "bytes an entry, mapped only when used; 0 turns tables off) "
+                "(default: %(default)s)"
+            ),
+        )
 
     @classmethod
     def listener_from_args(cls, args: argparse.Namespace, path: Path) -> ListenerSettings:
@@ -96,9 +134,12 @@ class TrackerServer(StreamServer):
         allow: AllowLists | None = None,
         limits: ConnectionLimits | None = None,
         max_message_size: int = protocol.MAX_MESSAGE_SIZE,
+        max_interned: int = DEFAULT_MAX_INTERNED_ENTRIES,
     ) -> None:
         super().__init__(allow=allow, limits=limits)
         self._tracker = tracker
+        #: Interned table entries not granted (a grant of n ids charges 2n).
+        self.interned_left = max_interned
         self._writer = writer
         self._max_message_size = max_message_size
         self._buffered_total = 0
@@ -113,6 +154,7 @@ class TrackerServer(StreamServer):
     async def serve_connection(self, stream: SocketStream) -> None:
         decoder = protocol.MessageDecoder(self._max_message_size)
         connection = Connection()
+        interned = Interned()
         try:
             while True:
                 # The decoder copies what arrives; the read buffer is then overwritten.
@@ -125,7 +167,7 @@ class TrackerServer(StreamServer):
                 if not count:
                     decoder.receive_data(b"")
                 try:
-                    await self._dispatch_all(stream, decoder)
+                    await self._dispatch_all(stream, decoder, interned)
                 except ProtocolError as exc:
                     self.count_protocol_error(exc.code)
                     if self._error_log.ready() is not None:
@@ -146,6 +188,8 @@ class TrackerServer(StreamServer):
         finally:
             self._release(connection)
             self.forget(connection)
+            self.interned_left += interned.charged
+            interned.tables = None
 
     def _account(self, connection: Connection, decoder: protocol.MessageDecoder) -> None:
         """Update this connection's share; past the budget, shed the oldest frames."""
@@ -212,7 +256,52 @@ class TrackerServer(StreamServer):
                 # Let other connections, and the watchdog, in between two slices.
                 await anyio.lowlevel.checkpoint()
 
-    async def _dispatch_all(self, stream: SocketStream, decoder: protocol.MessageDecoder) -> None:
+    def _grant(self, interned: Interned, entries: int) -> protocol.InternReply:
+        """Grant what is left of the budget, at most entries ids in each table."""
+        if interned.asked:
+            raise ProtocolError(protocol.ERR_BAD_MESSAGE, protocol.TEXT_SECOND_INTERN)
+        interned.asked = True
+        granted = min(entries, self.interned_left // 2)
+        if granted:
+            interned.tables = self._tracker.value_tables(granted)
+            self.interned_left -= interned.charged
+        return protocol.InternReply(granted)
+
+    async def _record_interned(self, interned: Interned, message: protocol.RecordInterned) -> None:
+        """Check a whole interned message, then define its new values (in slices, as
+        _record), then count its references (numpy only, one go)."""
+        tables = interned.tables
+        if tables is None:
+            raise ProtocolError(protocol.ERR_BAD_MESSAGE, protocol.TEXT_INTERNED_NO_GRANT)
+        text, ip_refs, sender_refs = tables.violation(message)
+        if text is not None:  # nothing counted: one of protocol.ERROR_TEXTS
+            raise ProtocolError(protocol.ERR_BAD_MESSAGE, text)
+        self.interned_messages += 1
+        tracker = self._tracker
+        columns = ((IPS, message.ip_first, message.ip_new),
+                   (SENDERS, message.sender_first, message.sender_new))  # fmt: skip
+        if len(message.ip_new) + len(message.sender_new) <= MIN_SLICE:
+            for column, first, new in columns:
+                if new:
+                    tracker.define_into(tables, column, first, new)
+            tracker.count_references(tables, ip_refs, sender_refs)
+            await anyio.lowlevel.checkpoint()
+            return
+        with anyio.CancelScope(shield=True):  # counted whole, even at shutdown
+            for column, first, new in columns:
+                start = 0
+                while start < len(new):
+                    start += tracker.define_into(
+                        tables, column, first + start, new[start : start + MAX_SLICE],
+                        time.perf_counter() + SLICE_SECONDS,
+                    )  # fmt: skip
+                    await anyio.lowlevel.checkpoint()
+            tracker.count_references(tables, ip_refs, sender_refs)
+            await anyio.lowlevel.checkpoint()
+
+    async def _dispatch_all(
+        self, stream: SocketStream, decoder: protocol.MessageDecoder, interned: Interned
+    ) -> None:
         """Handle every complete message buffered."""
         recorded = False
         try:
@@ -231,6 +320,11 @@ class TrackerServer(StreamServer):
                             del conn_ips, senders
                             recorded = True
                             continue
+                        if isinstance(message, protocol.RecordInterned):
+                            await self._record_interned(interned, message)
+                            del message
+                            recorded = True
+                            continue
                 else:
                     message = decoder.next_message()
                 if message is protocol.NEED_DATA or message is protocol.CLOSED:
@@ -242,6 +336,12 @@ class TrackerServer(StreamServer):
                     # Its values are done with: none lives on while other peers run.
                     del conn_ips, senders
                     recorded = True
+                elif isinstance(message, protocol.RecordInterned):
+                    await self._record_interned(interned, message)
+                    del message
+                    recorded = True
+                elif isinstance(message, protocol.InternRequest):
+                    await self.send(stream, protocol.encode(self._grant(interned, message.entries)))
                 elif isinstance(message, protocol.StatusRequest):
                     await self.send(
                         stream, protocol.encode(protocol.StatusReply(self._writer.snapshot()))

@@ -250,6 +250,9 @@ class PolicySession(Session):
                 record(request, recent)
                 write(DUNNO_RESPONSE)  # may pause
         except PolicyProtocolError as exc:
+            # The rest is dropped, and cleared now: closed() must not find the bad
+            # request again and count it twice.
+            self._decoder.clear()
             self._server.protocol_error(exc)
             return False
         self.backlog = not self.paused

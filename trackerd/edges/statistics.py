@@ -61,6 +61,7 @@ def collect_health(servers: Sequence[StreamServer], writer: StatusWriter) -> Hea
         protocol_errors=dict(errors),
         status_writes=writer.writes,
         status_write_failures=writer.failures,
+        interned_messages=sum(s.interned_messages for s in stats),
     )
 
 

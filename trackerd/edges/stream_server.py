@@ -115,6 +115,8 @@ class ServerStats:
     timeouts: int
     #: By code (servertracker.error_codes.PROTOCOL_ERROR_CODES).
     protocol_errors: dict[str, int]
+    #: `interned` messages counted (docs/protocol.md); 0 for other listeners.
+    interned_messages: int = 0
 
 
 class StreamServer:
@@ -153,6 +155,7 @@ class StreamServer:
         self.timeouts = 0
         self.protocol_errors = 0
         self.protocol_errors_by_code: Counter[str] = Counter()
+        self.interned_messages = 0
 
     def stats(self) -> ServerStats:
         """A frozen snapshot of the counters (read by logs and metrics)."""
@@ -163,6 +166,7 @@ class StreamServer:
             busy=self.busy,
             timeouts=self.timeouts,
             protocol_errors=dict(self.protocol_errors_by_code),
+            interned_messages=self.interned_messages,
         )
 
     def count_protocol_error(self, code: str) -> None:

@@ -1,0 +1,231 @@
+"""The daemon's CPU per record: `interned` messages against `columns`, side by side.
+
+Run: ``python -m bench.interned_cost [--rounds 3] [--forms domain,mix]``.
+
+bench.compare's workload (8 forked workers x 200,000 records, 100,000 distinct
+connection IPs, each sender form), but the workers send frames encoded before any
+timing, on raw sockets: what is measured is the daemon alone (utime + stime from
+/proc/PID/stat, divided by the records), not a client library. Per form, three
+competitors, in an order rotated from round to round:
+
+- ``columns raw``: `columns` messages of 512 pairs with the senders as given (what
+  the client library sent before `interned`);
+- ``columns split``: the same with each sender as a worker now sends it
+  (servertracker.sender_split.sent_senders: the domain part of the usual forms);
+- ``interned``: the split senders, numbered per worker (a dict value -> id, as a
+  worker's table: only a worker's first use of a value carries its text), in
+  `interned` messages of 512 pairs, after an `intern` request for 131,072 entries.
+
+Each daemon is a fresh trackerd with its defaults (windows 1h,24h). Medians and
+ratios are printed, with the load average before and after.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import socket
+import statistics
+import struct
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bench._support import BenchDaemon, arguments, table
+from bench.compare import (
+    FORMS,
+    PER_WORKER,
+    WORKERS,
+    Workload,
+    cpu_seconds,
+    fork_workers,
+    loadavg,
+)
+from bench.profile import py_spy
+from servertracker import protocol
+from servertracker.sender_split import sent_senders
+
+BATCH = 512
+TABLE_ENTRIES = 131_072
+NIL = protocol.INTERNED_NIL
+
+
+def columns_frames(pairs: Sequence[tuple[str, str]], split: bool) -> list[bytes]:
+    frames = []
+    for start in range(0, len(pairs), BATCH):
+        chunk = pairs[start : start + BATCH]
+        senders: list[str | None] = [s for _, s in chunk]
+        if split:
+            senders = sent_senders(senders)
+        frames.append(protocol.encode_columns([ip for ip, _ in chunk], senders))
+    return frames
+
+
+class _Numbering:
+    """One worker's two tables: value -> id; full, it starts again from id 0."""
+
+    def __init__(self) -> None:
+        self.ids: list[dict[str, int]] = [{}, {}]
+
+    def encode(self, chunk: Sequence[tuple[str | None, str | None]]) -> bytes:
+        parts: list[object] = []
+        for column in (0, 1):
+            table = self.ids[column]
+            if len(table) + len(chunk) > TABLE_ENTRIES:
+                table.clear()  # every id of this message is then defined anew
+            first, new, ids = len(table), [], []
+            for pair in chunk:
+                value = pair[column]
+                if value is None:
+                    ids.append(NIL)
+                    continue
+                found = table.get(value)
+                if found is None:
+                    found = table[value] = len(table)
+                    new.append(value)
+                ids.append(found)
+            parts += [first, new, struct.pack(f"<{len(ids)}I", *ids)]
+        return protocol.encode_interned(*parts)  # type: ignore[arg-type]
+
+
+def interned_frames(pairs: Sequence[tuple[str, str]]) -> list[bytes]:
+    numbering = _Numbering()
+    frames = [protocol.encode(protocol.InternRequest(TABLE_ENTRIES))]
+    for start in range(0, len(pairs), BATCH):
+        chunk = pairs[start : start + BATCH]
+        senders = sent_senders([s for _, s in chunk])
+        frames.append(numbering.encode(list(zip([ip for ip, _ in chunk], senders, strict=True))))
+    return frames
+
+
+def run(
+    frames: list[list[bytes]], total: int, interned: bool, profile: Path | None = None
+) -> tuple[float, float]:
+    """(seconds, daemon CPU seconds) for every worker sending its frames; with
+    profile, py-spy's raw samples of the daemon go there."""
+    daemon = BenchDaemon().start()
+    spy = None
+    try:
+        assert daemon.process is not None
+        if profile is not None:
+            spy = subprocess.Popen(
+                [py_spy() or "py-spy", "record", "-f", "raw", "-r", "250", "-o", str(profile),
+                 "-p", str(daemon.process.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            time.sleep(1)  # attached
+        cpu_before = cpu_seconds(daemon.process.pid)
+        start = time.perf_counter()
+
+        def work(w: int) -> bool:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(daemon.socket_path))
+            decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
+
+            def reply() -> protocol.Message:
+                while (message := decoder.next_message()) is protocol.NEED_DATA:
+                    decoder.receive_data(sock.recv(65536))
+                assert not isinstance(message, type(protocol.CLOSED))
+                return message
+
+            mine = frames[w]
+            if interned:
+                sock.sendall(mine[0])
+                granted = reply()
+                assert granted == protocol.InternReply(TABLE_ENTRIES), granted
+                mine = mine[1:]
+            for frame in mine:
+                sock.sendall(frame)
+            sock.sendall(protocol.encode(protocol.Ping()))
+            ok = reply() == protocol.Pong()
+            sock.close()
+            return ok
+
+        fork_workers(work)
+        status = daemon.status()
+        elapsed = time.perf_counter() - start
+        cpu = cpu_seconds(daemon.process.pid) - cpu_before
+        assert status.records == total, status
+        if interned:
+            assert status.health is not None and status.health.interned_messages > 0
+        return elapsed, cpu
+    finally:
+        daemon.stop()
+        if spy is not None:
+            spy.wait(30)
+
+
+def top_functions(path: Path, count: int = 15) -> list[tuple[str, float]]:
+    """The leaf frames of py-spy's raw samples, busiest first, as shares of the busy
+    samples (threads asleep left out)."""
+    own: collections.Counter[str] = collections.Counter()
+    for line in path.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not stack or "Condition.wait" in stack or "WorkerThread.run" in stack:
+            continue
+        own[stack.split(";")[-1]] += int(samples)
+    busy = sum(own.values()) or 1
+    return [(function, n / busy) for function, n in own.most_common(count)]
+
+
+def main() -> None:
+    parser = arguments("bench.interned_cost", __doc__)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every competitor")
+    parser.add_argument("--forms", default="domain,mix", help=f"comma-separated, of {FORMS}")
+    parser.add_argument("--per-worker", type=int, default=PER_WORKER, help="records per worker")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy the daemon of one more run of each, samples here"
+    )
+    args = parser.parse_args()
+    print("load before:", loadavg())
+    rows = []
+    for form in args.forms.split(","):
+        load = Workload(form, args.per_worker)
+        makers: dict[str, Callable[[list[tuple[str, str]]], list[bytes]]] = {
+            "columns raw": lambda share: columns_frames(share, split=False),
+            "columns split": lambda share: columns_frames(share, split=True),
+            "interned": interned_frames,
+        }
+        frames = {name: [make(share) for share in load.shares] for name, make in makers.items()}
+        sizes = {name: sum(len(b) for f in each for b in f) // WORKERS
+                 for name, each in frames.items()}  # fmt: skip
+        cpu: dict[str, list[float]] = {name: [] for name in makers}
+        wall: dict[str, list[float]] = {name: [] for name in makers}
+        names = list(makers)
+        for round_ in range(args.rounds):
+            order = names[round_ % len(names) :] + names[: round_ % len(names)]
+            for name in order:
+                seconds, used = run(frames[name], load.total, name == "interned")
+                cpu[name].append(used)
+                wall[name].append(seconds)
+        if args.profile is not None:
+            for name in names:
+                path = args.profile.with_suffix(f".{form}.{name.replace(' ', '-')}.txt")
+                run(frames[name], load.total, name == "interned", path)
+                print(f"{form} {name}: top own time of py-spy's samples ({path})")
+                for function, share in top_functions(path):
+                    print(f"  {share:5.1%}  {function}")
+        base = statistics.median(cpu["columns raw"])
+        for name in names:
+            median = statistics.median(cpu[name])
+            rows.append(
+                [
+                    form,
+                    name,
+                    f"{median * 1e6 / load.total:.3f}",
+                    f"{median / base:.2f}",
+                    f"{load.total / statistics.median(wall[name]) / 1000:.0f}k",
+                    f"{sizes[name] / 1e6:.1f}",
+                ]
+            )
+    headers = ["form", "sent as", "daemon CPU µs/record", "vs columns raw", "records/s",
+               "MB sent per worker"]  # fmt: skip
+    print(table(headers, rows))
+    print("load after:", loadavg())
+    print(f"({WORKERS} workers x {args.per_worker} records, {args.rounds} rounds, medians)")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "random")
+    main()
