@@ -227,6 +227,8 @@ def plain_domains(parts: Sequence[str]) -> list[bytes]:
     short = _short_plain_names(parts, joined)
     if short is not None:
         return short
+    if joined.startswith("[") and joined.count("\n[") == len(parts) - 1:
+        return [b""] * len(parts)  # address literals only: no line is a name
     names = _PLAIN_NAME_LINES.findall(joined)
     if len(names) != len(parts):
         return [b""] * len(parts)
