@@ -139,27 +139,85 @@ def sent_sender(value: str) -> str:
 # The usual forms whose domain part a worker sends: "local@domain" or
 # "<local@domain>" with no space, angle bracket or second "@" in them.
 _USUAL_SENDER = re.compile(r"<[^\s<>@]+@([^\s<>@]+)>|[^\s<>@]+@([^\s<>@]+)")
-# The same, for a whole batch joined by line breaks, cut to the domain part by two
-# substitutions (brackets first, then the local part); other lines stay as they are.
-_BRACKETED = re.compile(r"^<([^\s<>@]+@[^\s<>@]+)>$", re.MULTILINE)
-_LOCAL_PART = re.compile(r"^[^\s<>@]+@(?=[^\s<>@]+$)", re.MULTILINE)
+#: What str.strip() strips (and the pattern's \s is), in ASCII text, but the line
+#: break that joins a batch (counted apart).
+_ASCII_SPACE: Final = "".join(chr(c) for c in range(128) if chr(c).isspace() and c != 10)
 
 
 def sent_senders(values: list[str | None]) -> list[str | None]:
-    """``[sent_sender(v) if v else v for v in values]`` (a property test holds it to
-    that), cut by two regular-expression passes over the whole batch: no Python
-    statement per value on the usual forms. None stays None."""
+    """``[sent_sender(v) if v else v for v in values]`` (property tests hold it to
+    that), for a whole batch, and cheaply when the batch is uniform: every sender
+    but the null ones (None, "", "<>") ``local@domain``, or every one
+    ``<local@domain>``, in ASCII without space. What holds for the whole batch is
+    checked on the batch joined, and the domain parts come from one split of it:
+    C loops, a new string per value and no Python statement. Any other batch goes
+    a value at a time. (The flusher holds the GIL meanwhile: a regular expression
+    costs several times more a value, and so does a method call per value.)
+    """
     texts = [value or "" for value in values] if None in values else cast("list[str]", values)
     joined = "\n".join(texts)
-    # A value holding a line break would shift every line after it; an over-long
-    # one must stay whole (the daemon rejects it whole): both rare, one by one.
-    if joined.count("\n") != len(texts) - 1 or max(map(len, texts), default=0) > MAX_VALUE_LENGTH:
-        return [sent_sender(value) if value else value for value in values]
     if "@" not in joined:
         return values  # bare domain parts and literals: nothing to cut
-    cut = _LOCAL_PART.sub("", _BRACKETED.sub(r"\1", joined))
-    lines = cast("list[str | None]", cut.split("\n"))
-    if texts is not values:
-        for index in positions(values, None):
-            lines[index] = None
-    return lines
+    if (
+        joined.count("\n") != len(texts) - 1  # a value holds a line break
+        or not joined.isascii()
+        or any(space in joined for space in _ASCII_SPACE)
+        or max(map(len, texts)) > MAX_VALUE_LENGTH
+    ):
+        return _one_by_one(values)
+    senders = texts
+    nulls = "<>" in joined and "<>" in texts
+    if nulls or "" in texts:  # the null sender, as "", None or "<>": cut the others
+        senders = list(filter(_NULL_SENDER.__ne__, filter(None, texts)))
+        joined = "\n".join(senders)
+        if not senders:
+            return values
+    cut = _cut_uniform(joined, len(senders))
+    if cut is None:
+        return _one_by_one(values)
+    sent = cast("list[str | None]", cut)
+    if senders is not texts:
+        null = sorted([*positions(texts, ""), *positions(texts, _NULL_SENDER)] if nulls else
+                      positions(texts, ""))  # fmt: skip
+        for index in null:  # in order: each lands at its own index
+            sent.insert(index, values[index])
+    return sent
+
+
+#: Every byte but the angle brackets, "@" and the line break: what bytes.translate()
+#: deletes to leave a batch's skeleton, "@\n@\n...@" when each sender holds one
+#: "@", "<@>\n<@>\n...<@>" when each is also wrapped in one pair of brackets.
+_NOT_SKELETON: Final = bytes(byte for byte in range(256) if byte not in b"<>@\n")
+
+
+def _cut_uniform(joined: str, count: int) -> list[str] | None:
+    """The domain parts of ``count`` senders joined by line breaks (ASCII, no other
+    space, none empty), if every one is ``local@domain`` or every one is
+    ``<local@domain>``; None otherwise."""
+    skeleton = joined.encode("ascii").translate(None, _NOT_SKELETON)
+    if skeleton[:1] == b"<":
+        if (
+            skeleton != b"<@>\n" * (count - 1) + b"<@>"
+            or joined[0] != "<"  # each "<" opens a sender, each ">" closes one
+            or joined[-1] != ">"
+            or joined.count("\n<") != count - 1
+            or joined.count(">\n") != count - 1
+        ):
+            return None
+        parts = joined.replace(">", "").replace("\n", "@").split("@")
+        empty = "<"  # a local part of "<" alone
+    elif skeleton == b"@\n" * (count - 1) + b"@":
+        parts = joined.replace("\n", "@").split("@")
+        empty = ""
+    else:
+        return None  # a sender without "@", with more than one, or an angle bracket
+    if "" in parts or empty in parts:
+        return None  # a local part or a domain missing
+    return parts[1::2]
+
+
+_NULL_SENDER: Final = "<>"
+
+
+def _one_by_one(values: list[str | None]) -> list[str | None]:
+    return [sent_sender(value) if value else value for value in values]
