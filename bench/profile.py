@@ -6,7 +6,9 @@ records of one sender form), with ``py-spy record -f raw`` attached to the daemo
 from start to end; prints the daemon's CPU per record and the samples by part of
 the path a record takes (first matching part, from the receive to the counters).
 py-spy samples threads that wait too (the status writer's), so shares are of the
-busy samples. The raw samples go to --out for a closer look.
+busy samples. The raw samples go to --out for a closer look. The workers use the
+library as it comes: `interned` messages with 131,072 ids a table;
+``--table-entries 0`` profiles `columns` messages instead.
 
 ``--in-process`` instead decodes the same workload's frames (512 pairs, as the
 library sends them) in this process and counts them with Tracker.record_columns()
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from bench import compare
 from bench._support import BenchDaemon, arguments, table
+from servertracker.batch_encoder import DEFAULT_TABLE_ENTRIES
 
 #: (part, the frame names that mark it), tried in order on each sample's stack.
 PARTS = (
@@ -36,6 +39,9 @@ PARTS = (
     ("cache misses: connection IPs", ("Tracker._conn_misses",)),
     ("cache misses: senders", ("Tracker._sender_misses", "Tracker._record_few")),
     ("record_columns: look-ups, tallies", ("Tracker.record_columns",)),
+    # The interned message's path (trackerd/core/interned.py, value_table.py).
+    ("interned: definitions", ("InternedCounting.define",)),
+    ("interned: references, checks", ("InternedCounting", "ValueTable")),
     ("decoding and validating", ("MessageDecoder.next_message", "decode_body")),
     ("receiving (recv, copies)", ("receive_on", "StreamServer._read", "StreamServer.receive")),
     ("epoll", ("select (selectors",)),
@@ -49,7 +55,9 @@ def py_spy() -> str | None:
     return str(beside) if beside.exists() else shutil.which("py-spy")
 
 
-def profile(form: str, out: Path, spy: str) -> tuple[float, dict[str, int]]:
+def profile(
+    form: str, out: Path, spy: str, table_entries: int = DEFAULT_TABLE_ENTRIES
+) -> tuple[float, dict[str, int]]:
     """One run with py-spy on the daemon: CPU µs per record, and samples per part."""
     load = compare.Workload(form, compare.PER_WORKER)
     spies: list[subprocess.Popen[bytes]] = []
@@ -70,7 +78,7 @@ def profile(form: str, out: Path, spy: str) -> tuple[float, dict[str, int]]:
         time.sleep(1.0)  # py-spy attaches
         return daemon
 
-    run = compare.run_protocol_daemon(load, start)
+    run = compare.run_protocol_daemon(load, start, table_entries=table_entries)
     for spy in spies:
         spy.wait(60)
     assert run.server_cpu is not None
@@ -128,6 +136,12 @@ def main() -> None:
     parser.add_argument("--form", default="mix", choices=compare.FORMS, help="the sender form")
     parser.add_argument("--out", type=Path, help="keep py-spy's raw samples here")
     parser.add_argument(
+        "--table-entries",
+        type=int,
+        default=DEFAULT_TABLE_ENTRIES,
+        help="the workers' Client(table_entries=): 0 sends columns",
+    )
+    parser.add_argument(
         "--in-process", action="store_true", help="time decoding and record_columns() alone"
     )
     args = parser.parse_args()
@@ -147,7 +161,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="stbp-") as directory:
         out = args.out or Path(directory) / "samples.txt"
         before = compare.loadavg()
-        cpu, counts = profile(args.form, out, spy)
+        cpu, counts = profile(args.form, out, spy, args.table_entries)
         after = compare.loadavg()
     busy = sum(n for name, n in counts.items() if name != PARTS[0][0])
     print(f"load average before {before}, after {after}")

@@ -50,11 +50,11 @@ def test_record_many_takes_values_as_record_server_does(daemon: Daemon) -> None:
     client.close()
 
 
-def test_a_current_daemon_gets_columns(daemon: Daemon) -> None:
-    client = Client(daemon.socket_path)
+def test_a_current_daemon_gets_columns_from_a_client_without_tables(daemon: Daemon) -> None:
+    client = Client(daemon.socket_path, table_entries=0)
     client.record_server("192.0.2.1", "<a@b.example>")
     assert client.flush(10)
-    assert client._columns  # negotiated on connecting
+    assert client.stats().message == "columns"  # negotiated on connecting
     wait_for(lambda: daemon.status().records == 1, 10, "the record")
     client.close()
 
@@ -102,7 +102,7 @@ def test_an_older_daemon_gets_pairs_and_loses_nothing(short_tmp: Path) -> None:
     for conn_ip, sender in pairs:
         client.record_server(conn_ip, sender)
     assert client.flush(10)
-    assert older.refused == 1 and not client._columns
+    assert older.refused == 1 and client.stats().message == "record"
     wait_for(lambda: len(older.pairs) == len(pairs), 10, "every pair")
     assert older.pairs == pairs
     client.close()
@@ -137,13 +137,13 @@ def test_flush_waits_for_the_batch_being_encoded(daemon: Daemon) -> None:
     client = Client(daemon.socket_path)
     client.record_server("192.0.2.1", "warm@up.example")
     assert client.flush(10)
-    encode = client._encode
+    encode = client._encode_batch
 
-    def slow_encode(*columns: list[str | None]) -> list[bytes]:
+    def slow_encode() -> None:
         time.sleep(0.3)  # widens the window in which the batch is in no queue
-        return encode(*columns)
+        encode()
 
-    client._encode = slow_encode  # type: ignore[method-assign]
+    client._encode_batch = slow_encode  # type: ignore[method-assign]
     client.record_server("192.0.2.2", "last@batch.example")
     assert client.flush(10)
     assert client.stats().sent == 2

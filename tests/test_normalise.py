@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from servertracker import sender_split
 from servertracker.protocol import MAX_VALUE_LENGTH
 from servertracker.sender_split import (
     IGNORED,
@@ -207,14 +208,18 @@ def test_classify_sender_never_raises(value: str) -> None:
     )
 
 
-# Values that steer the batch splitter down each of its paths: the usual form,
-# everything else, line breaks inside a value, None, a value over the length bound.
+# Values that steer the batch splitter down each of its paths: the usual forms
+# (bare, local@domain, <local@domain>), near misses of them (space of every kind,
+# a stray bracket or "@"), everything else, line breaks inside a value, None, a
+# value over the length bound.
+_ODD = "\u2003\x1c\x85\u2028\r"
 SENDERS_FOR_BATCHES = st.one_of(
     st.text(alphabet="<>@:[] .aZ1ü\t\n\u2003", max_size=14),
     st.builds(
-        "<{}@{}>".format,
-        st.text(alphabet="aZ1.ü-@ \u2003", min_size=1, max_size=8),
-        st.text(alphabet="aZ1.ü-[]:@ >", min_size=1, max_size=8),
+        lambda form, local, domain: form.format(local, domain),
+        st.sampled_from(["<{}@{}>", "{}@{}", "{1}", "<{1}>", "{}@{}>", "<{}@{}", "@{}:{}"]),
+        st.text(alphabet="aZ1.ü-@ " + _ODD, min_size=1, max_size=8),
+        st.text(alphabet="aZ1.ü-[]:@ >" + _ODD, min_size=1, max_size=8),
     ),
     st.none(),
     st.just("<" + "a" * 600 + "@example.com>"),
@@ -225,6 +230,43 @@ SENDERS_FOR_BATCHES = st.one_of(
 @given(st.lists(SENDERS_FOR_BATCHES, max_size=20))
 def test_split_senders_agrees_with_split_sender_one_by_one(values: list[str | None]) -> None:
     assert split_senders(values) == [split_sender(value) for value in values]
+
+
+@settings(max_examples=1000, derandomize=True, deadline=None)
+@given(st.lists(st.one_of(st.text(alphabet="aZ1.ü[]:-" + _ODD + " \t", max_size=6), st.none())))
+def test_split_senders_of_bare_parts_agrees_with_split_sender(values: list[str | None]) -> None:
+    # Batches with no "@" or angle bracket: the path that takes them whole.
+    assert split_senders(values) == [split_sender(value) for value in values]
+    assert split_senders(tuple(values)) == [split_sender(value) for value in values]
+
+
+def test_split_senders_splits_the_usual_forms_without_a_call_per_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str | None] = []
+
+    def counted(value: str | None) -> str | Outcome:
+        calls.append(value)
+        return split_sender(value)
+
+    monkeypatch.setattr(sender_split, "split_sender", counted)
+    usual = ["mail.example.com", "u@mail.example.com", "<u@[192.0.2.1]>", "[192.0.2.1]"]
+    odd = ["u@example.com>", "example.com>", "<example.com", " example.com", "<>"]
+    assert split_senders(usual + odd) == [
+        "mail.example.com",
+        "mail.example.com",
+        "[192.0.2.1]",
+        "[192.0.2.1]",
+        REJECTED,
+        REJECTED,
+        REJECTED,
+        "example.com",
+        IGNORED,
+    ]
+    assert calls == odd
+    calls.clear()
+    assert split_senders(("mail.example.com", "[192.0.2.1]")) == ["mail.example.com", "[192.0.2.1]"]
+    assert calls == []
 
 
 @pytest.mark.parametrize("length", [MAX_VALUE_LENGTH - 1, MAX_VALUE_LENGTH, MAX_VALUE_LENGTH + 1])

@@ -11,15 +11,16 @@ from __future__ import annotations
 import collections
 import contextlib
 import re
+import select
 import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from servertracker import read_status_file
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, send_until_closed, wait_for
 from tests.test_policy_transport import connect, read_replies, request, start
-from trackerd.core.policy_protocol import DUNNO_RESPONSE, PolicyProtocolError
+from trackerd.core.policy_protocol import DUNNO_RESPONSE, PolicyProtocolError, Request
 from trackerd.edges import policy_server
 
 #: More replies than a Unix socket's buffers take (about 208 KiB): the daemon pauses.
@@ -68,6 +69,19 @@ def held(daemon: Daemon) -> int:
     return sum(int(n) for n in found)
 
 
+def dropped(daemon: Daemon) -> int:
+    """The replies the daemon dropped unsent when it shed a connection."""
+    found = re.findall(r"shed: dropping (\d+) bytes of replies not read", daemon.log())
+    return sum(int(n) for n in found) // len(DUNNO_RESPONSE)
+
+
+def hung_up(sock: socket.socket) -> bool:
+    """Whether the daemon closed its end, seen without reading anything."""
+    poller = select.poll()
+    poller.register(sock, select.POLLRDHUP)
+    return bool(poller.poll(0))
+
+
 def answered(path: Path) -> bool:
     try:
         with connect(path) as sock:
@@ -94,7 +108,88 @@ def test_a_shed_peer_that_reads_later_leaves_the_daemon_running(
     wait_for(lambda: answered(path), what="an answer after the shed")
     assert daemon.process.poll() is None
     assert "internal error" not in daemon.log()
-    assert daemon.status().records == replies + held(daemon) + 1
+    assert daemon.status().records == replies + dropped(daemon) + held(daemon) + 1
+
+
+def test_a_shed_peer_is_closed_at_once_without_its_replies(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    """Shedding frees the slot now: the replies the peer did not read are dropped
+    (the send timeout is an hour here: only that can close it), and the requests
+    the daemon read are recorded all the same."""
+    prelude = (
+        "import trackerd.edges.stream_server as s\ns.SHED_AFTER = 0.0\ns.SEND_TIMEOUT = 3600.0"
+    )
+    daemon, path = start(make_daemon, short_tmp, "--max-connections", "2", prelude=prelude)
+    flood = Flood(path)
+    wait_for(lambda: paused(daemon), what="the daemon to pause the flood")
+    others = [connect(path) for _ in range(2)]
+    wait_for(lambda: "closed the one whose frame began first" in daemon.log(), what="a shed")
+    wait_for(lambda: hung_up(flood.sock), what="the shed connection to close, unread")
+    assert dropped(daemon) > 0  # replies were waiting: the case this test is about
+    replies = flood.read_all()
+    for sock in others:
+        sock.close()
+    wait_for(lambda: answered(path), what="an answer after the shed")
+    assert "internal error" not in daemon.log()
+    assert daemon.status().records == replies + dropped(daemon) + held(daemon) + 1
+
+
+def test_a_malformed_request_or_one_cut_short_is_one_protocol_error(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    daemon, path = start(make_daemon, short_tmp)
+    cut = b"request=smtpd_access_policy\nclient_address=192.0.2.9\n"  # no empty line
+
+    def errors() -> dict[str, int]:
+        health = daemon.status().health
+        assert health is not None
+        return health.protocol_errors
+
+    # The daemon counts before it closes: once the close is seen, so is the count.
+    sock = connect(path)
+    sock.sendall(b"request=smtpd_access_policy\nno equals sign\n\n")
+    assert read_replies(sock, 1) == b""
+    sock.close()
+    assert errors() == {"policy": 1}
+    sock = connect(path)
+    sock.sendall(request(1) + cut)
+    sock.shutdown(socket.SHUT_WR)  # ended inside a request: the daemon sees the end
+    assert read_replies(sock, 2) == DUNNO_RESPONSE
+    sock.close()
+    assert errors() == {"policy": 2}
+    sock = connect(path)
+    sock.sendall(cut)
+    sock.close()  # gone inside a request
+    wait_for(lambda: errors().get("policy", 0) >= 3, what="a third one")
+    # Counted once each, not just late: nothing more comes.
+    with connect(path) as sock:
+        sock.sendall(request(2))
+        assert read_replies(sock, 1) == DUNNO_RESPONSE
+    assert errors() == {"policy": 3}
+    assert daemon.status().records == 2
+
+
+def test_peers_that_do_not_read_their_replies_are_logged_throttled(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    """Each is a timeout; the log line comes once per interval (an hour here)."""
+    prelude = (
+        "import trackerd.edges.stream_server as s\ns.SEND_TIMEOUT = 1.0\n"
+        "import trackerd.edges.policy_loop as p\n"
+        "from trackerd.edges.access import LogThrottle\n"
+        "p.LogThrottle = lambda interval: LogThrottle(3600.0)\n"
+    )
+    daemon, path = start(make_daemon, short_tmp, prelude=prelude)
+    for _ in range(3):
+        greedy = connect(path)
+        greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        assert send_until_closed(greedy, request(1) * 1000)
+        greedy.close()
+    health = daemon.status().health
+    assert health is not None
+    assert health.connection_timeouts == 3
+    assert daemon.log().count("did not read its reply within 1s") == 1
 
 
 def test_a_peer_drained_at_sigterm_that_reads_later_is_counted_whole(
@@ -185,8 +280,8 @@ class CountingServer:
     def __init__(self) -> None:
         self.recorded: list[str | None] = []
 
-    def record(self, request: dict[str, str], recent: collections.deque[str]) -> None:
-        self.recorded.append(request.get("client_address"))
+    def record(self, request: Request, recent: collections.deque[str]) -> None:
+        self.recorded.append(request[0])  # client_address
 
     def protocol_error(self, exc: PolicyProtocolError) -> None:
         raise AssertionError("no malformed request was sent")

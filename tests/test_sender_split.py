@@ -112,17 +112,64 @@ TRICKY = st.one_of(
 )
 
 
-@settings(max_examples=3000, derandomize=True, deadline=None)
+@settings(max_examples=1500, derandomize=True, deadline=None)
 @given(TRICKY)
 def test_generated_senders_count_as_the_whole(value: str | None) -> None:
     if value:
         assert classify_sender(sent_sender(value)) == classify_sender(value)
 
 
-@settings(max_examples=1000, derandomize=True, deadline=None)
+@settings(max_examples=500, derandomize=True, deadline=None)
 @given(st.lists(TRICKY, max_size=20))
 def test_a_batch_is_cut_as_its_senders_one_by_one(values: list[str | None]) -> None:
     assert sent_senders(values) == [sent_sender(v) if v else v for v in values]
+
+
+# ASCII without space: the batches sent_senders() cuts without a regular expression,
+# with and without angle brackets (anywhere, or only around values).
+PLAIN = st.text(alphabet="<>@:.aZ1", max_size=8)
+NO_BRACKETS = st.text(alphabet="@:.aZ1", max_size=8)
+WRAPPED = st.builds("<{}>".format, NO_BRACKETS)
+
+
+@settings(max_examples=1000, derandomize=True, deadline=None)
+@given(st.lists(st.one_of(PLAIN, NO_BRACKETS, WRAPPED, st.none()), max_size=12))
+def test_an_ascii_batch_is_cut_as_its_senders_one_by_one(values: list[str | None]) -> None:
+    assert sent_senders(values) == [sent_sender(v) if v else v for v in values]
+    for value in values:
+        if value:
+            assert classify_sender(sent_sender(value)) == classify_sender(value)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.lists(st.one_of(NO_BRACKETS, WRAPPED, st.none()), max_size=12))
+def test_a_batch_with_brackets_only_around_values_is_cut_as_one_by_one(
+    values: list[str | None],
+) -> None:
+    assert sent_senders(values) == [sent_sender(v) if v else v for v in values]
+
+
+# Uniform batches, which sent_senders() cuts by one split: every sender local@domain
+# (or every one <local@domain>), the null sender (None, "", "<>") anywhere among them,
+# and now and then one that breaks the pattern.
+PART = st.text(alphabet="aZ1.-[]:", min_size=1, max_size=5)
+USUAL = st.builds("{}@{}".format, PART, PART)
+BREAKER = st.sampled_from(["a@b@c", "abc", "@b", "a@", "<a@b>", "a@b>", "<>", "a b@c"])
+
+
+@settings(max_examples=400, derandomize=True, deadline=None)
+@given(
+    st.lists(st.one_of(USUAL, USUAL, USUAL, st.sampled_from([None, "", "<>"])), max_size=12),
+    st.booleans(),
+    st.lists(st.tuples(st.integers(0, 12), BREAKER), max_size=1),
+)
+def test_a_uniform_batch_is_cut_as_its_senders_one_by_one(
+    values: list[str | None], wrapped: bool, breakers: list[tuple[int, str]]
+) -> None:
+    batch = [f"<{v}>" if v and wrapped else v for v in values]
+    for index, breaker in breakers:
+        batch.insert(index, breaker)
+    assert sent_senders(batch) == [sent_sender(v) if v else v for v in batch]
 
 
 def test_the_daemon_applies_the_same_rule() -> None:

@@ -29,9 +29,11 @@ from typing import Any
 
 from servertracker import protocol
 from servertracker._log import log
-from servertracker.errors import LocalProtocolError, ProtocolError
+from servertracker.batch_encoder import DEFAULT_TABLE_ENTRIES, BatchEncoder, OlderDaemon, handshake
+from servertracker.errors import LocalProtocolError
 from servertracker.paths import resolve_socket_path
 from servertracker.reachability import DropWarning, Refused, UnreachableWarning, drop_text
+from servertracker.value_tables import hash_is_secret
 
 DEFAULT_MAX_BUFFERED = 100_000
 DEFAULT_BATCH_SIZE = 512
@@ -69,6 +71,11 @@ class ClientStats:
     dropped: int  # records lost because the queue was full
     reconnects: int  # connections made after the first
     connected: bool
+    #: The record message this connection sends: "interned", "columns" or
+    #: "record" ("" before the first connection).
+    message: str = ""
+    #: Ids of each value table the daemon granted this connection (0: none).
+    table_entries: int = 0
 
 
 def _clean(value: Any) -> str | None:
@@ -106,9 +113,20 @@ class Client:
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         exit_timeout: float = DEFAULT_EXIT_TIMEOUT,
         max_long_chars: int = DEFAULT_MAX_LONG_CHARS,
+        table_entries: int = DEFAULT_TABLE_ENTRIES,
     ) -> None:
-        """``socket_path`` defaults to trackerd's, resolved as the daemon does."""
+        """``socket_path`` defaults to trackerd's, resolved as the daemon does.
+
+        ``table_entries``: the ids to ask for in each of the connection's two
+        value tables (0 to 1,048,576; 0 sends no interned messages). Each id
+        takes about 100 bytes in this process once used (a dict entry and a
+        slot), so the default costs up to about 26 MB at 131,072 distinct
+        connection IPs and as many sender domains.
+        """
+        if not 0 <= table_entries <= protocol.MAX_INTERN_ENTRIES:
+            raise ValueError(f"table_entries must be from 0 to {protocol.MAX_INTERN_ENTRIES}")
         self.socket_path = os.fspath(resolve_socket_path(socket_path))
+        self._table_entries = table_entries if hash_is_secret() else 0
         self._max_buffered = max_buffered
         self._max_long_chars = max_long_chars
         self._batch_size = batch_size
@@ -136,9 +154,15 @@ class Client:
         self._start_lock = threading.Lock()
         self._closing = False
         self._sock: socket.socket | None = None
-        self._out = b""  # encoded frames taken from the queue, not yet fully written
-        self._out_count = 0  # records in _out
-        self._columns = False  # the daemon on this connection takes "columns" messages
+        # The batch taken from the queue and not yet written whole (its raw values,
+        # sender domain parts already cut for interned), and its frames for this
+        # connection: _out, with the byte and record offset at each frame's end.
+        self._batch: tuple[list[str | None], list[str | None]] = ([], [])
+        self._out_count = 0  # records in _batch: in flight
+        self._out = b""
+        self._out_ends: list[tuple[int, int]] = []
+        self._written = 0  # bytes of _out written
+        self._encoder: BatchEncoder | None = None  # this connection's
         self._room = threading.Event()  # set by the flusher when it takes from the queue
         self._recorded = 0
         # Characters of long values queued, and taken since; each written by one thread.
@@ -294,7 +318,7 @@ class Client:
         while True:
             self._wait_for_work()
             self._warn_of_drops()
-            if self._closing and not self._senders and not self._out:
+            if self._closing and not self._senders and not self._out_count:
                 return
             try:
                 self._send_available()
@@ -302,8 +326,11 @@ class Client:
             except LocalProtocolError:  # pragma: no cover - _clean() prevents it
                 log.exception("dropping a batch that cannot be encoded")
                 self._dropped += self._out_count
-                self._out, self._out_count = b"", 0
+                self._done_with_batch()
+                if self._encoder is not None:
+                    self._encoder.forget()  # it numbered values that never left
             except OSError as exc:
+                self._keep_unwritten()
                 self._disconnect()
                 if self._closing:
                     return
@@ -316,7 +343,7 @@ class Client:
         # Clear, announce we sleep, then re-check: a record that lands in between
         # sets the event, so no wake-up is ever lost.
         self._wake.clear()
-        self._idle = not self._senders and not self._out
+        self._idle = not self._senders and not self._out_count
         self._sleeping = True
         if self._idle and not self._closing:
             self._wake.wait()
@@ -348,22 +375,18 @@ class Client:
 
     def _send_available(self) -> None:
         """Write everything queued; raise OSError when the connection fails."""
-        while self._out or self._senders:
+        while self._out_count or self._senders:
             self._warn_of_drops()  # a burst can keep this loop going for long
             if self._sock is None:
                 self._connect()
-            if not self._out:
+            if not self._out_count:
                 # In flight before it leaves the queue, so that flush() never sees an
                 # empty queue and nothing in flight while a batch is being encoded.
                 self._out_count = min(len(self._senders), self._batch_size)
-                conn_ips, senders = self._take_batch(self._out_count)
+                self._batch = self._take_batch(self._out_count)
                 self._room.set()
-                try:
-                    frames = self._encode(conn_ips, senders)
-                except LocalProtocolError:
-                    # A lone surrogate, or a value too long for any frame: mend them.
-                    frames = self._encode(list(map(_clean, conn_ips)), list(map(_clean, senders)))
-                self._out = b"".join(frames)
+            if not self._out:
+                self._encode_batch()
             self._write_out()
             if self._senders:
                 self._pause()
@@ -372,31 +395,65 @@ class Client:
         """Let the worker's thread have the GIL for a moment (see _PAUSE)."""
         time.sleep(_PAUSE)
 
-    def _encode(self, conn_ips: list[str | None], senders: list[str | None]) -> list[bytes]:
-        if self._columns:
-            return protocol.encode_columns_split(conn_ips, senders, self._batch_size)
-        pairs = list(zip(conn_ips, senders, strict=True))
-        return protocol.encode_records_split(pairs, self._batch_size)
+    def _encode_batch(self) -> None:
+        """Encode _batch for this connection into _out (and _out_ends)."""
+        assert self._encoder is not None
+        conn_ips, senders = self._batch
+        try:
+            frames, ends = self._encoder.encode(conn_ips, senders, self._batch_size, self._pause)
+        except LocalProtocolError:
+            # A lone surrogate, or a value too long for any frame: mend them. What
+            # the tables numbered for the failed frames never left: start afresh.
+            self._encoder.forget()
+            conn_ips, senders = list(map(_clean, conn_ips)), list(map(_clean, senders))
+            self._batch = conn_ips, senders
+            frames, ends = self._encoder.encode(conn_ips, senders, self._batch_size)
+        self._out = b"".join(frames)
+        self._out_ends = list(zip(itertools.accumulate(map(len, frames)), ends, strict=True))
+        self._written = 0
 
     def _write_out(self) -> None:
-        # If this raises, _out is kept and sent whole on the next connection: the
-        # daemon drops a frame cut short, so nothing is lost and nothing counts twice.
+        # If this raises, _written says which frames went whole: _keep_unwritten()
+        # keeps the records of the others, to be encoded again for the next
+        # connection (the daemon drops a frame cut short), so nothing is lost and
+        # nothing counts twice.
         assert self._sock is not None
         view = memoryview(self._out)
-        offset = 0
-        while offset < len(view):
+        while self._written < len(view):
             try:
-                offset += self._sock.send(view[offset:])
+                self._written += self._sock.send(view[self._written :])
             except TimeoutError:  # a stalled daemon: drops may pile up meanwhile
                 if self._closing:
                     raise
                 self._warn_of_drops()
                 continue
-            if offset < len(view):  # the daemon is behind: each poll() wins the GIL back
+            if self._written < len(view):  # the daemon is behind: each poll() wins the GIL back
                 self._pause()
         self._sent += self._out_count
-        self._out = b""
+        self._done_with_batch()
+
+    def _done_with_batch(self) -> None:
+        self._batch = ([], [])
+        self._out, self._out_ends, self._written = b"", [], 0
         self._out_count = 0
+
+    def _keep_unwritten(self) -> None:
+        """After a failed write: the frames written whole were sent; the records
+        of the others wait for the next connection, to be encoded for it (its
+        tables start empty)."""
+        if not self._out:
+            return
+        records = 0
+        for byte_end, record_end in self._out_ends:
+            if byte_end > self._written:
+                break
+            records = record_end
+        if records:
+            conn_ips, senders = self._batch
+            self._batch = conn_ips[records:], senders[records:]
+            self._sent += records
+            self._out_count -= records
+        self._out, self._out_ends, self._written = b"", [], 0
 
     def _open(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -418,13 +475,13 @@ class Client:
     def _connect(self) -> None:
         sock = self._open()
         try:
-            self._columns = _takes_columns(sock)
-        except _OlderDaemon:
+            encoder = handshake(sock, self._table_entries)
+        except OlderDaemon:
             # It closes a connection after an unknown message: open another, and
             # send it the pairs that every version-1 daemon takes.
             sock.close()
             sock = self._open()
-            self._columns = False
+            encoder = BatchEncoder("record")
         except Refused as exc:
             # Refused by the daemon itself (say, its allow-lists): as worth a
             # warning as a connect() the kernel refused.
@@ -435,6 +492,10 @@ class Client:
             sock.close()
             raise
         self._sock = sock
+        # A new connection's tables start empty: a batch not yet written whole is
+        # encoded afresh for it (_keep_unwritten).
+        self._encoder = encoder
+        self._out, self._out_ends, self._written = b"", [], 0
         self._connects += 1
         if self._unreachable.succeeded() or self._connects > 1:
             again = "reconnected" if self._connects > 1 else "connected"
@@ -490,48 +551,9 @@ class Client:
             dropped=self._dropped,
             reconnects=max(0, self._connects - 1),
             connected=self._sock is not None,
+            message=self._encoder.message if self._encoder is not None else "",
+            table_entries=self._encoder.table_entries if self._encoder is not None else 0,
         )
-
-
-class _OlderDaemon(Exception):
-    """The daemon does not know the features request (an older trackerd)."""
-
-
-def _takes_columns(sock: socket.socket) -> bool:
-    """Ask the daemon on a new connection whether it takes "columns" messages.
-
-    One round trip per connection; raises OSError when the daemon does not answer
-    within the socket's timeout, _OlderDaemon when it does not know the question.
-    """
-    send_failed: OSError | None = None
-    try:
-        sock.sendall(protocol.encode(protocol.FeaturesRequest()))
-    except (BrokenPipeError, ConnectionResetError) as exc:
-        send_failed = exc  # the daemon may have said why before it closed: read it
-    decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
-    while True:
-        try:
-            reply = decoder.next_message()
-        except ProtocolError as exc:
-            raise OSError(f"trackerd answered garbage ({exc.code})") from None
-        if reply is protocol.NEED_DATA:
-            try:
-                data = sock.recv(65536)
-            except OSError:
-                if send_failed is not None:
-                    raise send_failed from None
-                raise
-            decoder.receive_data(data)
-            continue
-        if isinstance(reply, protocol.Features):
-            return protocol.FEATURE_COLUMNS in reply.names
-        if isinstance(reply, protocol.Error) and reply.code == protocol.ERR_UNKNOWN_TYPE:
-            raise _OlderDaemon
-        if isinstance(reply, protocol.Error):
-            raise Refused(reply.code)
-        if send_failed is not None:
-            raise send_failed
-        raise OSError("trackerd closed the connection or answered out of turn")
 
 
 def _reset_clients_in_child() -> None:

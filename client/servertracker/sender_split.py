@@ -66,26 +66,40 @@ def split_sender(value: str | None) -> str | Outcome:
     return text[at + 1 :]
 
 
-# The usual MAIL FROM, "<local@domain>" with no space, angle bracket or second "@"
-# in it, for which split_sender() returns the domain. Matched one line per value,
-# for a whole batch at once; any other line gives "" and split_sender() decides.
-_USUAL_SENDER_LINES = re.compile(r"^(?:<[^\s<>@]+@([^\s<>@]+)>|.*)$", re.MULTILINE)
+# The usual senders, with no space, angle bracket or second "@" in them: a bare
+# domain part (what workers send since they split), "local@domain",
+# "<local@domain>" and "<domain>", for which split_sender() returns the domain
+# part: group 1 (bracketed) or 2. Matched one line per value, for a whole batch
+# at once; possessive repeats, so a line is read once and never backtracked. Any
+# other line gives "" and split_sender() decides.
+_PLAIN = r"[^\s<>@]"
+_USUAL_SENDER_LINES = re.compile(
+    rf"^(?:<(?:{_PLAIN}++@)?({_PLAIN}++)>|(?:{_PLAIN}++@)?({_PLAIN}++)|.*)$", re.MULTILINE
+)
 
 
 def split_senders(values: Sequence[str | None]) -> list[str | Outcome]:
     """``[split_sender(v) for v in values]``, with the same results (a property test
-    holds them to it), but the usual form is split by one regular-expression pass
-    over the whole batch instead of a Python call per value."""
+    holds them to it), but without a Python call per value on the usual forms: a
+    batch of bare domain parts is seen to be one by a few scans of the whole, and
+    the other usual forms are split by one regular-expression pass."""
     # None and "" are both IGNORED: "" can be joined.
     texts = cast("Sequence[str]", [v or "" for v in values] if None in values else values)
     joined = "\n".join(texts)
-    parts: list[str | Outcome] = []
     # Values that are too long, or hold line breaks of their own (which would shift
     # every line after them), are left to split_sender() one by one.
-    if joined.count("\n") == len(texts) - 1 and max(map(len, texts)) <= MAX_VALUE_LENGTH:
-        parts = _USUAL_SENDER_LINES.findall(joined)
-    if len(parts) != len(texts):
+    if joined.count("\n") != len(texts) - 1 or max(map(len, texts)) > MAX_VALUE_LENGTH:
         return list(map(split_sender, texts))
+    if "@" not in joined and "<" not in joined and ">" not in joined:
+        # No value empty or holding space either, if splitting at space gives them
+        # back: then each is its own domain part.
+        whole = texts if type(texts) is list else list(texts)
+        if joined.split() == whole:
+            return list(whole)
+    found = _USUAL_SENDER_LINES.findall(joined)
+    if len(found) != len(texts):
+        return list(map(split_sender, texts))
+    parts: list[str | Outcome] = list(map("".join, found))  # the group that matched
     for index in positions(parts, ""):
         parts[index] = split_sender(texts[index])
     return parts
@@ -125,27 +139,80 @@ def sent_sender(value: str) -> str:
 # The usual forms whose domain part a worker sends: "local@domain" or
 # "<local@domain>" with no space, angle bracket or second "@" in them.
 _USUAL_SENDER = re.compile(r"<[^\s<>@]+@([^\s<>@]+)>|[^\s<>@]+@([^\s<>@]+)")
-# The same, for a whole batch joined by line breaks, cut to the domain part by two
-# substitutions (brackets first, then the local part); other lines stay as they are.
-_BRACKETED = re.compile(r"^<([^\s<>@]+@[^\s<>@]+)>$", re.MULTILINE)
-_LOCAL_PART = re.compile(r"^[^\s<>@]+@(?=[^\s<>@]+$)", re.MULTILINE)
+#: What str.strip() strips (and the pattern's \s is), in ASCII text, but the line
+#: break that joins a batch (counted apart).
+_ASCII_SPACE: Final = "".join(chr(c) for c in range(128) if chr(c).isspace() and c != 10)
 
 
 def sent_senders(values: list[str | None]) -> list[str | None]:
-    """``[sent_sender(v) if v else v for v in values]`` (a property test holds it to
-    that), cut by two regular-expression passes over the whole batch: no Python
-    statement per value on the usual forms. None stays None."""
+    """``[sent_sender(v) if v else v for v in values]`` (property tests hold it to
+    that), for a whole batch, and cheaply when the batch is uniform: every sender
+    but the null ones (None, "", "<>") ``local@domain``, or every one
+    ``<local@domain>``, in ASCII without space. What holds for the whole batch is
+    checked on the batch joined, and the domain parts come from one split of it:
+    C loops, a new string per value and no Python statement. Any other batch goes
+    a value at a time. (The flusher holds the GIL meanwhile: a regular expression
+    costs several times more a value, and so does a method call per value.)
+    """
     texts = [value or "" for value in values] if None in values else cast("list[str]", values)
     joined = "\n".join(texts)
-    # A value holding a line break would shift every line after it; an over-long
-    # one must stay whole (the daemon rejects it whole): both rare, one by one.
-    if joined.count("\n") != len(texts) - 1 or max(map(len, texts), default=0) > MAX_VALUE_LENGTH:
-        return [sent_sender(value) if value else value for value in values]
     if "@" not in joined:
         return values  # bare domain parts and literals: nothing to cut
-    cut = _LOCAL_PART.sub("", _BRACKETED.sub(r"\1", joined))
-    lines = cast("list[str | None]", cut.split("\n"))
-    if texts is not values:
-        for index in positions(values, None):
-            lines[index] = None
-    return lines
+    if (
+        joined.count("\n") != len(texts) - 1  # a value holds a line break
+        or not joined.isascii()
+        or any(space in joined for space in _ASCII_SPACE)
+        or max(map(len, texts)) > MAX_VALUE_LENGTH
+    ):
+        return _one_by_one(values)
+    senders = texts
+    nulls = "<>" in joined and "<>" in texts
+    if nulls or "" in texts:  # the null sender, as "", None or "<>": cut the others
+        senders = list(filter(_NULL_SENDER.__ne__, filter(None, texts)))
+        joined = "\n".join(senders)
+        if not senders:
+            return values
+    cut = _cut_uniform(joined, len(senders))
+    if cut is None:
+        return _one_by_one(values)
+    sent = cast("list[str | None]", cut)
+    if senders is not texts:
+        null = sorted([*positions(texts, ""), *positions(texts, _NULL_SENDER)] if nulls else
+                      positions(texts, ""))  # fmt: skip
+        for index in null:  # in order: each lands at its own index
+            sent.insert(index, values[index])
+    return sent
+
+
+#: Every byte but "@" and the line break: what bytes.translate() deletes to leave
+#: the separators of a batch, "@\n@\n...@" when each sender holds exactly one "@".
+_NOT_SEPARATORS: Final = bytes(byte for byte in range(256) if byte not in b"@\n")
+
+
+def _cut_uniform(joined: str, count: int) -> list[str] | None:
+    """The domain parts of ``count`` senders joined by line breaks (ASCII, no other
+    space, none empty), if every one is ``local@domain`` or every one is
+    ``<local@domain>``; None otherwise."""
+    opens = joined.count("<")
+    if opens or ">" in joined:
+        if not (
+            opens == count == joined.count(">")
+            and opens == joined.count("\n<") + (joined[0] == "<")  # each "<" opens a sender
+            and opens == joined.count(">\n") + (joined[-1] == ">")  # each ">" closes one
+        ):
+            return None
+        joined = joined.replace("<", "").replace(">", "")
+    separators = joined.encode("ascii").translate(None, _NOT_SEPARATORS)
+    if separators != b"@\n" * (count - 1) + b"@":
+        return None  # a sender without "@", or with more than one
+    parts = joined.replace("\n", "@").split("@")
+    if "" in parts:
+        return None  # a local part or a domain missing
+    return parts[1::2]
+
+
+_NULL_SENDER: Final = "<>"
+
+
+def _one_by_one(values: list[str | None]) -> list[str | None]:
+    return [sent_sender(value) if value else value for value in values]

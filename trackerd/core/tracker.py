@@ -198,14 +198,7 @@ class Tracker(InternedCounting):
         known = self._domain_cache.get(cache_key)
         if known is not None:
             return known
-        classified = classify_domain_part(part)
-        result: tuple[int, bytes] | Outcome = classified
-        if type(classified) is tuple:
-            category, key = classified
-            result = (category, self._digest(category, key))
-            self.counters[category].pending.append(result[1])
-            if self.fleet is not None:
-                self.fleet.add(category, key)
+        result = self._domain_part_seen(part)
         if self.raw_cache_entries:
             if len(self._domain_cache) >= self.raw_cache_entries:
                 self._domain_cache.clear()  # start again: simpler than evicting one by one
@@ -241,24 +234,33 @@ class Tracker(InternedCounting):
         keys = plain_domains(parts)
         if b"" not in keys:  # the usual batch
             return list(zip(repeat(Category.DOMAIN), self._queue(Category.DOMAIN, keys)))
-        results: list[tuple[Category, bytes] | Outcome] = [(Category.DOMAIN, key) for key in keys]
-        for at in positions(keys, b""):
-            results[at] = classify_domain_part(parts[at])
+        results: list[tuple[int, bytes] | Outcome | None] = [None] * len(keys)
+        done = len(keys)
+        others = keys.count(b"")
+        for at in range(done) if others == done else positions(keys, b""):
+            results[at] = self._domain_part_seen(parts[at])
             if deadline is not None and time.perf_counter() > deadline:
-                del results[at + 1 :]
+                done = at + 1
                 break
-        # Each category's keys hashed together, their digests put in their places.
-        places: dict[Category, list[int]] = {Category.DOMAIN: [], Category.IP_SERVER: []}
-        for at, result in enumerate(results):
-            if type(result) is tuple:
-                places[result[0]].append(at)
-        seen = cast("list[tuple[int, bytes] | Outcome]", results)
-        for category, where in places.items():
-            if where:
-                keys = [cast("tuple[Category, bytes]", results[at])[1] for at in where]
-                for at, digest in zip(where, self._queue(category, keys), strict=True):
-                    seen[at] = (category, digest)
-        return seen
+        if others < len(keys):  # the plain ones done, hashed together, put in their places
+            digests = iter(self._queue(Category.DOMAIN, [key for key in keys[:done] if key]))
+            return [
+                (Category.DOMAIN, next(digests)) if key else result  # type: ignore[misc]
+                for key, result in zip(keys[:done], results, strict=False)
+            ]
+        return results[:done]  # type: ignore[return-value]
+
+    def _domain_part_seen(self, part: str) -> tuple[int, bytes] | Outcome:
+        """A domain part's (category, digest), queued, or its Outcome: the exact path."""
+        classified = classify_domain_part(part)
+        if type(classified) is not tuple:
+            return cast(Outcome, classified)
+        category, key = classified
+        digest = self._digest(category, key)
+        self.counters[category].pending.append(digest)
+        if self.fleet is not None:
+            self.fleet.add(category, key)
+        return (category, digest)
 
     def record_pairs(self, pairs: Iterable[Sequence[str | None]]) -> None:
         """Count many pairs: record_columns() of their two columns."""
@@ -517,7 +519,8 @@ class Tracker(InternedCounting):
         # A new part twice in the batch is normalised once: where it is first.
         first_at = dict(zip(reversed(missing_keys), reversed(missing), strict=True))
         firsts = sorted(first_at.values()) if len(first_at) < len(missing) else missing
-        seen = self._domain_parts_seen([cast(str, parts[at]) for at in firsts], deadline)
+        new_parts: list[str] = [parts[at] for at in firsts]  # type: ignore[misc]
+        seen = self._domain_parts_seen(new_parts, deadline)
         # Pairs before the first new part not done are known.
         done = len(found) if len(seen) == len(firsts) else firsts[len(seen)]
         # Only the parts done (a prefix of firsts) are entered.

@@ -17,17 +17,18 @@ before every status snapshot, so a status reply reflects every request answered
 before it. While MAX_QUEUED pairs wait, the thread reads no socket (nothing is
 dropped: the peers wait in their sockets' buffers).
 
-What StreamServer promises for a stream holds here too: the idle and frame
-timeouts are one deadline per connection, moved only when it comes sooner (the
-thread checks them when the earliest is due, and again on each connection when
-its own fires); a reply the peer does not take whole stops reading from it and
-gives it SEND_TIMEOUT to take it; at stop() each connection drains until quiet
-for DRAIN_QUIET_TIME; a Session handles a capped number of requests per call
-(backlog) and goes on in a later turn, after the other ready connections; the
-read buffer is overwritten as soon as the Session copied it; an error in one
-connection is logged by type and place (session.log_failure) and aborts it alone.
-The loop's thread talks to this one only through commands (PolicyLoop.call) and
-an eventfd that wakes it.
+What StreamServer promises for a stream holds here too: the idle and frame timeouts
+are one deadline per connection, moved only when it comes sooner (the thread checks
+them when the earliest is due, and again on each connection when its own fires); a
+reply the peer does not take whole stops reading from it and gives it SEND_TIMEOUT
+to take it (a connection shed at the limit closes at once, its unsent replies
+dropped, so that it does not keep the slot); at stop() each connection drains until
+quiet for DRAIN_QUIET_TIME; a Session handles a capped number of requests per call
+(backlog) and goes on in a later turn, after the other ready connections; the read
+buffer is overwritten as soon as the Session copied it; an error in one connection
+is logged by type and place (session.log_failure) and aborts it alone. The loop's
+thread talks to this one only through commands (PolicyLoop.call) and an eventfd that
+wakes it.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ from collections.abc import Callable, Sequence
 
 import anyio
 
+from trackerd.core.wording import more_since
 from trackerd.edges import stream_server
+from trackerd.edges.access import LogThrottle
 from trackerd.edges.session import Session, log_failure
 from trackerd.edges.stream_server import READ_SIZE, ZEROS, Connection, StreamServer
 
@@ -151,6 +154,8 @@ class PolicyLoop:
         self.buffer = bytearray(READ_SIZE)
         self.view = memoryview(self.buffer)
         self.draining = False
+        #: One line a second at most for peers that do not read their replies.
+        self.unread_log = LogThrottle(1.0)
         self._exit = False
         self._thread = threading.Thread(target=self._run, name="trackerd-policy", daemon=True)
         handover.wake_thread = self.wake
@@ -474,8 +479,18 @@ class ThreadConnection:
     # --- closing -------------------------------------------------------------------------
 
     def cancel(self) -> None:
-        """Shed by StreamServer (the event loop's thread): close."""
-        self._loop.call(self._close)
+        """Shed by StreamServer (the event loop's thread): close at once."""
+        self._loop.call(self._shed)
+
+    def _shed(self) -> None:
+        """Its slot goes to a newcomer now: the replies the peer has not taken are
+        dropped (waiting SEND_TIMEOUT for them would keep the slot); the requests
+        read and not answered are still recorded (session.closed())."""
+        self._closed_here = True
+        if self._out:
+            log.debug("shed: dropping %d bytes of replies not read", len(self._out))
+            self._out.clear()
+        self.lost()
 
     def _close(self) -> None:
         """Closed by the daemon: the replies already written are sent first (within
@@ -566,8 +581,11 @@ class ThreadConnection:
             log.debug("dropping the replies a closed connection did not read")
         else:
             self._server.timeouts += 1
-            log.info(
-                "closing a connection that did not read its reply within %.0fs",
-                stream_server.SEND_TIMEOUT,
-            )
+            suppressed = self._loop.unread_log.ready()
+            if suppressed is not None:
+                log.info(
+                    "closing a connection that did not read its reply within %.0fs%s",
+                    stream_server.SEND_TIMEOUT,
+                    more_since(suppressed),
+                )
         self.lost()

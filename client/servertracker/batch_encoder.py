@@ -1,0 +1,164 @@
+"""How the flusher's batches go on the wire on one connection.
+
+On a new connection, handshake() asks the daemon which record messages it takes
+("features") and, when it lists "interned", for value tables ("intern"); the
+BatchEncoder it returns turns each batch into frames of the best message the
+daemon takes: "interned" (values numbered per connection, value_tables.py),
+"columns", or "record" for a daemon older than both.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import time
+from collections.abc import Callable
+from typing import Final
+
+from servertracker import protocol
+from servertracker.errors import ProtocolError
+from servertracker.reachability import Refused
+from servertracker.sender_split import sent_senders
+from servertracker.value_tables import ValueTables
+
+#: Ids asked for in each of a connection's two value tables ("interned"): a
+#: worker seeing up to this many distinct connection IPs (and as many senders'
+#: domain parts) sends each one's text once per connection, then 4 bytes a use.
+DEFAULT_TABLE_ENTRIES: Final = 131_072
+#: A grant below this (and below what was asked) is declined and columns sent:
+#: a table holding fewer values than a few batches would redefine ids batch
+#: after batch, costing the daemon more than columns do.
+MIN_TABLE_ENTRIES: Final = 4096
+#: A connection's tables start afresh at least this often, so that every value
+#: in use is defined again within each half of fleet mode's default epoch (a
+#: day): a reference to a value defined two epochs back counts everywhere but in
+#: the fleet sketch (docs/protocol.md, "interned").
+TABLE_LIFETIME: Final = 3600.0
+#: Numbering a column for longer than this (seconds) holds the GIL long enough
+#: that the flusher pauses before the next (docs/performance.md: a record_server()
+#: call waits for the GIL as long as the flusher holds it).
+LONG_HOLD: Final = 0.0002
+
+
+class BatchEncoder:
+    """The frames for a batch on one connection, in the message it takes."""
+
+    def __init__(self, message: str, table_entries: int = 0) -> None:
+        #: "interned", "columns" or "record".
+        self.message = message
+        self.table_entries = table_entries
+        self._tables = ValueTables(table_entries) if message == "interned" else None
+        self._born = time.monotonic()
+
+    def forget(self) -> None:
+        """Start the value tables afresh: later messages define ids anew."""
+        if self._tables is not None:
+            self._tables = ValueTables(self.table_entries)
+            self._born = time.monotonic()
+
+    def encode(
+        self,
+        conn_ips: list[str | None],
+        senders: list[str | None],
+        batch_size: int,
+        pause: Callable[[], object] | None = None,
+    ) -> tuple[list[bytes], list[int]]:
+        """The frames that carry a batch, and the records up to each frame's end.
+
+        ``pause`` lets go of the GIL for a moment: called between the two columns
+        of an interned batch when the first took long (many new values), so that
+        the worker's own thread waits for at most about one column's work.
+        """
+        if self._tables is not None:
+            if time.monotonic() - self._born > TABLE_LIFETIME:
+                self.forget()
+            assert self._tables is not None
+            started = time.perf_counter()
+
+            def between() -> None:
+                if pause is not None and time.perf_counter() - started > LONG_HOLD:
+                    pause()
+
+            # The daemon's rule gives a usual sender's domain part the same result
+            # as the whole (sender_split.py): fewer values to number and send.
+            messages = self._tables.messages(conn_ips, sent_senders(senders), between)
+            encode = protocol.encode_interned
+            return [encode(*message[2:]) for message in messages], [m[1] for m in messages]
+        if self.message == "columns":
+            frames = protocol.encode_columns_split(conn_ips, senders, batch_size)
+        else:
+            pairs = list(zip(conn_ips, senders, strict=True))
+            frames = protocol.encode_records_split(pairs, batch_size)
+        if len(frames) == 1:
+            return frames, [len(senders)]
+        # Rare (values too large for one frame): count what each frame holds.
+        return frames, list(itertools.accumulate(map(_records_in_frame, frames)))
+
+
+class OlderDaemon(Exception):
+    """The daemon does not know the features request (an older trackerd)."""
+
+
+def handshake(sock: socket.socket, table_entries: int) -> BatchEncoder:
+    """Agree with the daemon on a new connection which record message to send.
+
+    The encoder returned sends "interned", "columns" or "record". One round trip
+    to ask for the daemon's features, and one more for its value tables when it
+    lists "interned" and ``table_entries`` is not 0.
+    Raises OSError when the daemon does not answer within the socket's timeout,
+    OlderDaemon when it does not know the question.
+    """
+    decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
+    reply = _ask(sock, decoder, protocol.FeaturesRequest())
+    if not isinstance(reply, protocol.Features):
+        raise OSError("trackerd closed the connection or answered out of turn")
+    message = "columns" if protocol.FEATURE_COLUMNS in reply.names else "record"
+    if not table_entries or protocol.FEATURE_INTERNED not in reply.names:
+        return BatchEncoder(message)
+    reply = _ask(sock, decoder, protocol.InternRequest(table_entries))
+    if not isinstance(reply, protocol.InternReply):
+        raise OSError("trackerd closed the connection or answered out of turn")
+    if reply.granted < min(table_entries, MIN_TABLE_ENTRIES):
+        return BatchEncoder(message)
+    return BatchEncoder("interned", reply.granted)
+
+
+def _ask(
+    sock: socket.socket, decoder: protocol.MessageDecoder, request: protocol.Message
+) -> protocol.Message | protocol._Sentinel:
+    """Send a request and read its reply; raise for an error reply (see handshake)."""
+    send_failed: OSError | None = None
+    try:
+        sock.sendall(protocol.encode(request))
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        send_failed = exc  # the daemon may have said why before it closed: read it
+    while True:
+        try:
+            reply = decoder.next_message()
+        except ProtocolError as exc:
+            raise OSError(f"trackerd answered garbage ({exc.code})") from None
+        if reply is protocol.NEED_DATA:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                if send_failed is not None:
+                    raise send_failed from None
+                raise
+            decoder.receive_data(data)
+            continue
+        if isinstance(reply, protocol.Error) and reply.code == protocol.ERR_UNKNOWN_TYPE:
+            raise OlderDaemon
+        if isinstance(reply, protocol.Error):
+            raise Refused(reply.code)
+        if send_failed is not None:
+            raise send_failed
+        return reply
+
+
+def _records_in_frame(frame: bytes) -> int:
+    """The records a columns or record frame holds (rare: see BatchEncoder.encode)."""
+    message = protocol.decode_body(frame[protocol.HEADER_SIZE :])
+    if isinstance(message, protocol.RecordColumns):
+        return len(message.conn_ips)
+    assert isinstance(message, protocol.Record)
+    return len(message.pairs)
