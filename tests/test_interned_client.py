@@ -12,7 +12,9 @@ import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from servertracker import Client
+import pytest
+
+from servertracker import Client, batch_encoder
 from servertracker.batch_encoder import BatchEncoder
 from servertracker.status import Status
 from tests.conftest import Daemon, wait_for
@@ -226,3 +228,17 @@ def test_a_failed_write_keeps_the_records_of_the_frames_not_written_whole(
     assert client.stats().sent == first_records
     assert list(zip(*client._batch, strict=True)) == pairs[first_records:]
     assert client._out_count == len(pairs) - first_records and client._out == b""
+
+
+def test_tables_started_afresh_still_count_exactly(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection's tables start afresh every TABLE_LIFETIME (fleet epochs): ids
+    are then defined again, and nothing counts twice or as another value."""
+    monkeypatch.setattr(batch_encoder, "TABLE_LIFETIME", 0.0)  # afresh at every batch
+    pairs = [(f"10.3.0.{i % 40}", f"<u@d{i % 30}.example>") for i in range(2000)]
+    client = send(daemon, pairs, batch_size=50)
+    assert client.stats().message == "interned"
+    assert counts_after(daemon, len(pairs)) == (40, 30, 0, 2000, 0, 0)
+    assert protocol_errors(daemon) == 0
+    client.close()

@@ -2,8 +2,11 @@
 
 ``Client.record_server()`` only appends to a bounded in-memory queue: it never
 blocks and never raises. A background thread batches the queue into record
-frames and writes them to trackerd, reconnecting with backoff whenever the
+frames (batch_encoder.py: `interned`, `columns` or `record`, as the daemon
+takes them) and writes them to trackerd, reconnecting with backoff whenever the
 daemon is down or restarts. Past the bound, records are dropped and counted.
+A batch is written whole or, after a failed write, the records of its frames
+not written whole are encoded again for the next connection.
 
 Fork safety: ``os.register_at_fork`` resets a child's copy of every client, so
 records queued in the parent are sent once (by the parent), the child never
@@ -118,10 +121,11 @@ class Client:
         """``socket_path`` defaults to trackerd's, resolved as the daemon does.
 
         ``table_entries``: the ids to ask for in each of the connection's two
-        value tables (0 to 1,048,576; 0 sends no interned messages). Each id
-        takes about 100 bytes in this process once used (a dict entry and a
-        slot), so the default costs up to about 26 MB at 131,072 distinct
-        connection IPs and as many sender domains.
+        value tables (0 to 1,048,576; 0 sends no interned messages, and so does
+        an interpreter whose hash() is not secret: value_tables.hash_is_secret).
+        Each id takes about 115 bytes in this process once used (a dict entry,
+        two ints, a slot), so the default costs up to about 30 MB at 131,072
+        distinct connection IPs and as many sender domains.
         """
         if not 0 <= table_entries <= protocol.MAX_INTERN_ENTRIES:
             raise ValueError(f"table_entries must be from 0 to {protocol.MAX_INTERN_ENTRIES}")
