@@ -10,7 +10,8 @@ from pathlib import Path
 from servertracker import protocol
 from tests.conftest import Daemon
 from tests.test_interned_daemon import NIL, Peer, refs
-from trackerd.edges.msgpack_server import FIRST_SLICE, MAX_SLICE, MIN_SLICE
+from trackerd.core.value_table import DEFAULT_MAX_INTERNED_ENTRIES
+from trackerd.edges.msgpack_server import FIRST_SLICE, GRANT_SHARE, MAX_SLICE, MIN_SLICE
 
 #: Wraps Tracker.define_into in the daemon: one line per call, what it was handed
 #: and what it did.
@@ -58,3 +59,17 @@ def test_definitions_are_handed_to_slices_as_columns_pairs_are(
             assert handed <= min(bound, count - first), (number, calls[number - 1], calls[number])
         at += done
     assert at == count
+
+
+def test_a_few_connections_cannot_take_the_whole_budget(daemon: Daemon) -> None:
+    """At the default budget, connections asking for the most (2^20 ids) are granted
+    1/GRANT_SHARE of it each: GRANT_SHARE of them take it all, not four."""
+    cap = DEFAULT_MAX_INTERNED_ENTRIES // (2 * GRANT_SHARE)
+    assert cap < protocol.MAX_INTERN_ENTRIES
+    peers = [Peer(daemon) for _ in range(GRANT_SHARE + 1)]
+    try:
+        grants = [peer.intern(protocol.MAX_INTERN_ENTRIES) for peer in peers]
+        assert grants == [cap] * GRANT_SHARE + [0]
+    finally:
+        for peer in peers:
+            peer.close()

@@ -91,6 +91,11 @@ TEXT_BUFFERS_FULL = "server buffers full"
 #: The largest --max-interned-entries: 2^30 entries could cost 21 GiB of address space
 #: (value_table.BYTES_PER_ENTRY), mapped only where ids are defined.
 MAX_INTERNED_BUDGET = 1 << 30
+#: One connection is charged at most 1/GRANT_SHARE of --max-interned-entries (a
+#: grant of n ids charges 2n): a handful of peers asking for the most (2^20 ids)
+#: cannot take the whole budget, it takes GRANT_SHARE of them. At the default
+#: budget a grant is at most 262,144 ids: twice a worker's default request.
+GRANT_SHARE = 16
 
 
 class Interned:
@@ -128,7 +133,8 @@ class TrackerServer(StreamServer):
             help=(
                 "value-table entries granted to all connections together for the "
                 "'interned' message (two tables of the size granted each; at most 21 "
-                "bytes an entry, mapped only when used; 0 turns tables off) "
+                "bytes an entry, mapped only when used; one connection gets at most "
+                f"1/{GRANT_SHARE}; 0 turns tables off) "
                 "(default: %(default)s)"
             ),
         )
@@ -153,6 +159,8 @@ class TrackerServer(StreamServer):
         self._tracker = tracker
         #: Interned table entries not granted (a grant of n ids charges 2n).
         self.interned_left = max_interned
+        #: The most ids one connection is granted in each table (GRANT_SHARE).
+        self.grant_cap = max_interned // (2 * GRANT_SHARE)
         self._writer = writer
         self._max_message_size = max_message_size
         self._buffered_total = 0
@@ -270,11 +278,12 @@ class TrackerServer(StreamServer):
                 await anyio.lowlevel.checkpoint()
 
     def _grant(self, interned: Interned, entries: int) -> protocol.InternReply:
-        """Grant what is left of the budget, at most entries ids in each table."""
+        """Grant what is left of the budget, at most entries ids in each table and
+        at most grant_cap (GRANT_SHARE)."""
         if interned.asked:
             raise ProtocolError(protocol.ERR_BAD_MESSAGE, protocol.TEXT_SECOND_INTERN)
         interned.asked = True
-        granted = min(entries, self.interned_left // 2)
+        granted = min(entries, self.interned_left // 2, self.grant_cap)
         if granted:
             interned.tables = self._tracker.value_tables(granted)
             self.interned_left -= interned.charged
