@@ -7,8 +7,11 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from servertracker import protocol
-from tests.conftest import Daemon
+import pytest
+
+from servertracker import Client, batch_encoder, protocol
+from servertracker.batch_encoder import DEFAULT_TABLE_ENTRIES
+from tests.conftest import Daemon, wait_for
 from tests.test_interned_daemon import NIL, Peer, refs
 from trackerd.core.value_table import DEFAULT_MAX_INTERNED_ENTRIES
 from trackerd.edges.msgpack_server import FIRST_SLICE, GRANT_SHARE, MAX_SLICE, MIN_SLICE
@@ -73,3 +76,47 @@ def test_a_few_connections_cannot_take_the_whole_budget(daemon: Daemon) -> None:
     finally:
         for peer in peers:
             peer.close()
+
+
+@pytest.mark.parametrize("case", ["declined", "none left"])
+def test_a_worker_granted_less_than_it_asked_asks_again_and_loses_nothing(
+    make_daemon: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """Peers hold the budget: all but 2,000 entries of it, so that a worker asking
+    for its default tables is granted 1,000 ids and declines them, or all of it, so
+    that one asking for 500 is granted none. Either sends columns. Once the peers
+    close, its next batch goes on a new connection that asks again and gets tables;
+    every record counts once."""
+    budget = 262_144  # at most 8,192 ids a connection
+    cap = budget // (2 * GRANT_SHARE)
+    left = 1000 if case == "declined" else 0
+    daemon = make_daemon(extra_args=["--max-interned-entries", str(budget)]).start()
+    peers = [Peer(daemon) for _ in range(GRANT_SHARE)]
+    grants = [peer.intern(cap) for peer in peers[:-1]]
+    grants.append(peers[-1].intern(cap - left))
+    assert grants == [cap] * (GRANT_SHARE - 1) + [cap - left]
+    pairs = [(f"10.3.0.{i % 40}", f"<u@d{i % 30}.example>") for i in range(2000)]
+    asked = DEFAULT_TABLE_ENTRIES if case == "declined" else 500
+    client = Client(daemon.socket_path, batch_size=50, table_entries=asked)
+    try:
+        assert client.record_many(pairs[:1000]) == 1000
+        assert client.flush(30)
+        assert (client.stats().message, client.stats().table_entries) == ("columns", 0)
+        for peer in peers:
+            peer.close()
+
+        def budget_back() -> bool:
+            with Peer(daemon) as probe:
+                return probe.intern(cap) == cap
+
+        wait_for(budget_back, 30, "the peers' entries to return")
+        monkeypatch.setattr(batch_encoder, "ASK_AGAIN", 0.0)
+        assert client.record_many(pairs[1000:]) == 1000
+        assert client.flush(30)
+        granted = min(asked, cap)
+        assert (client.stats().message, client.stats().table_entries) == ("interned", granted)
+        status = wait_for(lambda: (s := daemon.status()).records >= 2000 and s, 30, "records")
+        assert (status.records, status.unique_conn_ips, status.unique_domains) == (2000, 40, 30)
+        assert client.stats().dropped == 0
+    finally:
+        client.close()

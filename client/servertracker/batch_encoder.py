@@ -34,6 +34,12 @@ MIN_TABLE_ENTRIES: Final = 4096
 #: day): a reference to a value defined two epochs back counts everywhere but in
 #: the fleet sketch (docs/protocol.md, "interned").
 TABLE_LIFETIME: Final = 3600.0
+#: A connection granted no ids though it asked (the daemon's budget was spent, or
+#: the grant was declined) asks again, on a new connection, this often: the budget
+#: comes back as other connections close. One granted some, but fewer than it
+#: asked, asks again when its tables would start afresh anyway (TABLE_LIFETIME),
+#: so asking costs it no table.
+ASK_AGAIN: Final = 60.0
 #: Numbering a column for longer than this (seconds) holds the GIL long enough
 #: that the flusher pauses before the next (docs/performance.md: a record_server()
 #: call waits for the GIL as long as the flusher holds it).
@@ -43,12 +49,24 @@ LONG_HOLD: Final = 0.0002
 class BatchEncoder:
     """The frames for a batch on one connection, in the message it takes."""
 
-    def __init__(self, message: str, table_entries: int = 0) -> None:
+    def __init__(self, message: str, table_entries: int = 0, asked: int = 0) -> None:
         #: "interned", "columns" or "record".
         self.message = message
         self.table_entries = table_entries
+        #: The ids asked for in each table, from a daemon that lists "interned"
+        #: (0: none asked). Granted fewer, the connection asks again (asks_again).
+        self.asked = asked
         self._tables = ValueTables(table_entries) if message == "interned" else None
         self._born = time.monotonic()
+
+    def asks_again(self) -> bool:
+        """Whether to open a new connection, and ask for tables again, before the
+        next batch: granted fewer ids than asked, and ASK_AGAIN (none granted) or
+        TABLE_LIFETIME (some) has passed since this connection's tables began."""
+        if self.table_entries >= self.asked:
+            return False
+        wait = TABLE_LIFETIME if self.table_entries else ASK_AGAIN
+        return time.monotonic() - self._born > wait
 
     def forget(self) -> None:
         """Start the value tables afresh: later messages define ids anew."""
@@ -129,8 +147,8 @@ def handshake(sock: socket.socket, table_entries: int) -> BatchEncoder:
         # connections share, until it closes: the caller opens another instead.
         raise GrantDeclined
     if not reply.granted:
-        return BatchEncoder(message)
-    return BatchEncoder("interned", reply.granted)
+        return BatchEncoder(message, asked=table_entries)
+    return BatchEncoder("interned", reply.granted, asked=table_entries)
 
 
 def _ask(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import collections
 import itertools
+import logging
 import operator
 import os
 import socket
@@ -396,6 +397,12 @@ class Client:
                 self._batch = self._take_batch(self._out_count)
                 self._room.set()
             if not self._out:
+                if self._encoder is not None and self._encoder.asks_again():
+                    # Granted less than asked: ask again on a new connection. Every
+                    # frame before was written whole, and this batch is encoded for
+                    # the new connection: nothing lost, nothing counted twice.
+                    self._disconnect()
+                    self._connect(asking_again=True)
                 self._encode_batch()
             self._write_out()
             if self._senders:
@@ -482,8 +489,9 @@ class Client:
         if warning is not None:
             log.warning("%s", warning)
 
-    def _connect(self) -> None:
+    def _connect(self, asking_again: bool = False) -> None:
         table_entries = self._table_entries
+        declined = False
         while True:
             sock = self._open()
             try:
@@ -499,6 +507,7 @@ class Client:
             except GrantDeclined:
                 sock.close()  # gives the grant back to the daemon's budget
                 table_entries = 0  # and the next connection asks for none
+                declined = True
             except Refused as exc:
                 # Refused by the daemon itself (say, its allow-lists): as worth a
                 # warning as a connect() the kernel refused.
@@ -508,6 +517,8 @@ class Client:
             except BaseException:
                 sock.close()
                 raise
+        if declined:
+            encoder.asked = self._table_entries  # and asks again later (asks_again)
         self._sock = sock
         # A new connection's tables start empty: a batch not yet written whole is
         # encoded afresh for it (_keep_unwritten).
@@ -516,7 +527,9 @@ class Client:
         self._connects += 1
         if self._unreachable.succeeded() or self._connects > 1:
             again = "reconnected" if self._connects > 1 else "connected"
-            log.info("%s to trackerd at %s", again, self.socket_path)
+            # Asking again for tables (each ASK_AGAIN at most) is routine, not news.
+            level = logging.DEBUG if asking_again else logging.INFO
+            log.log(level, "%s to trackerd at %s", again, self.socket_path)
 
     def _disconnect(self) -> None:
         if self._sock is not None:
