@@ -344,7 +344,7 @@ class TrackerServer(StreamServer):
                     await self.send(stream, protocol.encode(self._grant(interned, message.entries)))
                 elif isinstance(message, protocol.StatusRequest):
                     await self.send(
-                        stream, protocol.encode(protocol.StatusReply(self._writer.snapshot()))
+                        stream, protocol.encode(protocol.StatusReply(await self._writer.snapshot()))
                     )
                 elif isinstance(message, protocol.FeaturesRequest):
                     await self.send(stream, protocol.encode(self._features()))

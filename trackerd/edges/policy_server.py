@@ -43,7 +43,7 @@ from trackerd.core.policy_protocol import (
 from trackerd.core.tracker import Tracker
 from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
 from trackerd.edges.endpoint import ListenerSettings
-from trackerd.edges.policy_loop import Handover, Pair, PolicyLoop
+from trackerd.edges.policy_loop import Handover, PolicyLoop
 from trackerd.edges.session import Session, log_failure
 from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
@@ -113,8 +113,8 @@ class PolicyServer(StreamServer):
 
     def _policy_loop(self) -> PolicyLoop:
         if self._loop is None:
-            handover = Handover(asyncio.get_running_loop(), self._record_pairs)
-            self._writer.before_snapshot.append(handover.flush)
+            handover = Handover(asyncio.get_running_loop(), self._record_columns)
+            self._writer.before_snapshot.append(handover.settle)
             self._handover = handover
             self._loop = PolicyLoop(self, handover)
             self._loop.start()
@@ -164,10 +164,14 @@ class PolicyServer(StreamServer):
                 with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
                     await asyncio.shield(closed)
 
-    def _record_pairs(self, pairs: Sequence[Pair]) -> None:
-        """The event loop's: count what the policy thread handed over."""
-        self._tracker.record_pairs(pairs)
+    def _record_columns(
+        self, conn_ips: Sequence[str | None], senders: Sequence[str | None], deadline: float
+    ) -> int:
+        """The event loop's: count what the policy thread handed over, until the
+        deadline (Tracker.record_columns); how many pairs were counted."""
+        done = self._tracker.record_columns(conn_ips, senders, deadline)
         self._writer.notify_changed()
+        return done
 
     def record(self, request: dict[str, str], recent: collections.deque[str]) -> None:
         """The policy thread's: record a request (hand it to the event loop), unless
