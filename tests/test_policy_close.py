@@ -20,7 +20,7 @@ from pathlib import Path
 from servertracker import read_status_file
 from tests.conftest import Daemon, send_until_closed, wait_for
 from tests.test_policy_transport import connect, read_replies, request, start
-from trackerd.core.policy_protocol import DUNNO_RESPONSE, PolicyProtocolError
+from trackerd.core.policy_protocol import DUNNO_RESPONSE, PolicyProtocolError, Request
 from trackerd.edges import policy_server
 
 #: More replies than a Unix socket's buffers take (about 208 KiB): the daemon pauses.
@@ -280,8 +280,8 @@ class CountingServer:
     def __init__(self) -> None:
         self.recorded: list[str | None] = []
 
-    def record(self, request: dict[str, str], recent: collections.deque[str]) -> None:
-        self.recorded.append(request.get("client_address"))
+    def record(self, request: Request, recent: collections.deque[str]) -> None:
+        self.recorded.append(request[0])  # client_address
 
     def protocol_error(self, exc: PolicyProtocolError) -> None:
         raise AssertionError("no malformed request was sent")

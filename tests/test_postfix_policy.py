@@ -18,8 +18,10 @@ from trackerd.core.policy_protocol import (
     MAX_LINE,
     MAX_REQUEST,
     NEED_DATA,
+    USED_ATTRIBUTES,
     PolicyDecoder,
     PolicyProtocolError,
+    Request,
 )
 
 REQUEST = (
@@ -30,6 +32,12 @@ REQUEST = (
 )
 
 
+def as_dict(request: Request) -> dict[str, str]:
+    """A request's values by name, the absent ones left out."""
+    pairs = zip(USED_ATTRIBUTES, request, strict=True)
+    return {name: value for name, value in pairs if value is not None}
+
+
 def parse_all(data: bytes, chunk: int | None = None) -> list[dict[str, str]]:
     decoder = PolicyDecoder()
     requests = []
@@ -37,8 +45,8 @@ def parse_all(data: bytes, chunk: int | None = None) -> list[dict[str, str]]:
     for start in range(0, len(data), step):
         decoder.receive_data(data[start : start + step])
         while (request := decoder.next_request()) is not NEED_DATA:
-            assert isinstance(request, dict)
-            requests.append(request)
+            assert isinstance(request, tuple)
+            requests.append(as_dict(request))
     return requests
 
 
@@ -127,7 +135,7 @@ def test_closed_mid_request_and_closed_cleanly() -> None:
         decoder.next_request()
     clean = PolicyDecoder()
     clean.receive_data(REQUEST)
-    assert isinstance(clean.next_request(), dict)
+    assert clean.next_request() == ("192.0.2.1", "user@example.com", "123.4567.1")
     clean.receive_data(b"")
     assert clean.next_request() is NEED_DATA and clean.closed_cleanly
 
@@ -241,6 +249,31 @@ def test_malformed_request_closes_without_a_reply(
         sock.settimeout(10)
         sock.connect(str(path))
         assert ask(sock, policy_request("192.0.2.1", "a@b.example", "i9")) == DUNNO_RESPONSE
+
+
+def test_each_malformed_request_is_counted_once(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    # docs/postfix.md: every one is counted in protocol_errors, under policy. (The
+    # connection's close used to parse what it held again, and count it twice.)
+    daemon, path = policy_daemon(make_daemon, short_tmp)
+    malformed = [
+        b"no equals sign\n\n",  # one read: the decoder's short way
+        b"sender=a@b.example\n=value\n\n",
+        b"sender=" + b"x" * (MAX_LINE + 10),  # too long before its end
+        policy_request("192.0.2.1", "a@b.example", "i1") + b"bad line\n\n",  # after a good one
+    ]
+    for data in malformed:
+        with connect_policy(path) as sock:
+            sock.sendall(data)
+            replies = b""
+            while chunk := sock.recv(100):  # closed after the good one's answer, if any
+                replies += chunk
+            assert replies in (b"", DUNNO_RESPONSE)
+    health = daemon.status().health
+    assert health is not None
+    assert health.protocol_errors == {"policy": len(malformed)}
+    assert daemon.status().records == 1
 
 
 def test_policy_listener_is_off_by_default(daemon: Daemon) -> None:

@@ -181,7 +181,7 @@ def test_the_policy_decoder_copies_reads_and_overwrites_a_buffer_it_outgrows() -
     request = f"request=smtpd_access_policy\nsender=u@{MARKER}\nrecipient=r@{MARKER}\n\n"
     seen = _fed_like_the_server(decoder.receive_data, request.encode() * 3, lambda: decoder._buffer)
     assert len(seen) > 1
-    assert [decoder.next_request() for _ in range(3)] == [{"sender": f"u@{MARKER}"}] * 3
+    assert [decoder.next_request() for _ in range(3)] == [(None, f"u@{MARKER}", None)] * 3
     assert decoder.next_request() is NEED_DATA
     assert all(MARKER.encode() not in bytes(buffer) for buffer in seen)
 

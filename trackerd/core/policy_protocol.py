@@ -12,13 +12,13 @@ which the connection must be closed without a reply. Pure, no I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Final
 
 from servertracker.protocol import append_received, emptied_buffer
 from trackerd.errors import PolicyProtocolError
 
-__all__ = ["DUNNO_RESPONSE", "NEED_DATA", "PolicyDecoder", "PolicyProtocolError"]
+__all__ = ["DUNNO_RESPONSE", "NEED_DATA", "PolicyDecoder", "PolicyProtocolError", "Request"]
 
 #: Longest request line, and most lines and bytes in one request. Postfix's own
 #: requests are a few dozen short lines.
@@ -27,11 +27,15 @@ MAX_ATTRIBUTES: Final = 256
 MAX_REQUEST: Final = 64 * 1024
 
 #: The attributes trackerd reads (docs/postfix.md): what it records, and the id of
-#: the message, so that a message with several recipients is recorded once.
+#: the message, so that a message with several recipients is recorded once. In
+#: this order next_request() gives their values.
 CLIENT_ADDRESS: Final = "client_address"
 SENDER: Final = "sender"
 INSTANCE: Final = "instance"
-USED_ATTRIBUTES: Final = frozenset({CLIENT_ADDRESS, SENDER, INSTANCE})
+USED_ATTRIBUTES: Final = (CLIENT_ADDRESS, SENDER, INSTANCE)
+
+#: A request's kept values, in the order of the decoder's ``keep``; None: absent.
+Request = tuple[str | None, ...]
 
 #: What trackerd always answers: no opinion, so Postfix goes on with its rules.
 DUNNO_RESPONSE: Final = b"action=DUNNO\n\n"
@@ -48,28 +52,40 @@ NEED_DATA: Final = _NeedData()
 #: A line that is not name=value, after the newline before it: one that begins
 #: with "=", or has no "=" at all (possessive: no backtracking).
 _BAD_LINE: Final = re.compile(rb"\n(?:=|[^=\n]*+\n)")
+#: A line that begins with "=" (unless it is the first), in a request checked
+#: whole: sre finds a literal faster than bytearray.find() does.
+_LINE_BEGINS_WITH_EQUALS: Final = re.compile(rb"\n=")
 #: A line longer than MAX_LINE, at the start of one.
 _LONG_LINE: Final = re.compile(rb"^[^\n]{%d}" % (MAX_LINE + 1), re.MULTILINE)
-_ZEROS: Final = bytes(MAX_REQUEST + 2)
+#: Overwrites a request (its lines, "\r\n" and all): sliced, never copied.
+_ZEROS: Final = memoryview(bytes(MAX_REQUEST + 2))
 #: Every byte but newline and "=": deleted, what is left of a request is its shape,
 #: which holds nothing a peer said.
 _NOT_SHAPE: Final = bytes(byte for byte in range(256) if byte not in b"\n=")
+#: The longest shape whose lines are surely few enough: each line of a request's
+#: shape is at least "=\n", and the empty line that ends it "\n".
+_MAX_SHAPE: Final = 2 * MAX_ATTRIBUTES + 1
 
 
 class PolicyDecoder:
     """Incremental parser for one connection's requests; keeps only the ``keep`` attributes.
 
     The lines of a request stay in the decoder's own buffer until its empty line
-    arrives; then the whole request is checked and its kept attributes found with
-    bytearray searches and a regular expression, in C: no Python code runs per
-    line (at a few dozen lines a request, that was most of a request's cost).
-    Then the request's bytes are overwritten.
+    arrives; then the whole request is checked and its kept values found with a
+    few bytearray methods, in C: no Python code runs per line. A read that is one
+    whole request, as smtpd sends them, takes the short way: the read gets a
+    buffer of its own size (receive_data), checked in three scans (next_request).
+    Other reads (a request in pieces, several at once) take the general way
+    (_next_request). Then the request's bytes are overwritten; after a malformed
+    one, all the decoder holds, and it parses nothing more.
     """
 
-    def __init__(self, keep: Iterable[str] = USED_ATTRIBUTES) -> None:
-        #: (name, b"name=", b"\nname=") of each attribute kept.
+    def __init__(self, keep: Sequence[str] = USED_ATTRIBUTES) -> None:
+        #: (b"\nname=", its length, b"name=") of each attribute kept, in the order
+        #: of the values.
         self._keep = tuple(
-            (name, f"{name}=".encode("ascii"), f"\n{name}=".encode("ascii")) for name in keep
+            (f"\n{name}=".encode("ascii"), len(name) + 2, f"{name}=".encode("ascii"))
+            for name in keep
         )
         # Received bytes not yet parsed are _buffer[_start:_end]; the rest is zeros:
         # each request is overwritten once parsed (docs/threat-model.md).
@@ -81,6 +97,8 @@ class PolicyDecoder:
         self._checked = 0
         self._lines = 0
         self._eof = False
+        # A malformed request was found: the connection is done.
+        self._failed = False
         #: Requests returned so far; with in_progress, tells when a new one began.
         self.requests = 0
 
@@ -89,6 +107,15 @@ class PolicyDecoder:
         peer closed the connection."""
         if not data:
             self._eof = True
+            return
+        if self._start == self._end:
+            if self._failed:
+                return  # never parsed, so never kept
+            # Nothing held (the buffer is zeros): a buffer of the read's own size, so
+            # that checking a whole request scans nothing else.
+            self._buffer = buffer = bytearray(data)
+            self._start = self._checked = 0
+            self._end = len(buffer)
             return
         start = self._start
         self._buffer, self._start, self._end = append_received(
@@ -104,37 +131,74 @@ class PolicyDecoder:
     @property
     def closed_cleanly(self) -> bool:
         """True once the peer has closed between two requests."""
-        return self._eof and self._end == self._start
+        return self._eof and self._end == self._start and not self._failed
 
     def clear(self) -> None:
         """Overwrite what is left of an unfinished request (the connection is closing)."""
-        self._buffer[self._start : self._end] = bytes(self._end - self._start)
+        self._buffer[self._start : self._end] = _ZEROS[: self._end - self._start]
         self._buffer, self._start, self._end = emptied_buffer(self._buffer)
         self._checked = self._lines = 0
 
-    def next_request(self) -> dict[str, str] | _NeedData:
-        """The next complete request's attributes, or NEED_DATA."""
-        buffer, start, end, checked = self._buffer, self._start, self._end, self._checked
-        if start == end:
+    def next_request(self) -> Request | _NeedData:
+        """The next complete request's kept values (None for one it lacks), or
+        NEED_DATA. After a PolicyProtocolError, NEED_DATA for good."""
+        buffer, end = self._buffer, self._end
+        if self._start == end:
             return NEED_DATA  # nothing received since the last request (or closed cleanly)
-        if checked == start and self._whole_request_fine():
-            request_end = end
-            lines_end = end - (2 if buffer[end - 2] == 0x0D else 1)
-        else:
-            # The first empty line ends the request: "\n\n", or "\n\r\n" (CRLF is
-            # tolerated). The search begins at the newline that ends the last line checked.
-            search_from = checked - 1 if checked > start else start
-            empty = buffer.find(b"\n\n", search_from, end)
-            crlf = buffer.find(b"\n\r\n", search_from, end if empty < 0 else empty + 2)
-            if crlf >= 0:
-                empty, request_end = crlf, crlf + 3
-            else:
-                request_end = empty + 2
-            lines_end = self._check(empty)
-            if lines_end < 0:
-                return NEED_DATA
+        # The usual case, checked in three scans: the buffer is one read, not looked
+        # at yet, of at most MAX_LINE bytes (so neither a line nor the request is too
+        # long), that ends with "\n\n" or "\n\r\n". (Indexing costs less than a call.)
+        if (
+            end == len(buffer)
+            and not self._checked
+            and 3 < end <= MAX_LINE
+            and buffer[-1] == 0x0A
+            and (buffer[-2] == 0x0A or (buffer[-2] == 0x0D and buffer[-3] == 0x0A))
+        ):
+            # Deleting all else leaves "=...=\n" of a line with an "=" in it, "\n" of
+            # one without: only the last, the empty line that ends the request, may
+            # have none (and, that being so, the read is one request). Each line before
+            # it adds 2 bytes at least, so a short shape has few enough lines.
+            shape = buffer.translate(None, _NOT_SHAPE)
+            size = len(shape)
+            if (
+                shape[0] == 0x3D  # "="
+                and size <= _MAX_SHAPE
+                and shape.find(b"\n\n") == size - 2
+                and buffer[0] != 0x3D
+                and _LINE_BEGINS_WITH_EQUALS.search(buffer) is None
+            ):
+                try:
+                    request = self._values(0, end)
+                finally:
+                    buffer[:] = _ZEROS[:end]  # parsed: overwritten; the next read replaces it
+                    self._end = 0
+                self.requests += 1
+                return request
         try:
-            request = self._attributes(start, lines_end)
+            return self._next_request()
+        except PolicyProtocolError:
+            self._failed = True
+            self.clear()  # the rest, from a peer that sent garbage, is never parsed
+            raise
+
+    def _next_request(self) -> Request | _NeedData:
+        """next_request() the general way: check what arrived since the last call."""
+        buffer, start, end, checked = self._buffer, self._start, self._end, self._checked
+        # The first empty line ends the request: "\n\n", or "\n\r\n" (CRLF is
+        # tolerated). The search begins at the newline that ends the last line checked.
+        search_from = checked - 1 if checked > start else start
+        empty = buffer.find(b"\n\n", search_from, end)
+        crlf = buffer.find(b"\n\r\n", search_from, end if empty < 0 else empty + 2)
+        if crlf >= 0:
+            empty, request_end = crlf, crlf + 3
+        else:
+            request_end = empty + 2
+        lines_end = self._check(empty)
+        if lines_end < 0:
+            return NEED_DATA
+        try:
+            request = self._values(start, lines_end)
         finally:
             # Parsed: overwritten, so no request outlives its answer.
             buffer[start:request_end] = _ZEROS[: request_end - start]
@@ -146,28 +210,6 @@ class PolicyDecoder:
         else:
             self._start = self._checked = request_end
         return request
-
-    def _whole_request_fine(self) -> bool:
-        """The usual case, checked at a fraction of the cost: the buffer holds one
-        whole request of at most MAX_LINE bytes and nothing else (bytes beyond it
-        are zeros), none of it checked yet. True when that is so and its lines are
-        all name=value and few enough; False says nothing (_check tells what is
-        wrong, if anything)."""
-        buffer, start, end = self._buffer, self._start, self._end
-        # Within MAX_LINE bytes no line is too long, nor the request.
-        if end - start > MAX_LINE or not buffer.endswith((b"\n\n", b"\n\r\n"), start, end):
-            return False
-        # Deleting all else leaves "=...=\n" of a line with an "=" in it, "\n" of one
-        # without: only the last, the empty line that ends the request, may have none
-        # (and, that being so, no request ends before it).
-        shape = buffer.translate(None, _NOT_SHAPE)
-        return (
-            shape[0] == 0x3D  # "="
-            and shape.find(b"\n\n") == len(shape) - 2
-            and shape.count(b"\n") <= MAX_ATTRIBUTES + 1
-            and buffer[start] != 0x3D
-            and buffer.find(b"\n=", start, end) < 0  # no line begins with "="
-        )
 
     def _check(self, empty: int) -> int:
         """Check the lines that arrived since the last check, whatever they are, and
@@ -208,25 +250,27 @@ class PolicyDecoder:
         if _BAD_LINE.search(buffer, search_from, lines_end):
             raise PolicyProtocolError("request line without name=value")
 
-    def _attributes(self, start: int, stop: int) -> dict[str, str]:
-        """The kept attributes of the checked lines buffer[start:stop]; a name given
-        twice keeps its last value. Only their values are copied out."""
+    def _values(self, start: int, stop: int) -> Request:
+        """The kept values of the checked lines buffer[start:stop]; a name given
+        twice keeps its last value. Only these values are copied out."""
         buffer = self._buffer
-        attributes: dict[str, str] = {}
-        with memoryview(buffer) as view:
-            for name, prefix, line_prefix in self._keep:
-                at = buffer.rfind(line_prefix, start, stop)
-                if at >= 0:
-                    at += 1
-                elif buffer.startswith(prefix, start):
-                    at = start
-                else:
-                    continue
-                value_start = at + len(prefix)
-                value_end = buffer.find(b"\n", value_start, stop)
-                if value_end > value_start and buffer[value_end - 1] == 0x0D:  # \r
-                    value_end -= 1
-                # Values may carry SMTPUTF8 addresses; undecodable bytes become U+FFFD,
-                # which no valid address contains, so such a sender counts as rejected.
-                attributes[name] = str(view[value_start:value_end], "utf-8", "replace")
-        return attributes
+        values: list[str | None] = []
+        append = values.append
+        for line_prefix, skip, prefix in self._keep:
+            at = buffer.rfind(line_prefix, start, stop)
+            if at >= 0:
+                at += skip
+            elif buffer.startswith(prefix, start):
+                at = start + skip - 1
+            else:
+                append(None)
+                continue
+            value_end = buffer.find(b"\n", at, stop)
+            if buffer[value_end - 1] == 0x0D and value_end > at:  # "\r"
+                value_end -= 1
+            # Values may carry SMTPUTF8 addresses; undecodable bytes become U+FFFD,
+            # which no valid address contains, so such a sender counts as rejected.
+            # (A slice decodes in a third of a memoryview's time; the copy is of a
+            # value kept, and freed at once.)
+            append(buffer[at:value_end].decode("utf-8", "replace"))
+        return tuple(values)

@@ -32,13 +32,11 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
 from servertracker.error_codes import POLICY_ERROR
 from trackerd.core.policy_protocol import (
-    CLIENT_ADDRESS,
     DUNNO_RESPONSE,
-    INSTANCE,
     NEED_DATA,
-    SENDER,
     PolicyDecoder,
     PolicyProtocolError,
+    Request,
 )
 from trackerd.core.tracker import Tracker
 from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
@@ -173,17 +171,17 @@ class PolicyServer(StreamServer):
         self._writer.notify_changed()
         return done
 
-    def record(self, request: dict[str, str], recent: collections.deque[str]) -> None:
+    def record(self, request: Request, recent: collections.deque[str]) -> None:
         """The policy thread's: record a request (hand it to the event loop), unless
         it is another recipient of a message recorded already."""
         self.requests += 1
-        instance = request.get(INSTANCE)
+        client_address, sender, instance = request  # the decoder's USED_ATTRIBUTES
         if instance:
             if instance in recent:
                 return
             recent.append(instance)
         assert self._handover is not None
-        self._handover.put(request.get(CLIENT_ADDRESS), request.get(SENDER))
+        self._handover.put(client_address, sender)
 
     def protocol_error(self, exc: PolicyProtocolError) -> None:
         self.count_protocol_error(POLICY_ERROR)
@@ -228,7 +226,7 @@ class PolicySession(Session):
         held = 0
         try:
             while (request := self._decoder.next_request()) is not NEED_DATA:
-                assert isinstance(request, dict)
+                assert isinstance(request, tuple)
                 self._server.record(request, self._recent)
                 held += 1
         except PolicyProtocolError as exc:
@@ -252,7 +250,7 @@ class PolicySession(Session):
             for _ in range(REQUESTS_PER_TURN):
                 if self.paused or (request := next_request()) is NEED_DATA:
                     return True
-                assert isinstance(request, dict)
+                assert isinstance(request, tuple)
                 record(request, recent)
                 write(DUNNO_RESPONSE)  # may pause
         except PolicyProtocolError as exc:
