@@ -15,8 +15,9 @@ outside the timed span), to explain the calls over ``--slow-us``: "preempted"
 voluntary switch: the thread blocked, on the interpreter lock or another lock),
 "page fault", or none of these. With the daemon up, the flusher thread's
 interpreter-lock holds are timed too: from taking a batch off the queue to the
-send() that lets go of the lock (an instrumented subclass; two clock reads a
-batch), and each slow call is checked for overlap with one.
+send() that lets go of the lock, or to the pause between the two columns of a
+slow `interned` batch (an instrumented subclass; two clock reads a hold), and
+each slow call is checked for overlap with one.
 """
 
 from __future__ import annotations
@@ -63,12 +64,25 @@ class TimedClient(Client):
         return super()._take_batch(size)
 
     def _write_out(self) -> None:
+        self._end_hold()
+        super()._write_out()
+
+    def _pause(self) -> None:
+        # The flusher pauses without the lock between the columns of a slow
+        # interned batch too: a hold ends there, and another starts after.
+        holding = self._hold_start != 0
+        self._end_hold()
+        super()._pause()
+        if holding:
+            self._switches = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+            self._hold_start = _clock()
+
+    def _end_hold(self) -> None:
         if self._hold_start:
             end = _clock()
             switches = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
             self.holds.append((self._hold_start, end, switches > self._switches))
             self._hold_start = 0
-        super()._write_out()
 
 
 def _values(calls: int) -> list[str]:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trackerd.core import normalise
 from trackerd.core.normalise import Category, classify_domain_part, plain_domains
 
 TRICKY_PARTS = [
@@ -160,3 +161,27 @@ def test_random_batches_agree_with_the_exact_path(parts: list[str]) -> None:
 )
 def test_label_and_name_lengths_agree_with_the_exact_path(part: str) -> None:
     check([part, part + ".", part.upper()])
+
+
+SHORT_NAMES = st.text(alphabet="aZ9-_.", min_size=1, max_size=8)
+
+
+@settings(max_examples=3000, derandomize=True, deadline=None)
+@given(st.lists(st.one_of(SHORT_NAMES, st.sampled_from(TRICKY_PARTS)), min_size=1, max_size=6))
+def test_batches_of_short_names_agree_with_the_exact_path(parts: list[str]) -> None:
+    # Mostly short names from few characters: often a whole batch is plain, and
+    # taken whole (_short_plain_names), else one near miss sends it to the pattern.
+    check(parts)
+
+
+def test_a_batch_of_short_plain_names_is_taken_whole() -> None:
+    parts = ["Mail7.Example.COM.", "mail_relay.example.de", "a-b.c_d.e", "x.1a"]
+    assert normalise._short_plain_names(parts, "\n".join(parts)) == [
+        b"mail7.example.com",
+        b"mail_relay.example.de",
+        b"a-b.c_d.e",
+        b"x.1a",
+    ]
+    for odd in ("a..", "-a.b", "a-.b", "a.b-", ".a", "a.1", "xn--a.b", "a b", "", "a" * 64):
+        both = [*parts, odd]
+        assert normalise._short_plain_names(both, "\n".join(both)) is None, odd

@@ -12,7 +12,9 @@ import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from servertracker import Client
+import pytest
+
+from servertracker import Client, batch_encoder
 from servertracker.batch_encoder import BatchEncoder
 from servertracker.status import Status
 from tests.conftest import Daemon, wait_for
@@ -226,3 +228,34 @@ def test_a_failed_write_keeps_the_records_of_the_frames_not_written_whole(
     assert client.stats().sent == first_records
     assert list(zip(*client._batch, strict=True)) == pairs[first_records:]
     assert client._out_count == len(pairs) - first_records and client._out == b""
+
+
+def test_tables_started_afresh_still_count_exactly(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection's tables start afresh every TABLE_LIFETIME (fleet epochs): ids
+    are then defined again, and nothing counts twice or as another value."""
+    monkeypatch.setattr(batch_encoder, "TABLE_LIFETIME", 0.0)  # afresh at every batch
+    pairs = [(f"10.3.0.{i % 40}", f"<u@d{i % 30}.example>") for i in range(2000)]
+    client = send(daemon, pairs, batch_size=50)
+    assert client.stats().message == "interned"
+    assert counts_after(daemon, len(pairs)) == (40, 30, 0, 2000, 0, 0)
+    assert protocol_errors(daemon) == 0
+    client.close()
+
+
+def test_a_grant_too_small_to_be_worth_it_is_declined(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """A daemon whose budget is nearly spent grants a few ids: a table that small
+    would redefine ids batch after batch, so the worker sends columns."""
+    # At most 1,000 ids a connection (1/16 of the budget, two tables each).
+    daemon = make_daemon(extra_args=["--max-interned-entries", "32000"]).start()
+    pairs = workload(1)
+    declined = send(daemon, pairs)  # asks 131,072, is granted 1,000
+    assert (declined.stats().message, declined.stats().table_entries) == ("columns", 0)
+    small = send(daemon, pairs, table_entries=500)  # asked for so few itself: takes them
+    assert (small.stats().message, small.stats().table_entries) == ("interned", 500)
+    assert counts_after(daemon, 2 * len(pairs))[3] == 2 * len(pairs)
+    declined.close()
+    small.close()

@@ -154,7 +154,19 @@ def test_a_batch_with_brackets_only_around_values_is_cut_as_one_by_one(
 # and now and then one that breaks the pattern.
 PART = st.text(alphabet="aZ1.-[]:", min_size=1, max_size=5)
 USUAL = st.builds("{}@{}".format, PART, PART)
-BREAKER = st.sampled_from(["a@b@c", "abc", "@b", "a@", "<a@b>", "a@b>", "<>", "a b@c"])
+BREAKERS = ["a@b@c", "abc", "@b", "a@", "<a@b>", "a@b>", "<>", "a b@c", "x<a@b>", "<a@b>x",
+            "<@b>", "<a@>", "<a@b", "a<@b>", "<a@b>>"]  # fmt: skip
+BREAKER = st.sampled_from(BREAKERS)
+
+
+@pytest.mark.parametrize("breaker", BREAKERS)
+@pytest.mark.parametrize("wrapped", [False, True])
+@pytest.mark.parametrize("at", [0, 2, 4])
+def test_one_odd_sender_in_a_uniform_batch(breaker: str, wrapped: bool, at: int) -> None:
+    usual = ["a@b.example", "c@[192.0.2.1]", None, "d@e.example", ""]
+    batch: list[str | None] = [f"<{v}>" if v and wrapped else v for v in usual]
+    batch.insert(at, breaker)
+    assert sent_senders(batch) == [sent_sender(v) if v else v for v in batch]
 
 
 @settings(max_examples=400, derandomize=True, deadline=None)

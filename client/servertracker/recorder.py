@@ -2,8 +2,11 @@
 
 ``Client.record_server()`` only appends to a bounded in-memory queue: it never
 blocks and never raises. A background thread batches the queue into record
-frames and writes them to trackerd, reconnecting with backoff whenever the
+frames (batch_encoder.py: `interned`, `columns` or `record`, as the daemon
+takes them) and writes them to trackerd, reconnecting with backoff whenever the
 daemon is down or restarts. Past the bound, records are dropped and counted.
+A batch is written whole or, after a failed write, the records of its frames
+not written whole are encoded again for the next connection.
 
 Fork safety: ``os.register_at_fork`` resets a child's copy of every client, so
 records queued in the parent are sent once (by the parent), the child never
@@ -29,7 +32,13 @@ from typing import Any
 
 from servertracker import protocol
 from servertracker._log import log
-from servertracker.batch_encoder import DEFAULT_TABLE_ENTRIES, BatchEncoder, OlderDaemon, handshake
+from servertracker.batch_encoder import (
+    DEFAULT_TABLE_ENTRIES,
+    BatchEncoder,
+    GrantDeclined,
+    OlderDaemon,
+    handshake,
+)
 from servertracker.errors import LocalProtocolError
 from servertracker.paths import resolve_socket_path
 from servertracker.reachability import DropWarning, Refused, UnreachableWarning, drop_text
@@ -118,10 +127,11 @@ class Client:
         """``socket_path`` defaults to trackerd's, resolved as the daemon does.
 
         ``table_entries``: the ids to ask for in each of the connection's two
-        value tables (0 to 1,048,576; 0 sends no interned messages). Each id
-        takes about 100 bytes in this process once used (a dict entry and a
-        slot), so the default costs up to about 26 MB at 131,072 distinct
-        connection IPs and as many sender domains.
+        value tables (0 to 1,048,576; 0 sends no interned messages, and so does
+        an interpreter whose hash() is not secret: value_tables.hash_is_secret).
+        Each id takes about 115 bytes in this process once used (a dict entry,
+        two ints, a slot), so the default costs up to about 30 MB at 131,072
+        distinct connection IPs and as many sender domains.
         """
         if not 0 <= table_entries <= protocol.MAX_INTERN_ENTRIES:
             raise ValueError(f"table_entries must be from 0 to {protocol.MAX_INTERN_ENTRIES}")
@@ -473,24 +483,31 @@ class Client:
             log.warning("%s", warning)
 
     def _connect(self) -> None:
-        sock = self._open()
-        try:
-            encoder = handshake(sock, self._table_entries)
-        except OlderDaemon:
-            # It closes a connection after an unknown message: open another, and
-            # send it the pairs that every version-1 daemon takes.
-            sock.close()
+        table_entries = self._table_entries
+        while True:
             sock = self._open()
-            encoder = BatchEncoder("record")
-        except Refused as exc:
-            # Refused by the daemon itself (say, its allow-lists): as worth a
-            # warning as a connect() the kernel refused.
-            sock.close()
-            self._failed_to_connect(exc)
-            raise
-        except BaseException:
-            sock.close()
-            raise
+            try:
+                encoder = handshake(sock, table_entries)
+                break
+            except OlderDaemon:
+                # It closes a connection after an unknown message: open another, and
+                # send it the pairs that every version-1 daemon takes.
+                sock.close()
+                sock = self._open()
+                encoder = BatchEncoder("record")
+                break
+            except GrantDeclined:
+                sock.close()  # gives the grant back to the daemon's budget
+                table_entries = 0  # and the next connection asks for none
+            except Refused as exc:
+                # Refused by the daemon itself (say, its allow-lists): as worth a
+                # warning as a connect() the kernel refused.
+                sock.close()
+                self._failed_to_connect(exc)
+                raise
+            except BaseException:
+                sock.close()
+                raise
         self._sock = sock
         # A new connection's tables start empty: a batch not yet written whole is
         # encoded afresh for it (_keep_unwritten).

@@ -184,29 +184,34 @@ def sent_senders(values: list[str | None]) -> list[str | None]:
     return sent
 
 
-#: Every byte but "@" and the line break: what bytes.translate() deletes to leave
-#: the separators of a batch, "@\n@\n...@" when each sender holds exactly one "@".
-_NOT_SEPARATORS: Final = bytes(byte for byte in range(256) if byte not in b"@\n")
+#: Every byte but the angle brackets, "@" and the line break: what bytes.translate()
+#: deletes to leave a batch's skeleton, "@\n@\n...@" when each sender holds one
+#: "@", "<@>\n<@>\n...<@>" when each is also wrapped in one pair of brackets.
+_NOT_SKELETON: Final = bytes(byte for byte in range(256) if byte not in b"<>@\n")
 
 
 def _cut_uniform(joined: str, count: int) -> list[str] | None:
     """The domain parts of ``count`` senders joined by line breaks (ASCII, no other
     space, none empty), if every one is ``local@domain`` or every one is
     ``<local@domain>``; None otherwise."""
-    opens = joined.count("<")
-    if opens or ">" in joined:
-        if not (
-            opens == count == joined.count(">")
-            and opens == joined.count("\n<") + (joined[0] == "<")  # each "<" opens a sender
-            and opens == joined.count(">\n") + (joined[-1] == ">")  # each ">" closes one
+    skeleton = joined.encode("ascii").translate(None, _NOT_SKELETON)
+    if skeleton[:1] == b"<":
+        if (
+            skeleton != b"<@>\n" * (count - 1) + b"<@>"
+            or joined[0] != "<"  # each "<" opens a sender, each ">" closes one
+            or joined[-1] != ">"
+            or joined.count("\n<") != count - 1
+            or joined.count(">\n") != count - 1
         ):
             return None
-        joined = joined.replace("<", "").replace(">", "")
-    separators = joined.encode("ascii").translate(None, _NOT_SEPARATORS)
-    if separators != b"@\n" * (count - 1) + b"@":
-        return None  # a sender without "@", or with more than one
-    parts = joined.replace("\n", "@").split("@")
-    if "" in parts:
+        parts = joined.replace(">", "").replace("\n", "@").split("@")
+        empty = "<"  # a local part of "<" alone
+    elif skeleton == b"@\n" * (count - 1) + b"@":
+        parts = joined.replace("\n", "@").split("@")
+        empty = ""
+    else:
+        return None  # a sender without "@", with more than one, or an angle bracket
+    if "" in parts or empty in parts:
         return None  # a local part or a domain missing
     return parts[1::2]
 

@@ -14,6 +14,8 @@ import socket
 from collections.abc import Sequence
 from typing import Final
 
+import numpy as np
+
 from servertracker.protocol import MAX_VALUE_LENGTH
 
 # The MAIL FROM split rule lives in the client package (one place), so that a
@@ -222,6 +224,11 @@ def plain_domains(parts: Sequence[str]) -> list[bytes]:
     # A part holding a line break of its own would shift every line after it.
     if joined.count("\n") != len(parts) - 1:
         return [b""] * len(parts)
+    short = _short_plain_names(parts, joined)
+    if short is not None:
+        return short
+    if joined.startswith("[") and joined.count("\n[") == len(parts) - 1:
+        return [b""] * len(parts)  # address literals only: no line is a name
     names = _PLAIN_NAME_LINES.findall(joined)
     if len(names) != len(parts):
         return [b""] * len(parts)
@@ -232,6 +239,47 @@ def plain_domains(parts: Sequence[str]) -> list[bytes]:
     if "xn--" in lowered:  # IDNA labels: only canonical_domain() checks them
         keys = [b"" if b"xn--" in key else key for key in keys]
     return keys
+
+
+# Each ASCII character's class in a batch of short plain names (_short_plain_names).
+_OTHER, _LABEL_CHAR, _DIGIT, _HYPHEN, _DOT, _END = range(6)
+_CLASSES = np.full(256, _OTHER, dtype=np.uint8)
+_CLASSES[np.frombuffer(b"abcdefghijklmnopqrstuvwxyz_", dtype=np.uint8)] = _LABEL_CHAR
+_CLASSES[np.frombuffer(b"0123456789", dtype=np.uint8)] = _DIGIT
+_CLASSES[ord("-")], _CLASSES[ord(".")], _CLASSES[ord("\n")] = _HYPHEN, _DOT, _END
+
+
+def _short_plain_names(parts: Sequence[str], joined: str) -> list[bytes] | None:
+    """plain_domains() of a batch in which every part is a plain name of at most 63
+    characters (so no label and no name is too long) whose last character is no
+    digit, else None. A few array operations over the whole batch, no pass of
+    the pattern over each line: most batches of new domain parts are such."""
+    if not joined.isascii() or max(map(len, parts), default=64) > 63:
+        return None
+    lowered = joined.lower()
+    if "xn--" in lowered:
+        return None
+    names = lowered.replace(".\n", "\n")  # one trailing dot each is dropped
+    if names.endswith("."):
+        names = names[:-1]
+    raw = names.encode("ascii")
+    if not raw:
+        return None
+    classes = _CLASSES[np.frombuffer(raw, dtype=np.uint8)]
+    edge = classes >= _DOT  # a label's end: a dot, or a name's end (a line break)
+    hyphen = classes == _HYPHEN
+    digit = classes == _DIGIT
+    if (
+        classes[0] not in (_LABEL_CHAR, _DIGIT)
+        or classes[-1] != _LABEL_CHAR  # a last digit: maybe an all-numeric top label
+        or (classes == _OTHER).any()
+        # an empty label or name; a label starting or ending with a hyphen
+        or (edge[:-1] & (edge[1:] | hyphen[1:])).any()
+        or (hyphen[:-1] & edge[1:]).any()
+        or (digit[:-1] & (classes[1:] == _END)).any()
+    ):
+        return None
+    return raw.split(b"\n")
 
 
 def classify_sender(value: str | None) -> tuple[Category, bytes] | Outcome:
