@@ -42,8 +42,9 @@ from trackerd.option_types import Arguments, int_between
 
 log = logging.getLogger(__name__)
 
-#: The event loop is let go at least this often while a message is counted, so it
-#: is never away for long (issue 12: the target is 50 ms, whatever arrives).
+#: The event loop is let go at least this often while a message (or the policy
+#: listener's queue, policy_loop.py) is counted, so it is never away for long
+#: (issue 12: the target is 50 ms, whatever arrives).
 SLICE_SECONDS = 0.002
 #: Bounds of the pairs handed to one slice (the time bound is SLICE_SECONDS). A
 #: message of at most MIN_SLICE pairs is counted in one call without a deadline:
@@ -376,7 +377,7 @@ class TrackerServer(StreamServer):
                     await self.send(stream, protocol.encode(self._grant(interned, message.entries)))
                 elif isinstance(message, protocol.StatusRequest):
                     await self.send(
-                        stream, protocol.encode(protocol.StatusReply(self._writer.snapshot()))
+                        stream, protocol.encode(protocol.StatusReply(await self._writer.snapshot()))
                     )
                 elif isinstance(message, protocol.FeaturesRequest):
                     await self.send(stream, protocol.encode(self._features()))
