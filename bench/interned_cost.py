@@ -51,10 +51,12 @@ TABLE_ENTRIES = 131_072
 NIL = protocol.INTERNED_NIL
 
 
-def columns_frames(pairs: Sequence[tuple[str, str]], split: bool) -> list[bytes]:
+def columns_frames(
+    pairs: Sequence[tuple[str, str]], split: bool, batch: int = BATCH
+) -> list[bytes]:
     frames = []
-    for start in range(0, len(pairs), BATCH):
-        chunk = pairs[start : start + BATCH]
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start : start + batch]
         senders: list[str | None] = [s for _, s in chunk]
         if split:
             senders = sent_senders(senders)
@@ -89,11 +91,11 @@ class _Numbering:
         return protocol.encode_interned(*parts)  # type: ignore[arg-type]
 
 
-def interned_frames(pairs: Sequence[tuple[str, str]]) -> list[bytes]:
+def interned_frames(pairs: Sequence[tuple[str, str]], batch: int = BATCH) -> list[bytes]:
     numbering = _Numbering()
     frames = [protocol.encode(protocol.InternRequest(TABLE_ENTRIES))]
-    for start in range(0, len(pairs), BATCH):
-        chunk = pairs[start : start + BATCH]
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start : start + batch]
         senders = sent_senders([s for _, s in chunk])
         frames.append(numbering.encode(list(zip([ip for ip, _ in chunk], senders, strict=True))))
     return frames
@@ -175,6 +177,9 @@ def main() -> None:
     parser.add_argument("--forms", default="domain,mix", help=f"comma-separated, of {FORMS}")
     parser.add_argument("--per-worker", type=int, default=PER_WORKER, help="records per worker")
     parser.add_argument(
+        "--batch", type=int, default=BATCH, help="pairs per message (the library's batch: 512)"
+    )
+    parser.add_argument(
         "--profile", type=Path, help="py-spy the daemon of one more run of each, samples here"
     )
     args = parser.parse_args()
@@ -183,9 +188,9 @@ def main() -> None:
     for form in args.forms.split(","):
         load = Workload(form, args.per_worker)
         makers: dict[str, Callable[[list[tuple[str, str]]], list[bytes]]] = {
-            "columns raw": lambda share: columns_frames(share, split=False),
-            "columns split": lambda share: columns_frames(share, split=True),
-            "interned": interned_frames,
+            "columns raw": lambda share: columns_frames(share, False, args.batch),
+            "columns split": lambda share: columns_frames(share, True, args.batch),
+            "interned": lambda share: interned_frames(share, args.batch),
         }
         frames = {name: [make(share) for share in load.shares] for name, make in makers.items()}
         sizes = {name: sum(len(b) for f in each for b in f) // WORKERS

@@ -242,3 +242,19 @@ def test_tables_started_afresh_still_count_exactly(
     assert counts_after(daemon, len(pairs)) == (40, 30, 0, 2000, 0, 0)
     assert protocol_errors(daemon) == 0
     client.close()
+
+
+def test_a_grant_too_small_to_be_worth_it_is_declined(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """A daemon whose budget is nearly spent grants a few ids: a table that small
+    would redefine ids batch after batch, so the worker sends columns."""
+    daemon = make_daemon(extra_args=["--max-interned-entries", "2000"]).start()
+    pairs = workload(1)
+    declined = send(daemon, pairs)  # asks 131,072, is granted 1,000
+    assert (declined.stats().message, declined.stats().table_entries) == ("columns", 0)
+    small = send(daemon, pairs, table_entries=500)  # asked for so few itself: takes them
+    assert (small.stats().message, small.stats().table_entries) == ("interned", 500)
+    assert counts_after(daemon, 2 * len(pairs))[3] == 2 * len(pairs)
+    declined.close()
+    small.close()

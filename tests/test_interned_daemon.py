@@ -305,3 +305,29 @@ def test_a_value_only_referenced_after_the_epoch_rolls_is_in_the_new_sketch(
         expected = expected_registers(key.advanced(epoch.epoch).key, 0, 300)
         for name in CATEGORIES:
             assert registers_of(epoch.sketches[name]) == expected[name], (epoch.epoch, name)
+
+
+def test_a_costly_interned_message_is_counted_in_slices(daemon: Daemon) -> None:
+    """Another connection is answered while an interned message of costly new values
+    is defined: its status shows the definitions' values counted, the records not."""
+    from fuzz.hostile_names import flood_pairs
+
+    count = 2000
+    with daemon.connect(timeout=60) as other, Peer(daemon) as peer:
+        assert peer.intern(count) == count
+        mid_message: list[Status] = []
+        for number in range(8):
+            pairs = flood_pairs(number, count)
+            ids = refs(range(count))
+            peer.send(protocol.RecordInterned(0, [ip for ip, _ in pairs], ids,
+                                              0, [s for _, s in pairs], ids))  # fmt: skip
+            done = (number + 1) * count
+            while (status := other.status()).records < done:
+                if status.unique_conn_ips > number * count:
+                    mid_message.append(status)  # between two slices of its definitions
+            if mid_message:
+                break
+        assert mid_message, "no reply came while an interned message was defined"
+        assert all(s.records == number * count for s in mid_message)
+        final = other.status()
+    assert (final.records, final.unique_conn_ips) == (done, done)

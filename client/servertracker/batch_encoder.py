@@ -99,6 +99,11 @@ class OlderDaemon(Exception):
     """The daemon does not know the features request (an older trackerd)."""
 
 
+class GrantDeclined(Exception):
+    """The daemon granted fewer ids than MIN_TABLE_ENTRIES (and than were asked):
+    close the connection, and open one that asks for none."""
+
+
 def handshake(sock: socket.socket, table_entries: int) -> BatchEncoder:
     """Agree with the daemon on a new connection which record message to send.
 
@@ -106,7 +111,8 @@ def handshake(sock: socket.socket, table_entries: int) -> BatchEncoder:
     to ask for the daemon's features, and one more for its value tables when it
     lists "interned" and ``table_entries`` is not 0.
     Raises OSError when the daemon does not answer within the socket's timeout,
-    OlderDaemon when it does not know the question.
+    OlderDaemon when it does not know the question, GrantDeclined when it grants
+    too few ids to be worth using.
     """
     decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
     reply = _ask(sock, decoder, protocol.FeaturesRequest())
@@ -118,7 +124,11 @@ def handshake(sock: socket.socket, table_entries: int) -> BatchEncoder:
     reply = _ask(sock, decoder, protocol.InternRequest(table_entries))
     if not isinstance(reply, protocol.InternReply):
         raise OSError("trackerd closed the connection or answered out of turn")
-    if reply.granted < min(table_entries, MIN_TABLE_ENTRIES):
+    if reply.granted and reply.granted < min(table_entries, MIN_TABLE_ENTRIES):
+        # This connection would hold its grant, unused, against the budget all
+        # connections share, until it closes: the caller opens another instead.
+        raise GrantDeclined
+    if not reply.granted:
         return BatchEncoder(message)
     return BatchEncoder("interned", reply.granted)
 

@@ -32,7 +32,13 @@ from typing import Any
 
 from servertracker import protocol
 from servertracker._log import log
-from servertracker.batch_encoder import DEFAULT_TABLE_ENTRIES, BatchEncoder, OlderDaemon, handshake
+from servertracker.batch_encoder import (
+    DEFAULT_TABLE_ENTRIES,
+    BatchEncoder,
+    GrantDeclined,
+    OlderDaemon,
+    handshake,
+)
 from servertracker.errors import LocalProtocolError
 from servertracker.paths import resolve_socket_path
 from servertracker.reachability import DropWarning, Refused, UnreachableWarning, drop_text
@@ -477,24 +483,31 @@ class Client:
             log.warning("%s", warning)
 
     def _connect(self) -> None:
-        sock = self._open()
-        try:
-            encoder = handshake(sock, self._table_entries)
-        except OlderDaemon:
-            # It closes a connection after an unknown message: open another, and
-            # send it the pairs that every version-1 daemon takes.
-            sock.close()
+        table_entries = self._table_entries
+        while True:
             sock = self._open()
-            encoder = BatchEncoder("record")
-        except Refused as exc:
-            # Refused by the daemon itself (say, its allow-lists): as worth a
-            # warning as a connect() the kernel refused.
-            sock.close()
-            self._failed_to_connect(exc)
-            raise
-        except BaseException:
-            sock.close()
-            raise
+            try:
+                encoder = handshake(sock, table_entries)
+                break
+            except OlderDaemon:
+                # It closes a connection after an unknown message: open another, and
+                # send it the pairs that every version-1 daemon takes.
+                sock.close()
+                sock = self._open()
+                encoder = BatchEncoder("record")
+                break
+            except GrantDeclined:
+                sock.close()  # gives the grant back to the daemon's budget
+                table_entries = 0  # and the next connection asks for none
+            except Refused as exc:
+                # Refused by the daemon itself (say, its allow-lists): as worth a
+                # warning as a connect() the kernel refused.
+                sock.close()
+                self._failed_to_connect(exc)
+                raise
+            except BaseException:
+                sock.close()
+                raise
         self._sock = sock
         # A new connection's tables start empty: a batch not yet written whole is
         # encoded afresh for it (_keep_unwritten).

@@ -1,10 +1,16 @@
-"""Value tables keyed by Python's hash(): whether hash() may key them at all.
+"""Value tables keyed by Python's hash(): whether hash() may key them at all, and
+a worker's numbering of the values it sends (the "interned" message).
 
 Both sides keep tables keyed by hash() of a raw value, never by the value: the
 daemon's raw-value caches (trackerd/core/raw_cache.py) and a worker's numbering
 of the values it sends. That is safe only while hash() of a str is SipHash keyed
 with the interpreter's own random secret; with PYTHONHASHSEED set, anyone could
-reverse a key by trying values, so both sides turn their tables off. Pure, no I/O.
+reverse a key by trying values, so both sides turn their tables off.
+
+ValueTables numbers a connection's two columns (docs/protocol.md, "Interned
+values"): a value new to the connection takes the next id, first in, first out,
+and its text goes in the message that first uses it; a value known goes as its id.
+Pure, no I/O.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class DefinitionCache:
         """Whether each key is held, and its slot in the payload arrays (flat: take
         with it from .codes.ravel(), say); garbage where there is no hit."""
         rows = (keys & self._mask).astype(np.intp)
-        match = self._keys[rows] == keys[:, None]
+        match = self._keys.take(rows, axis=0) == keys[:, None]
         hits: Hits = match.view(np.int64).ravel() != 0  # a row's WAYS booleans as one word
         return hits, rows * WAYS + match.argmax(axis=1)
 

@@ -288,14 +288,19 @@ class TrackerServer(StreamServer):
             await anyio.lowlevel.checkpoint()
             return
         with anyio.CancelScope(shield=True):  # counted whole, even at shutdown
+            # One deadline for the message's definitions, renewed only after the
+            # event loop was let go: a message counted within SLICE_SECONDS takes one
+            # turn of the loop, as a columns message does.
+            deadline = time.perf_counter() + SLICE_SECONDS
             for column, first, new in columns:
                 start = 0
                 while start < len(new):
                     start += tracker.define_into(
-                        tables, column, first + start, new[start : start + MAX_SLICE],
-                        time.perf_counter() + SLICE_SECONDS,
-                    )  # fmt: skip
-                    await anyio.lowlevel.checkpoint()
+                        tables, column, first + start, new[start : start + MAX_SLICE], deadline
+                    )
+                    if time.perf_counter() > deadline:
+                        await anyio.lowlevel.checkpoint()
+                        deadline = time.perf_counter() + SLICE_SECONDS
             tracker.count_references(tables, ip_refs, sender_refs)
             await anyio.lowlevel.checkpoint()
 
