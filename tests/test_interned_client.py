@@ -249,7 +249,8 @@ def test_a_grant_too_small_to_be_worth_it_is_declined(
 ) -> None:
     """A daemon whose budget is nearly spent grants a few ids: a table that small
     would redefine ids batch after batch, so the worker sends columns."""
-    daemon = make_daemon(extra_args=["--max-interned-entries", "2000"]).start()
+    # At most 1,000 ids a connection (1/16 of the budget, two tables each).
+    daemon = make_daemon(extra_args=["--max-interned-entries", "32000"]).start()
     pairs = workload(1)
     declined = send(daemon, pairs)  # asks 131,072, is granted 1,000
     assert (declined.stats().message, declined.stats().table_entries) == ("columns", 0)

@@ -206,7 +206,7 @@ def test_every_violation_is_bad_message_and_counts_nothing(daemon: Daemon, name:
 def test_interned_without_a_grant_and_a_second_intern_are_bad_messages(
     make_daemon: Callable[..., Daemon], case: str
 ) -> None:
-    budget = "0" if case == "granted 0" else "100"
+    budget = "0" if case == "granted 0" else "320"  # at most 10 ids a connection
     daemon = make_daemon(extra_args=["--max-interned-entries", budget]).start()
     message = protocol.RecordInterned(*GOOD_IPS, 0, ["a@b.example"], refs([0]))
     with Peer(daemon) as peer:
@@ -225,20 +225,23 @@ def test_interned_without_a_grant_and_a_second_intern_are_bad_messages(
 def test_grants_shrink_to_zero_and_return_when_connections_close(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    daemon = make_daemon(extra_args=["--max-interned-entries", "100"]).start()
-    first, second, third = Peer(daemon), Peer(daemon), Peer(daemon)
-    assert first.intern(30) == 30  # 60 of 100 entries: two tables
-    assert second.intern(30) == 20  # what is left
-    assert third.intern(5) == 0
-    first.close()
+    # 3,200 entries: at most 100 ids a connection (GRANT_SHARE), two tables each.
+    daemon = make_daemon(extra_args=["--max-interned-entries", "3200"]).start()
+    peers = [Peer(daemon) for _ in range(17)]
+    assert [peer.intern(100) for peer in peers[:15]] == [100] * 15  # 3,000 entries
+    assert peers[15].intern(30) == 30  # 3,060
+    assert peers[16].intern(100) == 70  # what is left
+    with Peer(daemon) as late:
+        assert late.intern(5) == 0
+    peers[0].close()
 
     def granted_again() -> bool:
         with Peer(daemon) as probe:
-            return probe.intern(30) == 30  # closing the probe gives it back
+            return probe.intern(100) == 100  # closing the probe gives it back
 
     wait_for(granted_again, 30, "the closed connection's entries to return")
-    second.close()
-    third.close()
+    for peer in peers[1:]:
+        peer.close()
 
 
 def test_a_value_referenced_in_a_later_period_is_in_the_window(

@@ -10,12 +10,13 @@ nothing here asserts speed.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from servertracker import read_status_file
-from tests.conftest import Daemon
+from tests.conftest import Daemon, wait_for
 from tests.test_policy_transport import connect, read_replies, request, start
 from trackerd.core.policy_protocol import DUNNO_RESPONSE
 
@@ -24,6 +25,30 @@ from trackerd.core.policy_protocol import DUNNO_RESPONSE
 NEVER_ON_ITS_OWN = (
     "import trackerd.edges.policy_loop as p\np.HANDOVER_DELAY = 3600.0\np.BATCH = 10**9\n"
 )
+
+
+def costly_domains(gate: Path | None = None, seconds: float = 0.001) -> str:
+    """A prelude: every sender's domain takes the exact path and costs `seconds`
+    (while the file `gate` exists, if given), as hostile 255-character ones do:
+    the Tracker's deadline cuts the slices short. Each slice is logged."""
+    exists = f"os.path.exists({str(gate)!r})" if gate else "True"
+    return (
+        "import logging, os, time\n"
+        "import trackerd.core.tracker as t\n"
+        "import trackerd.edges.policy_loop as p\n"
+        "classify = t.classify_domain_part\n"
+        "def costly(part):\n"
+        f"    if {exists}:\n"
+        f"        time.sleep({seconds})\n"
+        "    return classify(part)\n"
+        "t.classify_domain_part = costly\n"
+        "t.plain_domains = lambda parts: [b''] * len(parts)\n"
+        "count_slice = p.Handover.count_slice\n"
+        "def count_and_say(self):\n"
+        "    count_slice(self)\n"
+        "    logging.getLogger('trackerd').info('test: a slice counted')\n"
+        "p.Handover.count_slice = count_and_say\n"
+    )
 
 
 def burst(path: Path, connections: int, each: int, *, pipelined: bool) -> list[bytes]:
@@ -82,6 +107,36 @@ def test_a_status_reply_reflects_every_request_answered_before_it(
             assert (status.records, status.unique_conn_ips) == (n, n)
 
 
+def test_a_costly_queue_is_counted_in_slices_and_the_loop_serves_others_between(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    """4,000 answered requests of costly values wait: the event loop counts them a
+    slice at a time, and a ping is answered between two slices (the counting is
+    slowed, 2 ms a value, until the test has its pong: only slicing lets the ping
+    in before the end). A status waits until all those answered before it count."""
+    gate = short_tmp / "costly"
+    gate.touch()
+    prelude = costly_domains(gate, seconds=0.002)
+    daemon, path = start(make_daemon, short_tmp, "--status-interval", "3600", prelude=prelude)
+    count = 4000
+    with connect(path) as sock:  # sent while the replies are read: the daemon pauses otherwise
+        sender = threading.Thread(
+            target=sock.sendall, args=(b"".join(request(n) for n in range(count)),)
+        )
+        sender.start()
+        assert read_replies(sock, count) == DUNNO_RESPONSE * count
+        sender.join(60)
+    slices = lambda: daemon.log().count("test: a slice counted")  # noqa: E731
+    wait_for(slices, what="the first slice")
+    with daemon.connect() as conn:
+        conn.ping()
+    at_the_pong = slices()
+    gate.unlink()
+    status = daemon.status()
+    assert (status.records, status.unique_domains) == (count, count)
+    assert slices() > at_the_pong  # the ping came between two slices
+
+
 def test_nothing_queued_or_read_is_lost_at_shutdown(
     make_daemon: Callable[..., Daemon], short_tmp: Path
 ) -> None:
@@ -107,22 +162,28 @@ def test_nothing_queued_or_read_is_lost_at_shutdown(
 def test_a_busy_event_loop_stops_the_reading_and_loses_nothing(
     make_daemon: Callable[..., Daemon], short_tmp: Path
 ) -> None:
-    """The event loop counts slowly (each batch sleeps in its thread) and the queue
-    holds 8 requests: the thread must wait for room, again and again."""
-    prelude = NEVER_ON_ITS_OWN.replace("10**9", "4") + (
-        "p.MAX_QUEUED = 8\n"
-        "import time\n"
-        "import trackerd.core.tracker as t\n"
-        "record_pairs = t.Tracker.record_pairs\n"
-        "def slow(self, pairs):\n"
-        "    time.sleep(0.01)\n"
-        "    return record_pairs(self, pairs)\n"
-        "t.Tracker.record_pairs = slow\n"
+    """The event loop counts slowly (each value costs 5 ms, so a slice counts
+    one) and the queue holds 8 requests: the thread must wait for room,
+    again and again, and reads again only once the queue is empty."""
+    prelude = (
+        NEVER_ON_ITS_OWN.replace("10**9", "4")
+        + "p.MAX_QUEUED = 8\n"
+        + costly_domains(seconds=0.005)
+        + "wait = p.PolicyLoop._wait_for_room\n"
+        "def wait_and_say(self, now):\n"
+        "    wait(self, now)\n"
+        "    if not self.handover.want_room:\n"
+        "        logging.getLogger('trackerd').info(\n"
+        "            'test: reading again, %d queued', len(self.handover._pairs))\n"
+        "p.PolicyLoop._wait_for_room = wait_and_say\n"
     )
     daemon, path = start(make_daemon, short_tmp, prelude=prelude)
     replies = burst(path, 6, 40, pipelined=True)
     assert replies == [DUNNO_RESPONSE * 40] * 6
-    assert "the event loop is behind: reading paused" in daemon.log()
+    log = daemon.log()
+    assert "the event loop is behind: reading paused" in log
+    again = re.findall(r"test: reading again, (\d+) queued", log)
+    assert again and set(again) == {"0"}
     status = daemon.status()
     assert (status.records, status.unique_conn_ips) == (240, 240)
 

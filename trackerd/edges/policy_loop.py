@@ -46,10 +46,12 @@ import time
 from collections.abc import Callable, Sequence
 
 import anyio
+import anyio.lowlevel
 
 from trackerd.core.wording import more_since
 from trackerd.edges import stream_server
 from trackerd.edges.access import LogThrottle
+from trackerd.edges.msgpack_server import MAX_SLICE, MIN_SLICE, SLICE_SECONDS
 from trackerd.edges.session import Session, log_failure
 from trackerd.edges.stream_server import READ_SIZE, ZEROS, Connection, StreamServer
 
@@ -58,19 +60,23 @@ log = logging.getLogger(__name__)
 monotonic = time.monotonic
 
 #: Pairs waiting for the event loop past which the thread reads no socket until
-#: the loop has taken them (back-pressure; one turn's requests may pass it).
+#: the loop has counted every one queued (back-pressure; one turn's requests may
+#: pass it).
 MAX_QUEUED = 4096
-#: The event loop is woken to take the pairs when this many wait (counting them
-#: holds the loop for a few milliseconds at most, as a msgpack slice does) ...
+#: The event loop is woken to count the pairs when this many wait ...
 BATCH = 256
 #: ... or when the oldest has waited this long, in seconds. A status request or
-#: status file write takes them at once, whatever their number. Larger batches
-#: cost the Tracker less a pair (numpy) and wake the loop less often.
+#: status file write counts them at once, whatever their number. Larger batches
+#: cost the Tracker less a pair (numpy) and wake the loop less often. The loop
+#: counts them in slices of SLICE_SECONDS at most, as the msgpack server counts
+#: a large frame, with the loop let go in between.
 HANDOVER_DELAY = 0.02
 #: How long an exiting thread is waited for, in seconds.
 JOIN_TIMEOUT = 5.0
 
 Pair = tuple[str | None, str | None]
+#: Tracker.record_columns(conn_ips, senders, deadline): how many pairs it counted.
+Record = Callable[[Sequence[str | None], Sequence[str | None], float], int]
 
 _IN, _OUT, _HUP, _ERR = select.EPOLLIN, select.EPOLLOUT, select.EPOLLHUP, select.EPOLLERR
 
@@ -78,13 +84,15 @@ _IN, _OUT, _HUP, _ERR = select.EPOLLIN, select.EPOLLOUT, select.EPOLLHUP, select
 class Handover:
     """Pairs from the policy thread to the event loop's thread, in batches.
 
-    The thread put()s; the loop's flush() takes all that is queued and records it.
-    The thread asks for a flush (call_soon_threadsafe) once per batch; each step
-    on the shared state is one operation under the interpreter lock."""
+    The thread put()s, and asks for a flush (call_soon_threadsafe) once per batch.
+    The loop's flush() counts the oldest pairs for SLICE_SECONDS at most (the
+    Tracker's deadline), and goes on in its next turn until none is left: costly
+    values (255-character senders, say) cannot hold the loop for the whole queue.
+    settle(), before a status snapshot, counts every pair queued by then. The
+    thread appends on the right, the loop alone takes from the left: each step on
+    the shared state is one operation under the interpreter lock."""
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, record: Callable[[Sequence[Pair]], None]
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, record: Record) -> None:
         self._loop = loop
         self._record = record
         self._pairs: collections.deque[Pair] = collections.deque()
@@ -92,7 +100,15 @@ class Handover:
         self._since: float | None = None
         # A flush is scheduled in the loop and has not begun.
         self._asked = False
-        #: The thread waits for room: flush() wakes it (set by PolicyLoop).
+        # The loop's: flush() goes on in the loop's next turn.
+        self._going_on = False
+        # The loop's: pairs taken for the next slice; follows what the last one did
+        # (as msgpack_server's), so that a slice looks up few pairs it cannot reach.
+        self._size = MAX_SLICE
+        #: The loop's: pairs counted since the start.
+        self.counted = 0
+        #: The thread waits for the queue to be empty: the slice that empties it
+        #: wakes the thread (set by PolicyLoop).
         self.want_room = False
         self.wake_thread: Callable[[], None] = lambda: None
 
@@ -105,6 +121,11 @@ class Handover:
     @property
     def full(self) -> bool:
         return len(self._pairs) >= MAX_QUEUED
+
+    @property
+    def waiting(self) -> bool:
+        """Whether any pair waits to be counted."""
+        return bool(self._pairs)
 
     def hand_over(self, now: float, force: bool = False) -> float:
         """The thread's: ask the loop for a flush if one is due; the seconds until
@@ -123,13 +144,48 @@ class Handover:
         return since + HANDOVER_DELAY - now
 
     def flush(self) -> None:
-        """The event loop's: record every pair queued, then let the thread read again."""
+        """The event loop's, asked by the thread: count a slice now, the rest in
+        the loop's next turns."""
         self._asked = False  # first: a pair queued from now on asks again
+        if not self._going_on:
+            self._go_on()
+
+    def _go_on(self) -> None:
+        self._going_on = False
+        self.count_slice()
+        if self._pairs:
+            self._going_on = True
+            self._loop.call_soon(self._go_on)
+
+    async def settle(self) -> None:
+        """The event loop's, before a status snapshot: count every pair queued by
+        now (so every request answered before it), a slice at a time, the loop let
+        go in between. Pairs queued meanwhile wait for flush()."""
+        target = self.counted + len(self._pairs)
+        while self.counted < target:
+            self.count_slice()
+            if self.counted < target:
+                await anyio.lowlevel.checkpoint()
+
+    def count_slice(self) -> None:
+        """The event loop's: count the oldest pairs, for SLICE_SECONDS at most (one
+        pair at least); the thread reads again once none is left."""
         pairs = self._pairs
-        count = len(pairs)
-        if count:
-            self._record([pairs.popleft() for _ in range(count)])
-        if self.want_room:
+        take = min(self._size, len(pairs))
+        if take:
+            popleft = pairs.popleft
+            batch = [popleft() for _ in range(take)]
+            conn_ips, senders = zip(*batch, strict=True)
+            done = self._record(conn_ips, senders, time.perf_counter() + SLICE_SECONDS)
+            self.counted += done
+            if done < take:  # the rest goes back first, in its order
+                pairs.extendleft(reversed(batch[done:]))
+                self._size = max(MIN_SLICE, 2 * done)
+            elif take == self._size:
+                self._size = min(MAX_SLICE, 2 * take)
+        # After the queue is seen empty: a thread that wants room from now on sees
+        # it empty too (PolicyLoop._wait_for_room).
+        if self.want_room and not pairs:
             self.want_room = False
             self.wake_thread()
 
@@ -235,7 +291,7 @@ class PolicyLoop:
         now = monotonic()
         handover = self.handover
         wait = min(handover.hand_over(now), self._next_timer - now)
-        if handover.full:
+        if handover.full or handover.want_room:
             self._wait_for_room(now)
             return
         if self.turns:
@@ -267,14 +323,19 @@ class PolicyLoop:
                 log_failure(exc)
 
     def _wait_for_room(self, now: float) -> None:
-        """Read no socket until the event loop has taken the pairs (or a command comes)."""
+        """Read no socket until the event loop has counted every pair queued (or a
+        command comes)."""
         handover = self.handover
-        handover.want_room = True
-        if handover.full:  # still: flush() had not run since (it clears want_room)
+        if not handover.want_room:
+            handover.want_room = True
             log.debug("the event loop is behind: reading paused until it takes the requests")
+        # Checked after want_room is set: the slice that empties the queue wakes us.
+        if handover.waiting:
             handover.hand_over(now, force=True)
             if self._room.poll(1.0):
                 self._run_commands()
+        else:
+            handover.want_room = False
 
     def _timers(self, now: float) -> None:
         """Fire the deadlines that are due; the next check at the earliest left."""

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -41,7 +41,7 @@ from trackerd.core.policy_protocol import (
 from trackerd.core.tracker import Tracker
 from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
 from trackerd.edges.endpoint import ListenerSettings
-from trackerd.edges.policy_loop import Handover, Pair, PolicyLoop
+from trackerd.edges.policy_loop import Handover, PolicyLoop
 from trackerd.edges.session import Session, log_failure
 from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
@@ -105,15 +105,17 @@ class PolicyServer(StreamServer):
         # The thread that serves the connections, from the first serve() on.
         self._loop: PolicyLoop | None = None
         self._handover: Handover | None = None
+        #: The hand-over's put(), once the thread runs (record() comes after).
+        self._put: Callable[[str | None, str | None], None] = _no_thread
         self._serving = 0
-        self.requests = 0
         self.protocol_errors = 0
 
     def _policy_loop(self) -> PolicyLoop:
         if self._loop is None:
-            handover = Handover(asyncio.get_running_loop(), self._record_pairs)
-            self._writer.before_snapshot.append(handover.flush)
+            handover = Handover(asyncio.get_running_loop(), self._record_columns)
+            self._writer.before_snapshot.append(handover.settle)
             self._handover = handover
+            self._put = handover.put
             self._loop = PolicyLoop(self, handover)
             self._loop.start()
         return self._loop
@@ -162,22 +164,24 @@ class PolicyServer(StreamServer):
                 with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
                     await asyncio.shield(closed)
 
-    def _record_pairs(self, pairs: Sequence[Pair]) -> None:
-        """The event loop's: count what the policy thread handed over."""
-        self._tracker.record_pairs(pairs)
+    def _record_columns(
+        self, conn_ips: Sequence[str | None], senders: Sequence[str | None], deadline: float
+    ) -> int:
+        """The event loop's: count what the policy thread handed over, until the
+        deadline (Tracker.record_columns); how many pairs were counted."""
+        done = self._tracker.record_columns(conn_ips, senders, deadline)
         self._writer.notify_changed()
+        return done
 
     def record(self, request: Request, recent: collections.deque[str]) -> None:
         """The policy thread's: record a request (hand it to the event loop), unless
         it is another recipient of a message recorded already."""
-        self.requests += 1
         client_address, sender, instance = request  # the decoder's USED_ATTRIBUTES
         if instance:
             if instance in recent:
                 return
             recent.append(instance)
-        assert self._handover is not None
-        self._handover.put(client_address, sender)
+        self._put(client_address, sender)
 
     def protocol_error(self, exc: PolicyProtocolError) -> None:
         self.count_protocol_error(POLICY_ERROR)
@@ -235,20 +239,16 @@ class PolicySession(Session):
     def _answer(self) -> bool:
         """Record and answer the complete requests, REQUESTS_PER_TURN at most (then
         backlog is set); False after a malformed one."""
-        next_request, record, recent, write = (
-            self._decoder.next_request,
-            self._server.record,
-            self._recent,
-            self.write,
-        )
+        # Mostly one request a call: method calls cost less than binding them first.
+        decoder, server, recent = self._decoder, self._server, self._recent
         self.backlog = False
         try:
             for _ in range(REQUESTS_PER_TURN):
-                if self.paused or (request := next_request()) is NEED_DATA:
+                if self.paused or (request := decoder.next_request()) is NEED_DATA:
                     return True
                 assert isinstance(request, tuple)
-                record(request, recent)
-                write(DUNNO_RESPONSE)  # may pause
+                server.record(request, recent)
+                self.write(DUNNO_RESPONSE)  # may pause
         except PolicyProtocolError as exc:
             # The rest is dropped, and cleared now: closed() must not find the bad
             # request again and count it twice.
@@ -257,6 +257,10 @@ class PolicySession(Session):
             return False
         self.backlog = not self.paused
         return True
+
+
+def _no_thread(conn_ip: str | None, sender: str | None) -> None:
+    raise RuntimeError("a policy request recorded before the policy thread began")
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

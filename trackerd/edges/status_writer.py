@@ -15,7 +15,7 @@ import errno
 import logging
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -99,9 +99,9 @@ class StatusWriter:
         self.textfile: MetricsTextfile | None = None
         #: Set before the final write at a clean stop: the text file no longer says live.
         self.stopping = False
-        #: Called before each snapshot: the policy listener hands over the requests it
+        #: Awaited before each snapshot: the policy listener counts the requests it
         #: answered, so a status reply or file reflects them (policy_loop.py).
-        self.before_snapshot: list[Callable[[], None]] = []
+        self.before_snapshot: list[Callable[[], Awaitable[None]]] = []
 
     @classmethod
     def add_arguments(cls, arguments: Arguments) -> None:
@@ -128,11 +128,11 @@ class StatusWriter:
         """Failed writes since the start."""
         return self._failures.failures
 
-    def snapshot(self) -> Status:
+    async def snapshot(self) -> Status:
         """The tracker's status with the daemon's health: what the status reply, the
         status file and the metrics show."""
-        for flush in self.before_snapshot:
-            flush()
+        for settle in self.before_snapshot:
+            await settle()
         status = self._tracker.status()
         return status if self.health is None else replace(status, health=self.health())
 
@@ -147,7 +147,7 @@ class StatusWriter:
         written (the time of the snapshot aside).
         """
         async with self._lock:
-            status = self.snapshot()
+            status = await self.snapshot()
             if only_if_changed and _same_counts(status, self._last_written):
                 return True
             try:
