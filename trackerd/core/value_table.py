@@ -9,17 +9,22 @@ digest was last queued for the counters (windows: a reference in a later period
 queues it again), and in fleet mode the epoch of the definition with the fleet
 register (index and rank) the value takes in the next epoch. Never the text.
 
-The arrays are made with np.zeros, which the allocator serves with calloc: pages
-are mapped when an id is first written, so a large grant costs memory only for
-the ids a client defines (docs/threat-model.md: at most BYTES_PER_ENTRY a granted
-entry). Everything here is arrays: checking and resolving N references is a few
-numpy operations, no Python statement per reference.
+Each array is an anonymous private mapping of its own (_untouched_zeros), whose
+pages the kernel maps when an id is first written, so a large grant costs memory
+only for the ids a client defines (docs/threat-model.md: at most BYTES_PER_ENTRY a
+granted entry). np.zeros did not promise that: glibc's calloc serves an array
+below its (dynamic, up to 32 MiB) mmap threshold from the heap and memsets the
+part that was free heap, so idle grants moved RSS by megabytes.
+
+Everything here is arrays: checking and resolving N references is a few numpy
+operations, no Python statement per reference.
 """
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -65,19 +70,33 @@ class Definitions:
     fleet_next: npt.NDArray[np.uint32] | None
 
 
+def _untouched_zeros(size: int, dtype: type[Any]) -> npt.NDArray[Any]:
+    """size zeros that take no memory until written: a mapping of their own (the
+    kernel's zero pages), unmapped when the array goes. No page is written here."""
+    nbytes = size * np.dtype(dtype).itemsize
+    if not nbytes:
+        return np.zeros(0, dtype=dtype)
+    pages = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(pages, dtype=dtype)
+
+
 class ValueTable:
     """The ids of one column (connection IPs or senders) of one connection."""
 
     def __init__(self, size: int, *, windowed: bool = False, fleet: bool = False) -> None:
         self.size = size
-        self.codes: Codes = np.zeros(size, dtype=np.int8)
-        self.digests: Digests = np.zeros(size, dtype=np.uint64)
+        self.codes: Codes = _untouched_zeros(size, np.int8)
+        self.digests: Digests = _untouched_zeros(size, np.uint64)
         #: The tracker's period + 1 in which each digest was last queued (0: never).
-        self.periods = np.zeros(size, dtype=np.int32) if windowed else None
+        self.periods = _untouched_zeros(size, np.int32) if windowed else None
         #: The fleet epoch of each definition, and its register in the epoch after
         #: (index << 6 | rank; 0 once fed or if none).
-        self.fleet_epochs = np.zeros(size, dtype=np.uint32) if fleet else None
-        self.fleet_next = np.zeros(size, dtype=np.uint32) if fleet else None
+        self.fleet_epochs: npt.NDArray[np.uint32] | None = (
+            _untouched_zeros(size, np.uint32) if fleet else None
+        )
+        self.fleet_next: npt.NDArray[np.uint32] | None = (
+            _untouched_zeros(size, np.uint32) if fleet else None
+        )
 
     def violation(self, first: int, new: int, refs: Refs) -> str | None:
         """The fixed text of the first thing wrong with a message's column, or None.
