@@ -41,9 +41,9 @@ from servertracker.batch_encoder import (
     handshake,
 )
 from servertracker.errors import LocalProtocolError
+from servertracker.hash_keys import hash_is_secret
 from servertracker.paths import resolve_socket_path
 from servertracker.reachability import DropWarning, Refused, UnreachableWarning, drop_text
-from servertracker.value_tables import hash_is_secret
 
 DEFAULT_MAX_BUFFERED = 100_000
 DEFAULT_BATCH_SIZE = 512
@@ -119,7 +119,7 @@ class Client:
         socket_path: str | os.PathLike[str] | None = None,
         *,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         exit_timeout: float = DEFAULT_EXIT_TIMEOUT,
         max_long_chars: int = DEFAULT_MAX_LONG_CHARS,
@@ -129,10 +129,10 @@ class Client:
 
         ``table_entries``: the ids to ask for in each of the connection's two
         value tables (0 to 1,048,576; 0 sends no interned messages, and so does
-        an interpreter whose hash() is not secret: value_tables.hash_is_secret).
-        Each id takes about 115 bytes in this process once used (a dict entry,
-        two ints, a slot), so the default costs up to about 30 MB at 131,072
-        distinct connection IPs and as many sender domains.
+        an interpreter whose hash() is not secret: hash_keys.hash_is_secret).
+        Each id takes 56 bytes in this process (value_tables.py: four slots of a
+        key and an id, and the id's key), in pages touched as values arrive, so
+        the default costs up to about 15 MB for the two tables.
         """
         if not 0 <= table_entries <= protocol.MAX_INTERN_ENTRIES:
             raise ValueError(f"table_entries must be from 0 to {protocol.MAX_INTERN_ENTRIES}")
@@ -140,7 +140,10 @@ class Client:
         self._table_entries = table_entries if hash_is_secret() else 0
         self._max_buffered = max_buffered
         self._max_long_chars = max_long_chars
-        self._batch_size = batch_size
+        # None: DEFAULT_BATCH_SIZE, or INTERNED_BATCH_SIZE on a connection that
+        # sends interned (set on connecting: BatchEncoder.batch_size).
+        self._batch_asked = batch_size
+        self._batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
         self._flush_interval = flush_interval
         self._exit_timeout = exit_timeout
         self._reset_state()
@@ -523,6 +526,7 @@ class Client:
         # A new connection's tables start empty: a batch not yet written whole is
         # encoded afresh for it (_keep_unwritten).
         self._encoder = encoder
+        self._batch_size = encoder.batch_size(self._batch_asked, DEFAULT_BATCH_SIZE)
         self._out, self._out_ends, self._written = b"", [], 0
         self._connects += 1
         if self._unreachable.succeeded() or self._connects > 1:
