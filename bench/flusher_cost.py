@@ -83,11 +83,16 @@ def steps(work: list[tuple[list[str | None], list[str | None]]]) -> dict[str, fl
 
 
 def main() -> None:
+    global BATCH  # one knob for the whole run
     parser = arguments("bench.flusher_cost", __doc__)
     parser.add_argument("--rounds", type=int, default=3, help="rounds, encoders alternated")
     parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated sender forms")
     parser.add_argument("--records", type=int, default=PER_WORKER, help="records of the worker")
+    parser.add_argument(
+        "--batch", type=int, default=BATCH, help=f"records a batch (the library's: {BATCH})"
+    )
     args = parser.parse_args()
+    BATCH = args.batch
     before = loadavg()
     rows = []
     for form in args.forms.split(","):
