@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from servertracker import Client, batch_encoder
+from servertracker import Client, batch_encoder, protocol
 from servertracker.batch_encoder import BatchEncoder
 from servertracker.status import Status
 from tests.conftest import Daemon, wait_for
+from tests.test_interned_daemon import Peer
 from tests.test_sender_split import FORMS
 
 Pair = tuple[str | None, str | None]
@@ -196,13 +197,25 @@ def test_a_fixed_hash_seed_sends_columns(daemon: Daemon) -> None:
     assert interned_messages(daemon) > 0
 
 
-def test_a_daemon_granting_nothing_gets_columns_and_counts(
-    make_daemon: Callable[..., Daemon],
+def test_a_daemon_with_tables_off_gets_columns_on_one_connection_and_counts(
+    make_daemon: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """--max-interned-entries 0: the features reply omits "interned" (an intern
+    request still gets 0), so a worker never asks again for tables it would never
+    be granted: no reconnect, however many batches, and exact counts. This is also
+    how an older daemon answers (columns but not interned): the worker sends columns."""
+    monkeypatch.setattr(batch_encoder, "ASK_AGAIN", 0.0)  # were it granted 0: every batch
     daemon = make_daemon(extra_args=["--max-interned-entries", "0"]).start()
+    with daemon.connect() as conn:
+        assert conn.features() == (protocol.FEATURE_COLUMNS,)
+    with Peer(daemon) as peer:
+        assert peer.intern(10) == 0
     pairs = workload(2)
-    client = send(daemon, pairs)
+    assert len(pairs) > 5 * 20  # several batches
+    client = send(daemon, pairs, batch_size=20)
     assert (client.stats().message, client.stats().table_entries) == ("columns", 0)
+    assert client.stats().reconnects == 0
+    assert interned_messages(daemon) == 0
     reference = make_daemon("c").start()
     columns = send(reference, pairs, table_entries=0)
     assert counts_after(daemon, len(pairs)) == counts_after(reference, len(pairs))

@@ -13,6 +13,7 @@ import array
 import itertools
 import logging
 import os
+import re
 import socket
 import stat
 import struct
@@ -77,6 +78,40 @@ def test_a_reply_left_unread_closes_the_connection(make_daemon: Callable[..., Da
     assert closed, "the daemon never gave up on a peer that does not read"
     assert "closing a connection that did not read its reply within 1s" in daemon.log()
     assert daemon.status().records == 0  # everyone else is still served
+
+
+def timeouts(daemon: Daemon) -> int:
+    health = daemon.status().health
+    assert health is not None
+    return health.connection_timeouts
+
+
+def test_peers_that_leave_replies_unread_are_logged_throttled_and_each_counted(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """One line per UNREAD_LOG_INTERVAL at most, the next saying how many came since:
+    peers that never read cannot flood the log, and every one is a timeout."""
+    prelude = (
+        "import trackerd.edges.stream_server as s\n"
+        "s.SEND_TIMEOUT = 1.0\ns.UNREAD_LOG_INTERVAL = 5.0\n"
+    )
+    daemon = make_daemon(python_prelude=prelude).start()
+    line = re.compile(r"did not read its reply within 1s(?: \((\d+) more since\))?$", re.M)
+    requests = protocol.encode(protocol.StatusRequest()) * 1000
+    peers = 0
+    # Each peer takes a SEND_TIMEOUT (1 s) to be closed: peers come until the
+    # interval (5 s) lets a second line through, which counts those between.
+    while len(line.findall(daemon.log())) < 2:
+        assert peers < 60, "no second line: the log is not throttled by time"
+        greedy = raw(daemon)
+        assert send_until_closed(greedy, requests)
+        greedy.close()
+        peers += 1
+        assert timeouts(daemon) == peers
+    first, second = line.findall(daemon.log())
+    assert first == "" and second, "the second line says how many came since the first"
+    assert int(second) >= 1  # the peers between the two lines were not logged
+    assert 1 + int(second) + 1 == peers  # ... and each of them is in the count
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to make a directory another user owns")

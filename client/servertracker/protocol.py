@@ -215,13 +215,14 @@ Message: TypeAlias = (
 #: The "columns" message (RecordColumns) is understood.
 FEATURE_COLUMNS: Final = "columns"
 #: The "intern" request and the "interned" message (RecordInterned) are understood
-#: (the daemon may still grant 0 ids).
+#: (the daemon may still grant 0 ids). Listed only when the daemon's
+#: --max-interned-entries lets it grant ids.
 FEATURE_INTERNED: Final = "interned"
 #: Fleet mode is on: a FleetRequest gets a FleetReply, not the error "fleet-off".
 #: Listed only then, as SMTP's EHLO lists only the extensions configured.
 FEATURE_FLEET: Final = "fleet"
-#: What this side always understands beyond the messages every version-1 daemon knows
-#: (the daemon adds FEATURE_FLEET in fleet mode).
+#: What a daemon lists by default beyond the messages every version-1 daemon knows
+#: (it drops FEATURE_INTERNED when it can grant no ids, adds FEATURE_FLEET in fleet mode).
 FEATURES: Final = (FEATURE_COLUMNS, FEATURE_INTERNED)
 #: Most feature names in a Features reply, and the longest name.
 MAX_FEATURES: Final = 64

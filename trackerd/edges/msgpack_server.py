@@ -392,9 +392,15 @@ class TrackerServer(StreamServer):
                 self._writer.notify_changed()
 
     def _features(self) -> protocol.Features:
-        """What this daemon understands beyond version 1; "fleet" only in fleet mode."""
-        fleet = (protocol.FEATURE_FLEET,) if self._tracker.fleet is not None else ()
-        return protocol.Features(protocol.FEATURES + fleet)
+        """What this daemon understands beyond version 1, as configured: "interned"
+        only when it can grant ids (else workers would ask again and again to be
+        granted 0), "fleet" only in fleet mode."""
+        names = [protocol.FEATURE_COLUMNS]
+        if self.grant_cap:
+            names.append(protocol.FEATURE_INTERNED)
+        if self._tracker.fleet is not None:
+            names.append(protocol.FEATURE_FLEET)
+        return protocol.Features(tuple(names))
 
     def _fleet_reply(self) -> protocol.FleetReply:
         """The fleet sketches (registers only), for any peer the allow-lists admit:

@@ -48,7 +48,6 @@ from collections.abc import Callable, Sequence
 import anyio
 import anyio.lowlevel
 
-from trackerd.core.wording import more_since
 from trackerd.edges import stream_server
 from trackerd.edges.access import LogThrottle
 from trackerd.edges.msgpack_server import MAX_SLICE, MIN_SLICE, SLICE_SECONDS
@@ -211,7 +210,7 @@ class PolicyLoop:
         self.view = memoryview(self.buffer)
         self.draining = False
         #: One line a second at most for peers that do not read their replies.
-        self.unread_log = LogThrottle(1.0)
+        self.unread_log = LogThrottle(stream_server.UNREAD_LOG_INTERVAL)
         self._exit = False
         self._thread = threading.Thread(target=self._run, name="trackerd-policy", daemon=True)
         handover.wake_thread = self.wake
@@ -642,11 +641,5 @@ class ThreadConnection:
             log.debug("dropping the replies a closed connection did not read")
         else:
             self._server.timeouts += 1
-            suppressed = self._loop.unread_log.ready()
-            if suppressed is not None:
-                log.info(
-                    "closing a connection that did not read its reply within %.0fs%s",
-                    stream_server.SEND_TIMEOUT,
-                    more_since(suppressed),
-                )
+            stream_server.log_unread(self._loop.unread_log)
         self.lost()

@@ -36,6 +36,9 @@ ZEROS = memoryview(bytes(READ_SIZE))
 #: A reply the peer does not read within this time closes the connection, so a
 #: client that stops reading cannot hold the daemon's memory.
 SEND_TIMEOUT = 10.0
+#: Peers that leave a reply unread are logged at most once per this many seconds
+#: (and each is counted in timeouts): many such peers cannot flood the log.
+UNREAD_LOG_INTERVAL = 1.0
 #: At shutdown, a connection is drained until no byte arrives for this long.
 DRAIN_QUIET_TIME = 0.05
 #: ... and for at most this long in all.
@@ -138,6 +141,7 @@ class StreamServer:
         self._refused_log = LogThrottle()
         self._busy_log = LogThrottle()
         self._accept_log = LogThrottle()
+        self.unread_log = LogThrottle(UNREAD_LOG_INTERVAL)
         # Connections with an unfinished frame, in the order their frames began.
         self._in_progress: dict[Connection, None] = {}
         # Kept open to be closed when accept() runs out of descriptors: with it,
@@ -396,7 +400,7 @@ class StreamServer:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 raise ConnectionClosed from None
         self.timeouts += 1
-        log.info("closing a connection that did not read its reply within %.0fs", SEND_TIMEOUT)
+        log_unread(self.unread_log)
         raise ConnectionClosed
 
     # --- one connection -----------------------------------------------------------------
@@ -474,3 +478,16 @@ def _open_spare() -> int | None:
         return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+
+
+def log_unread(throttle: LogThrottle) -> None:
+    """The line for a connection closed because its peer did not read its reply in
+    SEND_TIMEOUT: at most one per throttle interval, with how many came since the
+    last (every listener's, the policy loop's too)."""
+    suppressed = throttle.ready()
+    if suppressed is not None:
+        log.info(
+            "closing a connection that did not read its reply within %.0fs%s",
+            SEND_TIMEOUT,
+            more_since(suppressed),
+        )
