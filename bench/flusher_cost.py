@@ -29,7 +29,7 @@ import time
 from bench._support import arguments, table
 from bench.compare import FORMS, PER_WORKER, conn_ip, loadavg, sender
 from servertracker import protocol
-from servertracker.batch_encoder import DEFAULT_TABLE_ENTRIES, BatchEncoder
+from servertracker.batch_encoder import DEFAULT_TABLE_ENTRIES, INTERNED_BATCH_SIZE, BatchEncoder
 from servertracker.sender_split import sent_senders
 from servertracker.value_tables import ValueTables
 
@@ -91,7 +91,10 @@ def main() -> None:
     parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated sender forms")
     parser.add_argument("--records", type=int, default=PER_WORKER, help="records of the worker")
     parser.add_argument(
-        "--batch", type=int, default=BATCH, help=f"records a batch (the library's: {BATCH})"
+        "--batch",
+        type=int,
+        default=BATCH,
+        help=f"records a batch (the library's: {BATCH}, {INTERNED_BATCH_SIZE} for interned)",
     )
     args = parser.parse_args()
     BATCH = args.batch

@@ -131,8 +131,8 @@ class Client:
         value tables (0 to 1,048,576; 0 sends no interned messages, and so does
         an interpreter whose hash() is not secret: hash_keys.hash_is_secret).
         Each id takes 56 bytes in this process (value_tables.py: four slots of a
-        key and an id, and the id's key), in pages touched as values arrive, so
-        the default costs up to about 15 MB for the two tables.
+        key and an id, and the id's key), allocated on connecting, so
+        the default costs about 15 MB for the two tables.
         """
         if not 0 <= table_entries <= protocol.MAX_INTERN_ENTRIES:
             raise ValueError(f"table_entries must be from 0 to {protocol.MAX_INTERN_ENTRIES}")

@@ -99,15 +99,14 @@ class ValueTable:
         rows = max(1, -(-SLOTS_PER_ID * size // WAYS))
         rows = 1 << (rows - 1).bit_length()
         self._mask = np.int64(rows - 1)
-        # A slot holds key ^ _blind, so that np.zeros leaves every slot empty: 0
-        # is the key _blind, which a value hashes to with chance 2**-64. calloc
-        # maps the pages on first use, so a connection's first batches pay for
-        # faulting them in (~1,500 pages, a few ms in all, mostly the first
-        # batch); writing the map whole here (np.full) held the interpreter lock
-        # for 6-10 ms at once on connecting, in some runs.
+        # A slot holds key ^ _blind, so that 0 is an empty slot: it is the key
+        # _blind, which a value hashes to with chance 2**-64. The map is written
+        # whole here (np.full), where numpy faults its ~1,500 pages in mostly
+        # without the interpreter lock; left to calloc, the first batch of a
+        # connection faulted them in at random, holding the lock (5-14 ms).
         self._blind = np.int64(secrets.randbits(64) - (1 << 63))
-        self._keys: npt.NDArray[np.int64] = np.zeros((rows, WAYS), dtype=np.int64)
-        self._slot_ids: npt.NDArray[np.uint32] = np.zeros((rows, WAYS), dtype=np.uint32)
+        self._keys: npt.NDArray[np.int64] = np.full((rows, WAYS), 0, dtype=np.int64)
+        self._slot_ids: npt.NDArray[np.uint32] = np.full((rows, WAYS), 0, dtype=np.uint32)
         # id -> its value's key (blinded), to find its slot when the id is reused.
         self._id_keys: npt.NDArray[np.int64] = np.zeros(size, dtype=np.int64)
         self._next = 0  # the id the next new value takes
