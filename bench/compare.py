@@ -13,11 +13,15 @@ records with 100,000 distinct connection IPs, once per sender form:
 - ``mix``: all of those, plus the null sender ``<>`` and mixed case.
 
 Each competitor is timed from the first fork until its counts confirm every
-record; the daemon's CPU time (utime + stime from /proc/PID/stat) is divided by
-the records. Within a round every form runs every competitor, and the order of
-competitors rotates from round to round, so a load that comes and goes on this
-shared machine falls on each alike. Medians and ratios are printed and written
-to bench/results/compare.json, with the load average before and after.
+record. CPU is divided by the records three ways: the server's (utime + stime
+from /proc/PID/stat), the workers' (ru_utime + ru_stime from os.wait4, flusher
+threads included), and their total. The workers' strings are made fresh, apart
+from the ones the true counts are taken from, so no hash() is cached before
+timing (as an SMTP worker's values are new objects). Within a round every form
+runs every competitor, and the order of competitors rotates from round to round,
+so a load that comes and goes on this shared machine falls on each alike.
+Medians and ratios are printed and written to bench/results/compare.json, with
+the load average before and after.
 
 - trackerd: the product; workers call servertracker.record_server() with a queue
   large enough that nothing drops, and the library's default value tables
@@ -32,16 +36,28 @@ to bench/results/compare.json, with the load average before and after.
 - trackerd --windows none: the product without sliding windows (1h and 24h are on
   by default), to show what the windows cost end to end.
 - redis (b): Redis's best use: each worker hashes the raw domain part (no
-  normalising, as the original) with keyed BLAKE2b and sends one multi-member
-  SADD per category per 1,000 records, written as RESP bytes and sent in one
-  send, replies parsed by hiredis (whether hiredis was used is printed and
+  normalising, as the original) with keyed BLAKE2b, memoising each connection
+  IP's and each sender's digest (a dict from hash() of the value to its digest,
+  131,072 entries a dict, cleared when full, as trackerd's worker tables), and
+  sends one multi-member SADD per category and one INCRBY of the records count
+  (trackerd counts records too) per 1,000 records, written as RESP bytes and sent
+  in one send, replies parsed by hiredis (whether hiredis was used is printed and
   recorded; see run_redis).
+- trackerd small table: ``Client(table_entries=32768)``, smaller than the 100,000
+  IPs a worker sees, so ids are reused: what a too-small table costs.
 - naive anyio daemon: bench/naive_daemon.py, a batched asyncio daemon in 100 lines
-  speaking the same protocol (what a quick prototype would be).
+  speaking the same protocol (what a quick prototype would be). It lists the
+  ``columns`` feature, so workers send it the message format a prototype would use
+  today; it gets no worker-side split and no value tables (it does not list
+  ``interned``), so its workers send every value as text.
 - seed design: in-process salted sets, the whole status JSON rewritten to a file on
   every record (what the Go original does on every RecordServer). It writes a
   file per record, so it runs on the first --seed-records of each worker only, and
-  its rate is compared.
+  its rate is compared. The file goes in a tmpfs directory (/dev/shm), as the
+  original's runtime directory (/run) is on a systemd host; where there is no
+  /dev/shm it goes in /tmp, and the output says so. This is a Python model of the
+  design; the table also gives the issue's measured rate of the Go original
+  (GO_ORIGINAL_RATE, issue 13's table) and trackerd's ratio to it.
 """
 
 from __future__ import annotations
@@ -71,6 +87,9 @@ CONN_IPS = 100_000
 DOMAINS = 45_000
 LITERALS = 5_000
 FORMS = ("domain", "user@domain", "<user@domain>", "[ip]", "mix")
+#: The Go original's measured rate (records/s, 8 goroutines), from issue 13's table.
+GO_ORIGINAL_RATE = 193_000
+SMALL_TABLE = 32_768
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -111,15 +130,23 @@ class Workload:
         self.form = form
         self.per_worker = per_worker
         self.total = WORKERS * per_worker
-        # Strings are made per record, as an SMTP server makes them per message.
-        self.shares = [
-            [(conn_ip(r), sender(form, r)) for r in range(w * per_worker, (w + 1) * per_worker)]
-            for w in range(WORKERS)
-        ]
-        self.distinct = _true_counts(self.shares)
+        # Strings are made per record, as an SMTP server makes them per message,
+        # and nothing hashes them before the workers do (a str caches its hash()).
+        self.shares = make_shares(form, per_worker)
+        self.distinct = _true_counts(form, per_worker)
 
 
-def _true_counts(shares: list[list[tuple[str, str]]]) -> tuple[int, int, int]:
+def make_shares(form: str, per_worker: int) -> list[list[tuple[str, str]]]:
+    """Every worker's (connection IP, sender) pairs, as new str objects."""
+    return [
+        [(conn_ip(r), sender(form, r)) for r in range(w * per_worker, (w + 1) * per_worker)]
+        for w in range(WORKERS)
+    ]
+
+
+def _true_counts(form: str, per_worker: int) -> tuple[int, int, int]:
+    """The distinct counts, from strings made apart from the workers' (same values)."""
+    shares = make_shares(form, per_worker)
     ips = {ip for share in shares for ip, _ in share}
     senders = {s for share in shares for _, s in share}
     keys: list[set[bytes]] = [set(), set(), set()]
@@ -134,8 +161,9 @@ def _true_counts(shares: list[list[tuple[str, str]]]) -> tuple[int, int, int]:
     return (len(keys[0]), len(keys[1]), len(keys[2]))
 
 
-def fork_workers(work: Callable[[int], bool]) -> None:
-    """Run work(w) in WORKERS forked processes; raise if any fails."""
+def fork_workers(work: Callable[[int], bool]) -> float:
+    """Run work(w) in WORKERS forked processes; raise if any fails. Returns the
+    workers' CPU seconds (user + system, all their threads, from os.wait4)."""
     pids = []
     for w in range(WORKERS):
         pid = os.fork()
@@ -150,9 +178,15 @@ def fork_workers(work: Callable[[int], bool]) -> None:
             finally:
                 os._exit(code)
         pids.append(pid)
-    failed = [pid for pid in pids if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0]
+    failed = 0
+    cpu = 0.0
+    for pid in pids:
+        _, status, usage = os.wait4(pid, 0)
+        failed += os.waitstatus_to_exitcode(status) != 0
+        cpu += usage.ru_utime + usage.ru_stime
     if failed:
-        raise RuntimeError(f"{len(failed)} workers failed")
+        raise RuntimeError(f"{failed} workers failed")
+    return cpu
 
 
 def cpu_seconds(pid: int) -> float:
@@ -162,11 +196,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Run:
-    """One timed run: seconds, and the server's CPU seconds (None when it has none)."""
+    """One timed run: seconds, the server's CPU seconds (None when it has none), and
+    the workers' CPU seconds."""
 
-    def __init__(self, seconds: float, server_cpu: float | None) -> None:
+    def __init__(self, seconds: float, server_cpu: float | None, worker_cpu: float) -> None:
         self.seconds = seconds
         self.server_cpu = server_cpu
+        self.worker_cpu = worker_cpu
 
 
 # --- trackerd (and any daemon speaking its protocol) --------------------------------
@@ -196,7 +232,7 @@ def run_protocol_daemon(
                     record_server(ip, value)
             return client.flush(600) and client.stats().dropped == 0
 
-        fork_workers(work)
+        worker_cpu = fork_workers(work)
         while (status := daemon.status()).records < load.total:
             time.sleep(0.002)
         elapsed = time.perf_counter() - start
@@ -204,7 +240,7 @@ def run_protocol_daemon(
         got = (status.unique_conn_ips, status.unique_domains, status.unique_ip_servers)
         assert got == load.distinct, f"counted {got}, expected {load.distinct}"
         assert status.records == load.total, f"{status.records} records"
-        return Run(elapsed, cpu)
+        return Run(elapsed, cpu, worker_cpu)
     finally:
         daemon.stop()
 
@@ -224,6 +260,8 @@ def start_naive() -> BenchDaemon:
 # --- Redis --------------------------------------------------------------------------
 
 SET_NAMES = ("conn_ips", "domains", "ip_servers")
+RECORDS_NAME = "records"
+_UNSEEN = (-1, b"")  # a sender memo's default: not hashed yet
 
 
 class RedisServer:
@@ -270,6 +308,8 @@ def _digest(hashers: tuple[hashlib._Hash, ...], category: int, key: bytes) -> by
 
 
 REDIS_SLICE = 1_000  # records hashed per round trip to Redis
+#: Entries of each of a Redis worker's digest memos (trackerd's default table size).
+REDIS_MEMO = DEFAULT_TABLE_ENTRIES
 
 
 def hiredis_used() -> bool:
@@ -285,12 +325,16 @@ def run_redis(load: Workload) -> Run:
     Each worker hashes the domain part, lowercased (no other normalising, as the
     original's callers pass it), and the connection IP with keyed BLAKE2b, in slices
     of 1,000 records, in a loop with its methods bound once and one branch per
-    sender. Every member is an 8-byte digest, so the slice's multi-member SADDs (one
-    per category) are written as RESP bytes directly, with no per-argument packing,
-    sent in one send on one Unix-socket connection, and answered by one reply read
-    per SADD (parsed in C by hiredis, see hiredis_used). That is one round trip and
-    at most three commands per 1,000 records, with the least Python per record a
-    client can do; redis-server (no persistence) then does only the set insertions.
+    sender. A digest is memoised per worker (connection IPs and senders apart),
+    keyed by hash() of the value, never the value (as trackerd's worker tables),
+    in dicts of at most REDIS_MEMO entries, cleared when full. Every member is an
+    8-byte digest, so the slice's multi-member SADDs (one per category) and one
+    INCRBY of the records count are written as RESP bytes directly, with no
+    per-argument packing, sent in one send on one Unix-socket connection, and
+    answered by one reply read per command (parsed in C by hiredis, see
+    hiredis_used). That is one round trip and at most four commands per 1,000
+    records, with the least Python per record a client can do; redis-server (no
+    persistence) then does only the set insertions and the sum.
     """
     import redis  # a benchmark-only dependency
 
@@ -303,19 +347,22 @@ def run_redis(load: Workload) -> Run:
         def work(w: int) -> bool:
             return _redis_worker(server.socket, salt, load.shares[w])
 
-        fork_workers(work)
+        worker_cpu = fork_workers(work)
         db = redis.Redis(unix_socket_path=str(server.socket))
         got = tuple(db.scard(name) for name in SET_NAMES)
+        records = int(db.get(RECORDS_NAME) or 0)
         elapsed = time.perf_counter() - start
         cpu = cpu_seconds(server.process.pid) - cpu_before
         assert got == load.distinct, f"redis counted {got}, expected {load.distinct}"
-        return Run(elapsed, cpu)
+        assert records == load.total, f"redis counted {records} records"
+        return Run(elapsed, cpu, worker_cpu)
     finally:
         server.stop()
 
 
 def _redis_worker(socket: Path, salt: bytes, share: list[tuple[str, str]]) -> bool:
-    """One worker of run_redis: hash, then SADD each slice in a single send."""
+    """One worker of run_redis: hash (memoised), then SADD and INCRBY each slice in
+    a single send."""
     import redis  # a benchmark-only dependency
 
     conn = redis.UnixDomainSocketConnection(path=str(socket))
@@ -323,36 +370,60 @@ def _redis_worker(socket: Path, salt: bytes, share: list[tuple[str, str]]) -> bo
     ip_hasher, domain_hasher, literal_hasher = _hashers(salt)
     ip_copy, domain_copy, literal_copy = ip_hasher.copy, domain_hasher.copy, literal_hasher.copy
     names = [name.encode() for name in SET_NAMES]
+    records = RECORDS_NAME.encode()
+    # hash() of the value -> its digest; a sender's also says its set (None: no set).
+    ip_memo: dict[int, bytes] = {}
+    sender_memo: dict[int, tuple[int, bytes] | None] = {}
     for first in range(0, len(share), REDIS_SLICE):
-        ips: list[bytes] = []
-        domains: list[bytes] = []
-        literals: list[bytes] = []
-        add_ip, add_domain, add_literal = ips.append, domains.append, literals.append
-        for ip, value in share[first : first + REDIS_SLICE]:
-            h = ip_copy()
-            h.update(ip.encode())
-            add_ip(h.digest())
-            # The original's callers pass the domain part; take it, unnormalised.
-            part = value.rpartition("@")[2].rstrip(">")
-            if part and part != "<":
-                if part[0] == "[":
-                    h = literal_copy()
-                    h.update(part.encode())
-                    add_literal(h.digest())
-                else:
-                    h = domain_copy()
-                    h.update(part.lower().rstrip(".").encode())
-                    add_domain(h.digest())
+        members: tuple[list[bytes], list[bytes], list[bytes]] = ([], [], [])
+        add_ip = members[0].append
+        if len(ip_memo) > REDIS_MEMO - REDIS_SLICE:
+            ip_memo.clear()
+        if len(sender_memo) > REDIS_MEMO - REDIS_SLICE:
+            sender_memo.clear()
+        get_ip, get_sender = ip_memo.get, sender_memo.get
+        chunk = share[first : first + REDIS_SLICE]
+        for ip, value in chunk:
+            key = hash(ip)
+            digest = get_ip(key)
+            if digest is None:
+                h = ip_copy()
+                h.update(ip.encode())
+                digest = ip_memo[key] = h.digest()
+            add_ip(digest)
+            key = hash(value)
+            found = get_sender(key, _UNSEEN)
+            if found is _UNSEEN:
+                found = None
+                # The original's callers pass the domain part; take it, unnormalised.
+                part = value.rpartition("@")[2].rstrip(">")
+                if part and part != "<":
+                    if part[0] == "[":
+                        h = literal_copy()
+                        h.update(part.encode())
+                        found = (2, h.digest())
+                    else:
+                        h = domain_copy()
+                        h.update(part.lower().rstrip(".").encode())
+                        found = (1, h.digest())
+                sender_memo[key] = found
+            if found is not None:
+                members[found[0]].append(found[1])
         out: list[bytes] = []
-        for name, members in zip(names, (ips, domains, literals), strict=True):
-            if members:
+        for name, digests in zip(names, members, strict=True):
+            if digests:
                 # SADD name member...: every member is an 8-byte digest.
                 out.append(
-                    b"*%d\r\n$4\r\nSADD\r\n$%d\r\n%s\r\n" % (len(members) + 2, len(name), name)
+                    b"*%d\r\n$4\r\nSADD\r\n$%d\r\n%s\r\n" % (len(digests) + 2, len(name), name)
                 )
-                out.append(b"$8\r\n" + b"\r\n$8\r\n".join(members) + b"\r\n")
+                out.append(b"$8\r\n" + b"\r\n$8\r\n".join(digests) + b"\r\n")
+        count = b"%d" % len(chunk)
+        out.append(
+            b"*3\r\n$6\r\nINCRBY\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+            % (len(records), records, len(count), count)
+        )
         send([b"".join(out)])
-        for _ in range(len(out) // 2):
+        for _ in range(len(out) // 2 + 1):
             read()
     conn.disconnect()
     return True
@@ -361,9 +432,14 @@ def _redis_worker(socket: Path, salt: bytes, share: list[tuple[str, str]]) -> bo
 # --- the seed's design ----------------------------------------------------------------
 
 
+def seed_directory() -> str:
+    """Where the seed design writes: tmpfs, as the original's runtime directory."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
+
+
 def run_seed_design(load: Workload) -> Run:
     """In-process sets, and the status file rewritten on every record, as the original."""
-    directory = Path(tempfile.mkdtemp(prefix="stbs-", dir="/tmp"))
+    directory = Path(tempfile.mkdtemp(prefix="stbs-", dir=seed_directory()))
     salt = secrets.token_bytes(32)
     try:
         start = time.perf_counter()
@@ -389,8 +465,8 @@ def run_seed_design(load: Workload) -> Run:
                 path.write_text(json.dumps(status))
             return True
 
-        fork_workers(work)
-        return Run(time.perf_counter() - start, None)
+        worker_cpu = fork_workers(work)
+        return Run(time.perf_counter() - start, None, worker_cpu)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -426,6 +502,9 @@ def main() -> None:
         "trackerd --windows none": lambda load: run_protocol_daemon(
             load, start_trackerd_without_windows
         ),
+        "trackerd small table": lambda load: run_protocol_daemon(
+            load, start_trackerd, table_entries=SMALL_TABLE
+        ),
     }
     hiredis = None
     if shutil.which("redis-server"):
@@ -438,6 +517,12 @@ def main() -> None:
     if args.only:
         competitors = {n: c for n, c in competitors.items() if args.only in n or n == "trackerd"}
 
+    if seed_load is not None:
+        where = seed_directory()
+        print(
+            f"seed design writes in {where}"
+            + ("" if where == "/dev/shm" else " (no /dev/shm here: a disk, not tmpfs)")
+        )
     names = list(competitors)
     runs: dict[str, dict[str, list[Run]]] = {f: {n: [] for n in names} for f in forms}
     seed_runs: list[Run] = []
@@ -471,6 +556,13 @@ def main() -> None:
         "loadavg_before": load_before,
         "loadavg_after": load_after,
         "seed_records_per_second": seed_rate,
+        "seed_directory": seed_directory() if seed_load else None,
+        "seed_worker_cpu_us_per_record": (
+            statistics.median(r.worker_cpu for r in seed_runs) * 1e6 / seed_load.total
+            if seed_load
+            else None
+        ),
+        "go_original_records_per_second": GO_ORIGINAL_RATE,
         "redis_hiredis": hiredis,
         "forms": {},
     }
@@ -482,6 +574,12 @@ def main() -> None:
             seconds = statistics.median(r.seconds for r in runs[form][name])
             cpus = [r.server_cpu for r in runs[form][name] if r.server_cpu is not None]
             cpu_us = statistics.median(cpus) * 1e6 / total if cpus else None
+            worker_us = statistics.median(r.worker_cpu for r in runs[form][name]) * 1e6 / total
+            total_us = (
+                statistics.median((r.server_cpu or 0) + r.worker_cpu for r in runs[form][name])
+                * 1e6
+                / total
+            )
             rows.append(
                 [
                     form,
@@ -490,26 +588,46 @@ def main() -> None:
                     f"{total / seconds:,.0f}",
                     f"{seconds / ours:.2f}x",
                     "-" if cpu_us is None else f"{cpu_us:.2f}",
+                    f"{worker_us:.2f}",
+                    f"{total_us:.2f}",
                 ]
             )
             form_result[name] = {
                 "seconds": [r.seconds for r in runs[form][name]],
                 "server_cpu_seconds": [r.server_cpu for r in runs[form][name]],
+                "worker_cpu_seconds": [r.worker_cpu for r in runs[form][name]],
                 "median_seconds": seconds,
                 "records_per_second": total / seconds,
                 "server_cpu_us_per_record": cpu_us,
+                "worker_cpu_us_per_record": worker_us,
+                "total_cpu_us_per_record": total_us,
             }
-        if seed_rate:
+        if seed_rate and seed_load:
+            seed_cpu = statistics.median(r.worker_cpu for r in seed_runs) * 1e6 / seed_load.total
             rows.append(
                 [
                     form,
-                    "seed design (file per record)",
+                    "seed design, Python model (file per record)",
                     "-",
                     f"{seed_rate:,.0f}",
                     f"{total / ours / seed_rate:.1f}x",
                     "-",
+                    f"{seed_cpu:.2f}",
+                    f"{seed_cpu:.2f}",
                 ]
             )
+        rows.append(
+            [
+                form,
+                "Go original, measured (issue 13's table)",
+                "-",
+                f"{GO_ORIGINAL_RATE:,}",
+                f"{total / ours / GO_ORIGINAL_RATE:.1f}x",
+                "-",
+                "-",
+                "-",
+            ]
+        )
         result["forms"][form] = form_result  # type: ignore[index]
     print()
     print(f"load average before {load_before}, after {load_after}; hiredis: {hiredis}")
@@ -522,6 +640,8 @@ def main() -> None:
                 "records/s",
                 "trackerd is faster by",
                 "server CPU µs/record",
+                "workers CPU µs/record",
+                "total CPU µs/record",
             ],
             rows,
         )

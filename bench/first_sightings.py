@@ -10,7 +10,9 @@ throughout (cached after its first pair), so each form is measured alone.
 Windows on (the daemon's default) and a deadline per call, as the msgpack server
 gives one. Each round runs in a fresh process; with ``--baseline DIR`` (another
 checkout, e.g. ``git worktree add DIR main``) its core runs alternately in the
-same rounds, and the counts of both must agree. Medians of the rounds.
+same rounds, and the counts of both must agree. Where every value is a distinct
+server (all forms but the known-domain one and the mix), the count must equal
+--values (at most 16,777,216). Medians of the rounds.
 """
 
 from __future__ import annotations
@@ -36,8 +38,20 @@ FORMS: dict[str, tuple[str, Callable[[int], str]]] = {
     "user@domain": ("sender", lambda n: f"user{n % 7}@mail{n}.example.com"),
     "<user@domain>": ("sender", lambda n: f"<user{n % 7}@mail{n}.example.com>"),
     # A new address at a domain seen before: most new senders in bench.compare.
+    # (Not every value distinct: its count is the 64 domains.)
     "user@known domain": ("sender", lambda n: f"user{n}@mail{n % 64}.example.com"),
     "mix (bench.compare)": ("sender", lambda n: _mix(n)),
+}
+
+
+#: The forms whose N values are N distinct servers, and the count they go in
+#: (unique_conn_ips, unique_domains, unique_ip_servers): that count must be N.
+ALL_DISTINCT = {
+    "conn IP 10.a.b.c": 0,
+    "domain": 1,
+    "[ip]": 2,
+    "user@domain": 1,
+    "<user@domain>": 1,
 }
 
 
@@ -75,10 +89,14 @@ def one_process(values: int) -> dict[str, dict[str, float]]:
             tracker.status()  # adds whatever is pending to the counters
             seconds.append(time.process_time() - start)
         status = tracker.status()
+        counts = [status.unique_conn_ips, status.unique_domains, status.unique_ip_servers]
+        if name in ALL_DISTINCT:
+            got = counts[ALL_DISTINCT[name]]
+            assert got == values, f"{name}: counted {got} of {values} distinct values"
         results[name] = {
             "us": (seconds[0] - seconds[1]) * 1e6 / values,
             "cached_us": seconds[1] * 1e6 / values,
-            "counts": [status.unique_conn_ips, status.unique_domains, status.unique_ip_servers],
+            "counts": counts,
             "rejected": [status.rejected_conn_ips, status.rejected_senders],
         }
     return results

@@ -15,7 +15,9 @@ thread may wait that long). Per form, in an order rotated from round to round:
   (sender_split.sent_senders), numbering both columns (value_tables.py), and
   protocol.encode_interned; the steps are timed apart in a second pass.
 
-Medians over the rounds; the load average before and after. The daemon's side is
+Every run gets its records made anew (fresh str objects, as an SMTP worker's),
+so no run finds their hash() cached by an earlier one. Medians over the rounds;
+the load average before and after. The daemon's side is
 bench.interned_cost's; end to end, bench.compare's.
 """
 
@@ -91,14 +93,13 @@ def main() -> None:
     before = loadavg()
     rows = []
     for form in args.forms.split(","):
-        work = batches(form, args.records)
         runs: dict[str, list[tuple[float, float]]] = {"columns": [], "interned": []}
         step_runs: list[dict[str, float]] = []
         for round_ in range(args.rounds):
             order = ["columns", "interned"][:: 1 if round_ % 2 == 0 else -1]
             for kind in order:
-                runs[kind].append(whole(kind, work))
-            step_runs.append(steps(work))
+                runs[kind].append(whole(kind, batches(form, args.records)))
+            step_runs.append(steps(batches(form, args.records)))
         for kind, results in runs.items():
             per_record = statistics.median(r[0] for r in results)
             detail = ""

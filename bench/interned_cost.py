@@ -16,8 +16,10 @@ competitors, in an order rotated from round to round:
   worker's table: only a worker's first use of a value carries its text), in
   `interned` messages of 512 pairs, after an `intern` request for 131,072 entries.
 
-Each daemon is a fresh trackerd with its defaults (windows 1h,24h). Medians and
-ratios are printed, with the load average before and after.
+Each daemon is a fresh trackerd with its defaults (windows 1h,24h); every run
+checks the records and the distinct counts. The workers' CPU (os.wait4: sending
+the frames only) is printed too. Medians and ratios are printed, with the load
+average before and after.
 """
 
 from __future__ import annotations
@@ -102,10 +104,10 @@ def interned_frames(pairs: Sequence[tuple[str, str]], batch: int = BATCH) -> lis
 
 
 def run(
-    frames: list[list[bytes]], total: int, interned: bool, profile: Path | None = None
-) -> tuple[float, float]:
-    """(seconds, daemon CPU seconds) for every worker sending its frames; with
-    profile, py-spy's raw samples of the daemon go there."""
+    frames: list[list[bytes]], load: Workload, interned: bool, profile: Path | None = None
+) -> tuple[float, float, float]:
+    """(seconds, daemon CPU seconds, workers' CPU seconds) for every worker sending
+    its frames; with profile, py-spy's raw samples of the daemon go there."""
     daemon = BenchDaemon().start()
     spy = None
     try:
@@ -144,14 +146,16 @@ def run(
             sock.close()
             return ok
 
-        fork_workers(work)
+        worker_cpu = fork_workers(work)
         status = daemon.status()
         elapsed = time.perf_counter() - start
         cpu = cpu_seconds(daemon.process.pid) - cpu_before
-        assert status.records == total, status
+        assert status.records == load.total, status
+        got = (status.unique_conn_ips, status.unique_domains, status.unique_ip_servers)
+        assert got == load.distinct, f"counted {got}, expected {load.distinct}"
         if interned:
             assert status.health is not None and status.health.interned_messages > 0
-        return elapsed, cpu
+        return elapsed, cpu, worker_cpu
     finally:
         daemon.stop()
         if spy is not None:
@@ -197,23 +201,26 @@ def main() -> None:
                  for name, each in frames.items()}  # fmt: skip
         cpu: dict[str, list[float]] = {name: [] for name in makers}
         wall: dict[str, list[float]] = {name: [] for name in makers}
+        workers: dict[str, list[float]] = {name: [] for name in makers}
         names = list(makers)
         for round_ in range(args.rounds):
             order = names[round_ % len(names) :] + names[: round_ % len(names)]
             for name in order:
-                seconds, used = run(frames[name], load.total, name == "interned")
+                seconds, used, worker_cpu = run(frames[name], load, name == "interned")
                 cpu[name].append(used)
                 wall[name].append(seconds)
+                workers[name].append(worker_cpu)
         if args.profile is not None:
             for name in names:
                 path = args.profile.with_suffix(f".{form}.{name.replace(' ', '-')}.txt")
-                run(frames[name], load.total, name == "interned", path)
+                run(frames[name], load, name == "interned", path)
                 print(f"{form} {name}: top own time of py-spy's samples ({path})")
                 for function, share in top_functions(path):
                     print(f"  {share:5.1%}  {function}")
         base = statistics.median(cpu["columns raw"])
         for name in names:
             median = statistics.median(cpu[name])
+            both = statistics.median(a + b for a, b in zip(cpu[name], workers[name], strict=True))
             rows.append(
                 [
                     form,
@@ -222,10 +229,13 @@ def main() -> None:
                     f"{median / base:.2f}",
                     f"{load.total / statistics.median(wall[name]) / 1000:.0f}k",
                     f"{sizes[name] / 1e6:.1f}",
+                    f"{statistics.median(workers[name]) * 1e6 / load.total:.3f}",
+                    f"{both * 1e6 / load.total:.3f}",
                 ]
             )
     headers = ["form", "sent as", "daemon CPU µs/record", "vs columns raw", "records/s",
-               "MB sent per worker"]  # fmt: skip
+               "MB sent per worker", "workers CPU µs/record (sending)",
+               "total CPU µs/record"]  # fmt: skip
     print(table(headers, rows))
     print("load after:", loadavg())
     print(f"({WORKERS} workers x {args.per_worker} records, {args.rounds} rounds, medians)")

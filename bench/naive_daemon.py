@@ -2,9 +2,11 @@
 that bench.compare holds trackerd against. Not part of the product.
 
 Run: ``python -m bench.naive_daemon --runtime-dir DIR``. One task per connection;
-each record message is counted pair by pair: a dict from the raw value to its
-digest (so each distinct value is normalised once), then Python sets of digests.
-No limits, no timeouts, no status file: only what the benchmark needs.
+it lists the ``columns`` feature (not ``interned``), so clients send it
+``columns`` messages, as a prototype would take them today; each is counted pair
+by pair: a dict from the raw value to its digest (so each distinct value is
+normalised once), then Python sets of digests. No limits, no timeouts, no status
+file: only what the benchmark needs.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import hashlib
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import anyio
@@ -42,8 +44,10 @@ class Naive:
         h.update(key)
         return h.digest()
 
-    def record(self, pairs: Sequence[protocol.Pair]) -> None:
+    def record(self, pairs: Iterable[tuple[str | None, str | None]]) -> None:
+        records = 0
         for ip, sender in pairs:
+            records += 1
             if ip not in self.ip_cache:
                 key = classify_conn_ip(ip)
                 self.ip_cache[ip] = self.digest(0, key) if type(key) is bytes else None
@@ -56,7 +60,7 @@ class Naive:
             found = self.sender_cache[sender]
             if found is not None:
                 self.sets[found[0]].add(found[1])
-        self.records += len(pairs)
+        self.records += records
 
     def status(self) -> Status:
         return Status(self.boot, *(len(s) for s in self.sets), time.time(), self.records)
@@ -75,8 +79,13 @@ class Naive:
                     return
                 decoder.receive_data(data)
                 while (message := decoder.next_message()) is not protocol.NEED_DATA:
-                    if isinstance(message, protocol.Record):
+                    if isinstance(message, protocol.RecordColumns):
+                        self.record(zip(message.conn_ips, message.senders, strict=True))
+                    elif isinstance(message, protocol.Record):
                         self.record(message.pairs)
+                    elif isinstance(message, protocol.FeaturesRequest):
+                        features = protocol.Features((protocol.FEATURE_COLUMNS,))
+                        await stream.send(protocol.encode(features))
                     elif isinstance(message, protocol.StatusRequest):
                         await stream.send(protocol.encode(protocol.StatusReply(self.status())))
                     elif isinstance(message, protocol.Ping):

@@ -2,9 +2,13 @@
 
 Forked clients, each one connection, ask one request at a time as smtpd does
 (a full Postfix 3 attribute set, a new message each time, so every request is
-recorded), and wait for each answer. The daemon's CPU time (utime and stime
-from /proc, apart) is divided by the requests answered; its start-up is not
-counted, and a run without requests is not subtracted (the daemon is idle then).
+recorded), and wait for each answer; ``--gap MS`` pauses that long between one
+client's requests (a paced mix; default 0, back to back). The daemon's CPU time
+(utime and stime from /proc, apart) is read after the clients finish and a status
+request has settled the daemon's policy queue (so the last hand-over batch is
+recorded and counted), and is divided by the requests answered; its start-up is
+not counted, and a run without requests is not subtracted (the daemon is idle
+then).
 
 ``--baseline DIR`` runs, alternately in the same rounds, the trackerd of another
 checkout (``git archive main | tar -x -C DIR``), so that a change is measured
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,10 +52,13 @@ ATTRIBUTES = (
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def client(path: str, worker: int, requests: int) -> None:
+def client(path: str, worker: int, requests: int, gap: float = 0.0) -> None:
+    """One Postfix connection's requests, one at a time; gap seconds between them."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(path)
         for n in range(requests):
+            if gap and n:
+                time.sleep(gap)
             ip = f"10.{worker}.{n // 256 % 256}.{n % 256}"
             sock.sendall(ATTRIBUTES.format(ip=ip, n=n % 5000, w=worker).encode())
             reply = b""
@@ -122,10 +130,14 @@ def where(competitor: Competitor) -> str:
 
 
 def one_run(
-    competitor: Competitor, clients: int, requests: int, profile: Path | None = None
+    competitor: Competitor,
+    clients: int,
+    requests: int,
+    profile: Path | None = None,
+    gap: float = 0.0,
 ) -> Round:
     if competitor.floor:
-        return floor_run(competitor, clients, requests)
+        return floor_run(competitor, clients, requests, gap)
     daemon = BenchDaemon(command=competitor.command)
     path = daemon.dir / "policy.sock"
     daemon.extra_args = ["--postfix-policy-socket", str(path)]
@@ -136,8 +148,15 @@ def one_run(
         pid = daemon.process.pid
         if profile is not None:
             spy = _start_py_spy(pid, profile)
-        result = measured(pid, str(path), clients, requests)
-        assert daemon.status().records == clients * requests
+        records = 0
+
+        def settle() -> None:
+            # The status reply comes after the policy queue is recorded.
+            nonlocal records
+            records = daemon.status().records
+
+        result = measured(pid, str(path), clients, requests, settle, gap)
+        assert records == clients * requests, records
         return result
     finally:
         if spy is not None:
@@ -146,7 +165,7 @@ def one_run(
         daemon.stop()
 
 
-def floor_run(competitor: Competitor, clients: int, requests: int) -> Round:
+def floor_run(competitor: Competitor, clients: int, requests: int, gap: float) -> Round:
     directory = Path(tempfile.mkdtemp(prefix="stb-", dir="/tmp"))
     path = directory / "floor.sock"
     process = subprocess.Popen([*competitor.command, str(path)])
@@ -156,15 +175,23 @@ def floor_run(competitor: Competitor, clients: int, requests: int) -> Round:
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError("bench.policy_floor did not start")
             time.sleep(0.02)
-        return measured(process.pid, str(path), clients, requests)
+        return measured(process.pid, str(path), clients, requests, None, gap)
     finally:
         process.kill()
         process.wait()
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def measured(pid: int, path: str, clients: int, requests: int) -> Round:
-    """Run the clients against path; the CPU pid spent meanwhile, per request."""
+def measured(
+    pid: int,
+    path: str,
+    clients: int,
+    requests: int,
+    settle: Callable[[], None] | None,
+    gap: float,
+) -> Round:
+    """Run the clients against path; the CPU pid spent meanwhile, per request, read
+    after settle() (which waits until the daemon has done what it was handed)."""
     user_before, system_before = user_system_seconds(pid)
     start = time.perf_counter()
     children = []
@@ -173,7 +200,7 @@ def measured(pid: int, path: str, clients: int, requests: int) -> Round:
         if child == 0:
             code = 1
             try:
-                client(path, w, requests)
+                client(path, w, requests, gap)
                 code = 0
             finally:
                 os._exit(code)
@@ -181,6 +208,8 @@ def measured(pid: int, path: str, clients: int, requests: int) -> Round:
     for child in children:
         assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
     elapsed = time.perf_counter() - start
+    if settle is not None:
+        settle()
     user, system = user_system_seconds(pid)
     total = clients * requests
     return Round(
@@ -233,7 +262,15 @@ def main() -> None:
         action="store_true",
         help="also run bench.policy_floor's floors (asyncio, a thread's epoll)",
     )
+    parser.add_argument(
+        "--gap",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="milliseconds one client waits between its requests (0: back to back)",
+    )
     args = parser.parse_args()
+    gap = args.gap / 1000
     entrants = competitors(args.baseline, args.floor)
     for competitor in entrants:
         if not competitor.floor:
@@ -244,14 +281,16 @@ def main() -> None:
         # Alternated, and the order turned each round, so that neither always goes first.
         order = entrants if number % 2 == 0 else entrants[::-1]
         for competitor in order:
-            results[competitor.name].append(one_run(competitor, args.clients, args.requests))
+            results[competitor.name].append(
+                one_run(competitor, args.clients, args.requests, gap=gap)
+            )
     if args.profile:
         for competitor in entrants:
             if competitor.floor:
                 continue
             slug = "baseline" if competitor is not entrants[-1] else "this"
             output = Path(f"{args.profile}-{slug}.txt")
-            one_run(competitor, args.clients, args.requests, profile=output)
+            one_run(competitor, args.clients, args.requests, profile=output, gap=gap)
             print(f"py-spy --gil profile of {competitor.name} ({output}):")
             print(profile_summary(output))
     print(f"load average after: {loadavg()}")
@@ -268,7 +307,10 @@ def main() -> None:
                 " / ".join(f"{r.cpu_us:.0f}" for r in rounds),
             ]
         )
-    print(f"{args.clients} connections x {args.requests:,} requests, {args.rounds} rounds, medians")
+    print(
+        f"{args.clients} connections x {args.requests:,} requests, {args.rounds} rounds, "
+        f"gap {args.gap:g} ms between a client's requests, medians"
+    )
     print(
         table(["daemon", "CPU µs/request", "user", "system", "requests/s", "CPU µs (rounds)"], rows)
     )

@@ -2,7 +2,11 @@
 
 Run: ``python -m bench.record_cost [--rounds 5] [--calls 200000]``.
 
-Each round runs every condition once, in a rotated order: the daemon up, down
+The calls record distinct connection IPs with bench.compare's senders of one
+form (``--senders``, default ``mix``: what the flusher then splits and numbers,
+so its interpreter-lock holds are as long as a real worker's; ``constant`` is
+one sender throughout, as this benchmark used before). Each round runs every
+condition once, in a rotated order: the daemon up, down
 (the queue fills, then drops), stalled (SIGSTOP), and a control that calls a
 function doing nothing in the same loop, daemon up and idle: what the machine
 alone does to a busy loop. Each call is timed alone with perf_counter_ns; the
@@ -32,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench._support import BenchDaemon, arguments, summary, table
-from bench.compare import loadavg
+from bench.compare import FORMS, loadavg, sender
 from servertracker import Client
 
 CALLS = 200_000
@@ -85,8 +89,18 @@ class TimedClient(Client):
             self._hold_start = 0
 
 
-def _values(calls: int) -> list[str]:
-    return [f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}" for i in range(calls)]
+SENDER_FORMS = (*FORMS, "constant")
+
+
+def _values(calls: int, senders: str) -> list[tuple[str, str]]:
+    """Fresh (connection IP, sender) pairs: distinct IPs, senders of one form."""
+    return [
+        (
+            f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}",
+            "user@example.com" if senders == "constant" else sender(senders, i),
+        )
+        for i in range(calls)
+    ]
 
 
 def _timer_overhead() -> int:
@@ -97,14 +111,14 @@ def _timer_overhead() -> int:
     return sorted(empty)[len(empty) // 2]
 
 
-def time_calls(record: Record, calls: int = CALLS) -> list[float]:
+def time_calls(record: Record, calls: int = CALLS, senders: str = "mix") -> list[float]:
     """Per-call cost in microseconds."""
     overhead = _timer_overhead()
     clock = _clock
     costs = []
-    for ip in _values(calls):
+    for ip, value in _values(calls, senders):
         t0 = clock()
-        record(ip, "user@example.com")
+        record(ip, value)
         costs.append(max(0, clock() - t0 - overhead) / 1000)
     return costs
 
@@ -118,16 +132,18 @@ class SlowCall:
     faults: int
 
 
-def explain_calls(record: Record, calls: int, slow_us: float) -> list[SlowCall]:
+def explain_calls(
+    record: Record, calls: int, slow_us: float, senders: str = "mix"
+) -> list[SlowCall]:
     """The calls over slow_us, with what happened to the calling thread during each."""
     overhead = _timer_overhead()
     clock, usage, thread = _clock, resource.getrusage, resource.RUSAGE_THREAD
     slow_ns = slow_us * 1000 + overhead
     slow = []
-    for ip in _values(calls):
+    for ip, value in _values(calls, senders):
         before = usage(thread)
         t0 = clock()
-        record(ip, "user@example.com")
+        record(ip, value)
         t1 = clock()
         if t1 - t0 > slow_ns:
             after = usage(thread)
@@ -168,7 +184,9 @@ def _overlaps(call: SlowCall, holds: list[tuple[int, int, bool]]) -> bool:
 CONDITIONS = ("daemon up", "control: no recording", "daemon down", "daemon stalled")
 
 
-def run(rounds: int = 1, calls: int = CALLS, slow_us: float = SLOW_US) -> dict[str, Condition]:
+def run(
+    rounds: int = 1, calls: int = CALLS, slow_us: float = SLOW_US, senders: str = "mix"
+) -> dict[str, Condition]:
     results = {name: Condition() for name in (*CONDITIONS, "first call (starts the thread)")}
     daemon = BenchDaemon().start()
     try:
@@ -178,7 +196,7 @@ def run(rounds: int = 1, calls: int = CALLS, slow_us: float = SLOW_US) -> dict[s
         for round_ in range(rounds):
             shift = round_ % len(CONDITIONS)
             for name in CONDITIONS[shift:] + CONDITIONS[:shift]:
-                _one(name, results[name], client, daemon, calls, slow_us)
+                _one(name, results[name], client, daemon, calls, slow_us, senders)
             results["first call (starts the thread)"].costs.append(
                 summary(first_calls(daemon.socket_path))
             )
@@ -189,11 +207,11 @@ def run(rounds: int = 1, calls: int = CALLS, slow_us: float = SLOW_US) -> dict[s
 
 
 def _one(name: str, into: Condition, client: TimedClient, daemon: BenchDaemon, calls: int,
-         slow_us: float) -> None:  # fmt: skip
+         slow_us: float, senders: str) -> None:  # fmt: skip
     if name == "daemon down":
         for timed in (True, False):
             down = Client(Path("/tmp/stb-nowhere/trackerd.sock"), max_buffered=100_000)
-            _measure(down.record_server, into, calls, slow_us, timed)
+            _measure(down.record_server, into, calls, slow_us, timed, senders)
             down.close(0)
         return
     record: Record = _nothing if name.startswith("control") else client.record_server
@@ -202,7 +220,7 @@ def _one(name: str, into: Condition, client: TimedClient, daemon: BenchDaemon, c
     try:
         for timed in (True, False):
             client.holds.clear()
-            slow = _measure(record, into, calls, slow_us, timed)
+            slow = _measure(record, into, calls, slow_us, timed, senders)
             if name == "daemon up":
                 into.holds_us += [(stop - start) / 1000 for start, stop, _ in client.holds]
                 into.preempted_holds_us += [
@@ -216,11 +234,11 @@ def _one(name: str, into: Condition, client: TimedClient, daemon: BenchDaemon, c
 
 
 def _measure(record: Record, into: Condition, calls: int, slow_us: float,
-             timed: bool) -> list[SlowCall]:  # fmt: skip
+             timed: bool, senders: str) -> list[SlowCall]:  # fmt: skip
     if timed:
-        into.costs.append(summary(time_calls(record, calls)))
+        into.costs.append(summary(time_calls(record, calls, senders)))
         return []
-    slow = explain_calls(record, calls, slow_us)
+    slow = explain_calls(record, calls, slow_us, senders)
     into.slow += slow
     return slow
 
@@ -276,9 +294,11 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=CALLS, help="calls per condition a round")
     parser.add_argument("--slow-us", type=float, default=SLOW_US,
                         help="explain the calls slower than this")  # fmt: skip
+    parser.add_argument("--senders", choices=SENDER_FORMS, default="mix",
+                        help="bench.compare's sender form the calls record")  # fmt: skip
     args = parser.parse_args()
-    print(f"load average before: {loadavg()}", flush=True)
-    results = run(args.rounds, args.calls, args.slow_us)
+    print(f"load average before: {loadavg()}; senders: {args.senders}", flush=True)
+    results = run(args.rounds, args.calls, args.slow_us, args.senders)
     print(report(results, args.slow_us))
     print(f"load average after: {loadavg()}")
     out = Path(__file__).parent / "results"

@@ -53,7 +53,7 @@ class ModelDaemon:
 VALUES = st.one_of(st.none(), st.sampled_from([f"v{i}" for i in range(12)]), st.text(max_size=3))
 
 
-@settings(max_examples=300, derandomize=True, deadline=None)
+@settings(max_examples=120, derandomize=True, deadline=None)
 @given(
     st.integers(min_value=1, max_value=9),
     st.lists(st.lists(st.tuples(VALUES, VALUES), min_size=1, max_size=30), max_size=6),
