@@ -42,9 +42,9 @@ from servertracker.batch_encoder import (
     handshake,
 )
 from servertracker.errors import LocalProtocolError
+from servertracker.hash_keys import hash_is_secret
 from servertracker.paths import resolve_socket_path
 from servertracker.reachability import DropWarning, Refused, UnreachableWarning, drop_text
-from servertracker.value_tables import hash_is_secret
 
 DEFAULT_MAX_BUFFERED = 100_000
 DEFAULT_BATCH_SIZE = 512
@@ -145,7 +145,7 @@ class Client:
         socket_path: str | os.PathLike[str] | None = None,
         *,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         exit_timeout: float = DEFAULT_EXIT_TIMEOUT,
         max_long_chars: int = DEFAULT_MAX_LONG_CHARS,
@@ -155,15 +155,16 @@ class Client:
 
         ``table_entries``: the ids to ask for in each of the connection's two
         value tables (0 to 1,048,576; 0 sends no interned messages, and so does
-        an interpreter whose hash() is not secret: value_tables.hash_is_secret).
-        Each id takes about 115 bytes in this process once used (a dict entry,
-        two ints, a slot), so the default costs up to about 30 MB at 131,072
-        distinct connection IPs and as many sender domains.
+        an interpreter whose hash() is not secret: hash_keys.hash_is_secret).
+        Each id takes 56 bytes in this process (value_tables.py: four slots of a
+        key and an id, and the id's key), allocated on connecting, so
+        the default costs about 15 MB for the two tables.
 
         The other bounds: ``max_buffered`` at least 1, ``max_long_chars`` at
-        least 0, ``batch_size`` 1 to 65,536, ``flush_interval`` seconds > 0,
-        ``exit_timeout`` seconds >= 0. A value out of range raises ValueError, one
-        of the wrong type (a float or a bool for a count) TypeError, naming it.
+        least 0, ``batch_size`` 1 to 65,536 (None: 512, or 2,048 on a connection
+        that sends interned), ``flush_interval`` seconds > 0, ``exit_timeout``
+        seconds >= 0. A value out of range raises ValueError, one of the wrong
+        type (a float or a bool for a count) TypeError, naming it.
         """
         # Checked here, once: a wrong value would otherwise fail far from its
         # cause (the daemon refusing every intern request, a queue that drops
@@ -171,14 +172,18 @@ class Client:
         table_entries = _whole("table_entries", table_entries, 0, protocol.MAX_INTERN_ENTRIES)
         max_buffered = _whole("max_buffered", max_buffered, 1)
         max_long_chars = _whole("max_long_chars", max_long_chars, 0)
-        batch_size = _whole("batch_size", batch_size, 1, protocol.MAX_PAIRS_PER_MESSAGE)
+        if batch_size is not None:
+            batch_size = _whole("batch_size", batch_size, 1, protocol.MAX_PAIRS_PER_MESSAGE)
         flush_interval = _seconds("flush_interval", flush_interval, zero=False)
         exit_timeout = _seconds("exit_timeout", exit_timeout, zero=True)
         self.socket_path = os.fspath(resolve_socket_path(socket_path))
         self._table_entries = table_entries if hash_is_secret() else 0
         self._max_buffered = max_buffered
         self._max_long_chars = max_long_chars
-        self._batch_size = batch_size
+        # None: DEFAULT_BATCH_SIZE, or INTERNED_BATCH_SIZE on a connection that
+        # sends interned (set on connecting: BatchEncoder.batch_size).
+        self._batch_asked = batch_size
+        self._batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
         self._flush_interval = flush_interval
         self._exit_timeout = exit_timeout
         self._reset_state()
@@ -561,6 +566,7 @@ class Client:
         # A new connection's tables start empty: a batch not yet written whole is
         # encoded afresh for it (_keep_unwritten).
         self._encoder = encoder
+        self._batch_size = encoder.batch_size(self._batch_asked, DEFAULT_BATCH_SIZE)
         self._out, self._out_ends, self._written = b"", [], 0
         self._connects += 1
         if self._unreachable.succeeded() or self._connects > 1:
