@@ -29,7 +29,7 @@ import time
 from bench._support import arguments, table
 from bench.compare import FORMS, PER_WORKER, conn_ip, loadavg, sender
 from servertracker import protocol
-from servertracker.batch_encoder import DEFAULT_TABLE_ENTRIES, BatchEncoder
+from servertracker.batch_encoder import DEFAULT_TABLE_ENTRIES, INTERNED_BATCH_SIZE, BatchEncoder
 from servertracker.sender_split import sent_senders
 from servertracker.value_tables import ValueTables
 
@@ -85,11 +85,19 @@ def steps(work: list[tuple[list[str | None], list[str | None]]]) -> dict[str, fl
 
 
 def main() -> None:
+    global BATCH  # one knob for the whole run
     parser = arguments("bench.flusher_cost", __doc__)
     parser.add_argument("--rounds", type=int, default=3, help="rounds, encoders alternated")
     parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated sender forms")
     parser.add_argument("--records", type=int, default=PER_WORKER, help="records of the worker")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=BATCH,
+        help=f"records a batch (the library's: {BATCH}, {INTERNED_BATCH_SIZE} for interned)",
+    )
     args = parser.parse_args()
+    BATCH = args.batch
     before = loadavg()
     rows = []
     for form in args.forms.split(","):

@@ -139,3 +139,19 @@ def test_a_record_line_with_extra_fields_is_named_by_number(daemon: Daemon) -> N
     assert "line 2:" in result.stderr and "more than two fields" in result.stderr
     assert "secret" not in result.stderr and "extra" not in result.stderr
     assert daemon.status().records == 2
+
+
+def test_fleet_push_checks_the_redis_url_before_asking_trackerd(daemon: Daemon) -> None:
+    """A malformed --redis is a usage error (2), as README says, even when trackerd
+    would answer "fleet mode is off" (4): the URL is checked first."""
+    pushed = trackerctl(
+        "--json", "fleet", "push", "--redis", "notaurl", "--socket", str(daemon.socket_path)
+    )
+    assert pushed.returncode == 2, pushed.stderr
+    line = json_error(pushed)
+    assert line["reason"] == "usage" and "not a Redis URL" in str(line["message"])
+    # A good URL still reaches trackerd, which says fleet mode is off (exit 4).
+    good = trackerctl(
+        "fleet", "push", "--redis", "redis://127.0.0.1:1", "--socket", str(daemon.socket_path)
+    )
+    assert good.returncode == 4, good.stderr

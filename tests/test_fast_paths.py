@@ -147,7 +147,7 @@ def test_an_empty_batch() -> None:
 LABEL_TEXT = st.text(alphabet="aZ09_-.x\u212a\u0130ü:[] \n", max_size=12)
 
 
-@settings(max_examples=3000, derandomize=True, deadline=None)
+@settings(max_examples=600, derandomize=True, deadline=None)
 @given(st.lists(st.one_of(LABEL_TEXT, st.sampled_from(TRICKY_PARTS)), max_size=12))
 def test_random_batches_agree_with_the_exact_path(parts: list[str]) -> None:
     check(parts)
@@ -166,7 +166,7 @@ def test_label_and_name_lengths_agree_with_the_exact_path(part: str) -> None:
 SHORT_NAMES = st.text(alphabet="aZ9-_.", min_size=1, max_size=8)
 
 
-@settings(max_examples=3000, derandomize=True, deadline=None)
+@settings(max_examples=600, derandomize=True, deadline=None)
 @given(st.lists(st.one_of(SHORT_NAMES, st.sampled_from(TRICKY_PARTS)), min_size=1, max_size=6))
 def test_batches_of_short_names_agree_with_the_exact_path(parts: list[str]) -> None:
     # Mostly short names from few characters: often a whole batch is plain, and

@@ -93,3 +93,30 @@ def test_every_config_field_is_either_reloadable_or_named_for_a_restart() -> Non
     names = {field.name for field in dataclasses.fields(Config)}
     assert names == set(RELOADABLE) | set(RESTART_ONLY)
     assert not set(RELOADABLE) & set(RESTART_ONLY)
+
+
+@pytest.mark.parametrize("via", ["same", "symlink", "socket"])
+def test_a_policy_socket_on_the_record_socket_path_is_a_usage_error(
+    short_tmp: Path, via: str
+) -> None:
+    """Not "another trackerd is already listening": the operator named one file twice."""
+    runtime = short_tmp / "run"
+    runtime.mkdir()
+    argv = [
+        "--runtime-dir",
+        str(runtime),
+        "--postfix-policy-socket",
+        str(runtime / "trackerd.sock"),
+    ]
+    if via == "symlink":
+        (short_tmp / "link").symlink_to(runtime)
+        argv[-1] = str(short_tmp / "link" / "trackerd.sock")
+    elif via == "socket":
+        argv = ["--runtime-dir", str(runtime), "--socket", str(short_tmp / "t.sock"),
+                "--postfix-policy-socket", str(short_tmp / "t.sock")]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "trackerd", *argv], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    assert "is the record socket's own path" in result.stderr
+    assert "another trackerd" not in result.stderr and "Traceback" not in result.stderr

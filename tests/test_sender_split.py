@@ -112,7 +112,7 @@ TRICKY = st.one_of(
 )
 
 
-@settings(max_examples=1500, derandomize=True, deadline=None)
+@settings(max_examples=500, derandomize=True, deadline=None)
 @given(TRICKY)
 def test_generated_senders_count_as_the_whole(value: str | None) -> None:
     if value:
@@ -132,7 +132,7 @@ NO_BRACKETS = st.text(alphabet="@:.aZ1", max_size=8)
 WRAPPED = st.builds("<{}>".format, NO_BRACKETS)
 
 
-@settings(max_examples=1000, derandomize=True, deadline=None)
+@settings(max_examples=400, derandomize=True, deadline=None)
 @given(st.lists(st.one_of(PLAIN, NO_BRACKETS, WRAPPED, st.none()), max_size=12))
 def test_an_ascii_batch_is_cut_as_its_senders_one_by_one(values: list[str | None]) -> None:
     assert sent_senders(values) == [sent_sender(v) if v else v for v in values]

@@ -157,7 +157,7 @@ def test_the_raw_value_caches_are_bounded() -> None:
 
 
 def test_the_cache_is_off_when_the_hash_secret_is_fixed() -> None:
-    code = "from servertracker.value_tables import hash_is_secret; print(hash_is_secret())"
+    code = "from servertracker.hash_keys import hash_is_secret; print(hash_is_secret())"
     for seed, expected in (("0", "False"), ("1234", "False"), ("random", "True")):
         env = dict(os.environ, PYTHONHASHSEED=seed)
         out = subprocess.run(

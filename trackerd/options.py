@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -209,6 +210,26 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
+def _check_sockets(config: Config, parser: argparse.ArgumentParser) -> Config:
+    """Refuse a policy socket on the record socket's own path.
+
+    Each path is fine alone, so argparse cannot see it; left to the bind, the
+    second listener found the first's file and blamed "another trackerd".
+    """
+    policy, record = config.postfix_listener.path, config.listener.path
+    if (
+        policy is not None
+        and record is not None
+        and os.path.realpath(policy) == os.path.realpath(record)
+    ):
+        parser.error(
+            f"--postfix-policy-socket {policy} is the record socket's own path "
+            "(--socket, or trackerd.sock in --runtime-dir): give the policy socket "
+            "a path of its own"
+        )
+    return config
+
+
 def read_config_file(path: Path, parser: argparse.ArgumentParser) -> list[str]:
     """The file's options as command-line arguments. ConfigError says which line is wrong."""
     try:
@@ -263,9 +284,10 @@ def parse_config(argv: Sequence[str] | None = None, *, raise_errors: bool = Fals
         both = _given(from_file, parser).keys() & _given(command_line, parser).keys()
         flags = _given(from_file, parser)
         return dataclasses.replace(
-            config_from_args(args), overridden=tuple(sorted(flags[dest] for dest in both))
+            _check_sockets(config_from_args(args), parser),
+            overridden=tuple(sorted(flags[dest] for dest in both)),
         )
-    return config_from_args(args)
+    return _check_sockets(config_from_args(args), parser)
 
 
 def _given(arguments: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, str]:

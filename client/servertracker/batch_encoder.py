@@ -13,13 +13,15 @@ import itertools
 import socket
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from servertracker import protocol
 from servertracker.errors import ProtocolError
 from servertracker.reachability import Refused
 from servertracker.sender_split import sent_senders
-from servertracker.value_tables import ValueTables
+
+if TYPE_CHECKING:
+    from servertracker.value_tables import ValueTables
 
 #: Ids asked for in each of a connection's two value tables ("interned"): a
 #: worker seeing up to this many distinct connection IPs (and as many senders'
@@ -40,6 +42,15 @@ TABLE_LIFETIME: Final = 3600.0
 #: asked, asks again when its tables would start afresh anyway (TABLE_LIFETIME),
 #: so asking costs it no table.
 ASK_AGAIN: Final = 60.0
+#: Records an interned batch takes from the queue (where the Client was given no
+#: batch_size), against 512 for columns and record. The daemon spends about 170
+#: numpy calls a message whatever its length, so an interned message of 512
+#: pairs paid ~0.9 µs a record of daemon CPU and one of 2048 ~0.55
+#: (bench.interned_cost --batch). Against it: the flusher holds the interpreter
+#: lock for about one column's numbering at a time (value_tables.py; a pause
+#: between the columns), which grows with the batch; at 2048 that is ~0.3 ms a
+#: column of new values on a quiet machine, within record_server()'s 1 ms.
+INTERNED_BATCH_SIZE: Final = 2048
 #: Numbering a column for longer than this (seconds) holds the GIL long enough
 #: that the flusher pauses before the next (docs/performance.md: a record_server()
 #: call waits for the GIL as long as the flusher holds it).
@@ -56,8 +67,15 @@ class BatchEncoder:
         #: The ids asked for in each table, from a daemon that lists "interned"
         #: (0: none asked). Granted fewer, the connection asks again (asks_again).
         self.asked = asked
-        self._tables = ValueTables(table_entries) if message == "interned" else None
+        self._tables = _value_tables(table_entries) if message == "interned" else None
         self._born = time.monotonic()
+
+    def batch_size(self, asked: int | None, default: int) -> int:
+        """Records to take from the queue a batch: ``asked`` if the Client was
+        given one, else INTERNED_BATCH_SIZE for interned, ``default`` otherwise."""
+        if asked is not None:
+            return asked
+        return INTERNED_BATCH_SIZE if self.message == "interned" else default
 
     def asks_again(self) -> bool:
         """Whether to open a new connection, and ask for tables again, before the
@@ -71,7 +89,7 @@ class BatchEncoder:
     def forget(self) -> None:
         """Start the value tables afresh: later messages define ids anew."""
         if self._tables is not None:
-            self._tables = ValueTables(self.table_entries)
+            self._tables = _value_tables(self.table_entries)
             self._born = time.monotonic()
 
     def encode(
@@ -99,7 +117,7 @@ class BatchEncoder:
 
             # The daemon's rule gives a usual sender's domain part the same result
             # as the whole (sender_split.py): fewer values to number and send.
-            messages = self._tables.messages(conn_ips, sent_senders(senders), between)
+            messages = self._tables.messages(conn_ips, senders, between, sent_senders)
             encode = protocol.encode_interned
             return [encode(*message[2:]) for message in messages], [m[1] for m in messages]
         if self.message == "columns":
@@ -111,6 +129,15 @@ class BatchEncoder:
             return frames, [len(senders)]
         # Rare (values too large for one frame): count what each frame holds.
         return frames, list(itertools.accumulate(map(_records_in_frame, frames)))
+
+
+def _value_tables(size: int) -> ValueTables:
+    """A connection's value tables. value_tables.py loads numpy: a worker imports
+    it on its first interned connection (once a process, ~0.1 s holding the
+    interpreter lock), never just to record."""
+    from servertracker.value_tables import ValueTables
+
+    return ValueTables(size)
 
 
 class OlderDaemon(Exception):

@@ -290,6 +290,10 @@ def push(
     except ValueError as exc:
         _fail(f"--host: {exc}", "usage", as_json, EXIT_USAGE)
     try:
+        fleet_store.check_url(redis_url)
+    except fleet_store.FleetStoreError as exc:
+        _fail(f"push failed: {exc}", exc.reason, as_json, EXIT_USAGE)
+    try:
         with DaemonConnection(where.socket_path, timeout=where.timeout) as conn:
             reply = conn.fleet()
     except (DaemonUnavailable, ProtocolError) as exc:

@@ -167,6 +167,15 @@ def _bad_reply(what: str) -> NoReturn:
 Client = redis.Redis | redis.cluster.RedisCluster
 
 
+def check_url(url: str) -> None:
+    """Raise FleetStoreError("usage") for a malformed URL, without connecting: push
+    checks it before asking trackerd, so that the error is the URL's."""
+    try:
+        redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError:  # its text may hold the URL: not echoed
+        raise FleetStoreError("usage", f"not a Redis URL ({redacted(url)})") from None
+
+
 @contextmanager
 def connect(url: str, timeout: float, cluster: bool = False) -> Iterator[Client]:
     """A client whose every error is a FleetStoreError; no retries, one timeout.

@@ -20,6 +20,7 @@ import atexit
 import collections
 import itertools
 import logging
+import math
 import operator
 import os
 import socket
@@ -41,9 +42,9 @@ from servertracker.batch_encoder import (
     handshake,
 )
 from servertracker.errors import LocalProtocolError
+from servertracker.hash_keys import hash_is_secret
 from servertracker.paths import resolve_socket_path
 from servertracker.reachability import DropWarning, Refused, UnreachableWarning, drop_text
-from servertracker.value_tables import hash_is_secret
 
 DEFAULT_MAX_BUFFERED = 100_000
 DEFAULT_BATCH_SIZE = 512
@@ -111,6 +112,31 @@ def _long_chars(values: Iterable[str | None]) -> int:
     return sum(len(value) for value in values if value is not None and len(value) > _LONG_VALUE)
 
 
+def _whole(name: str, value: object, low: int, high: int | None = None) -> int:
+    """A Client parameter that counts something: an int (not a bool) in low..high."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not a bool")
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}") from None
+    if number < low or (high is not None and number > high):
+        bounds = f"from {low:,} to {high:,}" if high is not None else f"at least {low:,}"
+        raise ValueError(f"{name} must be {bounds}, not {number:,}")
+    return number
+
+
+def _seconds(name: str, value: object, *, zero: bool) -> float:
+    """A Client parameter in seconds: a finite number, > 0 (or >= 0 when zero is allowed)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero):
+        bounds = "a finite number >= 0" if zero else "a finite number > 0"
+        raise ValueError(f"{name} must be {bounds}, not {seconds!r}")
+    return seconds
+
+
 class Client:
     """A recorder bound to one trackerd socket. Thread-safe and fork-safe."""
 
@@ -119,7 +145,7 @@ class Client:
         socket_path: str | os.PathLike[str] | None = None,
         *,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         exit_timeout: float = DEFAULT_EXIT_TIMEOUT,
         max_long_chars: int = DEFAULT_MAX_LONG_CHARS,
@@ -129,18 +155,35 @@ class Client:
 
         ``table_entries``: the ids to ask for in each of the connection's two
         value tables (0 to 1,048,576; 0 sends no interned messages, and so does
-        an interpreter whose hash() is not secret: value_tables.hash_is_secret).
-        Each id takes about 115 bytes in this process once used (a dict entry,
-        two ints, a slot), so the default costs up to about 30 MB at 131,072
-        distinct connection IPs and as many sender domains.
+        an interpreter whose hash() is not secret: hash_keys.hash_is_secret).
+        Each id takes 56 bytes in this process (value_tables.py: four slots of a
+        key and an id, and the id's key), allocated on connecting, so
+        the default costs about 15 MB for the two tables.
+
+        The other bounds: ``max_buffered`` at least 1, ``max_long_chars`` at
+        least 0, ``batch_size`` 1 to 65,536 (None: 512, or 2,048 on a connection
+        that sends interned), ``flush_interval`` seconds > 0, ``exit_timeout``
+        seconds >= 0. A value out of range raises ValueError, one of the wrong
+        type (a float or a bool for a count) TypeError, naming it.
         """
-        if not 0 <= table_entries <= protocol.MAX_INTERN_ENTRIES:
-            raise ValueError(f"table_entries must be from 0 to {protocol.MAX_INTERN_ENTRIES}")
+        # Checked here, once: a wrong value would otherwise fail far from its
+        # cause (the daemon refusing every intern request, a queue that drops
+        # every record, a flusher spinning on a zero wait).
+        table_entries = _whole("table_entries", table_entries, 0, protocol.MAX_INTERN_ENTRIES)
+        max_buffered = _whole("max_buffered", max_buffered, 1)
+        max_long_chars = _whole("max_long_chars", max_long_chars, 0)
+        if batch_size is not None:
+            batch_size = _whole("batch_size", batch_size, 1, protocol.MAX_PAIRS_PER_MESSAGE)
+        flush_interval = _seconds("flush_interval", flush_interval, zero=False)
+        exit_timeout = _seconds("exit_timeout", exit_timeout, zero=True)
         self.socket_path = os.fspath(resolve_socket_path(socket_path))
         self._table_entries = table_entries if hash_is_secret() else 0
         self._max_buffered = max_buffered
         self._max_long_chars = max_long_chars
-        self._batch_size = batch_size
+        # None: DEFAULT_BATCH_SIZE, or INTERNED_BATCH_SIZE on a connection that
+        # sends interned (set on connecting: BatchEncoder.batch_size).
+        self._batch_asked = batch_size
+        self._batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
         self._flush_interval = flush_interval
         self._exit_timeout = exit_timeout
         self._reset_state()
@@ -523,6 +566,7 @@ class Client:
         # A new connection's tables start empty: a batch not yet written whole is
         # encoded afresh for it (_keep_unwritten).
         self._encoder = encoder
+        self._batch_size = encoder.batch_size(self._batch_asked, DEFAULT_BATCH_SIZE)
         self._out, self._out_ends, self._written = b"", [], 0
         self._connects += 1
         if self._unreachable.succeeded() or self._connects > 1:

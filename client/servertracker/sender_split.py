@@ -158,6 +158,11 @@ def sent_senders(values: list[str | None]) -> list[str | None]:
     joined = "\n".join(texts)
     if "@" not in joined:
         return values  # bare domain parts and literals: nothing to cut
+    nulls = "<>" in joined and "<>" in texts
+    if joined.count("@") != len(texts) - texts.count("") - (texts.count("<>") if nulls else 0):
+        # Not uniform (a mixed batch): one "@" a sender is needed, and this one
+        # test, a few C passes, saves the rest (a quarter of a mixed batch's cost).
+        return _one_by_one(values)
     if (
         joined.count("\n") != len(texts) - 1  # a value holds a line break
         or not joined.isascii()
@@ -166,7 +171,6 @@ def sent_senders(values: list[str | None]) -> list[str | None]:
     ):
         return _one_by_one(values)
     senders = texts
-    nulls = "<>" in joined and "<>" in texts
     if nulls or "" in texts:  # the null sender, as "", None or "<>": cut the others
         senders = list(filter(_NULL_SENDER.__ne__, filter(None, texts)))
         joined = "\n".join(senders)

@@ -1,15 +1,11 @@
-"""Value tables keyed by Python's hash(): whether hash() may key them at all, and
-a worker's numbering of the values it sends (the "interned" message).
-
-Both sides keep tables keyed by hash() of a raw value, never by the value: the
-daemon's raw-value caches (trackerd/core/raw_cache.py) and a worker's numbering
-of the values it sends. That is safe only while hash() of a str is SipHash keyed
-with the interpreter's own random secret; with PYTHONHASHSEED set, anyone could
-reverse a key by trying values, so both sides turn their tables off.
+"""A worker's numbering of the values it sends (the "interned" message).
 
 ValueTables numbers a connection's two columns (docs/protocol.md, "Interned
 values"): a value new to the connection takes the next id, first in, first out,
 and its text goes in the message that first uses it; a value known goes as its id.
+Keys are hash() of a value, never the value, and only where hash_keys.py's
+hash_is_secret() allows. Imported only for a connection that sends interned
+(batch_encoder.py): it loads numpy.
 Pure, no I/O.
 """
 
@@ -17,36 +13,34 @@ from __future__ import annotations
 
 import array
 import bisect
-import collections
 import itertools
-import operator
-import os
-import sys
-from collections.abc import Callable, Iterator
+import secrets
+from collections.abc import Callable
 from typing import Final, TypeAlias, cast
 
+import numpy as np
+import numpy.typing as npt
+
 from servertracker import protocol
-
-
-def hash_is_secret() -> bool:
-    """Whether hash() of a str is keyed with a random secret in this interpreter."""
-    seed = os.environ.get("PYTHONHASHSEED", "random")
-    return bool(sys.flags.hash_randomization) and seed == "random"
-
 
 # --- a worker's numbering of the values it sends (the "interned" message) ------
 
 #: The reference "not known" (a None value).
 NIL: Final = protocol.INTERNED_NIL
-#: Python's hash() never returns -1: the mark of an id not defined yet.
-_UNDEFINED: Final = -1
 #: A message's size, bounded before it is encoded: each new string counts as 4
 #: bytes a character (UTF-8's most) plus a header, each reference 4 bytes; each
 #: column gets half of a frame, less room for the rest of the message.
 _COLUMN_BYTES: Final = (protocol.MAX_MESSAGE_SIZE - 64) // 2
 _STRING_HEADER: Final = 5
 _REF_SIZE: Final = protocol.INTERNED_REF_SIZE
-_NONE_HASH: Final = hash(None)
+_NONE_KEY: Final = np.int64(hash(None))
+#: Slots per row of a table's map: eight 64-bit keys, one cache line.
+WAYS: Final = 8
+#: Slots of a table's map per id (see ValueTable): 12 bytes a slot (key, id).
+SLOTS_PER_ID: Final = 4
+Keys: TypeAlias = npt.NDArray[np.int64]
+#: What ValueTable._look_up() finds of a piece of a batch that can go as one.
+_Piece: TypeAlias = tuple[int, list[str], int, Keys, npt.NDArray[np.intp], Keys]
 #: A message defining at most this many values in a column fits its half of a
 #: frame whatever their length (values are cut to one over the protocol's limit).
 _FEW_TEXTS: Final = (_COLUMN_BYTES - _REF_SIZE * protocol.MAX_PAIRS_PER_MESSAGE) // (
@@ -58,30 +52,24 @@ class _Numbered:
     """One column of a batch, numbered: its references and the ids it defines.
 
     The definitions are ``texts[i]`` for id ``ids[i]``, made by the record at
-    ``positions[i]`` (None on the fast path, where every definition is made in
-    one message and the positions are found only if the other column cuts it).
-    ``cuts`` are the records before which a message must end.
+    ``positions[i]`` (increasing). ``cuts`` are the records before which a
+    message must end.
     """
 
-    __slots__ = ("cuts", "hashes", "ids", "positions", "refs", "texts")
+    __slots__ = ("cuts", "ids", "positions", "refs", "texts")
 
     def __init__(
         self,
         refs: array.array[int],
         ids: list[int],
         texts: list[str],
-        positions: list[int] | None,
+        positions: list[int],
         cuts: list[int],
-        hashes: list[int],
     ) -> None:
         self.refs, self.ids, self.texts = refs, ids, texts
-        self.positions, self.cuts, self.hashes = positions, cuts, hashes
+        self.positions, self.cuts = positions, cuts
 
     def definition_positions(self) -> list[int]:
-        if self.positions is None:
-            # Each defined value's first record (fast path: one id per new hash).
-            index = self.hashes.index
-            self.positions = [index(hash(text)) for text in self.texts]
         return self.positions
 
 
@@ -91,112 +79,161 @@ class ValueTable:
     Never the value: only the first message that uses a value carries its text.
     Two values whose 64-bit hashes collide count as one (docs/protocol.md); so
     does a str whose hash equals None's, which counts as "not known".
+
+    The map is fixed-size numpy arrays, set-associative like the daemon's raw
+    cache (trackerd/core/raw_cache.py): a key lives in the row its low bits name,
+    in one of WAYS slots, its id in the same slot of a second array. A batch is
+    looked up and entered with a few dozen array operations whatever its length:
+    no Python statement per value, and nothing ever resizes (a dict of 100,000
+    keys took 250 ns a known value in cache misses, 800 a new one, and held the
+    GIL for milliseconds when it grew). A full row forgets one of its keys to take
+    a new one: the value forgotten is defined again when next sent, which costs
+    only its text, but also sends the batches it is in the long way (a few dozen
+    array operations more). Slots are four times the ids (SLOTS_PER_ID): a full
+    table's rows then hold two keys on average and one row in 4,000 overflows;
+    at twice, one in 200 did, and most batches of 512 met a forgotten value.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._ids: dict[int, int] = {_NONE_HASH: NIL}
-        # id -> hash: the int objects the dict holds as keys, so 8 bytes an id.
-        self._hashes: list[int] = [_UNDEFINED] * size
+        rows = max(1, -(-SLOTS_PER_ID * size // WAYS))
+        rows = 1 << (rows - 1).bit_length()
+        self._mask = np.int64(rows - 1)
+        # A slot holds key ^ _blind, so that 0 is an empty slot: it is the key
+        # _blind, which a value hashes to with chance 2**-64. The map is written
+        # whole here (np.full), where numpy faults its ~1,500 pages in mostly
+        # without the interpreter lock; left to calloc, the first batch of a
+        # connection faulted them in at random, holding the lock (5-14 ms).
+        self._blind = np.int64(secrets.randbits(64) - (1 << 63))
+        self._keys: npt.NDArray[np.int64] = np.full((rows, WAYS), 0, dtype=np.int64)
+        self._slot_ids: npt.NDArray[np.uint32] = np.full((rows, WAYS), 0, dtype=np.uint32)
+        # id -> its value's key (blinded), to find its slot when the id is reused.
+        self._id_keys: npt.NDArray[np.int64] = np.zeros(size, dtype=np.int64)
         self._next = 0  # the id the next new value takes
         self._full = False  # every id defined: a new value evicts the oldest
 
     def number(self, values: list[str | None]) -> _Numbered:
         """Number a batch's values, defining ids for the new ones.
 
-        The usual batch takes a few passes in C (hash, look up, pick out the new
-        values) and no Python statement per value. A batch whose new values would
-        evict an id it references, or wrap around the table, or make a message too
-        large, goes a value at a time (_number_one_by_one).
+        The batch goes as one piece when it can: its new values take the next ids
+        in one run, none of them an id the batch references, within a message's
+        size. Otherwise it is numbered in pieces (halved until each can, or cut
+        where the ids wrap), and a message ends before a piece where it must:
+        before a new value takes an id the message references, where the ids do
+        not follow on, and where the message would grow too large.
         """
-        ids = self._ids
-        try:  # every value known: the usual batch, once a worker's values repeat
-            # A None (a new value) makes array() raise.
-            refs = array.array("I", cast("Iterator[int]", map(ids.get, map(hash, values))))
-            return _Numbered(refs, [], [], [], [], [])
-        except TypeError:  # None, for a new value
-            pass
-        hashes = list(map(hash, values))  # each str keeps its hash: no SipHash again
-        found = list(map(ids.get, hashes))
-        if found.count(None) == len(found):
-            new = dict(zip(hashes, values, strict=True))
-        else:
-            missing = list(map(operator.is_, found, itertools.repeat(None)))
-            new = dict(zip(itertools.compress(hashes, missing),
-                           itertools.compress(values, missing), strict=True))  # fmt: skip
-        texts = cast("list[str]", list(new.values()))
+        count = len(values)
+        keys = np.fromiter(map(hash, values), np.int64, count) ^ self._blind
+        rows = keys & self._mask
+        same = self._keys.take(rows, axis=0) == keys[:, None]
+        if np.count_nonzero(same) == count:  # every value held: the usual batch
+            held = self._slot_ids.take(rows, axis=0)[same]
+            return _Numbered(array.array("I", held.tobytes()), [], [], [], [])
+        refs = np.empty(count, dtype=np.uint32)
+        numbered = _Numbered(array.array("I"), [], [], [], [])
+        pieces = [(0, count)]
+        message = 0  # where the current message begins
+        last = -1  # the last id it defined
+        size_used = 0  # its bytes so far
+        while pieces:
+            low, high = pieces.pop()
+            piece = self._look_up(values, keys[low:high], low)
+            if isinstance(piece, int):  # cannot go as one piece: cut it at ``piece``
+                pieces += [(piece, high), (low, piece)]
+                continue
+            first, texts, cost = piece[:3]
+            end = first + len(texts)
+            earlier = refs[message:low]
+            if low > message and (
+                size_used + cost > _COLUMN_BYTES
+                or (texts and last >= 0 and first != last + 1)
+                or (texts and bool(((earlier >= first) & (earlier < end)).any()))
+            ):
+                numbered.cuts.append(low)
+                message, last, size_used = low, -1, 0
+            refs[low:high] = self._enter(piece, low, numbered)
+            size_used += cost
+            if texts:
+                last = end - 1
+        numbered.refs.frombytes(refs.tobytes())
+        return numbered
+
+    def _look_up(self, values: list[str | None], keys: Keys, low: int) -> _Piece | int:
+        """How the piece of a batch at ``low`` would be numbered: the first id it
+        defines, their texts, its bytes in a message, each value's id (where held),
+        the new values' records (first uses) and each new one's index among them;
+        or, if it cannot go as one piece, where to cut it."""
+        rows = keys & self._mask
+        same = self._keys.take(rows, axis=0) == keys[:, None]
+        # A row's WAYS booleans read as one 64-bit word: cheaper than any(axis=1).
+        hit = same.view(np.int64).ravel() != 0
+        found = self._slot_ids[rows, same.argmax(axis=1)].astype(np.int64)
+        found[keys == _NONE_KEY ^ self._blind] = NIL
+        hit |= found == NIL
+        new_at = np.flatnonzero(~hit)
+        if not new_at.size:
+            return self._next, [], _REF_SIZE * len(keys), found, new_at, new_at
+        unique, first_at, inverse = np.unique(keys[new_at], return_index=True, return_inverse=True)
+        # Ids in the order of first use: the rank of each unique key's first use.
+        order = np.argsort(first_at)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        first_at = new_at[first_at[order]]
         first = self._next
-        end = first + len(new)
-        if (
-            end > self.size
-            or (self._full and not set(found).isdisjoint(range(first, end)))
-            or (
-                (len(texts) > _FEW_TEXTS or len(values) > protocol.MAX_PAIRS_PER_MESSAGE)
-                and _REF_SIZE * len(values) + 4 * sum(map(len, texts))
-                + _STRING_HEADER * len(texts) > _COLUMN_BYTES
-            )
-        ):  # fmt: skip
-            return self._number_one_by_one(values, hashes)
-        if self._full:  # forget the values whose ids are taken (none is in this batch)
-            collections.deque(map(ids.pop, self._hashes[first:end], itertools.repeat(0)), 0)
-        defined = dict(zip(new, range(first, end), strict=True))
-        ids.update(defined)
-        self._hashes[first:end] = new
-        self._advance(end)
-        # A new value's id from the few just defined, a known one's as found.
-        refs = array.array("I", cast("Iterator[int]", map(defined.get, hashes, found)))
-        return _Numbered(refs, list(range(first, end)), texts, None, [], hashes)
+        end = first + len(first_at)
+        if end > self.size:  # where the ids wrap
+            return low + int(first_at[self.size - first])
+        texts = cast("list[str]", [values[low + at] for at in first_at.tolist()])
+        cost = _REF_SIZE * len(keys) + 4 * sum(map(len, texts)) + _STRING_HEADER * len(texts)
+        if cost > _COLUMN_BYTES or (
+            self._full and bool(((found >= first) & (found < end) & hit).any())
+        ):
+            return low + len(keys) // 2  # a piece of one value always goes
+        found[new_at] = rank[inverse.ravel()] + first
+        return first, texts, cost, found, first_at, unique[order]
 
-    def _advance(self, end: int) -> None:
-        if end == self.size:
-            end, self._full = 0, True
-        self._next = end
+    def _enter(self, piece: _Piece, low: int, numbered: _Numbered) -> Keys:
+        """Define the ids of a piece as _look_up() found it; its references."""
+        first, texts, _, found, first_at, new_keys = piece
+        if texts:
+            end = first + len(texts)
+            ids = np.arange(first, end)
+            if self._full:
+                self._forget(ids)
+            self._id_keys[first:end] = new_keys
+            self._put(new_keys, ids)
+            self._next = end % self.size
+            self._full |= end == self.size
+            numbered.ids += range(first, end)
+            numbered.texts += texts
+            numbered.positions += (first_at + low).tolist()
+        return found
 
-    def _number_one_by_one(self, values: list[str | None], hashes: list[int]) -> _Numbered:
-        """number() a value at a time, ending a message where it must: before a
-        new value would take an id the message references (the id's old value, or
-        a value it defined), where the ids wrap, and where the message would grow
-        too large."""
-        ids, table_hashes = self._ids, self._hashes
-        refs = array.array("I")
-        new_ids: list[int] = []
-        texts: list[str] = []
-        positions: list[int] = []
-        cuts: list[int] = []
-        referenced: set[int] = set()  # ids the current message references
-        last = -1  # the last id the current message defined
-        size_left = _COLUMN_BYTES
-        for index, key in enumerate(hashes):
-            ref = ids.get(key)
-            if ref is None:
-                ref = self._next
-                text = cast(str, values[index])
-                cost = _STRING_HEADER + 4 * len(text)
-                size_left -= cost + _REF_SIZE
-                if ref in referenced or (last >= 0 and ref != last + 1) or size_left < 0:
-                    cuts.append(index)
-                    referenced.clear()
-                    size_left = _COLUMN_BYTES - cost - _REF_SIZE
-                old = table_hashes[ref]
-                if old != _UNDEFINED:
-                    del ids[old]
-                ids[key] = ref
-                table_hashes[ref] = key
-                self._advance(ref + 1)
-                new_ids.append(ref)
-                texts.append(text)
-                positions.append(index)
-                last = ref
-            else:
-                size_left -= _REF_SIZE
-                if size_left < 0:
-                    cuts.append(index)
-                    referenced.clear()
-                    last = -1
-                    size_left = _COLUMN_BYTES - _REF_SIZE
-            referenced.add(ref)
-            refs.append(ref)
-        return _Numbered(refs, new_ids, texts, positions, cuts, hashes)
+    def _forget(self, ids: npt.NDArray[np.int64]) -> None:
+        """Take the keys of ``ids`` out of the map (those a full row forgot are gone)."""
+        keys = self._id_keys[ids]
+        rows = keys & self._mask
+        gone = (self._keys[rows] == keys[:, None]) & (self._slot_ids[rows] == ids[:, None])
+        where, way = np.nonzero(gone)
+        self._keys[rows[where], way] = 0  # empty: see __init__
+        self._slot_ids[rows[where], way] = 0
+
+    def _put(self, keys: Keys, ids: npt.NDArray[np.int64]) -> None:
+        """Enter keys (none held, each once) with their ids. New keys that share a
+        row take its free slots in up to WAYS rounds; a full row loses the key in
+        the slot the new key's upper bits choose (as does one of two new keys that
+        chose one slot): that value is defined again when next sent."""
+        for _ in range(WAYS):
+            rows = keys & self._mask
+            free = self._keys[rows] == 0
+            has_free = free.view(np.int64).ravel() != 0
+            way = np.where(has_free, free.argmax(axis=1), (keys >> 32) & (WAYS - 1))
+            self._keys[rows, way] = keys
+            self._slot_ids[rows, way] = ids
+            lost = (self._keys[rows, way] != keys) & has_free
+            if not lost.any():
+                return
+            keys, ids = keys[lost], ids[lost]
 
 
 #: One interned message's parts, as protocol.encode_interned() takes them, and
@@ -219,6 +256,7 @@ class ValueTables:
         conn_ips: list[str | None],
         senders: list[str | None],
         between: Callable[[], object] | None = None,
+        split: Callable[[list[str | None]], list[str | None]] | None = None,
     ) -> list[Message]:
         """The interned messages that carry a batch, in the order they must be sent.
 
@@ -226,12 +264,15 @@ class ValueTables:
         cut anywhere stays valid, since each value is defined by the first record
         that uses it, and the records after a cut may refer to what came before.
         ``between`` is called after the connection IPs are numbered (the flusher
-        lets go of the GIL there when the batch is slow going).
+        lets go of the GIL there when the batch is slow going); ``split``, if
+        given, maps the senders after that (sender_split.sent_senders: a mixed
+        batch's split costs as much as numbering a column, so it goes with the
+        senders' half of the batch, not the IPs').
         """
         ips = self.conn_ips.number(conn_ips)
         if between is not None:
             between()
-        sends = self.senders.number(senders)
+        sends = self.senders.number(split(senders) if split is not None else senders)
         count = len(senders)
         if not ips.cuts and not sends.cuts and count <= protocol.MAX_PAIRS_PER_MESSAGE:
             return [(0, count, *_whole(ips), *_whole(sends))]

@@ -225,9 +225,12 @@ class InternedCounting:
         the domain-part cache, new parts normalised once; a prefix under a deadline."""
         parts = split_senders(cast("list[str | None]", values))
         get = self._domain_cache.get
-        found: list[tuple[int, bytes] | Outcome | None] = [
-            get(hash(part)) if type(part) is str else cast(Outcome, part) for part in parts
-        ]
+        # One cast for the list, not a call per value: a part that is not a str is an
+        # Outcome (split_senders), which mypy cannot narrow from `type(part) is str`.
+        found = cast(
+            "list[tuple[int, bytes] | Outcome | None]",
+            [get(hash(part)) if type(part) is str else part for part in parts],
+        )
         done = len(found)
         if None in found:
             done = self._new_domain_parts(parts, found, deadline)

@@ -35,9 +35,9 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 
+from servertracker.hash_keys import hash_is_secret
 from servertracker.sender_split import Outcome, positions, split_sender, split_senders
 from servertracker.status import Status, WindowCounts
-from servertracker.value_tables import hash_is_secret
 from trackerd.core.definition_cache import DefinitionCache
 from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT, DistinctCounter
 from trackerd.core.fleet_sketch import FleetSketch
