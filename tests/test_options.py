@@ -120,3 +120,19 @@ def test_a_policy_socket_on_the_record_socket_path_is_a_usage_error(
     assert result.returncode == 2, result.stderr
     assert "is the record socket's own path" in result.stderr
     assert "another trackerd" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_max_interned_entries_help_says_its_unit_cap_and_floor() -> None:
+    """In the "access and limits" group, where README lists it, with the numbers
+    computed from the constants the daemon and the client use."""
+    from servertracker.batch_encoder import MIN_TABLE_ENTRIES
+    from trackerd.core.value_table import DEFAULT_MAX_INTERNED_ENTRIES
+    from trackerd.edges.msgpack_server import GRANT_SHARE
+
+    parser = build_parser()
+    group = next(g for g in parser._action_groups if g.title == "access and limits")
+    action = next(a for a in group._group_actions if "--max-interned-entries" in a.option_strings)
+    text = " ".join((action.help or "").split())
+    assert "a grant of n ids is two tables of n" in text
+    assert f"{DEFAULT_MAX_INTERNED_ENTRIES // (2 * GRANT_SHARE):,} ids at the default" in text
+    assert f"{2 * GRANT_SHARE * MIN_TABLE_ENTRIES:,} every grant is under" in text

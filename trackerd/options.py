@@ -184,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     title, description = access.ARGUMENT_GROUP
     limits = parser.add_argument_group(title, description)
     AllowLists.add_arguments(limits)
+    TrackerServer.add_limit_arguments(limits)
     ConnectionLimits.add_arguments(limits)
     LogSettings.add_arguments(parser)
     parser.add_argument("--version", action="version", version=f"trackerd {__version__}")

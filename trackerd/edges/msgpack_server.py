@@ -27,11 +27,12 @@ import anyio
 from anyio.abc import SocketStream
 
 from servertracker import protocol
+from servertracker.batch_encoder import MIN_TABLE_ENTRIES
 from servertracker.errors import ProtocolError
 from servertracker.paths import SOCKET_OPTION
 from trackerd.core.interned import IPS, SENDERS
 from trackerd.core.tracker import STATUS_FIELDS, Tracker
-from trackerd.core.value_table import DEFAULT_MAX_INTERNED_ENTRIES, ValueTables
+from trackerd.core.value_table import BYTES_PER_ENTRY, DEFAULT_MAX_INTERNED_ENTRIES, ValueTables
 from trackerd.core.wording import more_since
 from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
 from trackerd.edges.endpoint import ListenerSettings
@@ -97,6 +98,9 @@ MAX_INTERNED_BUDGET = 1 << 30
 #: cannot take the whole budget, it takes GRANT_SHARE of them. At the default
 #: budget a grant is at most 262,144 ids: twice a worker's default request.
 GRANT_SHARE = 16
+#: The smallest budget whose grants a default client uses (it declines fewer ids
+#: than batch_encoder.MIN_TABLE_ENTRIES, and sends `columns`).
+_WORTH_GRANTING = 2 * GRANT_SHARE * MIN_TABLE_ENTRIES
 
 
 class Interned:
@@ -123,9 +127,13 @@ class TrackerServer(StreamServer):
 
     @classmethod
     def add_arguments(cls, arguments: Arguments) -> None:
-        """The socket file's owner, group and mode (the path is paths.py's --socket), and
-        the interned tables' budget."""
+        """The socket file's owner, group and mode (the path is paths.py's --socket)."""
         SocketFileSettings.add_arguments(arguments, SOCKET_OPTION.flag, "the socket")
+
+    @classmethod
+    def add_limit_arguments(cls, arguments: Arguments) -> None:
+        """The interned tables' budget (in --help's "access and limits" group)."""
+        default_cap = DEFAULT_MAX_INTERNED_ENTRIES // (2 * GRANT_SHARE)
         arguments.add_argument(
             "--max-interned-entries",
             type=int_between(0, MAX_INTERNED_BUDGET),
@@ -133,10 +141,13 @@ class TrackerServer(StreamServer):
             metavar="N",
             help=(
                 "value-table entries granted to all connections together for the "
-                "'interned' message (two tables of the size granted each; at most 21 "
-                "bytes an entry, mapped only when used; one connection gets at most "
-                f"1/{GRANT_SHARE}; 0 turns tables off) "
-                "(default: %(default)s)"
+                "'interned' message, one entry per id per table: a grant of n ids is two "
+                "tables of n and takes 2n, returned at close. One connection is granted "
+                f"at most 1/{GRANT_SHARE} of N ({default_cap:,} ids at the default). At "
+                f"most {BYTES_PER_ENTRY} bytes an entry, mapped only when an id is defined. "
+                f"Below 2 x {GRANT_SHARE} x {MIN_TABLE_ENTRIES:,} = {_WORTH_GRANTING:,} every "
+                f"grant is under the {MIN_TABLE_ENTRIES:,} ids a default client takes, so "
+                "clients send 'columns'; 0 turns tables off (default: %(default)s)"
             ),
         )
 
