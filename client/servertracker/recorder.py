@@ -80,7 +80,9 @@ class ClientStats:
     sent: int  # records written to trackerd's socket
     buffered: int  # records waiting to be sent
     dropped: int  # records lost because the queue was full
-    reconnects: int  # connections made after the first
+    #: Connections set up after the first (one closed in its handshake, after too
+    #: small a grant, and replaced at once is not one: it carried no record).
+    reconnects: int
     connected: bool
     #: The record message this connection sends: "interned", "columns" or
     #: "record" ("" before the first connection).

@@ -52,9 +52,10 @@ SLICE_SECONDS = 0.002
 #: at the worst cost of one value (docs/performance.md) that is a few ms.
 MIN_SLICE = 16
 MAX_SLICE = 16384
-#: Pairs handed to a frame's first slice: a client library's whole batch (512), so
-#: that an honest worker's frame is one call and one turn of the event loop, not
-#: six (each slice and turn has a fixed cost: 0.2 µs a record at 16, 32, 64 ...).
+#: Pairs handed to a frame's first slice: at least a client library's whole batch
+#: (recorder.DEFAULT_BATCH_SIZE), so that an honest worker's frame is one call and
+#: one turn of the event loop, not six (each slice and turn has a fixed cost: 0.2 µs
+#: a record at 16, 32, 64 ...).
 #: A slice still stops at the first cache miss past its deadline; the size only
 #: bounds the look-ups done for pairs it does not reach (about 0.1 ms at most).
 FIRST_SLICE = 1024
