@@ -24,11 +24,12 @@ Medians and ratios are printed and written to bench/results/compare.json, with
 the load average before and after.
 
 - trackerd: the product; workers call servertracker.record_server() with a queue
-  large enough that nothing drops, and the library's default value tables
-  (``interned`` messages, 131,072 ids a table): each worker sees 100,000 distinct
-  connection IPs and at most 45,000 domains and 5,000 literals (the library sends
-  a MAIL FROM's domain part), so no id is ever reused, as in a real worker whose
-  table holds the servers it sees in a day; a value's text goes once per worker.
+  large enough that nothing drops, and value tables of 131,072 ids (``interned``
+  messages; README's setting for a process importing a log,
+  ``table_entries=BULK_TABLE_ENTRIES``; an SMTP worker's default is 16,384): each
+  worker sees 100,000 distinct connection IPs and at most 45,000 domains and 5,000
+  literals (the library sends a MAIL FROM's domain part), so no id is ever reused;
+  a value's text goes once per worker.
 - trackerd columns: the same with ``Client(table_entries=0)``: every value sent as
   text in ``columns`` messages (what a worker with PYTHONHASHSEED set sends, and
   what every worker sent before value tables).
@@ -78,7 +79,7 @@ from pathlib import Path
 
 from bench._support import BenchDaemon, arguments, table
 from servertracker import Client
-from servertracker.batch_encoder import DEFAULT_TABLE_ENTRIES
+from servertracker.batch_encoder import BULK_TABLE_ENTRIES
 from trackerd.core.normalise import Category, classify_conn_ip, classify_sender
 
 WORKERS = 8
@@ -212,7 +213,7 @@ def run_protocol_daemon(
     load: Workload,
     start_daemon: Callable[[], BenchDaemon],
     many: bool = False,
-    table_entries: int = DEFAULT_TABLE_ENTRIES,
+    table_entries: int = BULK_TABLE_ENTRIES,
 ) -> Run:
     daemon = start_daemon()
     try:
@@ -309,7 +310,7 @@ def _digest(hashers: tuple[hashlib._Hash, ...], category: int, key: bytes) -> by
 
 REDIS_SLICE = 1_000  # records hashed per round trip to Redis
 #: Entries of each of a Redis worker's digest memos (trackerd's default table size).
-REDIS_MEMO = DEFAULT_TABLE_ENTRIES
+REDIS_MEMO = BULK_TABLE_ENTRIES
 
 
 def hiredis_used() -> bool:

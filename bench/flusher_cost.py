@@ -29,7 +29,7 @@ import time
 from bench._support import arguments, table
 from bench.compare import FORMS, PER_WORKER, conn_ip, loadavg, sender
 from servertracker import protocol
-from servertracker.batch_encoder import DEFAULT_TABLE_ENTRIES, INTERNED_BATCH_SIZE, BatchEncoder
+from servertracker.batch_encoder import BULK_TABLE_ENTRIES, INTERNED_BATCH_SIZE, BatchEncoder
 from servertracker.sender_split import sent_senders
 from servertracker.value_tables import ValueTables
 
@@ -47,7 +47,7 @@ def batches(form: str, records: int) -> list[tuple[list[str | None], list[str | 
 
 def whole(kind: str, work: list[tuple[list[str | None], list[str | None]]]) -> tuple[float, float]:
     """ns of thread CPU per record, and the longest batch in µs, for one encoder."""
-    encoder = BatchEncoder(kind, DEFAULT_TABLE_ENTRIES if kind == "interned" else 0)
+    encoder = BatchEncoder(kind, BULK_TABLE_ENTRIES if kind == "interned" else 0)
     clock = time.thread_time_ns
     longest = total = 0
     for conn_ips, senders in work:
@@ -62,7 +62,7 @@ def whole(kind: str, work: list[tuple[list[str | None], list[str | None]]]) -> t
 
 def steps(work: list[tuple[list[str | None], list[str | None]]]) -> dict[str, float]:
     """ns of thread CPU per record of each step of an interned batch."""
-    tables = ValueTables(DEFAULT_TABLE_ENTRIES)
+    tables = ValueTables(BULK_TABLE_ENTRIES)
     clock = time.thread_time_ns
     spent = dict.fromkeys(("split", "number IPs", "number senders", "encode"), 0)
     for conn_ips, senders in work:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from bench import compare
 from bench._support import BenchDaemon, arguments, table
-from servertracker.batch_encoder import DEFAULT_TABLE_ENTRIES
+from servertracker.batch_encoder import BULK_TABLE_ENTRIES
 
 #: (part, the frame names that mark it), tried in order on each sample's stack.
 PARTS = (
@@ -56,7 +56,7 @@ def py_spy() -> str | None:
 
 
 def profile(
-    form: str, out: Path, spy: str, table_entries: int = DEFAULT_TABLE_ENTRIES
+    form: str, out: Path, spy: str, table_entries: int = BULK_TABLE_ENTRIES
 ) -> tuple[float, dict[str, int]]:
     """One run with py-spy on the daemon: CPU µs per record, and samples per part."""
     load = compare.Workload(form, compare.PER_WORKER)
@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument(
         "--table-entries",
         type=int,
-        default=DEFAULT_TABLE_ENTRIES,
+        default=BULK_TABLE_ENTRIES,
         help="the workers' Client(table_entries=): 0 sends columns",
     )
     parser.add_argument(

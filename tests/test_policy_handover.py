@@ -182,8 +182,12 @@ def test_a_busy_event_loop_stops_the_reading_and_loses_nothing(
     assert replies == [DUNNO_RESPONSE * 40] * 6
     log = daemon.log()
     assert "the event loop is behind: reading paused" in log
+    # Each line is a pause that ended inside _wait_for_room: the queue was empty
+    # then. A pause can also end between two turns (its wait timed out under
+    # load, and the loop emptied the queue before the next turn looked), which
+    # logs nothing: so not every pause has a line, but none may show a queue.
     again = re.findall(r"test: reading again, (\d+) queued", log)
-    assert again and set(again) == {"0"}
+    assert set(again) <= {"0"}, log[-3000:]
     status = daemon.status()
     assert (status.records, status.unique_conn_ips) == (240, 240)
 

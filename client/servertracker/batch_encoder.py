@@ -26,7 +26,12 @@ if TYPE_CHECKING:
 #: Ids asked for in each of a connection's two value tables ("interned"): a
 #: worker seeing up to this many distinct connection IPs (and as many senders'
 #: domain parts) sends each one's text once per connection, then 4 bytes a use.
-DEFAULT_TABLE_ENTRIES: Final = 131_072
+#: Sized for an SMTP worker (many per host, each holding its tables: 56 bytes an
+#: id, about 1.8 MB for both); a bulk importer asks for more (BULK_TABLE_ENTRIES).
+DEFAULT_TABLE_ENTRIES: Final = 16_384
+#: What README advises a process that imports a log (one process, many distinct
+#: values): about 15 MB for both tables.
+BULK_TABLE_ENTRIES: Final = 131_072
 #: A grant below this (and below what was asked) is declined and columns sent:
 #: a table holding fewer values than a few batches would redefine ids batch
 #: after batch, costing the daemon more than columns do.
