@@ -97,7 +97,8 @@ MAX_INTERNED_BUDGET = 1 << 30
 #: One connection is charged at most 1/GRANT_SHARE of --max-interned-entries (a
 #: grant of n ids charges 2n): a handful of peers asking for the most (2^20 ids)
 #: cannot take the whole budget, it takes GRANT_SHARE of them. At the default
-#: budget a grant is at most 262,144 ids: twice a worker's default request.
+#: budget a grant is at most 262,144 ids: twice a bulk importer's request
+#: (batch_encoder.BULK_TABLE_ENTRIES), 16 times a worker's default.
 GRANT_SHARE = 16
 #: The smallest budget whose grants a default client uses (it declines fewer ids
 #: than batch_encoder.MIN_TABLE_ENTRIES, and sends `columns`).
