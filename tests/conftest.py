@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -282,3 +283,18 @@ def make_daemon(short_tmp: Path) -> Iterator[Callable[..., Daemon]]:
 def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     """A running trackerd with its own runtime directory."""
     return make_daemon().start()
+
+
+def protocol_md_example_frames(heading: str) -> list[bytes]:
+    """The frames of one "## heading" section of docs/protocol.md: each example is
+    an indented hex dump (its annotation after a run of 3+ spaces), one frame per
+    paragraph of indented lines."""
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    section = doc.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    blocks: list[str] = []
+    for line in section.splitlines():
+        if line.startswith("    "):
+            blocks[-1] += re.split(r"\s{3,}", line.strip())[0].replace(" ", "")
+        elif line.strip():
+            blocks.append("")
+    return [bytes.fromhex(b) for b in blocks if b]

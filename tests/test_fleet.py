@@ -82,6 +82,19 @@ def expected_registers(key: bytes, start: int, stop: int) -> dict[str, bytes]:
     return {name: bytes(r) for name, r in registers.items()}
 
 
+def assert_both_epochs_hold(
+    reply: protocol.FleetReply, first: int, key: FleetKey, stop: int
+) -> None:
+    """The reply holds epoch ``first`` and the next, each with the registers of
+    population(0, stop) under that epoch's key."""
+    current, previous = reply.epochs
+    assert previous.epoch == first
+    for epoch in (current, previous):
+        expected = expected_registers(key.advanced(epoch.epoch).key, 0, stop)
+        for name in CATEGORIES:
+            assert registers_of(epoch.sketches[name]) == expected[name], (epoch.epoch, name)
+
+
 def quiet_epoch_seconds() -> int:
     """A day-long epoch whose next boundary is not within the next ten minutes, so
     that the test does not straddle one (86400 and 86399 s boundaries are far apart)."""
@@ -264,12 +277,7 @@ def test_next_epoch_starts_at_the_boundary(
         else:
             raise AssertionError("no epoch lasted long enough to look at it")
     assert reply.epoch_seconds == 3
-    current, previous = reply.epochs
-    assert previous.epoch == first
-    for epoch in (current, previous):
-        expected = expected_registers(key.advanced(epoch.epoch).key, 0, 300)
-        for name in CATEGORIES:
-            assert registers_of(epoch.sketches[name]) == expected[name], (epoch.epoch, name)
+    assert_both_epochs_hold(reply, first, key, 300)
     assert daemon.status().unique_conn_ips == 300
     # The epoch clock logs the change; the reply above may come first.
     wait_for(lambda: "fleet: epoch" in daemon.log(), what="the epoch change in the log")

@@ -14,8 +14,7 @@ import pytest
 from servertracker import protocol
 from servertracker.status import Status
 from tests.conftest import Daemon, wait_for
-from tests.test_fleet import CATEGORIES, expected_registers, keygen, population
-from trackerd.core.fleet_sketch import registers_of
+from tests.test_fleet import assert_both_epochs_hold, keygen, population
 
 NIL = protocol.INTERNED_NIL
 Pair = tuple[str | None, str | None]
@@ -303,12 +302,7 @@ def test_a_value_only_referenced_after_the_epoch_rolls_is_in_the_new_sketch(
                 break
         else:
             raise AssertionError("no epoch lasted long enough to look at it")
-    current, previous = reply.epochs
-    assert previous.epoch == first
-    for epoch in (current, previous):
-        expected = expected_registers(key.advanced(epoch.epoch).key, 0, 300)
-        for name in CATEGORIES:
-            assert registers_of(epoch.sketches[name]) == expected[name], (epoch.epoch, name)
+    assert_both_epochs_hold(reply, first, key, 300)
 
 
 def test_a_costly_interned_message_is_counted_in_slices(daemon: Daemon) -> None:

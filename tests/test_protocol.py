@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from servertracker import protocol
 from servertracker.errors import LocalProtocolError, ProtocolError
 from servertracker.status import Status
+from tests.conftest import protocol_md_example_frames
 
 STATUS = Status(
     boot_time=1, unique_conn_ips=2, unique_domains=3, unique_ip_servers=4, updated_time=5.5
@@ -259,18 +260,7 @@ def test_the_example_in_docs_protocol_md_is_exact() -> None:
 
 
 def test_the_columns_and_features_examples_in_docs_protocol_md_are_exact() -> None:
-    from pathlib import Path
-
-    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
-    section = doc.split("## Example: columns and features\n", 1)[1].split("\n## ", 1)[0]
-    blocks: list[str] = []
-    for line in section.splitlines():
-        if line.startswith("    "):
-            blocks[-1] += re.split(r"\s{3,}", line.strip())[0].replace(" ", "")
-        elif line.strip():
-            blocks.append("")
-    blocks = [b for b in blocks if b]
-    assert [bytes.fromhex(b) for b in blocks] == [
+    assert protocol_md_example_frames("Example: columns and features") == [
         protocol.encode(protocol.RecordColumns(["192.0.2.1", None], ["a@b.example", "<>"])),
         protocol.encode(protocol.FeaturesRequest())
         + protocol.encode(protocol.Features(("columns", "interned"))),

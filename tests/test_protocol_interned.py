@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import array
-import re
 import struct
-from pathlib import Path
 
 import msgpack
 import pytest
 
 from servertracker import protocol
 from servertracker.errors import LocalProtocolError, ProtocolError
+from tests.conftest import protocol_md_example_frames
 
 CLIENT = protocol.Peer.CLIENT
 DAEMON = protocol.Peer.DAEMON
@@ -80,16 +79,7 @@ def test_the_wire_format_is_the_documented_one() -> None:
 
 
 def test_the_intern_examples_in_docs_protocol_md_are_exact() -> None:
-    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
-    section = doc.split("## Example: intern and interned\n", 1)[1].split("\n## ", 1)[0]
-    blocks: list[str] = []
-    for line in section.splitlines():
-        if line.startswith("    "):
-            blocks[-1] += re.split(r"\s{3,}", line.strip())[0].replace(" ", "")
-        elif line.strip():
-            blocks.append("")
-    blocks = [b for b in blocks if b]
-    assert [bytes.fromhex(b) for b in blocks] == [
+    assert protocol_md_example_frames("Example: intern and interned") == [
         protocol.encode(protocol.InternRequest(131072))
         + protocol.encode(protocol.InternReply(131072)),
         protocol.encode(EXAMPLE),
