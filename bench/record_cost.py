@@ -19,8 +19,8 @@ outside the timed span), to explain the calls over ``--slow-us``: "preempted"
 voluntary switch: the thread blocked, on the interpreter lock or another lock),
 "page fault", or none of these. With the daemon up, the flusher thread's
 interpreter-lock holds are timed too: from taking a batch off the queue to the
-send() that lets go of the lock, or to the pause between the two columns of a
-slow `interned` batch (an instrumented subclass; two clock reads a hold), and
+send() that lets go of the lock, or to a pause between the steps of encoding a
+batch (an instrumented subclass; two clock reads a hold), and
 each slow call is checked for overlap with one.
 """
 
@@ -72,8 +72,8 @@ class TimedClient(Client):
         super()._write_out()
 
     def _pause(self) -> None:
-        # The flusher pauses without the lock between the columns of a slow
-        # interned batch too: a hold ends there, and another starts after.
+        # The flusher pauses without the lock between the steps of encoding a
+        # batch it has held long too: a hold ends there, and another starts after.
         holding = self._hold_start != 0
         self._end_hold()
         super()._pause()
