@@ -331,6 +331,35 @@ def test_exit_is_bounded_when_the_daemon_is_down(short_tmp: Path) -> None:
     assert report["thread_ended"]  # nothing else left to wait for
 
 
+def test_a_client_built_to_ask_for_tables_loads_numpy_at_once() -> None:
+    """docs/performance.md: numpy loaded by the flusher on its first interned
+    connection stalled the recording thread for ms, many times. Client() loads it
+    when it will ask for value tables (so a pre-fork master pays it once for all
+    its workers), default_client() too; record_server()'s own first call does
+    not (test_import_is_cheap), and a client that asks for none never does."""
+    code = textwrap.dedent(
+        """
+        import sys
+        from servertracker import Client, default_client, record_server
+        Client(table_entries=0)
+        record_server('192.0.2.1', 'a@b.example')
+        steps = ['numpy' in sys.modules]
+        Client()
+        steps.append('numpy' in sys.modules)
+        print(steps)
+        """
+    )
+    env = dict(os.environ, TRACKERD_SOCKET="/nonexistent/x.sock")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.stdout.split() == ["[False,", "True]"], result.stdout + result.stderr
+    # The default client built by record_server() (no numpy), then asked for.
+    code = "import sys, servertracker as s; s.record_server('192.0.2.1', None); " + (
+        "print('numpy' in sys.modules, end=' '); s.default_client(); print('numpy' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.stdout.strip() == "False True", result.stdout + result.stderr
+
+
 def test_import_is_cheap() -> None:
     """Workers load the standard library and msgpack only: no numpy, no anyio, ..."""
     code = textwrap.dedent(

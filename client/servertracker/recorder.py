@@ -40,6 +40,7 @@ from servertracker.batch_encoder import (
     GrantDeclined,
     OlderDaemon,
     handshake,
+    load_value_tables,
 )
 from servertracker.errors import LocalProtocolError
 from servertracker.hash_keys import hash_is_secret
@@ -161,6 +162,7 @@ class Client:
         exit_timeout: float = DEFAULT_EXIT_TIMEOUT,
         max_long_chars: int = DEFAULT_MAX_LONG_CHARS,
         table_entries: int = DEFAULT_TABLE_ENTRIES,
+        _load_tables: bool = True,
     ) -> None:
         """``socket_path`` defaults to trackerd's, resolved as the daemon does.
 
@@ -169,7 +171,10 @@ class Client:
         an interpreter whose hash() is not secret: hash_keys.hash_is_secret).
         Each id takes 56 bytes in this process (value_tables.py: four slots of a
         key and an id, and the id's key), allocated on connecting, so
-        the default costs about 15 MB for the two tables.
+        the default costs about 15 MB for the two tables. A client that will ask
+        for tables loads numpy here (about 0.2 s, once a process; in the
+        background thread it stalled the recording thread for ms at a time):
+        build it before forking, and the workers inherit numpy loaded.
 
         The other bounds: ``max_buffered`` at least 1, ``max_long_chars`` at
         least 0, ``batch_size`` 1 to 65,536 (None: 512, or 2,048 on a connection
@@ -199,6 +204,8 @@ class Client:
         self._exit_timeout = exit_timeout
         self._reset_state()
         _clients.add(self)
+        if self._table_entries and _load_tables:
+            load_value_tables()
 
     def _reset_state(self) -> None:
         """Fresh per-process state: used at construction and in a forked child."""
@@ -676,13 +683,25 @@ _default_lock = threading.Lock()
 
 
 def default_client() -> Client:
-    """The process-wide client used by ``servertracker.record_server()``."""
+    """The process-wide client used by ``servertracker.record_server()``.
+
+    Called before forking (a pre-fork master), it loads numpy there, once for every
+    worker (see Client()); record_server() builds it on its first call otherwise,
+    and its background thread loads numpy on connecting (that call stays short).
+    """
+    client = _default(load_tables=True)
+    if client._table_entries:
+        load_value_tables()  # built by record_server(), which left numpy to its thread
+    return client
+
+
+def _default(load_tables: bool) -> Client:
     global _default_client
     client = _default_client
     if client is None:
         with _default_lock:
             if _default_client is None:
-                _default_client = Client()
+                _default_client = Client(_load_tables=load_tables)
             client = _default_client
     return client
 
@@ -696,7 +715,7 @@ def record_server(conn_ip: str | None, sender: str | None) -> None:
     client = _default_client
     if client is None:
         try:
-            client = default_client()
+            client = _default(load_tables=False)
         except Exception:
             return
     client.record_server(conn_ip, sender)
