@@ -26,10 +26,22 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 from bench._support import arguments, table
 
 BATCH = 512
+
+
+class FormResult(TypedDict):
+    """One form's figures from one process (sent back as JSON)."""
+
+    us: float
+    cached_us: float
+    counts: list[int]
+    rejected: list[int]
+
+
 #: The form's values (record n), and which column they go in.
 FORMS: dict[str, tuple[str, Callable[[int], str]]] = {
     "conn IP 10.a.b.c": ("ip", lambda n: f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"),
@@ -61,12 +73,12 @@ def _mix(n: int) -> str:
     return sender("mix", n)
 
 
-def one_process(values: int) -> dict[str, dict[str, float]]:
+def one_process(values: int) -> dict[str, FormResult]:
     """Every form once in this process: µs per distinct value, and the counts."""
     from trackerd.core.tracker import Tracker
     from trackerd.core.windows import DEFAULT_WINDOWS, parse_windows
 
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, FormResult] = {}
     for name, (column, make) in FORMS.items():
         tracker = Tracker(windows=parse_windows(DEFAULT_WINDOWS))
         other = "10.0.0.1" if column == "sender" else "mail.example.org"
@@ -102,13 +114,13 @@ def one_process(values: int) -> dict[str, dict[str, float]]:
     return results
 
 
-def run(python_path: str | None, values: int) -> dict[str, dict[str, float]]:
+def run(python_path: str | None, values: int) -> dict[str, FormResult]:
     env = dict(os.environ)
     if python_path is not None:
         env["PYTHONPATH"] = python_path  # comes before the editable install's entries
     command = [sys.executable, "-P", "-c", _CHILD, str(Path(__file__).resolve()), str(values)]
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
-    result: dict[str, dict[str, float]] = json.loads(out)
+    result: dict[str, FormResult] = json.loads(out)
     return result
 
 
@@ -137,7 +149,7 @@ def main() -> None:
         entrants.insert(0, ("baseline", f"{root}:{root / 'client'}"))
     with open("/proc/loadavg") as file:
         print("load average before", file.read().split()[:3])
-    runs: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name, _ in entrants}
+    runs: dict[str, list[dict[str, FormResult]]] = {name: [] for name, _ in entrants}
     for round_number in range(args.rounds):
         order = entrants if round_number % 2 == 0 else entrants[::-1]
         for name, path in order:

@@ -130,7 +130,7 @@ def run(
             def reply() -> protocol.Message:
                 while (message := decoder.next_message()) is protocol.NEED_DATA:
                     decoder.receive_data(sock.recv(65536))
-                assert not isinstance(message, type(protocol.CLOSED))
+                assert not isinstance(message, protocol._Sentinel)  # not CLOSED
                 return message
 
             mine = frames[w]

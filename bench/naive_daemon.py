@@ -44,7 +44,7 @@ class Naive:
         h.update(key)
         return h.digest()
 
-    def record(self, pairs: Iterable[tuple[str | None, str | None]]) -> None:
+    def record(self, pairs: Iterable[protocol.Pair]) -> None:
         records = 0
         for ip, sender in pairs:
             records += 1
@@ -63,7 +63,8 @@ class Naive:
         self.records += records
 
     def status(self) -> Status:
-        return Status(self.boot, *(len(s) for s in self.sets), time.time(), self.records)
+        ips, domains, literals = (len(s) for s in self.sets)
+        return Status(self.boot, ips, domains, literals, time.time(), self.records)
 
     async def serve(self, stream: SocketStream) -> None:
         with contextlib.suppress(anyio.BrokenResourceError, anyio.EndOfStream, OSError):

@@ -79,8 +79,8 @@ def profile(
         return daemon
 
     run = compare.run_protocol_daemon(load, start, table_entries=table_entries)
-    for spy in spies:
-        spy.wait(60)
+    for spying in spies:
+        spying.wait(60)
     assert run.server_cpu is not None
     return run.server_cpu * 1e6 / load.total, samples_by_part(out)
 

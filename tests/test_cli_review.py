@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from servertracker.cli import main
+from servertracker.cli_common import EXIT_NO_FLEET
 from tests.conftest import TRACKERCTL, Daemon, run_as_nobody, trackerctl
 
 
@@ -143,15 +144,15 @@ def test_a_record_line_with_extra_fields_is_named_by_number(daemon: Daemon) -> N
 
 def test_fleet_push_checks_the_redis_url_before_asking_trackerd(daemon: Daemon) -> None:
     """A malformed --redis is a usage error (2), as README says, even when trackerd
-    would answer "fleet mode is off" (4): the URL is checked first."""
+    would answer that fleet mode is off (7): the URL is checked first."""
     pushed = trackerctl(
         "--json", "fleet", "push", "--redis", "notaurl", "--socket", str(daemon.socket_path)
     )
     assert pushed.returncode == 2, pushed.stderr
     line = json_error(pushed)
     assert line["reason"] == "usage" and "not a Redis URL" in str(line["message"])
-    # A good URL still reaches trackerd, which says fleet mode is off (exit 4).
+    # A good URL still reaches trackerd, whose features say fleet mode is off (exit 7).
     good = trackerctl(
         "fleet", "push", "--redis", "redis://127.0.0.1:1", "--socket", str(daemon.socket_path)
     )
-    assert good.returncode == 4, good.stderr
+    assert good.returncode == EXIT_NO_FLEET, good.stderr

@@ -27,6 +27,7 @@ import pytest
 import redis
 
 from servertracker import cli_common, fleet_store, protocol
+from servertracker.errors import ProtocolError
 from servertracker.fleet_key import FleetKey, epoch_at, value_hasher
 from tests.conftest import Daemon, trackerctl, wait_for
 from tests.redis_server import REDIS_SERVER, MonitorCapture, RedisServer
@@ -336,13 +337,65 @@ def test_key_file_errors_are_clear(short_tmp: Path, make_daemon: Callable[..., D
     assert future.key.hex() not in daemon.log() + second.log()
 
 
-def test_push_without_fleet_mode_says_so(daemon: Daemon, short_tmp: Path) -> None:
+def push_to_nowhere(daemon: Daemon, short_tmp: Path, *options: str) -> dict[str, str]:
+    """fleet push --json to a Redis that is not there: it must stop before Redis."""
     result = trackerctl(
+        "fleet", "push", "--redis", f"unix://{short_tmp}/none.sock", "--socket",
+        str(daemon.socket_path), "--host", "alpha", "--json", *options,
+    )  # fmt: skip
+    assert result.returncode == cli_common.EXIT_NO_FLEET, result.stderr
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    error: dict[str, str] = json.loads(result.stderr)
+    return error
+
+
+def test_push_asks_for_features_and_stops_without_fleet_mode(
+    daemon: Daemon, short_tmp: Path
+) -> None:
+    error = push_to_nowhere(daemon, short_tmp)
+    assert error["reason"] == "fleet-off"
+    assert "not in fleet mode" in error["message"] and "--fleet-key-file" in error["message"]
+    # It asked for the features, not for the registers: the daemon saw no request
+    # it had to refuse (a fleet request without fleet mode counts as "fleet-off").
+    health = daemon.status().health
+    assert health is not None and health.protocol_errors.get(protocol.ERR_FLEET_OFF, 0) == 0
+    text = trackerctl(
         "fleet", "push", "--redis", f"unix://{short_tmp}/none.sock", "--socket",
         str(daemon.socket_path), "--host", "alpha",
     )  # fmt: skip
-    assert result.returncode == cli_common.EXIT_UNAVAILABLE
-    assert "fleet mode is off" in result.stderr
+    assert text.returncode == cli_common.EXIT_NO_FLEET
+    assert text.stderr.startswith("error: trackerd at ") and "not in fleet mode" in text.stderr
+
+
+#: The last commit whose trackerd knows no features request (267b011 added it).
+BEFORE_FEATURES = "267b011^"
+
+
+def test_push_to_a_daemon_older_than_features_says_it_is_too_old(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    """A real older trackerd (this repository's, from before the features request):
+    it answers the features request with "unknown-type"."""
+    root = Path(__file__).resolve().parent.parent
+    git = shutil.which("git")
+    commit = f"{BEFORE_FEATURES}^{{commit}}"
+    check = [git or "git", "-C", str(root), "rev-parse", "--verify", "-q", commit]
+    if git is None or subprocess.run(check, capture_output=True).returncode != 0:
+        pytest.skip("no git history here to take an older trackerd from")
+    old = short_tmp / "old"
+    old.mkdir()
+    archive = subprocess.run(
+        [git, "-C", str(root), "archive", commit, "trackerd", "client"],
+        capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True, timeout=60)
+    prelude = f"import sys; sys.path[:0] = [{str(old)!r}, {str(old / 'client')!r}]"
+    daemon = make_daemon(python_prelude=prelude).start()
+    with daemon.connect() as conn, pytest.raises(ProtocolError) as raised:
+        conn.features()
+    assert raised.value.code == protocol.ERR_UNKNOWN_TYPE  # it is that old
+    error = push_to_nowhere(daemon, short_tmp)
+    assert error["reason"] == "too-old" and "too old for fleet counts" in error["message"]
 
 
 def test_features_list_fleet_only_in_fleet_mode(

@@ -3,6 +3,7 @@ tools (promtool, and a node_exporter serving the text file over loopback)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -12,6 +13,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from servertracker.exposition import METRIC_NAMES, render
@@ -46,6 +50,48 @@ def promtool_check(text: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+#: Where promtool prints a series of its dump: {__name__="x", a="b"} value timestamp.
+DUMP_LINE = re.compile(r'^\{__name__="([^"]+)"((?:, [a-z_]+="[^"]*")*)\} (\S+) \d+$')
+
+
+def promtool_read_openmetrics(text: str, scratch: Path) -> Samples:
+    """The samples Prometheus's own OpenMetrics parser reads from text.
+
+    `promtool check metrics` reads only the 0.0.4 format (it takes an OpenMetrics
+    counter's `_total` sample for another, undocumented metric), so the OpenMetrics
+    form goes through promtool's OpenMetrics importer instead: it insists on the
+    `# EOF`, on a TYPE/UNIT/HELP before the samples, on units that are the name's
+    suffix. The importer needs a timestamp on every sample: one is added here.
+    """
+    assert PROMTOOL is not None
+    stamped = "".join(
+        line if line.startswith("#") else f"{line.rstrip()} 1700000000\n"
+        for line in text.splitlines(keepends=True)
+    )
+    source = scratch / "openmetrics.txt"
+    source.write_text(stamped)
+    blocks = scratch / "blocks"
+    blocks.mkdir()
+    imported = subprocess.run(
+        [PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", "-q", str(source), str(blocks)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    (blocks / "wal").mkdir()  # `tsdb dump` opens a head too
+    dumped = subprocess.run(
+        [PROMTOOL, "tsdb", "dump", str(blocks)], capture_output=True, text=True, timeout=60
+    )
+    assert dumped.returncode == 0, dumped.stdout + dumped.stderr
+    found: Samples = {}
+    for line in dumped.stdout.splitlines():
+        match = DUMP_LINE.match(line)
+        assert match, line
+        name, labels, number = match.groups()
+        pairs = re.findall(r'([a-z_]+)="([^"]*)"', labels)
+        found[(name, tuple(sorted(pairs)))] = float(number)
+    return found
+
+
 PAIRS = [
     ("192.0.2.1", "a@example.com"),
     ("192.0.2.2", "b@[192.0.2.9]"),
@@ -75,7 +121,9 @@ def assert_counts(found: Samples) -> None:
 
 
 @needs_promtool
-def test_trackerctl_metrics_live_then_from_the_file(make_daemon: Callable[..., Daemon]) -> None:
+def test_trackerctl_metrics_live_then_from_the_file(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
     daemon = make_daemon(extra_args=["--windows", "1h,24h"]).start()
     record(daemon)
     with socket.socket(socket.AF_UNIX) as raw:  # a protocol error, counted by its code
@@ -96,7 +144,11 @@ def test_trackerctl_metrics_live_then_from_the_file(make_daemon: Callable[..., D
     assert {name for name, _ in found} <= METRIC_NAMES
     assert "192.0.2" not in result.stdout and "example" not in result.stdout
     openmetrics = trackerctl("metrics", "--openmetrics", "--runtime-dir", str(daemon.runtime_dir))
-    assert openmetrics.returncode == 0 and openmetrics.stdout.endswith("# EOF\n")
+    assert openmetrics.returncode == 0, openmetrics.stderr
+    assert openmetrics.stdout.endswith("# EOF\n")
+    found = promtool_read_openmetrics(openmetrics.stdout, tmp_path)
+    assert_counts(found)
+    assert value(found, "servertracker_status_source", source="live") == 1
 
     daemon.stop()
     result = trackerctl("metrics", "--runtime-dir", str(daemon.runtime_dir))
@@ -218,6 +270,32 @@ def test_every_label_comes_from_a_fixed_set() -> None:
     assert value(found, "servertracker_protocol_errors_total", code="truncated") == 4
     assert value(found, "servertracker_status_write_failures_total") == 1
     assert {name for name, _ in found} == METRIC_NAMES
+
+
+@needs_promtool
+def test_openmetrics_reads_as_the_text_form_with_its_types_and_units(tmp_path: Path) -> None:
+    health = Health(5, {"busy": 1}, 3, {"truncated": 4}, 9, 1, interned_messages=2)
+    status = Status(
+        1_700_000_000, 1, 2, 3, records=7, windows=(WindowCounts("90s", 90, 1, 1, 1),),
+        health=health,
+    )  # fmt: skip
+    text = render(status, source="live", version="1.2.3").decode()
+    openmetrics = render(status, source="live", version="1.2.3", openmetrics=True).decode()
+    promtool_check(text)
+    # Prometheus reads the same series, with the same values, from either form.
+    assert promtool_read_openmetrics(openmetrics, tmp_path) == samples(text)
+    families = {family.name: family for family in openmetrics_families(openmetrics)}
+    assert {family.name for family in text_string_to_metric_families(text)} == {
+        f"{name}_info" if families[name].type == "info" else name for name in families
+    }
+    # OpenMetrics says what 0.0.4 cannot: each *_seconds family's unit, the version
+    # as an info family, and a counter's family name without its _total.
+    assert families["servertracker_build"].type == "info"
+    for name, family in families.items():
+        assert family.unit == ("seconds" if name.endswith("_seconds") else ""), name
+        if family.type == "counter":
+            assert not name.endswith("_total")
+            assert {sample.name for sample in family.samples} == {f"{name}_total"}
 
 
 def test_status_from_an_older_daemon_has_no_health_metrics() -> None:

@@ -31,6 +31,7 @@ EXIT_FILE_ONLY = 3  # status, watch, metrics: no daemon answer; the counts come 
 EXIT_UNAVAILABLE = 4  # nothing could answer: no daemon (and, for status, no readable file)
 EXIT_FLEET_KEY = 5  # fleet keygen/advance: the key file cannot be used or written
 EXIT_REDIS = 6  # fleet push/status: Redis unreachable, slow, refused, empty; or no redis-py
+EXIT_NO_FLEET = 7  # fleet push: trackerd answered, but offers no "fleet" (not in fleet mode)
 EXIT_INTERRUPTED = 130  # Ctrl-C (watch leaves with its last refresh's code instead)
 
 EXIT_CODES = (
@@ -52,6 +53,11 @@ EXIT_CODES = (
         EXIT_REDIS,
         "fleet push and status only: Redis unreachable, too slow, refused or empty "
         "(or redis-py not installed)",
+    ),
+    (
+        EXIT_NO_FLEET,
+        "fleet push only: trackerd answered but does not offer fleet counts (no "
+        "--fleet-key-file, or too old)",
     ),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C), except watch, which leaves with its last code"),
 )

@@ -19,14 +19,17 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from servertracker import protocol
 from servertracker.cli_common import (
     EXIT_FLEET_KEY,
+    EXIT_NO_FLEET,
     EXIT_REDIS,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     JsonOption,
     RuntimeDirOption,
     SocketOption,
+    Target,
     TimeoutOption,
     echo,
     target,
@@ -260,6 +263,38 @@ def _default_host() -> str:
     return os.uname().nodename.split(".")[0]
 
 
+def _registers(where: Target) -> protocol.FleetReply:
+    """trackerd's fleet registers, asked for only once its features list "fleet":
+    a daemon without fleet mode, or older than the features request, is told apart
+    from one that is down (exit 7, not 4), and is never sent a request it refuses."""
+    try:
+        with DaemonConnection(where.socket_path, timeout=where.timeout) as conn:
+            try:
+                features = conn.features()
+            except ProtocolError as exc:
+                if exc.code != protocol.ERR_UNKNOWN_TYPE:
+                    raise
+                _no_fleet(
+                    where, "too-old", "is too old for fleet counts (it has no features request)"
+                )
+            if protocol.FEATURE_FLEET not in features:
+                _no_fleet(
+                    where, "fleet-off", "is not in fleet mode (started without --fleet-key-file)"
+                )
+            return conn.fleet()
+    except ProtocolError as exc:
+        if exc.code == protocol.ERR_FLEET_OFF:  # fleet mode ended since the features reply
+            _no_fleet(where, "fleet-off", "is not in fleet mode (started without --fleet-key-file)")
+        _fail(str(where.explain(exc)), exc.code, where.as_json, EXIT_UNAVAILABLE)
+    except DaemonUnavailable as exc:
+        _fail(str(where.explain(exc)), exc.reason, where.as_json, EXIT_UNAVAILABLE)
+
+
+def _no_fleet(where: Target, reason: str, why: str) -> NoReturn:
+    text = f"trackerd at {where.socket_path} {why}; nothing pushed (docs/fleet.md)"
+    _fail(text, reason, where.as_json, EXIT_NO_FLEET)
+
+
 @app.command()
 def push(
     ctx: typer.Context,
@@ -280,7 +315,8 @@ def push(
     redis_timeout: RedisTimeoutOption = 5.0,
     cluster: ClusterOption = False,
 ) -> None:
-    """Fetch trackerd's fleet registers and merge them into Redis (run by a timer)."""
+    """Fetch trackerd's fleet registers and merge them into Redis (run by a timer).
+    Exit 7 if trackerd answers but its features do not list "fleet"."""
     where = target(ctx, socket, runtime_dir, as_json, timeout)
     as_json = where.as_json
     fleet_store = _fleet_store(as_json)
@@ -293,12 +329,7 @@ def push(
         fleet_store.check_url(redis_url)
     except fleet_store.FleetStoreError as exc:
         _fail(f"push failed: {exc}", exc.reason, as_json, EXIT_USAGE)
-    try:
-        with DaemonConnection(where.socket_path, timeout=where.timeout) as conn:
-            reply = conn.fleet()
-    except (DaemonUnavailable, ProtocolError) as exc:
-        reason = exc.reason if isinstance(exc, DaemonUnavailable) else exc.code
-        _fail(str(where.explain(exc)), reason, as_json, EXIT_UNAVAILABLE)
+    reply = _registers(where)
     try:
         with fleet_store.connect(redis_url, redis_timeout, cluster) as client:
             epochs = fleet_store.push(client, name, reply, time.time())

@@ -17,7 +17,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -35,6 +40,9 @@ CATEGORIES = {
     "unique_ip_servers": "ip_literal",
 }
 Source = Literal["live", "file"]
+#: The unit of every *_seconds family: OpenMetrics says it in a UNIT line (and
+#: Prometheus's parser checks the name ends with it); the 0.0.4 text has no such line.
+SECONDS = "seconds"
 
 #: Every metric name this module can emit (the Grafana example's test checks them).
 METRIC_NAMES = frozenset(
@@ -79,7 +87,10 @@ class _StatusCollector(Collector):
                 distinct.add_metric([category, counts.window], getattr(counts, field))
         yield distinct
         lengths = GaugeMetricFamily(
-            f"{PREFIX}_window_seconds", "Length of each sliding window.", labels=["window"]
+            f"{PREFIX}_window_seconds",
+            "Length of each sliding window.",
+            labels=["window"],
+            unit=SECONDS,
         )
         for counts in status.windows:
             lengths.add_metric([counts.window], counts.seconds)
@@ -107,11 +118,13 @@ class _StatusCollector(Collector):
             f"{PREFIX}_boot_time_seconds",
             "Unix time the daemon started; the counts start again there.",
             value=status.boot_time,
+            unit=SECONDS,
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_status_updated_time_seconds",
             "Unix time of this snapshot.",
             value=status.updated_time,
+            unit=SECONDS,
         )
         source = GaugeMetricFamily(
             f"{PREFIX}_status_source",
@@ -120,11 +133,11 @@ class _StatusCollector(Collector):
         )
         source.add_metric([self._source], 1)
         yield source
-        info = GaugeMetricFamily(
-            f"{PREFIX}_build_info", "The version that rendered this.", labels=["version"]
+        # An info family: OpenMetrics types it `info` (its sample is still
+        # servertracker_build_info); the 0.0.4 text types it gauge, as before.
+        yield InfoMetricFamily(
+            f"{PREFIX}_build", "The version that rendered this.", value={"version": self._version}
         )
-        info.add_metric([self._version], 1)
-        yield info
         yield from self._health()
 
     def _health(self) -> Iterator[Metric]:
