@@ -51,6 +51,9 @@ the load average before and after.
   ``columns`` feature, so workers send it the message format a prototype would use
   today; it gets no worker-side split and no value tables (it does not list
   ``interned``), so its workers send every value as text.
+- workers alone: the same forked workers looping over their share and calling a
+  function that records nothing: the harness's own cost (its workers' CPU is the
+  floor under every competitor's).
 - seed design: in-process salted sets, the whole status JSON rewritten to a file on
   every record (what the Go original does on every RecordServer). It writes a
   file per record, so it runs on the first --seed-records of each worker only, and
@@ -91,6 +94,8 @@ FORMS = ("domain", "user@domain", "<user@domain>", "[ip]", "mix")
 #: The Go original's measured rate (records/s, 8 goroutines), from issue 13's table.
 GO_ORIGINAL_RATE = 193_000
 SMALL_TABLE = 32_768
+#: The reference row: the workers' loop alone, recording nothing (run_workers_alone).
+WORKERS_ALONE = "workers alone (no recording)"
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -256,6 +261,28 @@ def start_trackerd_without_windows() -> BenchDaemon:
 
 def start_naive() -> BenchDaemon:
     return BenchDaemon(command=[sys.executable, "-m", "bench.naive_daemon"]).start()
+
+
+# --- the harness alone -----------------------------------------------------------------
+
+
+def _record_nothing(conn_ip: str, sender: str) -> None:
+    """What the "workers alone" row calls for each record: nothing."""
+
+
+def run_workers_alone(load: Workload) -> Run:
+    """The workers' loop over their share, each record passed to a function that
+    records nothing: what the harness itself costs, with no server."""
+    start = time.perf_counter()
+
+    def work(w: int) -> bool:
+        record = _record_nothing
+        for ip, value in load.shares[w]:
+            record(ip, value)
+        return True
+
+    worker_cpu = fork_workers(work)
+    return Run(time.perf_counter() - start, None, worker_cpu)
 
 
 # --- Redis --------------------------------------------------------------------------
@@ -515,8 +542,10 @@ def main() -> None:
     else:
         print("redis-server not found (apt-get install redis-server): Redis left out")
     competitors["naive anyio daemon"] = lambda load: run_protocol_daemon(load, start_naive)
+    competitors[WORKERS_ALONE] = run_workers_alone
     if args.only:
-        competitors = {n: c for n, c in competitors.items() if args.only in n or n == "trackerd"}
+        kept = ("trackerd", WORKERS_ALONE)
+        competitors = {n: c for n, c in competitors.items() if args.only in n or n in kept}
 
     if seed_load is not None:
         where = seed_directory()

@@ -1,6 +1,6 @@
 """What one record_server() call costs an SMTP worker, and why its slowest calls are slow.
 
-Run: ``python -m bench.record_cost [--rounds 5] [--calls 200000]``.
+Run: ``python -m bench.record_cost [--rounds 5] [--calls 200000] [--baseline DIR]``.
 
 The calls record distinct connection IPs with bench.compare's senders of one
 form (``--senders``, default ``mix``: what the flusher then splits and numbers,
@@ -14,28 +14,45 @@ timer's own cost (the median of empty timings) is subtracted.
 
 Every condition then runs a second time with the calling thread's context
 switches and page faults read around each call (getrusage(RUSAGE_THREAD),
-outside the timed span), to explain the calls over ``--slow-us``: "preempted"
-(an involuntary switch: the kernel gave the core to another task), "waited" (a
-voluntary switch: the thread blocked, on the interpreter lock or another lock),
-"page fault", or none of these. With the daemon up, the flusher thread's
-interpreter-lock holds are timed too: from taking a batch off the queue to the
-send() that lets go of the lock, or to the pause between the two columns of a
-slow `interned` batch (an instrumented subclass; two clock reads a hold), and
-each slow call is checked for overlap with one.
+outside the timed span), and every cyclic garbage collection timed
+(gc.callbacks: its span, generation and thread), to explain the calls over
+``--slow-us``, in this order: "gc" (a collection ran during the call, in any
+thread: it holds the interpreter lock throughout), "waited, flusher held" (a
+voluntary switch, the thread blocked on the interpreter lock, during one of the
+flusher's holds; preempted too, maybe), "preempted" (an involuntary switch: the
+kernel gave the core to another task), "waited" (blocked otherwise), "page
+fault", or none of these.
+With the daemon up, the flusher thread's interpreter-lock holds are timed too:
+from taking a batch off the queue, or from a pause without the lock, to the
+next pause or the send() (an instrumented subclass), in wall time and in the
+flusher thread's CPU time (the longest of these is the longest the flusher kept
+the lock from the worker's thread).
+
+``--baseline DIR`` runs each round twice, in fresh processes alternated in
+order: once with the servertracker and trackerd checked out in DIR (its bench/
+need not have this file) and once with this tree's, and reports both.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import json
+import os
 import resource
 import signal
 import statistics
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
-from bench._support import BenchDaemon, arguments, summary, table
+from bench._support import BenchDaemon, arguments, percentile, summary, table
 from bench.compare import FORMS, loadavg, sender
 from servertracker import Client
 
@@ -43,8 +60,13 @@ CALLS = 200_000
 SLOW_US = 50.0
 FIRST_CALLS = 20
 _clock = time.perf_counter_ns
+_cpu = time.thread_time_ns
 
 Record = Callable[[str | None, str | None], None]
+#: A flusher hold: start and end (perf_counter_ns), whether the kernel took the
+#: core from the flusher meanwhile (an involuntary switch while it held the
+#: lock), and the flusher thread's CPU time during it (ns).
+Hold = tuple[int, int, bool, int]
 
 
 def _nothing(conn_ip: str | None, sender: str | None) -> None:
@@ -56,37 +78,71 @@ class TimedClient(Client):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        # (start, end) in perf_counter_ns, and whether the kernel took the core away
-        # from the flusher meanwhile (an involuntary switch while it held the lock).
-        self.holds: list[tuple[int, int, bool]] = []
+        self.holds: list[Hold] = []
         self._hold_start = 0
+        self._hold_cpu = 0
         self._switches = 0
 
     def _take_batch(self, size: int) -> tuple[list[str | None], list[str | None]]:
-        self._switches = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
-        self._hold_start = _clock()
+        self._begin_hold()
         return super()._take_batch(size)
+
+    def _begin_hold(self) -> None:
+        self._switches = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+        self._hold_cpu = _cpu()
+        self._hold_start = _clock()
 
     def _write_out(self) -> None:
         self._end_hold()
         super()._write_out()
 
     def _pause(self) -> None:
-        # The flusher pauses without the lock between the columns of a slow
-        # interned batch too: a hold ends there, and another starts after.
+        # The flusher pauses without the lock between the steps of encoding a
+        # batch it has held long too: a hold ends there, and another starts after.
         holding = self._hold_start != 0
         self._end_hold()
         super()._pause()
         if holding:
-            self._switches = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
-            self._hold_start = _clock()
+            self._begin_hold()
 
     def _end_hold(self) -> None:
         if self._hold_start:
-            end = _clock()
+            end, cpu = _clock(), _cpu()
             switches = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
-            self.holds.append((self._hold_start, end, switches > self._switches))
+            self.holds.append(
+                (self._hold_start, end, switches > self._switches, cpu - self._hold_cpu)
+            )
             self._hold_start = 0
+
+
+class Collections:
+    """Every cyclic garbage collection while installed (a ``with`` block): its
+    span in perf_counter_ns, generation and thread, through gc.callbacks."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[int, int, int, str]] = []
+        self._started: dict[int, int] = {}
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started[threading.get_ident()] = _clock()
+            return
+        start = self._started.pop(threading.get_ident(), None)
+        if start is not None:
+            name = threading.current_thread().name
+            self.spans.append((start, _clock(), info["generation"], name))
+
+    def summary(self) -> list[tuple[float, int, str]]:
+        """Each collection's µs, generation and thread."""
+        return [((end - start) / 1000, gen, thread) for start, end, gen, thread in self.spans]
+
+    def __enter__(self) -> Collections:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:  # fmt: skip
+        gc.callbacks.remove(self)
 
 
 SENDER_FORMS = (*FORMS, "constant")
@@ -130,6 +186,30 @@ class SlowCall:
     voluntary: int  # the thread blocked (the interpreter lock, another lock)
     involuntary: int  # the kernel gave its core to another task
     faults: int
+    #: Set after the pass: the generation of a collection during the call (-1:
+    #: none) and its thread; the longest flusher hold during it (µs, 0: none).
+    gc: int = -1
+    gc_thread: str = ""
+    hold_us: float = 0.0
+    hold_cpu_us: float = 0.0
+
+    def overlaps(self, start: int, end: int) -> bool:
+        return start < self.start_ns + self.us * 1000 and self.start_ns < end
+
+    def why(self) -> str:
+        """The first explanation that fits (see the module's docstring)."""
+        if self.gc >= 0:
+            return "gc"
+        if self.voluntary and self.hold_us:
+            return "waited, flusher held"
+        if self.involuntary:
+            return "preempted"
+        if self.voluntary:
+            return "waited"
+        return "page fault" if self.faults else "none of these"
+
+
+WHY = ("gc", "waited, flusher held", "preempted", "waited", "page fault", "none of these")
 
 
 def explain_calls(
@@ -172,28 +252,52 @@ class Condition:
     costs: list[dict[str, float]] = field(default_factory=list)  # one summary a round
     slow: list[SlowCall] = field(default_factory=list)
     holds_us: list[float] = field(default_factory=list)
+    holds_cpu_us: list[float] = field(default_factory=list)
     preempted_holds_us: list[float] = field(default_factory=list)
-    slow_in_hold: int = 0
+    #: Collections in the explain passes: (µs, generation, thread).
+    collections: list[tuple[float, int, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Condition:
+        fields = dict(data, slow=[SlowCall(**call) for call in data["slow"]])
+        fields["collections"] = [tuple(c) for c in data["collections"]]
+        return cls(**fields)
 
 
-def _overlaps(call: SlowCall, holds: list[tuple[int, int, bool]]) -> bool:
-    end = call.start_ns + call.us * 1000
-    return any(start < end and call.start_ns < stop for start, stop, _ in holds)
+def _attribute(slow: list[SlowCall], holds: list[Hold], collections: Collections) -> None:
+    """Note, for each slow call, a collection and the longest flusher hold during it."""
+    for call in slow:
+        for start, end, generation, thread in collections.spans:
+            if call.overlaps(start, end) and generation > call.gc:
+                call.gc, call.gc_thread = generation, thread
+        for start, end, _, cpu in holds:
+            if call.overlaps(start, end) and (end - start) / 1000 > call.hold_us:
+                call.hold_us, call.hold_cpu_us = (end - start) / 1000, cpu / 1000
 
 
 CONDITIONS = ("daemon up", "control: no recording", "daemon down", "daemon stalled")
 
 
 def run(
-    rounds: int = 1, calls: int = CALLS, slow_us: float = SLOW_US, senders: str = "mix"
+    rounds: int = 1,
+    calls: int = CALLS,
+    slow_us: float = SLOW_US,
+    senders: str = "mix",
+    first_round: int = 0,
 ) -> dict[str, Condition]:
     results = {name: Condition() for name in (*CONDITIONS, "first call (starts the thread)")}
     daemon = BenchDaemon().start()
     try:
         client = TimedClient(daemon.socket_path, max_buffered=1_000_000)
+        # The process's first interned connection imports numpy (about 0.1 s, once a
+        # process): here, outside the rounds. bench.record_cost --numpy-import times
+        # a first connection's calls on its own.
         client.record_server("192.0.2.1", "warm@up.example")
         client.flush()
-        for round_ in range(rounds):
+        for round_ in range(first_round, first_round + rounds):
             shift = round_ % len(CONDITIONS)
             for name in CONDITIONS[shift:] + CONDITIONS[:shift]:
                 _one(name, results[name], client, daemon, calls, slow_us, senders)
@@ -211,7 +315,11 @@ def _one(name: str, into: Condition, client: TimedClient, daemon: BenchDaemon, c
     if name == "daemon down":
         for timed in (True, False):
             down = Client(Path("/tmp/stb-nowhere/trackerd.sock"), max_buffered=100_000)
-            _measure(down.record_server, into, calls, slow_us, timed, senders)
+            with Collections() as collections:
+                slow = _measure(down.record_server, into, calls, slow_us, timed, senders)
+            _attribute(slow, [], collections)
+            if not timed:
+                into.collections += collections.summary()
             down.close(0)
         return
     record: Record = _nothing if name.startswith("control") else client.record_server
@@ -220,13 +328,20 @@ def _one(name: str, into: Condition, client: TimedClient, daemon: BenchDaemon, c
     try:
         for timed in (True, False):
             client.holds.clear()
-            slow = _measure(record, into, calls, slow_us, timed, senders)
+            with Collections() as collections:
+                slow = _measure(record, into, calls, slow_us, timed, senders)
+            # Holds in the daemon-down and stalled conditions are another client's,
+            # or none: only the daemon-up ones are the recording client's.
+            holds = client.holds if name == "daemon up" else []
+            _attribute(slow, holds, collections)
+            if not timed:
+                into.collections += collections.summary()
             if name == "daemon up":
-                into.holds_us += [(stop - start) / 1000 for start, stop, _ in client.holds]
+                into.holds_us += [(stop - start) / 1000 for start, stop, _, _ in holds]
+                into.holds_cpu_us += [cpu / 1000 for _, _, _, cpu in holds]
                 into.preempted_holds_us += [
-                    (stop - start) / 1000 for start, stop, preempted in client.holds if preempted
+                    (stop - start) / 1000 for start, stop, preempted, _ in holds if preempted
                 ]
-                into.slow_in_hold += sum(_overlaps(call, client.holds) for call in slow)
     finally:
         if name == "daemon stalled":
             daemon.signal(signal.SIGCONT)
@@ -252,7 +367,7 @@ def medians(condition: Condition) -> dict[str, float]:
 
 
 def report(results: dict[str, Condition], slow_us: float = SLOW_US) -> str:
-    rows = []
+    rows: list[list[object]] = []
     for name, condition in results.items():
         stats = medians(condition)
         maxima = " / ".join(f"{c['max']:,.0f}" for c in condition.costs)
@@ -264,28 +379,79 @@ def report(results: dict[str, Condition], slow_us: float = SLOW_US) -> str:
         if name.startswith("first"):
             continue
         slow = condition.slow
-        preempted = sum(1 for c in slow if c.involuntary)
-        waited = sum(1 for c in slow if c.voluntary and not c.involuntary)
-        faulted = sum(1 for c in slow if c.faults and not c.voluntary and not c.involuntary)
-        other = len(slow) - preempted - waited - faulted
-        over_ms = sum(1 for c in slow if c.us > 1000)
-        rows.append([name, len(slow), over_ms, preempted, waited, faulted, other,
+        why = [call.why() for call in slow]
+        over_ms = [call.why() for call in slow if call.us > 1000]
+        rows.append([name, len(slow), len(over_ms), *(f"{why.count(w)} ({over_ms.count(w)})"
+                                                      for w in WHY),
                      f"{max((c.us for c in slow), default=0):,.0f}"])  # fmt: skip
-    lines += ["", table([f"calls over {slow_us:g} µs (explain passes)", "calls", "over 1 ms",
-                         "preempted", "waited", "page fault", "none of these", "max µs"],
-                        rows)]  # fmt: skip
+    lines += ["", table([f"calls over {slow_us:g} µs (explain passes; over 1 ms in brackets)",
+                         "calls", "over 1 ms", *WHY, "max µs"], rows)]  # fmt: skip
     up = results["daemon up"]
     if up.holds_us:
-        holds = sorted(up.holds_us)
+        holds, cpu = sorted(up.holds_us), sorted(up.holds_cpu_us)
         lines.append(
-            f"\nflusher's interpreter-lock holds (take a batch .. send), daemon up: "
-            f"{len(holds):,} batches, median {statistics.median(holds):.0f} µs, "
-            f"p99 {holds[int(0.99 * (len(holds) - 1))]:.0f} µs, max {holds[-1]:.0f} µs; "
-            f"slow calls overlapping one: {up.slow_in_hold} of {len(up.slow)}; holds during "
-            f"which the kernel preempted the flusher: {len(up.preempted_holds_us)}, max "
-            f"{max(up.preempted_holds_us, default=0):.0f} µs"
+            f"\nflusher's interpreter-lock holds (a batch taken or a pause .. the next pause "
+            f"or send), daemon up: {len(holds):,}; wall median {statistics.median(holds):.0f} "
+            f"µs, p99 {percentile(holds, 0.99):.0f}, max {holds[-1]:,.0f}; flusher CPU "
+            f"median {statistics.median(cpu):.0f} µs, p99 {percentile(cpu, 0.99):.0f}, max "
+            f"{cpu[-1]:,.0f} (the longest it kept the lock); holds during which the kernel "
+            f"preempted the flusher: {len(up.preempted_holds_us)}, max "
+            f"{max(up.preempted_holds_us, default=0):,.0f} µs"
         )
+        held = [call for call in up.slow if call.hold_us]
+        if held:
+            lines.append(
+                f"slow calls during a hold: {len(held)} of {len(up.slow)}; that hold's "
+                f"flusher CPU, median {statistics.median(c.hold_cpu_us for c in held):.0f} µs"
+            )
+    for name, condition in results.items():
+        if not condition.collections:
+            continue
+        by: dict[tuple[int, str], list[float]] = {}
+        for us, generation, thread in condition.collections:
+            by.setdefault((generation, thread), []).append(us)
+        lines.append(f"garbage collections in the explain passes, {name}: " + "; ".join(
+            f"generation {g} in {t}: {len(spans)}, longest {max(spans):,.0f} µs"
+            for (g, t), spans in sorted(by.items())))  # fmt: skip
     return "\n".join(lines)
+
+
+def _merge(rounds: list[dict[str, Condition]]) -> dict[str, Condition]:
+    """One Condition per name from the rounds' (each from its own process)."""
+    merged: dict[str, Condition] = {}
+    for results in rounds:
+        for name, condition in results.items():
+            into = merged.setdefault(name, Condition())
+            for item in dataclasses.fields(Condition):
+                getattr(into, item.name).extend(getattr(condition, item.name))
+    return merged
+
+
+# The child loads this file by its path (a baseline's bench/ may not have it), with
+# servertracker and trackerd from PYTHONPATH (the baseline's) or the install.
+_CHILD = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("record_cost", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules["record_cost"] = module
+spec.loader.exec_module(module)
+round_, calls, slow_us = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+results = module.run(1, calls, slow_us, sys.argv[5], first_round=round_)
+print(json.dumps({name: c.to_json() for name, c in results.items()}))
+"""
+
+
+def run_in_child(python_path: str | None, round_: int, calls: int, slow_us: float,
+                 senders: str) -> dict[str, Condition]:  # fmt: skip
+    """One round in a fresh process, with the trees on ``python_path`` first."""
+    env = dict(os.environ)
+    if python_path is not None:
+        env["PYTHONPATH"] = python_path  # comes before the editable install's entries
+    command = [sys.executable, "-P", "-c", _CHILD, str(Path(__file__).resolve()), str(round_),
+               str(calls), str(slow_us), senders]  # fmt: skip
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    data: dict[str, dict[str, Any]] = json.loads(out)
+    return {name: Condition.from_json(condition) for name, condition in data.items()}
 
 
 def main() -> None:
@@ -296,16 +462,35 @@ def main() -> None:
                         help="explain the calls slower than this")  # fmt: skip
     parser.add_argument("--senders", choices=SENDER_FORMS, default="mix",
                         help="bench.compare's sender form the calls record")  # fmt: skip
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also run the trees checked out in DIR")  # fmt: skip
     args = parser.parse_args()
     print(f"load average before: {loadavg()}; senders: {args.senders}", flush=True)
-    results = run(args.rounds, args.calls, args.slow_us, args.senders)
-    print(report(results, args.slow_us))
+    if args.baseline is None:
+        trees = {"this tree": run(args.rounds, args.calls, args.slow_us, args.senders)}
+    else:
+        root = args.baseline.resolve()
+        entrants: list[tuple[str, str | None]] = [
+            (f"baseline ({root})", f"{root}:{root / 'client'}"), ("this tree", None)]  # fmt: skip
+        per_round: dict[str, list[dict[str, Condition]]] = {name: [] for name, _ in entrants}
+        for round_ in range(args.rounds):
+            for name, path in entrants if round_ % 2 == 0 else entrants[::-1]:
+                per_round[name].append(
+                    run_in_child(path, round_, args.calls, args.slow_us, args.senders)
+                )
+                print(f"round {round_ + 1}, {name}: done (load average {loadavg()})", flush=True)
+        trees = {name: _merge(rounds) for name, rounds in per_round.items()}
+    for name, results in trees.items():
+        if len(trees) > 1:
+            print(f"\n=== {name}")
+        print(report(results, args.slow_us))
     print(f"load average after: {loadavg()}")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "record_cost.json").write_text(json.dumps(
-        {name: {"rounds": c.costs, "slow": [vars(s) for s in c.slow]}
-         for name, c in results.items()}, indent=1) + "\n")  # fmt: skip
+        {tree: {name: {"rounds": c.costs, "slow": [vars(s) for s in c.slow]}
+                for name, c in results.items()} for tree, results in trees.items()},
+        indent=1) + "\n")  # fmt: skip
 
 
 if __name__ == "__main__":

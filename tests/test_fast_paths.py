@@ -8,6 +8,8 @@ so a value that shifted the batch's lines would show too.
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -185,3 +187,76 @@ def test_a_batch_of_short_plain_names_is_taken_whole() -> None:
     for odd in ("a..", "-a.b", "a-.b", "a.b-", ".a", "a.1", "xn--a.b", "a b", "", "a" * 64):
         both = [*parts, odd]
         assert normalise._short_plain_names(both, "\n".join(both)) is None, odd
+
+
+# --- connection IPs: ipv4_keys() against classify_conn_ip() ----------------------
+
+TRICKY_IPS = [
+    "192.0.2.1",
+    "0.0.0.0",
+    "255.255.255.255",
+    "256.1.1.1",
+    "01.2.3.4",
+    "1.2.3.04",
+    "1.2.3",
+    "1.2.3.4.",
+    "1.2.3.4.5",
+    " 192.0.2.1",
+    "192.0.2.1 ",
+    "192.0.2.1\n",
+    "[192.0.2.1]",
+    "192.0.2.1:25",
+    "0x7f.0.0.1",
+    "127.1",
+    "1e1.0.0.1",
+    "\u0661.2.3.4",  # an Arabic-Indic digit one
+    "1.2.3.4\x00",
+    "\ud800",
+    "::ffff:192.0.2.1",
+    "2001:db8::1",
+    "",
+    "   ",
+    "x" * 300,
+]
+
+
+def check_ips(values: list[str | None]) -> None:
+    """ipv4_keys() gives classify_conn_ip()'s keys, or None, and None only when
+    some value is not a plain dotted quad (the text inet_ntoa() makes of its key)."""
+    keys = normalise.ipv4_keys(values)
+    exact = [normalise.classify_conn_ip(value) for value in values]
+    if keys is not None:
+        assert keys == exact, values
+    else:
+        assert any(
+            type(key) is not bytes or len(key) != 4 or socket.inet_ntoa(key) != value
+            for value, key in zip(values, exact, strict=True)
+        ), values
+
+
+@pytest.mark.parametrize("value", [*TRICKY_IPS, None])
+def test_each_tricky_ip_alone_and_between_plain_ones(value: str | None) -> None:
+    check_ips([value])
+    check_ips(["192.0.2.7", value, "198.51.100.1"])
+
+
+def test_plain_ipv4_batches_take_the_fast_path() -> None:
+    # It must be able to fail: a fast path that claimed nothing would pass check_ips().
+    values = ["192.0.2.1", "0.0.0.0", "255.255.255.255", "10.0.1.200"]
+    assert normalise.ipv4_keys(values) == [normalise.classify_conn_ip(v) for v in values]
+    assert normalise.ipv4_keys([]) == []
+
+
+@settings(max_examples=600, derandomize=True, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(alphabet="0123456789.:[] x\u0661", max_size=17),
+            st.sampled_from(TRICKY_IPS),
+            st.none(),
+        ),
+        max_size=8,
+    )
+)
+def test_random_ip_batches_agree_with_the_exact_path(values: list[str | None]) -> None:
+    check_ips(values)

@@ -13,8 +13,10 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 import servertracker
-from servertracker import Client
+from servertracker import Client, recorder
 from servertracker.status import Status
 from tests.conftest import Daemon, wait_for
 
@@ -160,13 +162,23 @@ class CountingClient(Client):
 
     batches = 0
     pauses = 0
+    encoding = False
+    pauses_encoding = 0  # of pauses, those made while encoding a batch
 
     def _take_batch(self, size: int) -> tuple[list[str | None], list[str | None]]:
         self.batches += 1
         return super()._take_batch(size)
 
+    def _encode_batch(self) -> None:
+        self.encoding = True
+        try:
+            super()._encode_batch()
+        finally:
+            self.encoding = False
+
     def _pause(self) -> None:
         self.pauses += 1
+        self.pauses_encoding += self.encoding
         super()._pause()
 
 
@@ -183,6 +195,32 @@ def test_the_flusher_lets_go_of_the_gil_between_batches(daemon: Daemon) -> None:
     # After every batch but the last, more waited: a pause (partial sends add more).
     assert client.pauses >= client.batches - 1
     client.close()
+
+
+def test_the_flusher_pauses_within_a_batch_it_has_held_long(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/performance.md: encoding a batch of new values held the GIL for
+    milliseconds. The flusher pauses between its steps once it has held the GIL
+    for _LONG_HOLD, and not before; either way nothing is lost or counted twice."""
+    pauses_per_batch = []
+    for hold, offset in ((float("inf"), 0), (0.0, 4000)):
+        monkeypatch.setattr(recorder, "_LONG_HOLD", hold)
+        client = CountingClient(daemon.socket_path, table_entries=4096)
+        # Queued before the flusher starts: two batches of 2,048 (interned).
+        client.record_many(
+            (f"10.1.{(offset + i) // 256}.{(offset + i) % 256}", f"u@d{offset + i}.example")
+            for i in range(4000)
+        )
+        assert client.flush(60)
+        assert client.stats().message == "interned"
+        wait_counts(daemon, (offset + 4000, offset + 4000, 0, offset + 4000))
+        assert client.batches == 2
+        pauses_per_batch.append(client.pauses_encoding / client.batches)
+        client.close()
+    never, always = pauses_per_batch
+    assert never == 0  # only between batches, and after a partial send
+    assert always >= 8  # at every step of numbering both columns
 
 
 def test_stalled_daemon_does_not_block_and_catches_up(daemon: Daemon) -> None:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from servertracker import sender_split
 from servertracker.protocol import MAX_VALUE_LENGTH
 from servertracker.sender_split import sent_sender, sent_senders
 from tests.test_normalise import SENDER_DOMAIN_PARTS, SENDERS_FOR_BATCHES
@@ -184,8 +185,33 @@ def test_a_uniform_batch_is_cut_as_its_senders_one_by_one(
     assert sent_senders(batch) == [sent_sender(v) if v else v for v in batch]
 
 
+# Mixed batches, as a worker sees them: every usual form (bare, local@domain,
+# <local@domain>), literals and the null senders side by side, now and then one
+# that breaks the pattern. sent_senders() cuts them without a call a value.
+MIXED = st.one_of(USUAL, st.builds("<{}>".format, USUAL), PART, st.sampled_from([None, "", "<>"]))
+
+
+@settings(max_examples=400, derandomize=True, deadline=None)
+@given(st.lists(MIXED, max_size=12), st.lists(st.tuples(st.integers(0, 12), BREAKER), max_size=1))
+def test_a_mixed_batch_is_cut_as_its_senders_one_by_one(
+    values: list[str | None], breakers: list[tuple[int, str]]
+) -> None:
+    for index, breaker in breakers:
+        values.insert(index, breaker)
+    assert sent_senders(values) == [sent_sender(v) if v else v for v in values]
+
+
+def test_a_mixed_batch_of_the_usual_forms_is_cut_without_a_call_a_sender(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batch = ["a@b.example", "<c@d.example>", "e.example", "[192.0.2.1]", "<>", None, "",
+             "u@[192.0.2.1]", "<Postmaster@F.Example.>"]  # fmt: skip
+    expected = [sent_sender(v) if v else v for v in batch]
+    monkeypatch.setattr(sender_split, "sent_sender", None)  # any call a value fails
+    assert sent_senders(batch) == expected
+    assert expected[:4] == ["b.example", "d.example", "e.example", "[192.0.2.1]"]
+
+
 def test_the_daemon_applies_the_same_rule() -> None:
     # One place for the rule: the normaliser uses the client package's function.
-    from servertracker import sender_split
-
     assert normalise.split_sender is sender_split.split_sender

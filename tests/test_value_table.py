@@ -105,3 +105,44 @@ def test_counting_references_matches_columns() -> None:
     b.count_references(tables, refs(0, 1, NIL, 0, 2), refs(2, 3, 4, NIL, 5))
     assert a.status() == b.status()
     assert (a.records, a.rejected_conn_ips, a.rejected_senders) == (5, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("column", "plain", "odd"),
+    [
+        (IPS, [f"10.0.{n // 256}.{n % 256}" for n in range(300)], ["", " 10.0.0.1", "::1", "x"]),
+        (
+            SENDERS,
+            [f"mail{n % 40}.example.com" if n % 3 else f"[192.0.2.{n % 200}]" for n in range(300)],
+            ["<>", "bad@@", "Mail1.Example.COM.", "u@xn--bcher-kva.de"],
+        ),
+    ],
+)
+def test_new_values_come_to_the_same_on_the_batch_and_the_exact_path(
+    column: int, plain: list[str], odd: list[str]
+) -> None:
+    """A batch of plain values (stored whole: _store_ips, _store_senders) and the same
+    values beside odd ones (stored one by one) come to the same codes and digests,
+    and to what record_columns() counts."""
+    whole, mixed, columns = (Tracker(salt=bytes(32), clock=lambda: 1.0) for _ in range(3))
+    done, found = whole.define_values(column, plain)
+    assert done == len(plain)
+    values = [*odd[:2], *plain, *odd[2:]]
+    _, found_mixed = mixed.define_values(column, values)
+    assert found.codes.tolist() == found_mixed.codes[2 : 2 + len(plain)].tolist()
+    assert found.digests.tolist() == found_mixed.digests[2 : 2 + len(plain)].tolist()
+    assert (found.codes >= COUNTED).all() and (found.digests != 0).all()
+    # Again from the definition cache: the same.
+    _, cached = whole.define_values(column, plain)
+    assert cached.codes.tolist() == found.codes.tolist()
+    assert cached.digests.tolist() == found.digests.tolist()
+    # Counted, they are what record_columns() counts.
+    other_value = "a@b.example" if column == IPS else "192.0.2.1"
+    ip_column, sender_column = (values, [other_value] * len(values))[:: 1 if column == IPS else -1]
+    columns.record_columns(ip_column, sender_column)
+    tables = mixed.value_tables(512)
+    mixed.define_into(tables, column, 0, values)
+    mixed.define_into(tables, 1 - column, 0, [other_value])
+    mine, theirs = refs(*range(len(values))), refs(*[0] * len(values))
+    mixed.count_references(tables, *((mine, theirs) if column == IPS else (theirs, mine)))
+    assert mixed.status() == columns.status()

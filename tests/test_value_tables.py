@@ -9,12 +9,14 @@ references, every reference defined, every definition referenced by its message.
 from __future__ import annotations
 
 import array
+import sys
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from servertracker import batch_encoder, protocol, value_tables
+from servertracker.sender_split import sent_senders
 from servertracker.value_tables import NIL, Message, ValueTables
 
 
@@ -114,21 +116,37 @@ def test_a_large_batch_of_long_values_is_cut_to_fit_a_frame() -> None:
     assert pairs == list(zip(values, values, strict=True))
 
 
-def test_a_slow_interned_batch_pauses_between_its_columns(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The flusher lets go of the GIL between the two columns of a batch whose first
-    column took longer than LONG_HOLD (many new values), and only then."""
-    pauses: list[int] = []
-    values: list[str | None] = [f"192.0.2.{i}" for i in range(200)]
-    for hold, expected in ((float("inf"), 0), (0.0, 1)):
-        monkeypatch.setattr(batch_encoder, "LONG_HOLD", hold)
-        pauses.clear()
-        encoder = batch_encoder.BatchEncoder("interned", 1024)
-        _, ends = encoder.encode(values, list(values), 512, lambda: pauses.append(1))
-        assert (len(pauses), ends) == (expected, [200])
-    assert batch_encoder.BatchEncoder("columns").encode(values, values, 512, pauses.clear)
-    assert pauses == [1]  # columns: one frame, no pause
+def test_every_step_of_numbering_new_values_offers_a_pause_and_changes_nothing() -> None:
+    """The flusher may let go of the GIL between the steps of an interned batch
+    (docs/performance.md: a step is a few array operations; a whole batch of new
+    values took milliseconds). Each step offers a pause, from each place that has
+    one, and the messages still resolve to exactly the values recorded."""
+    sites: list[str] = []
+
+    def between() -> None:
+        sites.append(sys._getframe(1).f_code.co_name)
+
+    # 64 ids, full after the first batch, so that new values evict (_forget);
+    # 600 senders, split SPLIT_STEP at a time.
+    tables = ValueTables(64)
+    daemon = ModelDaemon(64)
+    for b in range(4):
+        conn_ips: list[str | None] = [f"192.0.{b}.{i}" for i in range(600)]
+        senders: list[str | None] = [f"u{i}@d{i % 90 + b}.example" for i in range(600)]
+        messages = tables.messages(conn_ips, senders, between, sent_senders)
+        resolved = [pair for message in messages for pair in daemon.resolve(message)]
+        assert resolved == list(zip(conn_ips, sent_senders(senders), strict=True))
+    assert {"number", "_look_up", "_enter", "_forget", "messages", "_split_in_steps"} <= set(sites)
+    assert sites.count("_split_in_steps") > 4 * 600 // value_tables.SPLIT_STEP
+    # The encoder offers one more after each frame; a batch held already, none
+    # but those.
+    encoder = batch_encoder.BatchEncoder("interned", 64)
+    sites.clear()
+    _, ends = encoder.encode(["192.0.2.1"], ["a@b.example"], 2048, between)
+    assert ends == [1] and "encode" in sites
+    sites.clear()
+    _, ends = encoder.encode(["192.0.2.1"], ["a@b.example"], 2048, between)
+    assert ends == [1] and "_look_up" not in sites
 
 
 @settings(max_examples=200, derandomize=True, deadline=None)

@@ -51,15 +51,15 @@ ASK_AGAIN: Final = 60.0
 #: batch_size), against 512 for columns and record. The daemon spends about 170
 #: numpy calls a message whatever its length, so an interned message of 512
 #: pairs paid ~0.9 µs a record of daemon CPU and one of 2048 ~0.55
-#: (bench.interned_cost --batch). Against it: the flusher holds the interpreter
-#: lock for about one column's numbering at a time (value_tables.py; a pause
-#: between the columns), which grows with the batch; at 2048 that is ~0.3 ms a
-#: column of new values on a quiet machine, within record_server()'s 1 ms.
+#: (bench.interned_cost --batch). Against it: numbering 2048 new values takes
+#: the flusher milliseconds, so encode() offers it a pause between every few array
+#: operations (``between``), where it lets go of the interpreter lock when it has
+#: held it long (recorder.py's _LONG_HOLD; docs/performance.md).
 INTERNED_BATCH_SIZE: Final = 2048
-#: Numbering a column for longer than this (seconds) holds the GIL long enough
-#: that the flusher pauses before the next (docs/performance.md: a record_server()
-#: call waits for the GIL as long as the flusher holds it).
-LONG_HOLD: Final = 0.0002
+
+
+def _go_on() -> None:
+    """The default ``between``: no pause."""
 
 
 class BatchEncoder:
@@ -102,29 +102,26 @@ class BatchEncoder:
         conn_ips: list[str | None],
         senders: list[str | None],
         batch_size: int,
-        pause: Callable[[], object] | None = None,
+        between: Callable[[], object] = _go_on,
     ) -> tuple[list[bytes], list[int]]:
         """The frames that carry a batch, and the records up to each frame's end.
 
-        ``pause`` lets go of the GIL for a moment: called between the two columns
-        of an interned batch when the first took long (many new values), so that
-        the worker's own thread waits for at most about one column's work.
+        ``between`` is called between the steps of an interned batch's encoding
+        (value_tables.py), where the flusher may let go of the interpreter lock:
+        so the worker's own thread never waits for it long (docs/performance.md).
         """
         if self._tables is not None:
             if time.monotonic() - self._born > TABLE_LIFETIME:
                 self.forget()
             assert self._tables is not None
-            started = time.perf_counter()
-
-            def between() -> None:
-                if pause is not None and time.perf_counter() - started > LONG_HOLD:
-                    pause()
-
             # The daemon's rule gives a usual sender's domain part the same result
             # as the whole (sender_split.py): fewer values to number and send.
             messages = self._tables.messages(conn_ips, senders, between, sent_senders)
-            encode = protocol.encode_interned
-            return [encode(*message[2:]) for message in messages], [m[1] for m in messages]
+            frames = []
+            for message in messages:
+                frames.append(protocol.encode_interned(*message[2:]))
+                between()
+            return frames, [message[1] for message in messages]
         if self.message == "columns":
             frames = protocol.encode_columns_split(conn_ips, senders, batch_size)
         else:

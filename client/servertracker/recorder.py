@@ -68,6 +68,13 @@ _SEND_TIMEOUT = 0.5
 #: thread, woken for it, could run, and so held it batch after batch for up to
 #: the 5 ms switch interval (traced with perf sched: docs/performance.md).
 _PAUSE = 0.0001
+#: The flusher pauses (_PAUSE) at the next step of a batch's encoding once it has
+#: held the GIL this long (seconds). The worker's thread, when it wants the GIL,
+#: then waits that long plus one step (a few array operations). Only a sleep hands
+#: the GIL over: numpy lets go of it in each call, but the flusher takes it back
+#: before the woken thread can, and a forced switch comes after 5 ms at the
+#: soonest (docs/performance.md, "record_server() latency, daemon up").
+_LONG_HOLD = 0.0002
 
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
@@ -206,6 +213,7 @@ class Client:
         self._stop = threading.Event()  # set by close(): ends a backoff at once
         self._sleeping = False
         self._idle = True
+        self._held_since = 0.0  # perf_counter() when the flusher last took the GIL back
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closing = False
@@ -373,6 +381,7 @@ class Client:
         backoff = _BACKOFF_MIN
         while True:
             self._wait_for_work()
+            self._held_since = time.perf_counter()
             self._warn_of_drops()
             if self._closing and not self._senders and not self._out_count:
                 return
@@ -456,13 +465,19 @@ class Client:
     def _pause(self) -> None:
         """Let the worker's thread have the GIL for a moment (see _PAUSE)."""
         time.sleep(_PAUSE)
+        self._held_since = time.perf_counter()
+
+    def _between(self) -> None:
+        """Called between the steps of encoding a batch: pause if the GIL was held long."""
+        if time.perf_counter() - self._held_since > _LONG_HOLD:
+            self._pause()
 
     def _encode_batch(self) -> None:
         """Encode _batch for this connection into _out (and _out_ends)."""
         assert self._encoder is not None
         conn_ips, senders = self._batch
         try:
-            frames, ends = self._encoder.encode(conn_ips, senders, self._batch_size, self._pause)
+            frames, ends = self._encoder.encode(conn_ips, senders, self._batch_size, self._between)
         except LocalProtocolError:
             # A lone surrogate, or a value too long for any frame: mend them. What
             # the tables numbered for the failed frames never left: start afresh.

@@ -41,6 +41,15 @@ SLOTS_PER_ID: Final = 4
 Keys: TypeAlias = npt.NDArray[np.int64]
 #: What ValueTable._look_up() finds of a piece of a batch that can go as one.
 _Piece: TypeAlias = tuple[int, list[str], int, Keys, npt.NDArray[np.intp], Keys]
+
+
+def _no_pause() -> None:
+    """The default ``between``: go straight on."""
+
+
+#: Records of a batch's senders split at a time (ValueTables.messages): about
+#: 0.15 ms of Python on this project's machine, where ``between`` may pause.
+SPLIT_STEP: Final = 256
 #: A message defining at most this many values in a column fits its half of a
 #: frame whatever their length (values are cut to one over the protocol's limit).
 _FEW_TEXTS: Final = (_COLUMN_BYTES - _REF_SIZE * protocol.MAX_PAIRS_PER_MESSAGE) // (
@@ -112,7 +121,9 @@ class ValueTable:
         self._next = 0  # the id the next new value takes
         self._full = False  # every id defined: a new value evicts the oldest
 
-    def number(self, values: list[str | None]) -> _Numbered:
+    def number(
+        self, values: list[str | None], between: Callable[[], object] = _no_pause
+    ) -> _Numbered:
         """Number a batch's values, defining ids for the new ones.
 
         The batch goes as one piece when it can: its new values take the next ids
@@ -121,14 +132,20 @@ class ValueTable:
         where the ids wrap), and a message ends before a piece where it must:
         before a new value takes an id the message references, where the ids do
         not follow on, and where the message would grow too large.
+
+        ``between`` is called between the steps of numbering new values (each a
+        few array operations over the batch), where the caller may let go of
+        the interpreter lock (recorder.py's flusher: docs/performance.md).
         """
         count = len(values)
         keys = np.fromiter(map(hash, values), np.int64, count) ^ self._blind
+        between()
         rows = keys & self._mask
         same = self._keys.take(rows, axis=0) == keys[:, None]
         if np.count_nonzero(same) == count:  # every value held: the usual batch
             held = self._slot_ids.take(rows, axis=0)[same]
             return _Numbered(array.array("I", held.tobytes()), [], [], [], [])
+        between()
         refs = np.empty(count, dtype=np.uint32)
         numbered = _Numbered(array.array("I"), [], [], [], [])
         pieces = [(0, count)]
@@ -137,7 +154,7 @@ class ValueTable:
         size_used = 0  # its bytes so far
         while pieces:
             low, high = pieces.pop()
-            piece = self._look_up(values, keys[low:high], low)
+            piece = self._look_up(values, keys[low:high], low, between)
             if isinstance(piece, int):  # cannot go as one piece: cut it at ``piece``
                 pieces += [(piece, high), (low, piece)]
                 continue
@@ -151,14 +168,17 @@ class ValueTable:
             ):
                 numbered.cuts.append(low)
                 message, last, size_used = low, -1, 0
-            refs[low:high] = self._enter(piece, low, numbered)
+            between()
+            refs[low:high] = self._enter(piece, low, numbered, between)
             size_used += cost
             if texts:
                 last = end - 1
         numbered.refs.frombytes(refs.tobytes())
         return numbered
 
-    def _look_up(self, values: list[str | None], keys: Keys, low: int) -> _Piece | int:
+    def _look_up(
+        self, values: list[str | None], keys: Keys, low: int, between: Callable[[], object]
+    ) -> _Piece | int:
         """How the piece of a batch at ``low`` would be numbered: the first id it
         defines, their texts, its bytes in a message, each value's id (where held),
         the new values' records (first uses) and each new one's index among them;
@@ -173,7 +193,9 @@ class ValueTable:
         new_at = np.flatnonzero(~hit)
         if not new_at.size:
             return self._next, [], _REF_SIZE * len(keys), found, new_at, new_at
+        between()
         unique, first_at, inverse = np.unique(keys[new_at], return_index=True, return_inverse=True)
+        between()
         # Ids in the order of first use: the rank of each unique key's first use.
         order = np.argsort(first_at)
         rank = np.empty_like(order)
@@ -192,16 +214,20 @@ class ValueTable:
         found[new_at] = rank[inverse.ravel()] + first
         return first, texts, cost, found, first_at, unique[order]
 
-    def _enter(self, piece: _Piece, low: int, numbered: _Numbered) -> Keys:
+    def _enter(
+        self, piece: _Piece, low: int, numbered: _Numbered, between: Callable[[], object]
+    ) -> Keys:
         """Define the ids of a piece as _look_up() found it; its references."""
         first, texts, _, found, first_at, new_keys = piece
         if texts:
             end = first + len(texts)
             ids = np.arange(first, end)
             if self._full:
-                self._forget(ids)
+                self._forget(ids, between)
+                between()
             self._id_keys[first:end] = new_keys
-            self._put(new_keys, ids)
+            self._put(new_keys, ids, between)
+            between()
             self._next = end % self.size
             self._full |= end == self.size
             numbered.ids += range(first, end)
@@ -209,16 +235,17 @@ class ValueTable:
             numbered.positions += (first_at + low).tolist()
         return found
 
-    def _forget(self, ids: npt.NDArray[np.int64]) -> None:
+    def _forget(self, ids: npt.NDArray[np.int64], between: Callable[[], object]) -> None:
         """Take the keys of ``ids`` out of the map (those a full row forgot are gone)."""
         keys = self._id_keys[ids]
         rows = keys & self._mask
         gone = (self._keys[rows] == keys[:, None]) & (self._slot_ids[rows] == ids[:, None])
         where, way = np.nonzero(gone)
+        between()
         self._keys[rows[where], way] = 0  # empty: see __init__
         self._slot_ids[rows[where], way] = 0
 
-    def _put(self, keys: Keys, ids: npt.NDArray[np.int64]) -> None:
+    def _put(self, keys: Keys, ids: npt.NDArray[np.int64], between: Callable[[], object]) -> None:
         """Enter keys (none held, each once) with their ids. New keys that share a
         row take its free slots in up to WAYS rounds; a full row loses the key in
         the slot the new key's upper bits choose (as does one of two new keys that
@@ -234,6 +261,7 @@ class ValueTable:
             if not lost.any():
                 return
             keys, ids = keys[lost], ids[lost]
+            between()
 
 
 #: One interned message's parts, as protocol.encode_interned() takes them, and
@@ -255,7 +283,7 @@ class ValueTables:
         self,
         conn_ips: list[str | None],
         senders: list[str | None],
-        between: Callable[[], object] | None = None,
+        between: Callable[[], object] = _no_pause,
         split: Callable[[list[str | None]], list[str | None]] | None = None,
     ) -> list[Message]:
         """The interned messages that carry a batch, in the order they must be sent.
@@ -263,16 +291,17 @@ class ValueTables:
         Usually one. Where either column must end a message, both do: a message
         cut anywhere stays valid, since each value is defined by the first record
         that uses it, and the records after a cut may refer to what came before.
-        ``between`` is called after the connection IPs are numbered (the flusher
-        lets go of the GIL there when the batch is slow going); ``split``, if
-        given, maps the senders after that (sender_split.sent_senders: a mixed
-        batch's split costs as much as numbering a column, so it goes with the
-        senders' half of the batch, not the IPs').
+        ``between`` is called between steps (numbering each column, and within
+        it; splitting the senders SPLIT_STEP at a time), where the flusher lets
+        go of the interpreter lock when it has held it long; ``split``, if
+        given, maps the senders (sender_split.sent_senders: a mixed batch's split
+        costs as much as numbering a column).
         """
-        ips = self.conn_ips.number(conn_ips)
-        if between is not None:
-            between()
-        sends = self.senders.number(split(senders) if split is not None else senders)
+        ips = self.conn_ips.number(conn_ips, between)
+        between()
+        if split is not None:
+            senders = _split_in_steps(split, senders, between)
+        sends = self.senders.number(senders, between)
         count = len(senders)
         if not ips.cuts and not sends.cuts and count <= protocol.MAX_PAIRS_PER_MESSAGE:
             return [(0, count, *_whole(ips), *_whole(sends))]
@@ -284,6 +313,23 @@ class ValueTables:
             (start, end, *_piece(ips, ip_at, start, end), *_piece(sends, sender_at, start, end))
             for start, end in itertools.pairwise(bounds)
         ]
+
+
+def _split_in_steps(
+    split: Callable[[list[str | None]], list[str | None]],
+    senders: list[str | None],
+    between: Callable[[], object],
+) -> list[str | None]:
+    """``split(senders)``, SPLIT_STEP senders at a time, with ``between`` after each."""
+    if len(senders) <= SPLIT_STEP:
+        result = split(senders)
+    else:
+        result = []
+        for start in range(0, len(senders), SPLIT_STEP):
+            result += split(senders[start : start + SPLIT_STEP])
+            between()
+    between()
+    return result
 
 
 def _whole(numbered: _Numbered) -> tuple[int, list[str], array.array[int]]:

@@ -73,31 +73,37 @@ class DefinitionCache:
         digests: npt.NDArray[np.uint64],
         registers: npt.NDArray[np.uint32] | None,
     ) -> None:
-        """Enter keys not held, each once (with their payload); a full row forgets
-        one key. Of keys that would take one slot, the first takes it and the others
-        try again (WAYS rounds): a slot's key and payload come from one value."""
-        if registers is None or self.registers is None:
+        """Enter keys not held (a key given twice must come with one payload); a full
+        row forgets one key. Of keys that would take one slot, one takes it and, if
+        the row had a free slot, the others try again (WAYS rounds): a slot's key
+        and payload are written from one value (the key is read back first)."""
+        if registers is None and self.registers is not None:
             registers = np.zeros(keys.size, dtype=np.uint32)
+        flat_keys = self._keys.ravel()  # views: the arrays are contiguous
+        flat_codes, flat_digests = self.codes.ravel(), self.digests.ravel()
+        flat_registers = self.registers.ravel() if self.registers is not None else None
         for _ in range(WAYS):
             if not keys.size:
                 return
             rows = (keys & self._mask).astype(np.intp)
             free = self._keys[rows] == self._empty
+            room = free.view(np.int64).ravel() != 0  # a row's WAYS booleans as one word
             chosen = ((keys >> 32) & (WAYS - 1)).astype(np.intp)
-            ways = np.where(free.view(np.int64).ravel() != 0, free.argmax(axis=1), chosen)
-            _, first = np.unique(rows * WAYS + ways, return_index=True)
-            rows, ways = rows[first], ways[first]
-            self._keys[rows, ways] = keys[first]
-            self.codes[rows, ways] = codes[first]
-            self.digests[rows, ways] = digests[first]
-            if self.registers is not None:
-                self.registers[rows, ways] = registers[first]
-            # Keys that chose a slot another took try the row's next free slot.
-            lost = np.ones(keys.size, dtype=bool)
-            lost[first] = False
-            keys, codes, digests, registers = (
-                keys[lost],
-                codes[lost],
-                digests[lost],
-                registers[lost],
-            )
+            slots = rows * WAYS + np.where(room, free.argmax(axis=1), chosen)
+            flat_keys[slots] = keys  # of keys given one slot, one is written
+            won = flat_keys[slots] == keys
+            if won.all():
+                flat_codes[slots] = codes
+                flat_digests[slots] = digests
+                if flat_registers is not None and registers is not None:
+                    flat_registers[slots] = registers
+                return
+            flat_codes[slots[won]] = codes[won]
+            flat_digests[slots[won]] = digests[won]
+            if flat_registers is not None and registers is not None:
+                flat_registers[slots[won]] = registers[won]
+            # Keys that lost a free slot to another try the row's next free one.
+            again = room & ~won
+            keys, codes, digests = keys[again], codes[again], digests[again]
+            if registers is not None:
+                registers = registers[again]

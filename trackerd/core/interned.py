@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import Final, cast
 
 import numpy as np
@@ -37,7 +38,9 @@ from trackerd.core.value_table import (
     COUNTED,
     IGNORED,
     REJECTED,
+    Codes,
     Definitions,
+    Digests,
     Ids,
     Refs,
     ValueTable,
@@ -195,28 +198,20 @@ class InternedCounting:
         taken = 0
         for start in range(0, len(indices), chunk):
             some = [values[index] for index in indices[start : start + chunk]]
-            results = self._ips_seen(some) if column == IPS else self._senders_seen(some, deadline)
-            seen = len(results)
-            at = misses[start : start + seen]
-            codes[at] = [COUNTED + r[0] if type(r) is tuple else _OUTCOME_CODES[r]  # type: ignore[index]
-                         for r in results]  # fmt: skip
-            digests[at] = np.frombuffer(
-                b"".join([r[1] if type(r) is tuple else _NO_DIGEST for r in results]), dtype="<u8"
-            )
+            if column == IPS:
+                seen = _store_ips(self._conn_ips_seen(some), misses[start:], codes, digests)
+            else:
+                seen = _store_senders(self._senders_seen(some, deadline), misses[start:], codes,
+                                      digests)  # fmt: skip
             taken = start + seen
             if deadline is not None and (seen < len(some) or time.perf_counter() > deadline):
                 done = indices[taken - 1] + 1
                 break
         if keys is not None and taken:
+            # A value new twice in the batch enters twice: the cache keeps one.
             at = misses[:taken]
-            fresh, first = np.unique(keys[at], return_index=True)
-            self._defined[column].remember(fresh, codes[at][first], digests[at][first], None)
+            self._defined[column].remember(keys[at], codes[at], digests[at], None)
         return done
-
-    def _ips_seen(self, values: list[str]) -> list[tuple[int, bytes] | Outcome]:
-        """What a batch of raw connection IPs came to (tracker.py's _conn_ips_seen)."""
-        return [(Category.CONN_IP, r) if type(r) is bytes else r  # type: ignore[misc]
-                for r in self._conn_ips_seen(values)]  # fmt: skip
 
     def _senders_seen(
         self, values: list[str], deadline: float | None
@@ -323,3 +318,48 @@ class InternedCounting:
             if chosen.size:
                 self.fleet.add_registers(category, table.fleet_next[chosen])
         table.fleet_next[due] = 0  # fed: at most once an epoch
+
+
+def _store_ips(
+    seen: list[bytes | Outcome], at: npt.NDArray[np.intp], codes: Codes, digests: Digests
+) -> int:
+    """Store what new connection IPs came to (tracker.py's _conn_ips_seen: a digest or
+    an Outcome each) at at[:len(seen)]; how many. All digests, as usual: two array
+    writes, no Python statement per value."""
+    at = at[: len(seen)]
+    if Outcome.REJECTED not in seen and Outcome.IGNORED not in seen:
+        codes[at] = COUNTED + Category.CONN_IP
+        digests[at] = np.frombuffer(b"".join(seen), dtype="<u8")  # type: ignore[arg-type]
+        return len(seen)
+    codes[at] = [COUNTED + Category.CONN_IP if type(r) is bytes else _OUTCOME_CODES[r]  # type: ignore[index]
+                 for r in seen]  # fmt: skip
+    digests[at] = np.frombuffer(
+        b"".join([r if type(r) is bytes else _NO_DIGEST for r in seen]),
+        dtype="<u8",
+    )
+    return len(seen)
+
+
+_CATEGORY_OF = itemgetter(0)
+_DIGEST_OF = itemgetter(1)
+
+
+def _store_senders(
+    seen: list[tuple[int, bytes] | Outcome], at: npt.NDArray[np.intp], codes: Codes,
+    digests: Digests,
+) -> int:  # fmt: skip
+    """_store_ips() for new senders: (category, digest) or an Outcome each."""
+    at = at[: len(seen)]
+    if Outcome.REJECTED not in seen and Outcome.IGNORED not in seen:
+        counted = cast("list[tuple[int, bytes]]", seen)
+        categories = np.fromiter(map(_CATEGORY_OF, counted), dtype=np.int8, count=len(seen))
+        codes[at] = categories + COUNTED
+        digests[at] = np.frombuffer(b"".join(map(_DIGEST_OF, counted)), dtype="<u8")
+        return len(seen)
+    codes[at] = [COUNTED + r[0] if type(r) is tuple else _OUTCOME_CODES[r]  # type: ignore[index]
+                 for r in seen]  # fmt: skip
+    digests[at] = np.frombuffer(
+        b"".join([r[1] if type(r) is tuple else _NO_DIGEST for r in seen]),
+        dtype="<u8",
+    )
+    return len(seen)
