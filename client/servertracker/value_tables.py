@@ -16,6 +16,7 @@ import bisect
 import itertools
 import secrets
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Final, TypeAlias, cast
 
 import numpy as np
@@ -47,9 +48,12 @@ def _no_pause() -> None:
     """The default ``between``: go straight on."""
 
 
-#: Records of a batch's senders split at a time (ValueTables.messages): about
-#: 0.15 ms of Python on this project's machine, where ``between`` may pause.
-SPLIT_STEP: Final = 256
+#: Records of a batch's senders split at a time (ValueTables.messages), where
+#: ``between`` may pause. sent_senders() costs a fixed ~50 numpy calls a call and
+#: ~0.2 µs a sender: 1,024 a step took 0.22-0.31 ms (mixed forms, load 2.7 on this
+#: project's 2 cores), the same a sender as 2,048; 256 a step took 0.09-0.12 ms but
+#: 1.7x the CPU a sender (docs/performance.md, "The worker's side of interned").
+SPLIT_STEP: Final = 1024
 #: A message defining at most this many values in a column fits its half of a
 #: frame whatever their length (values are cut to one over the protocol's limit).
 _FEW_TEXTS: Final = (_COLUMN_BYTES - _REF_SIZE * protocol.MAX_PAIRS_PER_MESSAGE) // (
@@ -152,9 +156,12 @@ class ValueTable:
         message = 0  # where the current message begins
         last = -1  # the last id it defined
         size_used = 0  # its bytes so far
+        found: tuple[Keys, npt.NDArray[np.bool_]] | None = (rows, same)  # the whole batch's
         while pieces:
             low, high = pieces.pop()
-            piece = self._look_up(values, keys[low:high], low, between)
+            between()
+            piece = self._look_up(values, keys[low:high], low, between, found)
+            found = None
             if isinstance(piece, int):  # cannot go as one piece: cut it at ``piece``
                 pieces += [(piece, high), (low, piece)]
                 continue
@@ -177,14 +184,23 @@ class ValueTable:
         return numbered
 
     def _look_up(
-        self, values: list[str | None], keys: Keys, low: int, between: Callable[[], object]
+        self,
+        values: list[str | None],
+        keys: Keys,
+        low: int,
+        between: Callable[[], object],
+        rows_same: tuple[Keys, npt.NDArray[np.bool_]] | None = None,
     ) -> _Piece | int:
         """How the piece of a batch at ``low`` would be numbered: the first id it
         defines, their texts, its bytes in a message, each value's id (where held),
         the new values' records (first uses) and each new one's index among them;
-        or, if it cannot go as one piece, where to cut it."""
-        rows = keys & self._mask
-        same = self._keys.take(rows, axis=0) == keys[:, None]
+        or, if it cannot go as one piece, where to cut it. ``rows_same``: the
+        piece's rows and their slots holding its keys, if number() has them."""
+        if rows_same is None:
+            rows = keys & self._mask
+            same = self._keys.take(rows, axis=0) == keys[:, None]
+        else:
+            rows, same = rows_same
         # A row's WAYS booleans read as one 64-bit word: cheaper than any(axis=1).
         hit = same.view(np.int64).ravel() != 0
         found = self._slot_ids[rows, same.argmax(axis=1)].astype(np.int64)
@@ -194,25 +210,33 @@ class ValueTable:
         if not new_at.size:
             return self._next, [], _REF_SIZE * len(keys), found, new_at, new_at
         between()
-        unique, first_at, inverse = np.unique(keys[new_at], return_index=True, return_inverse=True)
-        between()
-        # Ids in the order of first use: the rank of each unique key's first use.
-        order = np.argsort(first_at)
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        first_at = new_at[first_at[order]]
+        new_keys = keys[new_at]
+        ordered = np.sort(new_keys)
+        if bool((ordered[1:] != ordered[:-1]).all()):
+            # Each new value once (the usual batch): ids in the order of the records.
+            first_at, rank, unique = new_at, None, new_keys
+        else:
+            unique, first_at, inverse = np.unique(new_keys, return_index=True, return_inverse=True)
+            between()
+            # Ids in the order of first use: the rank of each unique key's first use.
+            order = np.argsort(first_at)
+            rank = np.empty_like(order)
+            rank[order] = np.arange(len(order))
+            rank = rank[inverse.ravel()]
+            first_at, unique = new_at[first_at[order]], unique[order]
         first = self._next
         end = first + len(first_at)
         if end > self.size:  # where the ids wrap
             return low + int(first_at[self.size - first])
-        texts = cast("list[str]", [values[low + at] for at in first_at.tolist()])
+        at = (first_at + low).tolist()
+        texts = cast("list[str]", [values[at[0]]] if len(at) == 1 else [*itemgetter(*at)(values)])
         cost = _REF_SIZE * len(keys) + 4 * sum(map(len, texts)) + _STRING_HEADER * len(texts)
         if cost > _COLUMN_BYTES or (
             self._full and bool(((found >= first) & (found < end) & hit).any())
         ):
             return low + len(keys) // 2  # a piece of one value always goes
-        found[new_at] = rank[inverse.ravel()] + first
-        return first, texts, cost, found, first_at, unique[order]
+        found[new_at] = np.arange(first, end) if rank is None else rank + first
+        return first, texts, cost, found, first_at, unique
 
     def _enter(
         self, piece: _Piece, low: int, numbered: _Numbered, between: Callable[[], object]
@@ -239,7 +263,10 @@ class ValueTable:
         """Take the keys of ``ids`` out of the map (those a full row forgot are gone)."""
         keys = self._id_keys[ids]
         rows = keys & self._mask
-        gone = (self._keys[rows] == keys[:, None]) & (self._slot_ids[rows] == ids[:, None])
+        # Two gathers of whole rows: each a cache miss a key, so a pause between.
+        gone = self._keys[rows] == keys[:, None]
+        between()
+        gone &= self._slot_ids[rows] == ids[:, None]
         where, way = np.nonzero(gone)
         between()
         self._keys[rows[where], way] = 0  # empty: see __init__
@@ -302,6 +329,7 @@ class ValueTables:
         if split is not None:
             senders = _split_in_steps(split, senders, between)
         sends = self.senders.number(senders, between)
+        between()  # the encoding comes next (batch_encoder.py): ~0.1-0.3 ms of msgpack
         count = len(senders)
         if not ips.cuts and not sends.cuts and count <= protocol.MAX_PAIRS_PER_MESSAGE:
             return [(0, count, *_whole(ips), *_whole(sends))]
