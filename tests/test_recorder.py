@@ -164,6 +164,8 @@ class CountingClient(Client):
     pauses = 0
     encoding = False
     pauses_encoding = 0  # of pauses, those made while encoding a batch
+    steps_waited = 0  # steps of encoding while a thread waited in flush()
+    pauses_waited = 0  # of those, the steps that paused
 
     def _take_batch(self, size: int) -> tuple[list[str | None], list[str | None]]:
         self.batches += 1
@@ -175,6 +177,13 @@ class CountingClient(Client):
             super()._encode_batch()
         finally:
             self.encoding = False
+
+    def _between(self) -> None:
+        waited = bool(self._waiting)
+        pauses = self.pauses
+        super()._between()
+        self.steps_waited += waited
+        self.pauses_waited += waited and self.pauses > pauses
 
     def _pause(self) -> None:
         self.pauses += 1
@@ -202,17 +211,19 @@ def test_the_flusher_pauses_within_a_batch_it_has_held_long(
 ) -> None:
     """docs/performance.md: encoding a batch of new values held the GIL for
     milliseconds. The flusher pauses between its steps once it has held the GIL
-    for _LONG_HOLD, and not before; either way nothing is lost or counted twice."""
+    for _LONG_HOLD, and not before; whichever, nothing is lost or counted twice."""
     pauses_per_batch = []
-    for hold, offset in ((float("inf"), 0), (0.0, 4000)):
+    for case, hold in enumerate((float("inf"), 0.0)):
         monkeypatch.setattr(recorder, "_LONG_HOLD", hold)
         client = CountingClient(daemon.socket_path, table_entries=4096)
+        offset = 4000 * case
         # Queued before the flusher starts: two batches of 2,048 (interned).
         client.record_many(
             (f"10.1.{(offset + i) // 256}.{(offset + i) % 256}", f"u@d{offset + i}.example")
             for i in range(4000)
         )
-        assert client.flush(60)
+        # Not flush(): while a thread waits there, the flusher does not pause (below).
+        wait_for(lambda c=client: c.stats().buffered == 0, 60, "the queue to be sent")
         assert client.stats().message == "interned"
         wait_counts(daemon, (offset + 4000, offset + 4000, 0, offset + 4000))
         assert client.batches == 2
@@ -221,6 +232,22 @@ def test_the_flusher_pauses_within_a_batch_it_has_held_long(
     never, always = pauses_per_batch
     assert never == 0  # only between batches, and after a partial send
     assert always >= 8  # at every step of numbering both columns
+
+
+def test_the_flusher_does_not_pause_within_a_batch_while_flush_waits(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread in flush() (or in record_many(), waiting for room) waits for the
+    flusher: pauses within a batch would only slow it (a bulk import took 1.6
+    times as long), so there are none while it waits; nothing lost."""
+    monkeypatch.setattr(recorder, "_LONG_HOLD", 0.0)  # else, a pause at every step
+    client = CountingClient(daemon.socket_path, table_entries=4096)
+    client.record_many((f"10.2.{i // 256}.{i % 256}", f"u@e{i}.example") for i in range(20_000))
+    assert client.flush(60)
+    wait_counts(daemon, (20_000, 20_000, 0, 20_000))
+    assert client.steps_waited > 0
+    assert client.pauses_waited == 0
+    client.close()
 
 
 def test_stalled_daemon_does_not_block_and_catches_up(daemon: Daemon) -> None:
@@ -302,6 +329,35 @@ def test_exit_is_bounded_when_the_daemon_is_down(short_tmp: Path) -> None:
     assert report["flushed"] is False and report["buffered"] == 1000  # gave up; said so
     assert report["seconds"] >= 1.0  # it did wait for its whole timeout first
     assert report["thread_ended"]  # nothing else left to wait for
+
+
+def test_a_client_built_to_ask_for_tables_loads_numpy_at_once() -> None:
+    """docs/performance.md: numpy loaded by the flusher on its first interned
+    connection stalled the recording thread for ms, many times. Client() loads it
+    when it will ask for value tables (so a pre-fork master pays it once for all
+    its workers), default_client() too; record_server()'s own first call does
+    not (test_import_is_cheap), and a client that asks for none never does."""
+    code = textwrap.dedent(
+        """
+        import sys
+        from servertracker import Client, default_client, record_server
+        Client(table_entries=0)
+        record_server('192.0.2.1', 'a@b.example')
+        steps = ['numpy' in sys.modules]
+        Client()
+        steps.append('numpy' in sys.modules)
+        print(steps)
+        """
+    )
+    env = dict(os.environ, TRACKERD_SOCKET="/nonexistent/x.sock")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.stdout.split() == ["[False,", "True]"], result.stdout + result.stderr
+    # The default client built by record_server() (no numpy), then asked for.
+    code = "import sys, servertracker as s; s.record_server('192.0.2.1', None); " + (
+        "print('numpy' in sys.modules, end=' '); s.default_client(); print('numpy' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.stdout.strip() == "False True", result.stdout + result.stderr
 
 
 def test_import_is_cheap() -> None:

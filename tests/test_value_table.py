@@ -7,6 +7,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from servertracker import protocol
 from trackerd.core.interned import DEFINE_CHUNK, IPS, SENDERS
@@ -146,3 +148,31 @@ def test_new_values_come_to_the_same_on_the_batch_and_the_exact_path(
     mine, theirs = refs(*range(len(values))), refs(*[0] * len(values))
     mixed.count_references(tables, *((mine, theirs) if column == IPS else (theirs, mine)))
     assert mixed.status() == columns.status()
+
+
+def _violation_by_hand(codes: list[int], first: int, new: int, ids: list[int]) -> str | None:
+    """docs/protocol.md's checks, one reference at a time."""
+    size = len(codes)
+    ids = [i for i in ids if i != NIL]
+    if first + new > size or any(i >= size for i in ids):
+        return protocol.TEXT_INTERNED_RANGE
+    if any(not first <= i < first + new and not codes[i] for i in ids):
+        return protocol.TEXT_INTERNED_UNDEFINED
+    if set(range(first, first + new)) - set(ids):
+        return protocol.TEXT_INTERNED_UNREFERENCED
+    return None
+
+
+@settings(max_examples=400, derandomize=True, deadline=None)
+@given(
+    st.lists(st.sampled_from([UNDEFINED, COUNTED, REJECTED]), min_size=1, max_size=10),
+    st.integers(0, 11),
+    st.integers(0, 4),
+    st.lists(st.one_of(st.integers(0, 12), st.just(NIL)), min_size=1, max_size=12),
+)
+def test_violation_agrees_with_the_checks_one_by_one(
+    codes: list[int], first: int, new: int, ids: list[int]
+) -> None:
+    table = ValueTable(len(codes))
+    table.codes[:] = codes
+    assert table.violation(first, new, refs(*ids)) == _violation_by_hand(codes, first, new, ids)

@@ -12,7 +12,8 @@ import pytest
 
 from servertracker.status import Status, WindowCounts, read_status_file
 from tests.conftest import Daemon, trackerctl, wait_for
-from trackerd.core.digest_table import DigestTable
+from trackerd.core import digest_table
+from trackerd.core.digest_table import DigestTable, sorted_unique
 from trackerd.core.distinct_counter import DistinctCounter
 from trackerd.core.sliding_hyperloglog import SlidingHyperLogLog
 from trackerd.core.tracker import Tracker
@@ -302,3 +303,25 @@ def test_status_and_watch_show_each_window(make_daemon: Callable[..., Daemon]) -
     assert rows[0][2:] == ["2", "-", "2", "2"]  # no rate before a second refresh
     assert rows[-1][:4] == ["Connection", "IPs", "2", "0.0"]
     assert rows[-1][4:6] == ["2", "2"] and len(rows[-1]) == 7  # and a sparkline
+
+
+def test_each_key_is_stamped_where_the_insert_put_or_found_it() -> None:
+    # _insert() reports each key's slot (LastSeenTable stamps there, without a
+    # look-up): it must be the slot find_slots() gives, for keys new or known,
+    # crowded onto a few home slots so that they probe past each other.
+    rng = np.random.default_rng(11)
+    crowded = (rng.integers(0, 8, size=3000, dtype=np.uint64) << np.uint64(58)) | rng.integers(
+        1, 1 << 40, size=3000, dtype=np.uint64
+    )
+    table = LastSeenTable()
+    table.add_stamped(crowded[:1000], 3)
+    table.add_stamped(crowded, 4)  # a third known, the rest new; grows the table
+    table.add_stamped(crowded[500:1500], 6)
+    keys, stamps = table.stamped_values()
+    expected = {int(k): 4 for k in crowded}
+    expected.update({int(k): 6 for k in crowded[500:1500]})
+    assert dict(zip(keys.tolist(), stamps.tolist(), strict=True)) == expected
+    slots = np.empty(3, dtype=np.intp)
+    ordered = sorted_unique(crowded[:3])
+    digest_table._insert(table._table, table._shift, ordered, slots)
+    assert slots.tolist() == table.slots_of(ordered).tolist()

@@ -133,10 +133,21 @@ class BatchEncoder:
         return frames, list(itertools.accumulate(map(_records_in_frame, frames)))
 
 
+def load_value_tables() -> None:
+    """Import value_tables.py, and so numpy: about 0.2 s of CPU, once a process.
+
+    Client() calls it when it will ask for value tables, so that a process (or a
+    pre-fork master, once for all its workers) pays it there and not in the
+    flusher thread: imported there, it stalled the recording thread 60-100 times
+    for up to 5 ms each, at least (docs/performance.md). Nothing else imports it
+    just to record.
+    """
+    import servertracker.value_tables  # noqa: F401
+
+
 def _value_tables(size: int) -> ValueTables:
-    """A connection's value tables. value_tables.py loads numpy: a worker imports
-    it on its first interned connection (once a process, ~0.1 s holding the
-    interpreter lock), never just to record."""
+    """A connection's value tables (value_tables.py loads numpy, if not done yet:
+    load_value_tables())."""
     from servertracker.value_tables import ValueTables
 
     return ValueTables(size)

@@ -40,6 +40,7 @@ from servertracker.batch_encoder import (
     GrantDeclined,
     OlderDaemon,
     handshake,
+    load_value_tables,
 )
 from servertracker.errors import LocalProtocolError
 from servertracker.hash_keys import hash_is_secret
@@ -73,7 +74,9 @@ _PAUSE = 0.0001
 #: then waits that long plus one step (a few array operations). Only a sleep hands
 #: the GIL over: numpy lets go of it in each call, but the flusher takes it back
 #: before the woken thread can, and a forced switch comes after 5 ms at the
-#: soonest (docs/performance.md, "record_server() latency, daemon up").
+#: soonest (docs/performance.md, "record_server() latency, daemon up"). Not while
+#: a thread waits in record_many() or flush(): it waits for the flusher, and the
+#: pauses made a bulk import take 1.6 times as long.
 _LONG_HOLD = 0.0002
 
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
@@ -159,6 +162,7 @@ class Client:
         exit_timeout: float = DEFAULT_EXIT_TIMEOUT,
         max_long_chars: int = DEFAULT_MAX_LONG_CHARS,
         table_entries: int = DEFAULT_TABLE_ENTRIES,
+        _load_tables: bool = True,
     ) -> None:
         """``socket_path`` defaults to trackerd's, resolved as the daemon does.
 
@@ -167,7 +171,10 @@ class Client:
         an interpreter whose hash() is not secret: hash_keys.hash_is_secret).
         Each id takes 56 bytes in this process (value_tables.py: four slots of a
         key and an id, and the id's key), allocated on connecting, so
-        the default costs about 15 MB for the two tables.
+        the default costs about 15 MB for the two tables. A client that will ask
+        for tables loads numpy here (about 0.2 s, once a process; in the
+        background thread it stalled the recording thread for ms at a time):
+        build it before forking, and the workers inherit numpy loaded.
 
         The other bounds: ``max_buffered`` at least 1, ``max_long_chars`` at
         least 0, ``batch_size`` 1 to 65,536 (None: 512, or 2,048 on a connection
@@ -197,6 +204,8 @@ class Client:
         self._exit_timeout = exit_timeout
         self._reset_state()
         _clients.add(self)
+        if self._table_entries and _load_tables:
+            load_value_tables()
 
     def _reset_state(self) -> None:
         """Fresh per-process state: used at construction and in a forked child."""
@@ -214,6 +223,9 @@ class Client:
         self._sleeping = False
         self._idle = True
         self._held_since = 0.0  # perf_counter() when the flusher last took the GIL back
+        # The threads waiting in record_many() or flush() (set.add and discard are
+        # atomic under the GIL): while there are any, no pause within a batch.
+        self._waiting: set[int] = set()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closing = False
@@ -339,7 +351,12 @@ class Client:
         wait = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
         if wait <= 0:
             return False
-        self._room.wait(wait)
+        waiter = threading.get_ident()
+        self._waiting.add(waiter)
+        try:
+            self._room.wait(wait)
+        finally:
+            self._waiting.discard(waiter)
         return True
 
     def _drop(self) -> None:
@@ -468,8 +485,9 @@ class Client:
         self._held_since = time.perf_counter()
 
     def _between(self) -> None:
-        """Called between the steps of encoding a batch: pause if the GIL was held long."""
-        if time.perf_counter() - self._held_since > _LONG_HOLD:
+        """Called between the steps of encoding a batch: pause if the GIL was held long
+        (and no thread waits for the flusher in record_many() or flush())."""
+        if time.perf_counter() - self._held_since > _LONG_HOLD and not self._waiting:
             self._pause()
 
     def _encode_batch(self) -> None:
@@ -602,13 +620,18 @@ class Client:
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued has been written to trackerd; False on timeout."""
         deadline = time.monotonic() + timeout
-        while self._senders or self._out_count:
-            if self._thread is None:
-                self._start()
-            self._wake.set()
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.001)
+        waiter = threading.get_ident()
+        self._waiting.add(waiter)
+        try:
+            while self._senders or self._out_count:
+                if self._thread is None:
+                    self._start()
+                self._wake.set()
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.001)
+        finally:
+            self._waiting.discard(waiter)
         return True
 
     def close(self, timeout: float = DEFAULT_EXIT_TIMEOUT) -> bool:
@@ -660,13 +683,25 @@ _default_lock = threading.Lock()
 
 
 def default_client() -> Client:
-    """The process-wide client used by ``servertracker.record_server()``."""
+    """The process-wide client used by ``servertracker.record_server()``.
+
+    Called before forking (a pre-fork master), it loads numpy there, once for every
+    worker (see Client()); record_server() builds it on its first call otherwise,
+    and its background thread loads numpy on connecting (that call stays short).
+    """
+    client = _default(load_tables=True)
+    if client._table_entries:
+        load_value_tables()  # built by record_server(), which left numpy to its thread
+    return client
+
+
+def _default(load_tables: bool) -> Client:
     global _default_client
     client = _default_client
     if client is None:
         with _default_lock:
             if _default_client is None:
-                _default_client = Client()
+                _default_client = Client(_load_tables=load_tables)
             client = _default_client
     return client
 
@@ -680,7 +715,7 @@ def record_server(conn_ip: str | None, sender: str | None) -> None:
     client = _default_client
     if client is None:
         try:
-            client = default_client()
+            client = _default(load_tables=False)
         except Exception:
             return
     client.record_server(conn_ip, sender)

@@ -57,10 +57,11 @@ class DigestTable:
         """Add digests (duplicates allowed); returns how many were new."""
         if digests.size == 0:
             return 0
-        keys = _sorted_unique(digests)
-        if keys[0] == _EMPTY:
-            keys[0] = 1
-            keys = _sorted_unique(keys)
+        return self._add_sorted(sorted_unique(digests))
+
+    def _add_sorted(self, keys: Digests, slots: npt.NDArray[np.intp] | None = None) -> int:
+        """add_many() of keys already sorted, unique and non-zero (sorted_unique());
+        with slots, each key's slot is written there (one probe pass, no look-up)."""
         capacity = self._capacity
         while self._count + keys.size > MAX_LOAD * capacity:
             capacity *= 2
@@ -68,7 +69,7 @@ class DigestTable:
             self._rehash(capacity)
         while True:
             try:
-                added = _insert(self._table, self._shift, keys)
+                added = _insert(self._table, self._shift, keys, slots)
                 break
             except _Overflow as overflow:  # a cluster reached the end: astronomically rare
                 self._count += overflow.added
@@ -83,11 +84,17 @@ class DigestTable:
     def _rehash(self, capacity: int) -> None:
         old = self.values()
         old.sort()
+        self._refill(capacity, old)
+
+    def _refill(
+        self, capacity: int, keys: Digests, slots: npt.NDArray[np.intp] | None = None
+    ) -> None:
+        """A new, empty table of capacity slots, holding keys (sorted, unique, non-zero)."""
         # Let the old table go before the new one exists: the peak is the new table
         # plus the live digests, not two tables.
         self._table = np.empty(0, dtype=np.uint64)
         self._allocate(capacity)
-        _insert(self._table, self._shift, old)
+        _insert(self._table, self._shift, keys, slots)
 
 
 class _Overflow(Exception):
@@ -117,7 +124,9 @@ def _round_up_pow2(n: int) -> int:
     return max(MIN_CAPACITY, 1 << (max(n, 1) - 1).bit_length())
 
 
-def _insert(table: Digests, shift: np.uint64, keys: Digests) -> int:
+def _insert(
+    table: Digests, shift: np.uint64, keys: Digests, slots_out: npt.NDArray[np.intp] | None = None
+) -> int:
     """Linear probing, one probe step for all pending keys at a time.
 
     ``keys`` must be sorted, unique and non-zero. A key is present iff it sits
@@ -125,10 +134,12 @@ def _insert(table: Digests, shift: np.uint64, keys: Digests) -> int:
     so inserting at that first empty slot keeps the invariant, also for keys of
     one batch that compete for a slot: the first of each run of equal slots
     wins, the others probe on. Slots only ever grow by one for all pending keys,
-    so they stay sorted and rivals stay adjacent.
+    so they stay sorted and rivals stay adjacent. With ``slots_out``, each key's
+    slot (where it was found or put) is written there.
     """
     pending = keys
     slots = (keys >> shift).astype(np.intp)
+    index = np.arange(keys.size) if slots_out is not None else None
     end = table.size
     added = 0
     while pending.size:
@@ -147,6 +158,9 @@ def _insert(table: Digests, shift: np.uint64, keys: Digests) -> int:
             added += winners.size
             settled[winners] = True
         keep = ~settled
+        if slots_out is not None and index is not None:
+            slots_out[index[settled]] = slots[settled]
+            index = index[keep]
         pending = pending[keep]
         slots = slots[keep] + 1
     return added

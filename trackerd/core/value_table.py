@@ -107,21 +107,26 @@ class ValueTable:
         """
         if first + new > self.size:
             return protocol.TEXT_INTERNED_RANGE
-        ids = refs[refs != _NIL]
-        if ids.size and int(ids.max()) >= self.size:
+        ids = refs
+        top = int(refs.max()) if refs.size else 0
+        if top == _NIL:  # nil references are left out (none, as usual: no copy)
+            ids = refs[refs != _NIL]
+            top = int(ids.max()) if ids.size else 0
+        if top >= self.size:
             return protocol.TEXT_INTERNED_RANGE
-        if new:
-            defined_here = (ids >= first) & (ids < first + new)
-            earlier = ids[~defined_here]
-        else:
-            earlier = ids
+        if not new:
+            return None if np.all(self.codes[ids]) else protocol.TEXT_INTERNED_UNDEFINED
+        # Each reference's offset from first, in uint32: one below first wraps round
+        # to far above new, so one comparison tells a definition of this message.
+        offsets = ids - np.uint32(first)
+        here = offsets < new
+        earlier = ids[~here]
         if earlier.size and not np.all(self.codes[earlier]):
             return protocol.TEXT_INTERNED_UNDEFINED
-        if new:
-            referenced = np.zeros(new, dtype=bool)
-            referenced[ids[defined_here] - first] = True
-            if not referenced.all():
-                return protocol.TEXT_INTERNED_UNREFERENCED
+        referenced = np.zeros(new, dtype=bool)
+        referenced[offsets[here]] = True
+        if not referenced.all():
+            return protocol.TEXT_INTERNED_UNREFERENCED
         return None
 
     def define(self, first: int, found: Definitions, period: int, fleet_epoch: int | None) -> None:

@@ -102,8 +102,9 @@ class LastSeenTable(DigestTable):
         keys, stamps = self.stamped_values()
         order = np.argsort(keys)
         keys, stamps = keys[order], stamps[order]
-        super()._rehash(capacity)  # allocates a new, zeroed last_seen
-        self.last_seen[self.slots_of(keys)] = stamps
+        slots = np.empty(keys.size, dtype=np.intp)
+        self._refill(capacity, keys, slots)  # allocates a new, zeroed last_seen
+        self.last_seen[slots] = stamps
 
     def stamped_values(self) -> tuple[Digests, Stamps]:
         """Every stored digest and the stamp of its last sighting."""
@@ -116,8 +117,9 @@ class LastSeenTable(DigestTable):
         if digests.size == 0:
             return
         keys = sorted_unique(digests)
-        self.add_many(keys)
-        self.last_seen[self.slots_of(keys)] = stamp
+        slots = np.empty(keys.size, dtype=np.intp)
+        self._add_sorted(keys, slots)
+        self.last_seen[slots] = stamp
 
     def count_since(self, stamp: int) -> int:
         """Stored digests last seen at ``stamp`` or later."""
