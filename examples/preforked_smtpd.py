@@ -2,17 +2,19 @@
 
 The parent binds one listening socket, imports servertracker and builds its
 default client (which loads numpy, for the value tables, once for all the
-workers), then forks N workers; each runs its own asyncio loop and aiosmtpd server on the shared
-socket and calls ``servertracker.record_server(peer_ip, mail_from)`` in
-``handle_MAIL``. Recording never blocks or fails the SMTP session. Messages are
-accepted and discarded: this is an example of the hook, not a mail store.
+workers), then forks N workers; each runs its own asyncio loop and aiosmtpd
+server on the shared socket and calls
+``servertracker.record_server(peer_ip, mail_from)`` in ``handle_MAIL``.
+Recording never blocks or fails the SMTP session. Messages are accepted and
+discarded: this is an example of the hook, not a mail store.
 
     python examples/preforked_smtpd.py --port 2525 --workers 4
 
 SIGTERM or SIGINT stops the workers; each flushes its pending records at exit.
 Ctrl-C at a terminal signals the whole process group, workers included, and the
 parent forwards a SIGTERM too: a worker stops on the first signal and the rest
-do nothing, so none can cut its flush at exit short.
+do nothing, so none can cut its flush at exit short. A signal that comes while
+the parent forks waits until every worker exists, then stops them all.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ def run_worker(sock: socket.socket) -> None:
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, stopping)
+    # The stop signals came blocked from the parent (see main): any that arrived
+    # since the fork waits until now, and stops this worker at once.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     asyncio.run(serve(sock, stopped))
     # Leaving normally runs atexit, which flushes servertracker's queue.
     sys.exit(0)
@@ -90,6 +95,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=2525)
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args(argv)
+    #: The workers not reaped yet: a reaped one's pid may be another process's soon.
+    children: list[int] = []
+
+    def forward(_signum: int, _frame: Any) -> None:
+        # SIGTERM whichever signal came: a SIGINT from a terminal reached the workers
+        # already, and each stops on the first signal it gets; the rest do nothing.
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    # The stop signals wait until every worker is forked. Delivered meanwhile, a
+    # SIGTERM killed this parent and left the workers forked so far running with
+    # no one to stop them, and a Ctrl-C's KeyboardInterrupt could be raised in an
+    # at-fork hook, which swallows it: nothing stopped. Blocked, such a signal
+    # reaches forward() once every worker exists; each worker inherits the mask
+    # and unblocks once its own handler is in place (run_worker).
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, forward)
 
     sock = socket.create_server((args.host, args.port), reuse_port=False, backlog=128)
     sock.setblocking(False)
@@ -100,25 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     # Before forking: each worker inherits numpy loaded (about 0.2 s, once), instead
     # of loading it in its background thread, stalling its first sessions.
     servertracker.default_client()
-    children: list[int] = []
     for _ in range(args.workers):
         pid = os.fork()
         if pid == 0:
             run_worker(sock)
         children.append(pid)
-
-    def forward(_signum: int, _frame: Any) -> None:
-        # SIGTERM whichever signal came: a SIGINT from a terminal reached the workers
-        # already, and each stops on the first signal it gets; the rest do nothing.
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGTERM)
-
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     status = 0
-    for child in children:
-        _, wait_status = os.waitpid(child, 0)
+    while children:
+        child, wait_status = os.wait()
+        children.remove(child)
         status = status or os.waitstatus_to_exitcode(wait_status)
     return status
 

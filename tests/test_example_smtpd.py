@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Daemon, LineReader, wait_for
 from tests.test_recorder import wait_counts
 
@@ -105,3 +107,71 @@ def test_ctrl_c_stops_every_process_cleanly_with_the_records_flushed(daemon: Dae
     assert server.returncode == 0, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     wait_counts(daemon, (1, 9, 0, 9))  # one source, nine domains, nine records
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of a process group."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        state, _parent, group = stat.rsplit(")", 1)[1].split()[:3]
+        if int(group) == pgid and state != "Z":
+            members.append(int(entry))
+    return members
+
+
+# Runs the example with a stop signal sent at a chosen moment: in the parent,
+# just before it forks its second worker (one worker exists, two do not yet).
+SIGNAL_WHILE_FORKING = """
+import os, runpy, signal, sys
+forks = 0
+def before_fork():
+    global forks
+    forks += 1
+    if forks == 2:
+        {send}
+os.register_at_fork(before=before_fork)
+sys.argv = [{example!r}, "--port", "0", "--workers", "3"]
+runpy.run_path({example!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(
+    "send",
+    [
+        "os.kill(os.getpid(), signal.SIGTERM)",  # a service manager stopping the parent
+        "os.killpg(0, signal.SIGINT)",  # Ctrl-C at a terminal: the whole group
+    ],
+    ids=["sigterm-to-the-parent", "ctrl-c-to-the-group"],
+)
+def test_a_stop_signal_while_forking_stops_every_worker(short_tmp: Path, send: str) -> None:
+    """A signal that came while the parent forked its workers used to be lost:
+    SIGTERM killed the parent and left the worker already forked running with no
+    one to stop it; Ctrl-C's KeyboardInterrupt was raised in an at-fork hook (logging's,
+    or here this test's own), which swallows it, and every process went on serving.
+    Now every process stops."""
+    env = dict(os.environ, TRACKERD_SOCKET=str(short_tmp / "none.sock"), PYTHONUNBUFFERED="1")
+    code = SIGNAL_WHILE_FORKING.format(send=send, example=str(EXAMPLE))
+    with open(short_tmp / "stderr", "w+") as stderr:  # not a pipe: a stray worker holds it
+        server = subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+            start_new_session=True,  # its own process group, as a shell job has
+        )  # fmt: skip
+        try:
+            returncode: int | None = server.wait(60)
+        except subprocess.TimeoutExpired:
+            returncode = None  # still serving: the signal was lost
+        left = group_members(server.pid)  # the parent reaps every worker before it exits
+        if server.poll() is None or left:
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait(10)
+        stderr.seek(0)
+        errors = stderr.read()
+    assert returncode == 0, errors
+    assert left == [], "workers left running after the parent"
+    assert "Traceback" not in errors and "KeyboardInterrupt" not in errors, errors
