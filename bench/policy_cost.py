@@ -4,7 +4,8 @@ Forked clients, each one connection, ask one request at a time as smtpd does
 (a full Postfix 3 attribute set, a new message each time, so every request is
 recorded), and wait for each answer; ``--gap MS`` pauses that long between one
 client's requests (a paced mix; default 0, back to back). The daemon's CPU time
-(utime and stime from /proc, apart) is read after the clients finish and a status
+(utime and stime from /proc, apart; the first thread's, trackerd's event loop,
+apart from the other threads') is read after the clients finish and a status
 request has settled the daemon's policy queue (so the last hand-over batch is
 recorded and counted), and is divided by the requests answered; its start-up is
 not counted, and a run without requests is not subtracted (the daemon is idle
@@ -69,10 +70,17 @@ def client(path: str, worker: int, requests: int, gap: float = 0.0) -> None:
                 reply += chunk
 
 
-def user_system_seconds(pid: int) -> tuple[float, float]:
-    """utime and stime of a process, from /proc (fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+def user_system_seconds(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """utime and stime of a process (or of its thread tid), from /proc (fields 14
+    and 15)."""
+    stat = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
+    fields = stat.read_text().rpartition(")")[2].split()
     return int(fields[11]) / _TICK, int(fields[12]) / _TICK
+
+
+def main_thread_seconds(pid: int) -> float:
+    """CPU seconds of the process's first thread (the event loop's, in trackerd)."""
+    return sum(user_system_seconds(pid, pid))
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,9 @@ class Round:
     user_us: float
     system_us: float
     per_second: float
+    #: Of user + system: the first thread's (trackerd's event loop; idle in the
+    #: thread floor), the rest is the other threads' (the policy thread, mostly).
+    main_us: float
 
     @property
     def cpu_us(self) -> float:
@@ -193,6 +204,7 @@ def measured(
     """Run the clients against path; the CPU pid spent meanwhile, per request, read
     after settle() (which waits until the daemon has done what it was handed)."""
     user_before, system_before = user_system_seconds(pid)
+    main_before = main_thread_seconds(pid)
     start = time.perf_counter()
     children = []
     for w in range(clients):
@@ -211,9 +223,13 @@ def measured(
     if settle is not None:
         settle()
     user, system = user_system_seconds(pid)
+    main = main_thread_seconds(pid)
     total = clients * requests
     return Round(
-        (user - user_before) * 1e6 / total, (system - system_before) * 1e6 / total, total / elapsed
+        (user - user_before) * 1e6 / total,
+        (system - system_before) * 1e6 / total,
+        total / elapsed,
+        (main - main_before) * 1e6 / total,
     )
 
 
@@ -303,6 +319,8 @@ def main() -> None:
                 f"{statistics.median(r.cpu_us for r in rounds):.1f}",
                 f"{statistics.median(r.user_us for r in rounds):.1f}",
                 f"{statistics.median(r.system_us for r in rounds):.1f}",
+                f"{statistics.median(r.main_us for r in rounds):.1f}",
+                f"{statistics.median(r.cpu_us - r.main_us for r in rounds):.1f}",
                 f"{statistics.median(r.per_second for r in rounds):,.0f}",
                 " / ".join(f"{r.cpu_us:.0f}" for r in rounds),
             ]
@@ -312,7 +330,19 @@ def main() -> None:
         f"gap {args.gap:g} ms between a client's requests, medians"
     )
     print(
-        table(["daemon", "CPU µs/request", "user", "system", "requests/s", "CPU µs (rounds)"], rows)
+        table(
+            [
+                "daemon",
+                "CPU µs/request",
+                "user",
+                "system",
+                "event loop thread",
+                "other threads",
+                "requests/s",
+                "CPU µs (rounds)",
+            ],
+            rows,
+        )
     )
     if args.baseline is not None:
         old, new = (
