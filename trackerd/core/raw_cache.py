@@ -131,15 +131,18 @@ class RawCache:
             return
         all_keys = np.asarray(keys, dtype=np.int64)
         stored = all_keys ^ _MARKS[np.asarray(codes, dtype=np.intp)]
+        flat = self._table.ravel()  # a view: flat slots index faster than (row, way)
         for _ in range(WAYS):
             rows = all_keys & self._mask
-            free = self._table[rows] == self._empty
+            # take(): several times faster than indexing with [rows] (numpy 2.x).
+            free = self._table.take(rows, axis=0) == self._empty
+            room = free.view(np.int32).ravel() != 0
             # A free slot if the row has one, else one chosen by the key's upper bits.
             chosen = (all_keys >> 32) & (WAYS - 1)
-            way = np.where(free.view(np.int32).ravel() != 0, free.argmax(axis=1), chosen)
-            self._table[rows, way] = stored
+            slots = rows * WAYS + np.where(room, free.argmax(axis=1), chosen)
+            flat[slots] = stored
             # Where two keys took one free slot, the other tries the row's next one.
-            lost = (self._table[rows, way] != stored) & (free.view(np.int32).ravel() != 0)
+            lost = (flat[slots] != stored) & room
             if not lost.any():
                 return
             all_keys, stored = all_keys[lost], stored[lost]
