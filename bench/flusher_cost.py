@@ -74,8 +74,8 @@ def steps(work: list[tuple[list[str | None], list[str | None]]]) -> dict[str, fl
         sends = tables.senders.number(parts)
         t3 = clock()
         protocol.encode_interned(
-            ips.ids[0] if ips.ids else 0, ips.texts, ips.refs,
-            sends.ids[0] if sends.ids else 0, sends.texts, sends.refs,
+            ips.first_id(), ips.texts, ips.refs,
+            sends.first_id(), sends.texts, sends.refs,
         )  # fmt: skip
         t4 = clock()
         for name, took in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):

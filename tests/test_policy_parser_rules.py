@@ -85,15 +85,23 @@ class Reference:
         return None
 
 
-def decoded(data: bytes, cuts: Sequence[int], closed: bool) -> Outcome:
+def decoded(data: bytes, cuts: Sequence[int], closed: bool, at_once: bool = False) -> Outcome:
     """What PolicyDecoder makes of data read in pieces (ending at the cuts), each
-    read followed by every request it completes, as the policy session does."""
+    read followed by every request it completes, as the policy session does;
+    at_once: each read through receive_request() (the session's way) rather than
+    receive_data()."""
     decoder = PolicyDecoder()
     requests: list[Request] = []
     pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True) if b > a]
     try:
         for piece in pieces:
-            decoder.receive_data(piece)
+            if at_once:
+                if (whole := decoder.receive_request(piece)) is not None:
+                    requests.append(whole)
+                    assert not decoder.in_progress and not any(decoder._buffer)
+                    continue
+            else:
+                decoder.receive_data(piece)
             while (request := decoder.next_request()) is not NEED_DATA:
                 assert isinstance(request, tuple)
                 requests.append(request)
@@ -110,6 +118,7 @@ def decoded(data: bytes, cuts: Sequence[int], closed: bool) -> Outcome:
 def assert_same(data: bytes, cuts: Sequence[int] = (), closed: bool = True) -> None:
     expected = Reference().parse(data, closed)
     assert decoded(data, cuts, closed) == expected, (data[:200], cuts)
+    assert decoded(data, cuts, closed, at_once=True) == expected, (data[:200], cuts, "at once")
 
 
 # --- generated input ----------------------------------------------------------------
@@ -237,3 +246,41 @@ def test_the_size_bounds_at_and_past_their_limits() -> None:
         data = line * lines + b"z=" + b"y" * (rest - 3 + extra) + b"\n\n"
         assert_same(data)
         assert_same(data, list(range(1000, len(data), 1000)))
+
+
+def test_each_read_is_looked_at_by_the_short_way_once_at_most(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read the short way turns down (two requests in one read, say) goes the
+    general way; it is not scanned whole again by next_request(), so the time
+    spent stays linear in the bytes received."""
+    looks: list[int] = []
+    whole = PolicyDecoder._whole
+
+    def counted(self: PolicyDecoder, buffer: bytearray, end: int) -> Request | None:
+        looks.append(end)
+        return whole(self, buffer, end)
+
+    monkeypatch.setattr(PolicyDecoder, "_whole", counted)
+    two = b"client_address=10.0.0.1\n\nclient_address=10.0.0.2\n\n"
+    for at_once in (False, True):
+        looks.clear()
+        decoder = PolicyDecoder()
+        if at_once:
+            assert decoder.receive_request(two) is None
+        else:
+            decoder.receive_data(two)
+        assert decoder.next_request() == ("10.0.0.1", None, None)
+        assert decoder.next_request() == ("10.0.0.2", None, None)
+        assert decoder.next_request() is NEED_DATA
+        assert looks == [len(two)], at_once
+        # One whole request a read: the short way, once.
+        looks.clear()
+        one = b"client_address=10.0.0.3\n\n"
+        if at_once:
+            assert decoder.receive_request(one) == ("10.0.0.3", None, None)
+        else:
+            decoder.receive_data(one)
+            assert decoder.next_request() == ("10.0.0.3", None, None)
+        assert decoder.next_request() is NEED_DATA
+        assert looks == [len(one)], at_once

@@ -66,24 +66,34 @@ class _Numbered:
 
     The definitions are ``texts[i]`` for id ``ids[i]``, made by the record at
     ``positions[i]`` (increasing). ``cuts`` are the records before which a
-    message must end.
+    message must end. The ids and positions are kept as runs (a first id and
+    the definitions' records as an array) and made lists only where a batch
+    goes as several messages: a batch of new values made 2 ints a value.
     """
 
-    __slots__ = ("cuts", "ids", "positions", "refs", "texts")
+    __slots__ = ("_runs", "cuts", "refs", "texts")
 
-    def __init__(
-        self,
-        refs: array.array[int],
-        ids: list[int],
-        texts: list[str],
-        positions: list[int],
-        cuts: list[int],
-    ) -> None:
-        self.refs, self.ids, self.texts = refs, ids, texts
-        self.positions, self.cuts = positions, cuts
+    def __init__(self, refs: array.array[int]) -> None:
+        self.refs = refs
+        self.texts: list[str] = []
+        self.cuts: list[int] = []
+        self._runs: list[tuple[int, npt.NDArray[np.intp]]] = []
+
+    def define(self, first: int, texts: list[str], positions: npt.NDArray[np.intp]) -> None:
+        """Ids from ``first`` on for ``texts``, defined by the records at ``positions``."""
+        self._runs.append((first, positions))
+        self.texts += texts
+
+    def first_id(self) -> int:
+        """The first id defined (0 when none is)."""
+        return self._runs[0][0] if self._runs else 0
+
+    @property
+    def ids(self) -> list[int]:
+        return [i for first, at in self._runs for i in range(first, first + len(at))]
 
     def definition_positions(self) -> list[int]:
-        return self.positions
+        return [p for _, at in self._runs for p in at.tolist()]
 
 
 class ValueTable:
@@ -148,10 +158,10 @@ class ValueTable:
         same = self._keys.take(rows, axis=0) == keys[:, None]
         if np.count_nonzero(same) == count:  # every value held: the usual batch
             held = self._slot_ids.take(rows, axis=0)[same]
-            return _Numbered(array.array("I", held.tobytes()), [], [], [], [])
+            return _Numbered(array.array("I", held.tobytes()))
         between()
         refs = np.empty(count, dtype=np.uint32)
-        numbered = _Numbered(array.array("I"), [], [], [], [])
+        numbered = _Numbered(array.array("I"))
         pieces = [(0, count)]
         message = 0  # where the current message begins
         last = -1  # the last id it defined
@@ -254,9 +264,7 @@ class ValueTable:
             between()
             self._next = end % self.size
             self._full |= end == self.size
-            numbered.ids += range(first, end)
-            numbered.texts += texts
-            numbered.positions += (first_at + low).tolist()
+            numbered.define(first, texts, first_at + low)
         return found
 
     def _forget(self, ids: npt.NDArray[np.int64], between: Callable[[], object]) -> None:
@@ -337,8 +345,14 @@ class ValueTables:
         cuts = sorted({*ips.cuts, *sends.cuts, *range(most, count, most)})
         bounds = [0, *cuts, count]
         ip_at, sender_at = ips.definition_positions(), sends.definition_positions()
+        ip_ids, sender_ids = ips.ids, sends.ids
         return [
-            (start, end, *_piece(ips, ip_at, start, end), *_piece(sends, sender_at, start, end))
+            (
+                start,
+                end,
+                *_piece(ips, ip_ids, ip_at, start, end),
+                *_piece(sends, sender_ids, sender_at, start, end),
+            )
             for start, end in itertools.pairwise(bounds)
         ]
 
@@ -361,12 +375,12 @@ def _split_in_steps(
 
 
 def _whole(numbered: _Numbered) -> tuple[int, list[str], array.array[int]]:
-    return (numbered.ids[0] if numbered.ids else 0), numbered.texts, numbered.refs
+    return numbered.first_id(), numbered.texts, numbered.refs
 
 
 def _piece(
-    numbered: _Numbered, positions: list[int], start: int, end: int
+    numbered: _Numbered, ids: list[int], positions: list[int], start: int, end: int
 ) -> tuple[int, list[str], array.array[int]]:
     low, high = bisect.bisect_left(positions, start), bisect.bisect_left(positions, end)
-    first = numbered.ids[low] if high > low else 0
+    first = ids[low] if high > low else 0
     return first, numbered.texts[low:high], numbered.refs[start:end]

@@ -74,7 +74,8 @@ class PolicyDecoder:
     arrives; then the whole request is checked and its kept values found with a
     few bytearray methods, in C: no Python code runs per line. A read that is one
     whole request, as smtpd sends them, takes the short way: the read gets a
-    buffer of its own size (receive_data), checked in three scans (next_request).
+    buffer of its own size (receive_data), checked in three scans (next_request;
+    receive_request does both in one call).
     Other reads (a request in pieces, several at once) take the general way
     (_next_request). Then the request's bytes are overwritten; after a malformed
     one, all the decoder holds, and it parses nothing more.
@@ -96,6 +97,8 @@ class PolicyDecoder:
         # already, so a request that trickles in is checked once, not at every read.
         self._checked = 0
         self._lines = 0
+        # The buffer is one read, held alone, that the short way has not looked at.
+        self._fresh = False
         self._eof = False
         # A malformed request was found: the connection is done.
         self._failed = False
@@ -116,7 +119,9 @@ class PolicyDecoder:
             self._buffer = buffer = bytearray(data)
             self._start = self._checked = 0
             self._end = len(buffer)
+            self._fresh = True
             return
+        self._fresh = False
         start = self._start
         self._buffer, self._start, self._end = append_received(
             self._buffer, start, self._end, data, MAX_REQUEST
@@ -138,6 +143,20 @@ class PolicyDecoder:
         self._buffer[self._start : self._end] = _ZEROS[: self._end - self._start]
         self._buffer, self._start, self._end = emptied_buffer(self._buffer)
         self._checked = self._lines = 0
+        self._fresh = False
+
+    def receive_request(self, data: bytes | bytearray | memoryview) -> Request | None:
+        """receive_data(data); and when data is one whole request and the decoder
+        held nothing before, as smtpd sends them, its kept values at once (the
+        short way of next_request()), and the decoder holds nothing after. None:
+        call next_request() as usual. (One call where a read is one request.)"""
+        if not data or self._start != self._end or self._failed:
+            self.receive_data(data)
+            return None
+        self._buffer = buffer = bytearray(data)
+        self._start = self._checked = 0
+        self._end = end = len(buffer)
+        return self._whole(buffer, end)  # looked at: next_request() goes the general way
 
     def next_request(self) -> Request | _NeedData:
         """The next complete request's kept values (None for one it lacks), or
@@ -145,13 +164,26 @@ class PolicyDecoder:
         buffer, end = self._buffer, self._end
         if self._start == end:
             return NEED_DATA  # nothing received since the last request (or closed cleanly)
-        # The usual case, checked in three scans: the buffer is one read, not looked
-        # at yet, of at most MAX_LINE bytes (so neither a line nor the request is too
-        # long), that ends with "\n\n" or "\n\r\n". (Indexing costs less than a call.)
+        if self._fresh:  # once a read at most: time stays linear in the bytes
+            self._fresh = False
+            request = self._whole(buffer, end)
+            if request is not None:
+                return request
+        try:
+            return self._next_request()
+        except PolicyProtocolError:
+            self._failed = True
+            self.clear()  # the rest, from a peer that sent garbage, is never parsed
+            raise
+
+    def _whole(self, buffer: bytearray, end: int) -> Request | None:
+        """The short way: the values of buffer, a read not looked at yet, if it is
+        one whole request of at most MAX_LINE bytes, checked in three scans (then
+        the buffer is overwritten and the decoder holds nothing); else None, and
+        the general way will look."""
+        # It ends with "\n\n" or "\n\r\n". (Indexing costs less than a call.)
         if (
-            end == len(buffer)
-            and not self._checked
-            and 3 < end <= MAX_LINE
+            3 < end <= MAX_LINE
             and buffer[-1] == 0x0A
             and (buffer[-2] == 0x0A or (buffer[-2] == 0x0D and buffer[-3] == 0x0A))
         ):
@@ -175,12 +207,7 @@ class PolicyDecoder:
                     self._end = 0
                 self.requests += 1
                 return request
-        try:
-            return self._next_request()
-        except PolicyProtocolError:
-            self._failed = True
-            self.clear()  # the rest, from a peer that sent garbage, is never parsed
-            raise
+        return None
 
     def _next_request(self) -> Request | _NeedData:
         """next_request() the general way: check what arrived since the last call."""

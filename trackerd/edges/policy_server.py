@@ -198,8 +198,19 @@ class PolicySession(Session):
         self._recent: collections.deque[str] = collections.deque(maxlen=RECENT_INSTANCES)
 
     def received(self, data: memoryview) -> bool:
-        self._decoder.receive_data(data)
-        return self._answer()
+        # Nearly always one whole request a read (smtpd waits for each answer):
+        # parsed, recorded and answered with the fewest calls. (Reading stops while
+        # paused or backlogged, so neither is set here; should one be, the request
+        # waits in the decoder.)
+        if self.paused or self.backlog:
+            self._decoder.receive_data(data)
+            return self._answer()
+        request = self._decoder.receive_request(data)
+        if request is None:
+            return self._answer()
+        self._server.record(request, self._recent)
+        self.write(DUNNO_RESPONSE)
+        return True
 
     def resume(self) -> bool:
         return self._answer()
