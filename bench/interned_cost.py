@@ -16,6 +16,11 @@ competitors, in an order rotated from round to round:
   worker's table: only a worker's first use of a value carries its text), in
   `interned` messages of 512 pairs, after an `intern` request for 131,072 entries.
 
+``--baseline DIR`` adds a fourth, ``interned, baseline``: the same interned frames
+against trackerd from DIR (say ``git archive`` of main before a change), in the
+same rotation, so a change's effect on the daemon's CPU is read in one run;
+``--only interned`` leaves the columns competitors out.
+
 Each daemon is a fresh trackerd with its defaults (windows 1h,24h); every run
 checks the records and the distinct counts. The workers' CPU (os.wait4: sending
 the frames only) is printed too. Medians and ratios are printed, with the load
@@ -30,6 +35,7 @@ import socket
 import statistics
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -104,11 +110,16 @@ def interned_frames(pairs: Sequence[tuple[str, str]], batch: int = BATCH) -> lis
 
 
 def run(
-    frames: list[list[bytes]], load: Workload, interned: bool, profile: Path | None = None
+    frames: list[list[bytes]],
+    load: Workload,
+    interned: bool,
+    profile: Path | None = None,
+    command: list[str] | None = None,
 ) -> tuple[float, float, float]:
     """(seconds, daemon CPU seconds, workers' CPU seconds) for every worker sending
-    its frames; with profile, py-spy's raw samples of the daemon go there."""
-    daemon = BenchDaemon().start()
+    its frames; with profile, py-spy's raw samples of the daemon go there. command
+    starts another trackerd (baseline_command), else this tree's."""
+    daemon = BenchDaemon(command=command).start()
     spy = None
     try:
         assert daemon.process is not None
@@ -162,6 +173,17 @@ def run(
             spy.wait(30)
 
 
+BASELINE = "interned, baseline"
+
+
+def baseline_command(tree: Path) -> list[str]:
+    """trackerd from another checkout (say `git archive` of main before a change)."""
+    path = f"{tree.resolve()}:{tree.resolve() / 'client'}"
+    # PYTHONPATH comes before the editable install's path entries; -P keeps the
+    # current directory (a checkout, maybe) off sys.path.
+    return ["env", f"PYTHONPATH={path}", sys.executable, "-P", "-m", "trackerd"]
+
+
 def top_functions(path: Path, count: int = 15) -> list[tuple[str, float]]:
     """The leaf frames of py-spy's raw samples, busiest first, as shares of the busy
     samples (threads asleep left out)."""
@@ -186,6 +208,14 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="py-spy the daemon of one more run of each, samples here"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help=f"also run {BASELINE!r}: the interned frames against trackerd from DIR (a "
+        "checkout, e.g. git archive of main before a change), alternated with this tree's",
+    )
+    parser.add_argument("--only", help="run only competitors whose name contains this")
     args = parser.parse_args()
     print("load before:", loadavg())
     rows = []
@@ -196,28 +226,40 @@ def main() -> None:
             "columns split": lambda share: columns_frames(share, True, args.batch),
             "interned": lambda share: interned_frames(share, args.batch),
         }
+        if args.only:
+            makers = {n: m for n, m in makers.items() if args.only in n}
         frames = {name: [make(share) for share in load.shares] for name, make in makers.items()}
+        commands: dict[str, list[str] | None] = dict.fromkeys(frames)
+        if args.baseline is not None:
+            if "interned" not in frames:
+                frames["interned"] = [interned_frames(share, args.batch) for share in load.shares]
+            frames[BASELINE] = frames["interned"]
+            commands[BASELINE] = baseline_command(args.baseline)
+        if args.only:
+            frames = {n: f for n, f in frames.items() if args.only in n}
         sizes = {name: sum(len(b) for f in each for b in f) // WORKERS
                  for name, each in frames.items()}  # fmt: skip
-        cpu: dict[str, list[float]] = {name: [] for name in makers}
-        wall: dict[str, list[float]] = {name: [] for name in makers}
-        workers: dict[str, list[float]] = {name: [] for name in makers}
-        names = list(makers)
+        cpu: dict[str, list[float]] = {name: [] for name in frames}
+        wall: dict[str, list[float]] = {name: [] for name in frames}
+        workers: dict[str, list[float]] = {name: [] for name in frames}
+        names = list(frames)
         for round_ in range(args.rounds):
             order = names[round_ % len(names) :] + names[: round_ % len(names)]
             for name in order:
-                seconds, used, worker_cpu = run(frames[name], load, name == "interned")
+                seconds, used, worker_cpu = run(
+                    frames[name], load, name.startswith("interned"), None, commands.get(name)
+                )
                 cpu[name].append(used)
                 wall[name].append(seconds)
                 workers[name].append(worker_cpu)
         if args.profile is not None:
             for name in names:
                 path = args.profile.with_suffix(f".{form}.{name.replace(' ', '-')}.txt")
-                run(frames[name], load, name == "interned", path)
+                run(frames[name], load, name.startswith("interned"), path, commands.get(name))
                 print(f"{form} {name}: top own time of py-spy's samples ({path})")
                 for function, share in top_functions(path):
                     print(f"  {share:5.1%}  {function}")
-        base = statistics.median(cpu["columns raw"])
+        base = statistics.median(cpu["columns raw"]) if "columns raw" in cpu else None
         for name in names:
             median = statistics.median(cpu[name])
             both = statistics.median(a + b for a, b in zip(cpu[name], workers[name], strict=True))
@@ -226,7 +268,7 @@ def main() -> None:
                     form,
                     name,
                     f"{median * 1e6 / load.total:.3f}",
-                    f"{median / base:.2f}",
+                    "-" if base is None else f"{median / base:.2f}",
                     f"{load.total / statistics.median(wall[name]) / 1000:.0f}k",
                     f"{sizes[name] / 1e6:.1f}",
                     f"{statistics.median(workers[name]) * 1e6 / load.total:.3f}",

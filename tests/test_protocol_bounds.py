@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from servertracker import protocol
 from servertracker.errors import ProtocolError
+from servertracker.status import Status
 from trackerd.core.policy_protocol import NEED_DATA, PolicyDecoder
 
 M = protocol.MAX_MESSAGE_SIZE
@@ -52,7 +53,7 @@ def test_an_ignored_element_may_be_any_msgpack_value() -> None:
     assert decode_one(frame([1, "ping", {(1, 2): [b"bin", 1.5, None]}])) == protocol.Ping()
     record = decode_one(frame([1, "record", [["192.0.2.1", None]], {3: msgpack.ExtType(5, b"x")}]))
     assert isinstance(record, protocol.Record) and list(record.pairs) == [["192.0.2.1", None]]
-    reply = frame([1, "status", protocol.Status(1, 2, 3, 4).to_dict(), {1: 2}])
+    reply = frame([1, "status", Status(1, 2, 3, 4).to_dict(), {1: 2}])
     assert isinstance(decode_one(reply, protocol.Peer.DAEMON), protocol.StatusReply)
 
 

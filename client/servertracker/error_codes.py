@@ -1,11 +1,11 @@
 """The error codes of the wire protocol and of the daemon's counters: the one place
 they are written.
 
-protocol.py (the Error message, re-exported there as ERR_*), status.py (the
+The protocol package (the Error message, re-exported there as ERR_*), status.py (the
 health map's fixed keys), exposition.py (metric labels) and trackerd (its
 replies and counters) all take them from here; docs/protocol.md lists them.
 A module of its own, standard library only, because status.py needs the codes
-and protocol.py imports status.py.
+and protocol/messages.py imports status.py.
 """
 
 from __future__ import annotations
