@@ -181,7 +181,8 @@ class PolicyDecoder:
         one whole request of at most MAX_LINE bytes, checked in three scans (then
         the buffer is overwritten and the decoder holds nothing); else None, and
         the general way will look."""
-        # It ends with "\n\n" or "\n\r\n". (Indexing costs less than a call.)
+        # At most MAX_LINE bytes (so neither a line nor the request is too long),
+        # ending with "\n\n" or "\n\r\n". (Indexing costs less than a call.)
         if (
             3 < end <= MAX_LINE
             and buffer[-1] == 0x0A
