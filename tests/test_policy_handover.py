@@ -159,37 +159,85 @@ def test_nothing_queued_or_read_is_lost_at_shutdown(
     assert "internal error" not in daemon.log()
 
 
+#: A prelude: the event loop is held (blocked, as by a long computation) in its
+#: first count of the hand-over while the file named GATE exists, and says so once;
+#: each time the policy thread waits for room it logs how many pairs are queued,
+#: and once it reads again, how many were left (the queue must then be empty).
+HOLD_THE_LOOP = """
+import logging, os, time
+import trackerd.edges.policy_loop as p
+say = logging.getLogger('trackerd').info
+count_slice = p.Handover.count_slice
+def held_count_slice(self):
+    if os.path.exists(GATE):
+        say('test: the event loop is held')
+        while os.path.exists(GATE):
+            time.sleep(0.01)
+    count_slice(self)
+p.Handover.count_slice = held_count_slice
+wait = p.PolicyLoop._wait_for_room
+def wait_and_say(self, now):
+    say('test: waiting for room, %d queued', len(self.handover._pairs))
+    wait(self, now)
+    if not self.handover.want_room:
+        say('test: reading again, %d queued', len(self.handover._pairs))
+p.PolicyLoop._wait_for_room = wait_and_say
+"""
+
+
 def test_a_busy_event_loop_stops_the_reading_and_loses_nothing(
     make_daemon: Callable[..., Daemon], short_tmp: Path
 ) -> None:
-    """The event loop counts slowly (each value costs 5 ms, so a slice counts
-    one) and the queue holds 8 requests: the thread must wait for room,
-    again and again, and reads again only once the queue is empty."""
+    """The test holds the event loop (it counts nothing while a gate file exists)
+    and fills the hand-over past its bound: the thread stops reading and answering
+    while the peers' requests wait (in their sockets, or read in one turn and held
+    by their Sessions past REQUESTS_PER_TURN), and once the loop is let go
+    every request is answered and counted. The queue's bound is lowered to 8 so
+    that the requests sent are many times what one turn of the thread may read
+    past it (connections x 2 x REQUESTS_PER_TURN); nothing waits on time."""
+    gate = short_tmp / "hold"
+    gate.touch()
     prelude = (
         NEVER_ON_ITS_OWN.replace("10**9", "4")
         + "p.MAX_QUEUED = 8\n"
-        + costly_domains(seconds=0.005)
-        + "wait = p.PolicyLoop._wait_for_room\n"
-        "def wait_and_say(self, now):\n"
-        "    wait(self, now)\n"
-        "    if not self.handover.want_room:\n"
-        "        logging.getLogger('trackerd').info(\n"
-        "            'test: reading again, %d queued', len(self.handover._pairs))\n"
-        "p.PolicyLoop._wait_for_room = wait_and_say\n"
+        + f"GATE = {str(gate)!r}\n"
+        + HOLD_THE_LOOP
     )
     daemon, path = start(make_daemon, short_tmp, prelude=prelude)
-    replies = burst(path, 6, 40, pipelined=True)
-    assert replies == [DUNNO_RESPONSE * 40] * 6
+    connections, each = 6, 300
+    socks = [connect(path, timeout=60) for _ in range(connections)]
+    try:
+        # One request on each, answered by the thread: every socket is adopted.
+        # The fourth queued asks for a batch (BATCH = 4): the loop is held.
+        for number, sock in enumerate(socks):
+            sock.sendall(request(connections * each + number))
+            assert read_replies(sock, 1) == DUNNO_RESPONSE
+        wait_for(lambda: "test: the event loop is held" in daemon.log(), what="the hold")
+        # All sent at once (42 kB a socket: its buffer holds them, read or not).
+        for number, sock in enumerate(socks):
+            sock.sendall(b"".join(request(number * each + n) for n in range(each)))
+        waits = lambda: re.findall(r"test: waiting for room, (\d+) queued", daemon.log())  # noqa: E731
+        # The thread paused, and was still waiting after its 1-second poll for
+        # room ended: the queue did not grow meanwhile, so it read nothing.
+        queued = wait_for(lambda: len(waits()) >= 2 and waits(), what="two waits for room")
+        log = daemon.log()
+        assert log.count("the event loop is behind: reading paused") == 1, log[-3000:]
+        assert len(set(queued)) == 1, queued
+        assert 8 <= int(queued[0]) < connections * (each + 1), queued
+        assert "test: reading again" not in log
+    finally:
+        gate.unlink()
+    for sock in socks:
+        with sock:
+            assert read_replies(sock, each) == DUNNO_RESPONSE * each
     log = daemon.log()
-    assert "the event loop is behind: reading paused" in log
-    # Each line is a pause that ended inside _wait_for_room: the queue was empty
-    # then. A pause can also end between two turns (its wait timed out under
-    # load, and the loop emptied the queue before the next turn looked), which
-    # logs nothing: so not every pause has a line, but none may show a queue.
-    again = re.findall(r"test: reading again, (\d+) queued", log)
-    assert set(again) <= {"0"}, log[-3000:]
+    # Each pause that ended inside _wait_for_room found the queue empty. (A pause
+    # can also end between two turns, which logs no line.)
+    assert set(re.findall(r"test: reading again, (\d+) queued", log)) <= {"0"}, log[-3000:]
     status = daemon.status()
-    assert (status.records, status.unique_conn_ips) == (240, 240)
+    total = connections * (each + 1)
+    assert (status.records, status.unique_conn_ips) == (total, total)
+    assert "internal error" not in log
 
 
 def test_the_policy_thread_ends_with_the_daemon(
