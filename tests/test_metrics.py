@@ -57,8 +57,8 @@ DUMP_LINE = re.compile(r'^\{__name__="([^"]+)"((?:, [a-z_]+="[^"]*")*)\} (\S+) \
 def promtool_read_openmetrics(text: str, scratch: Path) -> Samples:
     """The samples Prometheus's own OpenMetrics parser reads from text.
 
-    `promtool check metrics` reads only the 0.0.4 format (it takes an OpenMetrics
-    counter's `_total` sample for another, undocumented metric), so the OpenMetrics
+    `promtool check metrics` reads only the 0.0.4 format (it rejects the OpenMetrics
+    `info` type: test_promtool_check_rejects_the_openmetrics_form), so the OpenMetrics
     form goes through promtool's OpenMetrics importer instead: it insists on the
     `# EOF`, on a TYPE/UNIT/HELP before the samples, on units that are the name's
     suffix. The importer needs a timestamp on every sample: one is added here.
@@ -296,6 +296,19 @@ def test_openmetrics_reads_as_the_text_form_with_its_types_and_units(tmp_path: P
         if family.type == "counter":
             assert not name.endswith("_total")
             assert {sample.name for sample in family.samples} == {f"{name}_total"}
+
+
+@needs_promtool
+def test_promtool_check_rejects_the_openmetrics_form() -> None:
+    """What docs/monitoring.md and `trackerctl metrics --help` say promtool does with
+    --openmetrics's text: it fails on the `info` type, which 0.0.4 lacks."""
+    assert PROMTOOL is not None
+    text = render(Status(1_700_000_000, 1, 2, 3), source="live", version="1.2.3", openmetrics=True)
+    result = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=text, capture_output=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert b'unknown metric type "info"' in result.stdout + result.stderr
 
 
 def test_status_from_an_older_daemon_has_no_health_metrics() -> None:

@@ -42,8 +42,8 @@ def metrics(
 ) -> None:
     """Print the metrics in Prometheus's text format: from the daemon, or else from its
     status file (marked servertracker_status_source{source="file"}, exit code 3).
-    promtool check metrics reads the default output only: it takes --openmetrics's
-    counters for undocumented metrics (docs/monitoring.md)."""
+    promtool check metrics reads the default output only: it rejects --openmetrics's
+    text (unknown metric type "info"; docs/monitoring.md)."""
     from importlib.metadata import version
 
     from servertracker import exposition  # prometheus_client: only here
