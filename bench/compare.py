@@ -165,10 +165,10 @@ def make_shares(form: str, per_worker: int) -> list[list[tuple[str, str]]]:
 
 def _true_counts(form: str, per_worker: int) -> tuple[int, int, int]:
     """The distinct counts, from strings made apart from the workers' (same values)."""
-    return _counts(make_shares(form, per_worker))
+    return distinct_counts(make_shares(form, per_worker))
 
 
-def _counts(shares: list[list[tuple[str, str]]]) -> tuple[int, int, int]:
+def distinct_counts(shares: list[list[tuple[str, str]]]) -> tuple[int, int, int]:
     """The distinct counts of these shares' records, taken together."""
     ips = {ip for share in shares for ip, _ in share}
     senders = {s for share in shares for _, s in share}
@@ -510,7 +510,7 @@ def run_seed_design(load: Workload) -> Run:
     directory = Path(tempfile.mkdtemp(prefix="stbs-", dir=seed_directory()))
     salt = secrets.token_bytes(32)
     path = directory / "server_tracker.json"
-    expected = [_counts([share]) for share in make_shares(load.form, load.per_worker)]
+    expected = [distinct_counts([share]) for share in make_shares(load.form, load.per_worker)]
     try:
         start = time.perf_counter()
 
