@@ -63,6 +63,7 @@ EXIT_CODES = (
 )
 EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES) + "."
 
+
 def _given_path(text: str) -> Path:
     """A path option's value: an empty one is a usage error (Path("") is ".").
 
