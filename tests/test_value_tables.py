@@ -9,6 +9,7 @@ references, every reference defined, every definition referenced by its message.
 from __future__ import annotations
 
 import array
+import subprocess
 import sys
 
 import pytest
@@ -177,3 +178,21 @@ def test_interned_batches_are_larger_unless_the_client_chose() -> None:
     assert interned.batch_size(None, 512) == batch_encoder.INTERNED_BATCH_SIZE > 512
     assert columns.batch_size(None, 512) == 512
     assert interned.batch_size(100, 512) == columns.batch_size(100, 512) == 100
+
+
+def test_a_value_too_long_for_any_message_raises_and_never_loops() -> None:
+    # One value costing more than a column's half of a frame: halving its piece
+    # again looped for ever (a client's flusher spun). It must raise, so that the
+    # recorder mends the batch. In a subprocess with a deadline: a loop fails.
+    code = (
+        "from servertracker.errors import LocalProtocolError\n"
+        "from servertracker.value_tables import ValueTables\n"
+        "try:\n"
+        "    ValueTables(16384).messages(['1.2.3.4'], ['x' * 131062])\n"
+        "except LocalProtocolError:\n"
+        "    print('raised')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert done.stdout == "raised\n"

@@ -46,15 +46,14 @@ from servertracker.errors import LocalProtocolError
 from servertracker.hash_keys import hash_is_secret
 from servertracker.paths import resolve_socket_path
 from servertracker.reachability import DropWarning, Refused, UnreachableWarning, drop_text
+from servertracker.value_cut import clean as _clean
+from servertracker.value_cut import cut
 
 DEFAULT_MAX_BUFFERED = 100_000
 DEFAULT_BATCH_SIZE = 512
 DEFAULT_FLUSH_INTERVAL = 0.1
 DEFAULT_EXIT_TIMEOUT = 1.0
-#: A record value longer than this is cut before sending: the daemon rejects
-#: anything over MAX_VALUE_LENGTH anyway, and cutting keeps frames small.
-_SEND_VALUE_LIMIT = protocol.MAX_VALUE_LENGTH + 1
-#: Values longer than this (no IP address, few senders) are cut to the limit above
+#: Values longer than this (no IP address, few senders) are cut (value_cut.py)
 #: and share a budget of their own, so that the queue is bounded in bytes, not
 #: only in records: at most max_buffered records of short values, plus
 #: max_long_chars characters of long ones (issue 12 §11).
@@ -99,24 +98,6 @@ class ClientStats:
     message: str = ""
     #: Ids of each value table the daemon granted this connection (0: none).
     table_entries: int = 0
-
-
-def _clean(value: Any) -> str | None:
-    """A value the protocol accepts, whatever the caller passed."""
-    if value is None or type(value) is str:
-        text = value
-    elif isinstance(value, bytes | bytearray):
-        text = bytes(value).decode("utf-8", "replace")
-    else:
-        try:
-            text = str(value)
-        except Exception:
-            return None
-    if text is not None:
-        text = text[:_SEND_VALUE_LIMIT]
-        # Lone surrogates (from surrogateescape decoding) cannot travel as UTF-8.
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    return text
 
 
 def _long_chars(values: Iterable[str | None]) -> int:
@@ -274,9 +255,9 @@ class Client:
                 sender is not None and len(sender) > _LONG_VALUE
             ):
                 if conn_ip is not None:
-                    conn_ip = conn_ip[:_SEND_VALUE_LIMIT]
+                    conn_ip = cut(conn_ip)
                 if sender is not None:
-                    sender = sender[:_SEND_VALUE_LIMIT]
+                    sender = cut(sender)
                 chars = _long_chars((conn_ip, sender))
                 if self._long_queued - self._long_sent + chars > self._max_long_chars:
                     self._dropped_long += 1
@@ -321,8 +302,20 @@ class Client:
             senders: list[str | None] = []
             add_ip, add_sender = conn_ips.append, senders.append
             for conn_ip, sender in itertools.islice(items, min(room, 65536)):
-                add_ip(conn_ip if type(conn_ip) is str or conn_ip is None else _clean(conn_ip))
-                add_sender(sender if type(sender) is str or sender is None else _clean(sender))
+                # As record_server() takes them: a long str cut, anything else but
+                # None cleaned (a long one fills a frame whole: the flusher looped).
+                if type(conn_ip) is not str:
+                    if conn_ip is not None:
+                        conn_ip = _clean(conn_ip)
+                elif len(conn_ip) > _LONG_VALUE:
+                    conn_ip = cut(conn_ip)
+                if type(sender) is not str:
+                    if sender is not None:
+                        sender = _clean(sender)
+                elif len(sender) > _LONG_VALUE:
+                    sender = cut(sender)
+                add_ip(conn_ip)
+                add_sender(sender)
             if not senders:
                 return queued
             # Long values take their share of the budget (record_many waits rather

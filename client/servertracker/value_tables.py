@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from servertracker import protocol
+from servertracker.errors import LocalProtocolError
 
 # --- a worker's numbering of the values it sends (the "interned" message) ------
 
@@ -244,7 +245,13 @@ class ValueTable:
         if cost > _COLUMN_BYTES or (
             self._full and bool(((found >= first) & (found < end) & hit).any())
         ):
-            return low + len(keys) // 2  # a piece of one value always goes
+            if len(keys) == 1:
+                # A new value too long for any message (a piece of one value is
+                # otherwise always taken): halving it again would loop for ever.
+                # The recorder cuts values (value_cut.py), and mends a batch that
+                # raises this.
+                raise LocalProtocolError("a value too long for an interned message")
+            return low + len(keys) // 2
         found[new_at] = np.arange(first, end) if rank is None else rank + first
         return first, texts, cost, found, first_at, unique
 
