@@ -195,20 +195,21 @@ def test_a_busy_event_loop_stops_the_reading_and_loses_nothing(
     every request is answered and counted. The queue's bound is lowered to 8 so
     that the requests sent are many times what one turn of the thread may read
     past it (connections x 2 x REQUESTS_PER_TURN); nothing waits on time."""
+    connections, each = 6, 300
     gate = short_tmp / "hold"
     gate.touch()
+    # The first count is asked for once a request of each connection waits
+    # (BATCH): only then is the loop held, when it has adopted all of them.
     prelude = (
-        NEVER_ON_ITS_OWN.replace("10**9", "4")
+        NEVER_ON_ITS_OWN.replace("10**9", str(connections))
         + "p.MAX_QUEUED = 8\n"
         + f"GATE = {str(gate)!r}\n"
         + HOLD_THE_LOOP
     )
-    daemon, path = start(make_daemon, short_tmp, prelude=prelude)
-    connections, each = 6, 300
+    daemon, path = start(make_daemon, short_tmp, "--status-interval", "3600", prelude=prelude)
     socks = [connect(path, timeout=60) for _ in range(connections)]
     try:
         # One request on each, answered by the thread: every socket is adopted.
-        # The fourth queued asks for a batch (BATCH = 4): the loop is held.
         for number, sock in enumerate(socks):
             sock.sendall(request(connections * each + number))
             assert read_replies(sock, 1) == DUNNO_RESPONSE
