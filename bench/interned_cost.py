@@ -8,13 +8,16 @@ timing, on raw sockets: what is measured is the daemon alone (utime + stime from
 /proc/PID/stat, divided by the records), not a client library. Per form, three
 competitors, in an order rotated from round to round:
 
-- ``columns raw``: `columns` messages of 512 pairs with the senders as given (what
+- ``columns raw``: `columns` messages of 512 pairs (the library's columns batch,
+  servertracker.recorder.DEFAULT_BATCH_SIZE) with the senders as given (what
   the client library sent before `interned`);
 - ``columns split``: the same with each sender as a worker now sends it
   (servertracker.sender_split.sent_senders: the domain part of the usual forms);
 - ``interned``: the split senders, numbered per worker (a dict value -> id, as a
   worker's table: only a worker's first use of a value carries its text), in
-  `interned` messages of 512 pairs, after an `intern` request for 131,072 entries.
+  `interned` messages of 2,048 pairs (the library's interned batch,
+  servertracker.batch_encoder.INTERNED_BATCH_SIZE), after an `intern` request for
+  131,072 entries. ``--batch N`` sends N pairs a message in all three.
 
 ``--baseline DIR`` adds a fourth, ``interned, baseline``: the same interned frames
 against trackerd from DIR (say ``git archive`` of main before a change), in the
@@ -23,8 +26,9 @@ same rotation, so a change's effect on the daemon's CPU is read in one run;
 
 Each daemon is a fresh trackerd with its defaults (windows 1h,24h); every run
 checks the records and the distinct counts. The workers' CPU (os.wait4: sending
-the frames only) is printed too. Medians and ratios are printed, with the load
-average before and after.
+the frames only) is printed too, and "daemon + sending CPU" is the two summed
+(pre-encoded frames: no client library's encoding in it). Medians and ratios are
+printed, with the load average before and after.
 """
 
 from __future__ import annotations
@@ -52,9 +56,13 @@ from bench.compare import (
 )
 from bench.profile import py_spy
 from servertracker import protocol
+from servertracker.batch_encoder import INTERNED_BATCH_SIZE
+from servertracker.recorder import DEFAULT_BATCH_SIZE
 from servertracker.sender_split import sent_senders
 
-BATCH = 512
+#: The library's batches: columns (and record) messages, and interned ones.
+BATCH = DEFAULT_BATCH_SIZE
+INTERNED_BATCH = INTERNED_BATCH_SIZE
 TABLE_ENTRIES = 131_072
 NIL = protocol.INTERNED_NIL
 
@@ -99,7 +107,7 @@ class _Numbering:
         return protocol.encode_interned(*parts)  # type: ignore[arg-type]
 
 
-def interned_frames(pairs: Sequence[tuple[str, str]], batch: int = BATCH) -> list[bytes]:
+def interned_frames(pairs: Sequence[tuple[str, str]], batch: int = INTERNED_BATCH) -> list[bytes]:
     numbering = _Numbering()
     frames = [protocol.encode(protocol.InternRequest(TABLE_ENTRIES))]
     for start in range(0, len(pairs), batch):
@@ -203,7 +211,10 @@ def main() -> None:
     parser.add_argument("--forms", default="domain,mix", help=f"comma-separated, of {FORMS}")
     parser.add_argument("--per-worker", type=int, default=PER_WORKER, help="records per worker")
     parser.add_argument(
-        "--batch", type=int, default=BATCH, help="pairs per message (the library's batch: 512)"
+        "--batch",
+        type=int,
+        help=f"pairs per message in all (default: the library's, {BATCH:,} for columns, "
+        f"{INTERNED_BATCH:,} for interned)",
     )
     parser.add_argument(
         "--profile", type=Path, help="py-spy the daemon of one more run of each, samples here"
@@ -217,14 +228,16 @@ def main() -> None:
     )
     parser.add_argument("--only", help="run only competitors whose name contains this")
     args = parser.parse_args()
+    columns_batch = args.batch or BATCH
+    interned_batch = args.batch or INTERNED_BATCH
     print("load before:", loadavg())
     rows = []
     for form in args.forms.split(","):
         load = Workload(form, args.per_worker)
         makers: dict[str, Callable[[list[tuple[str, str]]], list[bytes]]] = {
-            "columns raw": lambda share: columns_frames(share, False, args.batch),
-            "columns split": lambda share: columns_frames(share, True, args.batch),
-            "interned": lambda share: interned_frames(share, args.batch),
+            "columns raw": lambda share: columns_frames(share, False, columns_batch),
+            "columns split": lambda share: columns_frames(share, True, columns_batch),
+            "interned": lambda share: interned_frames(share, interned_batch),
         }
         if args.only:
             makers = {n: m for n, m in makers.items() if args.only in n}
@@ -232,7 +245,9 @@ def main() -> None:
         commands: dict[str, list[str] | None] = dict.fromkeys(frames)
         if args.baseline is not None:
             if "interned" not in frames:
-                frames["interned"] = [interned_frames(share, args.batch) for share in load.shares]
+                frames["interned"] = [
+                    interned_frames(share, interned_batch) for share in load.shares
+                ]
             frames[BASELINE] = frames["interned"]
             commands[BASELINE] = baseline_command(args.baseline)
         if args.only:
@@ -277,7 +292,7 @@ def main() -> None:
             )
     headers = ["form", "sent as", "daemon CPU µs/record", "vs columns raw", "records/s",
                "MB sent per worker", "workers CPU µs/record (sending)",
-               "total CPU µs/record"]  # fmt: skip
+               "daemon + sending CPU µs/record"]  # fmt: skip
     print(table(headers, rows))
     print("load after:", loadavg())
     print(f"({WORKERS} workers x {args.per_worker} records, {args.rounds} rounds, medians)")

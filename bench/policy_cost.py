@@ -10,6 +10,8 @@ request has settled the daemon's policy queue (so the last hand-over batch is
 recorded and counted), and is divided by the requests answered; its start-up is
 not counted, and a run without requests is not subtracted (the daemon is idle
 then).
+Each run asserts the daemon's records and its distinct counts (connection IPs,
+domains, IP literals) against the true counts of the requests sent.
 
 ``--baseline DIR`` runs, alternately in the same rounds, the trackerd of another
 checkout (``git archive main | tar -x -C DIR``), so that a change is measured
@@ -22,6 +24,7 @@ stacks, and the functions that hold the interpreter lock longest are printed
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import shutil
 import signal
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench._support import BenchDaemon, arguments, table
-from bench.compare import loadavg
+from bench.compare import distinct_counts, loadavg
 
 ATTRIBUTES = (
     "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
@@ -53,6 +56,24 @@ ATTRIBUTES = (
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+def _client_address(worker: int, n: int) -> str:
+    return f"10.{worker}.{n // 256 % 256}.{n % 256}"
+
+
+def _sender(n: int) -> str:
+    """Request n's sender attribute (the one ATTRIBUTES holds, for n % 5000)."""
+    return f"<user{n}@sender{n}.example.com>"
+
+
+@functools.cache
+def true_counts(clients: int, requests: int) -> tuple[int, int, int]:
+    """The distinct (connection IPs, domains, IP literals) of the requests sent."""
+    pairs = [
+        (_client_address(w, n), _sender(n % 5000)) for w in range(clients) for n in range(requests)
+    ]
+    return distinct_counts([pairs])
+
+
 def client(path: str, worker: int, requests: int, gap: float = 0.0) -> None:
     """One Postfix connection's requests, one at a time; gap seconds between them."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -60,7 +81,7 @@ def client(path: str, worker: int, requests: int, gap: float = 0.0) -> None:
         for n in range(requests):
             if gap and n:
                 time.sleep(gap)
-            ip = f"10.{worker}.{n // 256 % 256}.{n % 256}"
+            ip = _client_address(worker, n)
             sock.sendall(ATTRIBUTES.format(ip=ip, n=n % 5000, w=worker).encode())
             reply = b""
             while not reply.endswith(b"\n\n"):
@@ -159,15 +180,20 @@ def one_run(
         pid = daemon.process.pid
         if profile is not None:
             spy = _start_py_spy(pid, profile)
+        expected = true_counts(clients, requests)
         records = 0
+        counted = (0, 0, 0)
 
         def settle() -> None:
             # The status reply comes after the policy queue is recorded.
-            nonlocal records
-            records = daemon.status().records
+            nonlocal records, counted
+            status = daemon.status()
+            records = status.records
+            counted = (status.unique_conn_ips, status.unique_domains, status.unique_ip_servers)
 
         result = measured(pid, str(path), clients, requests, settle, gap)
         assert records == clients * requests, records
+        assert counted == expected, f"counted {counted}, expected {expected}"
         return result
     finally:
         if spy is not None:

@@ -10,6 +10,9 @@ discarded: this is an example of the hook, not a mail store.
 
     python examples/preforked_smtpd.py --port 2525 --workers 4
 
+It needs aiosmtpd (``pip install aiosmtpd``; servertracker's ``[test]`` extra
+installs it too).
+
 SIGTERM or SIGINT stops the workers; each flushes its pending records at exit.
 Ctrl-C at a terminal signals the whole process group, workers included, and the
 parent forwards a SIGTERM too: a worker stops on the first signal and the rest
@@ -22,16 +25,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
-
 import servertracker
+
+try:
+    from aiosmtpd.smtp import SMTP, Envelope, Session
+except ImportError:  # a plain install of servertracker does not bring it
+    sys.exit("preforked_smtpd.py needs aiosmtpd: pip install aiosmtpd")
+
+#: The bounds of --workers: at least one process to serve, and not a fork bomb.
+MAX_WORKERS = 256
 
 
 class TrackingHandler:
@@ -89,11 +100,56 @@ def run_worker(sock: socket.socket) -> None:
     sys.exit(0)
 
 
+def whole(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number from low to high, else a usage error (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number ({what})") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"out of range ({what})")
+        return number
+
+    return parse
+
+
+def listen(host: str, port: int) -> socket.socket | None:
+    """The listening socket, or None after one line on stderr saying why not."""
+    try:
+        sock = socket.create_server((host, port), reuse_port=False, backlog=128)
+    except OSError as exc:
+        # create_server() adds "(while attempting to bind on address ...)": said already.
+        why = (exc.strerror or str(exc)).split(" (while attempting")[0]
+        if exc.errno == errno.EACCES and 0 < port < 1024:
+            why += " (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"
+        elif exc.errno == errno.EADDRINUSE:
+            why += " (another server listens there: pick another --port)"
+        print(f"preforked_smtpd.py: cannot listen on {host}:{port}: {why}", file=sys.stderr)
+        return None
+    sock.setblocking(False)
+    return sock
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=2525)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="the address to listen on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port",
+        type=whole(0, 65535, "0 to 65535; 0 for any free port"),
+        default=2525,
+        help="the TCP port to listen on, 0 for any free one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=whole(1, MAX_WORKERS, f"1 to {MAX_WORKERS}"),
+        default=4,
+        help="the worker processes, each serving SMTP on the shared socket "
+        f"(1 to {MAX_WORKERS}; default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     #: The workers not reaped yet: a reaped one's pid may be another process's soon.
     children: list[int] = []
@@ -115,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     for signum in STOP_SIGNALS:
         signal.signal(signum, forward)
 
-    sock = socket.create_server((args.host, args.port), reuse_port=False, backlog=128)
-    sock.setblocking(False)
+    sock = listen(args.host, args.port)
+    if sock is None:
+        return 1
     print(
         f"listening on {args.host}:{sock.getsockname()[1]} with {args.workers} workers", flush=True
     )

@@ -118,6 +118,45 @@ def test_refused_names_the_reason(short_tmp: Path) -> None:
     assert json.loads(err)["reason"] == "refused"
 
 
+def test_a_socket_path_that_is_no_socket_says_so(short_tmp: Path) -> None:
+    """--socket at a file or a directory used to say "refused (trackerd is not
+    listening)", or "permission denied (are you in trackerd's group?)" to a user
+    who may not write the file: both send the operator after the daemon."""
+    a_file = short_tmp / "a-file"
+    a_file.write_text("")
+    a_file.chmod(0o644)
+    for path, kind in [(a_file, "a file"), (short_tmp, "a directory")]:
+        code, _, err = invoke("ping", "--socket", str(path), "--json")
+        assert code == EXIT_UNAVAILABLE
+        error = json.loads(err)
+        assert error["reason"] == "no-socket"
+        assert f"{path} is {kind}, not a socket" in error["message"]
+        result = trackerctl("ping", "--socket", str(path))
+        assert result.returncode == EXIT_UNAVAILABLE
+        assert (
+            result.stderr == f"error: {path} is {kind}, not a socket (is the socket path right?)\n"
+        )
+    if os.getuid() == 0:  # as a user without write access to the file: EACCES
+        short_tmp.chmod(0o755)
+
+        def as_nobody() -> int:
+            stderr = invoke("ping", "--socket", str(a_file))[2]
+            return 0 if "is a file, not a socket" in stderr else 1
+
+        assert run_as_nobody(as_nobody) == 0
+
+
+@pytest.mark.parametrize("option", ["--socket", "--runtime-dir"])
+@pytest.mark.parametrize("before", [True, False], ids=["before-the-command", "after-it"])
+def test_an_empty_path_option_is_a_usage_error(option: str, before: bool) -> None:
+    """--socket '' used to be the current directory: "connection to . refused"."""
+    args = [option, "", "ping"] if before else ["ping", option, ""]
+    result = trackerctl(*args)
+    assert result.returncode == EXIT_USAGE
+    assert f"Invalid value for '{option}': empty (give a path)" in result.stderr
+    assert_no_traceback(result.stderr)
+
+
 def test_timeout_names_the_reason(short_tmp: Path) -> None:
     mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     mute.bind(str(short_tmp / "trackerd.sock"))

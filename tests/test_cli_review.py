@@ -151,6 +151,11 @@ def test_fleet_push_checks_the_redis_url_before_asking_trackerd(daemon: Daemon) 
     assert pushed.returncode == 2, pushed.stderr
     line = json_error(pushed)
     assert line["reason"] == "usage" and "not a Redis URL" in str(line["message"])
+    # Said as `fleet status` says it: a usage error, not a failed push.
+    plain = trackerctl("fleet", "push", "--redis", "notaurl", "--socket", str(daemon.socket_path))
+    status = trackerctl("fleet", "status", "--redis", "notaurl")
+    assert plain.returncode == status.returncode == 2
+    assert plain.stderr == status.stderr == "error: not a Redis URL (notaurl)\n"
     # A good URL still reaches trackerd, whose features say fleet mode is off (exit 7).
     good = trackerctl(
         "fleet", "push", "--redis", "redis://127.0.0.1:1", "--socket", str(daemon.socket_path)

@@ -307,6 +307,19 @@ def test_unusable_runtime_dir_is_a_clear_startup_error(short_tmp: Path) -> None:
     assert "Traceback" not in daemon.log()
 
 
+def test_a_runtime_dir_that_is_a_file_is_said_to_be_no_directory(short_tmp: Path) -> None:
+    """mkdir()'s own words were "File exists", which hid what is wrong."""
+    blocker = short_tmp / "file"
+    blocker.write_text("")
+    daemon = Daemon(blocker)
+    daemon.log_path = short_tmp / "daemon.log"
+    daemon.start(wait=False)
+    assert daemon.process is not None
+    assert daemon.process.wait(60) == 1
+    assert f"runtime directory {blocker} is not a directory" in daemon.log()
+    assert "File exists" not in daemon.log() and "Traceback" not in daemon.log()
+
+
 def test_too_long_socket_path_is_a_clear_startup_error(short_tmp: Path) -> None:
     daemon = Daemon(short_tmp / "rt", extra_args=["--socket", str(short_tmp / ("s" * 120))])
     daemon.start(wait=False)

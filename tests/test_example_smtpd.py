@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -76,13 +78,26 @@ def test_preforked_aiosmtpd_example(daemon: Daemon, short_tmp: Path) -> None:
     assert wait_for(lambda: daemon.status().rejected_senders == 0, what="status")
 
 
+# Runs the example with a default client whose flush at exit may take a minute,
+# not the library's one second: what is tested is that Ctrl-C lets that flush
+# finish, which a loaded machine must not turn into a loss within the 1 s bound
+# (that bound has its own test, in test_recorder.py).
+PATIENT_EXIT = """
+import runpy, sys
+from servertracker import recorder
+recorder._default_client = recorder.Client(exit_timeout=60)
+sys.argv = [{example!r}, "--port", "0", "--workers", "3"]
+runpy.run_path({example!r}, run_name="__main__")
+"""
+
+
 def test_ctrl_c_stops_every_process_cleanly_with_the_records_flushed(daemon: Daemon) -> None:
     """A terminal's Ctrl-C signals the whole process group: each worker gets SIGINT
     from the terminal and a signal from the parent. No traceback, and nothing lost:
     a second signal used to raise KeyboardInterrupt in the workers' flush at exit."""
     env = dict(os.environ, TRACKERD_SOCKET=str(daemon.socket_path), PYTHONUNBUFFERED="1")
     server = subprocess.Popen(
-        [sys.executable, str(EXAMPLE), "--port", "0", "--workers", "3"],
+        [sys.executable, "-c", PATIENT_EXIT.format(example=str(EXAMPLE))],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -97,7 +112,7 @@ def test_ctrl_c_stops_every_process_cleanly_with_the_records_flushed(daemon: Dae
             with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
                 smtp.sendmail(f"u@d{n}.example", ["postmaster@localhost"], b"\r\nhi\r\n")
         os.killpg(server.pid, signal.SIGINT)
-        server.wait(30)
+        server.wait(120)  # the workers' flush at exit may take up to 60 s here
         assert server.stderr is not None
         stderr = server.stderr.read()
     finally:
@@ -175,3 +190,72 @@ def test_a_stop_signal_while_forking_stops_every_worker(short_tmp: Path, send: s
     assert returncode == 0, errors
     assert left == [], "workers left running after the parent"
     assert "Traceback" not in errors and "KeyboardInterrupt" not in errors, errors
+
+
+def run_example(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The example run to its end (a mistake in its arguments, or a failed bind)."""
+    return subprocess.run(
+        [sys.executable, str(EXAMPLE), *args], capture_output=True, text=True, timeout=60,
+        env=env,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--port", "99999"],
+        ["--port", "-1"],
+        ["--port", "smtp"],
+        ["--workers", "0"],
+        ["--workers", "-3"],
+        ["--workers", "100000"],
+    ],
+)
+def test_an_argument_out_of_range_is_a_usage_error(args: list[str]) -> None:
+    """--port 99999 used to end in an OverflowError traceback, and --workers 0 in
+    "listening ... with 0 workers" and exit 0, serving nothing."""
+    result = run_example(*args)
+    assert result.returncode == 2, result.stderr
+    assert f"argument {args[0]}:" in result.stderr
+    assert "Traceback" not in result.stderr and "listening" not in result.stdout
+
+
+def test_help_says_what_each_option_is() -> None:
+    result = run_example("--help")
+    assert result.returncode == 0
+    for option, words in [
+        ("--host", "address to listen on"),
+        ("--port", "0 for any free one"),
+        ("--workers", "worker processes"),
+    ]:
+        assert option in result.stdout and words in " ".join(result.stdout.split()), option
+
+
+def test_a_port_in_use_is_one_clear_line_and_a_failure() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = run_example("--port", str(port), "--workers", "1")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"preforked_smtpd.py: cannot listen on 127.0.0.1:{port}: Address already in use"
+        " (another server listens there: pick another --port)"
+    )
+    assert result.stdout == ""
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv")
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to run the example as nobody")
+def test_a_privileged_port_as_another_user_is_one_clear_line_and_a_failure() -> None:
+    """--port 25 as a user that may not bind it: PermissionError, no traceback."""
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None
+    result = subprocess.run(
+        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+         sys.executable, str(EXAMPLE), "--port", "25", "--workers", "1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == (
+        "preforked_smtpd.py: cannot listen on 127.0.0.1:25: Permission denied"
+        " (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"
+    )

@@ -3,6 +3,7 @@ then a real trackerd with second-long windows."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from collections.abc import Callable
@@ -14,7 +15,8 @@ from servertracker.status import Status, WindowCounts, read_status_file
 from tests.conftest import Daemon, trackerctl, wait_for
 from trackerd.core import digest_table
 from trackerd.core.digest_table import DigestTable, sorted_unique
-from trackerd.core.distinct_counter import DistinctCounter
+from trackerd.core.distinct_counter import FLUSH_AT, DistinctCounter
+from trackerd.core.interned import IPS, SENDERS
 from trackerd.core.sliding_hyperloglog import SlidingHyperLogLog
 from trackerd.core.tracker import Tracker
 from trackerd.core.windows import LastSeenTable, Window, parse_windows, period_of
@@ -116,6 +118,43 @@ def test_repeats_within_a_period_cost_no_counter_work() -> None:
     clock.now += 31  # the next period: a miss again, so stamped again
     tracker.record_server("192.0.2.1", "a@example.com")
     assert tracker.counters[0].pending
+
+
+def test_interned_references_in_a_new_period_flush_in_bounded_batches() -> None:
+    """Every id of a large interned table referenced again in a new period: the
+    digests queued again reach the table FLUSH_AT or so at a time, never as one
+    flush of all of them at the next count (which held the event loop for
+    seconds), and the counts stay exact."""
+    clock = Clock()
+    tracker = Tracker(windows=parse_windows("1h"), monotonic=clock)  # 60 s periods
+    n = 2 * FLUSH_AT + 100
+    tables = tracker.value_tables(n)
+    ips = [str(ipaddress.IPv4Address(0x0A000000 + i)) for i in range(n)]
+    tracker.define_into(tables, IPS, 0, ips)
+    tracker.define_into(tables, SENDERS, 0, [f"x@d{i}.example" for i in range(n)])
+    every = np.arange(n, dtype=np.uint32)
+    tracker.count_references(tables, every, every)
+    assert tracker.status().unique_conn_ips == n
+    flushed: list[int] = []
+    for counter in tracker.counters:
+        original = counter.flush
+
+        def watched(
+            counter: DistinctCounter = counter, original: Callable[[], None] = original
+        ) -> None:
+            flushed.append(sum(len(chunk) // 8 for chunk in counter.pending))
+            original()
+
+        counter.flush = watched  # type: ignore[method-assign]
+    clock.now += 61  # the next period: every reference queues its digest again
+    tracker.count_references(tables, every, every)  # one message of n references
+    queued = [sum(len(chunk) // 8 for chunk in c.pending) for c in tracker.counters]
+    assert max(queued) < FLUSH_AT
+    assert flushed  # during the message, not left for the next count
+    status = tracker.status()
+    assert (status.unique_conn_ips, status.unique_domains) == (n, n)
+    assert window(status, "1h") == WindowCounts("1h", 3600, n, n, 0)
+    assert max(flushed) <= 2 * FLUSH_AT  # the status' own flush too
 
 
 def test_without_the_raw_value_cache() -> None:

@@ -63,6 +63,18 @@ EXIT_CODES = (
 )
 EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES) + "."
 
+
+def _given_path(text: str) -> Path:
+    """A path option's value: an empty one is a usage error (Path("") is ".").
+
+    Nothing else is checked here: a socket is never "readable", so connecting says
+    what is wrong with it, and an unreadable directory is reported as the
+    environment's would be."""
+    if not text:
+        raise typer.BadParameter("empty (give a path)")
+    return Path(text)
+
+
 #: The options every command takes, before the command or after it (defined once here).
 SocketOption = Annotated[
     Path | None,
@@ -71,7 +83,7 @@ SocketOption = Annotated[
         metavar=SOCKET_OPTION.metavar,
         help=f"{SOCKET_OPTION.help}.",
         show_default=False,
-        readable=False,  # a socket is never "readable"; connecting says what is wrong
+        parser=_given_path,
     ),
 ]
 RuntimeDirOption = Annotated[
@@ -81,7 +93,7 @@ RuntimeDirOption = Annotated[
         metavar=RUNTIME_DIR_OPTION.metavar,
         help=f"{RUNTIME_DIR_OPTION.help}.",
         show_default=False,
-        readable=False,  # an unreadable directory is reported as the environment's would be
+        parser=_given_path,
     ),
 ]
 JsonOption = Annotated[

@@ -328,7 +328,7 @@ def push(
     try:
         fleet_store.check_url(redis_url)
     except fleet_store.FleetStoreError as exc:
-        _fail(f"push failed: {exc}", exc.reason, as_json, EXIT_USAGE)
+        _fail(str(exc), exc.reason, as_json, EXIT_USAGE)  # as status says it
     reply = _registers(where)
     try:
         with fleet_store.connect(redis_url, redis_timeout, cluster) as client:

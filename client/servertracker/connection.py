@@ -16,6 +16,7 @@ from types import TracebackType
 
 from servertracker import protocol
 from servertracker.errors import CONNECT_REASONS, DaemonUnavailable, ProtocolError
+from servertracker.paths import not_a_socket
 from servertracker.status import Status
 
 DEFAULT_TIMEOUT = 2.0
@@ -35,6 +36,13 @@ def _unavailable(exc: OSError, socket_path: object) -> DaemonUnavailable:
             )
         return DaemonUnavailable("timeout", f"trackerd at {socket_path} did not answer in time")
     reason = CONNECT_REASONS.get(exc.errno or 0, "error")
+    kind = None
+    if reason in ("refused", "permission-denied") and isinstance(socket_path, (str, os.PathLike)):
+        kind = not_a_socket(socket_path)
+    if kind is not None:
+        return DaemonUnavailable(
+            "no-socket", f"{socket_path} is {kind}, not a socket (is the socket path right?)"
+        )
     text = {
         "no-socket": f"no socket at {socket_path} (is trackerd running?)",
         "refused": f"connection to {socket_path} refused (trackerd is not listening)",

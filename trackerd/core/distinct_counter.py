@@ -26,7 +26,9 @@ from trackerd.core.windows import LastSeenTable
 
 log = logging.getLogger(__name__)
 
-#: Digests are added to the table this many at a time (or when a count is read).
+#: Digests are added to the table this many at a time (or when a count is read):
+#: the bound on the digests one flush_if_full() adds (issue: a flush of millions
+#: held the event loop for seconds).
 FLUSH_AT = 16384
 #: Per category: just under 0.7 x 2**22, so a full table is 2**22 slots (32 MiB).
 #: With windows, 16 MiB of last-seen times beside it. Worst case (README.md,
@@ -44,8 +46,12 @@ class DistinctCounter:
         self.name = name
         self.max_exact = max_exact
         self.windowed = windowed
-        #: 8-byte digests not yet added; appended to directly by the tracker's hot loop.
+        #: 8-byte digests not yet added; appended to directly by the tracker's hot loop,
+        #: one digest an item. Many digests in one item only through queue_chunk().
         self.pending: list[bytes] = []
+        #: Digests in pending beyond one an item (the chunks' extra digests), so that
+        #: pending_digests counts digests, not items.
+        self._extra = 0
         self._table: DigestTable | None = LastSeenTable() if windowed else DigestTable()
         self._sketch: HyperLogLog | None = None
         self._sliding: SlidingHyperLogLog | None = None
@@ -68,8 +74,24 @@ class DistinctCounter:
         assert self._sketch is not None
         return self._sketch.nbytes + (self._sliding.nbytes if self._sliding else 0)
 
+    @property
+    def pending_digests(self) -> int:
+        """Digests queued and not yet added."""
+        return len(self.pending) + self._extra
+
+    def queue_chunk(self, digests: bytes) -> None:
+        """Queue many 8-byte digests (little-endian, joined), FLUSH_AT at a time: a
+        flush past each FLUSH_AT, so pending never holds much more than FLUSH_AT
+        digests and no flush adds more than about twice FLUSH_AT."""
+        step = FLUSH_AT * 8
+        for start in range(0, len(digests), step):
+            piece = digests[start : start + step]
+            self.pending.append(piece)
+            self._extra += len(piece) // 8 - 1
+            self.flush_if_full()
+
     def flush_if_full(self) -> None:
-        if len(self.pending) >= FLUSH_AT:
+        if len(self.pending) + self._extra >= FLUSH_AT:
             self.flush()
 
     def flush(self) -> None:
@@ -77,6 +99,7 @@ class DistinctCounter:
             return
         digests = np.frombuffer(b"".join(self.pending), dtype="<u8")
         self.pending.clear()
+        self._extra = 0
         if self._table is not None:
             if isinstance(self._table, LastSeenTable):
                 self._table.add_stamped(digests, self.stamp)

@@ -306,7 +306,7 @@ class InternedCounting:
             chosen = due[categories == category]
             if chosen.size:
                 digests = table.digests[chosen].astype("<u8", copy=False)
-                self.counters[category].pending.append(digests.tobytes())
+                self.counters[category].queue_chunk(digests.tobytes())
 
     def _feed_epoch(self, table: ValueTable, due: Ids) -> None:
         if not due.size:

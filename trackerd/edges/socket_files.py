@@ -82,6 +82,9 @@ def prepare_runtime_dir(path: Path) -> None:
     """Create the runtime directory if needed; refuse an unsafe /tmp fallback."""
     try:
         path.mkdir(mode=_runtime_dir_mode(path), parents=True, exist_ok=True)
+    except FileExistsError:
+        # mkdir() says "File exists" for a file in the way: name the real fault.
+        raise StartupError(f"runtime directory {path} is not a directory") from None
     except OSError as exc:
         raise StartupError(f"cannot create runtime directory {path}: {exc.strerror}") from None
     check_runtime_dir(path)
