@@ -59,7 +59,9 @@ the load average before and after.
   inline), so its workers' CPU may come close to the floor. The row's "trackerd
   is faster by" is "-": a ratio to a run that records nothing means nothing.
 - seed design: in-process salted sets, the whole status JSON rewritten to a file on
-  every record (what the Go original does on every RecordServer). It writes a
+  every record (what the Go original does on every RecordServer): the workers
+  rewrite one shared file, each with its own sets (see run_seed_design), and each
+  worker's counts are asserted against its share's. It writes a
   file per record, so it runs on the first --seed-records of each worker only, and
   its rate is compared. The file goes in a tmpfs directory (/dev/shm), as the
   original's runtime directory (/run) is on a systemd host; where there is no

@@ -28,9 +28,21 @@ next pause or the send() (an instrumented subclass), in wall time and in the
 flusher thread's CPU time (the longest of these is the longest the flusher kept
 the lock from the worker's thread).
 
+Each process's client is warmed up before the rounds: its first record_server()
+and flush() (the connection, its value tables) are timed and reported on their
+own row, once a process. numpy is already loaded then (bench.compare imports
+trackerd's normalise, which loads it), so that row does not hold numpy's import,
+which a worker's first interned connection pays (about 0.1 s, once a process).
+``--numpy-import`` times that one-off from the recording thread's side: in a
+fresh process importing servertracker only (numpy not loaded), a first
+connection's calls, each timed, and the longest gap between two of them while
+the flusher imports numpy, against a fresh process that imported numpy first.
+
 ``--baseline DIR`` runs each round twice, in fresh processes alternated in
 order: once with the servertracker and trackerd checked out in DIR (its bench/
-need not have this file) and once with this tree's, and reports both.
+need not have this file) and once with this tree's, and reports both. Only the
+library and daemon come from DIR: the child loads this tree's bench/ (this file,
+bench/compare.py's workload and bench/_support.py's launcher) by path.
 """
 
 from __future__ import annotations
@@ -279,6 +291,8 @@ def _attribute(slow: list[SlowCall], holds: list[Hold], collections: Collections
 
 
 CONDITIONS = ("daemon up", "control: no recording", "daemon down", "daemon stalled")
+#: The warm-up's row: one record_server() and flush(), once a process.
+WARM_UP = "first connection's warm-up: record_server + flush, once (numpy loaded)"
 
 
 def run(
@@ -288,15 +302,20 @@ def run(
     senders: str = "mix",
     first_round: int = 0,
 ) -> dict[str, Condition]:
-    results = {name: Condition() for name in (*CONDITIONS, "first call (starts the thread)")}
+    results = {
+        name: Condition() for name in (*CONDITIONS, "first call (starts the thread)", WARM_UP)
+    }
     daemon = BenchDaemon().start()
     try:
         client = TimedClient(daemon.socket_path, max_buffered=1_000_000)
-        # The process's first interned connection imports numpy (about 0.1 s, once a
-        # process): here, outside the rounds. bench.record_cost --numpy-import times
-        # a first connection's calls on its own.
+        # The first connection (its value tables): here, outside the rounds, timed
+        # and reported on its own row. numpy is loaded already (bench.compare's
+        # import); --numpy-import times a fresh worker's first connection, numpy
+        # not loaded, on its own.
+        t0 = _clock()
         client.record_server("192.0.2.1", "warm@up.example")
         client.flush()
+        results[WARM_UP].costs.append(summary([(_clock() - t0) / 1000]))
         for round_ in range(first_round, first_round + rounds):
             shift = round_ % len(CONDITIONS)
             for name in CONDITIONS[shift:] + CONDITIONS[:shift]:
@@ -376,7 +395,7 @@ def report(results: dict[str, Condition], slow_us: float = SLOW_US) -> str:
                     "max", "max each round"], rows)]  # fmt: skip
     rows = []
     for name, condition in results.items():
-        if name.startswith("first"):
+        if name.startswith("first"):  # the first call, the warm-up: no explain pass
             continue
         slow = condition.slow
         why = [call.why() for call in slow]
@@ -428,9 +447,15 @@ def _merge(rounds: list[dict[str, Condition]]) -> dict[str, Condition]:
 
 
 # The child loads this file by its path (a baseline's bench/ may not have it), with
-# servertracker and trackerd from PYTHONPATH (the baseline's) or the install.
+# servertracker and trackerd from PYTHONPATH (the baseline's) or the install; the
+# "bench" package is this tree's bench/ (set first, so that this file's imports of
+# bench._support and bench.compare find this tree's, not the baseline's).
 _CHILD = """
-import importlib.util, json, sys
+import importlib.util, json, sys, types
+from pathlib import Path
+bench = types.ModuleType("bench")
+bench.__path__ = [str(Path(sys.argv[1]).parent)]
+sys.modules["bench"] = bench
 spec = importlib.util.spec_from_file_location("record_cost", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 sys.modules["record_cost"] = module
@@ -454,6 +479,56 @@ def run_in_child(python_path: str | None, round_: int, calls: int, slow_us: floa
     return {name: Condition.from_json(condition) for name, condition in data.items()}
 
 
+# A fresh process's first connection, timed call by call from the recording thread.
+# It imports servertracker only (bench/ would load numpy), and numpy first if told.
+_NUMPY_CHILD = """
+import json, sys, time
+if sys.argv[3] == "numpy first":
+    import numpy
+from servertracker import Client
+loaded_before = "numpy" in sys.modules
+clock = time.perf_counter_ns
+client = Client(sys.argv[1], max_buffered=1_000_000)
+calls, costs, gaps = int(sys.argv[2]), [], []
+last = clock()
+for i in range(calls):
+    t0 = clock()
+    client.record_server(f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}", f"a@m{i}.example")
+    t1 = clock()
+    costs.append(t1 - t0)
+    gaps.append(t0 - last)
+    last = t1
+flushed = client.flush(30)
+client.close(5)
+print(json.dumps({"numpy_before": loaded_before, "numpy_after": "numpy" in sys.modules,
+                  "flushed": flushed, "first_us": costs[0] / 1000,
+                  "max_call_us": max(costs) / 1000, "max_gap_us": max(gaps) / 1000,
+                  "calls_over_1ms": sum(c > 1_000_000 for c in costs)}))
+"""
+
+
+def numpy_import(calls: int) -> str:
+    """A first connection's calls in fresh processes: numpy not loaded, then loaded
+    first (the control), each against its own fresh daemon."""
+    rows = []
+    for kind in ("numpy not loaded", "numpy first"):
+        daemon = BenchDaemon().start()
+        try:
+            command = [sys.executable, "-P", "-c", _NUMPY_CHILD, str(daemon.socket_path),
+                       str(calls), kind]  # fmt: skip
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        finally:
+            daemon.stop()
+        got = json.loads(out)
+        assert got["flushed"], "the calls were not all sent"
+        rows.append([kind, "yes" if got["numpy_before"] else "no", f"{got['first_us']:,.0f}",
+                     f"{got['max_call_us']:,.0f}", f"{got['max_gap_us']:,.0f}",
+                     got["calls_over_1ms"]])  # fmt: skip
+    return table([f"a fresh process's first {calls:,} calls", "numpy loaded before",
+                  "first call µs", "longest call µs", "longest gap between calls µs",
+                  "calls over 1 ms"], rows)  # fmt: skip
+
+
 def main() -> None:
     parser = arguments("bench.record_cost", __doc__)
     parser.add_argument("--rounds", type=int, default=3, help="rounds, conditions alternated")
@@ -464,7 +539,15 @@ def main() -> None:
                         help="bench.compare's sender form the calls record")  # fmt: skip
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="also run the trees checked out in DIR")  # fmt: skip
+    parser.add_argument("--numpy-import", action="store_true",
+                        help="only time a fresh process's first connection's --calls calls "
+                        "(numpy not loaded, then loaded first) and their longest gap")  # fmt: skip
     args = parser.parse_args()
+    if args.numpy_import:
+        print(f"load average before: {loadavg()}", flush=True)
+        print(numpy_import(args.calls))
+        print(f"load average after: {loadavg()}")
+        return
     print(f"load average before: {loadavg()}; senders: {args.senders}", flush=True)
     if args.baseline is None:
         trees = {"this tree": run(args.rounds, args.calls, args.slow_us, args.senders)}

@@ -16,10 +16,15 @@ from pathlib import Path
 
 import pytest
 
+import servertracker.value_tables  # noqa: F401  (see below)
 from servertracker import Client, reachability
 from servertracker.reachability import UnreachableWarning, cause
 from tests.conftest import Daemon, run_as_nobody, wait_for
 from tests.test_hostile import open_up
+
+# Client() loads value_tables.py (and the standard library modules it imports),
+# which a worker forked and turned into nobody could not read here, under /root:
+# loaded above, before any fork.
 
 SECRET_IP = "198.51.100.77"
 SECRET_SENDER = "someone@secret-domain.example"
@@ -96,6 +101,18 @@ def test_a_worker_warns_once_when_there_is_no_socket(short_tmp: Path) -> None:
     assert len(warnings) == 1, warnings  # six failed connects, one warning
     assert str(path) in warnings[0]
     assert "is trackerd running? is the socket path right?" in warnings[0]
+
+
+def test_a_worker_warns_once_about_a_path_that_is_no_socket(short_tmp: Path) -> None:
+    """A file or a directory at the socket path used to be called "a stale socket
+    file" (connect() says refused): the path is wrong, not the daemon."""
+    a_file = short_tmp / "a-file"
+    a_file.write_text("")
+    for path, kind in [(a_file, "a file"), (short_tmp, "a directory")]:
+        _, warnings = run_worker(path)
+        assert len(warnings) == 1, warnings
+        assert str(path) in warnings[0], warnings
+        assert f"the path is {kind}, not a socket (is the socket path right?)" in warnings[0]
 
 
 def test_a_worker_warns_once_about_a_stale_socket(short_tmp: Path) -> None:

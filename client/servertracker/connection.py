@@ -10,13 +10,13 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import stat
 import time
 from collections.abc import Sequence
 from types import TracebackType
 
 from servertracker import protocol
 from servertracker.errors import CONNECT_REASONS, DaemonUnavailable, ProtocolError
+from servertracker.paths import not_a_socket
 from servertracker.status import Status
 
 DEFAULT_TIMEOUT = 2.0
@@ -36,10 +36,10 @@ def _unavailable(exc: OSError, socket_path: object) -> DaemonUnavailable:
             )
         return DaemonUnavailable("timeout", f"trackerd at {socket_path} did not answer in time")
     reason = CONNECT_REASONS.get(exc.errno or 0, "error")
-    kind = _not_a_socket(socket_path) if reason in ("refused", "permission-denied") else None
+    kind = None
+    if reason in ("refused", "permission-denied") and isinstance(socket_path, (str, os.PathLike)):
+        kind = not_a_socket(socket_path)
     if kind is not None:
-        # connect() to a file says "refused" (or "permission denied" without write
-        # access), which would send the operator after a daemon: the path is wrong.
         return DaemonUnavailable(
             "no-socket", f"{socket_path} is {kind}, not a socket (is the socket path right?)"
         )
@@ -49,19 +49,6 @@ def _unavailable(exc: OSError, socket_path: object) -> DaemonUnavailable:
         "permission-denied": f"permission denied on {socket_path} (are you in trackerd's group?)",
     }.get(reason, f"{socket_path}: {exc.strerror or exc}")
     return DaemonUnavailable(reason, text)
-
-
-def _not_a_socket(path: object) -> str | None:
-    """What the path is when it is there but no socket ("a directory", "a file")."""
-    if not isinstance(path, (str, os.PathLike)):
-        return None
-    try:
-        mode = os.stat(path).st_mode
-    except (OSError, ValueError):
-        return None
-    if stat.S_ISSOCK(mode):
-        return None
-    return "a directory" if stat.S_ISDIR(mode) else "a file"
 
 
 class DaemonConnection:

@@ -9,6 +9,7 @@ environment variable, help), for trackerd's argparse and trackerctl's typer alik
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,3 +182,19 @@ def paths_from_args(
     return resolve_paths(
         getattr(args, SOCKET_OPTION.dest), getattr(args, RUNTIME_DIR_OPTION.dest), environ
     )
+
+
+def not_a_socket(path: str | os.PathLike[str]) -> str | None:
+    """What path is when it is there but is no socket ("a directory", "a file"), else None.
+
+    connect() to such a path fails as "refused", or "permission denied" without
+    write access to it, which would send an operator after trackerd: the one
+    check trackerctl and a worker's warning share.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISSOCK(mode):
+        return None
+    return "a directory" if stat.S_ISDIR(mode) else "a file"

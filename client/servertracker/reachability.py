@@ -49,8 +49,11 @@ class Refused(OSError):
         self.code = code
 
 
-def cause(exc: OSError) -> str:
-    """The likely cause of a failed connect, for an operator."""
+def cause(exc: OSError, not_a_socket: str | None = None) -> str:
+    """The likely cause of a failed connect, for an operator; ``not_a_socket`` is
+    what the path is when it is no socket (paths.not_a_socket), found by the caller."""
+    if not_a_socket is not None and not isinstance(exc, Refused):
+        return f"the path is {not_a_socket}, not a socket (is the socket path right?)"
     if isinstance(exc, Refused):
         return _REFUSALS.get(exc.code, str(exc))
     known = _CAUSES.get(CONNECT_REASONS.get(exc.errno or 0, ""))
@@ -72,7 +75,9 @@ class UnreachableWarning:
         self._last_warning: float | None = None
         self.warned = False  # a warning was logged since the last success
 
-    def failed(self, exc: OSError, socket_path: str, now: float) -> str | None:
+    def failed(
+        self, exc: OSError, socket_path: str, now: float, not_a_socket: str | None = None
+    ) -> str | None:
         """The warning text to log for this failed connect, or None to stay quiet."""
         grace = GRACE_SECONDS if self._grace is None else self._grace
         interval = WARNING_INTERVAL if self._interval is None else self._interval
@@ -86,7 +91,7 @@ class UnreachableWarning:
         self.warned = True
         return (
             f"cannot reach trackerd at {socket_path} for "
-            f"{now - self._failing_since:.0f} s: {cause(exc)}; records are queued, "
+            f"{now - self._failing_since:.0f} s: {cause(exc, not_a_socket)}; records are queued, "
             "then dropped when the queue is full"
         )
 

@@ -44,7 +44,7 @@ from servertracker.batch_encoder import (
 )
 from servertracker.errors import LocalProtocolError
 from servertracker.hash_keys import hash_is_secret
-from servertracker.paths import resolve_socket_path
+from servertracker.paths import not_a_socket, resolve_socket_path
 from servertracker.reachability import DropWarning, Refused, UnreachableWarning, drop_text
 from servertracker.value_cut import clean as _clean
 from servertracker.value_cut import cut
@@ -556,7 +556,10 @@ class Client:
 
     def _failed_to_connect(self, exc: OSError) -> None:
         """Log the unreachable warning, if this failure deserves one."""
-        warning = self._unreachable.failed(exc, self.socket_path, time.monotonic())
+        kind = None
+        if isinstance(exc, (ConnectionRefusedError, PermissionError)):
+            kind = not_a_socket(self.socket_path)  # what connect() called refused may be a file
+        warning = self._unreachable.failed(exc, self.socket_path, time.monotonic(), kind)
         if warning is not None:
             log.warning("%s", warning)
 

@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from servertracker import protocol
+from trackerd.core.digest_table import sorted_distinct
 
 Ids = npt.NDArray[np.intp]
 Refs = npt.NDArray[np.uint32]
@@ -152,7 +153,7 @@ class ValueTable:
         assert self.periods is not None
         due: Ids = ids[(codes >= COUNTED) & (self.periods[ids] != period)]
         if due.size:
-            due = np.unique(due)
+            due = sorted_distinct(due)
             self.periods[due] = period
         return due
 
@@ -162,7 +163,7 @@ class ValueTable:
         assert self.fleet_epochs is not None and self.fleet_next is not None
         due: Ids = ids[(codes >= COUNTED) & (self.fleet_epochs[ids] == epoch - 1)]
         if due.size:
-            due = np.unique(due[self.fleet_next[due] != 0])
+            due = sorted_distinct(due[self.fleet_next[due] != 0])
         return due
 
     @property
