@@ -1,10 +1,11 @@
 """The fork-safe, non-blocking recorder that SMTP worker processes use.
 
-``Client.record_server()`` only appends to a bounded in-memory queue: it never
-blocks and never raises. A background thread batches the queue into record
-frames (batch_encoder.py: `interned`, `columns` or `record`, as the daemon
-takes them) and writes them to trackerd, reconnecting with backoff whenever the
-daemon is down or restarts. Past the bound, records are dropped and counted.
+``Client.record_server()`` only appends to a bounded in-memory queue
+(record_queue.py, in C when built): it never blocks and never raises. A
+background thread batches the queue into record frames (batch_encoder.py:
+`interned`, `columns` or `record`, as the daemon takes them) and writes them to
+trackerd, reconnecting with backoff whenever the daemon is down or restarts.
+Past the bound, records are dropped and counted.
 A batch is written whole or, after a failed write, the records of its frames
 not written whole are encoded again for the next connection.
 
@@ -17,7 +18,6 @@ connection on its first record.
 from __future__ import annotations
 
 import atexit
-import collections
 import itertools
 import logging
 import math
@@ -46,6 +46,7 @@ from servertracker.errors import LocalProtocolError
 from servertracker.hash_keys import hash_is_secret
 from servertracker.paths import not_a_socket, resolve_socket_path
 from servertracker.reachability import DropWarning, Refused, UnreachableWarning, drop_text
+from servertracker.record_queue import LONG_VALUE, new_queue
 from servertracker.value_cut import clean as _clean
 from servertracker.value_cut import cut
 
@@ -53,11 +54,7 @@ DEFAULT_MAX_BUFFERED = 100_000
 DEFAULT_BATCH_SIZE = 512
 DEFAULT_FLUSH_INTERVAL = 0.1
 DEFAULT_EXIT_TIMEOUT = 1.0
-#: Values longer than this (no IP address, few senders) are cut (value_cut.py)
-#: and share a budget of their own, so that the queue is bounded in bytes, not
-#: only in records: at most max_buffered records of short values, plus
-#: max_long_chars characters of long ones (issue 12 §11).
-_LONG_VALUE = 64
+#: The long-value budget's default (record_queue.py).
 DEFAULT_MAX_LONG_CHARS = 256 * 1024
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 1.0
@@ -98,11 +95,6 @@ class ClientStats:
     message: str = ""
     #: Ids of each value table the daemon granted this connection (0: none).
     table_entries: int = 0
-
-
-def _long_chars(values: Iterable[str | None]) -> int:
-    """Characters of the long values: what they take of the long-value budget."""
-    return sum(len(value) for value in values if value is not None and len(value) > _LONG_VALUE)
 
 
 def _whole(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -190,19 +182,22 @@ class Client:
 
     def _reset_state(self) -> None:
         """Fresh per-process state: used at construction and in a forked child."""
-        # The queue, as two columns of str or None: record_server() makes no tuple,
-        # so it makes no object the garbage collector tracks, and never sets off a
-        # collection (a full one stalled the caller for milliseconds; see
-        # docs/performance.md). The sender is appended last, so len(_senders) is the
-        # number of complete records. Two threads recording at once may pair one's
-        # connection IP with the other's sender on the wire: each value counts alone,
-        # so no count changes.
-        self._conn_ips: collections.deque[str | None] = collections.deque()
-        self._senders: collections.deque[str | None] = collections.deque()
         self._wake = threading.Event()
         self._stop = threading.Event()  # set by close(): ends a backoff at once
-        self._sleeping = False
-        self._idle = True
+        # record_server()'s queue and drop rules (record_queue.py, in C when built).
+        self._queue = new_queue(
+            self._max_buffered,
+            self._max_long_chars,
+            self._batch_size,
+            self._wake.set,
+            self._start,
+            _clean,
+            cut,
+        )
+        # The queue's own record() answers record_server() calls on this client:
+        # no Python frame between the caller and the queue (the method below is
+        # the same, for the class's documentation and subclasses).
+        self.record_server = self._queue.record  # type: ignore[method-assign]
         self._held_since = 0.0  # perf_counter() when the flusher last took the GIL back
         # The threads waiting in record_many() or flush() (set.add and discard are
         # atomic under the GIL): while there are any, no pause within a batch.
@@ -221,16 +216,10 @@ class Client:
         self._written = 0  # bytes of _out written
         self._encoder: BatchEncoder | None = None  # this connection's
         self._room = threading.Event()  # set by the flusher when it takes from the queue
-        self._recorded = 0
-        # Characters of long values queued, and taken since; each written by one thread.
-        self._long_queued = 0
-        self._long_sent = 0
         self._sent = 0
-        self._dropped = 0
-        # Of _dropped, those the full queue dropped, and those the long-value budget
-        # did: the warning names the bound that was hit (reachability.drop_text).
-        self._dropped_full = 0
-        self._dropped_long = 0
+        # Records of batches that could not be encoded (never: _clean() prevents it);
+        # the queue counts those it dropped itself, by the bound that was hit.
+        self._dropped_unencodable = 0
         self._connects = 0
         self._drop_warning = DropWarning()
         self._unreachable = UnreachableWarning()
@@ -239,41 +228,7 @@ class Client:
 
     def record_server(self, conn_ip: str | None, sender: str | None) -> None:
         """Queue one (connection IP, MAIL FROM or its domain) pair. Never blocks or raises."""
-        try:
-            # Anything but str or None would make the daemon refuse the whole batch.
-            if type(conn_ip) is not str and conn_ip is not None:
-                conn_ip = _clean(conn_ip)
-            if type(sender) is not str and sender is not None:
-                sender = _clean(sender)
-            senders = self._senders
-            if len(senders) >= self._max_buffered:
-                self._dropped_full += 1
-                self._drop()
-                return
-            # One length check a value; only a long one costs more.
-            if (conn_ip is not None and len(conn_ip) > _LONG_VALUE) or (
-                sender is not None and len(sender) > _LONG_VALUE
-            ):
-                if conn_ip is not None:
-                    conn_ip = cut(conn_ip)
-                if sender is not None:
-                    sender = cut(sender)
-                chars = _long_chars((conn_ip, sender))
-                if self._long_queued - self._long_sent + chars > self._max_long_chars:
-                    self._dropped_long += 1
-                    self._drop()
-                    return
-                self._long_queued += chars
-            self._conn_ips.append(conn_ip)
-            senders.append(sender)
-            self._recorded += 1
-            if self._sleeping and (self._idle or len(senders) >= self._batch_size):
-                self._sleeping = False
-                self._wake.set()
-            if self._thread is None:
-                self._start()
-        except Exception:  # recording must never break an SMTP session
-            pass
+        self._queue.record(conn_ip, sender)
 
     def record_many(self, pairs: Iterable[Sequence[Any]], timeout: float | None = None) -> int:
         """Queue every (connection IP, sender) pair, waiting for room instead of dropping.
@@ -290,8 +245,9 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         queued = 0
         items = iter(pairs)
+        queue = self._queue
         while True:
-            room = self._max_buffered - len(self._senders)
+            room = self._max_buffered - len(queue)
             if room <= 0:
                 if not self._wait_for_room(deadline):
                     return queued
@@ -307,39 +263,34 @@ class Client:
                 if type(conn_ip) is not str:
                     if conn_ip is not None:
                         conn_ip = _clean(conn_ip)
-                elif len(conn_ip) > _LONG_VALUE:
+                elif len(conn_ip) > LONG_VALUE:
                     conn_ip = cut(conn_ip)
                 if type(sender) is not str:
                     if sender is not None:
                         sender = _clean(sender)
-                elif len(sender) > _LONG_VALUE:
+                elif len(sender) > LONG_VALUE:
                     sender = cut(sender)
                 add_ip(conn_ip)
                 add_sender(sender)
             if not senders:
                 return queued
-            # Long values take their share of the budget (record_many waits rather
-            # than drops, so it is not refused here), or taking them would free more.
-            self._long_queued += _long_chars(conn_ips) + _long_chars(senders)
-            self._conn_ips.extend(conn_ips)
-            self._senders.extend(senders)
+            queue.extend(conn_ips, senders)
             queued += len(senders)
-            self._recorded += len(senders)
-            if self._thread is None:
+            if not queue.started:
                 self._start()
-            if self._sleeping:
-                self._sleeping = False
+            if queue.sleeping:
+                queue.sleeping = False
                 self._wake.set()
 
     def _wait_for_room(self, deadline: float | None) -> bool:
         """Wait until the flusher takes from the queue; False once the deadline passed."""
         # Clear, then look again: a batch taken in between sets the event anew.
         self._room.clear()
-        if len(self._senders) < self._max_buffered:
+        if len(self._queue) < self._max_buffered:
             return True
         if self._thread is None:
             self._start()
-        self._sleeping = False
+        self._queue.sleeping = False
         self._wake.set()
         wait = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
         if wait <= 0:
@@ -352,21 +303,21 @@ class Client:
             self._waiting.discard(waiter)
         return True
 
-    def _drop(self) -> None:
-        # Counted only: the flusher thread logs the warning (_warn_of_drops). A log
-        # call formats and writes under its handler's lock, and a handler can block
-        # (a full pipe, a stalled syslog): never in the recording thread.
-        self._dropped += 1
+    def _dropped(self) -> int:
+        return self._queue.dropped + self._dropped_unencodable
 
     def _warn_of_drops(self) -> None:
-        dropped = self._dropped
+        # The queue only counts its drops: the flusher thread logs the warning. A log
+        # call formats and writes under its handler's lock, and a handler can block
+        # (a full pipe, a stalled syslog): never in the recording thread.
+        dropped = self._dropped()
         if dropped and self._drop_warning.due(dropped, time.monotonic()):
             text = drop_text(
                 dropped,
-                queue_full=self._dropped_full,
-                over_budget=self._dropped_long,
+                queue_full=self._queue.dropped_full,
+                over_budget=self._queue.dropped_long,
                 max_buffered=self._max_buffered,
-                long_value=_LONG_VALUE,
+                long_value=LONG_VALUE,
                 max_long_chars=self._max_long_chars,
                 socket_path=self.socket_path,
             )
@@ -379,6 +330,7 @@ class Client:
             thread = threading.Thread(target=self._run, name="servertracker-flusher", daemon=True)
             thread.start()
             self._thread = thread
+            self._queue.started = True
             atexit.register(self._flush_at_exit, os.getpid())
             # multiprocessing children leave through os._exit(), skipping atexit.
             mp_util = sys.modules.get("multiprocessing.util")
@@ -393,14 +345,14 @@ class Client:
             self._wait_for_work()
             self._held_since = time.perf_counter()
             self._warn_of_drops()
-            if self._closing and not self._senders and not self._out_count:
+            if self._closing and not len(self._queue) and not self._out_count:
                 return
             try:
                 self._send_available()
                 backoff = _BACKOFF_MIN
             except LocalProtocolError:  # pragma: no cover - _clean() prevents it
                 log.exception("dropping a batch that cannot be encoded")
-                self._dropped += self._out_count
+                self._dropped_unencodable += self._out_count
                 self._done_with_batch()
                 if self._encoder is not None:
                     self._encoder.forget()  # it numbered values that never left
@@ -417,16 +369,17 @@ class Client:
     def _wait_for_work(self) -> None:
         # Clear, announce we sleep, then re-check: a record that lands in between
         # sets the event, so no wake-up is ever lost.
+        queue = self._queue
         self._wake.clear()
-        self._idle = not self._senders and not self._out_count
-        self._sleeping = True
-        if self._idle and not self._closing:
+        queue.idle = idle = not len(queue) and not self._out_count
+        queue.sleeping = True
+        if idle and not self._closing:
             self._wake.wait()
             self._wake.clear()
-            self._idle = False
-        if not self._closing and len(self._senders) < self._batch_size:
+            queue.idle = False
+        if not self._closing and len(queue) < self._batch_size:
             self._wake.wait(self._flush_interval)  # gather a batch, bounded in delay
-        self._sleeping = False
+        queue.sleeping = False
 
     def _sleep(self, seconds: float) -> None:
         # Only close() cuts a backoff short: flush() and new records wake _wake
@@ -438,26 +391,19 @@ class Client:
     def _take_batch(self, size: int) -> tuple[list[str | None], list[str | None]]:
         # One batch per send, and a pause after it (_PAUSE), so that the worker's
         # own thread waits for the GIL one batch at most. Values are str or None
-        # already. map() calls popleft in C, faster than a comprehension: this runs
-        # while the worker's thread may be waiting (taking and encoding a batch,
-        # median 150 -> 125 µs here; docs/performance.md).
-        calls = operator.call
-        conn_ips = list(map(calls, itertools.repeat(self._conn_ips.popleft, size)))
-        senders = list(map(calls, itertools.repeat(self._senders.popleft, size)))
-        if self._long_sent != self._long_queued:  # some long values wait: free their share
-            self._long_sent += _long_chars(conn_ips) + _long_chars(senders)
-        return conn_ips, senders
+        # already; taken, they are no longer in the queue.
+        return self._queue.take(size)
 
     def _send_available(self) -> None:
         """Write everything queued; raise OSError when the connection fails."""
-        while self._out_count or self._senders:
+        while self._out_count or len(self._queue):
             self._warn_of_drops()  # a burst can keep this loop going for long
             if self._sock is None:
                 self._connect()
             if not self._out_count:
                 # In flight before it leaves the queue, so that flush() never sees an
                 # empty queue and nothing in flight while a batch is being encoded.
-                self._out_count = min(len(self._senders), self._batch_size)
+                self._out_count = min(len(self._queue), self._batch_size)
                 self._batch = self._take_batch(self._out_count)
                 self._room.set()
             if not self._out:
@@ -469,7 +415,7 @@ class Client:
                     self._connect(asking_again=True)
                 self._encode_batch()
             self._write_out()
-            if self._senders:
+            if len(self._queue):
                 self._pause()
 
     def _pause(self) -> None:
@@ -598,6 +544,7 @@ class Client:
         # encoded afresh for it (_keep_unwritten).
         self._encoder = encoder
         self._batch_size = encoder.batch_size(self._batch_asked, DEFAULT_BATCH_SIZE)
+        self._queue.batch_size = self._batch_size
         self._out, self._out_ends, self._written = b"", [], 0
         self._connects += 1
         if self._unreachable.succeeded() or self._connects > 1:
@@ -619,7 +566,7 @@ class Client:
         waiter = threading.get_ident()
         self._waiting.add(waiter)
         try:
-            while self._senders or self._out_count:
+            while len(self._queue) or self._out_count:
                 if self._thread is None:
                     self._start()
                 self._wake.set()
@@ -632,7 +579,7 @@ class Client:
 
     def close(self, timeout: float = DEFAULT_EXIT_TIMEOUT) -> bool:
         """Flush for up to timeout seconds, then stop the thread and close the socket."""
-        flushed = self.flush(timeout) if self._thread is not None else not self._senders
+        flushed = self.flush(timeout) if self._thread is not None else not len(self._queue)
         self._closing = True
         self._stop.set()
         self._wake.set()
@@ -655,10 +602,10 @@ class Client:
 
     def stats(self) -> ClientStats:
         return ClientStats(
-            recorded=self._recorded,
+            recorded=self._queue.recorded,
             sent=self._sent,
-            buffered=len(self._senders) + self._out_count,
-            dropped=self._dropped,
+            buffered=len(self._queue) + self._out_count,
+            dropped=self._dropped(),
             reconnects=max(0, self._connects - 1),
             connected=self._sock is not None,
             message=self._encoder.message if self._encoder is not None else "",
