@@ -59,8 +59,9 @@ DEFAULT_MAX_LONG_CHARS = 256 * 1024
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 1.0
 _SEND_TIMEOUT = 0.5
-#: Between two batches of a backlog, and after a send the socket took only part
-#: of, the flusher sleeps this long without the GIL. A send lets go of the GIL,
+#: Between two batches of a backlog (once it has held the GIL _LONG_HOLD), and
+#: after a send the socket took only part of, the flusher sleeps this long
+#: without the GIL. A send lets go of the GIL,
 #: but for a few microseconds only: the flusher took it back before the worker's
 #: thread, woken for it, could run, and so held it batch after batch for up to
 #: the 5 ms switch interval (traced with perf sched: docs/performance.md).
@@ -389,9 +390,10 @@ class Client:
             self._stop.wait(seconds)
 
     def _take_batch(self, size: int) -> tuple[list[str | None], list[str | None]]:
-        # One batch per send, and a pause after it (_PAUSE), so that the worker's
-        # own thread waits for the GIL one batch at most. Values are str or None
-        # already; taken, they are no longer in the queue.
+        # One batch per send, and a pause after it once the GIL was held long
+        # (_PAUSE, _LONG_HOLD), so that the worker's own thread waits for the GIL
+        # about _LONG_HOLD and one batch at most. Values are str or None already;
+        # taken, they are no longer in the queue.
         return self._queue.take(size)
 
     def _send_available(self) -> None:
@@ -415,7 +417,10 @@ class Client:
                     self._connect(asking_again=True)
                 self._encode_batch()
             self._write_out()
-            if len(self._queue):
+            if len(self._queue) and time.perf_counter() - self._held_since > _LONG_HOLD:
+                # More waits: let the worker's thread have the GIL, if this thread
+                # has held it long. A pause after every batch cost the flusher more
+                # than taking and encoding a batch does in C (docs/performance.md).
                 self._pause()
 
     def _pause(self) -> None:
