@@ -363,7 +363,6 @@ class Client:
                 if self._closing:
                     return
                 log.debug("cannot send to %s: %s", self.socket_path, exc)
-                self._warn_of_drops()
                 self._sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
 
@@ -399,7 +398,9 @@ class Client:
     def _send_available(self) -> None:
         """Write everything queued; raise OSError when the connection fails."""
         while self._out_count or len(self._queue):
-            self._warn_of_drops()  # a burst can keep this loop going for long
+            # A burst, or a stalled daemon (_write_out returns on each send timeout),
+            # can keep this loop going for long: drops may pile up meanwhile.
+            self._warn_of_drops()
             if self._sock is None:
                 self._connect()
             if not self._out_count:
@@ -455,17 +456,17 @@ class Client:
         # If this raises, _written says which frames went whole: _keep_unwritten()
         # keeps the records of the others, to be encoded again for the next
         # connection (the daemon drops a frame cut short), so nothing is lost and
-        # nothing counts twice.
+        # nothing counts twice. On a send timeout (a stalled daemon) it returns with
+        # _out unfinished, and _send_available() calls it again.
         assert self._sock is not None
         view = memoryview(self._out)
         while self._written < len(view):
             try:
                 self._written += self._sock.send(view[self._written :])
-            except TimeoutError:  # a stalled daemon: drops may pile up meanwhile
+            except TimeoutError:
                 if self._closing:
                     raise
-                self._warn_of_drops()
-                continue
+                return
             if self._written < len(view):  # the daemon is behind: each poll() wins the GIL back
                 self._pause()
         self._sent += self._out_count
