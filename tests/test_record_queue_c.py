@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from servertracker import accel, protocol
+from servertracker import accel, protocol, sender_split
 from servertracker.errors import LocalProtocolError
 from servertracker.protocol import encoding
 from servertracker.record_queue import LONG_VALUE, PyRecordQueue, RecordQueue
@@ -293,3 +293,37 @@ def test_a_forked_child_starts_with_an_empty_c_queue(short_tmp: Path) -> None:
 def test_long_value_rule_is_the_same_number_in_c() -> None:
     assert c_module is not None
     assert c_module.LONG_VALUE == LONG_VALUE
+
+
+sender_texts = st.one_of(
+    texts,
+    st.builds(
+        lambda local, domain, form: form.format(local, domain),
+        st.text(max_size=12),
+        st.text(max_size=12),
+        st.sampled_from(["{}@{}", "<{}@{}>", "<{}@{}", "{}@{}>", "{}@@{}", "<@{}:{}>", "{}"]),
+    ),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(st.none(), sender_texts), max_size=40))
+def test_the_c_split_sends_for_each_sender_what_sent_sender_does(
+    senders: list[str | None],
+) -> None:
+    assert c_module is not None
+    assert c_module.sent_senders(senders) == [
+        sender_split.sent_sender(v) if v else v for v in senders
+    ]
+    assert sender_split.sent_senders(senders) == c_module.sent_senders(senders)
+
+
+def test_the_c_split_leaves_other_types_to_the_python_code() -> None:
+    assert c_module is not None
+    assert c_module.sent_senders(["a@b", 7]) is None  # type: ignore[list-item]
+    assert c_module.sent_senders(("a@b",)) is None  # type: ignore[arg-type]
+    assert c_module.sent_senders([Sub("a@b")]) is None
+    assert c_module.sent_senders(["a@" + "b" * 510, "a@" + "b" * 511]) == [
+        "b" * 510,
+        "a@" + "b" * 511,
+    ]

@@ -207,6 +207,7 @@ def test_a_mixed_batch_of_the_usual_forms_is_cut_without_a_call_a_sender(
     batch = ["a@b.example", "<c@d.example>", "e.example", "[192.0.2.1]", "<>", None, "",
              "u@[192.0.2.1]", "<Postmaster@F.Example.>"]  # fmt: skip
     expected = [sent_sender(v) if v else v for v in batch]
+    monkeypatch.setattr(sender_split, "_c_sent_senders", None)  # the Python code's way
     monkeypatch.setattr(sender_split, "sent_sender", None)  # any call a value fails
     assert sent_senders(batch) == expected
     assert expected[:4] == ["b.example", "d.example", "e.example", "[192.0.2.1]"]
@@ -230,6 +231,7 @@ def test_senders_with_more_at_signs_than_senders_go_one_by_one(
         calls.append(len(values))
         return [sent_sender(v) if v else v for v in values]
 
+    monkeypatch.setattr(sender_split, "_c_sent_senders", None)  # the Python code's way
     monkeypatch.setattr(sender_split, "_one_by_one", one_by_one)
     assert sent_senders(batch) == expected
     assert calls == [1024]

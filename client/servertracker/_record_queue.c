@@ -1,5 +1,6 @@
-/* The worker library's hot path in C: record_queue.py's RecordQueue, and the
- * columns frame of a batch (protocol/encoding.py's encode_columns).
+/* The worker library's hot path in C: record_queue.py's RecordQueue, the
+ * columns frame of a batch (protocol/encoding.py's encode_columns), and what a
+ * worker sends for its senders (sender_split.py's sent_senders).
  *
  * Optional: record_queue.py and protocol/encoding.py use it when it is built and
  * fall back to their pure-Python code otherwise (or when SERVERTRACKER_PURE is
@@ -23,6 +24,7 @@
  * record_queue.py's LONG_VALUE; record_queue.py checks that they agree. */
 #define MAX_MESSAGE_SIZE (1024 * 1024)
 #define MAX_PAIRS 65536
+#define MAX_VALUE_LENGTH 512
 #define LONG_VALUE 64
 #define FIRST_CAPACITY 1024
 
@@ -641,9 +643,89 @@ encode_columns(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
     return frame;
 }
 
+/* --- what a worker sends for a sender ------------------------------------------ */
+
+/* Not space, "<", ">" nor "@": the pattern's [^\s<>@] (re's \s is str.isspace()). */
+static int
+plain(Py_UCS4 c)
+{
+    return c != '<' && c != '>' && c != '@' && !Py_UNICODE_ISSPACE(c);
+}
+
+/* sender_split.sent_sender(value) for a str: the domain part of "local@domain" or
+ * "<local@domain>" (no space, angle bracket or other "@" in them, within
+ * MAX_VALUE_LENGTH), else the value itself. A new reference. */
+static PyObject *
+sent_sender(PyObject *value)
+{
+    Py_ssize_t length = PyUnicode_GET_LENGTH(value);
+    if (length == 0 || length > MAX_VALUE_LENGTH) {
+        return Py_NewRef(value);
+    }
+    int kind = PyUnicode_KIND(value);
+    const void *data = PyUnicode_DATA(value);
+    Py_ssize_t start = 0, end = length, at = -1;
+    if (PyUnicode_READ(kind, data, 0) == '<') {
+        if (length < 2 || PyUnicode_READ(kind, data, length - 1) != '>') {
+            return Py_NewRef(value);
+        }
+        start = 1;
+        end = length - 1;
+    }
+    for (Py_ssize_t i = start; i < end; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c == '@') {
+            if (at >= 0) {
+                return Py_NewRef(value);
+            }
+            at = i;
+        }
+        else if (!plain(c)) {
+            return Py_NewRef(value);
+        }
+    }
+    if (at <= start || at >= end - 1) { /* no "@", or no local part, or no domain */
+        return Py_NewRef(value);
+    }
+    return PyUnicode_Substring(value, at + 1, end);
+}
+
+/* sent_senders(values): [sent_sender(v) if v else v for v in values] for a list of
+ * str or None, or None for anything else (the Python code decides). */
+static PyObject *
+sent_senders(PyObject *Py_UNUSED(module), PyObject *values)
+{
+    if (!PyList_CheckExact(values)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(values);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *value = PyList_GET_ITEM(values, i);
+        if (value != Py_None && !PyUnicode_CheckExact(value)) {
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *sent = PyList_New(count);
+    if (sent == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *value = PyList_GET_ITEM(values, i);
+        PyObject *part = value == Py_None ? Py_NewRef(value) : sent_sender(value);
+        if (part == NULL) {
+            Py_DECREF(sent);
+            return NULL;
+        }
+        PyList_SET_ITEM(sent, i, part);
+    }
+    return sent;
+}
+
 static PyMethodDef module_methods[] = {
     {"encode_columns", (PyCFunction)(void (*)(void))encode_columns, METH_FASTCALL,
      "encode_columns(conn_ips, senders): a columns frame, or None (see the source)."},
+    {"sent_senders", (PyCFunction)sent_senders, METH_O,
+     "sent_senders(values): sender_split.sent_senders() for a list of str or None, or None."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -667,7 +749,8 @@ PyInit__record_queue(void)
     }
     if (PyModule_AddIntConstant(m, "LONG_VALUE", LONG_VALUE) < 0 ||
         PyModule_AddIntConstant(m, "MAX_MESSAGE_SIZE", MAX_MESSAGE_SIZE) < 0 ||
-        PyModule_AddIntConstant(m, "MAX_PAIRS", MAX_PAIRS) < 0) {
+        PyModule_AddIntConstant(m, "MAX_PAIRS", MAX_PAIRS) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_VALUE_LENGTH", MAX_VALUE_LENGTH) < 0) {
         Py_DECREF(m);
         return NULL;
     }

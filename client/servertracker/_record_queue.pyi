@@ -7,6 +7,7 @@ from typing import Any, Final
 LONG_VALUE: Final[int]
 MAX_MESSAGE_SIZE: Final[int]
 MAX_PAIRS: Final[int]
+MAX_VALUE_LENGTH: Final[int]
 
 class RecordQueue:
     batch_size: int
@@ -48,3 +49,4 @@ class RecordQueue:
 def encode_columns(
     conn_ips: Sequence[str | None], senders: Sequence[str | None]
 ) -> bytes | None: ...
+def sent_senders(values: list[str | None]) -> list[str | None] | None: ...
