@@ -110,21 +110,17 @@ queue_init(RecordQueue *self, PyObject *args, PyObject *kwargs)
                                      &max_long_chars, &batch_size, &wake, &start, &clean, &cut)) {
         return -1;
     }
-    if (self->ips != NULL) {
+    if (self->wake != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "RecordQueue initialised twice");
         return -1;
     }
     self->max_buffered = max_buffered;
     self->max_long_chars = max_long_chars;
     self->batch_size = batch_size;
-    Py_INCREF(wake);
-    self->wake = wake;
-    Py_INCREF(start);
-    self->start = start;
-    Py_INCREF(clean);
-    self->clean = clean;
-    Py_INCREF(cut);
-    self->cut = cut;
+    self->wake = Py_NewRef(wake);
+    self->start = Py_NewRef(start);
+    self->clean = Py_NewRef(clean);
+    self->cut = Py_NewRef(cut);
     self->idle = 1;
     return 0;
 }
