@@ -45,7 +45,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench._support import BenchDaemon, arguments, table
-from bench.compare import (
+from bench.profile import py_spy
+from bench.workload import (
     FORMS,
     PER_WORKER,
     WORKERS,
@@ -54,7 +55,6 @@ from bench.compare import (
     fork_workers,
     loadavg,
 )
-from bench.profile import py_spy
 from servertracker import protocol
 from servertracker.batch_encoder import INTERNED_BATCH_SIZE
 from servertracker.recorder import DEFAULT_BATCH_SIZE

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench._support import BenchDaemon, arguments, table
-from bench.compare import distinct_counts, loadavg
+from bench.workload import distinct_counts, loadavg
 
 ATTRIBUTES = (
     "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"

@@ -65,7 +65,7 @@ from types import TracebackType
 from typing import Any
 
 from bench._support import BenchDaemon, arguments, percentile, summary, table
-from bench.compare import FORMS, loadavg, sender
+from bench.workload import FORMS, loadavg, sender
 from servertracker import Client
 
 CALLS = 200_000
