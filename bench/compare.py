@@ -62,11 +62,14 @@ marked "optional"):
   each connection IP's and each domain part's digest (keyed by hash(), 131,072
   entries a dict, cleared when full, as trackerd's worker tables), and sends one
   multi-member SADD per category and one INCRBY of the records count (trackerd
-  counts records too) per 1,000 records, written as RESP bytes, pipelined (it
-  reads the replies at the end, parsed by hiredis, and checks each).
-- ``redis-waits`` (optional): the same, waiting for each 1,000 records'
-  replies before hashing the next (this competitor until 2026-11-26's bench
-  work: the before of the pipelining).
+  counts records too) per 1,000 records, written as RESP bytes; a digest its
+  memo holds was sent already, so a repeat is not sent again (SADD would change
+  nothing; its record still counts); pipelined (it reads the replies at the end,
+  parsed by hiredis, and checks each).
+- ``redis-repeats`` (optional): the same, sending every record's digests.
+- ``redis-waits`` (optional): the same as redis-repeats, waiting for each
+  1,000 records' replies before hashing the next: this competitor until
+  2026-11-26's bench work, the "before" of the two changes.
 - ``naive``: bench/naive_daemon.py, a batched asyncio daemon in 100 lines speaking
   the same protocol (what a quick prototype would be). It lists the ``columns``
   feature, so workers send it the message format a prototype would use today; it
@@ -156,7 +159,8 @@ TRACKERD = {
 #: The others, run once in this tree's default process: key -> row name.
 OTHERS = {
     "redis": "redis (b) best use",
-    "redis-waits": "redis (b), waits for each slice's replies",
+    "redis-repeats": "redis (b), resends repeats",
+    "redis-waits": "redis (b), resends repeats, waits for replies",
     "naive": "naive anyio daemon",
     "alone": WORKERS_ALONE,
 }
@@ -239,7 +243,8 @@ RUNS: dict[str, Callable[[Workload], Run]] = {
     "no-windows": lambda load: run_protocol_daemon(load, ("--windows", "none")),
     "small-table": lambda load: run_protocol_daemon(load, table_entries=SMALL_TABLE),
     "redis": run_redis,
-    "redis-waits": lambda load: run_redis(load, WAITS),
+    "redis-repeats": lambda load: run_redis(load, repeats=True),
+    "redis-waits": lambda load: run_redis(load, WAITS, repeats=True),
     "naive": lambda load: run_protocol_daemon(load, command=NAIVE),
     "alone": run_workers_alone,
 }
