@@ -118,11 +118,13 @@ from bench._support import BenchDaemon, arguments, table
 from bench.redis_best import WAITS, hiredis_available, run_redis
 from bench.seed_design import run_seed_design, seed_directory
 from bench.trees import (
+    C_PATH,
     Description,
     Tree,
     TreeProcess,
     baseline_tree,
     describe,
+    extensions_mapped,
     this_tree,
 )
 from bench.workload import (
@@ -210,7 +212,7 @@ def run_protocol_daemon(
         got = (status.unique_conn_ips, status.unique_domains, status.unique_ip_servers)
         assert got == load.distinct, f"counted {got}, expected {load.distinct}"
         assert status.records == load.total, f"{status.records} records"
-        return Run(elapsed, cpu, worker_cpu)
+        return Run(elapsed, cpu, worker_cpu, extensions_mapped(daemon.process.pid))
     finally:
         daemon.stop()
 
@@ -270,7 +272,7 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
             gc.collect()
             gc.freeze()
         run = RUNS[key](_load)
-    return {"seconds": run.seconds, "server_cpu": run.server_cpu, "worker_cpu": run.worker_cpu}
+    return vars(run)
 
 
 # --- the run: who runs where ------------------------------------------------------------
@@ -364,9 +366,22 @@ def tree_lines(described: dict[Tree, Description]) -> list[str]:
     return lines
 
 
+def check_path(row: Entrant, run: Run, about: Description) -> None:
+    """Fail at once, not after the whole run, if a daemon ran other code than its row
+    says: an extension module from another tree, or one on the pure-Python path."""
+    loaded = run.server_extensions or []
+    alien = [file for file in loaded if not Path(file).is_relative_to(row.tree.root)]
+    if alien or (loaded and about.path != C_PATH):
+        raise RuntimeError(
+            f"{row.name}: its daemon loaded {', '.join(loaded)}, but the row is "
+            f"{row.tree.root}'s {about.path} path"
+        )
+
+
 def measure(
     forms: list[str],
     rows: list[Entrant],
+    described: dict[Tree, Description],
     rounds: int,
     per_worker: int,
     seed_records: int,
@@ -377,8 +392,7 @@ def measure(
     def call(tree: Tree, request: dict[str, Any]) -> Run:
         if tree not in processes:
             processes[tree] = TreeProcess(tree, "bench.compare", "serve")
-        got = processes[tree].call(request)
-        return Run(got["seconds"], got["server_cpu"], got["worker_cpu"])
+        return Run(**processes[tree].call(request))
 
     runs: dict[str, dict[str, list[Run]]] = {f: {row.name: [] for row in rows} for f in forms}
     seed_runs: list[Run] = []
@@ -395,6 +409,7 @@ def measure(
                         "distinct": distinct,
                     }
                     result = call(row.tree, request)
+                    check_path(row, result, described[row.tree])
                     runs[form][row.name].append(result)
                     print(
                         f"{form:14} round {number + 1}  {row.name:40} {result.seconds:6.2f} s",
@@ -477,6 +492,7 @@ def results(
                 "seconds": [r.seconds for r in got],
                 "server_cpu_seconds": [r.server_cpu for r in got],
                 "worker_cpu_seconds": [r.worker_cpu for r in got],
+                "daemon_extensions": sorted({f for r in got for f in r.server_extensions or []}),
                 "median_seconds": seconds,
                 "records_per_second": total / seconds,
                 "server_cpu_us_per_record": server_us,
@@ -598,7 +614,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(line)
     load_before = loadavg()
     print(f"load average before: {load_before}", flush=True)
-    runs, seed_runs = measure(forms, rows, args.rounds, args.per_worker, args.seed_records)
+    runs, seed_runs = measure(
+        forms, rows, described, args.rounds, args.per_worker, args.seed_records
+    )
     load_after = loadavg()
     table_rows, per_form = results(forms, rows, runs, seed_runs, args.per_worker, args.seed_records)
     heading = (
