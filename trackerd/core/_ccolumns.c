@@ -34,6 +34,12 @@ static const uint64_t MARKS[4] = {0, 0, 0x2545F4914F6CDD1DULL, 0x5851F42D4C957F2
 /* Rows at most: 2^28 rows of 4 slots, 8 GiB. */
 #define MAX_ROWS (1ULL << 28)
 
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH(address) __builtin_prefetch(address)
+#else
+#define PREFETCH(address) ((void)(address))
+#endif
+
 /* --- SipHash-1-3 (Aumasson and Bernstein; CPython's choice for str hashes) ---- */
 
 #define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
@@ -220,18 +226,19 @@ fill_empty(Table *self)
 static int
 Table_init(Table *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"slots", "key", "split", NULL};
+    static char *kwlist[] = {"slots", "key", "empty", "split", NULL};
     Py_ssize_t slots;
     Py_buffer key;
+    unsigned long long empty;
     int split = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ny*|p", kwlist, &slots, &key, &split))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ny*K|p", kwlist, &slots, &key, &empty, &split))
         return -1;
-    if (key.len != 40) {
+    if (key.len != 32) {
         PyBuffer_Release(&key);
-        PyErr_SetString(PyExc_ValueError, "the key must be 40 bytes");
+        PyErr_SetString(PyExc_ValueError, "the key must be 32 bytes");
         return -1;
     }
-    uint64_t words[5];
+    uint64_t words[4];
     memcpy(words, key.buf, sizeof words);
     PyBuffer_Release(&key);
     if (slots < 1) {
@@ -259,7 +266,7 @@ Table_init(Table *self, PyObject *args, PyObject *kwds)
     self->key[1] = words[1];
     self->part_key[0] = words[2];
     self->part_key[1] = words[3];
-    self->empty = words[4];
+    self->empty = empty;
     memset(words, 0, sizeof words);
     self->split = split;
     fill_empty(self);
@@ -318,11 +325,19 @@ Table_look_up(Table *self, PyObject *values)
         goto fail;
     unsigned char *key_bytes = (unsigned char *)PyBytes_AS_STRING(keys);
     char *code_bytes = PyByteArray_AS_STRING(codes);
+    /* Two passes: the keys first, each one's row asked of memory at once (a row is
+     * one random access into MiBs, mostly a cache miss), then the rows read; the
+     * misses overlap instead of following one another. */
     for (Py_ssize_t i = 0; i < n; i++) {
         uint64_t key;
         if (key_of(self, items[i], &key) < 0)
             goto fail;
         memcpy(key_bytes + 8 * i, &key, 8);
+        PREFETCH(self->slots + (key & self->mask) * WAYS);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t key;
+        memcpy(&key, key_bytes + 8 * i, 8);
         code_bytes[i] = (char)code_of(self, key);
     }
     Py_DECREF(seq);
@@ -466,7 +481,8 @@ static PyGetSetDef Table_getset[] = {
 static PyTypeObject TableType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "trackerd.core._ccolumns.Table",
-    .tp_doc = PyDoc_STR("Table(slots, key, split=False): keyed hash of a raw value -> its code."),
+    .tp_doc = PyDoc_STR("Table(slots, key, empty, split=False): keyed hash of a raw value -> its code.\n"
+                       "key: 32 random bytes (two SipHash keys); empty: a random 64-bit mark."),
     .tp_basicsize = sizeof(Table),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,

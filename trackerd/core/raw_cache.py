@@ -177,7 +177,9 @@ class CRawCache:
         """``split``: key the usual senders by their domain part (the raw senders' cache)."""
         assert _ccolumns is not None, "built only when the extension loaded (new_raw_cache)"
         # Two SipHash keys (whole values, domain parts) and the empty slots' mark.
-        table = cast("Table", _ccolumns.Table(slots, secrets.token_bytes(40), split))
+        key, empty = secrets.token_bytes(32), secrets.randbits(64)
+        table = cast("Table", _ccolumns.Table(slots, key, empty, split))
+        del key
         self._table = table
         self.key: Callable[[str | None], int] = table.key
         self.code: Callable[[int], int] = table.code
