@@ -12,6 +12,7 @@ from setuptools import Extension, setup
 #: Import name -> C sources. One line each.
 C_EXTENSIONS: dict[str, list[str]] = {
     "trackerd.core._ccolumns": ["trackerd/core/_ccolumns.c"],
+    "servertracker._record_queue": ["client/servertracker/_record_queue.c"],
 }
 
 #: Warnings on; C99 or later without GNU extensions, so what compiles here compiles

@@ -12,6 +12,7 @@ extension is not built (or SERVERTRACKER_PURE_PYTHON is set): CI runs both.
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from pathlib import Path
@@ -27,9 +28,20 @@ from servertracker.protocol import encoding
 from servertracker.record_queue import LONG_VALUE, PyRecordQueue, RecordQueue
 from servertracker.recorder import Client
 from servertracker.value_cut import clean, cut
+from tests.test_accel import compiler_and_headers
 
-c_module = accel.load("servertracker._record_queue")
-pytestmark = pytest.mark.skipif(c_module is None, reason="the C extension is not built")
+EXTENSION = "servertracker._record_queue"
+c_module = accel.load(EXTENSION)
+needs_c = pytest.mark.skipif(c_module is None, reason="the C extension is not built")
+
+
+def test_the_extension_is_built_where_a_compiler_is() -> None:
+    """As tests/test_accel.py's for trackerd's: CI has gcc and the headers, so a
+    build without this module would skip every test here unnoticed."""
+    if not compiler_and_headers():
+        pytest.skip("no C compiler or Python headers here: the pure-Python path runs")
+    importlib.import_module(EXTENSION)  # whatever SERVERTRACKER_PURE_PYTHON says
+
 
 SENDER_FORMS = [
     "mail7.example.com",
@@ -142,6 +154,7 @@ operations = st.lists(
     st.integers(1, 6),
     operations,
 )
+@needs_c
 def test_the_c_queue_queues_counts_and_drops_as_the_pure_one(
     max_buffered: int, max_long_chars: int, batch_size: int, ops: list[tuple[Any, ...]]
 ) -> None:
@@ -169,6 +182,7 @@ def test_the_c_queue_queues_counts_and_drops_as_the_pure_one(
         assert all(v is None or (type(v) is str and len(v) <= limit) for v in column)
 
 
+@needs_c
 def test_the_c_queue_takes_keyword_arguments_as_record_server_does() -> None:
     (c_queue, _), (py_queue, _) = queues(10, 1000, 5)
     for queue in (c_queue, py_queue):
@@ -183,6 +197,7 @@ def test_the_c_queue_takes_keyword_arguments_as_record_server_does() -> None:
     assert c_queue.snapshot() == py_queue.snapshot()
 
 
+@needs_c
 def test_the_c_queue_swallows_errors_of_its_callbacks_but_not_an_interrupt() -> None:
     def fails() -> None:
         raise RuntimeError("flusher cannot start")
@@ -199,6 +214,7 @@ def test_the_c_queue_swallows_errors_of_its_callbacks_but_not_an_interrupt() -> 
         queue.record("192.0.2.1", "a@b.example")
 
 
+@needs_c
 def test_the_c_queue_grows_wraps_and_gives_values_back_in_order() -> None:
     (c_queue, _), (py_queue, _) = queues(100_000, 0, 512)
     for round_ in range(5):
@@ -215,6 +231,7 @@ def test_the_c_queue_grows_wraps_and_gives_values_back_in_order() -> None:
 column = st.lists(st.one_of(st.none(), texts, texts.map(Sub), st.integers()), max_size=70)
 
 
+@needs_c
 @settings(max_examples=300, deadline=None)
 @given(column, column)
 def test_the_c_columns_frame_is_the_pure_one_byte_for_byte(
@@ -242,6 +259,7 @@ def test_the_c_columns_frame_is_the_pure_one_byte_for_byte(
         ([True], [1.5]),
     ],
 )
+@needs_c
 def test_the_c_columns_frame_at_the_limits(conn_ips: Any, senders: Any) -> None:
     assert _encoded(conn_ips, senders, c=True) == _encoded(conn_ips, senders, c=False)
 
@@ -259,6 +277,7 @@ def _encoded(conn_ips: Any, senders: Any, *, c: bool) -> bytes | str:
         encoding._c_encode_columns = saved
 
 
+@needs_c
 def test_a_forked_child_starts_with_an_empty_c_queue(short_tmp: Path) -> None:
     """Fork safety in C as in Python: the child's queue is its own and empty, and the
     parent's records stay the parent's."""
@@ -290,6 +309,7 @@ def test_a_forked_child_starts_with_an_empty_c_queue(short_tmp: Path) -> None:
     client.close(0)
 
 
+@needs_c
 def test_long_value_rule_is_the_same_number_in_c() -> None:
     assert c_module is not None
     assert c_module.LONG_VALUE == LONG_VALUE
@@ -306,6 +326,7 @@ sender_texts = st.one_of(
 )
 
 
+@needs_c
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.one_of(st.none(), sender_texts), max_size=40))
 def test_the_c_split_sends_for_each_sender_what_sent_sender_does(
@@ -318,6 +339,7 @@ def test_the_c_split_sends_for_each_sender_what_sent_sender_does(
     assert sender_split.sent_senders(senders) == c_module.sent_senders(senders)
 
 
+@needs_c
 def test_the_c_split_leaves_other_types_to_the_python_code() -> None:
     assert c_module is not None
     assert c_module.sent_senders(["a@b", 7]) is None  # type: ignore[list-item]

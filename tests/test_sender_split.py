@@ -8,6 +8,8 @@ tricky inputs and on generated ones, and show that the usual forms are cut.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -61,6 +63,20 @@ ODD_SENDERS = [
 ]
 FORMS = [template.format(domain) for template in TEMPLATES for domain, _ in SENDER_DOMAIN_PARTS]
 FORMS += ODD_SENDERS
+
+
+@pytest.fixture(scope="module", params=["C", "Python"], autouse=True)
+def split_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test twice: sent_senders() in C (when built) and its Python code."""
+    c_split = sender_split._c_sent_senders
+    if request.param == "C" and c_split is None:
+        pytest.skip("the C extension is not built, or turned off")
+    if request.param == "Python":
+        sender_split._c_sent_senders = None
+    try:
+        yield request.param
+    finally:
+        sender_split._c_sent_senders = c_split
 
 
 @pytest.mark.parametrize("value", FORMS)
