@@ -27,14 +27,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from servertracker import protocol
+from servertracker import protocol, record_queue
 from servertracker.batch_encoder import DEFAULT_TABLE_ENTRIES, BatchEncoder, load_value_tables
 from servertracker.client_arguments import seconds, whole
 from servertracker.flusher import _SEND_TIMEOUT, DEFAULT_BATCH_SIZE, Flusher
 from servertracker.hash_keys import hash_is_secret
 from servertracker.paths import resolve_socket_path
 from servertracker.reachability import DropWarning, UnreachableWarning
-from servertracker.record_queue import LONG_VALUE, new_queue
+from servertracker.record_queue import LONG_VALUE
 from servertracker.value_cut import clean as _clean
 from servertracker.value_cut import cut
 
@@ -131,7 +131,7 @@ class Client(Flusher):
         self._wake = threading.Event()
         self._stop = threading.Event()  # set by close(): ends a backoff at once
         # record_server()'s queue and drop rules (record_queue.py, in C when built).
-        self._queue = new_queue(
+        self._queue = record_queue.new_queue(
             self._max_buffered,
             self._max_long_chars,
             self._batch_size,
