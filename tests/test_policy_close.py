@@ -258,6 +258,13 @@ def test_a_fault_in_one_connection_closes_it_alone_and_logs_no_input(
         "        raise ValueError(bytes(data).decode())\n"
         "    return received(self, data)\n"
         "p.PolicySession.received = faulty\n"
+        # A read that is one whole request goes to took() when the C loop runs.
+        "took = p.PolicySession.took\n"
+        "def faulty_took(self, request):\n"
+        "    if 'fault.example' in (request[1] or ''):\n"
+        "        raise ValueError(request[1])\n"
+        "    return took(self, request)\n"
+        "p.PolicySession.took = faulty_took\n"
     )
     daemon, path = start(make_daemon, short_tmp, prelude=prelude)
     assert daemon.process is not None
