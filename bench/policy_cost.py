@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench._support import BenchDaemon, arguments, table
-from bench.compare import distinct_counts, loadavg
+from bench.trees import baseline_tree, this_tree
+from bench.workload import distinct_counts, loadavg
 
 ATTRIBUTES = (
     "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
@@ -140,21 +141,18 @@ FLOORS = [
 ]
 
 
-def competitors(baselines: list[Path], floor: bool) -> list[Competitor]:
-    """The baselines (if any) first, in their order, and this tree last; the floors,
-    if asked for, between."""
-    # -P: the current directory (a checkout, maybe) must not come first on sys.path.
-    this = Competitor("this tree", [sys.executable, "-P", "-m", "trackerd"])
-    others = []
-    for baseline in baselines:
-        path = f"{baseline.resolve()}:{baseline.resolve() / 'client'}"
-        # PYTHONPATH comes before the editable install's path entries.
-        others.append(
-            Competitor(
-                f"baseline ({baseline})",
-                ["env", f"PYTHONPATH={path}", sys.executable, "-P", "-m", "trackerd"],
-            )
-        )
+def competitors(baselines: list[Path], floor: bool, pure: bool = False) -> list[Competitor]:
+    """The baselines (if any) first, in their order, and this tree last (on the
+    pure-Python path just before it, if asked for); the floors, if asked for, between."""
+    # bench.trees: PYTHONPATH and -P (else a checkout in the current directory is run).
+    this = Competitor("this tree", this_tree().trackerd_command())
+    others = [
+        Competitor(f"baseline ({baseline})", baseline_tree(baseline).trackerd_command())
+        for baseline in baselines
+    ]
+    if pure:
+        tree = this_tree(pure=True)
+        others.append(Competitor(f"this tree{tree.name()}", tree.trackerd_command()))
     return [*others, *FLOORS, this] if floor else [*others, this]
 
 
@@ -308,6 +306,11 @@ def main() -> None:
     )
     parser.add_argument("--profile", metavar="PREFIX", help="one more round each under py-spy")
     parser.add_argument(
+        "--pure",
+        action="store_true",
+        help="also run this tree on the pure-Python path (its C extension turned off)",
+    )
+    parser.add_argument(
         "--floor",
         action="store_true",
         help="also run bench.policy_floor's floors (asyncio, a thread's epoll)",
@@ -321,7 +324,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     gap = args.gap / 1000
-    entrants = competitors(args.baseline, args.floor)
+    entrants = competitors(args.baseline, args.floor, args.pure)
     for competitor in entrants:
         if not competitor.floor:
             print(f"{competitor.name}: {where(competitor)}")
@@ -380,7 +383,7 @@ def main() -> None:
         )
     )
     new = statistics.median(r.cpu_us for r in results[entrants[-1].name])
-    for competitor in entrants[: len(args.baseline)]:
+    for competitor in entrants[: len(args.baseline) + args.pure]:
         old = statistics.median(r.cpu_us for r in results[competitor.name])
         print(f"this tree uses {new / old:.2f} times the CPU per request of {competitor.name}")
 
