@@ -74,7 +74,6 @@ HANDOVER_DELAY = 0.02
 #: How long an exiting thread is waited for, in seconds.
 JOIN_TIMEOUT = 5.0
 
-Pair = tuple[str | None, str | None]
 #: Tracker.record_columns(conn_ips, senders, deadline): how many pairs it counted.
 Record = Callable[[Sequence[str | None], Sequence[str | None], float], int]
 
@@ -100,14 +99,20 @@ class Handover:
     The loop's flush() counts the oldest pairs for SLICE_SECONDS at most (the
     Tracker's deadline), and goes on in its next turn until none is left: costly
     values (255-character senders, say) cannot hold the loop for the whole queue.
-    settle(), before a status snapshot, counts every pair queued by then. The
-    thread appends on the right, the loop alone takes from the left: each step on
-    the shared state is one operation under the interpreter lock."""
+    settle(), before a status snapshot, counts every pair queued by then.
+
+    The pairs wait as two columns, the form record_columns() takes, so that a
+    slice is two list slices and no Python code runs per pair. The thread appends
+    at the end (the connection IP first, then the sender: a pair is complete once
+    its sender is there), the loop alone removes from the front, and only pairs
+    complete when the slice begins (len of the senders): each step on the shared
+    lists is one operation under the interpreter lock."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, record: Record) -> None:
         self._loop = loop
         self._record = record
-        self._pairs: collections.deque[Pair] = collections.deque()
+        self._conn_ips: list[str | None] = []
+        self._senders: list[str | None] = []
         # The thread's: when the oldest pair not yet asked for was queued.
         self._since: float | None = None
         # A flush is scheduled in the loop and has not begun.
@@ -126,18 +131,19 @@ class Handover:
 
     def put(self, conn_ip: str | None, sender: str | None) -> None:
         """The thread's: queue one pair to record."""
-        self._pairs.append((conn_ip, sender))
+        self._conn_ips.append(conn_ip)
+        self._senders.append(sender)  # last: the pair is complete
         if self._since is None:
             self._since = monotonic()
 
     @property
     def full(self) -> bool:
-        return len(self._pairs) >= MAX_QUEUED
+        return len(self._senders) >= MAX_QUEUED
 
     @property
     def waiting(self) -> bool:
         """Whether any pair waits to be counted."""
-        return bool(self._pairs)
+        return bool(self._senders)
 
     def hand_over(self, now: float, force: bool = False) -> float:
         """The thread's: ask the loop for a flush if one is due; the seconds until
@@ -145,7 +151,7 @@ class Handover:
         since = self._since
         if since is None:
             return math.inf
-        if force or now - since >= HANDOVER_DELAY or len(self._pairs) >= BATCH:
+        if force or now - since >= HANDOVER_DELAY or len(self._senders) >= BATCH:
             self._since = None
             if not self._asked:
                 self._asked = True
@@ -165,7 +171,7 @@ class Handover:
     def _go_on(self) -> None:
         self._going_on = False
         self.count_slice()
-        if self._pairs:
+        if self._senders:
             self._going_on = True
             self._loop.call_soon(self._go_on)
 
@@ -173,7 +179,7 @@ class Handover:
         """The event loop's, before a status snapshot: count every pair queued by
         now (so every request answered before it), a slice at a time, the loop let
         go in between. Pairs queued meanwhile wait for flush()."""
-        target = self.counted + len(self._pairs)
+        target = self.counted + len(self._senders)
         while self.counted < target:
             self.count_slice()
             if self.counted < target:
@@ -182,22 +188,22 @@ class Handover:
     def count_slice(self) -> None:
         """The event loop's: count the oldest pairs, for SLICE_SECONDS at most (one
         pair at least); the thread reads again once none is left."""
-        pairs = self._pairs
-        take = min(self._size, len(pairs))
+        conn_ips, senders = self._conn_ips, self._senders
+        take = min(self._size, len(senders))  # complete pairs only
         if take:
-            popleft = pairs.popleft
-            batch = [popleft() for _ in range(take)]
-            conn_ips, senders = zip(*batch, strict=True)
-            done = self._record(conn_ips, senders, time.perf_counter() + SLICE_SECONDS)
+            done = self._record(
+                conn_ips[:take], senders[:take], time.perf_counter() + SLICE_SECONDS
+            )
+            del conn_ips[:done]
+            del senders[:done]  # the rest stays first, in its order
             self.counted += done
-            if done < take:  # the rest goes back first, in its order
-                pairs.extendleft(reversed(batch[done:]))
+            if done < take:
                 self._size = max(MIN_SLICE, 2 * done)
             elif take == self._size:
                 self._size = min(MAX_SLICE, 2 * take)
         # After the queue is seen empty: a thread that wants room from now on sees
         # it empty too (PolicyLoop._wait_for_room).
-        if self.want_room and not pairs:
+        if self.want_room and not senders:
             self.want_room = False
             self.wake_thread()
 
