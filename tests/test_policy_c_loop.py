@@ -13,13 +13,17 @@ those that did not take the reply whole.
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from bench.policy_cost import ATTRIBUTES
+from tests.conftest import Daemon
 from trackerd.core.policy_protocol import (
     DUNNO_RESPONSE,
     MAX_ATTRIBUTES,
@@ -30,7 +34,6 @@ from trackerd.core.policy_protocol import (
 from trackerd.edges import policy_loop
 
 c_loop = policy_loop._cpolicy_loop
-pytestmark = pytest.mark.skipif(c_loop is None, reason="the C extension is not built")
 
 NAMES = tuple(name.encode("ascii") for name in USED_ATTRIBUTES)
 
@@ -64,6 +67,8 @@ class Harness:
 
 @pytest.fixture
 def harness() -> Iterator[Harness]:
+    if c_loop is None:
+        pytest.skip("the C extension is not built")
     h = Harness()
     yield h
     h.close()
@@ -169,3 +174,78 @@ def test_reply_names_the_connections_that_did_not_take_it_whole(harness: Harness
     assert fine_peer.recv(100) == DUNNO_RESPONSE
     assert 0 <= troubles[full.fileno()] < len(DUNNO_RESPONSE)
     assert troubles[closed.fileno()] == -errno.EPIPE
+
+
+# --- the daemon on each path ------------------------------------------------------------
+
+PURE_PYTHON_VARIABLE = "SERVERTRACKER_PURE_PYTHON"
+
+
+def mixed_stream() -> list[bytes]:
+    """What each connection sends, read by read: whole requests (the C loop's), two
+    in one read, one in pieces, CRLF, a name given twice, undecodable bytes, repeated
+    recipients of one message, a request without instance."""
+    reads = [request(n) for n in range(20)]
+    reads.append(request(20) + request(21))
+    whole = request(22)
+    reads += [whole[:50], whole[50:300], whole[300:]]
+    reads.append(request(23).replace(b"\n", b"\r\n"))
+    reads.append(request(24)[:-1] + b"sender=<late@dup.example>\n\n")
+    reads.append(request(25).replace(b"sender=<", b"sender=<\xff"))
+    reads += [request(26)] * 3  # one message, three recipients: recorded once
+    reads.append(b"client_address=192.0.2.99\nsender=x@noinstance.example\n\n")
+    return reads
+
+
+def run_on(
+    make_daemon: Callable[..., Daemon], short_tmp: Path, pure: bool
+) -> tuple[tuple[int, ...], bytes]:
+    env = {k: v for k, v in os.environ.items() if k != PURE_PYTHON_VARIABLE}
+    if pure:
+        env[PURE_PYTHON_VARIABLE] = "1"
+    name = "pure" if pure else "c"
+    path = short_tmp / f"{name}.sock"
+    daemon = make_daemon(name, extra_args=["--postfix-policy-socket", str(path)], env=env).start()
+    answers = b""
+    reads = mixed_stream()
+    for _ in range(2):  # two connections, one after the other, the same stream
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            sock.connect(str(path))
+            for data in reads:
+                sock.sendall(data)
+                expected = data.count(b"\n\n") + data.count(b"\r\n\r\n")
+                if expected:
+                    got = b""
+                    while len(got) < expected * len(DUNNO_RESPONSE):
+                        chunk = sock.recv(4096)
+                        assert chunk, "closed"
+                        got += chunk
+                    answers += got
+                else:
+                    time.sleep(0.01)  # a piece: let the daemon read it alone
+            # A malformed request closes the connection without an answer.
+            sock.sendall(b"=no name\n\n")
+            assert sock.recv(100) == b""
+    status = daemon.status()
+    health = status.health
+    assert health is not None
+    counts = (
+        status.records,
+        status.unique_conn_ips,
+        status.unique_domains,
+        status.rejected_senders,
+        health.protocol_errors.get("policy", 0),
+    )
+    return counts, answers
+
+
+def test_the_daemon_answers_and_counts_alike_on_both_paths(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    c_counts, c_answers = run_on(make_daemon, short_tmp, pure=False)
+    pure_counts, pure_answers = run_on(make_daemon, short_tmp, pure=True)
+    assert c_answers == pure_answers == DUNNO_RESPONSE * (2 * 30)
+    assert c_counts == pure_counts
+    assert c_counts[0] == 2 * 28  # 30 requests a connection, 2 repeated recipients
+    assert c_counts[4] == 2
