@@ -62,11 +62,14 @@ marked "optional"):
   each connection IP's and each domain part's digest (keyed by hash(), 131,072
   entries a dict, cleared when full, as trackerd's worker tables), and sends one
   multi-member SADD per category and one INCRBY of the records count (trackerd
-  counts records too) per 1,000 records, written as RESP bytes, pipelined (it
-  reads the replies at the end, parsed by hiredis, and checks each).
-- ``redis-waits`` (optional): the same, waiting for each 1,000 records'
-  replies before hashing the next (this competitor until 2026-11-26's bench
-  work: the before of the pipelining).
+  counts records too) per 1,000 records, written as RESP bytes; a digest its
+  memo holds was sent already, so a repeat is not sent again (SADD would change
+  nothing; its record still counts); pipelined (it reads the replies at the end,
+  parsed by hiredis, and checks each).
+- ``redis-repeats`` (optional): the same, sending every record's digests.
+- ``redis-waits`` (optional): the same as redis-repeats, waiting for each
+  1,000 records' replies before hashing the next: this competitor until
+  2026-11-26's bench work, the "before" of the two changes.
 - ``naive``: bench/naive_daemon.py, a batched asyncio daemon in 100 lines speaking
   the same protocol (what a quick prototype would be). It lists the ``columns``
   feature, so workers send it the message format a prototype would use today; it
@@ -115,11 +118,13 @@ from bench._support import BenchDaemon, arguments, table
 from bench.redis_best import WAITS, hiredis_available, run_redis
 from bench.seed_design import run_seed_design, seed_directory
 from bench.trees import (
+    C_PATH,
     Description,
     Tree,
     TreeProcess,
     baseline_tree,
     describe,
+    extensions_mapped,
     this_tree,
 )
 from bench.workload import (
@@ -156,7 +161,8 @@ TRACKERD = {
 #: The others, run once in this tree's default process: key -> row name.
 OTHERS = {
     "redis": "redis (b) best use",
-    "redis-waits": "redis (b), waits for each slice's replies",
+    "redis-repeats": "redis (b), resends repeats",
+    "redis-waits": "redis (b), resends repeats, waits for replies",
     "naive": "naive anyio daemon",
     "alone": WORKERS_ALONE,
 }
@@ -206,7 +212,7 @@ def run_protocol_daemon(
         got = (status.unique_conn_ips, status.unique_domains, status.unique_ip_servers)
         assert got == load.distinct, f"counted {got}, expected {load.distinct}"
         assert status.records == load.total, f"{status.records} records"
-        return Run(elapsed, cpu, worker_cpu)
+        return Run(elapsed, cpu, worker_cpu, extensions_mapped(daemon.process.pid))
     finally:
         daemon.stop()
 
@@ -239,7 +245,8 @@ RUNS: dict[str, Callable[[Workload], Run]] = {
     "no-windows": lambda load: run_protocol_daemon(load, ("--windows", "none")),
     "small-table": lambda load: run_protocol_daemon(load, table_entries=SMALL_TABLE),
     "redis": run_redis,
-    "redis-waits": lambda load: run_redis(load, WAITS),
+    "redis-repeats": lambda load: run_redis(load, repeats=True),
+    "redis-waits": lambda load: run_redis(load, WAITS, repeats=True),
     "naive": lambda load: run_protocol_daemon(load, command=NAIVE),
     "alone": run_workers_alone,
 }
@@ -265,7 +272,7 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
             gc.collect()
             gc.freeze()
         run = RUNS[key](_load)
-    return {"seconds": run.seconds, "server_cpu": run.server_cpu, "worker_cpu": run.worker_cpu}
+    return vars(run)
 
 
 # --- the run: who runs where ------------------------------------------------------------
@@ -359,9 +366,22 @@ def tree_lines(described: dict[Tree, Description]) -> list[str]:
     return lines
 
 
+def check_path(row: Entrant, run: Run, about: Description) -> None:
+    """Fail at once, not after the whole run, if a daemon ran other code than its row
+    says: an extension module from another tree, or one on the pure-Python path."""
+    loaded = run.server_extensions or []
+    alien = [file for file in loaded if not Path(file).is_relative_to(row.tree.root)]
+    if alien or (loaded and about.path != C_PATH):
+        raise RuntimeError(
+            f"{row.name}: its daemon loaded {', '.join(loaded)}, but the row is "
+            f"{row.tree.root}'s {about.path} path"
+        )
+
+
 def measure(
     forms: list[str],
     rows: list[Entrant],
+    described: dict[Tree, Description],
     rounds: int,
     per_worker: int,
     seed_records: int,
@@ -372,8 +392,7 @@ def measure(
     def call(tree: Tree, request: dict[str, Any]) -> Run:
         if tree not in processes:
             processes[tree] = TreeProcess(tree, "bench.compare", "serve")
-        got = processes[tree].call(request)
-        return Run(got["seconds"], got["server_cpu"], got["worker_cpu"])
+        return Run(**processes[tree].call(request))
 
     runs: dict[str, dict[str, list[Run]]] = {f: {row.name: [] for row in rows} for f in forms}
     seed_runs: list[Run] = []
@@ -390,6 +409,7 @@ def measure(
                         "distinct": distinct,
                     }
                     result = call(row.tree, request)
+                    check_path(row, result, described[row.tree])
                     runs[form][row.name].append(result)
                     print(
                         f"{form:14} round {number + 1}  {row.name:40} {result.seconds:6.2f} s",
@@ -472,6 +492,7 @@ def results(
                 "seconds": [r.seconds for r in got],
                 "server_cpu_seconds": [r.server_cpu for r in got],
                 "worker_cpu_seconds": [r.worker_cpu for r in got],
+                "daemon_extensions": sorted({f for r in got for f in r.server_extensions or []}),
                 "median_seconds": seconds,
                 "records_per_second": total / seconds,
                 "server_cpu_us_per_record": server_us,
@@ -593,7 +614,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(line)
     load_before = loadavg()
     print(f"load average before: {load_before}", flush=True)
-    runs, seed_runs = measure(forms, rows, args.rounds, args.per_worker, args.seed_records)
+    runs, seed_runs = measure(
+        forms, rows, described, args.rounds, args.per_worker, args.seed_records
+    )
     load_after = loadavg()
     table_rows, per_form = results(forms, rows, runs, seed_runs, args.per_worker, args.seed_records)
     heading = (

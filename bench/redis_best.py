@@ -132,7 +132,7 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def run_redis(load: Workload, window: int = PIPELINED) -> Run:
+def run_redis(load: Workload, window: int = PIPELINED, repeats: bool = False) -> Run:
     """Redis's best use, as an expert would write it: the competitor at its strongest.
 
     Each worker hashes the domain part, lowercased (no other normalising, as the
@@ -151,11 +151,20 @@ def run_redis(load: Workload, window: int = PIPELINED) -> Run:
     category) and one INCRBY of the records count are written as RESP bytes
     directly, with no per-argument packing, and sent in one send on one
     Unix-socket connection: at most four commands per 1,000 records, no
-    transaction. The worker does not wait for a slice's replies before hashing
-    the next (``window``: PIPELINED, the default, reads them all at the end and
-    checks each; WAITS, one round trip per slice, is what this competitor did
-    before 2026-11-26's bench work); hiredis parses them (C). redis-server (no
+    transaction. A digest the memo already holds was sent already, and SADD of a
+    member a set holds changes nothing, so a repeat is not sent again (its record
+    still counts in the INCRBY): redis-server inserts each worker's distinct
+    values once, not every record's (``repeats=True`` sends every record's
+    digests, as this competitor did before 2026-11-26's bench work). The worker
+    does not wait for a slice's replies before hashing the next (``window``:
+    PIPELINED, the default, reads them all at the end and checks each; WAITS, one
+    round trip per slice, as before); hiredis parses them (C). redis-server (no
     persistence) does only the set insertions and the sum.
+
+    Side by side (docs/performance.md, "bench.compare's harness"), not resending
+    repeats took redis-server's CPU from 0.5-0.8 to 0.2-0.3 µs a record, and
+    pipelining alone made no difference beyond the noise; both are kept, the
+    strongest Redis this harness knows.
     """
     server = RedisServer()
     salt = secrets.token_bytes(32)
@@ -164,7 +173,7 @@ def run_redis(load: Workload, window: int = PIPELINED) -> Run:
         start = time.perf_counter()
 
         def work(w: int) -> bool:
-            return _redis_worker(server.socket, salt, load.shares[w], window)
+            return _redis_worker(server.socket, salt, load.shares[w], window, repeats)
 
         worker_cpu = fork_workers(work)
         got, records = server.counts()
@@ -178,10 +187,16 @@ def run_redis(load: Workload, window: int = PIPELINED) -> Run:
 
 
 def _redis_worker(
-    path: Path, salt: bytes, share: Sequence[tuple[str, str]], window: int = PIPELINED
+    path: Path,
+    salt: bytes,
+    share: Sequence[tuple[str, str]],
+    window: int = PIPELINED,
+    repeats: bool = False,
 ) -> bool:
     """One worker of run_redis: hash (memoised), then SADD and INCRBY each slice in
-    a single send; read the replies ``window`` slices behind (0: at the end)."""
+    a single send; read the replies after every ``window`` slices (0: at the end).
+    A digest found in the memo was sent already, and is sent again only if
+    ``repeats``."""
     conn = Connection(path)
     send, replies = conn.send, conn.replies
     unread: list[int] = []  # each sent slice's count of commands, replies not read yet
@@ -209,7 +224,9 @@ def _redis_worker(
                 h = ip_copy()
                 h.update(ip.encode())
                 digest = ip_memo[key] = h.digest()
-            add_ip(digest)
+                add_ip(digest)
+            elif repeats:
+                add_ip(digest)
             # As trackerd's worker, cut to the domain part before the memo (whole
             # senders are nearly all distinct; their domains repeat): what follows
             # the last "@" (a bracketed sender's ">" kept, to spare a call), or the
@@ -232,7 +249,9 @@ def _redis_worker(
                         h.update(part.lower().rstrip(".").encode())
                         found = (1, h.digest())
                 sender_memo[key] = found
-            if found is not None:
+                if found is not None:
+                    members[found[0]].append(found[1])
+            elif repeats and found is not None:
                 members[found[0]].append(found[1])
         out: list[bytes] = []
         for name, digests in zip(names, members, strict=True):

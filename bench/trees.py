@@ -156,6 +156,19 @@ def describe(tree: Tree) -> Description:
     return Description(trackerd, servertracker, tuple(loaded), revision(tree.root))
 
 
+def extensions_mapped(pid: int) -> list[str]:
+    """The project's extension modules (files under a trackerd/ or servertracker/
+    directory) that process pid has mapped: what it really loaded, whatever its
+    imports were meant to find."""
+    files = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
+        file = fields[5].strip() if len(fields) == 6 else ""
+        if file.endswith(".so") and ("/trackerd/" in file or "/servertracker/" in file):
+            files.add(file)
+    return sorted(files)
+
+
 def revision(root: Path) -> str:
     if not (root / ".git").exists():
         return "not a git checkout"

@@ -145,13 +145,21 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Run:
-    """One timed run: seconds, the server's CPU seconds (None when it has none), and
-    the workers' CPU seconds."""
+    """One timed run: seconds, the server's CPU seconds (None when it has none), the
+    workers' CPU seconds, and the project's extension modules the server process had
+    loaded (its files; None: not a project daemon)."""
 
-    def __init__(self, seconds: float, server_cpu: float | None, worker_cpu: float) -> None:
+    def __init__(
+        self,
+        seconds: float,
+        server_cpu: float | None,
+        worker_cpu: float,
+        server_extensions: list[str] | None = None,
+    ) -> None:
         self.seconds = seconds
         self.server_cpu = server_cpu
         self.worker_cpu = worker_cpu
+        self.server_extensions = server_extensions
 
 
 def loadavg() -> str:

@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.compare import Entrant, check_path
+from bench.trees import Description, Tree
+from bench.workload import Run
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -97,3 +101,17 @@ def test_a_baseline_that_is_no_checkout_is_a_clear_error(short_tmp: Path) -> Non
     assert result.returncode != 0
     assert "not a checkout of this project" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_daemon_that_ran_other_code_than_its_row_says_stops_the_run() -> None:
+    tree = Tree("", ROOT.resolve())
+    mine = str(ROOT.resolve() / "trackerd" / "core" / "_c.so")
+    c_path = Description("t", "s", ("trackerd.core._c",), "rev")
+    pure = Description("t", "s", (), "rev")
+    row = Entrant("trackerd", "trackerd", tree, "this, C")
+    check_path(row, Run(1.0, 1.0, 1.0, [mine]), c_path)  # its own tree's, on the C path
+    check_path(row, Run(1.0, 1.0, 1.0, []), pure)
+    with pytest.raises(RuntimeError, match="but the row is"):
+        check_path(row, Run(1.0, 1.0, 1.0, ["/elsewhere/trackerd/core/_c.so"]), c_path)
+    with pytest.raises(RuntimeError, match="pure Python path"):
+        check_path(row, Run(1.0, 1.0, 1.0, [mine]), pure)
