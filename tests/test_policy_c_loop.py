@@ -13,6 +13,7 @@ those that did not take the reply whole.
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import select
 import socket
@@ -23,7 +24,10 @@ from pathlib import Path
 import pytest
 
 from bench.policy_cost import ATTRIBUTES
+from servertracker import accel
 from tests.conftest import Daemon
+from tests.test_accel import compiler_and_headers
+from trackerd.core import policy_protocol
 from trackerd.core.policy_protocol import (
     DUNNO_RESPONSE,
     MAX_ATTRIBUTES,
@@ -178,7 +182,15 @@ def test_reply_names_the_connections_that_did_not_take_it_whole(harness: Harness
 
 # --- the daemon on each path ------------------------------------------------------------
 
-PURE_PYTHON_VARIABLE = "SERVERTRACKER_PURE_PYTHON"
+PURE_PYTHON_VARIABLE = accel.PURE_PYTHON_VARIABLE
+
+
+def test_both_policy_modules_are_built_where_a_compiler_is() -> None:
+    """Else every C test here would be skipped and prove nothing (as test_accel's)."""
+    if not compiler_and_headers():
+        pytest.skip("no C compiler or Python headers here: the pure-Python path runs")
+    for name in (policy_protocol.EXTENSION, policy_loop.EXTENSION):
+        importlib.import_module(name)
 
 
 def mixed_stream() -> list[bytes]:

@@ -17,11 +17,16 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from servertracker import read_status_file
 from tests.conftest import Daemon, send_until_closed, wait_for
 from tests.test_policy_transport import connect, read_replies, request, start
 from trackerd.core.policy_protocol import DUNNO_RESPONSE, PolicyProtocolError, Request
 from trackerd.edges import policy_server
+
+# Each test on both of the policy thread's paths: the C loop and the Python code.
+pytestmark = pytest.mark.usefixtures("both_paths")
 
 #: More replies than a Unix socket's buffers take (about 208 KiB): the daemon pauses.
 FLOOD = 20_000

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final, cast
 
+from servertracker import accel
 from servertracker.protocol import append_received, emptied_buffer
 from trackerd.errors import PolicyProtocolError
+
+if TYPE_CHECKING:
+    from trackerd.core._cpolicy import Parser
 
 __all__ = ["DUNNO_RESPONSE", "NEED_DATA", "PolicyDecoder", "PolicyProtocolError", "Request"]
 
@@ -69,17 +73,17 @@ _MAX_SHAPE: Final = 2 * MAX_ATTRIBUTES + 1
 #: The C twin of the short way (trackerd/core/_cpolicy.c: PolicyDecoder._whole in
 #: one pass), or None: the pure-Python code below runs, with the same results.
 EXTENSION: Final = "trackerd.core._cpolicy"
-try:
-    from trackerd.core import _cpolicy
-except ImportError:
-    _cpolicy = None  # type: ignore[assignment]
+_cpolicy = accel.load(EXTENSION)
 
 #: Parser.parse for the default names (USED_ATTRIBUTES), or None: see EXTENSION.
 _c_parse: Callable[[bytes | bytearray | memoryview], Request | None] | None = (
     None
     if _cpolicy is None
-    else _cpolicy.Parser(
-        tuple(name.encode("ascii") for name in USED_ATTRIBUTES), MAX_LINE, MAX_ATTRIBUTES
+    else cast(
+        "Parser",
+        _cpolicy.Parser(
+            tuple(name.encode("ascii") for name in USED_ATTRIBUTES), MAX_LINE, MAX_ATTRIBUTES
+        ),
     ).parse
 )
 

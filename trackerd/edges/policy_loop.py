@@ -44,16 +44,21 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
 
+from servertracker import accel
 from trackerd.core.policy_protocol import MAX_ATTRIBUTES, MAX_LINE, USED_ATTRIBUTES
 from trackerd.edges import stream_server
 from trackerd.edges.access import LogThrottle
 from trackerd.edges.msgpack_server import MAX_SLICE, MIN_SLICE, SLICE_SECONDS
 from trackerd.edges.session import Session, log_failure
 from trackerd.edges.stream_server import READ_SIZE, ZEROS, Connection, StreamServer
+
+if TYPE_CHECKING:
+    from trackerd.edges._cpolicy_loop import Loop
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +88,7 @@ _IN, _OUT, _HUP, _ERR = select.EPOLLIN, select.EPOLLOUT, select.EPOLLHUP, select
 #: each ready connection whose read is one whole request, read and parsed without
 #: the interpreter lock; or None: the Python code below does all.
 EXTENSION = "trackerd.edges._cpolicy_loop"
-try:
-    from trackerd.edges import _cpolicy_loop
-except ImportError:
-    _cpolicy_loop = None  # type: ignore[assignment]
+_cpolicy_loop = accel.load(EXTENSION)
 #: Descriptors the C loop may serve the short way: one byte each (1: yes), by
 #: number; a descriptor past the end always goes the Python way.
 SHORT_WAY_FDS = 1 << 16
@@ -229,7 +231,7 @@ class PolicyLoop:
         self.view = memoryview(self.buffer)
         #: short_way[fd]: 1 while that connection may be served by the C loop.
         self.short_way = bytearray(SHORT_WAY_FDS)
-        self._c = (
+        self._c: Loop | None = (
             None
             if _cpolicy_loop is None
             else _cpolicy_loop.Loop(
