@@ -233,10 +233,18 @@ class TreeProcess:
         self.replies: IO[str] = os.fdopen(read)
 
     def call(self, request: dict[str, Any]) -> Any:
+        self.send(request)
+        return self.receive()
+
+    def send(self, request: dict[str, Any]) -> None:
+        """A request, its reply to be read by receive() (meanwhile the child works)."""
         stdin = self.process.stdin
         assert stdin is not None
         stdin.write(json.dumps(request) + "\n")
         stdin.flush()
+
+    def receive(self) -> Any:
+        """The reply to the oldest request sent."""
         line = self.replies.readline()
         if not line:
             code = self.process.wait(30)
