@@ -19,10 +19,9 @@ parent forwards a SIGTERM too: a worker stops on the first signal and the rest
 do nothing, so none can cut its flush at exit short. A signal that comes while
 the parent forks waits until every worker exists, then stops them all.
 
-No Python code runs in a signal handler here. A worker's handler does nothing:
-Python's C-level handler writes the signal to a wakeup socket that the event
-loop reads, whichever thread the kernel handed the signal to. The parent keeps
-its signals blocked and takes them, and its children's exits, with sigwait().
+No handler of a stop signal here: they stay blocked in every thread of every
+process, and a thread takes them with sigwait() (the parent: them and its
+workers' exits; a worker: the first one, which stops its event loop).
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from typing import Any
 
 import servertracker
 
@@ -72,56 +70,37 @@ class TrackingHandler:
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
-async def serve(sock: socket.socket, wakeup: socket.socket) -> None:
+async def serve(sock: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     handler = TrackingHandler()
     server = await loop.create_server(
         lambda: SMTP(handler, hostname="preforked-smtpd", enable_SMTPUTF8=True), sock=sock
     )
     async with server:
-        # Each byte is a signal that reached this process (signal.set_wakeup_fd).
-        while not {*await loop.sock_recv(wakeup, 64)} & STOP_SIGNALS:
-            pass
-
-
-def no_python_handler(_signum: int, _frame: Any) -> None:
-    """A stop signal's Python handler: nothing to do, the wakeup socket says it."""
+        # The first stop signal, taken in asyncio's executor thread: it started
+        # with this thread's mask, so it blocks them too (see run_worker).
+        await asyncio.to_thread(signal.sigwait, STOP_SIGNALS)
 
 
 def run_worker(sock: socket.socket, mask: set[signal.Signals]) -> None:
-    # Why no stop handler does anything but the C-level one's write to the wakeup
-    # socket (a failed CI run's stacks, and tests/test_example_smtpd.py):
+    # The stop signals came blocked from the parent (see main), and stay blocked
+    # for good: every thread started here (asyncio's, the recorder's flusher)
+    # starts with this mask, so the kernel hands no thread a stop signal; it waits
+    # for sigwait() (serve), and any after the first waits for ever, harmless up to
+    # the end and atexit's flush included. Why not a handler (the stacks of a
+    # failed CI run and tests/test_example_smtpd.py):
     # - Python runs a handler in the main thread only, once it runs bytecode. The
-    #   kernel hands a process's signal to any thread not blocking it (the recorder's
-    #   flusher, asyncio's executor) when the main thread has one pending already:
-    #   SIGINT from the terminal, then SIGTERM from the parent. The main thread,
-    #   idle in epoll_wait, then never woke, and the worker served on.
-    # - A handler setting a threading.Event deadlocked when the second signal ran
-    #   the handler again inside the first one's Event.set(), on the Event's lock.
-    # - loop.add_signal_handler() has the wakeup socket too, but closing the loop
-    #   put back the default handlers, and a second SIGINT then raised
-    #   KeyboardInterrupt in the middle of the flush at exit. The handler here
-    #   stays for good, so later signals do nothing, up to the end and atexit's
-    #   flush included (never SIG_IGN: a signal caught already then ends in
-    #   Python's "ignored due to race condition" error).
-    wakeup, wakeup_writer = socket.socketpair()
-    wakeup.setblocking(False)
-    wakeup_writer.setblocking(False)  # a full socket must not block a handler
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, no_python_handler)
-    signal.set_wakeup_fd(wakeup_writer.fileno(), warn_on_full_buffer=False)
-    # The parent's mask, as it was before it blocked its signals (see main): a stop
-    # signal that came since the fork now reaches the wakeup socket, and the loop
-    # stops this worker as soon as it runs.
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    try:
-        asyncio.run(serve(sock, wakeup))
-    finally:
-        # Before the socket closes: a later signal written to its closed descriptor
-        # printed "Exception ignored when trying to write to the signal wakeup fd".
-        signal.set_wakeup_fd(-1)
-        wakeup.close()
-        wakeup_writer.close()
+    #   kernel hands a process's signal to another thread (the recorder's flusher,
+    #   asyncio's executor) when the main thread has one pending already (SIGINT
+    #   from the terminal, then SIGTERM from the parent), and the main thread,
+    #   idle in epoll_wait, then never ran it: the worker served on.
+    # - The second signal ran the handler again inside the first one, in its
+    #   Event.set(), which deadlocked on the Event's lock.
+    # - The interpreter puts back SIG_DFL after atexit, so a late SIGTERM killed a
+    #   worker at its very end (exit status -15), and loop.add_signal_handler()
+    #   put back the defaults on closing the loop: KeyboardInterrupt in the flush.
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask | STOP_SIGNALS)  # SIGCHLD as before
+    asyncio.run(serve(sock))
     # Leaving normally runs atexit, which flushes servertracker's queue.
     sys.exit(0)
 
@@ -181,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     # coming before the wait could leave unrun while os.wait() blocks, none that
     # could raise KeyboardInterrupt in an at-fork hook (which swallows it), and
     # a signal that comes while the parent forks waits until every worker exists.
-    # Each worker inherits the mask and puts back the one from before (run_worker).
+    # Each worker inherits the mask, and keeps the stop signals blocked (run_worker).
     waited = STOP_SIGNALS | {signal.SIGCHLD}
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
 
