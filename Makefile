@@ -5,10 +5,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The optional C extension's sources (setup.py lists them): an edit rebuilds it.
+C_SOURCES := $(wildcard trackerd/*/*.c trackerd/*.c client/servertracker/*.c client/servertracker/*/*.c)
 
 .PHONY: run test lint bench clean
 
-$(STAMP): pyproject.toml
+# pip builds the C extension (setup.py) in place; without a compiler it says so and
+# the pure-Python code runs (README.md, "The C extension").
+$(STAMP): pyproject.toml setup.py $(C_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -32,4 +36,5 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build
+	find trackerd client -name '*.so' -delete

@@ -41,9 +41,12 @@ class BenchDaemon:
     def __init__(
         self, extra_args: Sequence[str] = (), command: Sequence[str] | None = None
     ) -> None:
-        """``command`` runs another daemon speaking the protocol (bench.naive_daemon)."""
+        """``command`` runs another daemon speaking the protocol (bench.naive_daemon).
+        The default runs the trackerd of PYTHONPATH or the install, with -P: without
+        it the current directory comes first on sys.path, and a checkout there would
+        be run instead (bench.trees)."""
         self.extra_args = list(extra_args)
-        self.command = list(command or [sys.executable, "-m", "trackerd"])
+        self.command = list(command or [sys.executable, "-P", "-m", "trackerd"])
         self.dir = Path(tempfile.mkdtemp(prefix="stb-", dir="/tmp"))
         self.socket_path = self.dir / "trackerd.sock"
         self.process: subprocess.Popen[bytes] | None = None

@@ -1,7 +1,9 @@
 """trackerd against what operators would use instead, on every sender form, side by side.
 
 Run: ``python -m bench.compare [--rounds 5]`` (needs Debian's redis-server and the
-bench extra: ``apt-get install redis-server; pip install -e '.[bench]'``).
+bench extra: ``apt-get install redis-server; pip install -e '.[bench]'``);
+``--baseline DIR`` adds another checkout's trackerd, ``--forms`` and
+``--competitors`` run a slice (``--competitors all`` runs every competitor).
 
 8 forked workers record 200,000 (connection IP, sender) pairs each: 1.6 million
 records with 100,000 distinct connection IPs, once per sender form:
@@ -17,231 +19,176 @@ record. CPU is divided by the records three ways: the server's (utime + stime
 from /proc/PID/stat), the workers' (ru_utime + ru_stime from os.wait4, flusher
 threads included), and their total. The workers' strings are made fresh, apart
 from the ones the true counts are taken from, so no hash() is cached before
-timing (as an SMTP worker's values are new objects). Within a round every form
-runs every competitor, and the order of competitors rotates from round to round,
-so a load that comes and goes on this shared machine falls on each alike.
-Medians and ratios are printed and written to bench/results/compare.json, with
+timing (as an SMTP worker's values are new objects). The forms run one after the
+other; within a form, every round runs every competitor, and the order of
+competitors rotates from round to round, so a load that comes and goes on this
+shared machine falls on each alike. Medians and ratios are printed, as a table
+and as markdown, and written to bench/results/compare.json and compare.md, with
 the load average before and after.
 
-- trackerd: the product; workers call servertracker.record_server() with a queue
-  large enough that nothing drops, and value tables of 131,072 ids (``interned``
-  messages; README's setting for a process importing a log,
+Which code runs (``tree, path``): the workers are forked from a bench process
+started per tree and path (bench.trees: PYTHONPATH and -P, so that the workers'
+servertracker and the daemon's trackerd are that tree's whatever the current
+directory holds), which holds one form's records at a time (a fork is inside the
+timed span, and a smaller process forks faster). Every competitor runs that way,
+this tree's too, so that none is favoured. The path is the C extension where the
+tree has it built, or the pure-Python fallback: where this tree (or the
+baseline) has a C path, its trackerd competitors run a second time with the
+fallback forced (``--no-pure-python`` leaves those rows out); the output says
+which files each tree's processes imported and which extension modules they
+loaded, and each row says its tree and path.
+
+The competitors (``--competitors``, by key; the default leaves out the ones
+marked "optional"):
+
+- ``trackerd``: the product; workers call servertracker.record_server() with a
+  queue large enough that nothing drops, and value tables of 131,072 ids
+  (``interned`` messages; README's setting for a process importing a log,
   ``table_entries=BULK_TABLE_ENTRIES``; an SMTP worker's default is 16,384): each
   worker sees 100,000 distinct connection IPs and at most 45,000 domains and 5,000
   literals (the library sends a MAIL FROM's domain part), so no id is ever reused;
   a value's text goes once per worker.
-- trackerd columns: the same with ``Client(table_entries=0)``: every value sent as
-  text in ``columns`` messages (what a worker with PYTHONHASHSEED set sends, and
-  what every worker sent before value tables).
-- trackerd record_many: the same with Client.record_many(), which waits for room.
-- trackerd --windows none: the product without sliding windows (1h and 24h are on
-  by default), to show what the windows cost end to end.
-- redis (b): Redis's best use: each worker hashes the raw domain part (no
-  normalising, as the original) with keyed BLAKE2b, memoising each connection
-  IP's and each domain part's digest (a dict from hash() of the IP or of the
-  sender's domain part to its digest, 131,072 entries a dict, cleared when full,
-  as trackerd's worker tables, which also number a sender's domain part), and
-  sends one multi-member SADD per category and one INCRBY of the records count
-  (trackerd counts records too) per 1,000 records, written as RESP bytes and sent
-  in one send, replies parsed by hiredis (whether hiredis was used is printed and
-  recorded; see run_redis).
-- trackerd small table: ``Client(table_entries=32768)``, smaller than the 100,000
-  IPs a worker sees, so ids are reused: what a too-small table costs.
-- naive anyio daemon: bench/naive_daemon.py, a batched asyncio daemon in 100 lines
-  speaking the same protocol (what a quick prototype would be). It lists the
-  ``columns`` feature, so workers send it the message format a prototype would use
-  today; it gets no worker-side split and no value tables (it does not list
-  ``interned``), so its workers send every value as text.
-- workers alone: the same forked workers looping over their share and calling a
-  function that records nothing: the harness's own cost (its workers' CPU is the
-  floor under every competitor's). That floor includes one Python call a record,
-  as trackerd's record_server() is called; Redis's loop makes none (it hashes
-  inline), so its workers' CPU may come close to the floor. The row's "trackerd
-  is faster by" is "-": a ratio to a run that records nothing means nothing.
-- seed design: in-process salted sets, the whole status JSON rewritten to a file on
-  every record (what the Go original does on every RecordServer): the workers
-  rewrite one shared file, each with its own sets (see run_seed_design), and each
-  worker's counts are asserted against its share's. It writes a
-  file per record, so it runs on the first --seed-records of each worker only, and
-  its rate is compared. The file goes in a tmpfs directory (/dev/shm), as the
-  original's runtime directory (/run) is on a systemd host; where there is no
-  /dev/shm it goes in /tmp, and the output says so. This is a Python model of the
-  design; the table also gives the issue's measured rate of the Go original
+- ``columns`` (trackerd columns): the same with ``Client(table_entries=0)``:
+  every value sent as text in ``columns`` messages (what a worker with
+  PYTHONHASHSEED set sends, and what every worker sent before value tables).
+- ``record_many`` (optional): the same with Client.record_many(), which waits
+  for room.
+- ``no-windows`` (optional): the product without sliding windows (1h and 24h are
+  on by default), to show what the windows cost end to end.
+- ``small-table`` (optional): ``Client(table_entries=32768)``, smaller than the
+  100,000 IPs a worker sees, so ids are reused: what a too-small table costs.
+- ``redis``: Redis's best use (bench.redis_best): each worker hashes the raw
+  domain part (no normalising, as the original) with keyed BLAKE2b, memoising
+  each connection IP's and each domain part's digest (keyed by hash(), 131,072
+  entries a dict, cleared when full, as trackerd's worker tables), and sends one
+  multi-member SADD per category and one INCRBY of the records count (trackerd
+  counts records too) per 1,000 records, written as RESP bytes; a digest its
+  memo holds was sent already, so a repeat is not sent again (SADD would change
+  nothing; its record still counts); pipelined (it reads the replies at the end,
+  parsed by hiredis, and checks each).
+- ``redis-repeats`` (optional): the same, sending every record's digests.
+- ``redis-waits`` (optional): the same as redis-repeats, waiting for each
+  1,000 records' replies before hashing the next: this competitor until
+  2026-11-26's bench work, the "before" of the two changes.
+- ``naive``: bench/naive_daemon.py, a batched asyncio daemon in 100 lines speaking
+  the same protocol (what a quick prototype would be). It lists the ``columns``
+  feature, so workers send it the message format a prototype would use today; it
+  gets no worker-side split and no value tables (it does not list ``interned``),
+  so its workers send every value as text.
+- ``alone`` (workers alone): the same forked workers looping over their share and
+  calling a function that records nothing: the harness's own cost (its workers'
+  CPU is the floor under every competitor's). That floor includes one Python call
+  a record, as trackerd's record_server() is called; Redis's loop makes none (it
+  hashes inline), so its workers' CPU may come close to the floor. The row's
+  "trackerd faster by" is "-": a ratio to a run that records nothing means
+  nothing.
+- the seed design (``--seed-records``, 0 leaves it out): in-process salted sets,
+  the whole status JSON rewritten to a file on every record (what the Go original
+  does on every RecordServer), see bench.seed_design. It writes a file per record,
+  so it runs on the first --seed-records of each worker only, once a round after
+  the forms, and its rate is compared. This is a Python model of the design; the
+  table also gives the issue's measured rate of the Go original
   (GO_ORIGINAL_RATE, issue 13's table) and trackerd's ratio to it. That ratio is
   cross-run: this run's trackerd rate over a rate measured in another harness at
-  another load (there is no Go toolchain here), so the row says so, and the issue's
-  own in-run ratio (trackerd 677k against the original's 193k: 3.5x, side by side
-  in its run) is printed beside it.
+  another load (there is no Go toolchain here), so the row says so, and the
+  issue's own in-run ratio (trackerd 677k against the original's 193k: 3.5x, side
+  by side in its run) is printed beside it.
+
+Redis, the naive daemon, the workers alone and the seed design run once, in this
+tree's default process; the trackerd competitors once per tree and path. "trackerd
+faster by" is a row's median time over the ``trackerd`` row's (this tree, its
+default path).
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
-import hashlib
 import json
-import os
-import secrets
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from bench._support import BenchDaemon, arguments, table
+from bench.redis_best import WAITS, hiredis_available, run_redis
+from bench.seed_design import run_seed_design, seed_directory
+from bench.trees import (
+    C_PATH,
+    Description,
+    Tree,
+    TreeProcess,
+    baseline_tree,
+    describe,
+    extensions_mapped,
+    this_tree,
+)
+from bench.workload import (
+    FORMS,
+    PER_WORKER,
+    WORKERS,
+    Run,
+    Workload,
+    cpu_seconds,
+    fork_workers,
+    loadavg,
+    true_counts,
+)
 from servertracker import Client
 from servertracker.batch_encoder import BULK_TABLE_ENTRIES
-from trackerd.core.normalise import Category, classify_conn_ip, classify_sender
 
-WORKERS = 8
-PER_WORKER = 200_000
-CONN_IPS = 100_000
-DOMAINS = 45_000
-LITERALS = 5_000
-FORMS = ("domain", "user@domain", "<user@domain>", "[ip]", "mix")
 #: The Go original's measured rate (records/s, 8 goroutines), from issue 13's table.
 GO_ORIGINAL_RATE = 193_000
 #: trackerd's rate in that same run of issue 13 (the in-run context of the above).
 GO_RUN_TRACKERD_RATE = 677_000
 GO_ORIGINAL = "Go original, issue 13's run (cross-run, not side by side)"
-#: The Redis row's name without hiredis: a handicapped figure, not the best use.
-REDIS_NO_HIREDIS = "redis (b) (no hiredis)"
+SEED_DESIGN = "seed design, Python model (file per record)"
 SMALL_TABLE = 32_768
 #: The reference row: the workers' loop alone, recording nothing (run_workers_alone).
 WORKERS_ALONE = "workers alone (no recording)"
-_TICK = os.sysconf("SC_CLK_TCK")
+#: The trackerd competitors, run once per tree and path: key -> row name.
+TRACKERD = {
+    "trackerd": "trackerd",
+    "columns": "trackerd columns",
+    "record_many": "trackerd record_many",
+    "no-windows": "trackerd --windows none",
+    "small-table": "trackerd small table",
+}
+#: The others, run once in this tree's default process: key -> row name.
+OTHERS = {
+    "redis": "redis (b) best use",
+    "redis-repeats": "redis (b), resends repeats",
+    "redis-waits": "redis (b), resends repeats, waits for replies",
+    "naive": "naive anyio daemon",
+    "alone": WORKERS_ALONE,
+}
+DEFAULT_COMPETITORS = ("trackerd", "columns", "redis", "naive", "alone")
+#: Where the results go.
+RESULTS = Path(__file__).parent / "results"
 
 
-def _literal(n: int) -> str:
-    return f"[192.0.{n // 256}.{n % 256}]"
-
-
-def sender(form: str, r: int) -> str:
-    """The sender of record r in a form; one in ten is an IP literal (all in "[ip]")."""
-    if form == "mix":
-        form = FORMS[r % 4]
-        if r % 50 == 7:
-            return "<>"
-        if r % 50 == 9:
-            return f"User@MAIL{r % DOMAINS}.Example.COM."
-    if form == "[ip]" or r % 10 == 0:
-        literal = _literal(r % LITERALS)
-        return {"domain": literal, "[ip]": literal, "user@domain": f"postmaster@{literal}"}.get(
-            form, f"<postmaster@{literal}>"
-        )
-    domain = f"mail{r % DOMAINS}.example.com"
-    if form == "domain":
-        return domain
-    if form == "user@domain":
-        return f"user{r % 7}@{domain}"
-    return f"<user{r % 7}@{domain}>"
-
-
-def conn_ip(r: int) -> str:
-    ip = r % CONN_IPS
-    return f"10.{ip // 65536}.{ip // 256 % 256}.{ip % 256}"
-
-
-class Workload:
-    """Every worker's share of one form, made before any timing, and its true counts."""
-
-    def __init__(self, form: str, per_worker: int) -> None:
-        self.form = form
-        self.per_worker = per_worker
-        self.total = WORKERS * per_worker
-        # Strings are made per record, as an SMTP server makes them per message,
-        # and nothing hashes them before the workers do (a str caches its hash()).
-        self.shares = make_shares(form, per_worker)
-        self.distinct = _true_counts(form, per_worker)
-
-
-def make_shares(form: str, per_worker: int) -> list[list[tuple[str, str]]]:
-    """Every worker's (connection IP, sender) pairs, as new str objects."""
-    return [
-        [(conn_ip(r), sender(form, r)) for r in range(w * per_worker, (w + 1) * per_worker)]
-        for w in range(WORKERS)
-    ]
-
-
-def _true_counts(form: str, per_worker: int) -> tuple[int, int, int]:
-    """The distinct counts, from strings made apart from the workers' (same values)."""
-    return distinct_counts(make_shares(form, per_worker))
-
-
-def distinct_counts(shares: list[list[tuple[str, str]]]) -> tuple[int, int, int]:
-    """The distinct counts of these shares' records, taken together."""
-    ips = {ip for share in shares for ip, _ in share}
-    senders = {s for share in shares for _, s in share}
-    keys: list[set[bytes]] = [set(), set(), set()]
-    for ip in ips:
-        key = classify_conn_ip(ip)
-        if type(key) is bytes:
-            keys[Category.CONN_IP].add(key)
-    for value in senders:
-        classified = classify_sender(value)
-        if type(classified) is tuple:
-            keys[classified[0]].add(classified[1])
-    return (len(keys[0]), len(keys[1]), len(keys[2]))
-
-
-def fork_workers(work: Callable[[int], bool]) -> float:
-    """Run work(w) in WORKERS forked processes; raise if any fails. Returns the
-    workers' CPU seconds (user + system, all their threads, from os.wait4)."""
-    pids = []
-    for w in range(WORKERS):
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                # As a pre-fork server would: what the parent made (here the whole
-                # workload) is left out of the child's garbage collections, which
-                # would otherwise walk it, and copy every page they touch.
-                gc.freeze()
-                code = 0 if work(w) else 1
-            finally:
-                os._exit(code)
-        pids.append(pid)
-    failed = 0
-    cpu = 0.0
-    for pid in pids:
-        _, status, usage = os.wait4(pid, 0)
-        failed += os.waitstatus_to_exitcode(status) != 0
-        cpu += usage.ru_utime + usage.ru_stime
-    if failed:
-        raise RuntimeError(f"{failed} workers failed")
-    return cpu
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-class Run:
-    """One timed run: seconds, the server's CPU seconds (None when it has none), and
-    the workers' CPU seconds."""
-
-    def __init__(self, seconds: float, server_cpu: float | None, worker_cpu: float) -> None:
-        self.seconds = seconds
-        self.server_cpu = server_cpu
-        self.worker_cpu = worker_cpu
-
-
-# --- trackerd (and any daemon speaking its protocol) --------------------------------
+# --- the competitors, run in a tree's bench process (serve) ---------------------------
 
 
 def run_protocol_daemon(
     load: Workload,
-    start_daemon: Callable[[], BenchDaemon],
+    extra_args: Sequence[str] = (),
     many: bool = False,
     table_entries: int = BULK_TABLE_ENTRIES,
+    command: Sequence[str] | None = None,
+    on_start: Callable[[int], object] | None = None,
 ) -> Run:
-    daemon = start_daemon()
+    """trackerd (or a daemon speaking its protocol: ``command``), fed by the workers
+    through this process's servertracker.Client; on_start(pid) before the timing."""
+    daemon = BenchDaemon(extra_args, command).start()
     try:
         assert daemon.process is not None
+        if on_start is not None:
+            on_start(daemon.process.pid)
         cpu_before = cpu_seconds(daemon.process.pid)
         start = time.perf_counter()
 
@@ -265,24 +212,9 @@ def run_protocol_daemon(
         got = (status.unique_conn_ips, status.unique_domains, status.unique_ip_servers)
         assert got == load.distinct, f"counted {got}, expected {load.distinct}"
         assert status.records == load.total, f"{status.records} records"
-        return Run(elapsed, cpu, worker_cpu)
+        return Run(elapsed, cpu, worker_cpu, extensions_mapped(daemon.process.pid))
     finally:
         daemon.stop()
-
-
-def start_trackerd() -> BenchDaemon:
-    return BenchDaemon().start()
-
-
-def start_trackerd_without_windows() -> BenchDaemon:
-    return BenchDaemon(["--windows", "none"]).start()
-
-
-def start_naive() -> BenchDaemon:
-    return BenchDaemon(command=[sys.executable, "-m", "bench.naive_daemon"]).start()
-
-
-# --- the harness alone -----------------------------------------------------------------
 
 
 def _record_nothing(conn_ip: str, sender: str) -> None:
@@ -304,401 +236,315 @@ def run_workers_alone(load: Workload) -> Run:
     return Run(time.perf_counter() - start, None, worker_cpu)
 
 
-# --- Redis --------------------------------------------------------------------------
+NAIVE = [sys.executable, "-P", "-m", "bench.naive_daemon"]
+#: Each competitor's run, by key.
+RUNS: dict[str, Callable[[Workload], Run]] = {
+    "trackerd": lambda load: run_protocol_daemon(load),
+    "columns": lambda load: run_protocol_daemon(load, table_entries=0),
+    "record_many": lambda load: run_protocol_daemon(load, many=True),
+    "no-windows": lambda load: run_protocol_daemon(load, ("--windows", "none")),
+    "small-table": lambda load: run_protocol_daemon(load, table_entries=SMALL_TABLE),
+    "redis": run_redis,
+    "redis-repeats": lambda load: run_redis(load, repeats=True),
+    "redis-waits": lambda load: run_redis(load, WAITS, repeats=True),
+    "naive": lambda load: run_protocol_daemon(load, command=NAIVE),
+    "alone": run_workers_alone,
+}
+SEED = "seed"
+PREPARE = "prepare"
 
-SET_NAMES = ("conn_ips", "domains", "ip_servers")
-RECORDS_NAME = "records"
-_UNSEEN = (-1, b"")  # a sender memo's default: not hashed yet
+_load: Workload | None = None
 
 
-class RedisServer:
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="stbr-", dir="/tmp"))
-        self.socket = self.dir / "redis.sock"
-        self.process = subprocess.Popen(
-            [
-                *("redis-server", "--port", "0", "--unixsocket", str(self.socket)),
-                *("--unixsocketperm", "700", "--save", "", "--appendonly", "no"),
-                *("--dir", str(self.dir)),
-            ],
-            stdout=subprocess.DEVNULL,
+def serve(request: dict[str, Any]) -> dict[str, Any]:
+    """One request to a tree's bench process (bench.trees.TreeProcess): the
+    competitor's key (or PREPARE: make the form's records, run nothing), the form,
+    the records per worker and (to run) their true counts."""
+    key, form, per_worker = request["key"], request["form"], request["per_worker"]
+    if key == SEED:
+        return vars(run_seed_design(Workload(form, per_worker)))
+    load = _prepared(form, per_worker)
+    if key == PREPARE:
+        return {}
+    load.distinct = tuple(request["distinct"])
+    return vars(RUNS[key](load))
+
+
+def _prepared(form: str, per_worker: int) -> Workload:
+    """The form's records, made once while the process runs that form."""
+    global _load
+    if _load is None or (_load.form, _load.per_worker) != (form, per_worker):
+        gc.unfreeze()
+        _load = None  # the last form's records go before the next's are made
+        # The true counts come with each run (taken once, by the parent).
+        _load = Workload(form, per_worker, (0, 0, 0))
+        # Left out of this process's collections, which would walk 1.6 million
+        # tuples and touch the pages the forked workers share.
+        gc.collect()
+        gc.freeze()
+    return _load
+
+
+# --- the run: who runs where ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entrant:
+    """A row: a competitor's key, run in one tree's process on one path."""
+
+    name: str
+    key: str
+    tree: Tree
+    #: The row's "tree, path" cell ("-": the competitor is not trackerd).
+    runs: str
+
+
+def choose_competitors(spec: str) -> list[str]:
+    """--competitors' keys, in the order the table shows them; SystemExit on a typo."""
+    if spec == "all":
+        return [*TRACKERD, *OTHERS]
+    keys = [key.strip() for key in spec.split(",") if key.strip()]
+    unknown = [key for key in keys if key not in TRACKERD and key not in OTHERS]
+    if unknown or not keys:
+        raise SystemExit(
+            f"--competitors: unknown {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join([*TRACKERD, *OTHERS])}, or all"
         )
-        # The socket file appears at bind(), a moment before listen(): wait for
-        # a PING to be answered, not merely for the file.
-        import redis  # a benchmark-only dependency
-
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if redis.Redis(unix_socket_path=str(self.socket)).ping():
-                    break
-            except redis.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+    return [key for key in (*TRACKERD, *OTHERS) if key in keys]
 
 
-def _hashers(salt: bytes) -> tuple[hashlib._Hash, ...]:  # type: ignore[name-defined]
-    return tuple(hashlib.blake2b(key=salt, digest_size=8, person=b"w-%d" % c) for c in Category)
+def choose_forms(spec: str) -> list[str]:
+    forms = [form.strip() for form in spec.split(",") if form.strip()]
+    unknown = [form for form in forms if form not in FORMS]
+    if unknown or not forms:
+        raise SystemExit(
+            f"--forms: unknown {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(FORMS)}"
+        )
+    return forms
 
 
-def _digest(hashers: tuple[hashlib._Hash, ...], category: int, key: bytes) -> bytes:  # type: ignore[name-defined]
-    h = hashers[category].copy()
-    h.update(key)
-    return h.digest()
-
-
-REDIS_SLICE = 1_000  # records hashed per round trip to Redis
-#: Entries of each of a Redis worker's digest memos (trackerd's default table size).
-REDIS_MEMO = BULK_TABLE_ENTRIES
-
-
-def hiredis_used() -> bool:
-    """Whether redis-py parses replies in C (hiredis), as Redis at its best needs."""
-    import redis.utils  # a benchmark-only dependency
-
-    return bool(redis.utils.HIREDIS_AVAILABLE)
-
-
-def run_redis(load: Workload) -> Run:
-    """Redis's best use, as an expert would write it: the competitor at its strongest.
-
-    Each worker hashes the domain part, lowercased (no other normalising, as the
-    original's callers pass it), and the connection IP with keyed BLAKE2b, in slices
-    of 1,000 records, in a loop with its methods bound once and one branch per
-    sender. A digest is memoised per worker (connection IPs and senders apart),
-    keyed by hash() of the connection IP and of the sender's domain part (a sender
-    with an "@" is cut to what follows its last "@" first, one without is keyed as
-    it is), never by the text itself, as trackerd's worker tables (its worker too
-    cuts a sender to its domain part before numbering it), in dicts of at most
-    REDIS_MEMO entries, cleared when full. Keying by the part, not the whole
-    sender, is what lets the memo hit on the ``user@domain`` forms, whose whole
-    senders are nearly all distinct (of the variants timed in one process with no
-    send, this one loop was the fastest over the forms taken together). Every member is an
-    8-byte digest, so the slice's multi-member SADDs (one per category) and one
-    INCRBY of the records count are written as RESP bytes directly, with no
-    per-argument packing, sent in one send on one Unix-socket connection, and
-    answered by one reply read per command (parsed in C by hiredis, see
-    hiredis_used). That is one round trip and at most four commands per 1,000
-    records, with the least Python per record a client can do; redis-server (no
-    persistence) then does only the set insertions and the sum.
-    """
-    import redis  # a benchmark-only dependency
-
-    server = RedisServer()
-    salt = secrets.token_bytes(32)
-    try:
-        cpu_before = cpu_seconds(server.process.pid)
-        start = time.perf_counter()
-
-        def work(w: int) -> bool:
-            return _redis_worker(server.socket, salt, load.shares[w])
-
-        worker_cpu = fork_workers(work)
-        db = redis.Redis(unix_socket_path=str(server.socket))
-        got = tuple(db.scard(name) for name in SET_NAMES)
-        records = int(db.get(RECORDS_NAME) or 0)
-        elapsed = time.perf_counter() - start
-        cpu = cpu_seconds(server.process.pid) - cpu_before
-        assert got == load.distinct, f"redis counted {got}, expected {load.distinct}"
-        assert records == load.total, f"redis counted {records} records"
-        return Run(elapsed, cpu, worker_cpu)
-    finally:
-        server.stop()
-
-
-def _redis_worker(socket: Path, salt: bytes, share: list[tuple[str, str]]) -> bool:
-    """One worker of run_redis: hash (memoised), then SADD and INCRBY each slice in
-    a single send."""
-    import redis  # a benchmark-only dependency
-
-    conn = redis.UnixDomainSocketConnection(path=str(socket))
-    send, read = conn.send_packed_command, conn.read_response
-    ip_hasher, domain_hasher, literal_hasher = _hashers(salt)
-    ip_copy, domain_copy, literal_copy = ip_hasher.copy, domain_hasher.copy, literal_hasher.copy
-    names = [name.encode() for name in SET_NAMES]
-    records = RECORDS_NAME.encode()
-    # hash() of the IP or domain part -> its digest; a sender's also says its set
-    # (None: no set).
-    ip_memo: dict[int, bytes] = {}
-    sender_memo: dict[int, tuple[int, bytes] | None] = {}
-    for first in range(0, len(share), REDIS_SLICE):
-        members: tuple[list[bytes], list[bytes], list[bytes]] = ([], [], [])
-        add_ip = members[0].append
-        if len(ip_memo) > REDIS_MEMO - REDIS_SLICE:
-            ip_memo.clear()
-        if len(sender_memo) > REDIS_MEMO - REDIS_SLICE:
-            sender_memo.clear()
-        get_ip, get_sender = ip_memo.get, sender_memo.get
-        chunk = share[first : first + REDIS_SLICE]
-        for ip, value in chunk:
-            key = hash(ip)
-            digest = get_ip(key)
-            if digest is None:
-                h = ip_copy()
-                h.update(ip.encode())
-                digest = ip_memo[key] = h.digest()
-            add_ip(digest)
-            # As trackerd's worker, cut to the domain part before the memo (whole
-            # senders are nearly all distinct; their domains repeat): what follows
-            # the last "@" (a bracketed sender's ">" kept, to spare a call), or the
-            # value as it is when it has no "@" (the domain form, a literal, "<>").
-            if "@" in value:
-                value = value.rpartition("@")[2]
-            key = hash(value)
-            found = get_sender(key, _UNSEEN)
-            if found is _UNSEEN:
-                found = None
-                # The original's callers pass the domain part; take it, unnormalised.
-                part = value.rstrip(">")
-                if part and part != "<":
-                    if part[0] == "[":
-                        h = literal_copy()
-                        h.update(part.encode())
-                        found = (2, h.digest())
-                    else:
-                        h = domain_copy()
-                        h.update(part.lower().rstrip(".").encode())
-                        found = (1, h.digest())
-                sender_memo[key] = found
-            if found is not None:
-                members[found[0]].append(found[1])
-        out: list[bytes] = []
-        for name, digests in zip(names, members, strict=True):
-            if digests:
-                # SADD name member...: every member is an 8-byte digest.
-                out.append(
-                    b"*%d\r\n$4\r\nSADD\r\n$%d\r\n%s\r\n" % (len(digests) + 2, len(name), name)
+def choose_trees(
+    baseline: Path | None, pure_python: bool
+) -> tuple[list[Tree], dict[Tree, Description]]:
+    """Each tree and path to run trackerd in, described (which files, which path):
+    this tree first (the reference), then its pure-Python fallback if it has a C path,
+    then the baseline's likewise."""
+    roots = [this_tree()] + ([baseline_tree(baseline)] if baseline is not None else [])
+    trees: list[Tree] = []
+    described: dict[Tree, Description] = {}
+    for tree in roots:
+        described[tree] = describe(tree)
+        trees.append(tree)
+        if pure_python and described[tree].extensions:
+            pure = Tree(tree.label, tree.root, pure=True)
+            described[pure] = describe(pure)
+            if described[pure].extensions:
+                raise SystemExit(
+                    f"{tree.root}: its extension modules load even with the pure-Python "
+                    f"path forced ({', '.join(described[pure].extensions)})"
                 )
-                out.append(b"$8\r\n" + b"\r\n$8\r\n".join(digests) + b"\r\n")
-        count = b"%d" % len(chunk)
-        out.append(
-            b"*3\r\n$6\r\nINCRBY\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
-            % (len(records), records, len(count), count)
+            trees.append(pure)
+    return trees, described
+
+
+def entrants(
+    keys: list[str], trees: list[Tree], described: dict[Tree, Description]
+) -> list[Entrant]:
+    rows = []
+    for tree in trees:
+        where = f"{tree.label or 'this'}, {described[tree].path}"
+        rows += [
+            Entrant(TRACKERD[key] + tree.name(), key, tree, where)
+            for key in keys
+            if key in TRACKERD
+        ]
+    return rows + [Entrant(OTHERS[key], key, trees[0], "-") for key in keys if key in OTHERS]
+
+
+def tree_lines(described: dict[Tree, Description]) -> list[str]:
+    """The output's header: each tree and path, what its processes imported."""
+    lines = []
+    for tree, about in described.items():
+        loaded = ", ".join(about.extensions) or "none"
+        lines.append(
+            f"{tree.label or 'this'} tree, {about.path}: {tree.root} ({about.revision}); "
+            f"trackerd from {Path(about.trackerd).parent}, servertracker from "
+            f"{Path(about.servertracker).parent}; extension modules loaded: {loaded}"
+            + (" (pure Python forced)" if tree.pure else "")
         )
-        send([b"".join(out)])
-        for _ in range(len(out) // 2 + 1):
-            read()
-    conn.disconnect()
-    return True
+    return lines
 
 
-# --- the seed's design ----------------------------------------------------------------
-
-
-def seed_directory() -> str:
-    """Where the seed design writes: tmpfs, as the original's runtime directory."""
-    return "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
-
-
-def run_seed_design(load: Workload) -> Run:
-    """In-process sets, and the status file rewritten on every record, as the original.
-
-    Every worker rewrites the one status file, as the original's goroutines do.
-    The sets are not shared: the original's goroutines share theirs under a mutex
-    in one process, and sharing Python sets across forked processes would need a
-    server process or shared memory, a cost the design does not have; so each
-    worker keeps its own sets, writes its own counts, and asserts them against its
-    share's true counts (made apart, before timing), so a broken model fails. The
-    writes to the one file are not serialised (the original holds its mutex while
-    writing), which if anything flatters the model.
-    """
-    directory = Path(tempfile.mkdtemp(prefix="stbs-", dir=seed_directory()))
-    salt = secrets.token_bytes(32)
-    path = directory / "server_tracker.json"
-    expected = [distinct_counts([share]) for share in make_shares(load.form, load.per_worker)]
-    try:
-        start = time.perf_counter()
-
-        def work(w: int) -> bool:
-            hashers = _hashers(salt)
-            sets: list[set[bytes]] = [set(), set(), set()]
-            boot = int(time.time())
-            for ip, value in load.shares[w]:
-                key = classify_conn_ip(ip)
-                if type(key) is bytes:
-                    sets[Category.CONN_IP].add(_digest(hashers, Category.CONN_IP, key))
-                classified = classify_sender(value)
-                if type(classified) is tuple:
-                    sets[classified[0]].add(_digest(hashers, *classified))
-                status = {
-                    "boot_time": boot,
-                    "unique_conn_ips": len(sets[0]),
-                    "unique_domains": len(sets[1]),
-                    "unique_ip_servers": len(sets[2]),
-                }
-                path.write_text(json.dumps(status))
-            got = (len(sets[0]), len(sets[1]), len(sets[2]))
-            if got != expected[w]:
-                print(f"seed design worker {w} counted {got}, expected {expected[w]}")
-                return False
-            return True
-
-        worker_cpu = fork_workers(work)
-        return Run(time.perf_counter() - start, None, worker_cpu)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-# --- the run --------------------------------------------------------------------------
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def main() -> None:
-    parser = arguments("bench.compare", __doc__)
-    parser.add_argument("--rounds", type=int, default=5, help="rounds, competitors alternated")
-    parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated sender forms")
-    parser.add_argument("--per-worker", type=int, default=PER_WORKER, help="records per worker")
-    parser.add_argument(
-        "--seed-records",
-        type=int,
-        default=5_000,
-        help="records per worker for the slow seed design (0: leave it out)",
-    )
-    parser.add_argument("--only", help="run only competitors whose name contains this")
-    args = parser.parse_args()
-    forms = args.forms.split(",")
-
-    loads = {form: Workload(form, args.per_worker) for form in forms}
-    seed_load = Workload("mix", args.seed_records) if args.seed_records else None
-    competitors: dict[str, Callable[[Workload], Run]] = {
-        "trackerd": lambda load: run_protocol_daemon(load, start_trackerd),
-        "trackerd columns": lambda load: run_protocol_daemon(load, start_trackerd, table_entries=0),
-        "trackerd record_many": lambda load: run_protocol_daemon(load, start_trackerd, True),
-        "trackerd --windows none": lambda load: run_protocol_daemon(
-            load, start_trackerd_without_windows
-        ),
-        "trackerd small table": lambda load: run_protocol_daemon(
-            load, start_trackerd, table_entries=SMALL_TABLE
-        ),
-    }
-    hiredis = None
-    if shutil.which("redis-server"):
-        hiredis = hiredis_used()
-        competitors["redis (b) best use" if hiredis else REDIS_NO_HIREDIS] = run_redis
-        print(f"redis-py parses with hiredis: {'yes' if hiredis else 'NO (Redis handicapped)'}")
-    else:
-        print("redis-server not found (apt-get install redis-server): Redis left out")
-    competitors["naive anyio daemon"] = lambda load: run_protocol_daemon(load, start_naive)
-    competitors[WORKERS_ALONE] = run_workers_alone
-    if args.only:
-        kept = ("trackerd", WORKERS_ALONE)
-        competitors = {n: c for n, c in competitors.items() if args.only in n or n in kept}
-
-    if seed_load is not None:
-        where = seed_directory()
-        print(
-            f"seed design writes in {where}"
-            + ("" if where == "/dev/shm" else " (no /dev/shm here: a disk, not tmpfs)")
+def check_path(row: Entrant, run: Run, about: Description) -> None:
+    """Fail at once, not after the whole run, if a daemon ran other code than its row
+    says: an extension module from another tree, or one on the pure-Python path."""
+    loaded = run.server_extensions or []
+    alien = [file for file in loaded if not Path(file).is_relative_to(row.tree.root)]
+    if alien or (loaded and about.path != C_PATH):
+        raise RuntimeError(
+            f"{row.name}: its daemon loaded {', '.join(loaded)}, but the row is "
+            f"{row.tree.root}'s {about.path} path"
         )
-    names = list(competitors)
-    runs: dict[str, dict[str, list[Run]]] = {f: {n: [] for n in names} for f in forms}
+
+
+def measure(
+    forms: list[str],
+    rows: list[Entrant],
+    described: dict[Tree, Description],
+    rounds: int,
+    per_worker: int,
+    seed_records: int,
+) -> tuple[dict[str, dict[str, list[Run]]], list[Run]]:
+    """Every form's rounds, each tree's competitors in that tree's bench process."""
+    processes: dict[Tree, TreeProcess] = {}
+
+    def process(tree: Tree) -> TreeProcess:
+        if tree not in processes:
+            processes[tree] = TreeProcess(tree, "bench.compare", "serve")
+        return processes[tree]
+
+    def call(tree: Tree, request: dict[str, Any]) -> Run:
+        return Run(**process(tree).call(request))
+
+    runs: dict[str, dict[str, list[Run]]] = {f: {row.name: [] for row in rows} for f in forms}
     seed_runs: list[Run] = []
-    load_before = loadavg()
-    for round_number in range(args.rounds):
-        order = names[round_number % len(names) :] + names[: round_number % len(names)]
+    try:
         for form in forms:
-            for name in order:
-                result = competitors[name](loads[form])
-                runs[form][name].append(result)
-                print(
-                    f"round {round_number + 1} {form:14} {name:22} {result.seconds:6.2f} s",
-                    flush=True,
-                )
-        if seed_load is not None:
-            seed_runs.append(run_seed_design(seed_load))
+            # Each tree's process makes the form's records while this one takes their
+            # true counts: no run is timed meanwhile.
+            making = [process(tree) for tree in dict.fromkeys(row.tree for row in rows)]
+            for each in making:
+                each.send({"key": PREPARE, "form": form, "per_worker": per_worker})
+            distinct = true_counts(form, per_worker)
+            for each in making:
+                each.receive()
+            for number in range(rounds):
+                order = rows[number % len(rows) :] + rows[: number % len(rows)]
+                for row in order:
+                    request = {
+                        "key": row.key,
+                        "form": form,
+                        "per_worker": per_worker,
+                        "distinct": distinct,
+                    }
+                    began = time.perf_counter()
+                    result = call(row.tree, request)
+                    took = time.perf_counter() - began
+                    check_path(row, result, described[row.tree])
+                    runs[form][row.name].append(result)
+                    print(
+                        f"{form:14} round {number + 1}  {row.name:40} {result.seconds:6.2f} s "
+                        f"timed, {took:6.2f} s in all",
+                        flush=True,
+                    )
+        for number in range(rounds if seed_records else 0):
+            request = {"key": SEED, "form": "mix", "per_worker": seed_records}
+            seed_runs.append(call(rows[0].tree if rows else this_tree(), request))
             print(
-                f"round {round_number + 1} seed design: {seed_runs[-1].seconds:.2f} s "
-                f"for {seed_load.total:,} records",
+                f"seed design round {number + 1}: {seed_runs[-1].seconds:.2f} s for "
+                f"{WORKERS * seed_records:,} records",
                 flush=True,
             )
-    load_after = loadavg()
+    finally:
+        for running in processes.values():
+            running.close()
+    return runs, seed_runs
 
-    seed_rate = (
-        seed_load.total / statistics.median(r.seconds for r in seed_runs) if seed_load else None
-    )
-    rows = []
-    result: dict[str, object] = {
-        "records_per_form": WORKERS * args.per_worker,
-        "rounds": args.rounds,
-        "loadavg_before": load_before,
-        "loadavg_after": load_after,
-        "seed_records_per_second": seed_rate,
-        "seed_directory": seed_directory() if seed_load else None,
-        "seed_worker_cpu_us_per_record": (
-            statistics.median(r.worker_cpu for r in seed_runs) * 1e6 / seed_load.total
-            if seed_load
-            else None
-        ),
-        # Cross-run: issue 13's figures, not measured here (see GO_ORIGINAL).
-        "go_original_records_per_second": GO_ORIGINAL_RATE,
-        "go_original_run_trackerd_records_per_second": GO_RUN_TRACKERD_RATE,
-        "redis_hiredis": hiredis,
-        "forms": {},
-    }
+
+# --- the table ----------------------------------------------------------------------------
+
+HEADERS = [
+    "form",
+    "competitor",
+    "tree, path",
+    "median s",
+    "records/s",
+    "trackerd faster by",
+    "server CPU µs/record",
+    "workers CPU µs/record",
+    "total CPU µs/record",
+]
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def results(
+    forms: list[str],
+    rows: list[Entrant],
+    runs: dict[str, dict[str, list[Run]]],
+    seed_runs: list[Run],
+    per_worker: int,
+    seed_records: int,
+) -> tuple[list[list[str]], dict[str, dict[str, dict[str, Any]]]]:
+    """The table's rows and the JSON's "forms"."""
+    total = WORKERS * per_worker
+    reference = next((r.name for r in rows if r.key == "trackerd" and r.tree == rows[0].tree), None)
+    table_rows: list[list[str]] = []
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for form in forms:
-        total = loads[form].total
-        ours = statistics.median(r.seconds for r in runs[form]["trackerd"])
-        form_result = {}
-        for name in names:
-            seconds = statistics.median(r.seconds for r in runs[form][name])
-            cpus = [r.server_cpu for r in runs[form][name] if r.server_cpu is not None]
-            cpu_us = statistics.median(cpus) * 1e6 / total if cpus else None
-            worker_us = statistics.median(r.worker_cpu for r in runs[form][name]) * 1e6 / total
-            total_us = (
-                statistics.median((r.server_cpu or 0) + r.worker_cpu for r in runs[form][name])
-                * 1e6
-                / total
-            )
-            rows.append(
+        ours = _median([r.seconds for r in runs[form][reference]]) if reference else None
+        out[form] = {}
+        for row in rows:
+            got = runs[form][row.name]
+            seconds = _median([r.seconds for r in got])
+            cpus = [r.server_cpu for r in got if r.server_cpu is not None]
+            server_us = _median(cpus) * 1e6 / total if cpus else None
+            worker_us = _median([r.worker_cpu for r in got]) * 1e6 / total
+            total_us = _median([(r.server_cpu or 0) + r.worker_cpu for r in got]) * 1e6 / total
+            ratio = "-" if row.key == "alone" or ours is None else f"{seconds / ours:.2f}x"
+            table_rows.append(
                 [
                     form,
-                    name,
+                    row.name,
+                    row.runs,
                     f"{seconds:.2f}",
                     f"{total / seconds:,.0f}",
-                    "-" if name == WORKERS_ALONE else f"{seconds / ours:.2f}x",
-                    "-" if cpu_us is None else f"{cpu_us:.2f}",
+                    ratio,
+                    "-" if server_us is None else f"{server_us:.2f}",
                     f"{worker_us:.2f}",
                     f"{total_us:.2f}",
                 ]
             )
-            form_result[name] = {
-                "seconds": [r.seconds for r in runs[form][name]],
-                "server_cpu_seconds": [r.server_cpu for r in runs[form][name]],
-                "worker_cpu_seconds": [r.worker_cpu for r in runs[form][name]],
+            out[form][row.name] = {
+                "key": row.key,
+                "tree": str(row.tree.root),
+                "tree_path": row.runs,
+                "seconds": [r.seconds for r in got],
+                "server_cpu_seconds": [r.server_cpu for r in got],
+                "worker_cpu_seconds": [r.worker_cpu for r in got],
+                "daemon_extensions": sorted({f for r in got for f in r.server_extensions or []}),
                 "median_seconds": seconds,
                 "records_per_second": total / seconds,
-                "server_cpu_us_per_record": cpu_us,
+                "server_cpu_us_per_record": server_us,
                 "worker_cpu_us_per_record": worker_us,
                 "total_cpu_us_per_record": total_us,
             }
-        if seed_rate and seed_load:
-            seed_cpu = statistics.median(r.worker_cpu for r in seed_runs) * 1e6 / seed_load.total
-            rows.append(
+        if ours is None:
+            continue
+        if seed_runs:
+            seed_rate = WORKERS * seed_records / _median([r.seconds for r in seed_runs])
+            seed_us = _median([r.worker_cpu for r in seed_runs]) * 1e6 / (WORKERS * seed_records)
+            table_rows.append(
                 [
                     form,
-                    "seed design, Python model (file per record)",
+                    SEED_DESIGN,
+                    "-",
                     "-",
                     f"{seed_rate:,.0f}",
                     f"{total / ours / seed_rate:.1f}x",
                     "-",
-                    f"{seed_cpu:.2f}",
-                    f"{seed_cpu:.2f}",
+                    f"{seed_us:.2f}",
+                    f"{seed_us:.2f}",
                 ]
             )
-        rows.append(
+        table_rows.append(
             [
                 form,
                 GO_ORIGINAL,
+                "-",
                 "-",
                 f"{GO_ORIGINAL_RATE:,}",
                 f"{total / ours / GO_ORIGINAL_RATE:.1f}x cross-run "
@@ -708,28 +554,136 @@ def main() -> None:
                 "-",
             ]
         )
-        result["forms"][form] = form_result  # type: ignore[index]
-    print()
-    print(f"load average before {load_before}, after {load_after}; hiredis: {hiredis}")
-    print(
-        table(
-            [
-                "form",
-                "competitor",
-                "median s",
-                "records/s",
-                "trackerd is faster by",
-                "server CPU µs/record",
-                "workers CPU µs/record",
-                "total CPU µs/record",
-            ],
-            rows,
-        )
+    return table_rows, out
+
+
+def markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub table; a form's cell in backquotes (``<user@domain>`` would be HTML)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join([f"`{row[0]}`", *row[1:]]) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = arguments("bench.compare", __doc__)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds, competitors alternated")
+    parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated sender forms")
+    parser.add_argument(
+        "--competitors",
+        default=",".join(DEFAULT_COMPETITORS),
+        help="comma-separated competitor keys (see above), or all",
     )
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {out / 'compare.json'}")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run the trackerd competitors with the library and daemon "
+        "of the checkout in DIR (e.g. git archive REV | tar -x -C DIR)",
+    )
+    parser.add_argument(
+        "--pure-python",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="where a tree has a C path, also run its trackerd competitors "
+        "with the pure-Python fallback forced",
+    )
+    parser.add_argument("--per-worker", type=int, default=PER_WORKER, help="records per worker")
+    parser.add_argument(
+        "--seed-records",
+        type=int,
+        default=5_000,
+        help="records per worker for the slow seed design (0: leave it out)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        metavar="DIR",
+        help="where compare.json and compare.md go",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if args.rounds < 1 or args.per_worker < 1 or args.seed_records < 0:
+        raise SystemExit("--rounds and --per-worker must be at least 1, --seed-records 0 or more")
+    forms = choose_forms(args.forms)
+    keys = choose_competitors(args.competitors)
+    notes = []
+    if any(key.startswith("redis") for key in keys):
+        why = (
+            ""
+            if shutil.which("redis-server")
+            else "redis-server not found (apt-get install redis-server)"
+        ) or ("" if hiredis_available() else "hiredis not installed (pip install -e '.[bench]')")
+        if why:
+            keys = [key for key in keys if not key.startswith("redis")]
+            notes.append(f"Redis left out: {why}")
+        else:
+            notes.append("Redis's workers parse replies with hiredis")
+    trees, described = choose_trees(args.baseline, args.pure_python)
+    rows = entrants(keys, trees, described)
+    if not rows:
+        raise SystemExit("nothing to run")
+    header = tree_lines(described) + notes
+    if args.seed_records:
+        where = seed_directory()
+        header.append(
+            f"seed design writes in {where}"
+            + ("" if where == "/dev/shm" else " (no /dev/shm here: a disk, not tmpfs)")
+        )
+    for line in header:
+        print(line)
+    load_before = loadavg()
+    print(f"load average before: {load_before}", flush=True)
+    runs, seed_runs = measure(
+        forms, rows, described, args.rounds, args.per_worker, args.seed_records
+    )
+    load_after = loadavg()
+    table_rows, per_form = results(forms, rows, runs, seed_runs, args.per_worker, args.seed_records)
+    heading = (
+        f"{WORKERS} forked workers x {args.per_worker:,} records a form, {args.rounds} "
+        f"rounds, medians; load average before {load_before}, after {load_after}"
+    )
+    md = "\n".join(
+        [
+            f"`python -m bench.compare {' '.join(sys.argv[1:] if argv is None else argv)}`",
+            "",
+            heading,
+            "",
+            *(f"- {line}" for line in header),
+            "",
+            markdown(HEADERS, table_rows),
+        ]
+    )
+    print()
+    print(heading)
+    print(table(HEADERS, table_rows))
+    print()
+    print(md)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "compare.md").write_text(md + "\n")
+    result = {
+        "records_per_form": WORKERS * args.per_worker,
+        "rounds": args.rounds,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "trees": [
+            {"tree": str(t.root), "label": t.label, "pure_forced": t.pure, **asdict(about)}
+            for t, about in described.items()
+        ],
+        "notes": notes,
+        "seed_worker_cpu_seconds": [r.worker_cpu for r in seed_runs],
+        "seed_seconds": [r.seconds for r in seed_runs],
+        "seed_records": WORKERS * args.seed_records,
+        # Cross-run: issue 13's figures, not measured here (see GO_ORIGINAL).
+        "go_original_records_per_second": GO_ORIGINAL_RATE,
+        "go_original_run_trackerd_records_per_second": GO_RUN_TRACKERD_RATE,
+        "forms": per_form,
+    }
+    (args.results / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten to {args.results / 'compare.json'} and compare.md")
 
 
 if __name__ == "__main__":

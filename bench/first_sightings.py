@@ -68,7 +68,7 @@ ALL_DISTINCT = {
 
 
 def _mix(n: int) -> str:
-    from bench.compare import sender
+    from bench.workload import sender
 
     return sender("mix", n)
 

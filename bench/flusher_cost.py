@@ -27,7 +27,7 @@ import statistics
 import time
 
 from bench._support import arguments, table
-from bench.compare import FORMS, PER_WORKER, conn_ip, loadavg, sender
+from bench.workload import FORMS, PER_WORKER, conn_ip, loadavg, sender
 from servertracker import protocol
 from servertracker.batch_encoder import BULK_TABLE_ENTRIES, INTERNED_BATCH_SIZE, BatchEncoder
 from servertracker.sender_split import sent_senders

@@ -39,13 +39,14 @@ import socket
 import statistics
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench._support import BenchDaemon, arguments, table
-from bench.compare import (
+from bench.profile import py_spy
+from bench.trees import baseline_tree
+from bench.workload import (
     FORMS,
     PER_WORKER,
     WORKERS,
@@ -54,7 +55,6 @@ from bench.compare import (
     fork_workers,
     loadavg,
 )
-from bench.profile import py_spy
 from servertracker import protocol
 from servertracker.batch_encoder import INTERNED_BATCH_SIZE
 from servertracker.recorder import DEFAULT_BATCH_SIZE
@@ -126,7 +126,7 @@ def run(
 ) -> tuple[float, float, float]:
     """(seconds, daemon CPU seconds, workers' CPU seconds) for every worker sending
     its frames; with profile, py-spy's raw samples of the daemon go there. command
-    starts another trackerd (baseline_command), else this tree's."""
+    starts another trackerd (a baseline tree's, bench.trees), else this tree's."""
     daemon = BenchDaemon(command=command).start()
     spy = None
     try:
@@ -182,14 +182,6 @@ def run(
 
 
 BASELINE = "interned, baseline"
-
-
-def baseline_command(tree: Path) -> list[str]:
-    """trackerd from another checkout (say `git archive` of main before a change)."""
-    path = f"{tree.resolve()}:{tree.resolve() / 'client'}"
-    # PYTHONPATH comes before the editable install's path entries; -P keeps the
-    # current directory (a checkout, maybe) off sys.path.
-    return ["env", f"PYTHONPATH={path}", sys.executable, "-P", "-m", "trackerd"]
 
 
 def top_functions(path: Path, count: int = 15) -> list[tuple[str, float]]:
@@ -249,7 +241,7 @@ def main() -> None:
                     interned_frames(share, interned_batch) for share in load.shares
                 ]
             frames[BASELINE] = frames["interned"]
-            commands[BASELINE] = baseline_command(args.baseline)
+            commands[BASELINE] = baseline_tree(args.baseline).trackerd_command()
         if args.only:
             frames = {n: f for n, f in frames.items() if args.only in n}
         sizes = {name: sum(len(b) for f in each for b in f) // WORKERS

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bench._support import BenchDaemon, arguments, table
-from bench.compare import loadavg
+from bench.workload import loadavg
 from servertracker.connection import DaemonConnection
 from trackerd.core.digest_table import DigestTable
 from trackerd.core.hyperloglog import HyperLogLog

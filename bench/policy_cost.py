@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench._support import BenchDaemon, arguments, table
-from bench.compare import distinct_counts, loadavg
+from bench.trees import baseline_tree, this_tree
+from bench.workload import distinct_counts, loadavg
 
 ATTRIBUTES = (
     "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
@@ -142,16 +143,11 @@ FLOORS = [
 
 def competitors(baseline: Path | None, floor: bool) -> list[Competitor]:
     """The baseline (if any) first and this tree last; the floors, if asked for, between."""
-    # -P: the current directory (a checkout, maybe) must not come first on sys.path.
-    this = Competitor("this tree", [sys.executable, "-P", "-m", "trackerd"])
+    # bench.trees: PYTHONPATH and -P (else a checkout in the current directory is run).
+    this = Competitor("this tree", this_tree().trackerd_command())
     if baseline is None:
         return [*FLOORS, this] if floor else [this]
-    path = f"{baseline.resolve()}:{baseline.resolve() / 'client'}"
-    # PYTHONPATH comes before the editable install's path entries.
-    other = Competitor(
-        f"baseline ({baseline})",
-        ["env", f"PYTHONPATH={path}", sys.executable, "-P", "-m", "trackerd"],
-    )
+    other = Competitor(f"baseline ({baseline})", baseline_tree(baseline).trackerd_command())
     return [other, *FLOORS, this] if floor else [other, this]
 
 

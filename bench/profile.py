@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import compare
-from bench._support import BenchDaemon, arguments, table
+from bench import compare, workload
+from bench._support import arguments, table
 from servertracker.batch_encoder import BULK_TABLE_ENTRIES
 
 #: (part, the frame names that mark it), tried in order on each sample's stack.
@@ -59,26 +59,23 @@ def profile(
     form: str, out: Path, spy: str, table_entries: int = BULK_TABLE_ENTRIES
 ) -> tuple[float, dict[str, int]]:
     """One run with py-spy on the daemon: CPU µs per record, and samples per part."""
-    load = compare.Workload(form, compare.PER_WORKER)
+    load = workload.Workload(form, workload.PER_WORKER)
     spies: list[subprocess.Popen[bytes]] = []
 
-    def start() -> BenchDaemon:
-        daemon = BenchDaemon().start()
-        assert daemon.process is not None
+    def attach(pid: int) -> None:
         spies.append(
             subprocess.Popen(
                 [
                     *(spy, "record", "-r", "200", "-f", "raw", "-o", str(out)),
-                    *("--pid", str(daemon.process.pid)),
+                    *("--pid", str(pid)),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
         )
         time.sleep(1.0)  # py-spy attaches
-        return daemon
 
-    run = compare.run_protocol_daemon(load, start, table_entries=table_entries)
+    run = compare.run_protocol_daemon(load, table_entries=table_entries, on_start=attach)
     for spying in spies:
         spying.wait(60)
     assert run.server_cpu is not None
@@ -91,7 +88,7 @@ def in_process(form: str) -> tuple[float, float, float]:
     from trackerd.core.tracker import Tracker
     from trackerd.core.windows import DEFAULT_WINDOWS, parse_windows
 
-    load = compare.Workload(form, compare.PER_WORKER)
+    load = workload.Workload(form, workload.PER_WORKER)
     # The workers' frames, interleaved as the daemon receives them.
     frames = [
         protocol.encode_columns_split([ip for ip, _ in share], [s for _, s in share], 512)
@@ -133,7 +130,7 @@ def samples_by_part(raw: Path) -> dict[str, int]:
 
 def main() -> None:
     parser = arguments("bench.profile", __doc__)
-    parser.add_argument("--form", default="mix", choices=compare.FORMS, help="the sender form")
+    parser.add_argument("--form", default="mix", choices=workload.FORMS, help="the sender form")
     parser.add_argument("--out", type=Path, help="keep py-spy's raw samples here")
     parser.add_argument(
         "--table-entries",
@@ -146,9 +143,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.in_process:
-        before = compare.loadavg()
+        before = workload.loadavg()
         decode, first, again = in_process(args.form)
-        print(f"load average before {before}, after {compare.loadavg()}")
+        print(f"load average before {before}, after {workload.loadavg()}")
         print(
             f"form {args.form}, µs/record: decoding {decode:.3f}; record_columns() "
             f"{first:.3f} with first sightings, {again:.3f} without: first sightings "
@@ -160,9 +157,9 @@ def main() -> None:
         raise SystemExit("py-spy not found: pip install -e '.[bench]'")
     with tempfile.TemporaryDirectory(prefix="stbp-") as directory:
         out = args.out or Path(directory) / "samples.txt"
-        before = compare.loadavg()
+        before = workload.loadavg()
         cpu, counts = profile(args.form, out, spy, args.table_entries)
-        after = compare.loadavg()
+        after = workload.loadavg()
     busy = sum(n for name, n in counts.items() if name != PARTS[0][0])
     print(f"load average before {before}, after {after}")
     print(f"form {args.form}: daemon CPU {cpu:.2f} µs/record, {busy} busy samples")

@@ -42,7 +42,7 @@ the flusher imports numpy, against a fresh process that imported numpy first.
 order: once with the servertracker and trackerd checked out in DIR (its bench/
 need not have this file) and once with this tree's, and reports both. Only the
 library and daemon come from DIR: the child loads this tree's bench/ (this file,
-bench/compare.py's workload and bench/_support.py's launcher) by path.
+bench/workload.py's senders and bench/_support.py's launcher); see bench.trees.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import os
 import resource
 import signal
 import statistics
@@ -65,7 +64,8 @@ from types import TracebackType
 from typing import Any
 
 from bench._support import BenchDaemon, arguments, percentile, summary, table
-from bench.compare import FORMS, loadavg, sender
+from bench.trees import BENCH_DIR, BENCH_PACKAGE, Tree, baseline_tree, this_tree
+from bench.workload import FORMS, loadavg, sender
 from servertracker import Client
 
 CALLS = 200_000
@@ -446,35 +446,29 @@ def _merge(rounds: list[dict[str, Condition]]) -> dict[str, Condition]:
     return merged
 
 
-# The child loads this file by its path (a baseline's bench/ may not have it), with
-# servertracker and trackerd from PYTHONPATH (the baseline's) or the install; the
-# "bench" package is this tree's bench/ (set first, so that this file's imports of
-# bench._support and bench.compare find this tree's, not the baseline's).
-_CHILD = """
-import importlib.util, json, sys, types
-from pathlib import Path
-bench = types.ModuleType("bench")
-bench.__path__ = [str(Path(sys.argv[1]).parent)]
-sys.modules["bench"] = bench
-spec = importlib.util.spec_from_file_location("record_cost", sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-sys.modules["record_cost"] = module
-spec.loader.exec_module(module)
+# The child: this tree's bench/ is the "bench" package (bench.trees.BENCH_PACKAGE: a
+# baseline's bench/ may not have this file), with servertracker and trackerd from the
+# tree's PYTHONPATH.
+_CHILD = (
+    BENCH_PACKAGE
+    + """
+import json
+from bench import record_cost
 round_, calls, slow_us = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-results = module.run(1, calls, slow_us, sys.argv[5], first_round=round_)
+results = record_cost.run(1, calls, slow_us, sys.argv[5], first_round=round_)
 print(json.dumps({name: c.to_json() for name, c in results.items()}))
 """
+)
 
 
-def run_in_child(python_path: str | None, round_: int, calls: int, slow_us: float,
+def run_in_child(tree: Tree, round_: int, calls: int, slow_us: float,
                  senders: str) -> dict[str, Condition]:  # fmt: skip
-    """One round in a fresh process, with the trees on ``python_path`` first."""
-    env = dict(os.environ)
-    if python_path is not None:
-        env["PYTHONPATH"] = python_path  # comes before the editable install's entries
-    command = [sys.executable, "-P", "-c", _CHILD, str(Path(__file__).resolve()), str(round_),
-               str(calls), str(slow_us), senders]  # fmt: skip
-    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    """One round in a fresh process running the tree's code (bench.trees)."""
+    command = [sys.executable, "-P", "-c", _CHILD, str(BENCH_DIR), str(round_), str(calls),
+               str(slow_us), senders]  # fmt: skip
+    out = subprocess.run(
+        command, env=tree.environment(), capture_output=True, text=True, check=True
+    ).stdout
     data: dict[str, dict[str, Any]] = json.loads(out)
     return {name: Condition.from_json(condition) for name, condition in data.items()}
 
@@ -552,14 +546,13 @@ def main() -> None:
     if args.baseline is None:
         trees = {"this tree": run(args.rounds, args.calls, args.slow_us, args.senders)}
     else:
-        root = args.baseline.resolve()
-        entrants: list[tuple[str, str | None]] = [
-            (f"baseline ({root})", f"{root}:{root / 'client'}"), ("this tree", None)]  # fmt: skip
+        entrants = [(f"baseline ({args.baseline.resolve()})", baseline_tree(args.baseline)),
+                    ("this tree", this_tree())]  # fmt: skip
         per_round: dict[str, list[dict[str, Condition]]] = {name: [] for name, _ in entrants}
         for round_ in range(args.rounds):
-            for name, path in entrants if round_ % 2 == 0 else entrants[::-1]:
+            for name, tree in entrants if round_ % 2 == 0 else entrants[::-1]:
                 per_round[name].append(
-                    run_in_child(path, round_, args.calls, args.slow_us, args.senders)
+                    run_in_child(tree, round_, args.calls, args.slow_us, args.senders)
                 )
                 print(f"round {round_ + 1}, {name}: done (load average {loadavg()})", flush=True)
         trees = {name: _merge(rounds) for name, rounds in per_round.items()}

@@ -554,6 +554,9 @@ def test_status_turns_odd_reply_types_into_a_store_error(replies: dict[str, obje
 
 def test_redis_url_errors_never_show_a_password(short_tmp: Path) -> None:
     assert fleet_store.redacted("redis://u:pw@[::1") == "an unparsable URL"
+    # A URL whose authority did not parse as one: its '@' may still end a password.
+    assert fleet_store.redacted("redis//u:s3cret@h") == "an unparsable URL"
+    assert fleet_store.redacted(":s3cret@") == "an unparsable URL"
     masked = fleet_store.redacted("redis://h:1/0?password=s3cret&db=0")
     assert "s3cret" not in masked and "password=***" in masked and "db=0" in masked
     assert "s3cret" not in fleet_store.redacted("redis://u:s3cret@h:1/0?password=s3cret")

@@ -77,8 +77,10 @@ def test_pages_render_without_warnings(name: str) -> None:
 
 def test_the_wheel_installs_the_pages_and_the_units_point_to_them() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    shared = project["tool"]["hatch"]["build"]["targets"]["wheel"]["shared-data"]
-    assert shared == {f"man/{page}": f"share/man/{page}" for page in PAGES}
+    data_files = project["tool"]["setuptools"]["data-files"]
+    installed = {f"{folder}/{Path(source).name}": source
+                 for folder, sources in data_files.items() for source in sources}  # fmt: skip
+    assert installed == {f"share/man/{page}": f"man/{page}" for page in PAGES}
     for unit in ("trackerd.service", "trackerd.socket", "trackerd-postfix.socket"):
         text = (ROOT / "systemd" / unit).read_text()
         documentation = [line for line in text.splitlines() if line.startswith("Documentation=")]

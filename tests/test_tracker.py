@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from trackerd.core.digest_table import Digests
 from trackerd.core.normalise import REJECTED, Category, classify_conn_ip, classify_sender
+from trackerd.core.raw_cache import CRawCache
 from trackerd.core.tracker import SALT_SIZE, SPLIT_CHUNK, Tracker
 
 
@@ -128,19 +129,27 @@ def test_the_raw_value_cache_changes_no_count() -> None:
 def test_the_raw_value_cache_holds_no_cleartext() -> None:
     tracker = Tracker()
     tracker.record_pairs([("203.0.113.77", "someone@secret-domain.example")])
+    dump = b""
     for cache in (tracker._conn_cache, tracker._sender_cache):
         assert len(cache) == 1
+        if isinstance(cache, CRawCache):
+            # Its state is the C table's (64-bit keys, the SipHash keys, no text); the
+            # Python object holds the table and its bound methods.
+            assert set(vars(cache)) == {"_table", "key", "code", "put", "clear"}
+            assert not hasattr(cache._table, "__dict__")
+            dump += cache._table.contents()
+            continue
         # Its only state: the table of 64-bit keys (and a random empty marker).
         assert {name: type(value) for name, value in vars(cache).items()} == {
             "_mask": np.int64, "_row_mask": int, "_empty": np.int64,
             "_table": np.ndarray}  # fmt: skip
         assert cache._table.dtype == np.int64
+        dump += cache._table.tobytes()
     assert tracker._domain_cache
     for key, value in tracker._domain_cache.items():
         assert type(key) is int
         assert type(value) is tuple and type(value[1]) is bytes
-    dump = repr(tracker._domain_cache).encode() + tracker._conn_cache._table.tobytes()
-    dump += tracker._sender_cache._table.tobytes()
+    dump += repr(tracker._domain_cache).encode()
     for secret in ("203.0.113.77", "secret-domain"):
         assert secret.encode() not in dump and secret.encode("utf-16-le") not in dump
 

@@ -97,7 +97,8 @@ def test_values_in_the_raw_value_cache_are_refreshed_too() -> None:
     tracker.record_pairs([("192.0.2.1", "a@example.com")] * 3)
     tracker.status()
     clock.now += 8
-    assert hash("192.0.2.1") in tracker._conn_cache  # the next sighting would be a hit
+    cache = tracker._conn_cache
+    assert cache.key("192.0.2.1") in cache  # the next sighting would be a hit
     tracker.record_pairs([("192.0.2.1", "a@example.com")])
     clock.now += 8  # 16 s after the first sighting, 8 after the second
     assert tracker.status().windows[0] == WindowCounts("10s", 10, 1, 1, 0)

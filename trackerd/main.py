@@ -20,7 +20,9 @@ from collections.abc import Sequence
 
 import anyio
 
+from servertracker import accel
 from trackerd import __version__
+from trackerd.core import raw_cache
 from trackerd.core.tracker import Tracker
 from trackerd.edges.access import unseeable_message
 from trackerd.edges.endpoint import Endpoint
@@ -148,10 +150,11 @@ async def _run_locked(
         for endpoint in endpoints[1:]:
             log.info("Postfix policy requests on %s", endpoint.socket.where)
         log.info(
-            "trackerd %s listening on %s; status file in %s",
+            "trackerd %s listening on %s; status file in %s; hot path: %s",
             __version__,
             endpoints[0].socket.where,
             config.runtime_dir,
+            accel.describe(raw_cache.EXTENSION),
         )
         notifier.ready(f"Ready: {summarise(tracker.status())}")
         _tune_garbage_collector()

@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
+from servertracker import accel
 from servertracker.paths import RUNTIME_DIR_HELP, SOCKET_HELP, add_path_arguments, paths_from_args
 from trackerd import __version__
+from trackerd.core import raw_cache
 from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT
 from trackerd.core.value_table import DEFAULT_MAX_INTERNED_ENTRIES
 from trackerd.core.windows import DEFAULT_WINDOWS, Window, parse_windows
@@ -187,8 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     TrackerServer.add_limit_arguments(limits)
     ConnectionLimits.add_arguments(limits)
     LogSettings.add_arguments(parser)
-    parser.add_argument("--version", action="version", version=f"trackerd {__version__}")
+    parser.add_argument("--version", action="version", version=version_line())
     return parser
+
+
+def version_line() -> str:
+    """``trackerd 0.1.0; hot path: C extension`` (or ``pure Python: why``): which code
+    counts records matters to operators and bug reports (servertracker/accel.py)."""
+    return f"trackerd {__version__}; hot path: {accel.describe(raw_cache.EXTENSION)}"
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -116,6 +116,10 @@ def redacted(url: str) -> str:
         query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     except ValueError:
         return "an unparsable URL"
+    if "@" in url and "@" not in parts.netloc:
+        # An '@' outside the authority ("redis//user:pw@host", a missing colon) may
+        # still end a password the parser did not see as one.
+        return "an unparsable URL"
     if any(name == "password" for name, _ in query):
         masked = [(n, "***" if n == "password" else v) for n, v in query]
         parts = parts._replace(query=urllib.parse.urlencode(masked, safe="*"))

@@ -14,16 +14,34 @@ whatever its length, one memory access a value; a dict look-up takes three (its
 index, its entry, the key object), and a dict entry costs about 100 bytes against
 8 here. Forgetting is safe: a forgotten value is a miss, normalised and queued
 again, and the counters keep each digest once. The size is fixed at creation.
+
+CRawCache is the same cache in C (_ccolumns.c), used when the extension is built
+and not turned off (servertracker/accel.py; new_raw_cache() picks): a column is
+hashed and looked up in one C loop, with no Python object a value. Its key is
+SipHash under a key drawn here per cache (never Python's hash secret), so it is
+secret whatever PYTHONHASHSEED says, and the key never leaves the C table. The
+raw senders' table (split=True) keys each usual sender by its domain part
+(every address of a domain one entry); any other value by its whole text. The
+two give the same codes for the same values; tests hold them to it.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final, cast
 
 import numpy as np
 import numpy.typing as npt
+
+from servertracker import accel
+
+if TYPE_CHECKING:
+    from trackerd.core._ccolumns import Table
+
+#: The C extension module, or None: the pure-Python RawCache runs.
+EXTENSION: Final = "trackerd.core._ccolumns"
+_ccolumns = accel.load(EXTENSION)
 
 Keys = npt.NDArray[np.int64]
 Codes = npt.NDArray[np.int8]
@@ -78,6 +96,10 @@ class RawCache:
         """Whether hash(value) == key has an entry, whatever its outcome."""
         row = self._table[key & int(self._mask)]
         return bool(np.isin(row, np.int64(key) ^ _MARKS[1:]).any())
+
+    def key(self, value: str | None) -> int:
+        """The key look_up() gives a value."""
+        return hash(value)
 
     def code(self, key: int) -> int:
         """look_up() for one key, without arrays: cheaper for a few values."""
@@ -146,3 +168,51 @@ class RawCache:
             if not lost.any():
                 return
             all_keys, stored = all_keys[lost], stored[lost]
+
+
+class CRawCache:
+    """RawCache's interface on the C table (_ccolumns.Table): same codes, its own keys."""
+
+    def __init__(self, slots: int, *, split: bool = False) -> None:
+        """``split``: key the usual senders by their domain part (the raw senders' cache)."""
+        assert _ccolumns is not None, "built only when the extension loaded (new_raw_cache)"
+        # Two SipHash keys (whole values, domain parts) and the empty slots' mark.
+        key, empty = secrets.token_bytes(32), secrets.randbits(64)
+        table = cast("Table", _ccolumns.Table(slots, key, empty, split))
+        del key
+        self._table = table
+        self.key: Callable[[str | None], int] = table.key
+        self.code: Callable[[int], int] = table.code
+        self.put: Callable[[int, int], None] = table.put
+        self.clear: Callable[[], None] = table.clear
+
+    @property
+    def slots(self) -> int:
+        return self._table.slots
+
+    @property
+    def nbytes(self) -> int:
+        return self._table.slots * 8
+
+    def __len__(self) -> int:
+        return self._table.held()
+
+    def __contains__(self, key: int) -> bool:
+        return self._table.code(key) != MISS
+
+    def look_up(self, values: Sequence[str | None]) -> tuple[Keys, Codes]:
+        """Each value's key and code, as RawCache.look_up(); the codes are writable."""
+        keys, codes = self._table.look_up(values)
+        return np.frombuffer(keys, dtype=np.int64), np.frombuffer(codes, dtype=np.int8)
+
+    def remember(self, keys: Keys | Sequence[int], codes: Codes | Sequence[int]) -> None:
+        """As RawCache.remember(): keys not held yet, with their codes (not MISS)."""
+        # Copies of the misses only: a few bytes each.
+        self._table.remember(
+            np.asarray(keys, dtype=np.int64).tobytes(), np.asarray(codes, dtype=np.int8).tobytes()
+        )
+
+
+def new_raw_cache(slots: int, *, split: bool = False) -> RawCache | CRawCache:
+    """The C cache if the extension runs (accel.py), else the Python one."""
+    return CRawCache(slots, split=split) if _ccolumns is not None else RawCache(slots)

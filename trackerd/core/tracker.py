@@ -49,7 +49,16 @@ from trackerd.core.normalise import (
     ipv4_keys,
     plain_domains,
 )
-from trackerd.core.raw_cache import COUNTED, IGNORED, MISS, Codes, Keys, RawCache
+from trackerd.core.raw_cache import (
+    COUNTED,
+    IGNORED,
+    MISS,
+    Codes,
+    CRawCache,
+    Keys,
+    RawCache,
+    new_raw_cache,
+)
 from trackerd.core.raw_cache import REJECTED as CODE_REJECTED
 from trackerd.core.windows import Window, cutoff_stamp, period_of
 
@@ -131,10 +140,11 @@ class Tracker(InternedCounting):
         self._period = period_of(self.windows)
         self._slot = 0  # the current period: whole seconds since start // period
         self._window_cache: tuple[tuple[int, int], tuple[WindowCounts, ...]] | None = None
-        self._conn_cache = RawCache(raw_cache_slots)
+        self._conn_cache = new_raw_cache(raw_cache_slots)
         self._domain_cache: dict[int, tuple[int, bytes] | Outcome] = {}
         # Keyed by the raw sender, before the split: what a repeated sender costs.
-        self._sender_cache = RawCache(raw_cache_slots * SENDER_CACHE_FACTOR)
+        # In C (raw_cache.py's CRawCache), a usual sender is keyed by its domain part.
+        self._sender_cache = new_raw_cache(raw_cache_slots * SENDER_CACHE_FACTOR, split=True)
         # interned.py's definition caches, per column: hash(raw) -> what it came to.
         self._defined = (
             DefinitionCache(fleet=fleet is not None),
@@ -330,8 +340,9 @@ class Tracker(InternedCounting):
         cached = bool(self.raw_cache_entries)
         conn_cache, sender_cache = self._conn_cache, self._sender_cache
         done = rejected_conn_ips = rejected_senders = 0
+        conn_key, sender_key = conn_cache.key, sender_cache.key
         for conn_ip, sender in zip(conn_ips, senders, strict=True):
-            key = hash(conn_ip)
+            key = conn_key(conn_ip) if cached else 0
             code = conn_cache.code(key) if cached else MISS
             missed = code == MISS
             if missed:
@@ -339,7 +350,7 @@ class Tracker(InternedCounting):
                 if cached:
                     conn_cache.put(key, code)
             rejected_conn_ips += code == CODE_REJECTED
-            key = hash(sender)
+            key = sender_key(sender) if cached else 0
             code = sender_cache.code(key) if cached else MISS
             if code == MISS:
                 missed = True
@@ -359,7 +370,9 @@ class Tracker(InternedCounting):
             counter.flush_if_full()
         return done
 
-    def _look_up(self, cache: RawCache, values: Sequence[str | None]) -> tuple[Keys, Codes]:
+    def _look_up(
+        self, cache: RawCache | CRawCache, values: Sequence[str | None]
+    ) -> tuple[Keys, Codes]:
         if self.raw_cache_entries:
             return cache.look_up(values)
         return np.zeros(len(values), dtype=np.int64), np.zeros(len(values), dtype=np.int8)

@@ -1,0 +1,26 @@
+"""The optional C extension modules; everything else is in pyproject.toml.
+
+Each module is one line of C_EXTENSIONS: its import name and its C sources (add a
+source file to a module's list, or a line for a new module). Every module is
+optional: if it does not compile (no compiler, no Python headers), pip says so and
+the install goes on, and the pure-Python code runs (servertracker/accel.py decides
+at import). docs/architecture.md, "The C extension", says how to add one.
+"""
+
+from setuptools import Extension, setup
+
+#: Import name -> C sources. One line each.
+C_EXTENSIONS: dict[str, list[str]] = {
+    "trackerd.core._ccolumns": ["trackerd/core/_ccolumns.c"],
+}
+
+#: Warnings on; C99 or later without GNU extensions, so what compiles here compiles
+#: with any compiler CPython supports.
+COMPILE_ARGS = ["-std=c11", "-Wall", "-Wextra", "-O2"]
+
+setup(
+    ext_modules=[
+        Extension(name, sources, extra_compile_args=COMPILE_ARGS, optional=True)
+        for name, sources in C_EXTENSIONS.items()
+    ]
+)

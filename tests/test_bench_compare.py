@@ -1,0 +1,117 @@
+"""bench.compare's options do what they promise: --baseline runs the other tree's daemon
+and library, --forms and --competitors run a slice, a typo is a clear error.
+
+Tiny record counts, one or two rounds: these check which code ran and which rows
+came out, never how fast (benchmarks are not tests).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.compare import Entrant, check_path
+from bench.trees import Description, Tree
+from bench.workload import Run
+
+ROOT = Path(__file__).parent.parent
+
+
+def compare(*args: str, results: Path, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    # Run from the checkout's root: where `python -m trackerd` without -P would import
+    # this tree's trackerd, whatever PYTHONPATH says (the A/B trap --baseline avoids).
+    return subprocess.run(
+        [sys.executable, "-m", "bench.compare", "--rounds", "1", "--seed-records", "0",
+         "--per-worker", "300", "--results", str(results), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def marked_copy(into: Path, marks: Path) -> Path:
+    """A copy of this checkout's trackerd and servertracker whose imports note their
+    files in ``marks``: proof of which tree a process ran."""
+    tree = into / "baseline"
+    for package in ("trackerd", "client/servertracker"):
+        shutil.copytree(ROOT / package, tree / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.so"))  # fmt: skip
+        init = tree / package / "__init__.py"
+        init.write_text(
+            init.read_text()
+            + f"\nwith open({str(marks)!r}, 'a') as _mark:\n    _mark.write(__file__ + '\\n')\n"
+        )
+    return tree
+
+
+def test_baseline_runs_the_other_trees_daemon_and_library(short_tmp: Path) -> None:
+    tmp = short_tmp
+    marks = tmp / "marks"
+    baseline = marked_copy(tmp, marks)
+    result = compare("--competitors", "trackerd", "--forms", "domain", "--rounds", "2",
+                     "--baseline", str(baseline), results=tmp / "out")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp / "out" / "compare.json").read_text())["forms"]["domain"]
+    ours, theirs = rows["trackerd"], rows["trackerd (baseline)"]
+    assert ours["tree"] == str(ROOT.resolve())
+    assert theirs["tree"] == str(baseline.resolve())
+    assert theirs["tree_path"].startswith("baseline, ")
+    assert len(ours["seconds"]) == len(theirs["seconds"]) == 2
+    imported = set(marks.read_text().split())
+    # The baseline's daemon (trackerd) and its workers' library (servertracker)
+    # were imported, and only the baseline's copies note themselves.
+    assert imported == {
+        str(baseline / "trackerd" / "__init__.py"),
+        str(baseline / "client" / "servertracker" / "__init__.py"),
+    }
+    assert "trackerd (baseline)" in (tmp / "out" / "compare.md").read_text()
+
+
+def test_forms_and_competitors_run_only_that_slice(short_tmp: Path) -> None:
+    tmp = short_tmp
+    result = compare("--competitors", "alone,columns", "--forms", "[ip]",
+                     "--no-pure-python", results=tmp)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads((tmp / "compare.json").read_text())
+    assert list(got["forms"]) == ["[ip]"]
+    assert list(got["forms"]["[ip]"]) == ["trackerd columns", "workers alone (no recording)"]
+    markdown = (tmp / "compare.md").read_text()
+    assert "load average before" in markdown
+    assert "| `[ip]` | trackerd columns | this, " in markdown
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--competitors", "trackerd,redsi"), ("--forms", "domain,ipv6")]
+)
+def test_an_unknown_name_is_a_clear_error(option: str, value: str, short_tmp: Path) -> None:
+    tmp = short_tmp
+    result = compare(option, value, results=tmp, timeout=60)
+    assert result.returncode != 0
+    assert f"{option}: unknown {value.split(',')[1]}; choose from" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp / "compare.json").exists()
+
+
+def test_a_baseline_that_is_no_checkout_is_a_clear_error(short_tmp: Path) -> None:
+    tmp = short_tmp
+    result = compare("--baseline", str(tmp), results=tmp, timeout=60)
+    assert result.returncode != 0
+    assert "not a checkout of this project" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_daemon_that_ran_other_code_than_its_row_says_stops_the_run() -> None:
+    tree = Tree("", ROOT.resolve())
+    mine = str(ROOT.resolve() / "trackerd" / "core" / "_c.so")
+    c_path = Description("t", "s", ("trackerd.core._c",), "rev")
+    pure = Description("t", "s", (), "rev")
+    row = Entrant("trackerd", "trackerd", tree, "this, C")
+    check_path(row, Run(1.0, 1.0, 1.0, [mine]), c_path)  # its own tree's, on the C path
+    check_path(row, Run(1.0, 1.0, 1.0, []), pure)
+    with pytest.raises(RuntimeError, match="but the row is"):
+        check_path(row, Run(1.0, 1.0, 1.0, ["/elsewhere/trackerd/core/_c.so"]), c_path)
+    with pytest.raises(RuntimeError, match="pure Python path"):
+        check_path(row, Run(1.0, 1.0, 1.0, [mine]), pure)
