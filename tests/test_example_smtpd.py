@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -10,6 +11,7 @@ import smtplib
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -96,7 +98,7 @@ runpy.run_path({example!r}, run_name="__main__")
 def stop_and_wait(server: subprocess.Popen[str], timeout: float, stderr: IO[str]) -> str:
     """Wait for the example to exit and return its stderr. On timeout: fail saying
     what every process of its group was doing (threads' states, wchan, signal
-    masks, py-spy's stacks), and its stderr so far; then kill the group."""
+    masks, py-spy's stacks), and its stderr so far (patient_example kills them)."""
     try:
         server.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -106,28 +108,31 @@ def stop_and_wait(server: subprocess.Popen[str], timeout: float, stderr: IO[str]
             f"the example did not exit within {timeout} s; its processes:\n{stuck}\n"
             f"its stderr:\n{stderr.read()}"
         )
-    finally:
-        if server.poll() is None or group_members(server.pid):
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(10)
     stderr.seek(0)
     return stderr.read()
 
 
-def start_patient(
+@contextlib.contextmanager
+def patient_example(
     daemon: Daemon, stderr: IO[str], workers: int
-) -> tuple[subprocess.Popen[str], int]:
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """The example with a patient default client (PATIENT_EXIT), in its own process
-    group, as a shell job is; and the port it listens on."""
+    group, as a shell job is; and the port it listens on. Whatever is left of the
+    group at the end is killed, whatever failed."""
     env = dict(os.environ, TRACKERD_SOCKET=str(daemon.socket_path), PYTHONUNBUFFERED="1")
     server = subprocess.Popen(
         [sys.executable, "-c", PATIENT_EXIT.format(example=str(EXAMPLE), workers=workers)],
         env=env, stdout=subprocess.PIPE, stderr=stderr, text=True,
         start_new_session=True,  # its own process group, as a shell job has
     )  # fmt: skip
-    assert server.stdout is not None
-    line = LineReader(server.stdout).readline(60, "the server's port")
-    return server, int(line.split(":")[1].split()[0])
+    try:
+        assert server.stdout is not None
+        line = LineReader(server.stdout).readline(60, "the server's port")
+        yield server, int(line.split(":")[1].split()[0])
+    finally:
+        if server.poll() is None or group_members(server.pid):
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
 
 
 def test_ctrl_c_stops_every_process_cleanly_with_the_records_flushed(
@@ -136,10 +141,14 @@ def test_ctrl_c_stops_every_process_cleanly_with_the_records_flushed(
     """A terminal's Ctrl-C signals the whole process group: each worker gets SIGINT
     from the terminal and a signal from the parent. No traceback, and nothing lost:
     a second signal used to raise KeyboardInterrupt in the workers' flush at exit,
-    and later (1 run in 15 beside 3 CPU hogs) deadlocked a worker whose handler it
-    interrupted, or was never seen by a worker blocked in epoll_wait."""
-    with open(short_tmp / "stderr", "w+") as stderr:  # not a pipe: read while they live
-        server, port = start_patient(daemon, stderr, workers=3)
+    and later (2 runs in 30 beside 3 CPU hogs) deadlocked a worker whose handler it
+    interrupted, or was never seen by a worker idle in epoll_wait; or it killed a
+    worker at its very end (exit status 241). On a hang this says where each
+    process and thread of the group was (stop_and_wait)."""
+    with (
+        open(short_tmp / "stderr", "w+") as stderr,  # not a pipe: read while they live
+        patient_example(daemon, stderr, workers=3) as (server, port),
+    ):
         for n in range(9):
             with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
                 smtp.sendmail(f"u@d{n}.example", ["postmaster@localhost"], b"\r\nhi\r\n")
@@ -174,8 +183,10 @@ def test_no_thread_of_a_worker_can_take_a_stop_signal_in_a_handler(
     or was killed by a late SIGTERM once the interpreter had put SIG_DFL back at
     exit. Now every thread of a worker blocks the stop signals, its whole life,
     and the first one stops it (sigwait); several at once do no harm."""
-    with open(short_tmp / "stderr", "w+") as stderr:
-        server, port = start_patient(daemon, stderr, workers=1)
+    with (
+        open(short_tmp / "stderr", "w+") as stderr,
+        patient_example(daemon, stderr, workers=1) as (server, port),
+    ):
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
             smtp.sendmail("u@d.example", ["postmaster@localhost"], b"\r\nhi\r\n")
         # Its record is sent: the flusher thread exists and the worker is idle.
