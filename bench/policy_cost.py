@@ -130,12 +130,12 @@ class Competitor:
 FLOORS = [
     Competitor(
         "floor: asyncio answering DUNNO, nothing else",
-        [sys.executable, "-P", "-m", "bench.policy_floor", "--kind", "asyncio"],
+        this_tree().command("-m", "bench.policy_floor", "--kind", "asyncio"),
         floor=True,
     ),
     Competitor(
         "floor: a thread's own epoll answering DUNNO",
-        [sys.executable, "-P", "-m", "bench.policy_floor", "--kind", "thread"],
+        this_tree().command("-m", "bench.policy_floor", "--kind", "thread"),
         floor=True,
     ),
 ]
