@@ -251,28 +251,38 @@ RUNS: dict[str, Callable[[Workload], Run]] = {
     "alone": run_workers_alone,
 }
 SEED = "seed"
+PREPARE = "prepare"
 
 _load: Workload | None = None
 
 
 def serve(request: dict[str, Any]) -> dict[str, Any]:
-    """One run in a tree's bench process (bench.trees.TreeProcess): request says the
-    competitor's key, the form, the records per worker and their true counts."""
-    global _load
+    """One request to a tree's bench process (bench.trees.TreeProcess): the
+    competitor's key (or PREPARE: make the form's records, run nothing), the form,
+    the records per worker and (to run) their true counts."""
     key, form, per_worker = request["key"], request["form"], request["per_worker"]
     if key == SEED:
-        run = run_seed_design(Workload(form, per_worker))
-    else:
-        if _load is None or (_load.form, _load.per_worker) != (form, per_worker):
-            gc.unfreeze()
-            _load = None  # the last form's records go before the next's are made
-            _load = Workload(form, per_worker, tuple(request["distinct"]))
-            # Left out of this process's collections, which would walk 1.6 million
-            # tuples and touch the pages the forked workers share.
-            gc.collect()
-            gc.freeze()
-        run = RUNS[key](_load)
-    return vars(run)
+        return vars(run_seed_design(Workload(form, per_worker)))
+    load = _prepared(form, per_worker)
+    if key == PREPARE:
+        return {}
+    load.distinct = tuple(request["distinct"])
+    return vars(RUNS[key](load))
+
+
+def _prepared(form: str, per_worker: int) -> Workload:
+    """The form's records, made once while the process runs that form."""
+    global _load
+    if _load is None or (_load.form, _load.per_worker) != (form, per_worker):
+        gc.unfreeze()
+        _load = None  # the last form's records go before the next's are made
+        # The true counts come with each run (taken once, by the parent).
+        _load = Workload(form, per_worker, (0, 0, 0))
+        # Left out of this process's collections, which would walk 1.6 million
+        # tuples and touch the pages the forked workers share.
+        gc.collect()
+        gc.freeze()
+    return _load
 
 
 # --- the run: who runs where ------------------------------------------------------------
@@ -389,16 +399,26 @@ def measure(
     """Every form's rounds, each tree's competitors in that tree's bench process."""
     processes: dict[Tree, TreeProcess] = {}
 
-    def call(tree: Tree, request: dict[str, Any]) -> Run:
+    def process(tree: Tree) -> TreeProcess:
         if tree not in processes:
             processes[tree] = TreeProcess(tree, "bench.compare", "serve")
-        return Run(**processes[tree].call(request))
+        return processes[tree]
+
+    def call(tree: Tree, request: dict[str, Any]) -> Run:
+        return Run(**process(tree).call(request))
 
     runs: dict[str, dict[str, list[Run]]] = {f: {row.name: [] for row in rows} for f in forms}
     seed_runs: list[Run] = []
     try:
         for form in forms:
+            # Each tree's process makes the form's records while this one takes their
+            # true counts: no run is timed meanwhile.
+            making = [process(tree) for tree in dict.fromkeys(row.tree for row in rows)]
+            for each in making:
+                each.send({"key": PREPARE, "form": form, "per_worker": per_worker})
             distinct = true_counts(form, per_worker)
+            for each in making:
+                each.receive()
             for number in range(rounds):
                 order = rows[number % len(rows) :] + rows[: number % len(rows)]
                 for row in order:
@@ -408,11 +428,14 @@ def measure(
                         "per_worker": per_worker,
                         "distinct": distinct,
                     }
+                    began = time.perf_counter()
                     result = call(row.tree, request)
+                    took = time.perf_counter() - began
                     check_path(row, result, described[row.tree])
                     runs[form][row.name].append(result)
                     print(
-                        f"{form:14} round {number + 1}  {row.name:40} {result.seconds:6.2f} s",
+                        f"{form:14} round {number + 1}  {row.name:40} {result.seconds:6.2f} s "
+                        f"timed, {took:6.2f} s in all",
                         flush=True,
                     )
         for number in range(rounds if seed_records else 0):
@@ -424,8 +447,8 @@ def measure(
                 flush=True,
             )
     finally:
-        for process in processes.values():
-            process.close()
+        for running in processes.values():
+            running.close()
     return runs, seed_runs
 
 

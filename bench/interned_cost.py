@@ -22,7 +22,8 @@ competitors, in an order rotated from round to round:
 ``--baseline DIR`` adds a fourth, ``interned, baseline``: the same interned frames
 against trackerd from DIR (say ``git archive`` of main before a change), in the
 same rotation, so a change's effect on the daemon's CPU is read in one run;
-``--only interned`` leaves the columns competitors out.
+``--only interned`` leaves the columns competitors out. ``--pure-python`` adds each
+competitor again against this tree's daemon with the pure-Python fallback forced.
 
 Each daemon is a fresh trackerd with its defaults (windows 1h,24h); every run
 checks the records and the distinct counts. The workers' CPU (os.wait4: sending
@@ -45,7 +46,7 @@ from pathlib import Path
 
 from bench._support import BenchDaemon, arguments, table
 from bench.profile import py_spy
-from bench.trees import baseline_tree
+from bench.trees import baseline_tree, this_tree
 from bench.workload import (
     FORMS,
     PER_WORKER,
@@ -182,6 +183,8 @@ def run(
 
 
 BASELINE = "interned, baseline"
+#: A row's suffix with --pure-python: this tree's daemon with the fallback forced.
+PURE = ", pure Python"
 
 
 def top_functions(path: Path, count: int = 15) -> list[tuple[str, float]]:
@@ -218,6 +221,12 @@ def main() -> None:
         help=f"also run {BASELINE!r}: the interned frames against trackerd from DIR (a "
         "checkout, e.g. git archive of main before a change), alternated with this tree's",
     )
+    parser.add_argument(
+        "--pure-python",
+        action="store_true",
+        help="also run each competitor against this tree's daemon with the pure-Python "
+        "fallback forced (SERVERTRACKER_PURE_PYTHON=1): what its C path buys",
+    )
     parser.add_argument("--only", help="run only competitors whose name contains this")
     args = parser.parse_args()
     columns_batch = args.batch or BATCH
@@ -234,7 +243,15 @@ def main() -> None:
         if args.only:
             makers = {n: m for n, m in makers.items() if args.only in n}
         frames = {name: [make(share) for share in load.shares] for name, make in makers.items()}
-        commands: dict[str, list[str] | None] = dict.fromkeys(frames)
+        # This tree's daemon on its default path (C where built), whatever the
+        # environment says (bench.trees).
+        commands: dict[str, list[str] | None] = dict.fromkeys(
+            frames, this_tree().trackerd_command()
+        )
+        if args.pure_python:
+            for name in list(frames):
+                frames[f"{name}{PURE}"] = frames[name]
+                commands[f"{name}{PURE}"] = this_tree(pure=True).trackerd_command()
         if args.baseline is not None:
             if "interned" not in frames:
                 frames["interned"] = [

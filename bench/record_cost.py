@@ -38,7 +38,8 @@ fresh process importing servertracker only (numpy not loaded), a first
 connection's calls, each timed, and the longest gap between two of them while
 the flusher imports numpy, against a fresh process that imported numpy first.
 
-``--baseline DIR`` runs each round twice, in fresh processes alternated in
+``--baseline DIR`` (and ``--pure-python``: this tree with the pure-Python fallback
+forced) runs each round again, in fresh processes alternated in
 order: once with the servertracker and trackerd checked out in DIR (its bench/
 need not have this file) and once with this tree's, and reports both. Only the
 library and daemon come from DIR: the child loads this tree's bench/ (this file,
@@ -64,7 +65,7 @@ from types import TracebackType
 from typing import Any
 
 from bench._support import BenchDaemon, arguments, percentile, summary, table
-from bench.trees import BENCH_DIR, BENCH_PACKAGE, Tree, baseline_tree, this_tree
+from bench.trees import BENCH_DIR, BENCH_PACKAGE, Tree, baseline_tree, describe, this_tree
 from bench.workload import FORMS, loadavg, sender
 from servertracker import Client
 
@@ -533,6 +534,9 @@ def main() -> None:
                         help="bench.compare's sender form the calls record")  # fmt: skip
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="also run the trees checked out in DIR")  # fmt: skip
+    parser.add_argument("--pure-python", action="store_true",
+                        help="also run this tree with the pure-Python fallback forced "
+                        "(SERVERTRACKER_PURE_PYTHON=1)")  # fmt: skip
     parser.add_argument("--numpy-import", action="store_true",
                         help="only time a fresh process's first connection's --calls calls "
                         "(numpy not loaded, then loaded first) and their longest gap")  # fmt: skip
@@ -543,11 +547,19 @@ def main() -> None:
         print(f"load average after: {loadavg()}")
         return
     print(f"load average before: {loadavg()}; senders: {args.senders}", flush=True)
-    if args.baseline is None:
+    entrants: list[tuple[str, Tree]] = []
+    if args.baseline is not None:
+        entrants.append((f"baseline ({args.baseline.resolve()})", baseline_tree(args.baseline)))
+    if args.pure_python:
+        entrants.append(("this tree, pure Python forced", this_tree(pure=True)))
+    if not entrants:
         trees = {"this tree": run(args.rounds, args.calls, args.slow_us, args.senders)}
     else:
-        entrants = [(f"baseline ({args.baseline.resolve()})", baseline_tree(args.baseline)),
-                    ("this tree", this_tree())]  # fmt: skip
+        entrants.append(("this tree", this_tree()))
+        for name, tree in entrants:
+            about = describe(tree)
+            print(f"{name}: {about.path} ({tree.root}, {about.revision}; extension modules "
+                  f"loaded: {', '.join(about.extensions) or 'none'})")  # fmt: skip
         per_round: dict[str, list[dict[str, Condition]]] = {name: [] for name, _ in entrants}
         for round_ in range(args.rounds):
             for name, tree in entrants if round_ % 2 == 0 else entrants[::-1]:

@@ -3,8 +3,10 @@ path: the one place that says how a benchmark's process runs a given tree's code
 
 A tree is a directory holding trackerd/ and client/servertracker/: a git checkout,
 or ``git archive REV | tar -x -C DIR``, with or without its own C extension built
-in place (``cd DIR && python setup.py build_ext --inplace``). A process runs that
-tree's code when PYTHONPATH is ``DIR:DIR/client`` (those entries come before the
+in place (``make -C DIR``: making DIR's own .venv, pip builds the extension in
+DIR, as README's ``make`` does; that .venv is not used here, and the extension
+fits this Python if DIR's make used the same python3). A process runs that tree's
+code when PYTHONPATH is ``DIR:DIR/client`` (those entries come before the
 editable install's) and Python runs with -P. Without -P, ``python -m trackerd`` or
 ``python -c`` puts the current directory first on sys.path, and a checkout there
 (this one, say) would be imported instead: an A/B run that measures one tree twice.
@@ -233,10 +235,18 @@ class TreeProcess:
         self.replies: IO[str] = os.fdopen(read)
 
     def call(self, request: dict[str, Any]) -> Any:
+        self.send(request)
+        return self.receive()
+
+    def send(self, request: dict[str, Any]) -> None:
+        """A request, its reply to be read by receive() (meanwhile the child works)."""
         stdin = self.process.stdin
         assert stdin is not None
         stdin.write(json.dumps(request) + "\n")
         stdin.flush()
+
+    def receive(self) -> Any:
+        """The reply to the oldest request sent."""
         line = self.replies.readline()
         if not line:
             code = self.process.wait(30)

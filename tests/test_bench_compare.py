@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from bench.compare import Entrant, check_path
-from bench.trees import Description, Tree
+from bench.trees import PURE_PYTHON_VARIABLE, Description, Tree, describe
 from bench.workload import Run
+from servertracker import accel
 
 ROOT = Path(__file__).parent.parent
 
@@ -115,3 +116,25 @@ def test_a_daemon_that_ran_other_code_than_its_row_says_stops_the_run() -> None:
         check_path(row, Run(1.0, 1.0, 1.0, ["/elsewhere/trackerd/core/_c.so"]), c_path)
     with pytest.raises(RuntimeError, match="pure Python path"):
         check_path(row, Run(1.0, 1.0, 1.0, [mine]), pure)
+
+
+def test_the_pure_python_switch_is_the_librarys() -> None:
+    assert PURE_PYTHON_VARIABLE == accel.PURE_PYTHON_VARIABLE
+
+
+@pytest.mark.skipif(
+    not describe(Tree("", ROOT.resolve())).extensions, reason="the C extension is not built here"
+)
+def test_where_c_is_built_its_rows_run_c_and_the_fallback_rows_pure_python(
+    short_tmp: Path,
+) -> None:
+    result = compare("--competitors", "trackerd", "--forms", "domain", results=short_tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((short_tmp / "compare.json").read_text())["forms"]["domain"]
+    c_row, pure_row = rows["trackerd"], rows["trackerd (pure Python)"]
+    assert c_row["tree_path"] == "this, C"
+    assert pure_row["tree_path"] == "this, pure Python"
+    # What the daemons really mapped: this tree's extension, and nothing on the fallback.
+    assert c_row["daemon_extensions"]
+    assert all(Path(f).is_relative_to(ROOT.resolve()) for f in c_row["daemon_extensions"])
+    assert pure_row["daemon_extensions"] == []
