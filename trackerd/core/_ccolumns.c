@@ -123,11 +123,29 @@ static PyTypeObject ColumnsType;
 
 /* Strict UTF-8, as CPython's decoder: no overlong forms, no surrogates, at most
  * U+10FFFF. Sets *ascii. */
+/* Whether s[0:n] is ASCII: eight bytes at a time. */
+static int
+all_ascii(const unsigned char *s, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    uint64_t high = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t word;
+        memcpy(&word, s + i, 8);
+        high |= word;
+    }
+    for (; i < n; i++)
+        high |= s[i];
+    return (high & 0x8080808080808080ULL) == 0;
+}
+
 static int
 valid_utf8(const unsigned char *s, Py_ssize_t n, int *ascii)
 {
     Py_ssize_t i = 0;
     *ascii = 1;
+    if (all_ascii(s, n))
+        return 1;
     while (i < n) {
         unsigned char c = s[i];
         if (c < 0x80) {
@@ -725,8 +743,7 @@ Table_look_up_columns(Table *self, PyObject *args)
         if (text_at < 0)
             key = key_of_none(self);
         else {
-            for (Py_ssize_t k = 0; k < text_len && ascii; k++)
-                ascii = s[text_at + k] < 0x80;
+            ascii = all_ascii(s + text_at, text_len);
             key = key_of_utf8(self, s + text_at, text_len, ascii);
         }
         memcpy(key_bytes + 8 * i, &key, 8);
