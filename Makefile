@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# The optional C extension's sources (setup.py lists them): an edit rebuilds it.
-C_SOURCES := $(wildcard trackerd/*/*.c trackerd/*.c client/servertracker/*.c client/servertracker/*/*.c)
+# The optional C extension's sources and headers (setup.py lists them): an edit rebuilds it.
+C_SOURCES := $(wildcard trackerd/*/*.[ch] trackerd/*.[ch] client/servertracker/*.[ch] client/servertracker/*/*.[ch])
 
 .PHONY: run test lint bench clean
 

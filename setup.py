@@ -12,6 +12,11 @@ from setuptools import Extension, setup
 #: Import name -> C sources. One line each.
 C_EXTENSIONS: dict[str, list[str]] = {
     "trackerd.core._ccolumns": ["trackerd/core/_ccolumns.c"],
+    "servertracker._record_queue": ["client/servertracker/_record_queue.c"],
+    # The policy decoder's short way; its parser (_cpolicy_parse.h) is shared with
+    # edges/_cpolicy_loop.c.
+    "trackerd.core._cpolicy": ["trackerd/core/_cpolicy.c"],
+    "trackerd.edges._cpolicy_loop": ["trackerd/edges/_cpolicy_loop.c"],
 }
 
 #: Warnings on; C99 or later without GNU extensions, so what compiles here compiles

@@ -644,7 +644,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     table_rows, per_form = results(forms, rows, runs, seed_runs, args.per_worker, args.seed_records)
     heading = (
         f"{WORKERS} forked workers x {args.per_worker:,} records a form, {args.rounds} "
-        f"rounds, medians; load average before {load_before}, after {load_after}"
+        f"round{'s' if args.rounds != 1 else ''}, medians; "
+        f"load average before {load_before}, after {load_after}"
     )
     md = "\n".join(
         [

@@ -13,7 +13,7 @@ then).
 Each run asserts the daemon's records and its distinct counts (connection IPs,
 domains, IP literals) against the true counts of the requests sent.
 
-``--baseline DIR`` runs, alternately in the same rounds, the trackerd of another
+``--baseline DIR`` (repeatable) runs, alternately in the same rounds, the trackerd of another
 checkout (``git archive main | tar -x -C DIR``), so that a change is measured
 against what it replaces under the same load. ``--profile PREFIX`` adds one
 round per competitor under py-spy (not counted): PREFIX-NAME.txt holds the raw
@@ -130,25 +130,30 @@ class Competitor:
 FLOORS = [
     Competitor(
         "floor: asyncio answering DUNNO, nothing else",
-        [sys.executable, "-P", "-m", "bench.policy_floor", "--kind", "asyncio"],
+        this_tree().command("-m", "bench.policy_floor", "--kind", "asyncio"),
         floor=True,
     ),
     Competitor(
         "floor: a thread's own epoll answering DUNNO",
-        [sys.executable, "-P", "-m", "bench.policy_floor", "--kind", "thread"],
+        this_tree().command("-m", "bench.policy_floor", "--kind", "thread"),
         floor=True,
     ),
 ]
 
 
-def competitors(baseline: Path | None, floor: bool) -> list[Competitor]:
-    """The baseline (if any) first and this tree last; the floors, if asked for, between."""
+def competitors(baselines: list[Path], floor: bool, pure: bool = False) -> list[Competitor]:
+    """The baselines (if any) first, in their order, and this tree last (on the
+    pure-Python path just before it, if asked for); the floors, if asked for, between."""
     # bench.trees: PYTHONPATH and -P (else a checkout in the current directory is run).
     this = Competitor("this tree", this_tree().trackerd_command())
-    if baseline is None:
-        return [*FLOORS, this] if floor else [this]
-    other = Competitor(f"baseline ({baseline})", baseline_tree(baseline).trackerd_command())
-    return [other, *FLOORS, this] if floor else [other, this]
+    others = [
+        Competitor(f"baseline ({baseline})", baseline_tree(baseline).trackerd_command())
+        for baseline in baselines
+    ]
+    if pure:
+        tree = this_tree(pure=True)
+        others.append(Competitor(f"this tree{tree.name()}", tree.trackerd_command()))
+    return [*others, *FLOORS, this] if floor else [*others, this]
 
 
 def where(competitor: Competitor) -> str:
@@ -292,9 +297,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000, help="requests per client")
     parser.add_argument("--rounds", type=int, default=5, help="rounds, competitors alternated")
     parser.add_argument(
-        "--baseline", type=Path, metavar="DIR", help="also run the trackerd checked out in DIR"
+        "--baseline",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also run the trackerd checked out in DIR (may be given more than once)",
     )
     parser.add_argument("--profile", metavar="PREFIX", help="one more round each under py-spy")
+    parser.add_argument(
+        "--pure",
+        action="store_true",
+        help="also run this tree on the pure-Python path (its C extension turned off)",
+    )
     parser.add_argument(
         "--floor",
         action="store_true",
@@ -309,7 +324,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     gap = args.gap / 1000
-    entrants = competitors(args.baseline, args.floor)
+    entrants = competitors(args.baseline, args.floor, args.pure)
     for competitor in entrants:
         if not competitor.floor:
             print(f"{competitor.name}: {where(competitor)}")
@@ -326,7 +341,8 @@ def main() -> None:
         for competitor in entrants:
             if competitor.floor:
                 continue
-            slug = "baseline" if competitor is not entrants[-1] else "this"
+            number = entrants.index(competitor)
+            slug = "this" if competitor is entrants[-1] else f"baseline{number}"
             output = Path(f"{args.profile}-{slug}.txt")
             one_run(competitor, args.clients, args.requests, profile=output, gap=gap)
             print(f"py-spy --gil profile of {competitor.name} ({output}):")
@@ -366,12 +382,10 @@ def main() -> None:
             rows,
         )
     )
-    if args.baseline is not None:
-        old, new = (
-            statistics.median(r.cpu_us for r in results[c.name])
-            for c in entrants[:: len(entrants) - 1]
-        )
-        print(f"this tree uses {new / old:.2f} times the baseline's CPU per request")
+    new = statistics.median(r.cpu_us for r in results[entrants[-1].name])
+    for competitor in entrants[: len(args.baseline) + args.pure]:
+        old = statistics.median(r.cpu_us for r in results[competitor.name])
+        print(f"this tree uses {new / old:.2f} times the CPU per request of {competitor.name}")
 
 
 if __name__ == "__main__":

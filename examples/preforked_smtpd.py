@@ -18,21 +18,22 @@ Ctrl-C at a terminal signals the whole process group, workers included, and the
 parent forwards a SIGTERM too: a worker stops on the first signal and the rest
 do nothing, so none can cut its flush at exit short. A signal that comes while
 the parent forks waits until every worker exists, then stops them all.
+
+No handler of a stop signal here: they stay blocked in every thread of every
+process, and a thread takes them with sigwait() (the parent: them and its
+workers' exits; a worker: the first one, which stops its event loop).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import errno
 import os
 import signal
 import socket
 import sys
-import threading
 from collections.abc import Callable
-from typing import Any
 
 import servertracker
 
@@ -66,36 +67,40 @@ class TrackingHandler:
         return "250 Message accepted"
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
-async def serve(sock: socket.socket, stopped: threading.Event) -> None:
+async def serve(sock: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     handler = TrackingHandler()
     server = await loop.create_server(
         lambda: SMTP(handler, hostname="preforked-smtpd", enable_SMTPUTF8=True), sock=sock
     )
     async with server:
-        await asyncio.to_thread(stopped.wait)
+        # The first stop signal, taken in asyncio's executor thread: it started
+        # with this thread's mask, so it blocks them too (see run_worker).
+        await asyncio.to_thread(signal.sigwait, STOP_SIGNALS)
 
 
-def run_worker(sock: socket.socket) -> None:
-    stopped = threading.Event()
-
-    def stopping(_signum: int, _frame: Any) -> None:
-        # The first signal stops this worker; the rest do nothing, up to the end and
-        # atexit's flush included. Not loop.add_signal_handler: closing the loop puts
-        # back the default handlers, and a second SIGINT then raised KeyboardInterrupt
-        # in the middle of the flush. Not SIG_IGN set from here either: a signal
-        # already caught then ends in Python's "ignored due to race condition" error.
-        stopped.set()
-
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, stopping)
-    # The stop signals came blocked from the parent (see main): any that arrived
-    # since the fork waits until now, and stops this worker at once.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-    asyncio.run(serve(sock, stopped))
+def run_worker(sock: socket.socket, mask: set[signal.Signals]) -> None:
+    # The stop signals came blocked from the parent (see main), and stay blocked
+    # for good: every thread started here (asyncio's, the recorder's flusher)
+    # starts with this mask, so the kernel hands no thread a stop signal; it waits
+    # for sigwait() (serve), and any after the first waits for ever, harmless up to
+    # the end and atexit's flush included. Why not a handler (the stacks of a
+    # failed CI run and tests/test_example_smtpd.py):
+    # - Python runs a handler in the main thread only, once it runs bytecode. The
+    #   kernel hands a process's signal to another thread (the recorder's flusher,
+    #   asyncio's executor) when the main thread has one pending already (SIGINT
+    #   from the terminal, then SIGTERM from the parent), and the main thread,
+    #   idle in epoll_wait, then never ran it: the worker served on.
+    # - The second signal ran the handler again inside the first one, in its
+    #   Event.set(), which deadlocked on the Event's lock.
+    # - The interpreter puts back SIG_DFL after atexit, so a late SIGTERM killed a
+    #   worker at its very end (exit status -15), and loop.add_signal_handler()
+    #   put back the defaults on closing the loop: KeyboardInterrupt in the flush.
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask | STOP_SIGNALS)  # SIGCHLD as before
+    asyncio.run(serve(sock))
     # Leaving normally runs atexit, which flushes servertracker's queue.
     sys.exit(0)
 
@@ -151,25 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         f"(1 to {MAX_WORKERS}; default: %(default)s)",
     )
     args = parser.parse_args(argv)
-    #: The workers not reaped yet: a reaped one's pid may be another process's soon.
-    children: list[int] = []
-
-    def forward(_signum: int, _frame: Any) -> None:
-        # SIGTERM whichever signal came: a SIGINT from a terminal reached the workers
-        # already, and each stops on the first signal it gets; the rest do nothing.
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGTERM)
-
-    # The stop signals wait until every worker is forked. Delivered meanwhile, a
-    # SIGTERM killed this parent and left the workers forked so far running with
-    # no one to stop them, and a Ctrl-C's KeyboardInterrupt could be raised in an
-    # at-fork hook, which swallows it: nothing stopped. Blocked, such a signal
-    # reaches forward() once every worker exists; each worker inherits the mask
-    # and unblocks once its own handler is in place (run_worker).
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, forward)
+    # Blocked, and taken by sigwait() below: no handler, so none that a signal
+    # coming before the wait could leave unrun while os.wait() blocks, none that
+    # could raise KeyboardInterrupt in an at-fork hook (which swallows it), and
+    # a signal that comes while the parent forks waits until every worker exists.
+    # Each worker inherits the mask, and keeps the stop signals blocked (run_worker).
+    waited = STOP_SIGNALS | {signal.SIGCHLD}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
 
     sock = listen(args.host, args.port)
     if sock is None:
@@ -181,17 +174,26 @@ def main(argv: list[str] | None = None) -> int:
     # Before forking: each worker inherits numpy loaded (about 0.2 s, once), instead
     # of loading it in its background thread, stalling its first sessions.
     servertracker.default_client()
+    #: The workers not reaped yet: a reaped one's pid may be another process's soon.
+    children: list[int] = []
     for _ in range(args.workers):
         pid = os.fork()
         if pid == 0:
-            run_worker(sock)
+            run_worker(sock, mask)
         children.append(pid)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     status = 0
     while children:
-        child, wait_status = os.wait()
-        children.remove(child)
-        status = status or os.waitstatus_to_exitcode(wait_status)
+        if signal.sigwait(waited) != signal.SIGCHLD:
+            # SIGTERM whichever stop signal came: a SIGINT from a terminal reached
+            # the workers already, and each stops on the first signal it gets.
+            for child in children:
+                os.kill(child, signal.SIGTERM)  # not reaped: it exists, if only as a zombie
+            continue
+        # One SIGCHLD may stand for several exits: reap every one there is.
+        while children and (reaped := os.waitpid(-1, os.WNOHANG))[0]:
+            child, wait_status = reaped
+            children.remove(child)
+            status = status or os.waitstatus_to_exitcode(wait_status)
     return status
 
 

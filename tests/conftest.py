@@ -19,6 +19,7 @@ from typing import IO, TypeVar
 
 import pytest
 
+from servertracker.accel import PURE_PYTHON_VARIABLE
 from servertracker.connection import DaemonConnection
 from servertracker.errors import DaemonUnavailable
 from servertracker.status import Status
@@ -283,6 +284,18 @@ def make_daemon(short_tmp: Path) -> Iterator[Callable[..., Daemon]]:
 def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     """A running trackerd with its own runtime directory."""
     return make_daemon().start()
+
+
+@pytest.fixture(params=["C", "pure Python"])
+def both_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test runs twice: its daemons on the C extension's path (where built), and
+    on the pure-Python one (SERVERTRACKER_PURE_PYTHON=1 in their environment).
+    Use with ``pytestmark = pytest.mark.usefixtures("both_paths")``."""
+    if request.param == "C":
+        monkeypatch.delenv(PURE_PYTHON_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(PURE_PYTHON_VARIABLE, "1")
+    return str(request.param)
 
 
 def protocol_md_example_frames(heading: str) -> list[bytes]:

@@ -34,8 +34,10 @@ def compare(*args: str, results: Path, timeout: float = 150) -> subprocess.Compl
 
 
 def marked_copy(into: Path, marks: Path) -> Path:
-    """A copy of this checkout's trackerd and servertracker whose imports note their
-    files in ``marks``: proof of which tree a process ran."""
+    """A copy of this checkout's trackerd and servertracker whose imports note, in
+    ``marks``, their file and the importing process's arguments: proof of which tree
+    the daemon (``--runtime-dir ...``) and the bench process the workers are forked
+    from (``bench.compare serve``) ran."""
     tree = into / "baseline"
     for package in ("trackerd", "client/servertracker"):
         shutil.copytree(ROOT / package, tree / package,
@@ -43,32 +45,34 @@ def marked_copy(into: Path, marks: Path) -> Path:
         init = tree / package / "__init__.py"
         init.write_text(
             init.read_text()
-            + f"\nwith open({str(marks)!r}, 'a') as _mark:\n    _mark.write(__file__ + '\\n')\n"
+            + f"\nwith open({str(marks)!r}, 'a') as _mark:\n"
+            + "    import sys as _sys\n"
+            + "    _mark.write(__file__ + ' ' + ' '.join(_sys.argv[1:]) + '\\n')\n"
         )
     return tree
 
 
 def test_baseline_runs_the_other_trees_daemon_and_library(short_tmp: Path) -> None:
-    tmp = short_tmp
-    marks = tmp / "marks"
-    baseline = marked_copy(tmp, marks)
-    result = compare("--competitors", "trackerd", "--forms", "domain", "--rounds", "2",
-                     "--baseline", str(baseline), results=tmp / "out")  # fmt: skip
+    marks = short_tmp / "marks"
+    baseline = marked_copy(short_tmp, marks)
+    result = compare("--competitors", "trackerd", "--forms", "domain", "--no-pure-python",
+                     "--baseline", str(baseline), results=short_tmp / "out")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads((tmp / "out" / "compare.json").read_text())["forms"]["domain"]
+    rows = json.loads((short_tmp / "out" / "compare.json").read_text())["forms"]["domain"]
     ours, theirs = rows["trackerd"], rows["trackerd (baseline)"]
     assert ours["tree"] == str(ROOT.resolve())
     assert theirs["tree"] == str(baseline.resolve())
     assert theirs["tree_path"].startswith("baseline, ")
-    assert len(ours["seconds"]) == len(theirs["seconds"]) == 2
-    imported = set(marks.read_text().split())
-    # The baseline's daemon (trackerd) and its workers' library (servertracker)
-    # were imported, and only the baseline's copies note themselves.
-    assert imported == {
-        str(baseline / "trackerd" / "__init__.py"),
-        str(baseline / "client" / "servertracker" / "__init__.py"),
-    }
-    assert "trackerd (baseline)" in (tmp / "out" / "compare.md").read_text()
+    assert len(ours["seconds"]) == len(theirs["seconds"]) == 1
+    daemon = str(baseline / "trackerd" / "__init__.py")
+    library = str(baseline / "client" / "servertracker" / "__init__.py")
+    imports = marks.read_text().splitlines()
+    # The baseline's daemon (one a round) was the baseline's trackerd, and the
+    # process its workers were forked from imported the baseline's servertracker.
+    daemons = [line for line in imports if line.startswith(daemon) and "--runtime-dir" in line]
+    assert len(daemons) == 1, imports
+    assert any(line.startswith(library) and "bench.compare serve" in line for line in imports)
+    assert "trackerd (baseline)" in (short_tmp / "out" / "compare.md").read_text()
 
 
 def test_forms_and_competitors_run_only_that_slice(short_tmp: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -10,11 +11,14 @@ import smtplib
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
 from tests.conftest import Daemon, LineReader, wait_for
+from tests.process_dump import describe_group
 from tests.test_recorder import wait_counts
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "preforked_smtpd.py"
@@ -86,42 +90,126 @@ PATIENT_EXIT = """
 import runpy, sys
 from servertracker import recorder
 recorder._default_client = recorder.Client(exit_timeout=60)
-sys.argv = [{example!r}, "--port", "0", "--workers", "3"]
+sys.argv = [{example!r}, "--port", "0", "--workers", "{workers}"]
 runpy.run_path({example!r}, run_name="__main__")
 """
 
 
-def test_ctrl_c_stops_every_process_cleanly_with_the_records_flushed(daemon: Daemon) -> None:
-    """A terminal's Ctrl-C signals the whole process group: each worker gets SIGINT
-    from the terminal and a signal from the parent. No traceback, and nothing lost:
-    a second signal used to raise KeyboardInterrupt in the workers' flush at exit."""
+def stop_and_wait(server: subprocess.Popen[str], timeout: float, stderr: IO[str]) -> str:
+    """Wait for the example to exit and return its stderr. On timeout: fail saying
+    what every process of its group was doing (threads' states, wchan, signal
+    masks, py-spy's stacks), and its stderr so far (patient_example kills them)."""
+    try:
+        server.wait(timeout)
+    except subprocess.TimeoutExpired:
+        stuck = describe_group(server.pid)
+        stderr.seek(0)
+        pytest.fail(
+            f"the example did not exit within {timeout} s; its processes:\n{stuck}\n"
+            f"its stderr:\n{stderr.read()}"
+        )
+    stderr.seek(0)
+    return stderr.read()
+
+
+@contextlib.contextmanager
+def patient_example(
+    daemon: Daemon, stderr: IO[str], workers: int
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """The example with a patient default client (PATIENT_EXIT), in its own process
+    group, as a shell job is; and the port it listens on. Whatever is left of the
+    group at the end is killed, whatever failed."""
     env = dict(os.environ, TRACKERD_SOCKET=str(daemon.socket_path), PYTHONUNBUFFERED="1")
     server = subprocess.Popen(
-        [sys.executable, "-c", PATIENT_EXIT.format(example=str(EXAMPLE))],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-c", PATIENT_EXIT.format(example=str(EXAMPLE), workers=workers)],
+        env=env, stdout=subprocess.PIPE, stderr=stderr, text=True,
         start_new_session=True,  # its own process group, as a shell job has
-    )
+    )  # fmt: skip
     try:
         assert server.stdout is not None
         line = LineReader(server.stdout).readline(60, "the server's port")
-        port = int(line.split(":")[1].split()[0])
+        yield server, int(line.split(":")[1].split()[0])
+    finally:
+        if server.poll() is None or group_members(server.pid):
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
+
+
+def test_ctrl_c_stops_every_process_cleanly_with_the_records_flushed(
+    daemon: Daemon, short_tmp: Path
+) -> None:
+    """A terminal's Ctrl-C signals the whole process group: each worker gets SIGINT
+    from the terminal and a signal from the parent. No traceback, and nothing lost:
+    a second signal used to raise KeyboardInterrupt in the workers' flush at exit,
+    and later (2 runs in 30 beside 3 CPU hogs) deadlocked a worker whose handler it
+    interrupted, or was never seen by a worker idle in epoll_wait; or it killed a
+    worker at its very end (exit status 241). On a hang this says where each
+    process and thread of the group was (stop_and_wait)."""
+    with (
+        open(short_tmp / "stderr", "w+") as stderr,  # not a pipe: read while they live
+        patient_example(daemon, stderr, workers=3) as (server, port),
+    ):
         for n in range(9):
             with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
                 smtp.sendmail(f"u@d{n}.example", ["postmaster@localhost"], b"\r\nhi\r\n")
         os.killpg(server.pid, signal.SIGINT)
-        server.wait(120)  # the workers' flush at exit may take up to 60 s here
-        assert server.stderr is not None
-        stderr = server.stderr.read()
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(10)
-    assert server.returncode == 0, stderr
-    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+        # The workers' flush at exit may take up to 60 s here.
+        errors = stop_and_wait(server, 120, stderr)
+    assert server.returncode == 0, errors
+    assert "Traceback" not in errors and "KeyboardInterrupt" not in errors, errors
     wait_counts(daemon, (1, 9, 0, 9))  # one source, nine domains, nine records
+
+
+def blocked_signals(pid: int, tid: int) -> set[int]:
+    """The signals a thread of a process blocks (SigBlk in its /proc status)."""
+    status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+    (mask,) = [line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:")]
+    return {signum for signum in range(1, 65) if int(mask, 16) >> (signum - 1) & 1}
+
+
+def wchan(pid: int, tid: int) -> str:
+    """Where in the kernel a thread of a process sleeps."""
+    return Path(f"/proc/{pid}/task/{tid}/wchan").read_text()
+
+
+def test_no_thread_of_a_worker_can_take_a_stop_signal_in_a_handler(
+    daemon: Daemon, short_tmp: Path
+) -> None:
+    """The kernel hands a process's signal to any thread that does not block it:
+    to the recorder's flusher or asyncio's executor thread when the main thread
+    has one pending already (SIGINT from the terminal, then SIGTERM from the
+    parent). A worker with a Python handler then served on for ever (Python runs
+    handlers in the main thread, idle in epoll_wait), or deadlocked in its handler,
+    or was killed by a late SIGTERM once the interpreter had put SIG_DFL back at
+    exit. Now every thread of a worker blocks the stop signals, its whole life,
+    and the first one stops it (sigwait); several at once do no harm."""
+    with (
+        open(short_tmp / "stderr", "w+") as stderr,
+        patient_example(daemon, stderr, workers=1) as (server, port),
+    ):
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+            smtp.sendmail("u@d.example", ["postmaster@localhost"], b"\r\nhi\r\n")
+        # Its record is sent: the flusher thread exists and the worker is idle.
+        wait_counts(daemon, (1, 1, 0, 1))
+        (worker,) = [pid for pid in group_members(server.pid) if pid != server.pid]
+        threads = sorted(int(tid) for tid in os.listdir(f"/proc/{worker}/task"))
+        assert len(threads) >= 3, "the main thread, asyncio's executor and the flusher"
+        for tid in threads:
+            # The one in sigwait() has them unblocked while it waits (the kernel's
+            # real_blocked), and takes them there, not in a handler.
+            if not wchan(worker, tid).startswith("do_sigtimedwait"):
+                blocked = blocked_signals(worker, tid)
+                assert {signal.SIGINT, signal.SIGTERM} <= blocked, f"thread {tid} of {threads}"
+
+        def waiting() -> list[int]:
+            return [tid for tid in threads if wchan(worker, tid).startswith("do_sigtimedwait")]
+
+        assert len(wait_for(waiting, what="a thread in sigwait()")) == 1
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
+            os.kill(worker, signum)
+        errors = stop_and_wait(server, 60, stderr)
+    assert server.returncode == 0, errors
+    assert "Traceback" not in errors, errors
 
 
 def group_members(pgid: int) -> list[int]:

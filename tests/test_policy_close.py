@@ -17,11 +17,16 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from servertracker import read_status_file
 from tests.conftest import Daemon, send_until_closed, wait_for
 from tests.test_policy_transport import connect, read_replies, request, start
 from trackerd.core.policy_protocol import DUNNO_RESPONSE, PolicyProtocolError, Request
 from trackerd.edges import policy_server
+
+# Each test on both of the policy thread's paths: the C loop and the Python code.
+pytestmark = pytest.mark.usefixtures("both_paths")
 
 #: More replies than a Unix socket's buffers take (about 208 KiB): the daemon pauses.
 FLOOD = 20_000
@@ -258,6 +263,13 @@ def test_a_fault_in_one_connection_closes_it_alone_and_logs_no_input(
         "        raise ValueError(bytes(data).decode())\n"
         "    return received(self, data)\n"
         "p.PolicySession.received = faulty\n"
+        # A read that is one whole request goes to took() when the C loop runs.
+        "took = p.PolicySession.took\n"
+        "def faulty_took(self, request):\n"
+        "    if 'fault.example' in (request[1] or ''):\n"
+        "        raise ValueError(request[1])\n"
+        "    return took(self, request)\n"
+        "p.PolicySession.took = faulty_took\n"
     )
     daemon, path = start(make_daemon, short_tmp, prelude=prelude)
     assert daemon.process is not None

@@ -177,10 +177,10 @@ def held_count_slice(self):
 p.Handover.count_slice = held_count_slice
 wait = p.PolicyLoop._wait_for_room
 def wait_and_say(self, now):
-    say('test: waiting for room, %d queued', len(self.handover._pairs))
+    say('test: waiting for room, %d queued', len(self.handover._senders))
     wait(self, now)
     if not self.handover.want_room:
-        say('test: reading again, %d queued', len(self.handover._pairs))
+        say('test: reading again, %d queued', len(self.handover._senders))
 p.PolicyLoop._wait_for_room = wait_and_say
 """
 

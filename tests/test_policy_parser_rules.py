@@ -17,10 +17,11 @@ import random
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.policy_cost import ATTRIBUTES
+from trackerd.core import policy_protocol
 from trackerd.core.policy_protocol import (
     MAX_ATTRIBUTES,
     MAX_LINE,
@@ -34,6 +35,17 @@ from trackerd.core.policy_protocol import (
 
 #: What a parse came to: the requests in order, and whether it was refused after them.
 Outcome = tuple[list[Request], bool]
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def short_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both short ways: the C one (trackerd/_cext/policy.c)
+    and the pure-Python fallback."""
+    if request.param == "python":
+        monkeypatch.setattr(policy_protocol, "_c_parse", None)
+    elif policy_protocol._c_parse is None:
+        pytest.skip("the C extension is not built")
+    return str(request.param)
 
 
 class Reference:
@@ -153,7 +165,12 @@ def streams(draw: st.DrawFn) -> tuple[bytes, list[int], bool]:
     return data, [cut for cut in cuts if cut < len(data)], draw(st.booleans())
 
 
-@settings(max_examples=600, derandomize=True, deadline=None)
+@settings(
+    max_examples=600,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # set once, not per example
+)
 @given(streams())
 def test_the_decoder_follows_the_rules_on_any_input_cut_anyhow(
     stream: tuple[bytes, list[int], bool],
@@ -255,13 +272,23 @@ def test_each_read_is_looked_at_by_the_short_way_once_at_most(
     general way; it is not scanned whole again by next_request(), so the time
     spent stays linear in the bytes received."""
     looks: list[int] = []
-    whole = PolicyDecoder._whole
+    c_parse = policy_protocol._c_parse
+    if c_parse is None:
+        whole = PolicyDecoder._whole
 
-    def counted(self: PolicyDecoder, buffer: bytearray, end: int) -> Request | None:
-        looks.append(end)
-        return whole(self, buffer, end)
+        def counted(self: PolicyDecoder, buffer: bytearray, end: int) -> Request | None:
+            looks.append(end)
+            return whole(self, buffer, end)
 
-    monkeypatch.setattr(PolicyDecoder, "_whole", counted)
+        monkeypatch.setattr(PolicyDecoder, "_whole", counted)
+    else:
+        c_parse_ = c_parse  # bound for the closure (mypy)
+
+        def c_counted(data: bytes | bytearray | memoryview) -> Request | None:
+            looks.append(len(data))
+            return c_parse_(data)
+
+        monkeypatch.setattr(policy_protocol, "_c_parse", c_counted)
     two = b"client_address=10.0.0.1\n\nclient_address=10.0.0.2\n\n"
     for at_once in (False, True):
         looks.clear()

@@ -15,10 +15,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from servertracker import read_status_file
 from tests.conftest import Daemon, send_until_closed, wait_for
 from trackerd.core.policy_protocol import DUNNO_RESPONSE, NEED_DATA, PolicyDecoder
 from trackerd.edges import stream_server
+
+# Each test on both of the policy thread's paths: the C loop and the Python code.
+pytestmark = pytest.mark.usefixtures("both_paths")
 
 
 def request(n: int, recipient: str = "r@example.net") -> bytes:

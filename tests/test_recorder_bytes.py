@@ -27,7 +27,7 @@ def test_huge_senders_with_the_daemon_down_keep_the_worker_small(short_tmp: Path
         client.close(0)
     assert client.stats().recorded == 400  # every one queued, none dropped ...
     assert held < 2 * MiB  # ... each cut to what the daemon can still tell apart
-    queued = list(zip(client._conn_ips, client._senders, strict=True))
+    queued = list(zip(*client._queue.snapshot(), strict=True))
     assert all(len(sender) == protocol.MAX_VALUE_LENGTH + 1 for _, sender in queued)
 
 
@@ -39,7 +39,7 @@ def test_long_values_past_their_budget_are_dropped_and_counted(short_tmp: Path) 
         client.record_server("192.0.2.1", f"u{i}@short.example")  # short: not limited
     stats = client.stats()
     client.close(0)
-    long_values = [s for s in client._senders if s and len(s) > 64]
+    long_values = [s for s in client._queue.snapshot()[1] if s and len(s) > 64]
     assert sum(map(len, long_values)) <= 100_000
     assert len(long_values) > 200  # the budget was used, not refused outright
     assert stats.dropped == 1000 - len(long_values)

@@ -149,5 +149,5 @@ def test_record_many_queues_values_cut_as_record_server_does(short_tmp: Path) ->
         client.record_server(value, value)
     client.close(0)
     expected = [cut(value) for value in values] * 2
-    assert list(client._conn_ips) == expected
-    assert list(client._senders) == expected
+    assert list(client._queue.snapshot()[0]) == expected
+    assert list(client._queue.snapshot()[1]) == expected

@@ -8,6 +8,8 @@ tricky inputs and on generated ones, and show that the usual forms are cut.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -61,6 +63,20 @@ ODD_SENDERS = [
 ]
 FORMS = [template.format(domain) for template in TEMPLATES for domain, _ in SENDER_DOMAIN_PARTS]
 FORMS += ODD_SENDERS
+
+
+@pytest.fixture(scope="module", params=["C", "Python"], autouse=True)
+def split_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test twice: sent_senders() in C (when built) and its Python code."""
+    c_split = sender_split._c_sent_senders
+    if request.param == "C" and c_split is None:
+        pytest.skip("the C extension is not built, or turned off")
+    if request.param == "Python":
+        sender_split._c_sent_senders = None
+    try:
+        yield request.param
+    finally:
+        sender_split._c_sent_senders = c_split
 
 
 @pytest.mark.parametrize("value", FORMS)
@@ -207,6 +223,7 @@ def test_a_mixed_batch_of_the_usual_forms_is_cut_without_a_call_a_sender(
     batch = ["a@b.example", "<c@d.example>", "e.example", "[192.0.2.1]", "<>", None, "",
              "u@[192.0.2.1]", "<Postmaster@F.Example.>"]  # fmt: skip
     expected = [sent_sender(v) if v else v for v in batch]
+    monkeypatch.setattr(sender_split, "_c_sent_senders", None)  # the Python code's way
     monkeypatch.setattr(sender_split, "sent_sender", None)  # any call a value fails
     assert sent_senders(batch) == expected
     assert expected[:4] == ["b.example", "d.example", "e.example", "[192.0.2.1]"]
@@ -230,6 +247,7 @@ def test_senders_with_more_at_signs_than_senders_go_one_by_one(
         calls.append(len(values))
         return [sent_sender(v) if v else v for v in values]
 
+    monkeypatch.setattr(sender_split, "_c_sent_senders", None)  # the Python code's way
     monkeypatch.setattr(sender_split, "_one_by_one", one_by_one)
     assert sent_senders(batch) == expected
     assert calls == [1024]

@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -449,4 +450,32 @@ def test_a_drop_with_no_daemon_names_both_bounds_it_hit(
         "for 6; values over 64 characters exceeded the long-value budget "
         "(max_long_chars=1000) for 1"
     ), text
+    assert SECRET_IP not in text and "secret-domain" not in text
+
+
+def test_a_drop_while_the_daemon_is_stalled_is_told_before_it_resumes(
+    daemon: Daemon, drop_lines: DropLines
+) -> None:
+    """The flusher blocked in a send to a stalled trackerd (SIGSTOP) still warns of
+    the drops meanwhile: each send timeout goes back to its loop, which warns."""
+    assert daemon.process is not None
+    client = Client(daemon.socket_path, max_buffered=20_000, table_entries=0)
+    try:
+        client.record_server(SECRET_IP, SECRET_SENDER)
+        assert client.flush(30)  # connected
+        os.kill(daemon.process.pid, signal.SIGSTOP)
+        try:
+            # Far more than the socket's buffers and the queue hold: the flusher
+            # blocks in send() and the queue fills, then drops.
+            for i in range(400_000):
+                client.record_server(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", SECRET_SENDER)
+                if client.stats().dropped:
+                    break
+            assert client.stats().dropped
+            text = first_line(drop_lines)  # told while trackerd is still stopped
+        finally:
+            os.kill(daemon.process.pid, signal.SIGCONT)
+    finally:
+        client.close(5)
+    assert "records dropped so far: the queue of 20000 was full" in text, text
     assert SECRET_IP not in text and "secret-domain" not in text

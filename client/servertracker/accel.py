@@ -14,7 +14,9 @@ The extension modules are listed in setup.py (docs/architecture.md, "The C exten
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import sys
 from types import ModuleType
 from typing import Final
 
@@ -38,11 +40,28 @@ def load(name: str) -> ModuleType | None:
             _found[name] = f"{PURE_PYTHON_VARIABLE} is set"
         else:
             try:
-                _found[name] = importlib.import_module(name)
+                if _beside_its_package(name):
+                    _found[name] = importlib.import_module(name)
+                else:
+                    _found[name] = "the C extension is not built in this tree"
             except ImportError:
                 _found[name] = "the C extension is not built"
     found = _found[name]
     return found if isinstance(found, ModuleType) else None
+
+
+def _beside_its_package(name: str) -> bool:
+    """Whether the extension module ``name`` would come from its own package's
+    folder (found, not loaded). An editable install's finder answers for a
+    top-level package's submodules from its own checkout: a tree put first on
+    PYTHONPATH without a build of its own (a benchmark's baseline) would otherwise
+    load another tree's C code. Raises ImportError where there is none."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise ImportError(name)
+    package = sys.modules.get(name.rpartition(".")[0])
+    folders = [os.path.realpath(folder) for folder in getattr(package, "__path__", [])]
+    return not folders or os.path.realpath(os.path.dirname(spec.origin)) in folders
 
 
 def describe(name: str) -> str:

@@ -54,7 +54,7 @@ ASK_AGAIN: Final = 60.0
 #: (bench.interned_cost --batch). Against it: numbering 2048 new values takes
 #: the flusher milliseconds, so encode() offers it a pause between every few array
 #: operations (``between``), where it lets go of the interpreter lock when it has
-#: held it long (recorder.py's _LONG_HOLD; docs/performance.md).
+#: held it long (flusher.py's _LONG_HOLD; docs/performance.md).
 INTERNED_BATCH_SIZE: Final = 2048
 
 

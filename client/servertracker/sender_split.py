@@ -16,9 +16,10 @@ from __future__ import annotations
 import enum
 import operator
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, cast
 
+from servertracker import accel
 from servertracker.protocol import MAX_VALUE_LENGTH
 
 
@@ -155,8 +156,14 @@ def sent_senders(values: list[str | None]) -> list[str | None]:
     from one split of it, and each sender's part or whole is picked by one
     itemgetter. Any other batch goes a value at a time (a regular expression a
     value, about 1 µs). Called for a connection that sends interned only, where
-    numpy is loaded (value_tables.py).
+    numpy is loaded (value_tables.py). The C extension, when built, does it a
+    value at a time in one C loop (_record_queue.c; tests/test_record_queue_c.py
+    holds it to sent_sender()).
     """
+    if _c_sent_senders is not None:
+        sent = _c_sent_senders(values)
+        if sent is not None:
+            return sent
     import numpy as np  # loaded already: see above
 
     try:
@@ -222,3 +229,15 @@ _CLASSES: Final = bytes(
 
 def _one_by_one(values: list[str | None]) -> list[str | None]:
     return [sent_sender(value) if value else value for value in values]
+
+
+def _c_split() -> Callable[[list[str | None]], list[str | None] | None] | None:
+    """sent_senders()'s C twin, if it is to run and was built with this length bound."""
+    module = accel.load("servertracker._record_queue")
+    if module is None or module.MAX_VALUE_LENGTH != MAX_VALUE_LENGTH:
+        return None
+    split: Callable[[list[str | None]], list[str | None] | None] = module.sent_senders
+    return split
+
+
+_c_sent_senders = _c_split()

@@ -150,7 +150,7 @@ class ValueTable:
 
         ``between`` is called between the steps of numbering new values (each a
         few array operations over the batch), where the caller may let go of
-        the interpreter lock (recorder.py's flusher: docs/performance.md).
+        the interpreter lock (flusher.py: docs/performance.md).
         """
         count = len(values)
         keys = np.fromiter(map(hash, values), np.int64, count) ^ self._blind

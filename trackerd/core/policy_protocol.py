@@ -12,11 +12,15 @@ which the connection must be closed without a reply. Pure, no I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final, cast
 
+from servertracker import accel
 from servertracker.protocol import append_received, emptied_buffer
 from trackerd.errors import PolicyProtocolError
+
+if TYPE_CHECKING:
+    from trackerd.core._cpolicy import Parser
 
 __all__ = ["DUNNO_RESPONSE", "NEED_DATA", "PolicyDecoder", "PolicyProtocolError", "Request"]
 
@@ -66,6 +70,23 @@ _NOT_SHAPE: Final = bytes(byte for byte in range(256) if byte not in b"\n=")
 #: shape is at least "=\n", and the empty line that ends it "\n".
 _MAX_SHAPE: Final = 2 * MAX_ATTRIBUTES + 1
 
+#: The C twin of the short way (trackerd/core/_cpolicy.c: PolicyDecoder._whole in
+#: one pass), or None: the pure-Python code below runs, with the same results.
+EXTENSION: Final = "trackerd.core._cpolicy"
+_cpolicy = accel.load(EXTENSION)
+
+#: Parser.parse for the default names (USED_ATTRIBUTES), or None: see EXTENSION.
+_c_parse: Callable[[bytes | bytearray | memoryview], Request | None] | None = (
+    None
+    if _cpolicy is None
+    else cast(
+        "Parser",
+        _cpolicy.Parser(
+            tuple(name.encode("ascii") for name in USED_ATTRIBUTES), MAX_LINE, MAX_ATTRIBUTES
+        ),
+    ).parse
+)
+
 
 class PolicyDecoder:
     """Incremental parser for one connection's requests; keeps only the ``keep`` attributes.
@@ -88,6 +109,8 @@ class PolicyDecoder:
             (f"\n{name}=".encode("ascii"), len(name) + 2, f"{name}=".encode("ascii"))
             for name in keep
         )
+        # The C short way takes the default names only (one Parser for all decoders).
+        self._c = tuple(keep) == USED_ATTRIBUTES
         # Received bytes not yet parsed are _buffer[_start:_end]; the rest is zeros:
         # each request is overwritten once parsed (docs/threat-model.md).
         self._buffer = bytearray()
@@ -153,6 +176,15 @@ class PolicyDecoder:
         if not data or self._start != self._end or self._failed:
             self.receive_data(data)
             return None
+        if _c_parse is not None and self._c:
+            # In C, on the caller's data: nothing is copied but the values.
+            request = _c_parse(data)
+            if request is None:
+                self.receive_data(data)
+                self._fresh = False  # looked at: next_request() goes the general way
+            else:
+                self.requests += 1
+            return request
         self._buffer = buffer = bytearray(data)
         self._start = self._checked = 0
         self._end = end = len(buffer)
@@ -181,6 +213,14 @@ class PolicyDecoder:
         one whole request of at most MAX_LINE bytes, checked in three scans (then
         the buffer is overwritten and the decoder holds nothing); else None, and
         the general way will look."""
+        if _c_parse is not None and self._c:  # the same in C (buffer is the read: end == len)
+            request = _c_parse(buffer)
+            if request is None:
+                return None
+            buffer[:] = _ZEROS[:end]
+            self._end = 0
+            self.requests += 1
+            return request
         # At most MAX_LINE bytes (so neither a line nor the request is too long),
         # ending with "\n\n" or "\n\r\n". (Indexing costs less than a call.)
         if (

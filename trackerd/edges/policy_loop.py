@@ -44,15 +44,21 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
 
+from servertracker import accel
+from trackerd.core.policy_protocol import MAX_ATTRIBUTES, MAX_LINE, USED_ATTRIBUTES
 from trackerd.edges import stream_server
 from trackerd.edges.access import LogThrottle
 from trackerd.edges.msgpack_server import MAX_SLICE, MIN_SLICE, SLICE_SECONDS
 from trackerd.edges.session import Session, log_failure
 from trackerd.edges.stream_server import READ_SIZE, ZEROS, Connection, StreamServer
+
+if TYPE_CHECKING:
+    from trackerd.edges._cpolicy_loop import Loop
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +79,19 @@ HANDOVER_DELAY = 0.02
 #: How long an exiting thread is waited for, in seconds.
 JOIN_TIMEOUT = 5.0
 
-Pair = tuple[str | None, str | None]
 #: Tracker.record_columns(conn_ips, senders, deadline): how many pairs it counted.
 Record = Callable[[Sequence[str | None], Sequence[str | None], float], int]
 
 _IN, _OUT, _HUP, _ERR = select.EPOLLIN, select.EPOLLOUT, select.EPOLLHUP, select.EPOLLERR
+
+#: The C twin of the thread's common case (edges/_cpolicy_loop.c): the wait, and
+#: each ready connection whose read is one whole request, read and parsed without
+#: the interpreter lock; or None: the Python code below does all.
+EXTENSION = "trackerd.edges._cpolicy_loop"
+_cpolicy_loop = accel.load(EXTENSION)
+#: Descriptors the C loop may serve the short way: one byte each (1: yes), by
+#: number; a descriptor past the end always goes the Python way.
+SHORT_WAY_FDS = 1 << 16
 
 
 class Handover:
@@ -87,14 +101,20 @@ class Handover:
     The loop's flush() counts the oldest pairs for SLICE_SECONDS at most (the
     Tracker's deadline), and goes on in its next turn until none is left: costly
     values (255-character senders, say) cannot hold the loop for the whole queue.
-    settle(), before a status snapshot, counts every pair queued by then. The
-    thread appends on the right, the loop alone takes from the left: each step on
-    the shared state is one operation under the interpreter lock."""
+    settle(), before a status snapshot, counts every pair queued by then.
+
+    The pairs wait as two columns, the form record_columns() takes, so that a
+    slice is two list slices and no Python code runs per pair. The thread appends
+    at the end (the connection IP first, then the sender: a pair is complete once
+    its sender is there), the loop alone removes from the front, and only pairs
+    complete when the slice begins (len of the senders): each step on the shared
+    lists is one operation under the interpreter lock."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, record: Record) -> None:
         self._loop = loop
         self._record = record
-        self._pairs: collections.deque[Pair] = collections.deque()
+        self._conn_ips: list[str | None] = []
+        self._senders: list[str | None] = []
         # The thread's: when the oldest pair not yet asked for was queued.
         self._since: float | None = None
         # A flush is scheduled in the loop and has not begun.
@@ -113,18 +133,19 @@ class Handover:
 
     def put(self, conn_ip: str | None, sender: str | None) -> None:
         """The thread's: queue one pair to record."""
-        self._pairs.append((conn_ip, sender))
+        self._conn_ips.append(conn_ip)
+        self._senders.append(sender)  # last: the pair is complete
         if self._since is None:
             self._since = monotonic()
 
     @property
     def full(self) -> bool:
-        return len(self._pairs) >= MAX_QUEUED
+        return len(self._senders) >= MAX_QUEUED
 
     @property
     def waiting(self) -> bool:
         """Whether any pair waits to be counted."""
-        return bool(self._pairs)
+        return bool(self._senders)
 
     def hand_over(self, now: float, force: bool = False) -> float:
         """The thread's: ask the loop for a flush if one is due; the seconds until
@@ -132,7 +153,7 @@ class Handover:
         since = self._since
         if since is None:
             return math.inf
-        if force or now - since >= HANDOVER_DELAY or len(self._pairs) >= BATCH:
+        if force or now - since >= HANDOVER_DELAY or len(self._senders) >= BATCH:
             self._since = None
             if not self._asked:
                 self._asked = True
@@ -152,7 +173,7 @@ class Handover:
     def _go_on(self) -> None:
         self._going_on = False
         self.count_slice()
-        if self._pairs:
+        if self._senders:
             self._going_on = True
             self._loop.call_soon(self._go_on)
 
@@ -160,7 +181,7 @@ class Handover:
         """The event loop's, before a status snapshot: count every pair queued by
         now (so every request answered before it), a slice at a time, the loop let
         go in between. Pairs queued meanwhile wait for flush()."""
-        target = self.counted + len(self._pairs)
+        target = self.counted + len(self._senders)
         while self.counted < target:
             self.count_slice()
             if self.counted < target:
@@ -169,22 +190,22 @@ class Handover:
     def count_slice(self) -> None:
         """The event loop's: count the oldest pairs, for SLICE_SECONDS at most (one
         pair at least); the thread reads again once none is left."""
-        pairs = self._pairs
-        take = min(self._size, len(pairs))
+        conn_ips, senders = self._conn_ips, self._senders
+        take = min(self._size, len(senders))  # complete pairs only
         if take:
-            popleft = pairs.popleft
-            batch = [popleft() for _ in range(take)]
-            conn_ips, senders = zip(*batch, strict=True)
-            done = self._record(conn_ips, senders, time.perf_counter() + SLICE_SECONDS)
+            done = self._record(
+                conn_ips[:take], senders[:take], time.perf_counter() + SLICE_SECONDS
+            )
+            del conn_ips[:done]
+            del senders[:done]  # the rest stays first, in its order
             self.counted += done
-            if done < take:  # the rest goes back first, in its order
-                pairs.extendleft(reversed(batch[done:]))
+            if done < take:
                 self._size = max(MIN_SLICE, 2 * done)
             elif take == self._size:
                 self._size = min(MAX_SLICE, 2 * take)
         # After the queue is seen empty: a thread that wants room from now on sees
         # it empty too (PolicyLoop._wait_for_room).
-        if self.want_room and not pairs:
+        if self.want_room and not senders:
             self.want_room = False
             self.wake_thread()
 
@@ -208,6 +229,20 @@ class PolicyLoop:
         self._next_timer = math.inf
         self.buffer = bytearray(READ_SIZE)
         self.view = memoryview(self.buffer)
+        #: short_way[fd]: 1 while that connection may be served by the C loop.
+        self.short_way = bytearray(SHORT_WAY_FDS)
+        self._c: Loop | None = (
+            None
+            if _cpolicy_loop is None
+            else _cpolicy_loop.Loop(
+                self.poller.fileno(),
+                tuple(name.encode("ascii") for name in USED_ATTRIBUTES),
+                MAX_LINE,
+                MAX_ATTRIBUTES,
+                self.buffer,
+                self.short_way,
+            )
+        )
         self.draining = False
         #: One line a second at most for peers that do not read their replies.
         self.unread_log = LogThrottle(stream_server.UNREAD_LOG_INTERVAL)
@@ -295,9 +330,21 @@ class PolicyLoop:
             return
         if self.turns:
             wait = 0.0
-        events = self.poller.poll(max(wait, 0.0) if wait < math.inf else -1)
-        now = monotonic()
         connections = self.connections
+        if self._c is None:
+            events = self.poller.poll(max(wait, 0.0) if wait < math.inf else -1)
+            now = monotonic()
+        else:
+            # epoll_wait's milliseconds, rounded up as select.epoll.poll() does.
+            took, events, pending = self._c.serve(
+                math.ceil(max(wait, 0.0) * 1000) if wait < math.inf else -1
+            )
+            now = monotonic()
+            if took:
+                self._short_way(took, now)
+            if pending is not None:
+                fd, offset, count = pending
+                connections[fd].read(offset, count, now)
         for fd, mask in events:
             connection = connections.get(fd)
             if connection is not None:
@@ -310,6 +357,24 @@ class PolicyLoop:
                 connection.go_on(now)
         if now >= self._next_timer:
             self._timers(now)
+
+    def _short_way(self, took: list[tuple[int, tuple[str | None, ...]]], now: float) -> None:
+        """The requests the C loop read and parsed: each handed to its session
+        (recorded: queued for the event loop), then all answered in one call."""
+        connections = self.connections
+        replies: dict[bytes, list[int]] = {}  # one reply in practice: DUNNO
+        for fd, request in took:
+            connection = connections[fd]
+            try:
+                reply = connection.took(request, now)
+            except Exception as exc:
+                connection.failed(exc)
+            else:
+                replies.setdefault(reply, []).append(fd)
+        assert self._c is not None
+        for reply, fds in replies.items():
+            for fd, sent in self._c.reply(fds, reply):
+                connections[fd].sent_short(reply, sent)
 
     def _run_commands(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -406,6 +471,7 @@ class ThreadConnection:
             self.drain(now)
         else:
             self._arm()
+            self._short_way()
 
     # --- the loop's calls ----------------------------------------------------------------
 
@@ -439,27 +505,79 @@ class ThreadConnection:
         except Exception as exc:
             self.failed(exc)
 
+    # --- the C loop's short way ---------------------------------------------------------
+
+    def _short_way(self) -> None:
+        """Mark whether the C loop may serve this connection: only while it waits for
+        a request with nothing held, nothing to send, not draining (so a read that
+        is one whole request needs nothing of the rest of this class but took())."""
+        fd = self._fd
+        if fd < SHORT_WAY_FDS:
+            self._loop.short_way[fd] = (
+                self._events == _IN
+                and not (self._draining or self._lost or self._closing)
+                and self._session.short_reply is not None
+                and not self._session.in_progress()
+            )
+
+    def took(self, request: tuple[str | None, ...], now: float) -> bytes:
+        """The C loop read one whole request and parsed it: the session handles it;
+        the reply to send. (Nothing else changes: the connection was idle and stays so.)"""
+        self._last_read = now
+        self._session.took(request)
+        reply = self._session.short_reply
+        assert reply is not None  # marked for the short way only with one
+        return reply
+
+    def sent_short(self, reply: bytes, sent: int) -> None:
+        """The C loop's send of a reply did not take it whole: sent bytes, or -errno."""
+        try:
+            if sent < 0:
+                self._broken = True
+            else:
+                self._sent(reply, sent)
+            if self._broken:
+                self.lost()
+            else:
+                self._update_events()
+        except Exception as exc:
+            self.failed(exc)
+
+    def read(self, offset: int, count: int, now: float) -> None:
+        """The C loop read buffer[offset:offset + count] (0: the peer closed) and it was
+        not one whole request: the Python way, as ready() after a read."""
+        try:
+            self._received(offset, count, now)
+            if self._broken:
+                self.lost()
+            else:
+                self._update_events()
+        except Exception as exc:
+            self.failed(exc)
+
     # --- reading and writing -------------------------------------------------------------
 
     def _readable(self, now: float) -> None:
-        loop = self._loop
-        buffer = loop.buffer
         try:
-            count = self._sock.recv_into(buffer)
+            count = self._sock.recv_into(self._loop.buffer)
         except BlockingIOError:
             return
         except OSError:
             self._broken = True  # reset by the peer
             return
+        self._received(0, count, now)
+
+    def _received(self, offset: int, count: int, now: float) -> None:
         if not count:
             self._session.ended()
             self._finish()  # once the replies are sent
             return
+        loop = self._loop
         try:
             # Nothing else runs between the read and the overwrite.
-            keep = self._session.received(loop.view[:count])
+            keep = self._session.received(loop.view[offset : offset + count])
         finally:
-            buffer[:count] = ZEROS[:count]
+            loop.buffer[offset : offset + count] = ZEROS[:count]
         self._last_read = now
         self._handled(keep, now)
 
@@ -496,6 +614,11 @@ class ThreadConnection:
         except OSError:
             self._broken = True
             return
+        self._sent(data, sent)
+
+    def _sent(self, data: bytes, sent: int) -> None:
+        """After a send of data with nothing waiting before it: keep what the peer
+        did not take, and stop reading until it does."""
         if sent < len(data):
             self._out += data[sent:]
             self._session.paused = True
@@ -535,6 +658,7 @@ class ThreadConnection:
         if events != self._events:
             self._loop.poller.modify(self._fd, events)
             self._events = events
+        self._short_way()
 
     # --- closing -------------------------------------------------------------------------
 
@@ -574,6 +698,7 @@ class ThreadConnection:
             return
         self._lost = True
         self.timer_at = self.send_at = math.inf
+        self._short_way()  # off: the descriptor's number is free once closed
         try:
             self._loop.connections.pop(self._fd, None)
             self._server.forget(self.connection)
@@ -599,6 +724,7 @@ class ThreadConnection:
         self._draining = True
         self._last_read = now
         self._arm()
+        self._short_way()
 
     def _deadline(self) -> float:
         if self._draining:

@@ -192,6 +192,8 @@ class PolicyServer(StreamServer):
 class PolicySession(Session):
     """One Postfix connection: requests in, one DUNNO out for each, at once."""
 
+    short_reply = DUNNO_RESPONSE
+
     def __init__(self, server: PolicyServer) -> None:
         self._server = server
         self._decoder = PolicyDecoder()
@@ -211,6 +213,12 @@ class PolicySession(Session):
         self._server.record(request, self._recent)
         self.write(DUNNO_RESPONSE)
         return True
+
+    def took(self, request: Request) -> None:
+        # The policy thread's C loop parsed a read that was one whole request (the
+        # decoder's short way, on a connection whose decoder held nothing).
+        self._decoder.requests += 1
+        self._server.record(request, self._recent)
 
     def resume(self) -> bool:
         return self._answer()

@@ -30,6 +30,15 @@ class Session(ABC):
     #: nothing more is read, and resume() goes on in a later turn of the loop, so
     #: that a peer that pipelines cannot keep the others waiting.
     backlog = False
+    #: Its reply to a request taken the short way (policy_loop.py's C loop parses
+    #: a read that is one whole Postfix policy request and calls took()), or None:
+    #: every read goes to received().
+    short_reply: bytes | None = None
+
+    def took(self, request: tuple[str | None, ...]) -> None:
+        """A read that was one whole request, parsed (its values): handle it as
+        received() would, but do not reply (the caller sends short_reply)."""
+        raise NotImplementedError
 
     @abstractmethod
     def received(self, data: memoryview) -> bool:

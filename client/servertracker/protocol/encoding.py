@@ -11,6 +11,7 @@ from typing import Any
 
 import msgpack
 
+from servertracker import accel
 from servertracker.errors import LocalProtocolError
 from servertracker.protocol.messages import (
     _HEADER,
@@ -40,6 +41,11 @@ from servertracker.protocol.messages import (
 )
 
 _packer_default = msgpack.Packer(autoreset=True, use_bin_type=True)
+#: The C twin of encode_columns()'s usual case (client/servertracker/_record_queue.c):
+#: the same bytes, or None where this module's code decides (odd types, a value not
+#: UTF-8, a message over the limits). None when not built (servertracker/accel.py).
+_c_record_queue = accel.load("servertracker._record_queue")
+_c_encode_columns = None if _c_record_queue is None else _c_record_queue.encode_columns
 
 
 def _frame(body: bytes) -> bytes:
@@ -88,6 +94,10 @@ def encode_records_split(pairs: Sequence[Pair], max_pairs: int = 4096) -> list[b
 
 def encode_columns(conn_ips: Sequence[str | None], senders: Sequence[str | None]) -> bytes:
     """Encode a columns message (RecordColumns); the client's hot path, as encode_records."""
+    if _c_encode_columns is not None:
+        frame: bytes | None = _c_encode_columns(conn_ips, senders)
+        if frame is not None:
+            return frame
     if len(conn_ips) != len(senders) or not conn_ips:
         raise LocalProtocolError("columns must be of equal length, at least 1")
     if len(conn_ips) > MAX_PAIRS_PER_MESSAGE:

@@ -1,0 +1,760 @@
+/* The worker library's hot path in C: record_queue.py's RecordQueue, the
+ * columns frame of a batch (protocol/encoding.py's encode_columns), and what a
+ * worker sends for its senders (sender_split.py's sent_senders).
+ *
+ * Optional: record_queue.py and protocol/encoding.py use it when it is built and
+ * fall back to their pure-Python code otherwise (or when SERVERTRACKER_PURE is
+ * set); property tests hold both to the same results, byte for byte on the wire
+ * (tests/test_record_queue_c.py). Everything here runs holding the GIL and never
+ * lets go of it: a record is a few pointer writes, a frame of 512 records a few
+ * microseconds of memcpy.
+ *
+ * RecordQueue keeps the pure version's rules exactly: a value that is neither
+ * str nor None goes through value_cut.clean() and a long str through
+ * value_cut.cut() (both Python, both rare); a full queue or a spent long-value
+ * budget drops the record and counts it; record() never raises an Exception
+ * (it swallows them, as the pure version's ``except Exception: pass``).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+
+/* As protocol/messages.py: MAX_MESSAGE_SIZE, MAX_PAIRS_PER_MESSAGE, and
+ * record_queue.py's LONG_VALUE; record_queue.py checks that they agree. */
+#define MAX_MESSAGE_SIZE (1024 * 1024)
+#define MAX_PAIRS 65536
+#define MAX_VALUE_LENGTH 512
+#define LONG_VALUE 64
+#define FIRST_CAPACITY 1024
+
+typedef struct {
+    PyObject_HEAD
+    /* Two ring buffers of owned references (exact str, or None), len records
+     * from head on. */
+    PyObject **ips;
+    PyObject **senders;
+    Py_ssize_t capacity;
+    Py_ssize_t head;
+    Py_ssize_t len;
+    Py_ssize_t max_buffered;
+    Py_ssize_t max_long_chars;
+    Py_ssize_t batch_size;
+    long long recorded;
+    long long dropped_full;
+    long long dropped_long;
+    long long long_queued;
+    long long long_sent;
+    char sleeping;
+    char idle;
+    char started;
+    PyObject *wake;  /* called when the flusher sleeps and should wake */
+    PyObject *start; /* called while started is false: starts the flusher */
+    PyObject *clean; /* value_cut.clean */
+    PyObject *cut;   /* value_cut.cut */
+} RecordQueue;
+
+static int
+queue_traverse(RecordQueue *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->wake);
+    Py_VISIT(self->start);
+    Py_VISIT(self->clean);
+    Py_VISIT(self->cut);
+    return 0; /* the values are str or None: no cycle goes through them */
+}
+
+static int
+queue_clear(RecordQueue *self)
+{
+    Py_CLEAR(self->wake);
+    Py_CLEAR(self->start);
+    Py_CLEAR(self->clean);
+    Py_CLEAR(self->cut);
+    return 0;
+}
+
+static void
+release_values(RecordQueue *self)
+{
+    for (Py_ssize_t i = 0; i < self->len; i++) {
+        Py_ssize_t at = (self->head + i) % self->capacity;
+        Py_DECREF(self->ips[at]);
+        Py_DECREF(self->senders[at]);
+    }
+    self->len = 0;
+    self->head = 0;
+}
+
+static void
+queue_dealloc(RecordQueue *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->ips != NULL) {
+        release_values(self);
+    }
+    PyMem_Free(self->ips);
+    PyMem_Free(self->senders);
+    queue_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+queue_init(RecordQueue *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"max_buffered", "max_long_chars", "batch_size", "wake",
+                            "start", "clean", "cut", NULL};
+    Py_ssize_t max_buffered, max_long_chars, batch_size;
+    PyObject *wake, *start, *clean, *cut;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "nnnOOOO", names, &max_buffered,
+                                     &max_long_chars, &batch_size, &wake, &start, &clean, &cut)) {
+        return -1;
+    }
+    if (self->wake != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "RecordQueue initialised twice");
+        return -1;
+    }
+    self->max_buffered = max_buffered;
+    self->max_long_chars = max_long_chars;
+    self->batch_size = batch_size;
+    self->wake = Py_NewRef(wake);
+    self->start = Py_NewRef(start);
+    self->clean = Py_NewRef(clean);
+    self->cut = Py_NewRef(cut);
+    self->idle = 1;
+    return 0;
+}
+
+/* Room for one more record: the rings doubled (unwrapped) when full. */
+static int
+grow(RecordQueue *self)
+{
+    Py_ssize_t capacity = self->capacity ? self->capacity * 2 : FIRST_CAPACITY;
+    PyObject **ips = PyMem_New(PyObject *, capacity);
+    PyObject **senders = PyMem_New(PyObject *, capacity);
+    if (ips == NULL || senders == NULL) {
+        PyMem_Free(ips);
+        PyMem_Free(senders);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < self->len; i++) {
+        Py_ssize_t at = (self->head + i) % self->capacity;
+        ips[i] = self->ips[at];
+        senders[i] = self->senders[at];
+    }
+    PyMem_Free(self->ips);
+    PyMem_Free(self->senders);
+    self->ips = ips;
+    self->senders = senders;
+    self->capacity = capacity;
+    self->head = 0;
+    return 0;
+}
+
+/* Append one record, taking over both references. */
+static int
+push(RecordQueue *self, PyObject *ip, PyObject *sender)
+{
+    if (self->len == self->capacity && grow(self) < 0) {
+        return -1;
+    }
+    Py_ssize_t at = self->head + self->len;
+    if (at >= self->capacity) {
+        at -= self->capacity;
+    }
+    self->ips[at] = ip;
+    self->senders[at] = sender;
+    self->len++;
+    return 0;
+}
+
+static Py_ssize_t
+long_chars(PyObject *value)
+{
+    if (value == Py_None) {
+        return 0;
+    }
+    Py_ssize_t length = PyUnicode_GET_LENGTH(value);
+    return length > LONG_VALUE ? length : 0;
+}
+
+/* value, or value_cut.clean(value) unless it is str or None: a new reference. */
+static PyObject *
+cleaned(RecordQueue *self, PyObject *value)
+{
+    if (value == Py_None || PyUnicode_CheckExact(value)) {
+        Py_INCREF(value);
+        return value;
+    }
+    PyObject *result = PyObject_CallOneArg(self->clean, value);
+    if (result != NULL && result != Py_None && !PyUnicode_CheckExact(result)) {
+        Py_DECREF(result); /* clean() returns str or None; never trust the other */
+        PyErr_SetString(PyExc_TypeError, "clean() returned neither str nor None");
+        return NULL;
+    }
+    return result;
+}
+
+/* Replace *value (owned) by value_cut.cut(*value) if it is a str. */
+static int
+cut_in_place(RecordQueue *self, PyObject **value)
+{
+    if (*value == Py_None) {
+        return 0;
+    }
+    PyObject *result = PyObject_CallOneArg(self->cut, *value);
+    if (result == NULL) {
+        return -1;
+    }
+    if (!PyUnicode_CheckExact(result)) {
+        Py_DECREF(result);
+        PyErr_SetString(PyExc_TypeError, "cut() returned no str");
+        return -1;
+    }
+    Py_SETREF(*value, result);
+    return 0;
+}
+
+/* What follows a record queued: wake the flusher, start it. Errors swallowed by
+ * the caller. */
+static int
+after_record(RecordQueue *self)
+{
+    if (self->sleeping && (self->idle || self->len >= self->batch_size)) {
+        self->sleeping = 0;
+        PyObject *result = PyObject_CallNoArgs(self->wake);
+        if (result == NULL) {
+            return -1;
+        }
+        Py_DECREF(result);
+    }
+    if (!self->started) {
+        PyObject *result = PyObject_CallNoArgs(self->start);
+        if (result == NULL) {
+            return -1;
+        }
+        Py_DECREF(result);
+    }
+    return 0;
+}
+
+static int
+record_pair(RecordQueue *self, PyObject *ip_arg, PyObject *sender_arg)
+{
+    PyObject *ip = cleaned(self, ip_arg);
+    if (ip == NULL) {
+        return -1;
+    }
+    PyObject *sender = cleaned(self, sender_arg);
+    if (sender == NULL) {
+        Py_DECREF(ip);
+        return -1;
+    }
+    if (self->len >= self->max_buffered) {
+        self->dropped_full++;
+        goto drop;
+    }
+    if ((ip != Py_None && PyUnicode_GET_LENGTH(ip) > LONG_VALUE) ||
+        (sender != Py_None && PyUnicode_GET_LENGTH(sender) > LONG_VALUE)) {
+        if (cut_in_place(self, &ip) < 0 || cut_in_place(self, &sender) < 0) {
+            goto fail;
+        }
+        long long chars = long_chars(ip) + long_chars(sender);
+        if (self->long_queued - self->long_sent + chars > self->max_long_chars) {
+            self->dropped_long++;
+            goto drop;
+        }
+        self->long_queued += chars;
+    }
+    if (push(self, ip, sender) < 0) {
+        goto fail;
+    }
+    self->recorded++;
+    return after_record(self);
+drop:
+    Py_DECREF(ip);
+    Py_DECREF(sender);
+    return 0;
+fail:
+    Py_DECREF(ip);
+    Py_DECREF(sender);
+    return -1;
+}
+
+/* record(conn_ip, sender): queue one pair; never blocks, never raises an Exception. */
+static PyObject *
+queue_record(RecordQueue *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *values[2] = {NULL, NULL};
+    if (kwnames == NULL && nargs == 2) {
+        values[0] = args[0];
+        values[1] = args[1];
+    }
+    else {
+        /* Keywords (conn_ip=, sender=): as the pure version's signature takes them. */
+        Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+        if (nargs > 2) {
+            PyErr_Format(PyExc_TypeError, "record_server() takes 2 arguments (%zd given)",
+                         nargs + nkw);
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            values[i] = args[i];
+        }
+        for (Py_ssize_t i = 0; i < nkw; i++) {
+            PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+            int slot = -1;
+            if (PyUnicode_CompareWithASCIIString(name, "conn_ip") == 0) {
+                slot = 0;
+            }
+            else if (PyUnicode_CompareWithASCIIString(name, "sender") == 0) {
+                slot = 1;
+            }
+            if (slot < 0 || values[slot] != NULL) {
+                PyErr_SetString(PyExc_TypeError,
+                                "record_server() takes the arguments conn_ip and sender");
+                return NULL;
+            }
+            values[slot] = args[nargs + i];
+        }
+        if (values[0] == NULL || values[1] == NULL) {
+            PyErr_SetString(PyExc_TypeError, "record_server() takes 2 arguments");
+            return NULL;
+        }
+    }
+    if (record_pair(self, values[0], values[1]) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            return NULL; /* KeyboardInterrupt and the like go on, as in Python */
+        }
+        PyErr_Clear(); /* recording must never break an SMTP session */
+    }
+    Py_RETURN_NONE;
+}
+
+/* extend(conn_ips, senders): queue two lists of values already cleaned and cut
+ * (record_many's), their long values charged to the budget; never drops. */
+static PyObject *
+queue_extend(RecordQueue *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1]) ||
+        PyList_GET_SIZE(args[0]) != PyList_GET_SIZE(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "extend() takes two lists of equal length");
+        return NULL;
+    }
+    PyObject *ips = args[0], *senders = args[1];
+    Py_ssize_t count = PyList_GET_SIZE(ips);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *ip = PyList_GET_ITEM(ips, i), *sender = PyList_GET_ITEM(senders, i);
+        if ((ip != Py_None && !PyUnicode_CheckExact(ip)) ||
+            (sender != Py_None && !PyUnicode_CheckExact(sender))) {
+            PyErr_SetString(PyExc_TypeError, "extend() takes str or None values");
+            return NULL;
+        }
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *ip = PyList_GET_ITEM(ips, i), *sender = PyList_GET_ITEM(senders, i);
+        Py_INCREF(ip);
+        Py_INCREF(sender);
+        if (push(self, ip, sender) < 0) {
+            Py_DECREF(ip);
+            Py_DECREF(sender);
+            return NULL;
+        }
+        self->long_queued += long_chars(ip) + long_chars(sender);
+        self->recorded++;
+    }
+    Py_RETURN_NONE;
+}
+
+/* take(n): the first n records (at most all) as two lists, out of the queue. */
+static PyObject *
+queue_take(RecordQueue *self, PyObject *arg)
+{
+    Py_ssize_t count = PyLong_AsSsize_t(arg);
+    if (count == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (count > self->len) {
+        count = self->len;
+    }
+    if (count < 0) {
+        count = 0;
+    }
+    PyObject *ips = PyList_New(count);
+    PyObject *senders = PyList_New(count);
+    if (ips == NULL || senders == NULL) {
+        Py_XDECREF(ips);
+        Py_XDECREF(senders);
+        return NULL;
+    }
+    PyObject *pair = PyTuple_New(2);
+    if (pair == NULL) {
+        Py_DECREF(ips);
+        Py_DECREF(senders);
+        return NULL;
+    }
+    int some_long = self->long_sent != self->long_queued;
+    long long chars = 0;
+    Py_ssize_t head = self->head;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *ip = self->ips[head], *sender = self->senders[head];
+        PyList_SET_ITEM(ips, i, ip); /* the queue's references, handed over */
+        PyList_SET_ITEM(senders, i, sender);
+        if (some_long) {
+            chars += long_chars(ip) + long_chars(sender);
+        }
+        if (++head == self->capacity) {
+            head = 0;
+        }
+    }
+    self->head = self->len == count ? 0 : head;
+    self->len -= count;
+    self->long_sent += chars;
+    PyTuple_SET_ITEM(pair, 0, ips);
+    PyTuple_SET_ITEM(pair, 1, senders);
+    return pair;
+}
+
+/* snapshot(): copies of the queued values as two lists (tests, and nothing else). */
+static PyObject *
+queue_snapshot(RecordQueue *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *ips = PyList_New(self->len);
+    PyObject *senders = PyList_New(self->len);
+    if (ips == NULL || senders == NULL) {
+        Py_XDECREF(ips);
+        Py_XDECREF(senders);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < self->len; i++) {
+        Py_ssize_t at = (self->head + i) % self->capacity;
+        Py_INCREF(self->ips[at]);
+        PyList_SET_ITEM(ips, i, self->ips[at]);
+        Py_INCREF(self->senders[at]);
+        PyList_SET_ITEM(senders, i, self->senders[at]);
+    }
+    return Py_BuildValue("(NN)", ips, senders);
+}
+
+static Py_ssize_t
+queue_length(RecordQueue *self)
+{
+    return self->len;
+}
+
+static PyObject *
+queue_get_dropped(RecordQueue *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLongLong(self->dropped_full + self->dropped_long);
+}
+
+static PyMethodDef queue_methods[] = {
+    {"record", (PyCFunction)(void (*)(void))queue_record, METH_FASTCALL | METH_KEYWORDS,
+     "record(conn_ip, sender): queue one pair. Never blocks, never raises."},
+    {"extend", (PyCFunction)(void (*)(void))queue_extend, METH_FASTCALL,
+     "extend(conn_ips, senders): queue values already cleaned and cut (record_many)."},
+    {"take", (PyCFunction)queue_take, METH_O,
+     "take(n): the first n records (at most all) as two lists, out of the queue."},
+    {"snapshot", (PyCFunction)queue_snapshot, METH_NOARGS,
+     "snapshot(): copies of the queued values as two lists (for tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef queue_members[] = {
+    {"max_buffered", T_PYSSIZET, offsetof(RecordQueue, max_buffered), READONLY, NULL},
+    {"max_long_chars", T_PYSSIZET, offsetof(RecordQueue, max_long_chars), READONLY, NULL},
+    {"batch_size", T_PYSSIZET, offsetof(RecordQueue, batch_size), 0, NULL},
+    {"recorded", T_LONGLONG, offsetof(RecordQueue, recorded), READONLY, NULL},
+    {"dropped_full", T_LONGLONG, offsetof(RecordQueue, dropped_full), READONLY, NULL},
+    {"dropped_long", T_LONGLONG, offsetof(RecordQueue, dropped_long), READONLY, NULL},
+    {"long_queued", T_LONGLONG, offsetof(RecordQueue, long_queued), READONLY, NULL},
+    {"long_sent", T_LONGLONG, offsetof(RecordQueue, long_sent), READONLY, NULL},
+    {"sleeping", T_BOOL, offsetof(RecordQueue, sleeping), 0, NULL},
+    {"idle", T_BOOL, offsetof(RecordQueue, idle), 0, NULL},
+    {"started", T_BOOL, offsetof(RecordQueue, started), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef queue_getset[] = {
+    {"dropped", (getter)queue_get_dropped, NULL, "dropped_full + dropped_long", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods queue_as_sequence = {
+    .sq_length = (lenfunc)queue_length,
+};
+
+static PyTypeObject RecordQueueType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "servertracker._record_queue.RecordQueue",
+    .tp_doc = "record_queue.py's RecordQueue, in C.",
+    .tp_basicsize = sizeof(RecordQueue),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)queue_init,
+    .tp_dealloc = (destructor)queue_dealloc,
+    .tp_traverse = (traverseproc)queue_traverse,
+    .tp_clear = (inquiry)queue_clear,
+    .tp_methods = queue_methods,
+    .tp_members = queue_members,
+    .tp_getset = queue_getset,
+    .tp_as_sequence = &queue_as_sequence,
+};
+
+/* --- the columns frame --------------------------------------------------------- */
+
+static Py_ssize_t
+header_size(Py_ssize_t length, int is_array)
+{
+    if (length < (is_array ? 16 : 32)) {
+        return 1;
+    }
+    if (!is_array && length < 256) {
+        return 2;
+    }
+    return length < 65536 ? 3 : 5;
+}
+
+static char *
+put_header(char *at, Py_ssize_t length, int is_array)
+{
+    if (length < (is_array ? 16 : 32)) {
+        *at++ = (char)((is_array ? 0x90 : 0xa0) | length);
+    }
+    else if (!is_array && length < 256) {
+        *at++ = (char)0xd9;
+        *at++ = (char)length;
+    }
+    else if (length < 65536) {
+        *at++ = (char)(is_array ? 0xdc : 0xda);
+        *at++ = (char)(length >> 8);
+        *at++ = (char)length;
+    }
+    else {
+        *at++ = (char)(is_array ? 0xdd : 0xdb);
+        *at++ = (char)(length >> 24);
+        *at++ = (char)(length >> 16);
+        *at++ = (char)(length >> 8);
+        *at++ = (char)length;
+    }
+    return at;
+}
+
+/* The encoded size of a column's values, or -1 (an error set) for one that is
+ * neither str nor None or cannot be UTF-8 (a lone surrogate), or that grows past
+ * the largest message. */
+static Py_ssize_t
+column_size(PyObject *values, Py_ssize_t count)
+{
+    Py_ssize_t size = header_size(count, 1);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *value = PyList_GET_ITEM(values, i);
+        if (value == Py_None) {
+            size += 1;
+            continue;
+        }
+        if (!PyUnicode_Check(value)) {
+            PyErr_SetString(PyExc_TypeError, "neither str nor None");
+            return -1;
+        }
+        Py_ssize_t length;
+        if (PyUnicode_AsUTF8AndSize(value, &length) == NULL) {
+            return -1;
+        }
+        size += header_size(length, 0) + length;
+        if (size > MAX_MESSAGE_SIZE) {
+            PyErr_SetString(PyExc_ValueError, "too large");
+            return -1;
+        }
+    }
+    return size;
+}
+
+static char *
+put_column(char *at, PyObject *values, Py_ssize_t count)
+{
+    at = put_header(at, count, 1);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *value = PyList_GET_ITEM(values, i);
+        if (value == Py_None) {
+            *at++ = (char)0xc0;
+            continue;
+        }
+        Py_ssize_t length;
+        const char *text = PyUnicode_AsUTF8AndSize(value, &length); /* cached by column_size */
+        at = put_header(at, length, 0);
+        memcpy(at, text, (size_t)length);
+        at += length;
+    }
+    return at;
+}
+
+/* encode_columns(conn_ips, senders): the frame of [1, "columns", conn_ips,
+ * senders] exactly as msgpack encodes it (protocol/encoding.py), or None where
+ * the Python code must decide (not two lists of 1 to 65,536 str or None, a value
+ * not UTF-8, a message over the limit): it raises the error or encodes what this
+ * does not. */
+static PyObject *
+encode_columns(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "encode_columns() takes 2 arguments");
+        return NULL;
+    }
+    PyObject *ips = args[0], *senders = args[1];
+    if (!PyList_Check(ips) || !PyList_Check(senders)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(ips);
+    if (count != PyList_GET_SIZE(senders) || count < 1 || count > MAX_PAIRS) {
+        Py_RETURN_NONE;
+    }
+    static const char start[] = "\x94\x01\xa7" "columns";
+    Py_ssize_t ip_size = column_size(ips, count);
+    Py_ssize_t sender_size = ip_size < 0 ? -1 : column_size(senders, count);
+    if (sender_size < 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t body = (Py_ssize_t)sizeof(start) - 1 + ip_size + sender_size;
+    if (body > MAX_MESSAGE_SIZE) {
+        Py_RETURN_NONE;
+    }
+    PyObject *frame = PyBytes_FromStringAndSize(NULL, 4 + body);
+    if (frame == NULL) {
+        return NULL;
+    }
+    char *at = PyBytes_AS_STRING(frame);
+    *at++ = (char)(body >> 24);
+    *at++ = (char)(body >> 16);
+    *at++ = (char)(body >> 8);
+    *at++ = (char)body;
+    memcpy(at, start, sizeof(start) - 1);
+    at += sizeof(start) - 1;
+    at = put_column(at, ips, count);
+    at = put_column(at, senders, count);
+    (void)at;
+    return frame;
+}
+
+/* --- what a worker sends for a sender ------------------------------------------ */
+
+/* Not space, "<", ">" nor "@": the pattern's [^\s<>@] (re's \s is str.isspace()). */
+static int
+plain(Py_UCS4 c)
+{
+    return c != '<' && c != '>' && c != '@' && !Py_UNICODE_ISSPACE(c);
+}
+
+/* sender_split.sent_sender(value) for a str: the domain part of "local@domain" or
+ * "<local@domain>" (no space, angle bracket or other "@" in them, within
+ * MAX_VALUE_LENGTH), else the value itself. A new reference. */
+static PyObject *
+sent_sender(PyObject *value)
+{
+    Py_ssize_t length = PyUnicode_GET_LENGTH(value);
+    if (length == 0 || length > MAX_VALUE_LENGTH) {
+        return Py_NewRef(value);
+    }
+    int kind = PyUnicode_KIND(value);
+    const void *data = PyUnicode_DATA(value);
+    Py_ssize_t start = 0, end = length, at = -1;
+    if (PyUnicode_READ(kind, data, 0) == '<') {
+        if (length < 2 || PyUnicode_READ(kind, data, length - 1) != '>') {
+            return Py_NewRef(value);
+        }
+        start = 1;
+        end = length - 1;
+    }
+    for (Py_ssize_t i = start; i < end; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c == '@') {
+            if (at >= 0) {
+                return Py_NewRef(value);
+            }
+            at = i;
+        }
+        else if (!plain(c)) {
+            return Py_NewRef(value);
+        }
+    }
+    if (at <= start || at >= end - 1) { /* no "@", or no local part, or no domain */
+        return Py_NewRef(value);
+    }
+    return PyUnicode_Substring(value, at + 1, end);
+}
+
+/* sent_senders(values): [sent_sender(v) if v else v for v in values] for a list of
+ * str or None, or None for anything else (the Python code decides). */
+static PyObject *
+sent_senders(PyObject *Py_UNUSED(module), PyObject *values)
+{
+    if (!PyList_CheckExact(values)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(values);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *value = PyList_GET_ITEM(values, i);
+        if (value != Py_None && !PyUnicode_CheckExact(value)) {
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *sent = PyList_New(count);
+    if (sent == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *value = PyList_GET_ITEM(values, i);
+        PyObject *part = value == Py_None ? Py_NewRef(value) : sent_sender(value);
+        if (part == NULL) {
+            Py_DECREF(sent);
+            return NULL;
+        }
+        PyList_SET_ITEM(sent, i, part);
+    }
+    return sent;
+}
+
+static PyMethodDef module_methods[] = {
+    {"encode_columns", (PyCFunction)(void (*)(void))encode_columns, METH_FASTCALL,
+     "encode_columns(conn_ips, senders): a columns frame, or None (see the source)."},
+    {"sent_senders", (PyCFunction)sent_senders, METH_O,
+     "sent_senders(values): sender_split.sent_senders() for a list of str or None, or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "servertracker._record_queue",
+    .m_doc = "The worker library's hot path in C (record_queue.py, protocol/encoding.py).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__record_queue(void)
+{
+    if (PyType_Ready(&RecordQueueType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "LONG_VALUE", LONG_VALUE) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_MESSAGE_SIZE", MAX_MESSAGE_SIZE) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_PAIRS", MAX_PAIRS) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_VALUE_LENGTH", MAX_VALUE_LENGTH) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&RecordQueueType);
+    if (PyModule_AddObject(m, "RecordQueue", (PyObject *)&RecordQueueType) < 0) {
+        Py_DECREF(&RecordQueueType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

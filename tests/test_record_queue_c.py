@@ -1,0 +1,351 @@
+"""The C record queue and columns encoder against their pure-Python references.
+
+client/servertracker/_record_queue.c twins record_queue.PyRecordQueue (record_server()'s
+hot path: cleaning, cutting, the drop rules, waking the flusher) and
+protocol.encode_columns() (a batch's columns frame). Both paths are given the
+same inputs, hostile ones included (huge values, empty, types that are neither
+str nor bytes, lone surrogates, NUL, runs of whitespace, more "@" than other
+characters, every sender form), and must give the same results: the same values
+queued, counted and dropped, the same bytes on the wire. Skipped where the
+extension is not built (or SERVERTRACKER_PURE_PYTHON is set): CI runs both.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from servertracker import accel, protocol, sender_split
+from servertracker.errors import LocalProtocolError
+from servertracker.protocol import encoding
+from servertracker.record_queue import LONG_VALUE, PyRecordQueue, RecordQueue
+from servertracker.recorder import Client
+from servertracker.value_cut import clean, cut
+from tests.test_accel import compiler_and_headers
+
+EXTENSION = "servertracker._record_queue"
+c_module = accel.load(EXTENSION)
+needs_c = pytest.mark.skipif(c_module is None, reason="the C extension is not built")
+
+
+def test_the_extension_is_built_where_a_compiler_is() -> None:
+    """As tests/test_accel.py's for trackerd's: CI has gcc and the headers, so a
+    build without this module would skip every test here unnoticed."""
+    if not compiler_and_headers():
+        pytest.skip("no C compiler or Python headers here: the pure-Python path runs")
+    importlib.import_module(EXTENSION)  # whatever SERVERTRACKER_PURE_PYTHON says
+
+
+SENDER_FORMS = [
+    "mail7.example.com",
+    "user3@mail7.example.com",
+    "<user3@mail7.example.com>",
+    "[192.0.2.7]",
+    "postmaster@[192.0.2.7]",
+    "<postmaster@[192.0.2.7]>",
+    "<>",
+    "User@MAIL9.Example.COM.",
+    "<@relay.example,@b.example:user@d.example>",
+    '"odd local"@d.example',
+    " <u@d.example> ",
+]
+
+
+class Odd:
+    """A value that is neither str nor bytes, whose str() may fail."""
+
+    def __init__(self, text: str, fails: bool) -> None:
+        self.text, self.fails = text, fails
+
+    def __str__(self) -> str:
+        if self.fails:
+            raise RuntimeError("no text")
+        return self.text
+
+
+class Sub(str):
+    """A str subclass: queued as the str it holds (value_cut.clean)."""
+
+
+texts = st.one_of(
+    st.sampled_from(SENDER_FORMS),
+    st.text(max_size=40),
+    st.text(alphabet=" \t\n\x00@<>.\u3000\u2003\ud800\udfffaé", max_size=80),
+    st.builds(
+        lambda c, n: c * n,
+        st.sampled_from(["@", " ", "a@", "\x00", "é", "\ud83d"]),
+        st.integers(0, 3000),
+    ),
+    st.builds(
+        lambda lead, body, tail: " " * lead + body + " " * tail,
+        st.integers(0, 700),
+        st.sampled_from(["a@b.com", "x" * 600, "<u@d.example>", ""]),
+        st.integers(0, 700),
+    ),
+)
+values = st.one_of(
+    st.none(),
+    texts,
+    texts.map(Sub),
+    texts.map(lambda text: text.encode("utf-8", "surrogatepass")),
+    st.binary(max_size=100),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.builds(Odd, texts, st.booleans()),
+)
+
+
+def queues(max_buffered: int, max_long_chars: int, batch_size: int) -> list[tuple[Any, list[str]]]:
+    """A C queue and a pure one, alike, each with a log of its callbacks."""
+    made = []
+    for kind in (c_module.RecordQueue, PyRecordQueue):  # type: ignore[union-attr]
+        calls: list[str] = []
+        queue = kind(
+            max_buffered,
+            max_long_chars,
+            batch_size,
+            lambda calls=calls: calls.append("wake"),
+            lambda calls=calls: calls.append("start"),
+            clean,
+            cut,
+        )
+        made.append((queue, calls))
+    return made
+
+
+def state(queue: RecordQueue) -> tuple[object, ...]:
+    return (
+        queue.snapshot(),
+        len(queue),
+        queue.recorded,
+        queue.dropped,
+        queue.dropped_full,
+        queue.dropped_long,
+        queue.long_queued,
+        queue.long_sent,
+        queue.sleeping,
+        queue.idle,
+        queue.started,
+    )
+
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("record"), values, values),
+        st.tuples(st.just("take"), st.integers(-1, 8)),
+        st.tuples(st.just("extend"), st.lists(st.one_of(st.none(), texts), max_size=5)),
+        st.tuples(st.just("flags"), st.booleans(), st.booleans(), st.booleans()),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 12),
+    st.integers(0, 4000),
+    st.integers(1, 6),
+    operations,
+)
+@needs_c
+def test_the_c_queue_queues_counts_and_drops_as_the_pure_one(
+    max_buffered: int, max_long_chars: int, batch_size: int, ops: list[tuple[Any, ...]]
+) -> None:
+    (c_queue, c_calls), (py_queue, py_calls) = queues(max_buffered, max_long_chars, batch_size)
+    for op in ops:
+        results = []
+        for queue in (c_queue, py_queue):
+            if op[0] == "record":
+                results.append(queue.record(op[1], op[2]))
+            elif op[0] == "take":
+                results.append(queue.take(op[1]))
+            elif op[0] == "extend":
+                # record_many's values: cleaned and cut already.
+                ready = [None if v is None else clean(v) for v in op[1]]
+                results.append(queue.extend(ready, list(reversed(ready))))
+            else:
+                queue.sleeping, queue.idle, queue.started = op[1:]
+                results.append(None)
+        assert results[0] == results[1]
+        assert state(c_queue) == state(py_queue)
+        assert c_calls == py_calls
+    # What the queue holds is only ever str or None, each cut to what the daemon takes.
+    for column in c_queue.snapshot():
+        limit = protocol.MAX_VALUE_LENGTH + 1
+        assert all(v is None or (type(v) is str and len(v) <= limit) for v in column)
+
+
+@needs_c
+def test_the_c_queue_takes_keyword_arguments_as_record_server_does() -> None:
+    (c_queue, _), (py_queue, _) = queues(10, 1000, 5)
+    for queue in (c_queue, py_queue):
+        queue.record(conn_ip="192.0.2.1", sender="a@b.example")
+        queue.record("192.0.2.2", sender=None)
+        with pytest.raises(TypeError):
+            queue.record("192.0.2.3")
+        with pytest.raises(TypeError):
+            queue.record("192.0.2.3", "x", "y")
+        with pytest.raises(TypeError):
+            queue.record("192.0.2.3", conn_ip="x")
+    assert c_queue.snapshot() == py_queue.snapshot()
+
+
+@needs_c
+def test_the_c_queue_swallows_errors_of_its_callbacks_but_not_an_interrupt() -> None:
+    def fails() -> None:
+        raise RuntimeError("flusher cannot start")
+
+    def interrupts() -> None:
+        raise KeyboardInterrupt
+
+    assert c_module is not None
+    queue = c_module.RecordQueue(10, 1000, 5, fails, fails, clean, cut)
+    queue.record("192.0.2.1", "a@b.example")  # no exception: recording never breaks a session
+    assert queue.recorded == 1
+    queue = c_module.RecordQueue(10, 1000, 5, interrupts, interrupts, clean, cut)
+    with pytest.raises(KeyboardInterrupt):  # as the pure version's ``except Exception``
+        queue.record("192.0.2.1", "a@b.example")
+
+
+@needs_c
+def test_the_c_queue_grows_wraps_and_gives_values_back_in_order() -> None:
+    (c_queue, _), (py_queue, _) = queues(100_000, 0, 512)
+    for round_ in range(5):
+        for queue in (c_queue, py_queue):
+            for i in range(3000):
+                queue.record(f"10.0.{round_}.{i % 256}", f"u{i}@d{round_}.example")
+        taken = 2500 - 400 * round_  # the C ring wraps, and grows while wrapped
+        assert c_queue.take(taken) == py_queue.take(taken)
+        assert state(c_queue) == state(py_queue)
+    assert c_queue.take(10**9) == py_queue.take(10**9)
+    assert len(c_queue) == 0
+
+
+column = st.lists(st.one_of(st.none(), texts, texts.map(Sub), st.integers()), max_size=70)
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(column, column)
+def test_the_c_columns_frame_is_the_pure_one_byte_for_byte(
+    conn_ips: list[Any], senders: list[Any]
+) -> None:
+    count = min(len(conn_ips), len(senders))
+    for ips, sends in ((conn_ips[:count], senders[:count]), (conn_ips, senders)):
+        assert _encoded(ips, sends, c=True) == _encoded(ips, sends, c=False)
+
+
+@pytest.mark.parametrize(
+    ("conn_ips", "senders"),
+    [
+        (["1.2.3.4"] * 65_536, [None] * 65_536),  # the most pairs: a 32-bit array header
+        (["1.2.3.4"] * 65_537, [None] * 65_537),  # one too many
+        (["a" * 65_535, "b" * 65_536, "c" * 255, "d" * 256, "e" * 31, "f" * 32], ["é" * 40] * 6),
+        (["x" * 600_000], ["y" * 600_000]),  # over 1 MiB together
+        (["x" * (1024 * 1024 - 40)], [None]),  # just within: body 1 MiB exactly or below
+        (["é" * 300_000], ["a"]),  # 600,000 bytes of UTF-8
+        ([], []),
+        (["a"], ["b", "c"]),
+        (("1.2.3.4",), ("a@b",)),  # tuples: the pure code decides
+        (["\ud800"], ["a"]),  # a lone surrogate: no UTF-8
+        ([b"1.2.3.4"], ["a"]),  # bytes: msgpack would send bin, the daemon refuses
+        ([True], [1.5]),
+    ],
+)
+@needs_c
+def test_the_c_columns_frame_at_the_limits(conn_ips: Any, senders: Any) -> None:
+    assert _encoded(conn_ips, senders, c=True) == _encoded(conn_ips, senders, c=False)
+
+
+def _encoded(conn_ips: Any, senders: Any, *, c: bool) -> bytes | str:
+    """encode_columns()'s frame, with or without the C twin, or the error it raised."""
+    saved = encoding._c_encode_columns
+    if not c:
+        encoding._c_encode_columns = None
+    try:
+        return protocol.encode_columns(conn_ips, senders)
+    except LocalProtocolError as exc:
+        return f"LocalProtocolError: {exc}"
+    finally:
+        encoding._c_encode_columns = saved
+
+
+@needs_c
+def test_a_forked_child_starts_with_an_empty_c_queue(short_tmp: Path) -> None:
+    """Fork safety in C as in Python: the child's queue is its own and empty, and the
+    parent's records stay the parent's."""
+    client = Client(short_tmp / "nobody.sock", table_entries=0, flush_interval=60)
+    assert type(client._queue).__module__ == "servertracker._record_queue"
+    client.record_server("192.0.2.1", "parent@d.example")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.close(read)
+            fresh = len(client._queue) == 0 and client._thread is None
+            client.record_server("192.0.2.2", "child@d.example")
+            mine = client._queue.snapshot() == (["192.0.2.2"], ["child@d.example"])
+            alive = client._thread is not None and client._thread.is_alive()
+            os.write(write, repr((fresh, mine, alive)).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        answer = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert answer == "(True, True, True)"
+    assert client._queue.snapshot() == (["192.0.2.1"], ["parent@d.example"])
+    assert threading.active_count() >= 1
+    client.close(0)
+
+
+@needs_c
+def test_long_value_rule_is_the_same_number_in_c() -> None:
+    assert c_module is not None
+    assert c_module.LONG_VALUE == LONG_VALUE
+
+
+sender_texts = st.one_of(
+    texts,
+    st.builds(
+        lambda local, domain, form: form.format(local, domain),
+        st.text(max_size=12),
+        st.text(max_size=12),
+        st.sampled_from(["{}@{}", "<{}@{}>", "<{}@{}", "{}@{}>", "{}@@{}", "<@{}:{}>", "{}"]),
+    ),
+)
+
+
+@needs_c
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(st.none(), sender_texts), max_size=40))
+def test_the_c_split_sends_for_each_sender_what_sent_sender_does(
+    senders: list[str | None],
+) -> None:
+    assert c_module is not None
+    assert c_module.sent_senders(senders) == [
+        sender_split.sent_sender(v) if v else v for v in senders
+    ]
+    assert sender_split.sent_senders(senders) == c_module.sent_senders(senders)
+
+
+@needs_c
+def test_the_c_split_leaves_other_types_to_the_python_code() -> None:
+    assert c_module is not None
+    assert c_module.sent_senders(["a@b", 7]) is None  # type: ignore[list-item]
+    assert c_module.sent_senders(("a@b",)) is None  # type: ignore[arg-type]
+    assert c_module.sent_senders([Sub("a@b")]) is None
+    assert c_module.sent_senders(["a@" + "b" * 510, "a@" + "b" * 511]) == [
+        "b" * 510,
+        "a@" + "b" * 511,
+    ]
