@@ -95,6 +95,343 @@ siphash13(uint64_t k0, uint64_t k1, const unsigned char *data, size_t len)
     return v0 ^ v1 ^ v2 ^ v3;
 }
 
+/* --- a columns message, read in place ----------------------------------------------
+ *
+ * scan_columns() reads a frame body that is exactly [1, "columns", conn_ips, senders]
+ * in the forms the library writes: an array of 4, the positive fixint 1, the fixstr
+ * "columns", two arrays of 1 to MAX_PAIRS str or nil values of equal length, every
+ * str valid UTF-8 (as Python's strict decoder takes it), nothing after. Such a body
+ * is one that servertracker.protocol.decode_body() takes, as a RecordColumns of the
+ * same values. Any other body (an error, an extra element, another encoding of the
+ * same values) gives None, and decode_body() decides: so the verdicts are its own.
+ * A Columns keeps the body (a buffer export: it cannot be resized) and where each
+ * value starts, until release() overwrites the body's bytes.
+ */
+
+/* servertracker.protocol.MAX_PAIRS_PER_MESSAGE */
+#define MAX_PAIRS 65536
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer body;          /* held from scan_columns() to release() */
+    int held;
+    Py_ssize_t count;        /* pairs */
+    uint32_t *starts[2];     /* per column, the offset of each value's first byte */
+} Columns;
+
+static PyTypeObject ColumnsType;
+
+/* Strict UTF-8, as CPython's decoder: no overlong forms, no surrogates, at most
+ * U+10FFFF. Sets *ascii. */
+/* Whether s[0:n] is ASCII: eight bytes at a time. */
+static int
+all_ascii(const unsigned char *s, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    uint64_t high = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t word;
+        memcpy(&word, s + i, 8);
+        high |= word;
+    }
+    for (; i < n; i++)
+        high |= s[i];
+    return (high & 0x8080808080808080ULL) == 0;
+}
+
+static int
+valid_utf8(const unsigned char *s, Py_ssize_t n, int *ascii)
+{
+    Py_ssize_t i = 0;
+    *ascii = 1;
+    if (all_ascii(s, n))
+        return 1;
+    while (i < n) {
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        *ascii = 0;
+        Py_ssize_t need;
+        unsigned char low = 0x80, high = 0xBF; /* the second byte's range */
+        if (c >= 0xC2 && c <= 0xDF)
+            need = 1;
+        else if (c >= 0xE0 && c <= 0xEF) {
+            need = 2;
+            if (c == 0xE0)
+                low = 0xA0;
+            else if (c == 0xED)
+                high = 0x9F;
+        }
+        else if (c >= 0xF0 && c <= 0xF4) {
+            need = 3;
+            if (c == 0xF0)
+                low = 0x90;
+            else if (c == 0xF4)
+                high = 0x8F;
+        }
+        else
+            return 0;
+        if (n - i - 1 < need)
+            return 0;
+        if (s[i + 1] < low || s[i + 1] > high)
+            return 0;
+        for (Py_ssize_t k = 2; k <= need; k++)
+            if ((s[i + k] & 0xC0) != 0x80)
+                return 0;
+        i += need + 1;
+    }
+    return 1;
+}
+
+static uint32_t
+read_be(const unsigned char *p, int bytes)
+{
+    uint32_t v = 0;
+    for (int k = 0; k < bytes; k++)
+        v = (v << 8) | p[k];
+    return v;
+}
+
+/* A str or nil value at s[at:n]: -1 if none (or malformed), else its length in
+ * bytes (header and text), with the text's offset and length; nil gives length 0
+ * and *text_at -1. */
+static Py_ssize_t
+value_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t at, Py_ssize_t *text_at,
+         Py_ssize_t *text_len)
+{
+    if (at >= n)
+        return -1;
+    unsigned char c = s[at];
+    Py_ssize_t header, length;
+    if (c == 0xC0) {
+        *text_at = -1;
+        *text_len = 0;
+        return 1;
+    }
+    if (c >= 0xA0 && c <= 0xBF) {
+        header = 1;
+        length = c & 0x1F;
+    }
+    else if (c >= 0xD9 && c <= 0xDB) {
+        int bytes = c == 0xD9 ? 1 : c == 0xDA ? 2 : 4;
+        if (n - at - 1 < bytes)
+            return -1;
+        header = 1 + bytes;
+        length = (Py_ssize_t)read_be(s + at + 1, bytes);
+    }
+    else
+        return -1;
+    if (length > n - at - header)
+        return -1;
+    *text_at = at + header;
+    *text_len = length;
+    return header + length;
+}
+
+/* An array header at s[at:n] of 1 to MAX_PAIRS elements: its length in bytes and
+ * *count, else -1. */
+static Py_ssize_t
+array_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t at, Py_ssize_t *count)
+{
+    if (at >= n)
+        return -1;
+    unsigned char c = s[at];
+    Py_ssize_t header;
+    if (c >= 0x90 && c <= 0x9F) {
+        header = 1;
+        *count = c & 0x0F;
+    }
+    else if (c == 0xDC || c == 0xDD) {
+        int bytes = c == 0xDC ? 2 : 4;
+        if (n - at - 1 < bytes)
+            return -1;
+        header = 1 + bytes;
+        *count = (Py_ssize_t)read_be(s + at + 1, bytes);
+    }
+    else
+        return -1;
+    if (*count < 1 || *count > MAX_PAIRS)
+        return -1;
+    return header;
+}
+
+static const char COLUMNS_HEAD[] = "\x94\x01\xa7" "columns";
+
+static void
+Columns_free_starts(Columns *self)
+{
+    PyMem_Free(self->starts[0]);
+    PyMem_Free(self->starts[1]);
+    self->starts[0] = self->starts[1] = NULL;
+}
+
+static void
+Columns_release_body(Columns *self)
+{
+    if (self->held) {
+        if (!self->body.readonly)
+            memset(self->body.buf, 0, (size_t)self->body.len);
+        PyBuffer_Release(&self->body);
+        self->held = 0;
+    }
+    Columns_free_starts(self);
+    self->count = 0;
+}
+
+static void
+Columns_dealloc(Columns *self)
+{
+    Columns_release_body(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyDoc_STRVAR(scan_columns_doc,
+"scan_columns(body) -> Columns | None: the body of a plain columns message read in\n"
+"place (see _ccolumns.c), or None: let decode_body() decide. body: a bytearray,\n"
+"overwritten with zeros by Columns.release().");
+
+static PyObject *
+scan_columns(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    Py_buffer body;
+    if (PyObject_GetBuffer(arg, &body, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *s = body.buf;
+    Py_ssize_t n = body.len, at = (Py_ssize_t)sizeof COLUMNS_HEAD - 1;
+    uint32_t *starts[2] = {NULL, NULL};
+    Py_ssize_t counts[2] = {0, 0};
+    if (n > UINT32_MAX || n < at || memcmp(s, COLUMNS_HEAD, (size_t)at) != 0)
+        goto not_plain;
+    for (int column = 0; column < 2; column++) {
+        Py_ssize_t header = array_at(s, n, at, &counts[column]);
+        if (header < 0 || (column == 1 && counts[1] != counts[0]))
+            goto not_plain;
+        at += header;
+        starts[column] = PyMem_Malloc((size_t)counts[column] * sizeof(uint32_t));
+        if (starts[column] == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        for (Py_ssize_t i = 0; i < counts[column]; i++) {
+            Py_ssize_t text_at, text_len;
+            int ascii;
+            Py_ssize_t size = value_at(s, n, at, &text_at, &text_len);
+            if (size < 0 || (text_at >= 0 && !valid_utf8(s + text_at, text_len, &ascii)))
+                goto not_plain;
+            starts[column][i] = (uint32_t)at;
+            at += size;
+        }
+    }
+    if (at != n)
+        goto not_plain;
+    Columns *columns = PyObject_New(Columns, &ColumnsType);
+    if (columns == NULL)
+        goto fail;
+    columns->body = body;
+    columns->held = 1;
+    columns->count = counts[0];
+    columns->starts[0] = starts[0];
+    columns->starts[1] = starts[1];
+    return (PyObject *)columns;
+not_plain:
+    PyMem_Free(starts[0]);
+    PyMem_Free(starts[1]);
+    PyBuffer_Release(&body);
+    Py_RETURN_NONE;
+fail:
+    PyMem_Free(starts[0]);
+    PyMem_Free(starts[1]);
+    PyBuffer_Release(&body);
+    return NULL;
+}
+
+/* Checks a (column, start, stop) request against a Columns: 1, or 0 with an error. */
+static int
+columns_range(Columns *self, int column, Py_ssize_t start, Py_ssize_t stop)
+{
+    if (!self->held) {
+        PyErr_SetString(PyExc_ValueError, "the columns were released");
+        return 0;
+    }
+    if (column < 0 || column > 1 || start < 0 || stop < start || stop > self->count) {
+        PyErr_SetString(PyExc_IndexError, "column 0 or 1, and 0 <= start <= stop <= len");
+        return 0;
+    }
+    return 1;
+}
+
+/* The value at index i of a column: a new str, or None (a new reference). */
+static PyObject *
+columns_value(Columns *self, int column, Py_ssize_t i)
+{
+    const unsigned char *s = self->body.buf;
+    Py_ssize_t text_at, text_len;
+    value_at(s, self->body.len, self->starts[column][i], &text_at, &text_len);
+    if (text_at < 0)
+        Py_RETURN_NONE;
+    return PyUnicode_DecodeUTF8((const char *)s + text_at, text_len, "strict");
+}
+
+static PyObject *
+Columns_values(Columns *self, PyObject *args)
+{
+    int column;
+    Py_ssize_t start, stop;
+    if (!PyArg_ParseTuple(args, "inn", &column, &start, &stop) ||
+        !columns_range(self, column, start, stop))
+        return NULL;
+    PyObject *values = PyList_New(stop - start);
+    if (values == NULL)
+        return NULL;
+    for (Py_ssize_t i = start; i < stop; i++) {
+        PyObject *value = columns_value(self, column, i);
+        if (value == NULL) {
+            Py_DECREF(values);
+            return NULL;
+        }
+        PyList_SET_ITEM(values, i - start, value);
+    }
+    return values;
+}
+
+static PyObject *
+Columns_release(Columns *self, PyObject *Py_UNUSED(ignored))
+{
+    Columns_release_body(self);
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t
+Columns_len(Columns *self)
+{
+    return self->count;
+}
+
+static PyMethodDef Columns_methods[] = {
+    {"values", (PyCFunction)Columns_values, METH_VARARGS,
+     "values(column, start, stop): the values as decode_body() gives them."},
+    {"release", (PyCFunction)Columns_release, METH_NOARGS,
+     "Overwrite the body with zeros and let it go (the values are gone)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods Columns_as_sequence = {
+    .sq_length = (lenfunc)Columns_len,
+};
+
+static PyTypeObject ColumnsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "trackerd.core._ccolumns.Columns",
+    .tp_doc = PyDoc_STR("A columns message's body, read in place (scan_columns())."),
+    .tp_basicsize = sizeof(Columns),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)Columns_dealloc,
+    .tp_methods = Columns_methods,
+    .tp_as_sequence = &Columns_as_sequence,
+};
+
 /* --- the table ------------------------------------------------------------------ */
 
 typedef struct {
@@ -146,13 +483,38 @@ usual_part(const unsigned char *s, Py_ssize_t n, Py_ssize_t *part_len)
     return s + at + 1;
 }
 
+/* The key of a value given as its UTF-8 bytes (a columns message's string). ASCII is
+ * keyed as key_of() keys the equal str; other text under its own tweak (8: no str
+ * kind), so it may have two keys, one a path: each is a valid entry, and costs one
+ * more miss at most. */
+static uint64_t
+key_of_utf8(const Table *self, const unsigned char *data, Py_ssize_t length, int ascii)
+{
+    if (ascii) {
+        if (self->split) {
+            Py_ssize_t part_len = 0;
+            const unsigned char *part = usual_part(data, length, &part_len);
+            if (part != NULL)
+                return siphash13(self->part_key[0], self->part_key[1], part, (size_t)part_len);
+        }
+        return siphash13(self->key[0], self->key[1], data, (size_t)length);
+    }
+    return siphash13(self->key[0] ^ 8, self->key[1], data, (size_t)length);
+}
+
+static uint64_t
+key_of_none(const Table *self)
+{
+    /* The tweak 5 is no str kind: None never shares a key with a str. */
+    return siphash13(self->key[0] ^ 5, self->key[1], NULL, 0);
+}
+
 /* The key of one value: 0 and a key, or -1 with TypeError for anything but str and None. */
 static int
 key_of(const Table *self, PyObject *value, uint64_t *key)
 {
     if (value == Py_None) {
-        /* The tweak 5 is no str kind: None never shares a key with a str. */
-        *key = siphash13(self->key[0] ^ 5, self->key[1], NULL, 0);
+        *key = key_of_none(self);
         return 0;
     }
     if (!PyUnicode_Check(value)) {
@@ -164,15 +526,7 @@ key_of(const Table *self, PyObject *value, uint64_t *key)
     Py_ssize_t length = PyUnicode_GET_LENGTH(value);
     const unsigned char *data = PyUnicode_DATA(value);
     if (PyUnicode_IS_ASCII(value)) {
-        if (self->split) {
-            Py_ssize_t part_len = 0;
-            const unsigned char *part = usual_part(data, length, &part_len);
-            if (part != NULL) {
-                *key = siphash13(self->part_key[0], self->part_key[1], part, (size_t)part_len);
-                return 0;
-            }
-        }
-        *key = siphash13(self->key[0], self->key[1], data, (size_t)length);
+        *key = key_of_utf8(self, data, length, 1);
         return 0;
     }
     /* Kind 1 (Latin-1 beyond ASCII), 2 or 4 bytes a character: the kind in the key,
@@ -352,6 +706,72 @@ fail:
     return NULL;
 }
 
+PyDoc_STRVAR(Table_look_up_columns_doc,
+"look_up_columns(columns, column, start, stop) -> (keys, codes, values): look_up()\n"
+"of the values start to stop of one column of a Columns (0: connection IPs, 1:\n"
+"senders), with values: a list holding each value whose code is 0 (a miss), as\n"
+"decode_body() gives it, and None for the others (no object is made for a hit).");
+
+static PyObject *
+Table_look_up_columns(Table *self, PyObject *args)
+{
+    PyObject *columns_arg;
+    int column;
+    Py_ssize_t start, stop;
+    if (!ready(self) ||
+        !PyArg_ParseTuple(args, "O!inn", &ColumnsType, &columns_arg, &column, &start, &stop))
+        return NULL;
+    Columns *columns = (Columns *)columns_arg;
+    if (!columns_range(columns, column, start, stop))
+        return NULL;
+    Py_ssize_t n = stop - start;
+    const unsigned char *s = columns->body.buf;
+    const uint32_t *starts = columns->starts[column] + start;
+    PyObject *keys = PyBytes_FromStringAndSize(NULL, n * 8);
+    PyObject *codes = PyByteArray_FromStringAndSize(NULL, n);
+    PyObject *values = PyList_New(n);
+    if (keys == NULL || codes == NULL || values == NULL)
+        goto fail;
+    unsigned char *key_bytes = (unsigned char *)PyBytes_AS_STRING(keys);
+    char *code_bytes = PyByteArray_AS_STRING(codes);
+    /* As look_up(): keys and prefetches first, then the rows. */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t text_at, text_len;
+        int ascii = 1;
+        value_at(s, columns->body.len, starts[i], &text_at, &text_len);
+        uint64_t key;
+        if (text_at < 0)
+            key = key_of_none(self);
+        else {
+            ascii = all_ascii(s + text_at, text_len);
+            key = key_of_utf8(self, s + text_at, text_len, ascii);
+        }
+        memcpy(key_bytes + 8 * i, &key, 8);
+        PREFETCH(self->slots + (key & self->mask) * WAYS);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t key;
+        memcpy(&key, key_bytes + 8 * i, 8);
+        int code = code_of(self, key);
+        code_bytes[i] = (char)code;
+        PyObject *value = code == MISS ? columns_value(columns, column, start + i)
+                                       : Py_NewRef(Py_None);
+        if (value == NULL)
+            goto fail;
+        PyList_SET_ITEM(values, i, value);
+    }
+    PyObject *result = PyTuple_Pack(3, keys, codes, values);
+    Py_DECREF(keys);
+    Py_DECREF(codes);
+    Py_DECREF(values);
+    return result;
+fail:
+    Py_XDECREF(keys);
+    Py_XDECREF(codes);
+    Py_XDECREF(values);
+    return NULL;
+}
+
 PyDoc_STRVAR(Table_remember_doc,
 "remember(keys, codes): enter keys (a buffer of native int64) with their codes (a\n"
 "buffer of int8, each 1, 2 or 3), as look_up() gave them; a full row forgets one.");
@@ -462,6 +882,8 @@ Table_slots(Table *self, void *Py_UNUSED(closure))
 
 static PyMethodDef Table_methods[] = {
     {"look_up", (PyCFunction)Table_look_up, METH_O, Table_look_up_doc},
+    {"look_up_columns", (PyCFunction)Table_look_up_columns, METH_VARARGS,
+     Table_look_up_columns_doc},
     {"remember", (PyCFunction)Table_remember, METH_VARARGS, Table_remember_doc},
     {"key", (PyCFunction)Table_key, METH_O, "key(value): the key look_up() gives value."},
     {"code", (PyCFunction)Table_code, METH_O, "code(key): look_up() for one key."},
@@ -492,22 +914,30 @@ static PyTypeObject TableType = {
     .tp_getset = Table_getset,
 };
 
+static PyMethodDef module_methods[] = {
+    {"scan_columns", (PyCFunction)scan_columns, METH_O, scan_columns_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
+    .m_methods = module_methods,
     .m_name = "trackerd.core._ccolumns",
-    .m_doc = PyDoc_STR("The raw-value cache in C (trackerd/core/raw_cache.py's twin)."),
+    .m_doc = PyDoc_STR("The raw-value cache in C (trackerd/core/raw_cache.py's twin), and "
+                       "columns messages read in place."),
     .m_size = -1,
 };
 
 PyMODINIT_FUNC
 PyInit__ccolumns(void)
 {
-    if (PyType_Ready(&TableType) < 0)
+    if (PyType_Ready(&TableType) < 0 || PyType_Ready(&ColumnsType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Table", (PyObject *)&TableType) < 0) {
+    if (PyModule_AddObjectRef(m, "Table", (PyObject *)&TableType) < 0 ||
+        PyModule_AddObjectRef(m, "Columns", (PyObject *)&ColumnsType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

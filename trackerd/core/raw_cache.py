@@ -37,11 +37,14 @@ import numpy.typing as npt
 from servertracker import accel
 
 if TYPE_CHECKING:
-    from trackerd.core._ccolumns import Table
+    from trackerd.core._ccolumns import Columns, Table
 
 #: The C extension module, or None: the pure-Python RawCache runs.
 EXTENSION: Final = "trackerd.core._ccolumns"
 _ccolumns = accel.load(EXTENSION)
+#: The type of what scan_columns() gives (None without the extension): a server
+#: tells a message read in place from a decoded one by it.
+ColumnsType: Final[type | None] = None if _ccolumns is None else _ccolumns.Columns
 
 Keys = npt.NDArray[np.int64]
 Codes = npt.NDArray[np.int8]
@@ -205,6 +208,14 @@ class CRawCache:
         keys, codes = self._table.look_up(values)
         return np.frombuffer(keys, dtype=np.int64), np.frombuffer(codes, dtype=np.int8)
 
+    def look_up_columns(
+        self, columns: Columns, column: int, start: int, stop: int
+    ) -> tuple[Keys, Codes, list[str | None]]:
+        """look_up() of the values start to stop of a column of a message read in place
+        (scan_columns()), and those values: the misses' as str, None for the others."""
+        keys, codes, values = self._table.look_up_columns(columns, column, start, stop)
+        return np.frombuffer(keys, dtype=np.int64), np.frombuffer(codes, dtype=np.int8), values
+
     def remember(self, keys: Keys | Sequence[int], codes: Codes | Sequence[int]) -> None:
         """As RawCache.remember(): keys not held yet, with their codes (not MISS)."""
         # Copies of the misses only: a few bytes each.
@@ -216,3 +227,12 @@ class CRawCache:
 def new_raw_cache(slots: int, *, split: bool = False) -> RawCache | CRawCache:
     """The C cache if the extension runs (accel.py), else the Python one."""
     return CRawCache(slots, split=split) if _ccolumns is not None else RawCache(slots)
+
+
+def scan_columns(body: bytearray) -> Columns | None:
+    """A columns message's body read in place by the C extension, or None: the body is
+    no plain columns message (decode_body() decides what it is), or the extension is
+    not running. The Columns keeps the body until its release(), which overwrites it."""
+    if _ccolumns is None:
+        return None
+    return cast("Columns | None", _ccolumns.scan_columns(body))

@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice, repeat, starmap
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -61,6 +61,9 @@ from trackerd.core.raw_cache import (
 )
 from trackerd.core.raw_cache import REJECTED as CODE_REJECTED
 from trackerd.core.windows import Window, cutoff_stamp, period_of
+
+if TYPE_CHECKING:
+    from trackerd.core._ccolumns import Columns
 
 SALT_SIZE = 32
 #: 64-bit digests: at ten million values per set the chance of any collision is
@@ -314,14 +317,59 @@ class Tracker(InternedCounting):
             self._follow_the_clock()
         if len(conn_ips) <= FEW_PAIRS:
             return self._record_few(conn_ips, senders, deadline)
-        limit = len(conn_ips)
         conn_keys, conn_codes = self._look_up(self._conn_cache, conn_ips)
+        sender_keys, sender_codes = self._look_up(self._sender_cache, senders)
+        return self._count_looked_up(
+            conn_ips, senders, conn_keys, conn_codes, sender_keys, sender_codes, deadline
+        )
+
+    @property
+    def scans_columns(self) -> bool:
+        """Whether record_scanned() runs: the C caches are on (raw_cache.py)."""
+        return bool(self.raw_cache_entries) and isinstance(self._conn_cache, CRawCache)
+
+    def record_scanned(
+        self, columns: Columns, start: int, stop: int, deadline: float | None = None
+    ) -> int:
+        """record_columns() of the pairs start to stop of a columns message read in
+        place by the C extension (raw_cache.scan_columns(); only when scans_columns):
+        the look-ups hash the values where they lie in the message's bytes, and only
+        the misses become str objects, for the same Python code as record_columns().
+        Returns how many pairs from start were counted, as record_columns()."""
+        if start >= stop:
+            return 0
+        assert isinstance(self._conn_cache, CRawCache)
+        assert isinstance(self._sender_cache, CRawCache)
+        if self.windows:
+            self._follow_the_clock()  # before the look-ups: it may empty the caches
+        conn_keys, conn_codes, conn_ips = self._conn_cache.look_up_columns(columns, 0, start, stop)
+        sender_keys, sender_codes, senders = self._sender_cache.look_up_columns(
+            columns, 1, start, stop
+        )
+        return self._count_looked_up(
+            conn_ips, senders, conn_keys, conn_codes, sender_keys, sender_codes, deadline
+        )
+
+    def _count_looked_up(
+        self,
+        conn_ips: Sequence[str | None],
+        senders: Sequence[str | None],
+        conn_keys: Keys,
+        conn_codes: Codes,
+        sender_keys: Keys,
+        sender_codes: Codes,
+        deadline: float | None,
+    ) -> int:
+        """Count pairs whose values were looked up: the misses first (normalised,
+        queued, remembered), then the tallies. The values are read at the misses only.
+        Returns how many pairs, from the first, were counted (see record_columns)."""
+        limit = len(conn_ips)
         misses = np.flatnonzero(conn_codes == MISS)
         if misses.size:
             limit = self._conn_misses(conn_ips, conn_keys, conn_codes, misses, deadline)
             if limit < len(conn_ips):
                 senders = senders[:limit]
-        sender_keys, sender_codes = self._look_up(self._sender_cache, senders)
+                sender_keys, sender_codes = sender_keys[:limit], sender_codes[:limit]
         misses = np.flatnonzero(sender_codes == MISS)
         if misses.size:
             limit = self._sender_misses(senders, sender_keys, sender_codes, misses, deadline)

@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import anyio
 from anyio.abc import SocketStream
@@ -31,6 +32,7 @@ from servertracker.batch_encoder import MIN_TABLE_ENTRIES
 from servertracker.errors import ProtocolError
 from servertracker.paths import SOCKET_OPTION
 from trackerd.core.interned import IPS, SENDERS
+from trackerd.core.raw_cache import ColumnsType, scan_columns
 from trackerd.core.tracker import STATUS_FIELDS, Tracker
 from trackerd.core.value_table import BYTES_PER_ENTRY, DEFAULT_MAX_INTERNED_ENTRIES, ValueTables
 from trackerd.core.wording import more_since
@@ -40,6 +42,9 @@ from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
 from trackerd.edges.stream_server import Connection, StreamServer
 from trackerd.option_types import Arguments, int_between
+
+if TYPE_CHECKING:
+    from trackerd.core._ccolumns import Columns
 
 log = logging.getLogger(__name__)
 
@@ -274,19 +279,41 @@ class TrackerServer(StreamServer):
         counted is finished even at shutdown, so a frame counts whole or not at all.
         """
         record = self._tracker.record_columns
-        if len(conn_ips) <= MIN_SLICE:  # the usual message: one slice, no shield needed
+        if len(conn_ips) <= MIN_SLICE:  # one slice, no shield needed
             record(conn_ips, senders)  # at the worst cost per value, a few ms
             await anyio.lowlevel.checkpoint()
             return
+        await self._in_slices(
+            len(conn_ips),
+            lambda start, end, deadline: record(conn_ips[start:end], senders[start:end], deadline),
+        )
+
+    async def _record_scanned(self, columns: Columns) -> None:
+        """_record() of a columns message read in place by the C extension
+        (Tracker.record_scanned); its body is overwritten once counted, or if
+        counting fails."""
+        try:
+            record, count = self._tracker.record_scanned, len(columns)
+            if count <= MIN_SLICE:
+                record(columns, 0, count)
+                await anyio.lowlevel.checkpoint()
+                return
+            await self._in_slices(
+                count,
+                lambda start, end, deadline: record(columns, start, min(end, count), deadline),
+            )
+        finally:
+            columns.release()
+
+    async def _in_slices(self, count: int, record: Callable[[int, int, float], int]) -> None:
+        """Count pairs 0 to count with record(start, end, deadline) -> pairs done, in
+        slices (see _record); shielded, so a message counts whole even at shutdown."""
         with anyio.CancelScope(shield=True):
             start = 0
             size = FIRST_SLICE
-            while start < len(conn_ips):
-                end = start + size
-                done = record(
-                    conn_ips[start:end], senders[start:end], time.perf_counter() + SLICE_SECONDS
-                )
-                size = next_slice(size, min(size, len(conn_ips) - start), done)
+            while start < count:
+                done = record(start, start + size, time.perf_counter() + SLICE_SECONDS)
+                size = next_slice(size, min(size, count - start), done)
                 start += done
                 # Let other connections, and the watchdog, in between two slices.
                 await anyio.lowlevel.checkpoint()
@@ -358,7 +385,12 @@ class TrackerServer(StreamServer):
                     # status request, say) is sent after the turn is given back.
                     turn = self._counting if size > BATCH_FRAME else self._counting_batch
                     async with turn:
-                        message = decoder.next_message()
+                        message = self._next_message(decoder)
+                        if type(message) is ColumnsType:
+                            await self._record_scanned(cast("Columns", message))
+                            del message  # released: its body is overwritten
+                            recorded = True
+                            continue
                         if isinstance(message, protocol.RecordColumns | protocol.Record):
                             conn_ips, senders = _columns(message)
                             del message  # the columns hold the values, only while counted
@@ -372,10 +404,14 @@ class TrackerServer(StreamServer):
                             recorded = True
                             continue
                 else:
-                    message = decoder.next_message()
+                    message = self._next_message(decoder)
                 if message is protocol.NEED_DATA or message is protocol.CLOSED:
                     return
-                if isinstance(message, protocol.RecordColumns | protocol.Record):
+                if type(message) is ColumnsType:
+                    await self._record_scanned(cast("Columns", message))
+                    del message
+                    recorded = True
+                elif isinstance(message, protocol.RecordColumns | protocol.Record):
                     conn_ips, senders = _columns(message)
                     del message
                     await self._record(conn_ips, senders)
@@ -403,6 +439,19 @@ class TrackerServer(StreamServer):
         finally:
             if recorded:
                 self._writer.notify_changed()
+
+    def _next_message(self, decoder: protocol.MessageDecoder) -> object:
+        """The next message, NEED_DATA or CLOSED; with the C extension, a columns
+        message comes as a Columns read in place (raw_cache.scan_columns(): only
+        bodies that decode_body() would take as they are), every other body
+        decoded as usual, so every verdict is decode_body()'s."""
+        if not self._tracker.scans_columns:
+            return decoder.next_message()
+        body = decoder.next_body()
+        if type(body) is not bytearray:
+            return body
+        columns = scan_columns(body)
+        return columns if columns is not None else decoder.decode(body)
 
     def _features(self) -> protocol.Features:
         """What this daemon understands beyond version 1, as configured: "interned"

@@ -5,7 +5,7 @@ CLOSED signals, and the received-bytes buffer helpers the policy decoder shares
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, cast
 
 from servertracker.error_codes import ERR_EMPTY_FRAME, ERR_TOO_LARGE, ERR_TRUNCATED
 from servertracker.errors import LocalProtocolError, ProtocolError
@@ -88,6 +88,17 @@ class MessageDecoder:
         )
 
     def next_message(self) -> Message | _Sentinel:
+        body = self.next_body()
+        if type(body) is not bytearray:
+            return cast(_Sentinel, body)
+        return self.decode(body)
+
+    def next_body(self) -> bytearray | _Sentinel:
+        """The body of the next frame, taken whole from the buffer (its bytes there are
+        overwritten), or NEED_DATA or CLOSED; the header's errors raise as in
+        next_message(). For a caller that reads some bodies itself (trackerd's C
+        path): it must overwrite the body once done with it, and hand any body it
+        does not read to decode()."""
         if self._error is not None:
             raise self._error
         try:
@@ -96,7 +107,17 @@ class MessageDecoder:
             self._error = exc
             raise
 
-    def _next(self) -> Message | _Sentinel:
+    def decode(self, body: bytearray) -> Message:
+        """decode_body() of a body next_body() gave; the body is overwritten after."""
+        try:
+            return decode_body(body, self._sent_by)
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+        finally:
+            body[:] = bytes(len(body))  # the decoded values are all that is left
+
+    def _next(self) -> bytearray | _Sentinel:
         available = self._end - self._offset
         if available < HEADER_SIZE:
             if self._eof:
@@ -115,11 +136,7 @@ class MessageDecoder:
             if self._eof:
                 raise ProtocolError(ERR_TRUNCATED, TEXT_TRUNCATED)
             return NEED_DATA
-        body = self._take_frame(end)
-        try:
-            return decode_body(body, self._sent_by)
-        finally:
-            body[:] = bytes(len(body))  # the decoded values are all that is left
+        return self._take_frame(end)
 
     def _take_frame(self, end: int) -> bytearray:
         """A copy of the body of the frame ending at end; its bytes in the buffer are

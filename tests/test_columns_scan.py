@@ -1,0 +1,269 @@
+"""Columns messages read in place by the C extension (raw_cache.scan_columns() and
+Tracker.record_scanned()): the same verdicts as decode_body(), the same values,
+the same counts as the decoded path, and the body overwritten once counted.
+
+Skipped where the extension is not built (test_accel.py fails where a compiler
+could have built it)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import Callable
+
+import msgpack
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from servertracker import accel, protocol
+from servertracker.errors import ProtocolError
+from tests.conftest import Daemon
+from tests.test_accel import SALT, both_trackers, conn_ips, counted, senders
+from trackerd.core import raw_cache
+from trackerd.core.raw_cache import scan_columns
+from trackerd.core.tracker import Tracker
+
+pytestmark = pytest.mark.skipif(
+    raw_cache._ccolumns is None, reason="the C extension is not built, or turned off"
+)
+
+Column = list[str | None]
+
+
+def decoded(body: bytes) -> tuple[Column, Column] | str:
+    """What decode_body() makes of a body: a columns message's values, or the error
+    code (or the type of any other message)."""
+    try:
+        message = protocol.decode_body(bytearray(body))
+    except ProtocolError as exc:
+        return exc.code
+    if isinstance(message, protocol.RecordColumns):
+        return list(message.conn_ips), list(message.senders)
+    return type(message).__name__
+
+
+def scanned(body: bytes) -> tuple[Column, Column] | None:
+    columns = scan_columns(bytearray(body))
+    if columns is None:
+        return None
+    values = columns.values(0, 0, len(columns)), columns.values(1, 0, len(columns))
+    columns.release()
+    return values
+
+
+texts = st.one_of(
+    st.none(),
+    st.text(max_size=20),
+    st.sampled_from(["192.0.2.1", "u@example.com", "<a@b.example>", "\u00e9", "\U0001f600"]),
+)
+
+
+#: Not UTF-8 as Python's strict decoder reads it: a bad byte, an overlong form, an
+#: encoded surrogate, past U+10FFFF, sequences cut short.
+INVALID_UTF8 = [b"\xff", b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82", b"\xc3"]
+
+
+def one_string_body(text: bytes) -> bytes:
+    """[1, "columns", [text], [nil]], the text's bytes as they are (a fixstr)."""
+    return b"\x94\x01\xa7columns\x91" + bytes([0xA0 | len(text)]) + text + b"\x91\xc0"
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> bytes:
+    """Columns messages as the library writes them, and mangled: cut short, bytes
+    changed or added, extra elements, other encodings, invalid UTF-8 and
+    surrogates, other message types, unequal or empty columns."""
+    count = draw(st.integers(0, 20))
+    first = draw(st.lists(texts, min_size=count, max_size=count))
+    second = draw(st.lists(texts, min_size=count, max_size=count + 1))
+    extra = draw(
+        st.lists(st.one_of(st.integers(-(2**63), 2**64 - 1), st.binary(max_size=3)), max_size=2)
+    )
+    kind = draw(st.sampled_from(["columns", "columns", "columns", "record", "column"]))
+    body = msgpack.packb([1, kind, first, second, *extra])
+    mangle = draw(st.integers(0, 6))
+    if mangle == 1 and body:
+        body = body[: draw(st.integers(0, len(body) - 1))]
+    elif mangle == 2 and body:
+        at = draw(st.integers(0, len(body) - 1))
+        body = body[:at] + bytes([draw(st.integers(0, 255))]) + body[at + 1 :]
+    elif mangle == 3:
+        body += draw(st.binary(min_size=1, max_size=3))
+    elif mangle == 4:  # a string's bytes as invalid UTF-8 or an encoded surrogate
+        body = one_string_body(draw(st.sampled_from(INVALID_UTF8)))
+    elif mangle == 5:  # a str8 header where a fixstr would do: well-formed, not plain
+        body = body.replace(b"\xa7columns", b"\xd9\x07columns")
+    return body
+
+
+@settings(max_examples=600, derandomize=True, deadline=None)
+@given(bodies())
+def test_a_body_read_in_place_is_one_decode_body_takes_alike(body: bytes) -> None:
+    """scan_columns() reads only bodies that decode_body() takes as columns messages,
+    with the very same values; anything else is left to decode_body() (its verdict)."""
+    values = scanned(body)
+    if values is not None:
+        assert decoded(body) == values
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.lists(st.tuples(texts, texts), min_size=1, max_size=40))
+def test_every_columns_message_the_library_writes_is_read_in_place(
+    pairs: list[tuple[str | None, str | None]],
+) -> None:
+    ips, senders_ = [p[0] for p in pairs], [p[1] for p in pairs]
+    (frame,) = protocol.encode_columns_split(ips, senders_, 512)
+    assert scanned(bytes(frame[protocol.HEADER_SIZE :])) == (ips, senders_)
+
+
+def test_release_overwrites_the_body_and_ends_the_columns() -> None:
+    body = bytearray(msgpack.packb([1, "columns", ["203.0.113.9"], ["a@secret.example"]]))
+    columns = scan_columns(body)
+    assert columns is not None
+    with pytest.raises(BufferError):
+        body.extend(b"x")  # held: it cannot move while read in place
+    columns.release()
+    assert body == bytes(len(body))
+    with pytest.raises(ValueError):
+        columns.values(0, 0, 1)
+    columns.release()  # twice is harmless
+
+
+def test_out_of_range_requests_are_refused() -> None:
+    columns = scan_columns(bytearray(msgpack.packb([1, "columns", ["a", "b"], ["c", "d"]])))
+    assert columns is not None and len(columns) == 2
+    table = raw_cache.CRawCache(64)._table
+    for column, start, stop in [(2, 0, 1), (-1, 0, 1), (0, -1, 1), (0, 1, 0), (0, 0, 3)]:
+        with pytest.raises(IndexError):
+            table.look_up_columns(columns, column, start, stop)
+        with pytest.raises(IndexError):
+            columns.values(column, start, stop)
+    with pytest.raises(TypeError):
+        table.look_up_columns("not columns", 0, 0, 1)  # type: ignore[arg-type]
+
+
+def test_the_largest_message_is_read_in_place() -> None:
+    count = protocol.MAX_PAIRS_PER_MESSAGE
+    body = msgpack.packb([1, "columns", ["192.0.2.1"] * count, [None] * count])
+    assert scan_columns(bytearray(body)) is not None
+    body = msgpack.packb([1, "columns", ["a"] * (count + 1), [None] * (count + 1)])
+    assert scan_columns(bytearray(body)) is None and decoded(body) == protocol.ERR_BAD_MESSAGE
+
+
+def encodable(value: str | None) -> bool:
+    return value is None or not any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+
+
+def record_scanned(tracker: Tracker, body: bytes, step: int) -> None:
+    columns = scan_columns(bytearray(body))
+    assert columns is not None
+    start = 0
+    while start < len(columns):
+        start += tracker.record_scanned(columns, start, min(start + step, len(columns)), 0.0)
+    columns.release()
+
+
+@settings(max_examples=60, derandomize=True, deadline=None)
+@given(
+    st.lists(st.lists(st.tuples(conn_ips, senders()), min_size=1, max_size=40), max_size=5),
+    st.integers(1, 50),
+)
+def test_read_in_place_counts_as_decoded(
+    batches: list[list[tuple[str | None, str | None]]], step: int
+) -> None:
+    """The same messages counted read in place (in slices under a passed deadline,
+    so at least one pair each), and decoded on the pure-Python caches: the same
+    records, tallies, distinct counts and digests."""
+    # A str with a lone surrogate cannot be sent (it is no UTF-8): the decoded path's.
+    assume(all(encodable(value) for batch in batches for pair in batch for value in pair))
+    c_tracker, python_tracker = both_trackers()
+    assert c_tracker.scans_columns and not python_tracker.scans_columns
+    for batch in batches:
+        ips, senders_ = [p[0] for p in batch], [p[1] for p in batch]
+        body = msgpack.packb([1, "columns", ips, senders_])
+        record_scanned(c_tracker, body, step)
+        python_tracker.record_columns(ips, senders_)
+        assert counted(c_tracker) == counted(python_tracker)
+
+
+def test_a_value_read_in_place_and_one_decoded_share_their_cache_entry() -> None:
+    """An ASCII value has one key on both paths: a policy request's pair (decoded)
+    after a columns message of the same values is all hits."""
+    tracker = Tracker(salt=SALT)
+    record_scanned(
+        tracker, msgpack.packb([1, "columns", ["192.0.2.1"] * 8, ["u@example.com"] * 8]), 8
+    )
+    pending = [len(counter.pending) for counter in tracker.counters]
+    tracker.record_server("192.0.2.1", "other@example.com")
+    assert [len(counter.pending) for counter in tracker.counters] == pending
+    assert tracker.records == 9
+
+
+# --- the daemon: both paths, one outcome ----------------------------------------------------
+
+
+def frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+FRAMES = [
+    msgpack.packb(
+        [
+            1,
+            "columns",
+            [f"192.0.2.{i % 7}" for i in range(600)],
+            [f"<u{i}@d{i % 11}.example>" if i % 5 else "bogus@" for i in range(600)],
+        ]
+    ),
+    msgpack.packb([1, "columns", ["2001:db8::1", None, "x"], ["[1.2.3.4]", "<>", None]]),
+    msgpack.packb([1, "columns", ["192.0.2.200"], ["a@b.example"], "an extra element"]),
+]
+#: Hostile ones, each on its own connection: the error code the daemon answers.
+BAD_FRAMES = [
+    (msgpack.packb([1, "columns", ["a"], ["b", "c"]]), protocol.ERR_BAD_MESSAGE),
+    (one_string_body(b"\xed\xb3\xbf"), protocol.ERR_BAD_MSGPACK),  # a surrogate
+    (msgpack.packb([1, "columns", [5], ["b"]]), protocol.ERR_BAD_MESSAGE),
+    (msgpack.packb([1, "columns", ["a"], ["b"]]) + b"\x00", protocol.ERR_BAD_MSGPACK),
+]
+
+
+def run_frames(daemon: Daemon) -> tuple[tuple[int, ...], list[bytes]]:
+    errors = []
+    for body, _ in BAD_FRAMES:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(daemon.socket_path))
+            sock.sendall(frame(body))
+            errors.append(b"".join(iter(lambda: sock.recv(65536), b"")))
+    with daemon.connect() as conn:
+        for body in FRAMES:
+            conn._send(frame(body))
+        status = conn.status()
+    return (
+        status.records,
+        status.rejected_conn_ips,
+        status.rejected_senders,
+        status.unique_conn_ips,
+        status.unique_domains,
+        status.unique_ip_servers,
+    ), errors
+
+
+def test_the_daemon_counts_and_refuses_alike_on_both_paths(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    results = []
+    for name, pure in (("c", "0"), ("py", "1")):
+        daemon = make_daemon(name, env=dict(os.environ, **{accel.PURE_PYTHON_VARIABLE: pure}))
+        daemon.start()
+        try:
+            results.append(run_frames(daemon))
+        finally:
+            daemon.stop()
+    (c_counts, c_errors), (py_counts, py_errors) = results
+    assert c_counts == py_counts == (604, 1, 120, 9, 12, 1)
+    assert c_errors == py_errors
+    for (_, code), reply in zip(BAD_FRAMES, c_errors, strict=True):
+        assert msgpack.unpackb(reply[4:])[2] == code
