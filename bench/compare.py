@@ -413,12 +413,16 @@ def measure(
         for form in forms:
             # Each tree's process makes the form's records while this one takes their
             # true counts: no run is timed meanwhile.
+            began = time.perf_counter()
             making = [process(tree) for tree in dict.fromkeys(row.tree for row in rows)]
             for each in making:
                 each.send({"key": PREPARE, "form": form, "per_worker": per_worker})
             distinct = true_counts(form, per_worker)
+            counted = time.perf_counter() - began
             for each in making:
                 each.receive()
+            print(f"{form:14} records made in {time.perf_counter() - began:.1f} s (true counts "
+                  f"{counted:.1f} s)", flush=True)  # fmt: skip
             for number in range(rounds):
                 order = rows[number % len(rows) :] + rows[: number % len(rows)]
                 for row in order:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,9 @@ CONN_IPS = 100_000
 DOMAINS = 45_000
 LITERALS = 5_000
 FORMS = ("domain", "user@domain", "<user@domain>", "[ip]", "mix")
+#: sender(form, r) depends on r modulo these only (keep it true when editing sender());
+#: conn_ip(r) on r modulo CONN_IPS. true_counts() needs no more records than that.
+SENDER_PERIOD = math.lcm(4, 50, 10, 7, DOMAINS, LITERALS)
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -84,8 +88,9 @@ def make_shares(form: str, per_worker: int) -> list[list[tuple[str, str]]]:
 def true_counts(form: str, per_worker: int) -> tuple[int, int, int]:
     """The distinct counts of a form's records, from strings made apart from the
     workers' (same values)."""
-    ips = {conn_ip(r) for r in range(WORKERS * per_worker)}
-    senders = {sender(form, r) for r in range(WORKERS * per_worker)}
+    total = WORKERS * per_worker
+    ips = {conn_ip(r) for r in range(min(total, CONN_IPS))}
+    senders = {sender(form, r) for r in range(min(total, SENDER_PERIOD))}
     return value_counts(ips, senders)
 
 

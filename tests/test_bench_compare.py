@@ -17,7 +17,18 @@ import pytest
 
 from bench.compare import Entrant, check_path
 from bench.trees import PURE_PYTHON_VARIABLE, Description, Tree, describe
-from bench.workload import Run
+from bench.workload import (
+    CONN_IPS,
+    FORMS,
+    SENDER_PERIOD,
+    WORKERS,
+    Run,
+    conn_ip,
+    distinct_counts,
+    make_shares,
+    sender,
+    true_counts,
+)
 from servertracker import accel
 
 ROOT = Path(__file__).parent.parent
@@ -142,3 +153,17 @@ def test_where_c_is_built_its_rows_run_c_and_the_fallback_rows_pure_python(
     assert c_row["daemon_extensions"]
     assert all(Path(f).is_relative_to(ROOT.resolve()) for f in c_row["daemon_extensions"])
     assert pure_row["daemon_extensions"] == []
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_senders_repeat_with_the_period_true_counts_reads(form: str) -> None:
+    # true_counts() reads one SENDER_PERIOD of senders and CONN_IPS addresses only.
+    for r in range(0, 2 * SENDER_PERIOD, 997):
+        assert sender(form, r + SENDER_PERIOD) == sender(form, r)
+        assert sender(form, r + 5 * SENDER_PERIOD) == sender(form, r)
+        assert conn_ip(r + CONN_IPS) == conn_ip(r)
+
+
+def test_true_counts_are_those_of_every_record() -> None:
+    per_worker = SENDER_PERIOD // WORKERS + 2_000  # past both periods
+    assert true_counts("mix", per_worker) == distinct_counts(make_shares("mix", per_worker))
