@@ -311,3 +311,35 @@ def test_each_read_is_looked_at_by_the_short_way_once_at_most(
             assert decoder.next_request() == ("10.0.0.3", None, None)
         assert decoder.next_request() is NEED_DATA
         assert looks == [len(one)], at_once
+
+
+@settings(
+    max_examples=1000,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    st.one_of(
+        streams().map(lambda stream: stream[0]),
+        st.binary(max_size=64),
+        st.lists(st.sampled_from([b"a", b"=", b"\n", b"\r", b"\x00", b"\xff", b"sender="]))
+        .map(b"".join)
+        .map(lambda data: data + b"\n\n"),
+    )
+)
+def test_the_c_short_way_takes_exactly_the_reads_the_python_one_takes(
+    short_way: str, data: bytes
+) -> None:
+    """Not only the same outcome: the C short way (core/_cpolicy.c) takes a read
+    exactly when PolicyDecoder._whole does, with the same values."""
+    c_parse = policy_protocol._c_parse
+    if short_way != "c" or c_parse is None:
+        pytest.skip("compares the C short way with the Python one")
+    policy_protocol._c_parse = None
+    try:
+        # A fresh decoder's receive_request() is the Python short way alone.
+        expected = PolicyDecoder().receive_request(data)
+    finally:
+        policy_protocol._c_parse = c_parse
+    assert c_parse(data) == expected
