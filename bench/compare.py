@@ -1,6 +1,6 @@
 """trackerd against what operators would use instead, on every sender form, side by side.
 
-Run: ``python -m bench.compare [--rounds 5]`` (needs Debian's redis-server and the
+Run: ``python -m bench.compare [--rounds 3]`` (needs Debian's redis-server and the
 bench extra: ``apt-get install redis-server; pip install -e '.[bench]'``);
 ``--baseline DIR`` adds another checkout's trackerd, ``--forms`` and
 ``--competitors`` run a slice (``--competitors all`` runs every competitor).
@@ -105,6 +105,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -267,7 +268,9 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
     if key == PREPARE:
         return {}
     load.distinct = tuple(request["distinct"])
-    return vars(RUNS[key](load))
+    run = RUNS[key](load)
+    run.worker_extensions = extensions_mapped(os.getpid())
+    return vars(run)
 
 
 def _prepared(form: str, per_worker: int) -> Workload:
@@ -377,13 +380,14 @@ def tree_lines(described: dict[Tree, Description]) -> list[str]:
 
 
 def check_path(row: Entrant, run: Run, about: Description) -> None:
-    """Fail at once, not after the whole run, if a daemon ran other code than its row
-    says: an extension module from another tree, or one on the pure-Python path."""
-    loaded = run.server_extensions or []
+    """Fail at once, not after the whole run, if a daemon or the workers' parent ran
+    other code than its row says: an extension module from another tree, or one on
+    the pure-Python path."""
+    loaded = (run.server_extensions or []) + (run.worker_extensions or [])
     alien = [file for file in loaded if not Path(file).is_relative_to(row.tree.root)]
     if alien or (loaded and about.path != C_PATH):
         raise RuntimeError(
-            f"{row.name}: its daemon loaded {', '.join(loaded)}, but the row is "
+            f"{row.name}: its daemon or workers loaded {', '.join(loaded)}, but the row is "
             f"{row.tree.root}'s {about.path} path"
         )
 
@@ -520,6 +524,7 @@ def results(
                 "server_cpu_seconds": [r.server_cpu for r in got],
                 "worker_cpu_seconds": [r.worker_cpu for r in got],
                 "daemon_extensions": sorted({f for r in got for f in r.server_extensions or []}),
+                "worker_extensions": sorted({f for r in got for f in r.worker_extensions or []}),
                 "median_seconds": seconds,
                 "records_per_second": total / seconds,
                 "server_cpu_us_per_record": server_us,
@@ -570,7 +575,7 @@ def markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def parser() -> argparse.ArgumentParser:
     parser = arguments("bench.compare", __doc__)
-    parser.add_argument("--rounds", type=int, default=5, help="rounds, competitors alternated")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, competitors alternated")
     parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated sender forms")
     parser.add_argument(
         "--competitors",

@@ -152,7 +152,7 @@ def cpu_seconds(pid: int) -> float:
 class Run:
     """One timed run: seconds, the server's CPU seconds (None when it has none), the
     workers' CPU seconds, and the project's extension modules the server process had
-    loaded (its files; None: not a project daemon)."""
+    loaded (its files; None: not a project daemon) and the workers' parent."""
 
     def __init__(
         self,
@@ -160,11 +160,15 @@ class Run:
         server_cpu: float | None,
         worker_cpu: float,
         server_extensions: list[str] | None = None,
+        worker_extensions: list[str] | None = None,
     ) -> None:
         self.seconds = seconds
         self.server_cpu = server_cpu
         self.worker_cpu = worker_cpu
         self.server_extensions = server_extensions
+        #: The project's extension modules the workers' parent had loaded (what the
+        #: forked workers inherit; None: not noted).
+        self.worker_extensions = worker_extensions
 
 
 def loadavg() -> str:

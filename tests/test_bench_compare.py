@@ -32,6 +32,7 @@ from bench.workload import (
 from servertracker import accel
 
 ROOT = Path(__file__).parent.parent
+THIS = Tree("", ROOT.resolve())
 
 
 def compare(*args: str, results: Path, timeout: float = 150) -> subprocess.CompletedProcess[str]:
@@ -137,9 +138,7 @@ def test_the_pure_python_switch_is_the_librarys() -> None:
     assert PURE_PYTHON_VARIABLE == accel.PURE_PYTHON_VARIABLE
 
 
-@pytest.mark.skipif(
-    not describe(Tree("", ROOT.resolve())).extensions, reason="the C extension is not built here"
-)
+@pytest.mark.skipif(not describe(THIS).extensions, reason="the C extension is not built here")
 def test_where_c_is_built_its_rows_run_c_and_the_fallback_rows_pure_python(
     short_tmp: Path,
 ) -> None:
@@ -153,6 +152,10 @@ def test_where_c_is_built_its_rows_run_c_and_the_fallback_rows_pure_python(
     assert c_row["daemon_extensions"]
     assert all(Path(f).is_relative_to(ROOT.resolve()) for f in c_row["daemon_extensions"])
     assert pure_row["daemon_extensions"] == []
+    # And the library the workers ran: the same.
+    if any(name.startswith("servertracker.") for name in describe(THIS).extensions):
+        assert any("/servertracker/" in f for f in c_row["worker_extensions"])
+    assert pure_row["worker_extensions"] == []
 
 
 @pytest.mark.parametrize("form", FORMS)
