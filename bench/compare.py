@@ -1,6 +1,6 @@
 """trackerd against what operators would use instead, on every sender form, side by side.
 
-Run: ``python -m bench.compare [--rounds 5]`` (needs Debian's redis-server and the
+Run: ``python -m bench.compare [--rounds 3]`` (needs Debian's redis-server and the
 bench extra: ``apt-get install redis-server; pip install -e '.[bench]'``);
 ``--baseline DIR`` adds another checkout's trackerd, ``--forms`` and
 ``--competitors`` run a slice (``--competitors all`` runs every competitor).
@@ -575,7 +575,7 @@ def markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def parser() -> argparse.ArgumentParser:
     parser = arguments("bench.compare", __doc__)
-    parser.add_argument("--rounds", type=int, default=5, help="rounds, competitors alternated")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, competitors alternated")
     parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated sender forms")
     parser.add_argument(
         "--competitors",

@@ -349,3 +349,23 @@ def test_the_c_split_leaves_other_types_to_the_python_code() -> None:
         "b" * 510,
         "a@" + "b" * 511,
     ]
+
+
+def test_a_subclass_that_records_its_own_way_is_not_bypassed(short_tmp: Path) -> None:
+    """Client.record_server is the queue's record() on each client, unless a subclass
+    defines its own: that one runs."""
+    seen: list[tuple[str | None, str | None]] = []
+
+    class Noting(Client):
+        def record_server(self, conn_ip: str | None, sender: str | None) -> None:
+            seen.append((conn_ip, sender))
+            super().record_server(conn_ip, sender)
+
+    client = Noting(short_tmp / "nobody.sock", table_entries=0, flush_interval=60)
+    client.record_server("192.0.2.1", "a@b.example")
+    assert seen == [("192.0.2.1", "a@b.example")]
+    assert client.stats().recorded == 1
+    plain = Client(short_tmp / "nobody.sock", table_entries=0, flush_interval=60)
+    assert plain.record_server == plain._queue.record
+    client.close(0)
+    plain.close(0)

@@ -142,8 +142,9 @@ class Client(Flusher):
         )
         # The queue's own record() answers record_server() calls on this client:
         # no Python frame between the caller and the queue (the method below is
-        # the same, for the class's documentation and subclasses).
-        self.record_server = self._queue.record  # type: ignore[method-assign]
+        # the same, for the class's documentation; a subclass's own is kept).
+        if type(self).record_server is Client.record_server:
+            self.record_server = self._queue.record  # type: ignore[method-assign]
         self._held_since = 0.0  # perf_counter() when the flusher last took the GIL back
         # The threads waiting in record_many() or flush() (set.add and discard are
         # atomic under the GIL): while there are any, no pause within a batch.
