@@ -98,7 +98,7 @@ def bodies(draw: st.DrawFn) -> bytes:
     return body
 
 
-@settings(max_examples=600, derandomize=True, deadline=None)
+@settings(max_examples=300, derandomize=True, deadline=None)
 @given(bodies())
 def test_a_body_read_in_place_is_one_decode_body_takes_alike(body: bytes) -> None:
     """scan_columns() reads only bodies that decode_body() takes as columns messages,

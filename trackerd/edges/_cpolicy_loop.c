@@ -190,7 +190,9 @@ Loop_serve(Loop *self, PyObject *arg)
         goto finally;
     result = PyTuple_Pack(3, requests, others, pending);
 finally:
-    memset(b, 0, (size_t)used); /* the requests taken: only their values are kept */
+    /* The requests taken: only their values are kept. After an error (no memory),
+     * the read handed back too: it is lost, as the requests taken are. */
+    memset(b, 0, (size_t)(result == NULL ? used + pending_count : used));
     Py_XDECREF(requests);
     Py_XDECREF(others);
     Py_XDECREF(pending);
