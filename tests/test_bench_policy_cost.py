@@ -30,7 +30,7 @@ def test_a_row_whose_daemon_mapped_other_extensions_than_its_path_is_refused() -
     one_run(pure, 1, 20)  # the truth: it ran Python and mapped nothing
     # A row that says pure Python, whose daemon runs the C path.
     lying = dataclasses.replace(pure, command=this_tree().trackerd_command())
-    with pytest.raises(RuntimeError, match="but the row is .*'s pure Python path"):
+    with pytest.raises(RuntimeError, match=r"but the row is .*'s pure Python path"):
         one_run(lying, 1, 20)
     # A row that says C, whose daemon runs pure Python: it mapped none of them.
     c_row = trackerd_competitor("this tree", this_tree())
