@@ -2,8 +2,8 @@
 
 The parent binds one listening socket, imports servertracker and builds its
 default client (which sends ``columns``; one asking for value tables would load
-numpy there, once for all the workers), then forks N workers; each runs its own asyncio loop and aiosmtpd
-server on the shared socket and calls
+numpy there, once for all the workers), then forks N workers; each runs its own
+asyncio loop and aiosmtpd server on the shared socket and calls
 ``servertracker.record_server(peer_ip, mail_from)`` in ``handle_MAIL``.
 Recording never blocks or fails the SMTP session. Messages are accepted and
 discarded: this is an example of the hook, not a mail store.
