@@ -13,9 +13,11 @@ tree's), then flushes. Its CPU per record is read per thread from
 - ``columns`` and ``interned`` (131,072 ids): the whole worker, the flusher's
   taking, splitting, numbering, encoding, sending and pausing included.
 
-Every mode runs with the C extension (where built) and with the pure-Python
-code (the same process type, its modules switched to their Python code after the
-fork), in an order rotated from round to round; medians. CPU per record is a
+Every mode runs with the C extension (where built) and with this tree's Python
+fallback (the same process type, three hooks switched to their Python code after
+the fork: record_queue.new_queue, encoding._c_encode_columns,
+sender_split._c_sent_senders; not the code before the C work, whose Python
+flusher differed too), in an order rotated from round to round; medians. CPU per record is a
 whole worker's, so a tick (10 ms) over 200,000 records is 0.05 µs: read the
 figures to that grain. The load average is printed before and after.
 """
@@ -38,7 +40,9 @@ from servertracker.protocol import encoding
 
 _TICK = os.sysconf("SC_CLK_TCK")
 MODES = ("nothing", "queue only", "columns", "interned")
-PATHS = ("C", "pure Python")
+#: "Python fallback": this tree's fallback (three hooks switched, see pure_python()),
+#: not the code before the C work (whose Python flusher differed too).
+PATHS = ("C", "this tree's Python fallback")
 #: Per thread: CPU seconds, voluntary and involuntary context switches.
 Usage = tuple[float, int, int]
 

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.compare import Entrant, check_path
+from bench.compare import (
+    FOOTNOTE,
+    HEADERS,
+    WORKERS_ALONE,
+    Entrant,
+    check_path,
+    results,
+)
 from bench.trees import PURE_PYTHON_VARIABLE, Description, Tree, describe, unbuilt
 from bench.workload import (
     CONN_IPS,
@@ -98,6 +105,10 @@ def test_forms_and_competitors_run_only_that_slice(short_tmp: Path) -> None:
     markdown = (tmp / "compare.md").read_text()
     assert "load average before" in markdown
     assert "| `[ip]` | trackerd columns | this, " in markdown
+    # Both ratios, and the note saying which is the metric, in both outputs.
+    assert "| trackerd faster by | by total CPU |" in markdown
+    assert FOOTNOTE in markdown
+    assert "by total CPU" in result.stdout and FOOTNOTE in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -194,3 +205,23 @@ def test_senders_repeat_with_the_period_true_counts_reads(form: str) -> None:
 def test_true_counts_are_those_of_every_record() -> None:
     per_worker = SENDER_PERIOD // WORKERS + 2_000  # past both periods
     assert true_counts("mix", per_worker) == distinct_counts(make_shares("mix", per_worker))
+
+
+def test_the_cpu_ratio_column_is_the_rows_total_cpu_over_trackerds() -> None:
+    # Time and CPU disagree on purpose: the CPU column must follow CPU, not time.
+    ours = Entrant("trackerd", "trackerd", THIS, "this, C")
+    redis = Entrant("redis (b) best use", "redis", THIS, "-")
+    alone = Entrant(WORKERS_ALONE, "alone", THIS, "-")
+    runs = {"domain": {
+        ours.name: [Run(1.0, 1.0, 3.0)],  # 4 s of CPU
+        redis.name: [Run(4.0, 2.0, 4.0)],  # 6 s of CPU, 4x the time
+        alone.name: [Run(0.5, None, 1.0)],
+    }}  # fmt: skip
+    rows, out = results(["domain"], [ours, redis, alone], runs, [], 100, 0)
+    by_name = {row[1]: dict(zip(HEADERS, row, strict=True)) for row in rows}
+    assert by_name["redis (b) best use"]["trackerd faster by"] == "4.00x"
+    assert by_name["redis (b) best use"]["by total CPU"] == "1.50x"
+    assert by_name["trackerd"]["by total CPU"] == "1.00x"
+    assert by_name[WORKERS_ALONE]["by total CPU"] == "-"
+    assert out["domain"]["redis (b) best use"]["total_cpu_over_trackerds"] == 1.5
+    assert "records/s" in FOOTNOTE and "CPU" in FOOTNOTE

@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 
 import msgpack
@@ -129,6 +132,46 @@ def test_release_overwrites_the_body_and_ends_the_columns() -> None:
     with pytest.raises(ValueError):
         columns.values(0, 0, 1)
     columns.release()  # twice is harmless
+
+
+@pytest.mark.parametrize("call", ["values", "look_up_columns"])
+def test_a_release_from_a_finaliser_amid_a_call_waits_for_its_end(call: str) -> None:
+    """The list a call makes may run the collector, and so a __del__ that releases
+    the columns: the call still reads what it was given (not freed memory), and the
+    release happens when it ends. In a fresh interpreter: a crash there fails this."""
+    code = f"""
+        import gc, msgpack
+        from trackerd.core._ccolumns import scan_columns, Table
+        senders = ["a@b%d" % i for i in range(20)]
+        body = bytearray(msgpack.packb([1, "columns", ["10.0.0.1"] * 20, senders]))
+        columns = scan_columns(body)
+        class Releaser:
+            def __del__(self):
+                columns.release()
+        gc.disable()
+        keep = [[] for _ in range(200)]  # no list free list: PyList_New goes to the collector
+        releaser = Releaser()
+        releaser.cycle = releaser  # freed by the collector only, which runs __del__
+        del releaser
+        gc.set_threshold(1)
+        gc.enable()
+        if "{call}" == "values":
+            got = columns.values(1, 0, 20)
+        else:
+            got = Table(64, bytes(32), 7, True).look_up_columns(columns, 1, 0, 20)[2]
+        gc.disable()
+        assert got == senders, got
+        assert len(columns) == 0 and body == bytes(len(body))  # released at the end
+        print("ok")
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONMALLOC": "debug"},  # freed memory overwritten
+    )
+    assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
 
 
 def test_out_of_range_requests_are_refused() -> None:

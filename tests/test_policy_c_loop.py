@@ -17,6 +17,9 @@ import importlib
 import os
 import select
 import socket
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -178,6 +181,61 @@ def test_reply_names_the_connections_that_did_not_take_it_whole(harness: Harness
     assert fine_peer.recv(100) == DUNNO_RESPONSE
     assert 0 <= troubles[full.fileno()] < len(DUNNO_RESPONSE)
     assert troubles[closed.fileno()] == -errno.EPIPE
+
+
+def test_a_loop_is_initialised_once(harness: Harness) -> None:
+    """serve() reads the names with the lock released, so a second __init__ (from
+    another thread, or failing half way) would free them under it: it is refused,
+    and the loop keeps its names."""
+    ours, peer = harness.connection()
+    name = bytes(bytearray(b"s" * 200 + b"sender"))  # a new object, held nowhere else
+    for names in ((name, 7), (name,)):
+        with pytest.raises(RuntimeError):
+            harness.loop.__init__(  # type: ignore[misc]
+                harness.poller.fileno(),
+                names,
+                MAX_LINE,
+                MAX_ATTRIBUTES,
+                harness.buffer,
+                harness.fast,
+            )
+    del name
+    peer.sendall(request(1))
+    assert harness.loop.serve(5000) == ([(ours.fileno(), python_values(request(1)))], [], None)
+
+
+def test_reply_takes_exact_ints_only() -> None:
+    """An int subclass's or any other object's __index__ may change the list while
+    reply() reads it: only exact ints are taken. In a fresh interpreter: a crash
+    there fails this."""
+    if c_loop is None:
+        pytest.skip("the C extension is not built")
+    code = """
+        import select
+        from trackerd.edges._cpolicy_loop import Loop
+        poller = select.epoll()
+        loop = Loop(poller.fileno(), (b"sender",), 100, 10, bytearray(200), bytearray(10))
+        fds = []
+        class Emptying:
+            def __index__(self):
+                fds.clear()
+                return 1
+        fds.extend([Emptying()] + [object() for _ in range(40)])
+        for given in (fds, [True]):
+            try:
+                loop.reply(given, b"x")
+            except TypeError as exc:
+                print("TypeError:", exc)
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONMALLOC": "debug"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["TypeError: reply: the descriptors must be ints"] * 2
 
 
 # --- the daemon on each path ------------------------------------------------------------

@@ -14,6 +14,7 @@ kind of malformed line, CRLF, duplicates, undecodable bytes, and the bounds
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Sequence
 
 import pytest
@@ -343,3 +344,35 @@ def test_the_c_short_way_takes_exactly_the_reads_the_python_one_takes(
     finally:
         policy_protocol._c_parse = c_parse
     assert c_parse(data) == expected
+
+
+def c_parser_class(short_way: str) -> type:
+    if short_way != "c" or policy_protocol._cpolicy is None:
+        pytest.skip("the C Parser's own rules")
+    return type(policy_protocol._cpolicy.Parser((b"a",), MAX_LINE, MAX_ATTRIBUTES))
+
+
+def test_a_c_parser_is_initialised_once(short_way: str) -> None:
+    """A second __init__, failing half way or not, would leave the names pointing
+    into bytes it does not hold (or swap them under a caller): it is refused, and
+    the parser keeps its names."""
+    parser_class = c_parser_class(short_way)
+    parser = parser_class((b"sender",), MAX_LINE, MAX_ATTRIBUTES)
+    name = bytes(bytearray(b"x" * 200 + b"sender"))  # a new object, held nowhere else
+    for names in ((name, "not bytes"), (name,)):
+        with pytest.raises(RuntimeError):
+            parser.__init__(names, MAX_LINE, MAX_ATTRIBUTES)
+    del name
+    assert parser.parse(b"sender=a@b\n\n") == ("a@b",)
+    assert parser.parse(b"x" * 200 + b"sender=a@b\n\n") == (None,)
+
+
+def test_the_c_parser_refuses_limits_out_of_range(short_way: str) -> None:
+    """max_attributes is doubled (the shape's bound): one that would overflow is
+    refused, as are limits too small."""
+    parser_class = c_parser_class(short_way)
+    largest = (sys.maxsize - 1) // 2
+    parser_class((b"a",), 100, largest)
+    for max_line, max_attributes in ((100, largest + 1), (100, 2**62), (3, 1), (100, 0)):
+        with pytest.raises(ValueError):
+            parser_class((b"a",), max_line, max_attributes)

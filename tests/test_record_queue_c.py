@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 from typing import Any
@@ -72,6 +75,29 @@ class Odd:
 
 class Sub(str):
     """A str subclass: queued as the str it holds (value_cut.clean)."""
+
+
+class OddList(list[Any]):
+    """A list whose length and iteration are not its items."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Any:
+        return iter(["x"])
+
+
+class OddStr(str):
+    """A str that says and encodes itself otherwise."""
+
+    def __str__(self) -> str:
+        return "OTHER"
+
+    def __len__(self) -> int:
+        return 99
+
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:
+        return b"OTHER"
 
 
 texts = st.one_of(
@@ -257,6 +283,11 @@ def test_the_c_columns_frame_is_the_pure_one_byte_for_byte(
         (["\ud800"], ["a"]),  # a lone surrogate: no UTF-8
         ([b"1.2.3.4"], ["a"]),  # bytes: msgpack would send bin, the daemon refuses
         ([True], [1.5]),
+        # list subclasses: msgpack goes through __len__ and __iter__, so the C code
+        # must not read their items past them
+        (OddList(["1.2.3.4", "5.6.7.8"]), ["a", "b"]),
+        (OddList(["1.2.3.4"]), ["a"]),
+        ([OddStr("1.2.3.4")], [OddStr("a@b")]),
     ],
 )
 @needs_c
@@ -275,6 +306,52 @@ def _encoded(conn_ips: Any, senders: Any, *, c: bool) -> bytes | str:
         return f"LocalProtocolError: {exc}"
     finally:
         encoding._c_encode_columns = saved
+
+
+@needs_c
+def test_a_c_columns_value_too_long_for_any_message_is_not_encoded() -> None:
+    """Refused by its length before any UTF-8 is made: no copy of it kept on the str
+    (and no time spent making one, holding the GIL); the Python code raises."""
+    assert c_module is not None
+    huge = "é" * (2 * 1024 * 1024)
+    size = sys.getsizeof(huge)
+    assert c_module.encode_columns([huge], [None]) is None
+    assert c_module.encode_columns(["a"], [huge]) is None
+    assert sys.getsizeof(huge) == size  # else a 4 MiB UTF-8 copy now lives with it
+    assert _encoded([huge], [None], c=True) == _encoded([huge], [None], c=False)
+
+
+def _run_alone(code: str) -> subprocess.CompletedProcess[str]:
+    """code in a fresh interpreter: a memory error there kills that one, not the tests."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONMALLOC": "debug"},
+    )
+
+
+@needs_c
+def test_a_c_queue_never_initialised_raises_instead_of_crashing() -> None:
+    """RecordQueue.__new__ alone leaves its callbacks NULL (as the collector's
+    tp_clear does): record() says so rather than call through them."""
+    result = _run_alone(
+        """
+        from servertracker._record_queue import RecordQueue
+        queue = RecordQueue.__new__(RecordQueue)
+        for pair in (("10.0.0.1", "a@b"), (1, 2), ("x" * 100, None)):
+            try:
+                queue.record(*pair)
+            except RuntimeError as exc:
+                print("RuntimeError:", exc)
+        print(len(queue), queue.take(5))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "RuntimeError: RecordQueue.__init__ was not called",
+    ] * 3 + ["0 ([], [])"]
 
 
 @needs_c

@@ -282,10 +282,26 @@ fail:
     return -1;
 }
 
-/* record(conn_ip, sender): queue one pair; never blocks, never raises an Exception. */
+/* 1 if __init__ gave the queue its callbacks (and the collector's tp_clear has not
+ * taken them), else 0 with a RuntimeError: a queue made by __new__ alone. */
+static int
+queue_ready(RecordQueue *self)
+{
+    if (self->wake == NULL || self->start == NULL || self->clean == NULL || self->cut == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "RecordQueue.__init__ was not called");
+        return 0;
+    }
+    return 1;
+}
+
+/* record(conn_ip, sender): queue one pair; never blocks, never raises an Exception
+ * (but a RuntimeError on a queue never initialised: a programming error). */
 static PyObject *
 queue_record(RecordQueue *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
 {
+    if (!queue_ready(self)) {
+        return NULL;
+    }
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     PyObject *values[2] = {NULL, NULL};
     if (kwnames == NULL && nargs == 2) {
@@ -543,8 +559,9 @@ put_header(char *at, Py_ssize_t length, int is_array)
 }
 
 /* The encoded size of a column's values, or -1 (an error set) for one that is
- * neither str nor None or cannot be UTF-8 (a lone surrogate), or that grows past
- * the largest message. */
+ * neither an exact str nor None (a subclass may encode its own way: msgpack
+ * decides) or cannot be UTF-8 (a lone surrogate), or that grows past the largest
+ * message. */
 static Py_ssize_t
 column_size(PyObject *values, Py_ssize_t count)
 {
@@ -555,8 +572,15 @@ column_size(PyObject *values, Py_ssize_t count)
             size += 1;
             continue;
         }
-        if (!PyUnicode_Check(value)) {
+        if (!PyUnicode_CheckExact(value)) {
             PyErr_SetString(PyExc_TypeError, "neither str nor None");
+            return -1;
+        }
+        /* UTF-8 takes at least a byte a character: a str too long for any message
+         * is refused before it is encoded (a copy of up to 4 bytes a character,
+         * kept with the str, made holding the GIL). */
+        if (size + PyUnicode_GET_LENGTH(value) > MAX_MESSAGE_SIZE) {
+            PyErr_SetString(PyExc_ValueError, "too large");
             return -1;
         }
         Py_ssize_t length;
@@ -604,7 +628,9 @@ encode_columns(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
         return NULL;
     }
     PyObject *ips = args[0], *senders = args[1];
-    if (!PyList_Check(ips) || !PyList_Check(senders)) {
+    /* Exact lists: a subclass's __len__ and __iter__, which msgpack goes through, may
+     * differ from its items. */
+    if (!PyList_CheckExact(ips) || !PyList_CheckExact(senders)) {
         Py_RETURN_NONE;
     }
     Py_ssize_t count = PyList_GET_SIZE(ips);

@@ -117,6 +117,11 @@ typedef struct {
     int held;
     Py_ssize_t count;        /* pairs */
     uint32_t *starts[2];     /* per column, the offset of each value's first byte */
+    /* values() and look_up_columns() calls running: they read starts and the body
+     * around allocations, which may run the collector and so any __del__; a
+     * release() meanwhile waits (release_pending) until the last one ends. */
+    int busy;
+    int release_pending;
 } Columns;
 
 static PyTypeObject ColumnsType;
@@ -280,6 +285,22 @@ Columns_release_body(Columns *self)
     self->count = 0;
 }
 
+/* Around a call that reads the body and starts: release() waits for its end. */
+static void
+columns_enter(Columns *self)
+{
+    self->busy++;
+}
+
+static void
+columns_leave(Columns *self)
+{
+    if (--self->busy == 0 && self->release_pending) {
+        self->release_pending = 0;
+        Columns_release_body(self);
+    }
+}
+
 static void
 Columns_dealloc(Columns *self)
 {
@@ -334,6 +355,8 @@ scan_columns(PyObject *Py_UNUSED(module), PyObject *arg)
     columns->count = counts[0];
     columns->starts[0] = starts[0];
     columns->starts[1] = starts[1];
+    columns->busy = 0;
+    columns->release_pending = 0;
     return (PyObject *)columns;
 not_plain:
     PyMem_Free(starts[0]);
@@ -382,24 +405,29 @@ Columns_values(Columns *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "inn", &column, &start, &stop) ||
         !columns_range(self, column, start, stop))
         return NULL;
+    columns_enter(self);
     PyObject *values = PyList_New(stop - start);
-    if (values == NULL)
-        return NULL;
-    for (Py_ssize_t i = start; i < stop; i++) {
-        PyObject *value = columns_value(self, column, i);
-        if (value == NULL) {
-            Py_DECREF(values);
-            return NULL;
+    if (values != NULL) {
+        for (Py_ssize_t i = start; i < stop; i++) {
+            PyObject *value = columns_value(self, column, i);
+            if (value == NULL) {
+                Py_CLEAR(values);
+                break;
+            }
+            PyList_SET_ITEM(values, i - start, value);
         }
-        PyList_SET_ITEM(values, i - start, value);
     }
+    columns_leave(self);
     return values;
 }
 
 static PyObject *
 Columns_release(Columns *self, PyObject *Py_UNUSED(ignored))
 {
-    Columns_release_body(self);
+    if (self->busy)
+        self->release_pending = 1; /* from a __del__ amid a call: at its end */
+    else
+        Columns_release_body(self);
     Py_RETURN_NONE;
 }
 
@@ -725,6 +753,7 @@ Table_look_up_columns(Table *self, PyObject *args)
     if (!columns_range(columns, column, start, stop))
         return NULL;
     Py_ssize_t n = stop - start;
+    columns_enter(columns);
     const unsigned char *s = columns->body.buf;
     const uint32_t *starts = columns->starts[column] + start;
     PyObject *keys = PyBytes_FromStringAndSize(NULL, n * 8);
@@ -760,12 +789,14 @@ Table_look_up_columns(Table *self, PyObject *args)
             goto fail;
         PyList_SET_ITEM(values, i, value);
     }
+    columns_leave(columns);
     PyObject *result = PyTuple_Pack(3, keys, codes, values);
     Py_DECREF(keys);
     Py_DECREF(codes);
     Py_DECREF(values);
     return result;
 fail:
+    columns_leave(columns);
     Py_XDECREF(keys);
     Py_XDECREF(codes);
     Py_XDECREF(values);

@@ -30,6 +30,11 @@ Parser_init(Parser *self, PyObject *args, PyObject *kwargs)
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Onn:Parser", keywords, &tuple, &max_line,
                                      &max_attributes))
         return -1;
+    /* Once only: a second call would swap the names under a caller that holds them. */
+    if (self->tuple != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Parser initialised twice");
+        return -1;
+    }
     if (policy_names_from(&self->names, tuple, max_line, max_attributes) < 0)
         return -1;
     Py_INCREF(tuple);

@@ -103,8 +103,9 @@ policy_values(const policy_names *names, const unsigned char *b, const Py_ssize_
     return result;
 }
 
-/* names from a tuple of bytes and the limits; -1 with an exception set. The bytes
- * must outlive the struct (the caller keeps the tuple). */
+/* names from a tuple of bytes and the limits; -1 with an exception set, and *names
+ * untouched (everything is checked before it is written). The bytes must outlive
+ * the struct (the caller keeps the tuple). */
 static int
 policy_names_from(policy_names *names, PyObject *tuple, Py_ssize_t max_line,
                   Py_ssize_t max_attributes)
@@ -113,22 +114,25 @@ policy_names_from(policy_names *names, PyObject *tuple, Py_ssize_t max_line,
         PyErr_SetString(PyExc_TypeError, "names: a tuple of at most 8 bytes");
         return -1;
     }
-    if (max_line < 4 || max_attributes < 1) {
+    /* max_shape is 2 * max_attributes + 1: it must not overflow. */
+    if (max_line < 4 || max_attributes < 1 || max_attributes > (PY_SSIZE_T_MAX - 1) / 2) {
         PyErr_SetString(PyExc_ValueError, "limits out of range");
         return -1;
     }
-    names->count = (int)PyTuple_GET_SIZE(tuple);
-    for (int k = 0; k < names->count; k++) {
+    policy_names made;
+    made.count = (int)PyTuple_GET_SIZE(tuple);
+    for (int k = 0; k < made.count; k++) {
         PyObject *item = PyTuple_GET_ITEM(tuple, k);
         if (!PyBytes_Check(item)) {
             PyErr_SetString(PyExc_TypeError, "names: a tuple of at most 8 bytes");
             return -1;
         }
-        names->name[k] = PyBytes_AS_STRING(item);
-        names->size[k] = PyBytes_GET_SIZE(item);
+        made.name[k] = PyBytes_AS_STRING(item);
+        made.size[k] = PyBytes_GET_SIZE(item);
     }
-    names->max_line = max_line;
-    names->max_shape = 2 * max_attributes + 1;
+    made.max_line = max_line;
+    made.max_shape = 2 * max_attributes + 1;
+    *names = made;
     return 0;
 }
 

@@ -64,6 +64,12 @@ Loop_init(Loop *self, PyObject *args, PyObject *kwargs)
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOnnOO:Loop", keywords, &epfd, &tuple,
                                      &max_line, &max_attributes, &buffer, &fast))
         return -1;
+    /* Once only: serve() reads the names, the buffer and fast with the lock released,
+     * so another thread's second call would free them under it. */
+    if (self->tuple != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Loop initialised twice");
+        return -1;
+    }
     if (!PyByteArray_Check(buffer) || !PyByteArray_Check(fast)) {
         PyErr_SetString(PyExc_TypeError, "buffer and fast: bytearrays");
         return -1;
@@ -218,7 +224,13 @@ Loop_reply(Loop *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     for (Py_ssize_t i = 0; i < count; i++) {
-        long fd = PyLong_AsLong(PyList_GET_ITEM(list, i));
+        /* Exact ints only: another's __index__ could change the list under this loop. */
+        PyObject *item = PyList_GET_ITEM(list, i);
+        if (!PyLong_CheckExact(item)) {
+            PyErr_SetString(PyExc_TypeError, "reply: the descriptors must be ints");
+            return NULL;
+        }
+        long fd = PyLong_AsLong(item);
         if (fd == -1 && PyErr_Occurred())
             return NULL;
         if (fd < 0 || fd > INT_MAX) {
