@@ -128,11 +128,11 @@ from bench._support import BenchDaemon, arguments, table
 from bench.redis_best import WAITS, hiredis_available, run_redis
 from bench.seed_design import run_seed_design, seed_directory
 from bench.trees import (
-    C_PATH,
     Description,
     Tree,
     TreeProcess,
     baseline_tree,
+    check_ran,
     describe,
     extensions_mapped,
     this_tree,
@@ -390,15 +390,12 @@ def tree_lines(described: dict[Tree, Description]) -> list[str]:
 
 def check_path(row: Entrant, run: Run, about: Description) -> None:
     """Fail at once, not after the whole run, if a daemon or the workers' parent ran
-    other code than its row says: an extension module from another tree, or one on
-    the pure-Python path."""
+    other code than its row says (bench.trees.check_ran): an extension module from
+    another tree, one on the pure-Python path, or a trackerd row on the C path
+    without its tree's extension modules."""
     loaded = (run.server_extensions or []) + (run.worker_extensions or [])
-    alien = [file for file in loaded if not Path(file).is_relative_to(row.tree.root)]
-    if alien or (loaded and about.path != C_PATH):
-        raise RuntimeError(
-            f"{row.name}: its daemon or workers loaded {', '.join(loaded)}, but the row is "
-            f"{row.tree.root}'s {about.path} path"
-        )
+    packages = ("trackerd.", "servertracker.") if row.key in TRACKERD else ()
+    check_ran(row.name, row.tree, about, loaded, packages)
 
 
 def measure(

@@ -9,7 +9,16 @@ apart from the other threads') is read after the clients finish and a status
 request has settled the daemon's policy queue (so the last hand-over batch is
 recorded and counted), and is divided by the requests answered; its start-up is
 not counted, and a run without requests is not subtracted (the daemon is idle
-then).
+then). The CPU totals (all threads, the first thread, the others) are read in
+nanoseconds, per thread, from /proc/PID/task/TID/schedstat's first field (a
+thread's time on a CPU; the daemon's threads live as long as it does, so none
+is lost by exiting); user and system apart come from /proc/PID/stat's clock
+ticks (10 ms: 0.5 µs a request over 4 x 5,000 requests), so read those to that
+grain. Every column is its own median over the rounds: the sub-columns need not
+add up to the total. "x thread floor" is the CPU over the median of
+bench.policy_floor's thread-and-epoll floor (``--floor``; "-" without it).
+Each run checks that the daemon mapped the extension modules its row's tree and
+path say and no other (bench.trees.check_ran): a C row ran C, a pure row none.
 Each run asserts the daemon's records and its distinct counts (connection IPs,
 domains, IP literals) against the true counts of the requests sent.
 
@@ -39,7 +48,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench._support import BenchDaemon, arguments, table
-from bench.trees import baseline_tree, this_tree
+from bench.trees import (
+    Description,
+    Tree,
+    baseline_tree,
+    check_ran,
+    describe,
+    extensions_mapped,
+    this_tree,
+)
 from bench.workload import distinct_counts, loadavg
 
 ATTRIBUTES = (
@@ -100,9 +117,22 @@ def user_system_seconds(pid: int, tid: int | None = None) -> tuple[float, float]
     return int(fields[11]) / _TICK, int(fields[12]) / _TICK
 
 
-def main_thread_seconds(pid: int) -> float:
-    """CPU seconds of the process's first thread (the event loop's, in trackerd)."""
-    return sum(user_system_seconds(pid, pid))
+def thread_nanoseconds(pid: int) -> dict[int, int]:
+    """Each thread's time on a CPU, in nanoseconds (schedstat's first field)."""
+    times = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text()
+        except FileNotFoundError:  # the thread exited meanwhile
+            continue
+        times[int(tid)] = int(text.split()[0])
+    return times
+
+
+def one_decimal(value: float) -> str:
+    """value to 0.1, and "0.0" for a figure that rounds to nothing (never "-0.0")."""
+    text = f"{value:.1f}"
+    return "0.0" if text == "-0.0" else text
 
 
 @dataclass(frozen=True)
@@ -110,13 +140,11 @@ class Round:
     user_us: float
     system_us: float
     per_second: float
-    #: Of user + system: the first thread's (trackerd's event loop; idle in the
-    #: thread floor), the rest is the other threads' (the policy thread, mostly).
+    #: Of cpu_us: the first thread's (trackerd's event loop; idle in the thread
+    #: floor), the rest is the other threads' (the policy thread, mostly).
     main_us: float
-
-    @property
-    def cpu_us(self) -> float:
-        return self.user_us + self.system_us
+    #: Every thread's, from schedstat (nanoseconds), not user + system's ticks.
+    cpu_us: float
 
 
 @dataclass(frozen=True)
@@ -125,6 +153,13 @@ class Competitor:
     command: list[str]
     #: bench.policy_floor: answers, and neither parses nor counts.
     floor: bool = False
+    #: The tree and path a trackerd row runs, and what they load (None: a floor).
+    tree: Tree | None = None
+    about: Description | None = None
+
+
+def trackerd_competitor(name: str, tree: Tree) -> Competitor:
+    return Competitor(name, tree.trackerd_command(), tree=tree, about=describe(tree))
 
 
 FLOORS = [
@@ -145,14 +180,14 @@ def competitors(baselines: list[Path], floor: bool, pure: bool = False) -> list[
     """The baselines (if any) first, in their order, and this tree last (on the
     pure-Python path just before it, if asked for); the floors, if asked for, between."""
     # bench.trees: PYTHONPATH and -P (else a checkout in the current directory is run).
-    this = Competitor("this tree", this_tree().trackerd_command())
+    this = trackerd_competitor("this tree", this_tree())
     others = [
-        Competitor(f"baseline ({baseline})", baseline_tree(baseline).trackerd_command())
+        trackerd_competitor(f"baseline ({baseline})", baseline_tree(baseline))
         for baseline in baselines
     ]
     if pure:
         tree = this_tree(pure=True)
-        others.append(Competitor(f"this tree{tree.name()}", tree.trackerd_command()))
+        others.append(trackerd_competitor(f"this tree{tree.name()}", tree))
     return [*others, *FLOORS, this] if floor else [*others, this]
 
 
@@ -193,6 +228,9 @@ def one_run(
             counted = (status.unique_conn_ips, status.unique_domains, status.unique_ip_servers)
 
         result = measured(pid, str(path), clients, requests, settle, gap)
+        if competitor.tree is not None and competitor.about is not None:
+            check_ran(competitor.name, competitor.tree, competitor.about,
+                      extensions_mapped(pid), ("trackerd.",))  # fmt: skip
         assert records == clients * requests, records
         assert counted == expected, f"counted {counted}, expected {expected}"
         return result
@@ -231,7 +269,7 @@ def measured(
     """Run the clients against path; the CPU pid spent meanwhile, per request, read
     after settle() (which waits until the daemon has done what it was handed)."""
     user_before, system_before = user_system_seconds(pid)
-    main_before = main_thread_seconds(pid)
+    threads_before = thread_nanoseconds(pid)
     start = time.perf_counter()
     children = []
     for w in range(clients):
@@ -250,13 +288,15 @@ def measured(
     if settle is not None:
         settle()
     user, system = user_system_seconds(pid)
-    main = main_thread_seconds(pid)
+    threads = thread_nanoseconds(pid)
+    spent = {tid: ns - threads_before.get(tid, 0) for tid, ns in threads.items()}
     total = clients * requests
     return Round(
         (user - user_before) * 1e6 / total,
         (system - system_before) * 1e6 / total,
         total / elapsed,
-        (main - main_before) * 1e6 / total,
+        spent.get(pid, 0) / 1e3 / total,
+        sum(spent.values()) / 1e3 / total,
     )
 
 
@@ -289,6 +329,31 @@ def profile_summary(path: Path, top: int = 12) -> str:
         )
     ]
     return table(["function (inclusive)", f"of {total:,} samples"], rows[:top])
+
+
+def table_rows(
+    entrants: list[Competitor], results: dict[str, list[Round]], thread_floor: str | None
+) -> list[list[str]]:
+    """The output's rows: each column its own median over the rounds."""
+    floor = statistics.median(r.cpu_us for r in results[thread_floor]) if thread_floor else 0
+    rows = []
+    for competitor in entrants:
+        rounds = results[competitor.name]
+        cpu = statistics.median(r.cpu_us for r in rounds)
+        rows.append(
+            [
+                competitor.name,
+                one_decimal(cpu),
+                f"{cpu / floor:.2f}x" if floor > 0 else "-",
+                one_decimal(statistics.median(r.user_us for r in rounds)),
+                one_decimal(statistics.median(r.system_us for r in rounds)),
+                one_decimal(statistics.median(r.main_us for r in rounds)),
+                one_decimal(statistics.median(r.cpu_us - r.main_us for r in rounds)),
+                f"{statistics.median(r.per_second for r in rounds):,.0f}",
+                " / ".join(f"{r.cpu_us:.1f}" for r in rounds),
+            ]
+        )
+    return rows
 
 
 def main() -> None:
@@ -348,30 +413,20 @@ def main() -> None:
             print(f"py-spy --gil profile of {competitor.name} ({output}):")
             print(profile_summary(output))
     print(f"load average after: {loadavg()}")
-    rows = []
-    for competitor in entrants:
-        rounds = results[competitor.name]
-        rows.append(
-            [
-                competitor.name,
-                f"{statistics.median(r.cpu_us for r in rounds):.1f}",
-                f"{statistics.median(r.user_us for r in rounds):.1f}",
-                f"{statistics.median(r.system_us for r in rounds):.1f}",
-                f"{statistics.median(r.main_us for r in rounds):.1f}",
-                f"{statistics.median(r.cpu_us - r.main_us for r in rounds):.1f}",
-                f"{statistics.median(r.per_second for r in rounds):,.0f}",
-                " / ".join(f"{r.cpu_us:.0f}" for r in rounds),
-            ]
-        )
+    thread_floor = next((c.name for c in entrants if c.floor and "thread" in c.name), None)
+    rows = table_rows(entrants, results, thread_floor)
     print(
         f"{args.clients} connections x {args.requests:,} requests, {args.rounds} rounds, "
-        f"gap {args.gap:g} ms between a client's requests, medians"
+        f"gap {args.gap:g} ms between a client's requests; each column its own median "
+        "over the rounds (sub-columns need not add up); CPU from schedstat (ns), user "
+        "and system from clock ticks (10 ms)"
     )
     print(
         table(
             [
                 "daemon",
                 "CPU µs/request",
+                "x thread floor",
                 "user",
                 "system",
                 "event loop thread",

@@ -26,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -191,6 +192,42 @@ def extensions_mapped(pid: int) -> list[str]:
         if file.endswith(".so") and ("/trackerd/" in file or "/servertracker/" in file):
             files.add(file)
     return sorted(files)
+
+
+def check_ran(
+    what: str,
+    tree: Tree,
+    about: Description,
+    loaded: Sequence[str],
+    packages: tuple[str, ...] = (),
+) -> None:
+    """Fail at once if processes ran other code than their row says: ``loaded``
+    (their extensions_mapped()) holds a file from another tree, or any on the
+    pure-Python path, or (on the C path) lacks one of the tree's extension modules
+    (``about.extensions``) of ``packages`` ("trackerd.": a daemon's), which they
+    were meant to run. The one check bench.compare, policy_cost and record_cost share."""
+    alien = [file for file in loaded if not Path(file).is_relative_to(tree.root)]
+    missing = []
+    if about.path == C_PATH:
+        # A module's file: its dotted name as a path under the tree (servertracker
+        # under client/), then the interpreter's suffix (".cpython-311-...so").
+        names = {
+            Path(file).relative_to(tree.root).as_posix().removeprefix("client/")
+            for file in loaded
+            if file not in alien
+        }
+        missing = [
+            module
+            for module in about.extensions
+            if module.startswith(packages)
+            and not any(name.startswith(module.replace(".", "/") + ".") for name in names)
+        ]
+    if alien or (loaded and about.path != C_PATH) or missing:
+        lacking = f" and not {', '.join(missing)}" if missing else ""
+        raise RuntimeError(
+            f"{what}: its processes loaded {', '.join(loaded) or 'no extension module'}"
+            f"{lacking}, but the row is {tree.root}'s {about.path} path"
+        )
 
 
 def revision(root: Path) -> str:

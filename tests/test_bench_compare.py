@@ -167,6 +167,11 @@ def test_a_daemon_that_ran_other_code_than_its_row_says_stops_the_run() -> None:
         check_path(row, Run(1.0, 1.0, 1.0, ["/elsewhere/trackerd/core/_c.so"]), c_path)
     with pytest.raises(RuntimeError, match="pure Python path"):
         check_path(row, Run(1.0, 1.0, 1.0, [mine]), pure)
+    # A C row whose processes mapped none of its tree's extension modules ran Python.
+    with pytest.raises(RuntimeError, match=r"and not trackerd\.core\._c, but the row is"):
+        check_path(row, Run(1.0, 1.0, 1.0, []), c_path)
+    # Redis's row requires no trackerd module (its workers' parent may map the library's).
+    check_path(Entrant("redis (b) best use", "redis", tree, "-"), Run(1.0, 1.0, 1.0, []), c_path)
 
 
 def test_the_pure_python_switch_is_the_librarys() -> None:
