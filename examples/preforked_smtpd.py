@@ -36,6 +36,7 @@ import sys
 from collections.abc import Callable
 
 import servertracker
+from servertracker.paths import RUNTIME_DIR_HELP, SOCKET_HELP
 
 try:
     from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -138,7 +139,18 @@ def listen(host: str, port: int) -> socket.socket | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        # As every worker using servertracker's default client: trackerd's own defaults,
+        # so a trackerd started with the same environment is found.
+        epilog="How it finds trackerd (servertracker's default client, as trackerd "
+        "itself and trackerctl do): the socket is "
+        + SOCKET_HELP.removeprefix("--socket, else ")
+        + "; the runtime directory is "
+        + RUNTIME_DIR_HELP.removeprefix("--runtime-dir, else ")
+        + ". Set $TRACKERD_SOCKET (or $TRACKERD_RUNTIME_DIR) to reach a trackerd "
+        "started elsewhere.",
+    )
     parser.add_argument(
         "--host", default="127.0.0.1", help="the address to listen on (default: %(default)s)"
     )

@@ -23,7 +23,7 @@ from bench.compare import (
     check_path,
     results,
 )
-from bench.trees import PURE_PYTHON_VARIABLE, Description, Tree, describe
+from bench.trees import PURE_PYTHON_VARIABLE, Description, Tree, describe, unbuilt
 from bench.workload import (
     CONN_IPS,
     FORMS,
@@ -129,6 +129,30 @@ def test_a_baseline_that_is_no_checkout_is_a_clear_error(short_tmp: Path) -> Non
     assert result.returncode != 0
     assert "not a checkout of this project" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_baseline_with_c_sources_not_built_is_named_in_a_warning(short_tmp: Path) -> None:
+    """Else its rows would quietly compare against its pure-Python path."""
+    tree = short_tmp / "unbuilt"
+    for name in ("trackerd/__init__.py", "client/servertracker/__init__.py"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text("")
+    (tree / "trackerd" / "core").mkdir()
+    (tree / "trackerd" / "core" / "_cthing.c").write_text("")
+    (tree / "client" / "servertracker" / "_cother.c").write_text("")
+    (tree / "client" / "servertracker" / "_cother.cpython-311-x86_64-linux-gnu.so").write_text("")
+    assert unbuilt(tree) == ["trackerd/core/_cthing.c"]
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from bench.trees import "
+         "baseline_tree; baseline_tree(Path(sys.argv[1]))", str(tree)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert f"--baseline {tree.resolve()} has C sources with no extension module" in result.stderr
+    assert "trackerd/core/_cthing.c" in result.stderr and "_cother" not in result.stderr
+    assert f"make -C {tree.resolve()}" in result.stderr
+    (tree / "trackerd" / "core" / "_cthing.so").write_text("")
+    assert unbuilt(tree) == []
+    assert unbuilt(ROOT) == [] or not describe(THIS).extensions
 
 
 def test_a_daemon_that_ran_other_code_than_its_row_says_stops_the_run() -> None:

@@ -355,6 +355,55 @@ def test_a_c_queue_never_initialised_raises_instead_of_crashing() -> None:
 
 
 @needs_c
+@pytest.mark.parametrize(
+    ("finaliser", "call", "expected"),
+    [
+        # snapshot(): 53 records by the time its lists are filled
+        ("for i in range(50): queue.record('192.0.2.1', 'late@x')", "queue.snapshot()",
+         "53 53 53"),
+        # take(): the __del__ took the three, so none is handed over twice
+        ("taken.append(queue.take(10))", "queue.take(10)", "0 0 0 3"),
+        # sent_senders(): its list emptied under it: the Python code decides
+        ("values.clear()", "sent_senders(values)", "None"),
+    ],
+)  # fmt: skip
+def test_a_finaliser_run_amid_a_c_call_changes_nothing_under_it(
+    finaliser: str, call: str, expected: str
+) -> None:
+    """The lists a call makes may run the collector, and so a __del__ that records,
+    takes or changes the call's argument: the call counts after making them."""
+    result = _run_alone(
+        f"""
+        import gc
+        from servertracker._record_queue import RecordQueue, sent_senders
+        from servertracker.value_cut import clean, cut
+        queue = RecordQueue(100, 1000, 10, lambda: None, lambda: None, clean, cut)
+        for i in range(3):
+            queue.record("10.0.0.%d" % i, "a@b")
+        values = ["a@b.example"] * 40
+        taken = []
+        class Finaliser:
+            def __del__(self):
+                {finaliser}
+        gc.disable()
+        keep = [[] for _ in range(200)]  # no list free list: PyList_New goes to the collector
+        finaliser = Finaliser()
+        finaliser.cycle = finaliser  # freed by the collector only, which runs __del__
+        del finaliser
+        gc.set_threshold(1)
+        gc.enable()
+        got = {call}
+        gc.disable()
+        if got is None:
+            print(None)
+        else:
+            print(len(got[0]), len(got[1]), len(queue), *(len(t[0]) for t in taken))
+        """
+    )
+    assert (result.returncode, result.stdout) == (0, expected + "\n"), result.stderr
+
+
+@needs_c
 def test_a_forked_child_starts_with_an_empty_c_queue(short_tmp: Path) -> None:
     """Fork safety in C as in Python: the child's queue is its own and empty, and the
     parent's records stay the parent's."""

@@ -392,24 +392,28 @@ queue_take(RecordQueue *self, PyObject *arg)
     if (count == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (count > self->len) {
-        count = self->len;
-    }
-    if (count < 0) {
-        count = 0;
-    }
-    PyObject *ips = PyList_New(count);
-    PyObject *senders = PyList_New(count);
-    if (ips == NULL || senders == NULL) {
-        Py_XDECREF(ips);
-        Py_XDECREF(senders);
-        return NULL;
-    }
-    PyObject *pair = PyTuple_New(2);
-    if (pair == NULL) {
-        Py_DECREF(ips);
+    Py_ssize_t wanted = count < 0 ? 0 : count;
+    PyObject *ips, *senders, *pair;
+    /* The lists first: making them may run the collector, and so a __del__ that
+     * records or takes (or lets another thread do so): the records are counted
+     * after, with no Python code run between the count and the handover. */
+    for (;;) {
+        count = wanted < self->len ? wanted : self->len;
+        ips = PyList_New(count);
+        senders = PyList_New(count);
+        pair = PyTuple_New(2);
+        if (ips == NULL || senders == NULL || pair == NULL) {
+            Py_XDECREF(ips);
+            Py_XDECREF(senders);
+            Py_XDECREF(pair);
+            return NULL;
+        }
+        if (count <= self->len) {
+            break;
+        }
+        Py_DECREF(ips); /* fewer records now: again */
         Py_DECREF(senders);
-        return NULL;
+        Py_DECREF(pair);
     }
     int some_long = self->long_sent != self->long_queued;
     long long chars = 0;
@@ -437,14 +441,26 @@ queue_take(RecordQueue *self, PyObject *arg)
 static PyObject *
 queue_snapshot(RecordQueue *self, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *ips = PyList_New(self->len);
-    PyObject *senders = PyList_New(self->len);
-    if (ips == NULL || senders == NULL) {
-        Py_XDECREF(ips);
-        Py_XDECREF(senders);
-        return NULL;
+    PyObject *ips, *senders;
+    Py_ssize_t count;
+    /* As take(): the lists made, then the records counted (a __del__ run by the
+     * collector meanwhile may have recorded). */
+    for (;;) {
+        count = self->len;
+        ips = PyList_New(count);
+        senders = PyList_New(count);
+        if (ips == NULL || senders == NULL) {
+            Py_XDECREF(ips);
+            Py_XDECREF(senders);
+            return NULL;
+        }
+        if (count == self->len) {
+            break;
+        }
+        Py_DECREF(ips);
+        Py_DECREF(senders);
     }
-    for (Py_ssize_t i = 0; i < self->len; i++) {
+    for (Py_ssize_t i = 0; i < count; i++) {
         Py_ssize_t at = (self->head + i) % self->capacity;
         Py_INCREF(self->ips[at]);
         PyList_SET_ITEM(ips, i, self->ips[at]);
@@ -732,7 +748,14 @@ sent_senders(PyObject *Py_UNUSED(module), PyObject *values)
         return NULL;
     }
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *value = PyList_GET_ITEM(values, i);
+        /* Checked again: making sent may have run the collector, and a __del__
+         * that changed the list. Nothing in this loop runs Python code. */
+        PyObject *value = i < PyList_GET_SIZE(values) ? PyList_GET_ITEM(values, i) : NULL;
+        if (PyList_GET_SIZE(values) != count ||
+            (value != Py_None && !PyUnicode_CheckExact(value))) {
+            Py_DECREF(sent);
+            Py_RETURN_NONE;
+        }
         PyObject *part = value == Py_None ? Py_NewRef(value) : sent_sender(value);
         if (part == NULL) {
             Py_DECREF(sent);
