@@ -8,15 +8,30 @@ STAMP  := $(VENV)/.installed
 # The optional C extension's sources and headers (setup.py lists them): an edit rebuilds it.
 C_SOURCES := $(wildcard trackerd/*/*.[ch] trackerd/*.[ch] client/servertracker/*.[ch] client/servertracker/*/*.[ch])
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean FORCE
 
-# pip builds the C extension (setup.py) in place; without a compiler it says so and
-# the pure-Python code runs (README.md, "The C extension").
-$(STAMP): pyproject.toml setup.py $(C_SOURCES)
+# pip builds the C extension (setup.py) in place; without a compiler the install goes on
+# and the pure-Python code runs (README.md, "The C extension"). The stamp holds what
+# `--version` says of the paths: where a module is not built, it says so with how to get
+# it, and the next make installs again (a compiler may have come since).
+# setuptools' "Editable installation ... be careful with folders" notice on every install
+# (InformationOnly: our package-dir layout makes its editable finder say so): only that
+# message is ignored; build errors and other warnings still show.
+QUIET_EDITABLE := ignore:Editable installation:UserWarning
+C_MISSING := $(shell grep -s -l 'not built' $(STAMP))
+$(STAMP): pyproject.toml setup.py $(C_SOURCES) $(if $(C_MISSING),FORCE)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	PYTHONWARNINGS='$(QUIET_EDITABLE)' $(BIN)/pip install --quiet -e '.[test]'
+	@SERVERTRACKER_PURE_PYTHON= $(BIN)/trackerd --version > $(STAMP).new
+	@SERVERTRACKER_PURE_PYTHON= $(BIN)/trackerctl --version >> $(STAMP).new
+	@mv $(STAMP).new $(STAMP)
+	@if grep -q 'not built' $(STAMP); then \
+		echo "*** The C extension was not built: the pure-Python code runs (same counts, slower)."; \
+		sed 's/^/*** /' $(STAMP); \
+	fi
+
+FORCE:
 
 ## Start trackerd in the foreground with the default runtime directory (Ctrl-C stops it).
 run: $(STAMP)

@@ -19,13 +19,27 @@ C_EXTENSIONS: dict[str, list[str]] = {
     "trackerd.edges._cpolicy_loop": ["trackerd/edges/_cpolicy_loop.c"],
 }
 
+#: Import name -> the headers its sources include: pip rebuilds a module when one
+#: changes (without, a header edit ships a stale .so). tests/test_accel.py checks
+#: that every `#include "..."` is here.
+DEPENDS: dict[str, list[str]] = {
+    "trackerd.core._cpolicy": ["trackerd/core/_cpolicy_parse.h"],
+    "trackerd.edges._cpolicy_loop": ["trackerd/core/_cpolicy_parse.h"],
+}
+
 #: Warnings on; C99 or later without GNU extensions, so what compiles here compiles
 #: with any compiler CPython supports.
 COMPILE_ARGS = ["-std=c11", "-Wall", "-Wextra", "-O2"]
 
 setup(
     ext_modules=[
-        Extension(name, sources, extra_compile_args=COMPILE_ARGS, optional=True)
+        Extension(
+            name,
+            sources,
+            depends=DEPENDS.get(name, []),
+            extra_compile_args=COMPILE_ARGS,
+            optional=True,
+        )
         for name, sources in C_EXTENSIONS.items()
     ]
 )

@@ -105,7 +105,29 @@ def baseline_tree(root: Path, pure: bool = False) -> Tree:
             f"--baseline {root}: not a checkout of this project (no {', '.join(missing)}); "
             "make one with: git -C REPO archive REV | tar -x -C DIR"
         )
+    missing = unbuilt(root)
+    if missing:
+        print(
+            f"warning: --baseline {root} has C sources with no extension module built "
+            f"({', '.join(missing)}): its rows run that code in pure Python, not C. "
+            f"Build it first: make -C {root}",
+            file=sys.stderr,
+            flush=True,
+        )
     return Tree("baseline", root, pure)
+
+
+def unbuilt(root: Path) -> list[str]:
+    """The tree's C sources (the daemon's and the library's) with no extension module
+    built beside them (``NAME.c`` -> ``NAME.*.so`` or ``NAME.so``): a checkout or
+    ``git archive`` not yet made. A tree without C sources has nothing to build."""
+    sources = sorted([*root.glob("trackerd/**/*.c"), *root.glob("client/servertracker/**/*.c")])
+    return [
+        str(source.relative_to(root))
+        for source in sources
+        if not any(source.parent.glob(f"{source.stem}.*so"))
+        and not source.with_suffix(".so").exists()
+    ]
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """A pre-fork SMTP server on aiosmtpd that feeds trackerd: the way to integrate.
 
 The parent binds one listening socket, imports servertracker and builds its
-default client (which loads numpy, for the value tables, once for all the
-workers), then forks N workers; each runs its own asyncio loop and aiosmtpd
-server on the shared socket and calls
+default client (which sends ``columns``; one asking for value tables would load
+numpy there, once for all the workers), then forks N workers; each runs its own
+asyncio loop and aiosmtpd server on the shared socket and calls
 ``servertracker.record_server(peer_ip, mail_from)`` in ``handle_MAIL``.
 Recording never blocks or fails the SMTP session. Messages are accepted and
 discarded: this is an example of the hook, not a mail store.
@@ -36,6 +36,7 @@ import sys
 from collections.abc import Callable
 
 import servertracker
+from servertracker.paths import RUNTIME_DIR_HELP, SOCKET_HELP
 
 try:
     from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -138,7 +139,18 @@ def listen(host: str, port: int) -> socket.socket | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        # As every worker using servertracker's default client: trackerd's own defaults,
+        # so a trackerd started with the same environment is found.
+        epilog="How it finds trackerd (servertracker's default client, as trackerd "
+        "itself and trackerctl do): the socket is "
+        + SOCKET_HELP.removeprefix("--socket, else ")
+        + "; the runtime directory is "
+        + RUNTIME_DIR_HELP.removeprefix("--runtime-dir, else ")
+        + ". Set $TRACKERD_SOCKET (or $TRACKERD_RUNTIME_DIR) to reach a trackerd "
+        "started elsewhere.",
+    )
     parser.add_argument(
         "--host", default="127.0.0.1", help="the address to listen on (default: %(default)s)"
     )
@@ -171,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         f"listening on {args.host}:{sock.getsockname()[1]} with {args.workers} workers", flush=True
     )
 
-    # Before forking: each worker inherits numpy loaded (about 0.2 s, once), instead
-    # of loading it in its background thread, stalling its first sessions.
+    # Before forking, where a client's one-time costs belong: a client that asks
+    # for value tables loads numpy here (about 0.2 s, once), not in each worker.
     servertracker.default_client()
     #: The workers not reaped yet: a reaped one's pid may be another process's soon.
     children: list[int] = []

@@ -7,13 +7,16 @@ the tracker built on each is compared on the same records, hostile ones among th
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from trackerd.core.tracker import Tracker
 from trackerd.core.windows import parse_windows
 
 TRACKERD = Path(sys.executable).parent / "trackerd"
+ROOT = Path(__file__).resolve().parent.parent
 SALT = b"s" * 32
 needs_c = pytest.mark.skipif(
     raw_cache._ccolumns is None, reason="the C extension is not built, or turned off"
@@ -51,18 +55,106 @@ def test_the_extension_is_built_where_a_compiler_is() -> None:
     importlib.import_module(raw_cache.EXTENSION)
 
 
-@pytest.mark.parametrize(("value", "path"), [(None, "C extension"), ("1", "pure Python")])
-def test_trackerd_version_says_which_path_runs(value: str | None, path: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k != accel.PURE_PYTHON_VARIABLE}
-    if value is not None:
-        env[accel.PURE_PYTHON_VARIABLE] = value
-    elif raw_cache._ccolumns is None:
-        path = "pure Python: the C extension is not built"
+def built(modules: Iterable[str]) -> bool:
+    """Whether every one of ``modules`` is built in this tree: found, not imported,
+    so whatever this test process's own SERVERTRACKER_PURE_PYTHON says."""
+    return all(importlib.util.find_spec(name) is not None for name in modules)
+
+
+def trackerd_version(env: dict[str, str]) -> str:
     result = subprocess.run(
         [str(TRACKERD), "--version"], capture_output=True, text=True, env=env, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("trackerd ") and f"hot path: {path}" in result.stdout
+    assert result.stdout.startswith("trackerd ")
+    return result.stdout
+
+
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        (None, "C extension"),
+        ("1", "pure Python: SERVERTRACKER_PURE_PYTHON=1 is set"),
+        ("false", "pure Python: SERVERTRACKER_PURE_PYTHON=false is set"),
+    ],
+)
+def test_trackerd_version_says_which_path_runs(value: str | None, path: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != accel.PURE_PYTHON_VARIABLE}
+    if value is not None:
+        env[accel.PURE_PYTHON_VARIABLE] = value
+    elif not built(accel.DAEMON_MODULES):
+        path = "pure Python: the C extension is not built; " + accel.BUILD_HINT
+    assert f"hot path: {path}" in trackerd_version(env)
+
+
+#: sitecustomize.py for a process whose import of one module fails as if it were
+#: not built (a PYTHONPATH shadow: the real trackerd, one module hidden).
+_HIDE = """
+import importlib.abc, sys
+
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == {name!r}:
+            raise ImportError(name)
+        return None
+
+sys.meta_path.insert(0, Hide())
+"""
+
+
+@pytest.mark.skipif(not built(accel.DAEMON_MODULES), reason="the C extension is not built")
+def test_trackerd_version_names_a_missing_module(tmp_path: Path) -> None:
+    """The policy loop's module missing and the rest built: not "C extension"."""
+    (tmp_path / "sitecustomize.py").write_text(_HIDE.format(name="trackerd.edges._cpolicy_loop"))
+    env = {k: v for k, v in os.environ.items() if k != accel.PURE_PYTHON_VARIABLE}
+    env["PYTHONPATH"] = str(tmp_path)
+    out = trackerd_version(env)
+    assert "hot path: partly pure Python: policy loop (not built); " + accel.BUILD_HINT in out
+    assert "columns scan" not in out and "C extension;" not in out
+
+
+def setup_py_lists() -> dict[str, dict[str, list[str]]]:
+    """setup.py's module-level dict literals (C_EXTENSIONS, DEPENDS), read, not run."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    return {
+        node.target.id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value
+    }
+
+
+def test_the_module_lists_are_setup_pys() -> None:
+    """accel's lists of the daemon's and the library's modules are setup.py's."""
+    listed = set(setup_py_lists()["C_EXTENSIONS"])
+    assert listed == set(accel.DAEMON_MODULES) | set(accel.LIBRARY_MODULES)
+
+
+def test_every_included_header_is_a_dependency() -> None:
+    """So that pip rebuilds a module after a header edit (pip wheel, pip install .)."""
+    lists = setup_py_lists()
+    for name, sources in lists["C_EXTENSIONS"].items():
+        included = set()
+        for source in sources:
+            text = (ROOT / source).read_text()
+            for header in re.findall(r'^#include "([^"]+)"', text, re.MULTILINE):
+                path = (ROOT / source).parent / header
+                included.add(os.path.relpath(path.resolve(), ROOT))
+        assert included == set(lists.get("DEPENDS", {}).get(name, [])), name
+
+
+def test_trackerctl_version_says_the_librarys_path() -> None:
+    env = dict(os.environ, **{accel.PURE_PYTHON_VARIABLE: "yes"})
+    result = subprocess.run(
+        [str(TRACKERD.parent / "trackerctl"), "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "servertracker library: pure Python: SERVERTRACKER_PURE_PYTHON=yes is set" in (
+        result.stdout
+    )
 
 
 @pytest.mark.parametrize(("value", "pure"), [("", False), ("0", False), ("1", True), ("yes", True)])
@@ -87,7 +179,7 @@ def test_the_daemon_logs_which_path_runs(make_daemon: Callable[..., Daemon]) -> 
     daemon = make_daemon(env=dict(os.environ, **{accel.PURE_PYTHON_VARIABLE: "1"}))
     daemon.start()
     try:
-        assert "hot path: pure Python: SERVERTRACKER_PURE_PYTHON is set" in daemon.log()
+        assert "hot path: pure Python: SERVERTRACKER_PURE_PYTHON=1 is set" in daemon.log()
     finally:
         daemon.stop()
 

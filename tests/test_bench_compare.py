@@ -23,7 +23,7 @@ from bench.compare import (
     check_path,
     results,
 )
-from bench.trees import PURE_PYTHON_VARIABLE, Description, Tree, describe
+from bench.trees import PURE_PYTHON_VARIABLE, Description, Tree, describe, unbuilt
 from bench.workload import (
     CONN_IPS,
     FORMS,
@@ -96,15 +96,15 @@ def test_baseline_runs_the_other_trees_daemon_and_library(short_tmp: Path) -> No
 
 def test_forms_and_competitors_run_only_that_slice(short_tmp: Path) -> None:
     tmp = short_tmp
-    result = compare("--competitors", "alone,columns", "--forms", "[ip]",
+    result = compare("--competitors", "alone,interned", "--forms", "[ip]",
                      "--no-pure-python", results=tmp)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     got = json.loads((tmp / "compare.json").read_text())
     assert list(got["forms"]) == ["[ip]"]
-    assert list(got["forms"]["[ip]"]) == ["trackerd columns", "workers alone (no recording)"]
+    assert list(got["forms"]["[ip]"]) == ["trackerd interned", "workers alone (no recording)"]
     markdown = (tmp / "compare.md").read_text()
     assert "load average before" in markdown
-    assert "| `[ip]` | trackerd columns | this, " in markdown
+    assert "| `[ip]` | trackerd interned | this, " in markdown
     # Both ratios, and the note saying which is the issue's metric, in both outputs.
     assert "| trackerd faster by | by total CPU |" in markdown
     assert FOOTNOTE in markdown
@@ -129,6 +129,30 @@ def test_a_baseline_that_is_no_checkout_is_a_clear_error(short_tmp: Path) -> Non
     assert result.returncode != 0
     assert "not a checkout of this project" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_baseline_with_c_sources_not_built_is_named_in_a_warning(short_tmp: Path) -> None:
+    """Else its rows would quietly compare against its pure-Python path."""
+    tree = short_tmp / "unbuilt"
+    for name in ("trackerd/__init__.py", "client/servertracker/__init__.py"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text("")
+    (tree / "trackerd" / "core").mkdir()
+    (tree / "trackerd" / "core" / "_cthing.c").write_text("")
+    (tree / "client" / "servertracker" / "_cother.c").write_text("")
+    (tree / "client" / "servertracker" / "_cother.cpython-311-x86_64-linux-gnu.so").write_text("")
+    assert unbuilt(tree) == ["trackerd/core/_cthing.c"]
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from bench.trees import "
+         "baseline_tree; baseline_tree(Path(sys.argv[1]))", str(tree)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert f"--baseline {tree.resolve()} has C sources with no extension module" in result.stderr
+    assert "trackerd/core/_cthing.c" in result.stderr and "_cother" not in result.stderr
+    assert f"make -C {tree.resolve()}" in result.stderr
+    (tree / "trackerd" / "core" / "_cthing.so").write_text("")
+    assert unbuilt(tree) == []
+    assert unbuilt(ROOT) == [] or not describe(THIS).extensions
 
 
 def test_a_daemon_that_ran_other_code_than_its_row_says_stops_the_run() -> None:

@@ -41,7 +41,9 @@ def test_version_and_short_help() -> None:
     for flag in ("--version", "-V"):
         result = trackerctl(flag)
         assert result.returncode == 0
-        assert re.fullmatch(r"trackerctl \d+\.\d+\.\d+\S*\n", result.stdout)
+        assert re.fullmatch(
+            r"trackerctl \d+\.\d+\.\d+\S*; servertracker library: .+\n", result.stdout
+        )
     assert trackerctl("-h").stdout == trackerctl("--help").stdout
     assert trackerctl("status", "-h").stdout.startswith("Usage: trackerctl status")
 

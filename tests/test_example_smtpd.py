@@ -317,6 +317,10 @@ def test_help_says_what_each_option_is() -> None:
         ("--workers", "worker processes"),
     ]:
         assert option in result.stdout and words in " ".join(result.stdout.split()), option
+    # How the workers find trackerd: the same defaults as trackerd's, and the variables.
+    text = " ".join(result.stdout.split())
+    assert "$TRACKERD_SOCKET, else <runtime dir>/trackerd.sock" in text
+    assert "$TRACKERD_RUNTIME_DIR, else $RUNTIME_DIRECTORY" in text
 
 
 def test_a_port_in_use_is_one_clear_line_and_a_failure() -> None:

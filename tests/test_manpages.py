@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import typer.main
 
+from servertracker import accel
 from servertracker.cli import app
 from trackerd.options import build_parser
 
@@ -61,6 +62,17 @@ def test_every_option_is_in_its_page() -> None:
                 assert "\\fB" + flag.replace("-", "\\-") + "\\fR" in trackerctl, flag
     for name in commands:
         assert f'.SS "trackerctl {name} [OPTIONS]' in trackerctl
+
+
+def test_both_pages_say_what_forces_pure_python() -> None:
+    """Read by the daemon and the library whatever the options: in both ENVIRONMENT
+    sections, with accel's own words."""
+    for name in PAGES:
+        page = (ROOT / "man" / name).read_text()
+        environment = page.split(".SH ENVIRONMENT", 1)[1].split(".SH ", 1)[0]
+        entry = f"\\fB{accel.PURE_PYTHON_VARIABLE}\\fR\n"
+        assert entry in environment, name
+        assert "it makes the daemon and the servertracker library run" in environment, name
 
 
 @pytest.mark.skipif(shutil.which("groff") is None, reason="needs groff")

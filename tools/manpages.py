@@ -79,7 +79,11 @@ def item(invocation: str, help_text: str) -> list[str]:
 
 
 def environment_section(texts: Iterable[tuple[str, str]]) -> list[str]:
-    """Every $VARIABLE the options' help mentions, with the options that mention it."""
+    """Every $VARIABLE the options' help mentions, with the options that mention it;
+    and the variables read whatever the options, with their own text."""
+    from servertracker.accel import PURE_PYTHON_RULE, PURE_PYTHON_VARIABLE
+
+    always = {PURE_PYTHON_VARIABLE: PURE_PYTHON_RULE}
     found: dict[str, list[str]] = {}
     for option, text in texts:
         for variable in re.findall(r"\$([A-Z][A-Z0-9_]+)", text):
@@ -87,8 +91,11 @@ def environment_section(texts: Iterable[tuple[str, str]]) -> list[str]:
             if option not in users:
                 users.append(option)
     lines = [".SH ENVIRONMENT"]
-    for variable in sorted(found):
+    for variable in sorted(found.keys() | always.keys()):
         lines += [".TP", f"\\fB{variable}\\fR"]
+        if variable in always:
+            lines += body(always[variable])
+            continue
         options = ", ".join(flags(option) for option in found[variable])
         lines.append(f"Read when resolving {options}; see there.")
     return lines

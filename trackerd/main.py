@@ -22,7 +22,6 @@ import anyio
 
 from servertracker import accel
 from trackerd import __version__
-from trackerd.core import raw_cache
 from trackerd.core.tracker import Tracker
 from trackerd.edges.access import unseeable_message
 from trackerd.edges.endpoint import Endpoint
@@ -154,7 +153,7 @@ async def _run_locked(
             __version__,
             endpoints[0].socket.where,
             config.runtime_dir,
-            accel.describe(raw_cache.EXTENSION),
+            accel.describe(accel.DAEMON_MODULES),
         )
         notifier.ready(f"Ready: {summarise(tracker.status())}")
         _tune_garbage_collector()

@@ -27,7 +27,6 @@ from typing import NoReturn
 from servertracker import accel
 from servertracker.paths import RUNTIME_DIR_HELP, SOCKET_HELP, add_path_arguments, paths_from_args
 from trackerd import __version__
-from trackerd.core import raw_cache
 from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT
 from trackerd.core.value_table import DEFAULT_MAX_INTERNED_ENTRIES
 from trackerd.core.windows import DEFAULT_WINDOWS, Window, parse_windows
@@ -189,14 +188,32 @@ def build_parser() -> argparse.ArgumentParser:
     TrackerServer.add_limit_arguments(limits)
     ConnectionLimits.add_arguments(limits)
     LogSettings.add_arguments(parser)
-    parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument(
+        "--version",
+        action=_PrintVersion,
+        help="print the version and which code path runs (the C extension, or pure "
+        f"Python and why; ${accel.PURE_PYTHON_VARIABLE} set to anything but empty or 0 "
+        "forces pure Python), then exit",
+    )
     return parser
 
 
+class _PrintVersion(argparse.Action):
+    """--version: version_line() as is (argparse's own action wraps it at 80 columns)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(version_line())
+        parser.exit()
+
+
 def version_line() -> str:
-    """``trackerd 0.1.0; hot path: C extension`` (or ``pure Python: why``): which code
-    counts records matters to operators and bug reports (servertracker/accel.py)."""
-    return f"trackerd {__version__}; hot path: {accel.describe(raw_cache.EXTENSION)}"
+    """``trackerd 0.1.0; hot path: C extension`` (or ``pure Python: why``, or ``partly
+    pure Python:`` and which modules): which code counts records and answers Postfix
+    matters to operators and bug reports (servertracker/accel.py)."""
+    return f"trackerd {__version__}; hot path: {accel.describe(accel.DAEMON_MODULES)}"
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

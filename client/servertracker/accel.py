@@ -5,10 +5,14 @@ import: it gets the extension module if that was built and imports, and the
 environment does not force the pure-Python path, else None and runs its own Python
 code, which stays the reference (tests hold the two to the same results on the same
 inputs). Set ``SERVERTRACKER_PURE_PYTHON=1`` to force the pure-Python path (a bug
-report, a comparison); ``describe()`` says which path runs, for ``trackerd
---version``, its start-up log line and trackerctl status.
+report, a comparison). ``describe()`` says which path a program's modules run
+(DAEMON_MODULES for ``trackerd --version`` and its start-up log line,
+LIBRARY_MODULES for ``trackerctl --version``: what a worker's import of
+servertracker gets). A worker may call it too:
+``accel.describe(accel.LIBRARY_MODULES)``.
 
-The extension modules are listed in setup.py (docs/architecture.md, "The C extension").
+The extension modules are listed in setup.py (docs/architecture.md, "The C extension");
+tests/test_accel.py holds the two lists below to setup.py's.
 """
 
 from __future__ import annotations
@@ -17,11 +21,40 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Final
 
 #: The environment variable that forces the pure-Python path: any value but "" and "0".
 PURE_PYTHON_VARIABLE: Final = "SERVERTRACKER_PURE_PYTHON"
+#: The rule, for people (the man pages' ENVIRONMENT section).
+PURE_PYTHON_RULE: Final = (
+    "Set to any value but empty or 0 (even false or no), it makes the daemon and the "
+    "servertracker library run their pure-Python code although the C extension is built "
+    "(to compare, or to rule the C code out in a bug report); --version says which "
+    "code path runs, and why."
+)
+
+#: How to get the C path where it is not built (README.md, "The C extension").
+BUILD_HINT: Final = (
+    "to build it, install a C compiler and the Python headers (Debian: gcc python3-dev), "
+    "then run make again (or pip install -e .)"
+)
+
+#: The extension modules trackerd uses, by import name -> what they speed up.
+DAEMON_MODULES: Final[Mapping[str, str]] = {
+    "trackerd.core._ccolumns": "columns scan",
+    "trackerd.core._cpolicy": "policy decoder",
+    "trackerd.edges._cpolicy_loop": "policy loop",
+}
+#: The extension modules a worker's servertracker uses.
+LIBRARY_MODULES: Final[Mapping[str, str]] = {
+    "servertracker._record_queue": "record queue",
+}
+
+#: Why a module is not loaded (before BUILD_HINT where building it would help).
+_NOT_BUILT: Final = "not built"
+_NOT_BUILT_HERE: Final = "not built in this tree"
 
 #: What load() found, by module name: the module, or why not (for describe()).
 _found: dict[str, ModuleType | str] = {}
@@ -37,15 +70,16 @@ def load(name: str) -> ModuleType | None:
     code runs). Decided once per module and process."""
     if name not in _found:
         if forced_pure():
-            _found[name] = f"{PURE_PYTHON_VARIABLE} is set"
+            value = os.environ.get(PURE_PYTHON_VARIABLE, "")
+            _found[name] = f"{PURE_PYTHON_VARIABLE}={value} is set"
         else:
             try:
                 if _beside_its_package(name):
                     _found[name] = importlib.import_module(name)
                 else:
-                    _found[name] = "the C extension is not built in this tree"
+                    _found[name] = _NOT_BUILT_HERE
             except ImportError:
-                _found[name] = "the C extension is not built"
+                _found[name] = _NOT_BUILT
     found = _found[name]
     return found if isinstance(found, ModuleType) else None
 
@@ -64,9 +98,27 @@ def _beside_its_package(name: str) -> bool:
     return not folders or os.path.realpath(os.path.dirname(spec.origin)) in folders
 
 
-def describe(name: str) -> str:
-    """Which path module ``name`` gives, for people: "C extension", or "pure Python: "
-    and why."""
-    load(name)
-    found = _found[name]
-    return "C extension" if isinstance(found, ModuleType) else f"pure Python: {found}"
+def describe(modules: Mapping[str, str]) -> str:
+    """Which path ``modules`` (name -> what it does) give, for people: "C extension"
+    when all load, "pure Python: why" when none does for one reason, else
+    "partly pure Python: " and each missing one with why; with how to build them
+    where they are not built."""
+    missing: dict[str, str] = {}
+    for name, what in modules.items():
+        if load(name) is None:
+            missing[what] = str(_found[name])
+    if not missing:
+        return "C extension"
+    reasons = set(missing.values())
+    if len(missing) == len(modules) and len(reasons) == 1:
+        reason = reasons.pop()
+        whole = {
+            _NOT_BUILT: "the C extension is not built",
+            _NOT_BUILT_HERE: "the C extension is not built in this tree",
+        }
+        text = f"pure Python: {whole.get(reason, reason)}"
+    else:
+        text = "partly pure Python: " + ", ".join(f"{w} ({why})" for w, why in missing.items())
+    if _NOT_BUILT in missing.values() or _NOT_BUILT_HERE in missing.values():
+        text += f"; {BUILD_HINT}"
+    return text

@@ -68,7 +68,11 @@ def _show_version(value: bool) -> None:
     if value:
         from importlib.metadata import version  # only here: it costs milliseconds
 
-        echo(f"trackerctl {version('servertracker')}")
+        from servertracker import accel
+
+        # The library's path: what a worker's import of servertracker gets here.
+        path = accel.describe(accel.LIBRARY_MODULES)
+        echo(f"trackerctl {version('servertracker')}; servertracker library: {path}")
         raise typer.Exit(EXIT_OK)
 
 
@@ -86,7 +90,8 @@ def common_options(
             "-V",
             is_eager=True,
             callback=_show_version,
-            help="Print trackerctl's version and exit.",
+            help="Print trackerctl's version and which code path the servertracker "
+            "library runs here (its C extension, or pure Python and why), and exit.",
         ),
     ] = False,
 ) -> None:
