@@ -41,22 +41,24 @@ loaded, and each row says its tree and path.
 The competitors (``--competitors``, by key; the default leaves out the ones
 marked "optional"):
 
-- ``trackerd``: the product; workers call servertracker.record_server() with a
-  queue large enough that nothing drops, and value tables of 131,072 ids
-  (``interned`` messages; README's setting for a process importing a log,
-  ``table_entries=BULK_TABLE_ENTRIES``; an SMTP worker's default is 16,384): each
-  worker sees 100,000 distinct connection IPs and at most 45,000 domains and 5,000
-  literals (the library sends a MAIL FROM's domain part), so no id is ever reused;
-  a value's text goes once per worker.
-- ``columns`` (trackerd columns): the same with ``Client(table_entries=0)``:
-  every value sent as text in ``columns`` messages (what a worker with
-  PYTHONHASHSEED set sends, and what every worker sent before value tables).
-- ``record_many`` (optional): the same with Client.record_many(), which waits
-  for room.
+- ``trackerd``: the product as a worker gets it; workers call
+  servertracker.record_server() on a Client with the library's defaults
+  (``batch_encoder.DEFAULT_TABLE_ENTRIES``: no value tables, so ``columns``
+  messages, every value sent as text) and a queue large enough that nothing
+  drops. A ``--baseline`` tree's row takes that tree's default.
+- ``interned`` (trackerd interned): the same with value tables of 131,072 ids
+  (``Client(table_entries=BULK_TABLE_ENTRIES)``, README's setting for a process
+  importing a log that asks for tables): each worker sees 100,000 distinct
+  connection IPs and at most 45,000 domains and 5,000 literals (the library
+  sends a MAIL FROM's domain part), so no id is ever reused; a value's text goes
+  once per worker.
+- ``record_many`` (optional): the same as ``trackerd`` with Client.record_many(),
+  which waits for room.
 - ``no-windows`` (optional): the product without sliding windows (1h and 24h are
   on by default), to show what the windows cost end to end.
-- ``small-table`` (optional): ``Client(table_entries=32768)``, smaller than the
-  100,000 IPs a worker sees, so ids are reused: what a too-small table costs.
+- ``small-table`` (optional): ``interned`` with ``Client(table_entries=32768)``,
+  smaller than the 100,000 IPs a worker sees, so ids are reused: what a
+  too-small table costs.
 - ``redis``: Redis's best use (bench.redis_best): each worker takes what follows
   a sender's last "@" (the whole value if it has none), strips trailing ">",
   lowercases a domain and strips its trailing dots (an ``[ip]`` literal is hashed
@@ -149,7 +151,7 @@ from bench.workload import (
     true_counts,
 )
 from servertracker import Client
-from servertracker.batch_encoder import BULK_TABLE_ENTRIES
+from servertracker.batch_encoder import BULK_TABLE_ENTRIES, DEFAULT_TABLE_ENTRIES
 
 #: The Go original's measured rate (records/s, 8 goroutines), from issue 13's table.
 GO_ORIGINAL_RATE = 193_000
@@ -163,7 +165,7 @@ WORKERS_ALONE = "workers alone (no recording)"
 #: The trackerd competitors, run once per tree and path: key -> row name.
 TRACKERD = {
     "trackerd": "trackerd",
-    "columns": "trackerd columns",
+    "interned": "trackerd interned",
     "record_many": "trackerd record_many",
     "no-windows": "trackerd --windows none",
     "small-table": "trackerd small table",
@@ -176,7 +178,7 @@ OTHERS = {
     "naive": "naive anyio daemon",
     "alone": WORKERS_ALONE,
 }
-DEFAULT_COMPETITORS = ("trackerd", "columns", "redis", "naive", "alone")
+DEFAULT_COMPETITORS = ("trackerd", "interned", "redis", "naive", "alone")
 #: Where the results go.
 RESULTS = Path(__file__).parent / "results"
 
@@ -188,12 +190,13 @@ def run_protocol_daemon(
     load: Workload,
     extra_args: Sequence[str] = (),
     many: bool = False,
-    table_entries: int = BULK_TABLE_ENTRIES,
+    table_entries: int = DEFAULT_TABLE_ENTRIES,
     command: Sequence[str] | None = None,
     on_start: Callable[[int], object] | None = None,
 ) -> Run:
     """trackerd (or a daemon speaking its protocol: ``command``), fed by the workers
-    through this process's servertracker.Client; on_start(pid) before the timing."""
+    through this process's servertracker.Client (by default with the library's
+    default value tables: its tree's); on_start(pid) before the timing."""
     daemon = BenchDaemon(extra_args, command).start()
     try:
         assert daemon.process is not None
@@ -250,7 +253,7 @@ NAIVE = [sys.executable, "-P", "-m", "bench.naive_daemon"]
 #: Each competitor's run, by key.
 RUNS: dict[str, Callable[[Workload], Run]] = {
     "trackerd": lambda load: run_protocol_daemon(load),
-    "columns": lambda load: run_protocol_daemon(load, table_entries=0),
+    "interned": lambda load: run_protocol_daemon(load, table_entries=BULK_TABLE_ENTRIES),
     "record_many": lambda load: run_protocol_daemon(load, many=True),
     "no-windows": lambda load: run_protocol_daemon(load, ("--windows", "none")),
     "small-table": lambda load: run_protocol_daemon(load, table_entries=SMALL_TABLE),

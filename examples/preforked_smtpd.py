@@ -1,9 +1,9 @@
 """A pre-fork SMTP server on aiosmtpd that feeds trackerd: the way to integrate.
 
 The parent binds one listening socket, imports servertracker and builds its
-default client (which loads numpy, for the value tables, once for all the
-workers), then forks N workers; each runs its own asyncio loop and aiosmtpd
-server on the shared socket and calls
+default client (which sends ``columns``; one asking for value tables would load
+numpy there, once for all the workers), then forks N workers; each runs its own
+asyncio loop and aiosmtpd server on the shared socket and calls
 ``servertracker.record_server(peer_ip, mail_from)`` in ``handle_MAIL``.
 Recording never blocks or fails the SMTP session. Messages are accepted and
 discarded: this is an example of the hook, not a mail store.
@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         f"listening on {args.host}:{sock.getsockname()[1]} with {args.workers} workers", flush=True
     )
 
-    # Before forking: each worker inherits numpy loaded (about 0.2 s, once), instead
-    # of loading it in its background thread, stalling its first sessions.
+    # Before forking, where a client's one-time costs belong: a client that asks
+    # for value tables loads numpy here (about 0.2 s, once), not in each worker.
     servertracker.default_client()
     #: The workers not reaped yet: a reaped one's pid may be another process's soon.
     children: list[int] = []

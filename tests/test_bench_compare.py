@@ -96,15 +96,15 @@ def test_baseline_runs_the_other_trees_daemon_and_library(short_tmp: Path) -> No
 
 def test_forms_and_competitors_run_only_that_slice(short_tmp: Path) -> None:
     tmp = short_tmp
-    result = compare("--competitors", "alone,columns", "--forms", "[ip]",
+    result = compare("--competitors", "alone,interned", "--forms", "[ip]",
                      "--no-pure-python", results=tmp)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     got = json.loads((tmp / "compare.json").read_text())
     assert list(got["forms"]) == ["[ip]"]
-    assert list(got["forms"]["[ip]"]) == ["trackerd columns", "workers alone (no recording)"]
+    assert list(got["forms"]["[ip]"]) == ["trackerd interned", "workers alone (no recording)"]
     markdown = (tmp / "compare.md").read_text()
     assert "load average before" in markdown
-    assert "| `[ip]` | trackerd columns | this, " in markdown
+    assert "| `[ip]` | trackerd interned | this, " in markdown
     # Both ratios, and the note saying which is the metric, in both outputs.
     assert "| trackerd faster by | by total CPU |" in markdown
     assert FOOTNOTE in markdown

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from servertracker import Client, batch_encoder, protocol
-from servertracker.batch_encoder import BatchEncoder
+from servertracker.batch_encoder import SMTP_TABLE_ENTRIES, BatchEncoder
 from servertracker.status import Status
 from tests.conftest import Daemon, wait_for
 from tests.test_interned_daemon import Peer
@@ -63,6 +63,9 @@ def interned_messages(daemon: Daemon) -> int:
 
 
 def send(daemon: Daemon, pairs: Sequence[Pair], **options: int) -> Client:
+    """A client that asks for tables (SMTP_TABLE_ENTRIES) unless told otherwise:
+    the default, columns, is asked for with table_entries=0."""
+    options.setdefault("table_entries", SMTP_TABLE_ENTRIES)
     client = Client(daemon.socket_path, **options)  # type: ignore[arg-type]
     assert client.record_many(pairs) == len(pairs)
     assert client.flush(30)
@@ -114,7 +117,9 @@ def test_a_restart_mid_stream_loses_nothing_record_many_queued(
     included, goes to the next daemon, encoded afresh for its new tables."""
     daemon = make_daemon().start()
     assert daemon.process is not None
-    client = Client(daemon.socket_path, batch_size=256, max_buffered=200_000)
+    client = Client(
+        daemon.socket_path, batch_size=256, max_buffered=200_000, table_entries=SMTP_TABLE_ENTRIES
+    )
     first = [(f"10.1.{i // 256 % 256}.{i % 256}", f"u@d{i % 500}.example") for i in range(2000)]
     assert client.record_many(first) == len(first)
     assert client.flush(30)
@@ -140,7 +145,9 @@ def test_a_restart_mid_stream_loses_nothing_record_many_queued(
 
 
 def test_forked_workers_number_their_own_values(daemon: Daemon) -> None:
-    client = Client(daemon.socket_path, flush_interval=30, batch_size=10_000)
+    client = Client(
+        daemon.socket_path, flush_interval=30, batch_size=10_000, table_entries=SMTP_TABLE_ENTRIES
+    )
     client.record_many([("192.0.2.1", "a@before.example"), ("192.0.2.2", "<b@before.example>")])
     assert client.flush(10)
     client.record_server("192.0.2.3", "queued@at-fork.example")  # queued when we fork
@@ -170,7 +177,7 @@ WORKER = textwrap.dedent(
     """
     import sys
     from servertracker import Client
-    client = Client(sys.argv[1])
+    client = Client(sys.argv[1], table_entries=16384)  # asks for tables
     client.record_many([("192.0.2.1", "u@a.example"), ("192.0.2.2", "<v@a.example>")] * 10)
     assert client.flush(10)
     print(client.stats().message)
@@ -265,7 +272,7 @@ def test_a_grant_too_small_to_be_worth_it_is_declined(
     # At most 1,000 ids a connection (1/16 of the budget, two tables each).
     daemon = make_daemon(extra_args=["--max-interned-entries", "32000"]).start()
     pairs = workload(1)
-    declined = send(daemon, pairs)  # asks 131,072, is granted 1,000
+    declined = send(daemon, pairs)  # asks 16,384, is granted 1,000
     assert (declined.stats().message, declined.stats().table_entries) == ("columns", 0)
     small = send(daemon, pairs, table_entries=500)  # asked for so few itself: takes them
     assert (small.stats().message, small.stats().table_entries) == ("interned", 500)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from servertracker import Client, batch_encoder, protocol
-from servertracker.batch_encoder import DEFAULT_TABLE_ENTRIES
+from servertracker.batch_encoder import SMTP_TABLE_ENTRIES
 from tests.conftest import Daemon, wait_for
 from tests.test_interned_daemon import NIL, Peer, refs
 from trackerd.core.value_table import DEFAULT_MAX_INTERNED_ENTRIES
@@ -96,7 +96,7 @@ def test_a_worker_granted_less_than_it_asked_asks_again_and_loses_nothing(
     grants.append(peers[-1].intern(cap - left))
     assert grants == [cap] * (GRANT_SHARE - 1) + [cap - left]
     pairs = [(f"10.3.0.{i % 40}", f"<u@d{i % 30}.example>") for i in range(2000)]
-    asked = DEFAULT_TABLE_ENTRIES if case == "declined" else 500
+    asked = SMTP_TABLE_ENTRIES if case == "declined" else 500
     client = Client(daemon.socket_path, batch_size=50, table_entries=asked)
     try:
         assert client.record_many(pairs[:1000]) == 1000

@@ -339,16 +339,17 @@ def test_a_client_built_to_ask_for_tables_loads_numpy_at_once() -> None:
     """docs/performance.md: numpy loaded by the flusher on its first interned
     connection stalled the recording thread for ms, many times. Client() loads it
     when it will ask for value tables (so a pre-fork master pays it once for all
-    its workers), default_client() too; record_server()'s own first call does
-    not (test_import_is_cheap), and a client that asks for none never does."""
+    its workers); a client that asks for none (the default) never does."""
     code = textwrap.dedent(
         """
         import sys
         from servertracker import Client, default_client, record_server
+        Client()
         Client(table_entries=0)
         record_server('192.0.2.1', 'a@b.example')
+        default_client()
         steps = ['numpy' in sys.modules]
-        Client()
+        Client(table_entries=16384)
         steps.append('numpy' in sys.modules)
         print(steps)
         """
@@ -356,12 +357,33 @@ def test_a_client_built_to_ask_for_tables_loads_numpy_at_once() -> None:
     env = dict(os.environ, TRACKERD_SOCKET="/nonexistent/x.sock")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.stdout.split() == ["[False,", "True]"], result.stdout + result.stderr
-    # The default client built by record_server() (no numpy), then asked for.
-    code = "import sys, servertracker as s; s.record_server('192.0.2.1', None); " + (
-        "print('numpy' in sys.modules, end=' '); s.default_client(); print('numpy' in sys.modules)"
+
+
+DEFAULT_WORKER = textwrap.dedent(
+    """
+    import sys
+    import servertracker
+    servertracker.record_server('192.0.2.1', 'a@b.example')
+    client = servertracker.default_client()
+    client.record_many([('192.0.2.2', '<c@d.example>')] * 3000)
+    assert client.flush(30)
+    print(client.stats().message, client.stats().table_entries, 'numpy' in sys.modules)
+    """
+)
+
+
+def test_the_default_client_sends_columns_and_never_loads_numpy(daemon: Daemon) -> None:
+    """The library's default (batch_encoder.DEFAULT_TABLE_ENTRIES, 0): record_server(),
+    default_client() and record_many() send "columns" to a daemon that offers
+    interned, ask for no tables, and the worker never imports numpy."""
+    env = dict(os.environ, TRACKERD_SOCKET=str(daemon.socket_path))
+    result = subprocess.run(
+        [sys.executable, "-c", DEFAULT_WORKER], env=env, capture_output=True, text=True, timeout=60
     )
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert result.stdout.strip() == "False True", result.stdout + result.stderr
+    assert result.stdout.split() == ["columns", "0", "False"], result.stdout + result.stderr
+    wait_counts(daemon, (2, 2, 0, 3001))
+    health = daemon.status().health
+    assert health is not None and health.interned_messages == 0
 
 
 def test_import_is_cheap() -> None:

@@ -23,9 +23,9 @@ from servertracker.reachability import UnreachableWarning, cause
 from tests.conftest import Daemon, run_as_nobody, wait_for
 from tests.test_hostile import open_up
 
-# Client() loads value_tables.py (and the standard library modules it imports),
-# which a worker forked and turned into nobody could not read here, under /root:
-# loaded above, before any fork.
+# A Client that asks for tables loads value_tables.py (and the standard library
+# modules it imports), which a worker forked and turned into nobody could not read
+# here, under /root: loaded above, before any fork, should a test ask for them.
 
 SECRET_IP = "198.51.100.77"
 SECRET_SENDER = "someone@secret-domain.example"

@@ -23,12 +23,20 @@ from servertracker.sender_split import sent_senders
 if TYPE_CHECKING:
     from servertracker.value_tables import ValueTables
 
-#: Ids asked for in each of a connection's two value tables ("interned"): a
-#: worker seeing up to this many distinct connection IPs (and as many senders'
-#: domain parts) sends each one's text once per connection, then 4 bytes a use.
-#: Sized for an SMTP worker (many per host, each holding its tables: 56 bytes an
-#: id, about 1.8 MB for both); a bulk importer asks for more (BULK_TABLE_ENTRIES).
-DEFAULT_TABLE_ENTRIES: Final = 16_384
+#: Ids a Client asks for in each of a connection's two value tables by default:
+#: none, so it sends "columns" and never loads numpy. Measured with the C
+#: extension (docs/performance.md, "The worker library in C" and "The daemon's
+#: hot path in C"), a columns worker plus the daemon cost 1.5-2.6x less total
+#: CPU a record than interned, the daemon's share no higher; interned workers
+#: also load numpy and hold megabytes of tables, and their numbering holds the
+#: interpreter lock longest. Tables stay a choice (SMTP_TABLE_ENTRIES,
+#: BULK_TABLE_ENTRIES) for a host whose daemon core is the bottleneck.
+DEFAULT_TABLE_ENTRIES: Final = 0
+#: Tables sized for an SMTP worker that asks for them (many per host, each
+#: holding its tables: 56 bytes an id, about 1.8 MB for both): a worker seeing up
+#: to this many distinct connection IPs (and as many senders' domain parts) sends
+#: each one's text once per connection, then 4 bytes a use.
+SMTP_TABLE_ENTRIES: Final = 16_384
 #: What README advises a process that imports a log (one process, many distinct
 #: values): about 15 MB for both tables.
 BULK_TABLE_ENTRIES: Final = 131_072

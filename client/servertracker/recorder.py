@@ -86,12 +86,15 @@ class Client(Flusher):
         """``socket_path`` defaults to trackerd's, resolved as the daemon does.
 
         ``table_entries``: the ids to ask for in each of the connection's two
-        value tables (0 to 1,048,576; 0 sends no interned messages, and so does
-        an interpreter whose hash() is not secret: hash_keys.hash_is_secret).
+        value tables (0 to 1,048,576). The default, 0, asks for none: the client
+        sends "columns" and never loads numpy (batch_encoder.DEFAULT_TABLE_ENTRIES
+        says why). Asking for some sends "interned" (values numbered per
+        connection; not where the interpreter's hash() is not secret:
+        hash_keys.hash_is_secret), for a host whose daemon core is the bottleneck.
         Each id takes 56 bytes in this process (value_tables.py: four slots of a
-        key and an id, and the id's key), allocated on connecting, so
-        the default (16,384) costs about 1.8 MB for the two. A client that will ask
-        for tables loads numpy here (about 0.2 s, once a process; in the
+        key and an id, and the id's key), allocated on connecting: 16,384
+        (SMTP_TABLE_ENTRIES) costs about 1.8 MB for the two. A client that will
+        ask for tables loads numpy here (about 0.2 s, once a process; in the
         background thread it stalled the recording thread for ms at a time):
         build it before forking, and the workers inherit numpy loaded.
 
@@ -334,9 +337,11 @@ _default_lock = threading.Lock()
 def default_client() -> Client:
     """The process-wide client used by ``servertracker.record_server()``.
 
-    Called before forking (a pre-fork master), it loads numpy there, once for every
-    worker (see Client()); record_server() builds it on its first call otherwise,
-    and its background thread loads numpy on connecting (that call stays short).
+    It sends "columns" (Client()'s default: no value tables, no numpy). Where a
+    default client would ask for tables, calling this before forking (a pre-fork
+    master) loads numpy there, once for every worker (see Client());
+    record_server() builds it on its first call otherwise, and its background
+    thread loads numpy on connecting (that call stays short).
     """
     client = _default(load_tables=True)
     if client._table_entries:

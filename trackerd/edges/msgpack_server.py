@@ -153,8 +153,8 @@ class TrackerServer(StreamServer):
                 f"at most 1/{GRANT_SHARE} of N ({default_cap:,} ids at the default). At "
                 f"most {BYTES_PER_ENTRY} bytes an entry, mapped only when an id is defined. "
                 f"Below 2 x {GRANT_SHARE} x {MIN_TABLE_ENTRIES:,} = {_WORTH_GRANTING:,} every "
-                f"grant is under the {MIN_TABLE_ENTRIES:,} ids a default client takes, so "
-                "clients send 'columns'; 0 turns tables off (default: %(default)s)"
+                f"grant is under the {MIN_TABLE_ENTRIES:,} ids a client asking for tables "
+                "takes, so clients send 'columns'; 0 turns tables off (default: %(default)s)"
             ),
         )
 
