@@ -44,6 +44,8 @@ order: once with the servertracker and trackerd checked out in DIR (its bench/
 need not have this file) and once with this tree's, and reports both. Only the
 library and daemon come from DIR: the child loads this tree's bench/ (this file,
 bench/workload.py's senders and bench/_support.py's launcher); see bench.trees.
+Each child's round checks that it and its daemon mapped the extension modules
+its tree and path say and no other (bench.trees.check_ran, as bench.compare).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import os
 import resource
 import signal
 import statistics
@@ -65,7 +68,17 @@ from types import TracebackType
 from typing import Any
 
 from bench._support import BenchDaemon, arguments, percentile, summary, table
-from bench.trees import BENCH_DIR, BENCH_PACKAGE, Tree, baseline_tree, describe, this_tree
+from bench.trees import (
+    BENCH_DIR,
+    BENCH_PACKAGE,
+    Description,
+    Tree,
+    baseline_tree,
+    check_ran,
+    describe,
+    extensions_mapped,
+    this_tree,
+)
 from bench.workload import FORMS, loadavg, sender
 from servertracker import Client
 
@@ -302,7 +315,10 @@ def run(
     slow_us: float = SLOW_US,
     senders: str = "mix",
     first_round: int = 0,
+    mapped: list[str] | None = None,
 ) -> dict[str, Condition]:
+    """The rounds, in this process; ``mapped`` (if given) gets the extension modules
+    this process and its daemon mapped (bench.trees.extensions_mapped)."""
     results = {
         name: Condition() for name in (*CONDITIONS, "first call (starts the thread)", WARM_UP)
     }
@@ -325,6 +341,8 @@ def run(
                 summary(first_calls(daemon.socket_path))
             )
         client.close(5)
+        if mapped is not None and daemon.process is not None:
+            mapped += extensions_mapped(daemon.process.pid) + extensions_mapped(os.getpid())
     finally:
         daemon.stop()
     return results
@@ -456,22 +474,27 @@ _CHILD = (
 import json
 from bench import record_cost
 round_, calls, slow_us = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-results = record_cost.run(1, calls, slow_us, sys.argv[5], first_round=round_)
-print(json.dumps({name: c.to_json() for name, c in results.items()}))
+mapped = []
+results = record_cost.run(1, calls, slow_us, sys.argv[5], first_round=round_, mapped=mapped)
+print(json.dumps({"mapped": mapped,
+                  "conditions": {name: c.to_json() for name, c in results.items()}}))
 """
 )
 
 
-def run_in_child(tree: Tree, round_: int, calls: int, slow_us: float,
-                 senders: str) -> dict[str, Condition]:  # fmt: skip
-    """One round in a fresh process running the tree's code (bench.trees)."""
+def run_in_child(tree: Tree, about: Description, round_: int, calls: int, slow_us: float,
+                 senders: str, name: str = "") -> dict[str, Condition]:  # fmt: skip
+    """One round in a fresh process running the tree's code (bench.trees); a
+    RuntimeError if it or its daemon ran other code than ``about`` says."""
     command = [sys.executable, "-P", "-c", _CHILD, str(BENCH_DIR), str(round_), str(calls),
                str(slow_us), senders]  # fmt: skip
     out = subprocess.run(
         command, env=tree.environment(), capture_output=True, text=True, check=True
     ).stdout
-    data: dict[str, dict[str, Any]] = json.loads(out)
-    return {name: Condition.from_json(condition) for name, condition in data.items()}
+    data: dict[str, Any] = json.loads(out)
+    check_ran(name or str(tree.root), tree, about, data["mapped"],
+              ("trackerd.", "servertracker."))  # fmt: skip
+    return {key: Condition.from_json(condition) for key, condition in data["conditions"].items()}
 
 
 # A fresh process's first connection, timed call by call from the recording thread.
@@ -556,15 +579,18 @@ def main() -> None:
         trees = {"this tree": run(args.rounds, args.calls, args.slow_us, args.senders)}
     else:
         entrants.append(("this tree", this_tree()))
+        described = {tree: describe(tree) for _, tree in entrants}
         for name, tree in entrants:
-            about = describe(tree)
+            about = described[tree]
             print(f"{name}: {about.path} ({tree.root}, {about.revision}; extension modules "
                   f"loaded: {', '.join(about.extensions) or 'none'})")  # fmt: skip
         per_round: dict[str, list[dict[str, Condition]]] = {name: [] for name, _ in entrants}
         for round_ in range(args.rounds):
             for name, tree in entrants if round_ % 2 == 0 else entrants[::-1]:
                 per_round[name].append(
-                    run_in_child(tree, round_, args.calls, args.slow_us, args.senders)
+                    run_in_child(
+                        tree, described[tree], round_, args.calls, args.slow_us, args.senders, name
+                    )
                 )
                 print(f"round {round_ + 1}, {name}: done (load average {loadavg()})", flush=True)
         trees = {name: _merge(rounds) for name, rounds in per_round.items()}

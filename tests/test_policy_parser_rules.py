@@ -167,7 +167,7 @@ def streams(draw: st.DrawFn) -> tuple[bytes, list[int], bool]:
 
 
 @settings(
-    max_examples=600,
+    max_examples=300,
     derandomize=True,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],  # set once, not per example
@@ -315,7 +315,7 @@ def test_each_read_is_looked_at_by_the_short_way_once_at_most(
 
 
 @settings(
-    max_examples=1000,
+    max_examples=300,
     derandomize=True,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],

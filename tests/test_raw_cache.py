@@ -94,7 +94,7 @@ def test_clear_forgets_everything(make_cache: MakeCache) -> None:
     assert len(cache) == 0 and codes_of(cache, ["a", "b"]) == [MISS, MISS]
 
 
-@settings(max_examples=300, derandomize=True, deadline=None)
+@settings(max_examples=100, derandomize=True, deadline=None)
 @given(
     st.lists(
         st.lists(

@@ -129,14 +129,14 @@ TRICKY = st.one_of(
 )
 
 
-@settings(max_examples=500, derandomize=True, deadline=None)
+@settings(max_examples=150, derandomize=True, deadline=None)
 @given(TRICKY)
 def test_generated_senders_count_as_the_whole(value: str | None) -> None:
     if value:
         assert classify_sender(sent_sender(value)) == classify_sender(value)
 
 
-@settings(max_examples=500, derandomize=True, deadline=None)
+@settings(max_examples=150, derandomize=True, deadline=None)
 @given(st.lists(TRICKY, max_size=20))
 def test_a_batch_is_cut_as_its_senders_one_by_one(values: list[str | None]) -> None:
     assert sent_senders(values) == [sent_sender(v) if v else v for v in values]
@@ -149,7 +149,7 @@ NO_BRACKETS = st.text(alphabet="@:.aZ1", max_size=8)
 WRAPPED = st.builds("<{}>".format, NO_BRACKETS)
 
 
-@settings(max_examples=400, derandomize=True, deadline=None)
+@settings(max_examples=150, derandomize=True, deadline=None)
 @given(st.lists(st.one_of(PLAIN, NO_BRACKETS, WRAPPED, st.none()), max_size=12))
 def test_an_ascii_batch_is_cut_as_its_senders_one_by_one(values: list[str | None]) -> None:
     assert sent_senders(values) == [sent_sender(v) if v else v for v in values]
@@ -158,7 +158,7 @@ def test_an_ascii_batch_is_cut_as_its_senders_one_by_one(values: list[str | None
             assert classify_sender(sent_sender(value)) == classify_sender(value)
 
 
-@settings(max_examples=300, derandomize=True, deadline=None)
+@settings(max_examples=150, derandomize=True, deadline=None)
 @given(st.lists(st.one_of(NO_BRACKETS, WRAPPED, st.none()), max_size=12))
 def test_a_batch_with_brackets_only_around_values_is_cut_as_one_by_one(
     values: list[str | None],
@@ -186,7 +186,7 @@ def test_one_odd_sender_in_a_uniform_batch(breaker: str, wrapped: bool, at: int)
     assert sent_senders(batch) == [sent_sender(v) if v else v for v in batch]
 
 
-@settings(max_examples=400, derandomize=True, deadline=None)
+@settings(max_examples=150, derandomize=True, deadline=None)
 @given(
     st.lists(st.one_of(USUAL, USUAL, USUAL, st.sampled_from([None, "", "<>"])), max_size=12),
     st.booleans(),
@@ -207,7 +207,7 @@ def test_a_uniform_batch_is_cut_as_its_senders_one_by_one(
 MIXED = st.one_of(USUAL, st.builds("<{}>".format, USUAL), PART, st.sampled_from([None, "", "<>"]))
 
 
-@settings(max_examples=400, derandomize=True, deadline=None)
+@settings(max_examples=150, derandomize=True, deadline=None)
 @given(st.lists(MIXED, max_size=12), st.lists(st.tuples(st.integers(0, 12), BREAKER), max_size=1))
 def test_a_mixed_batch_is_cut_as_its_senders_one_by_one(
     values: list[str | None], breakers: list[tuple[int, str]]
