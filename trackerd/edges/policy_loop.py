@@ -484,10 +484,7 @@ class ThreadConnection:
             elif mask & (_HUP | _ERR):
                 self.lost()  # gone while nothing was read: what it holds is recorded
                 return
-            if self._broken:
-                self.lost()
-            else:
-                self._update_events()
+            self._settle()
         except Exception as exc:  # any bug: this connection, not the daemon
             self.failed(exc)
 
@@ -498,12 +495,16 @@ class ThreadConnection:
             return  # closed; or a reply waits: _writable() goes on
         try:
             self._handled(self._session.resume(), now)
-            if self._broken:
-                self.lost()
-            else:
-                self._update_events()
+            self._settle()
         except Exception as exc:
             self.failed(exc)
+
+    def _settle(self) -> None:
+        """After a step: a broken connection is lost, else its events follow its state."""
+        if self._broken:
+            self.lost()
+        else:
+            self._update_events()
 
     # --- the C loop's short way ---------------------------------------------------------
 
@@ -536,10 +537,7 @@ class ThreadConnection:
                 self._broken = True
             else:
                 self._sent(reply, sent)
-            if self._broken:
-                self.lost()
-            else:
-                self._update_events()
+            self._settle()
         except Exception as exc:
             self.failed(exc)
 
@@ -548,10 +546,7 @@ class ThreadConnection:
         not one whole request: the Python way, as ready() after a read."""
         try:
             self._received(offset, count, now)
-            if self._broken:
-                self.lost()
-            else:
-                self._update_events()
+            self._settle()
         except Exception as exc:
             self.failed(exc)
 
