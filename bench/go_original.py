@@ -141,15 +141,18 @@ def _remove_records_file() -> None:
         _written = None
 
 
-def run_records(binary: Path, records: Path, workers: int = WORKERS) -> tuple[dict[str, Any], Any]:
+def run_records(
+    binary: Path, records: Path, workers: int = WORKERS, per_record: bool = True
+) -> tuple[dict[str, Any], Any]:
     """Run the program on a records file: what it printed (its counts, "records",
     "seconds", "cpu_seconds") and the status file it left (as JSON); RuntimeError
-    if it fails."""
+    if it fails. ``per_record=False`` writes the status file once, after the timing:
+    not the design, only to show what its file costs."""
     directory = Path(tempfile.mkdtemp(prefix="stgo-", dir=seed_directory()))
     try:
         ran = subprocess.run(
             [str(binary), "-workers", str(workers), "-records", str(records),
-             "-runtime-dir", str(directory)],
+             "-runtime-dir", str(directory), f"-write-per-record={str(per_record).lower()}"],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         if ran.returncode != 0:
@@ -165,10 +168,10 @@ def counts(status: Any) -> tuple[int, int, int]:
     return (status["unique_conn_ips"], status["unique_domains"], status["unique_ip_servers"])
 
 
-def run_go_original(load: Workload, binary: Path | None = None) -> Run:
+def run_go_original(load: Workload, binary: Path | None = None, per_record: bool = True) -> Run:
     """One run of the program on the load's records; AssertionError if its counts or
     its status file are not the true counts (load.distinct)."""
-    result, status = run_records(binary or build(), _records_file(load))
+    result, status = run_records(binary or build(), _records_file(load), per_record=per_record)
     got = counts(result)
     assert got == tuple(load.distinct), f"go original counted {got}, expected {load.distinct}"
     assert result["records"] == load.total, f"go original recorded {result['records']}"
@@ -182,6 +185,12 @@ def main() -> None:
     parser = arguments("bench.go_original", __doc__)
     parser.add_argument("--form", default="mix", choices=FORMS, help="the sender form")
     parser.add_argument("--per-worker", type=int, default=PER_WORKER, help="records per worker")
+    parser.add_argument(
+        "--without-file",
+        action="store_true",
+        help="also run it writing the status file once at the end instead of per record "
+        "(not the design: what its file costs)",
+    )
     args = parser.parse_args()
     if args.per_worker < 1:
         raise SystemExit("--per-worker must be at least 1")
@@ -190,12 +199,17 @@ def main() -> None:
     except GoUnavailable as error:
         raise SystemExit(f"cannot run the Go original's design: {error}") from None
     load = Workload(args.form, args.per_worker)
-    run = run_go_original(load, binary)
     print(
         f"Go original's design, {WORKERS} goroutines in one process, {load.total:,} "
-        f"{args.form} records: {run.seconds:.2f} s, {load.total / run.seconds:,.0f} records/s, "
-        f"{run.worker_cpu * 1e6 / load.total:.2f} µs CPU a record; counts {load.distinct} as true"
+        f"{args.form} records; counts checked against {load.distinct}"
     )
+    for per_record in (True, False) if args.without_file else (True,):
+        run = run_go_original(load, binary, per_record)
+        print(
+            f"{'status file per record' if per_record else 'status file at the end only':28}"
+            f"{run.seconds:6.2f} s, {load.total / run.seconds:11,.0f} records/s, "
+            f"{run.worker_cpu * 1e6 / load.total:6.2f} µs CPU a record"
+        )
 
 
 if __name__ == "__main__":

@@ -74,11 +74,13 @@ def test_senders_are_classified_as_trackerd_counts_them(program: Path, tmp_path:
     assert result["records"] == len(share) * WORKERS
 
 
-def test_it_leaves_a_valid_status_file(program: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("per_record", [True, False])
+def test_it_leaves_a_valid_status_file(program: Path, tmp_path: Path, per_record: bool) -> None:
+    # per_record=False (the standalone run's --without-file: the file once, at the end).
     load = Workload("domain", 50)
     write_records(load.shares, tmp_path / "records")
     before = int(time.time())
-    result, status = run_records(program, tmp_path / "records")
+    result, status = run_records(program, tmp_path / "records", per_record=per_record)
     assert sorted(status) == sorted(STATUS_FIELDS)
     assert before - 1 <= status["boot_time"] <= time.time()
     assert counts(status) == counts(result) == load.distinct
