@@ -614,7 +614,7 @@ def results(
                 "-",
                 f"{GO_ORIGINAL_RATE:,}",
                 f"{total / ours / GO_ORIGINAL_RATE:.1f}x cross-run "
-                f"(in-run: {GO_RUN_TRACKERD_RATE / GO_ORIGINAL_RATE:.1f}x)",
+                f"(the issue's in-run: {GO_RUN_TRACKERD_RATE / GO_ORIGINAL_RATE:.1f}x)",
                 "-",
                 "-",
                 "-",
