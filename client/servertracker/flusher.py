@@ -66,6 +66,7 @@ class Flusher:
     _wake: threading.Event
     _stop: threading.Event
     _room: threading.Event
+    _drained: threading.Event
     _held_since: float
     _waiting: set[int]
     _closing: bool
@@ -109,6 +110,7 @@ class Flusher:
             self._held_since = time.perf_counter()
             self._warn_of_drops()
             if self._closing and not len(self._queue) and not self._out_count:
+                self._drained.set()
                 return
             try:
                 self._send_available()
@@ -135,6 +137,8 @@ class Flusher:
         self._wake.clear()
         queue.idle = idle = not len(queue) and not self._out_count
         queue.sleeping = True
+        if idle:
+            self._drained.set()  # flush() waits for it
         if idle and not self._closing:
             self._wake.wait()
             self._wake.clear()
