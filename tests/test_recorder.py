@@ -167,9 +167,9 @@ class CountingClient(Client):
     steps_waited = 0  # steps of encoding while a thread waited in flush()
     pauses_waited = 0  # of those, the steps that paused
 
-    def _take_batch(self, size: int) -> tuple[list[str | None], list[str | None]]:
+    def _take_batch(self, size: int) -> None:
         self.batches += 1
-        return super()._take_batch(size)
+        super()._take_batch(size)
 
     def _encode_batch(self) -> None:
         self.encoding = True
