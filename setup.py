@@ -17,6 +17,8 @@ C_EXTENSIONS: dict[str, list[str]] = {
     # edges/_cpolicy_loop.c.
     "trackerd.core._cpolicy": ["trackerd/core/_cpolicy.c"],
     "trackerd.edges._cpolicy_loop": ["trackerd/edges/_cpolicy_loop.c"],
+    # First sightings normalised and hashed (keyed BLAKE2b, _blake2b.h) in one loop.
+    "trackerd.core._cfirst": ["trackerd/core/_cfirst.c"],
 }
 
 #: Import name -> the headers its sources include: pip rebuilds a module when one
@@ -25,6 +27,7 @@ C_EXTENSIONS: dict[str, list[str]] = {
 DEPENDS: dict[str, list[str]] = {
     "trackerd.core._cpolicy": ["trackerd/core/_cpolicy_parse.h"],
     "trackerd.edges._cpolicy_loop": ["trackerd/core/_cpolicy_parse.h"],
+    "trackerd.core._cfirst": ["trackerd/core/_blake2b.h"],
 }
 
 #: Warnings on; C99 or later without GNU extensions, so what compiles here compiles

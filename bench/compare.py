@@ -80,6 +80,18 @@ marked "optional"):
   feature, so workers send it the message format a prototype would use today; it
   gets no worker-side split and no value tables (it does not list ``interned``),
   so its workers send every value as text.
+- ``go`` (the Go original's design, in-run): the original's design written in Go
+  from its package document (bench/go_original/main.go; bench.go_original builds
+  it once with ``go build``, standard library only, and runs it): one process, a
+  singleton tracker of salted hashes (SHA-256 over salt || value) under a mutex,
+  the status JSON rewritten to server_tracker.json on tmpfs on every record, 8
+  goroutines each recording its worker's share, the very strings (read from a file
+  before its timing starts). The goroutines share the tracker in one process with
+  no IPC, as the original's SMTP sessions do; its CPU is that process's over the
+  timed span (first record to last), shown as the workers'. Its counts and its
+  status file are checked against the true counts. Needs Go (``apt-get install
+  golang-go``); without it the row says "not run" and why, and the issue's
+  cross-run figure below stays.
 - ``alone`` (workers alone): the same forked workers looping over their share and
   calling a function that records nothing: the harness's own cost (its workers'
   CPU is the floor under every competitor's). That floor includes one Python call
@@ -95,11 +107,12 @@ marked "optional"):
   table also gives the issue's measured rate of the Go original
   (GO_ORIGINAL_RATE, issue 13's table) and trackerd's ratio to it. That ratio is
   cross-run: this run's trackerd rate over a rate measured in another harness at
-  another load (there is no Go toolchain here), so the row says so, and the
-  issue's own in-run ratio (trackerd 677k against the original's 193k: 3.5x, side
-  by side in its run) is printed beside it.
+  another load, so the row says so, and the issue's own in-run ratio (trackerd
+  677k against the original's 193k: 3.5x, side by side in its run) is printed
+  beside it. The ``go`` row is the in-run one: its "trackerd faster by" is
+  measured side by side in this run.
 
-Redis, the naive daemon, the workers alone and the seed design run once, in this
+Redis, the naive daemon, the Go design, the workers alone and the seed design run once, in this
 tree's default process; the trackerd competitors once per tree and path. "trackerd
 faster by" is a row's median time over the ``trackerd`` row's (this tree, its
 default path): the issue's metric is records/s, so that is the headline ratio.
@@ -127,6 +140,8 @@ from pathlib import Path
 from typing import Any
 
 from bench._support import BenchDaemon, arguments, table
+from bench.go_original import GoUnavailable, run_go_original
+from bench.go_original import build as build_go
 from bench.redis_best import WAITS, hiredis_available, run_redis
 from bench.seed_design import run_seed_design, seed_directory
 from bench.trees import (
@@ -157,7 +172,9 @@ from servertracker.batch_encoder import BULK_TABLE_ENTRIES, DEFAULT_TABLE_ENTRIE
 GO_ORIGINAL_RATE = 193_000
 #: trackerd's rate in that same run of issue 13 (the in-run context of the above).
 GO_RUN_TRACKERD_RATE = 677_000
-GO_ORIGINAL = "Go original, issue 13's run (cross-run, not side by side)"
+GO_ORIGINAL = "Go original, issue 13's figure (cross-run: another harness and load)"
+#: The Go original's design run here, side by side (bench.go_original).
+GO_DESIGN = "Go original's design, in-run (8 goroutines, one process, no IPC)"
 SEED_DESIGN = "seed design, Python model (file per record)"
 SMALL_TABLE = 32_768
 #: The reference row: the workers' loop alone, recording nothing (run_workers_alone).
@@ -176,9 +193,10 @@ OTHERS = {
     "redis-repeats": "redis (b), resends repeats",
     "redis-waits": "redis (b), resends repeats, waits for replies",
     "naive": "naive anyio daemon",
+    "go": GO_DESIGN,
     "alone": WORKERS_ALONE,
 }
-DEFAULT_COMPETITORS = ("trackerd", "interned", "redis", "naive", "alone")
+DEFAULT_COMPETITORS = ("trackerd", "interned", "redis", "naive", "go", "alone")
 #: Where the results go.
 RESULTS = Path(__file__).parent / "results"
 
@@ -261,6 +279,7 @@ RUNS: dict[str, Callable[[Workload], Run]] = {
     "redis-repeats": lambda load: run_redis(load, repeats=True),
     "redis-waits": lambda load: run_redis(load, WAITS, repeats=True),
     "naive": lambda load: run_protocol_daemon(load, command=NAIVE),
+    "go": run_go_original,
     "alone": run_workers_alone,
 }
 SEED = "seed"
@@ -511,8 +530,10 @@ def results(
     seed_runs: list[Run],
     per_worker: int,
     seed_records: int,
+    go_not_run: str | None = None,
 ) -> tuple[list[list[str]], dict[str, dict[str, dict[str, Any]]]]:
-    """The table's rows and the JSON's "forms"."""
+    """The table's rows and the JSON's "forms"; ``go_not_run``: why the ``go``
+    competitor, asked for, could not run (its row says so)."""
     total = WORKERS * per_worker
     reference = next((r.name for r in rows if r.key == "trackerd" and r.tree == rows[0].tree), None)
     table_rows: list[list[str]] = []
@@ -564,6 +585,8 @@ def results(
                     None if cpu_ratio == "-" else _total_cpu(got) / (ours_cpu or 1)
                 ),
             }
+        if go_not_run is not None:
+            table_rows.append([form, GO_DESIGN, f"not run: {go_not_run}", *["-"] * 7])
         if ours is None:
             continue
         if seed_runs:
@@ -666,10 +689,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             notes.append(f"Redis left out: {why}")
         else:
             notes.append("Redis's workers parse replies with hiredis")
+    go_not_run = None
+    if "go" in keys:
+        try:
+            notes.append(f"the Go design's program: {build_go()}")
+        except GoUnavailable as error:
+            keys.remove("go")
+            go_not_run = str(error)
+            notes.append(f"the Go original's design not run: {error}")
     trees, described = choose_trees(args.baseline, args.pure_python)
     rows = entrants(keys, trees, described)
     if not rows:
-        raise SystemExit("nothing to run")
+        raise SystemExit("nothing to run" + "".join(f"; {note}" for note in notes))
     header = tree_lines(described) + notes
     if args.seed_records:
         where = seed_directory()
@@ -685,7 +716,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         forms, rows, described, args.rounds, args.per_worker, args.seed_records
     )
     load_after = loadavg()
-    table_rows, per_form = results(forms, rows, runs, seed_runs, args.per_worker, args.seed_records)
+    table_rows, per_form = results(
+        forms, rows, runs, seed_runs, args.per_worker, args.seed_records, go_not_run
+    )
     heading = (
         f"{WORKERS} forked workers x {args.per_worker:,} records a form, {args.rounds} "
         f"round{'s' if args.rounds != 1 else ''}, medians; "
@@ -725,7 +758,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "seed_worker_cpu_seconds": [r.worker_cpu for r in seed_runs],
         "seed_seconds": [r.seconds for r in seed_runs],
         "seed_records": WORKERS * args.seed_records,
-        # Cross-run: issue 13's figures, not measured here (see GO_ORIGINAL).
+        # Cross-run: issue 13's figures, not measured here (see GO_ORIGINAL); the
+        # in-run one is the "go" competitor's row in "forms".
+        "go_not_run": go_not_run,
         "go_original_records_per_second": GO_ORIGINAL_RATE,
         "go_original_run_trackerd_records_per_second": GO_RUN_TRACKERD_RATE,
         "forms": per_form,

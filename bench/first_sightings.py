@@ -126,8 +126,12 @@ def run(python_path: str | None, values: int) -> dict[str, FormResult]:
 
 # The child loads this file by its path (a baseline's bench/ may not have it) and
 # trackerd from PYTHONPATH (the baseline) or the install.
+# The checkout holding this file goes last on the path, for bench._support and
+# bench.workload only: -P leaves the current directory out, and trackerd must come
+# from PYTHONPATH or the install first.
 _CHILD = """
-import importlib.util, json, sys
+import importlib.util, json, pathlib, sys
+sys.path.append(str(pathlib.Path(sys.argv[1]).resolve().parents[1]))
 spec = importlib.util.spec_from_file_location("first_sightings", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)

@@ -186,14 +186,14 @@ def test_the_daemon_logs_which_path_runs(make_daemon: Callable[..., Daemon]) -> 
 
 def both_trackers(**options: Any) -> tuple[Tracker, Tracker]:
     """(C, Python): two trackers of one salt, the second on the pure-Python caches
-    (what SERVERTRACKER_PURE_PYTHON=1 gives a process)."""
+    and first sightings (what SERVERTRACKER_PURE_PYTHON=1 gives a process)."""
     # Small raw-value caches: a tracker is made per example (forgetting changes no count).
     options.setdefault("raw_cache_slots", 1 << 12)
     c_tracker = Tracker(salt=SALT, **options)
     module = raw_cache._ccolumns
     raw_cache._ccolumns = None
     try:
-        python_tracker = Tracker(salt=SALT, **options)
+        python_tracker = Tracker(salt=SALT, c_first_sightings=False, **options)
     finally:
         raw_cache._ccolumns = module
     assert isinstance(c_tracker._sender_cache, CRawCache)
@@ -202,10 +202,14 @@ def both_trackers(**options: Any) -> tuple[Tracker, Tracker]:
 
 
 def counted(tracker: Tracker) -> tuple[object, ...]:
-    """Everything a status reports, and each category's digests (as sets: a cache
-    miss may queue a digest again, and the counter keeps it once)."""
-    digests = tuple(frozenset(counter.pending) for counter in tracker.counters)
+    """Everything a status reports, and each category's digests as its table holds
+    them (a cache miss may queue a digest again, and the counter keeps it once; C
+    decides a sender the domain-part cache would have known, and queues it again)."""
     status = tracker.status()
+    digests = tuple(
+        frozenset(counter._table.values().tolist()) if counter._table is not None else None
+        for counter in tracker.counters
+    )
     return (
         status.records,
         status.rejected_conn_ips,

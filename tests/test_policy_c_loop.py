@@ -1,13 +1,14 @@
 """The policy thread's C loop (trackerd/edges/_cpolicy_loop.c) on real sockets.
 
-Loop.serve() waits on an epoll, reads each ready connection marked for the short
-way, and parses a read that is one whole request; everything else goes back to the
-Python code (policy_loop.py), which the daemon tests exercise on both paths. Here
-each of its outcomes is checked alone: the values equal the Python decoder's, the
-buffer holds nothing of a request afterwards, and a read that is not one whole
-request (several, a piece, the peer's close), a connection not marked, or other
-events come back untouched for the Python code. reply() sends to each and names
-those that did not take the reply whole.
+Loop.serve() waits on an epoll and serves each ready connection marked for the
+short way and opened: a read that is one whole request is parsed, its pair queued
+(unless its instance is one of the connection's recent ones), and answered; everything
+else goes back to the Python code (policy_loop.py), which the daemon tests exercise on
+both paths. Here each of its outcomes is checked alone: the pairs equal the Python
+decoder's values, the buffer holds nothing of a request afterwards, a read that is not
+one whole request (several, a piece, the peer's close, a non-ASCII instance), a
+connection not marked or not opened, or other events come back untouched for the Python
+code; a reply not taken whole is named; the instances' memory is the Python way's.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import importlib
 import os
 import select
 import socket
-import subprocess
-import sys
-import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,10 +38,12 @@ from trackerd.core.policy_protocol import (
     PolicyDecoder,
 )
 from trackerd.edges import policy_loop
+from trackerd.edges.policy_server import RECENT_INSTANCES, RecentInstances
 
 c_loop = policy_loop._cpolicy_loop
 
 NAMES = tuple(name.encode("ascii") for name in USED_ATTRIBUTES)
+DELAY = 0.02
 
 
 class Harness:
@@ -52,16 +53,25 @@ class Harness:
         self.buffer = bytearray(policy_loop.READ_SIZE)
         self.fast = bytearray(policy_loop.SHORT_WAY_FDS)
         self.loop = c_loop.Loop(
-            self.poller.fileno(), NAMES, MAX_LINE, MAX_ATTRIBUTES, self.buffer, self.fast
+            self.poller.fileno(),
+            NAMES,
+            MAX_LINE,
+            MAX_ATTRIBUTES,
+            self.buffer,
+            self.fast,
+            DUNNO_RESPONSE,
+            DELAY,
         )
         self.pairs: list[tuple[socket.socket, socket.socket]] = []
 
     def connection(self, fast: bool = True) -> tuple[socket.socket, socket.socket]:
-        """(the daemon's end, registered; the peer's end)."""
+        """(the daemon's end, registered and opened; the peer's end)."""
         ours, peer = socket.socketpair()
         ours.setblocking(False)
+        peer.settimeout(10)
         self.poller.register(ours.fileno(), select.EPOLLIN)
         self.fast[ours.fileno()] = fast
+        self.loop.open(ours.fileno())
         self.pairs.append((ours, peer))
         return ours, peer
 
@@ -81,8 +91,11 @@ def harness() -> Iterator[Harness]:
     h.close()
 
 
-def request(n: int) -> bytes:
-    return ATTRIBUTES.format(ip=f"192.0.2.{n}", n=n, w=1).encode()
+def request(n: int, instance: str | None = None) -> bytes:
+    data = ATTRIBUTES.format(ip=f"192.0.2.{n}", n=n, w=1)
+    if instance is not None:
+        data = data.replace(f"instance=1.{n}\n", f"instance={instance}\n")
+    return data.encode()
 
 
 def python_values(data: bytes) -> tuple[str | None, ...]:
@@ -93,7 +106,7 @@ def python_values(data: bytes) -> tuple[str | None, ...]:
     return values
 
 
-def test_whole_requests_are_read_and_parsed_and_nothing_of_them_kept(harness: Harness) -> None:
+def test_whole_requests_are_served_and_nothing_of_them_kept(harness: Harness) -> None:
     connections = [harness.connection() for _ in range(3)]
     sent = {}
     for n, (ours, peer) in enumerate(connections):
@@ -102,13 +115,49 @@ def test_whole_requests_are_read_and_parsed_and_nothing_of_them_kept(harness: Ha
             data = data.replace(b"\n", b"\r\n")[:-2] + b"sender=<x@late.example>\r\n\r\n"
         peer.sendall(data)
         sent[ours.fileno()] = data
-    took, others, pending = harness.loop.serve(1000)
-    assert pending is None and others == []
-    assert sorted(fd for fd, _ in took) == sorted(sent)
-    for fd, values in took:
-        assert values == python_values(sent[fd])
+    before = time.monotonic()
+    served, others, pending, troubles, pairs = harness.loop.serve(1000, 3)
+    assert pending is None and others == [] and troubles == []
+    assert sorted(fd for fd, _, _ in served) == sorted(sent)
+    assert all(count == 1 and last_read >= before for _, count, last_read in served)
+    assert pairs is not None
+    conn_ips, senders, since = pairs
+    expected = sorted(python_values(data)[:2] for data in sent.values())
+    assert sorted(zip(conn_ips, senders, strict=True)) == expected
+    assert "<x@late.example>" in senders
+    assert before <= since <= time.monotonic()
     assert not any(harness.buffer)
-    assert dict(took)[connections[1][0].fileno()][1] == "<x@late.example>"
+    for _, peer in connections:  # each answered once
+        assert peer.recv(100) == DUNNO_RESPONSE
+
+
+def test_serve_goes_on_until_its_limit_or_the_oldest_pair_is_due(harness: Harness) -> None:
+    """One call serves request after request (one at a time, as smtpd asks); it
+    returns at limit pairs, or once the oldest has waited the delay."""
+    ours, peer = harness.connection()
+    answered: list[bytes] = []
+
+    def ask(n: int) -> None:
+        peer.sendall(request(n))
+
+    ask(0)
+    served, _, _, _, pairs = harness.loop.serve(0, 10)
+    assert pairs is not None and len(pairs[0]) == 1 and served[0][:2] == (ours.fileno(), 1)
+    answered.append(peer.recv(100))
+    # A limit of 1: back at the first pair, however long the timeout.
+    ask(1)
+    start = time.monotonic()
+    _, _, _, _, pairs = harness.loop.serve(60_000, 1)
+    assert pairs is not None and len(pairs[0]) == 1
+    answered.append(peer.recv(100))
+    # A high limit and a long timeout: back once the pair is DELAY old.
+    ask(2)
+    _, _, _, _, pairs = harness.loop.serve(60_000, 1000)
+    assert pairs is not None and len(pairs[0]) == 1
+    assert time.monotonic() - pairs[2] >= DELAY
+    assert time.monotonic() - start < 30
+    answered.append(peer.recv(100))
+    assert answered == [DUNNO_RESPONSE] * 3
 
 
 def test_a_read_that_is_not_one_whole_request_goes_back_with_its_bytes(
@@ -117,8 +166,8 @@ def test_a_read_that_is_not_one_whole_request_goes_back_with_its_bytes(
     ours, peer = harness.connection()
     two = request(1) + request(2)
     peer.sendall(two)
-    took, others, pending = harness.loop.serve(1000)
-    assert took == [] and others == []
+    served, others, pending, _, pairs = harness.loop.serve(1000, 10)
+    assert served == [] and others == [] and pairs is None
     assert pending is not None
     fd, offset, count = pending
     assert fd == ours.fileno()
@@ -126,70 +175,132 @@ def test_a_read_that_is_not_one_whole_request_goes_back_with_its_bytes(
     harness.buffer[offset : offset + count] = bytes(count)
     # A piece of a request, the same way.
     peer.sendall(request(3)[:100])
-    _, _, pending = harness.loop.serve(1000)
+    _, _, pending, _, _ = harness.loop.serve(1000, 10)
     assert pending is not None and pending[2] == 100
+    harness.buffer[:] = bytes(len(harness.buffer))
+    # A whole request whose instance is not plain ASCII: its bytes, the same way.
+    odd = request(4, instance="\u00e9t\u00e9")
+    peer.sendall(odd)
+    served, _, pending, _, pairs = harness.loop.serve(1000, 10)
+    assert served == [] and pairs is None
+    assert pending is not None and bytes(harness.buffer[: pending[2]]) == odd
     harness.buffer[:] = bytes(len(harness.buffer))
     # The peer's close: a read of 0 bytes.
     peer.shutdown(socket.SHUT_WR)
-    _, _, pending = harness.loop.serve(1000)
+    _, _, pending, _, _ = harness.loop.serve(1000, 10)
     assert pending == (ours.fileno(), 0, 0)
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(100)  # nothing was answered
 
 
-def test_connections_not_marked_and_other_events_go_to_the_python_code(
+def test_connections_not_marked_or_not_opened_and_other_events_go_to_the_python_code(
     harness: Harness,
 ) -> None:
     slow, slow_peer = harness.connection(fast=False)
     fast, fast_peer = harness.connection()
     slow_peer.sendall(request(1))
     fast_peer.sendall(request(2))
-    took, others, pending = harness.loop.serve(1000)
+    served, others, pending, _, _ = harness.loop.serve(1000, 10)
     assert pending is None
     # The one not marked is left unread, whatever epoll's order.
     assert (slow.fileno(), select.EPOLLIN) in others
     assert slow.recv(65536) == request(1)
-    assert [fd for fd, _ in took] in ([fast.fileno()], [])
-    if not took:  # epoll gave the slow one first: the rest went back too
+    assert [fd for fd, _, _ in served] in ([fast.fileno()], [])
+    if not served:  # epoll gave the slow one first: the rest went back too
         assert (fast.fileno(), select.EPOLLIN) in others
-    # Readable and hung up: the Python code's.
+        assert fast.recv(65536) == request(2)
+    # Marked but closed (its memory freed): the Python code's.
+    harness.loop.close(fast.fileno())
     fast_peer.sendall(request(3))
+    served, others, _, _, _ = harness.loop.serve(1000, 10)
+    assert served == [] and others == [(fast.fileno(), select.EPOLLIN)]
+    assert fast.recv(65536) == request(3)
+    # Readable and hung up: the Python code's.
+    harness.loop.open(fast.fileno())
+    fast_peer.sendall(request(4))
     fast_peer.close()
-    took, others, pending = harness.loop.serve(1000)
-    assert took == [] and pending is None
+    served, others, pending, _, _ = harness.loop.serve(1000, 10)
+    assert served == [] and pending is None
     assert [fd for fd, _ in others] == [fast.fileno()]
     assert others[0][1] & select.EPOLLHUP
 
 
 def test_a_wait_times_out_with_nothing(harness: Harness) -> None:
     harness.connection()
-    assert harness.loop.serve(0) == ([], [], None)
-    assert harness.loop.serve(10) == ([], [], None)
+    assert harness.loop.serve(0, 10) == ([], [], None, [], None)
+    assert harness.loop.serve(10, 10) == ([], [], None, [], None)
 
 
-def test_reply_names_the_connections_that_did_not_take_it_whole(harness: Harness) -> None:
-    fine, fine_peer = harness.connection()
-    full, _full_peer = harness.connection()
+def test_a_reply_not_taken_whole_is_named_and_the_connection_left_to_python(
+    harness: Harness,
+) -> None:
+    full, full_peer = harness.connection()
     closed, closed_peer = harness.connection()
-    closed_peer.close()
     # Fill full's send buffer until it takes nothing more.
     full.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     with pytest.raises(BlockingIOError):
         while True:
             full.send(b"x" * 4096)
-    fds = [fine.fileno(), full.fileno(), closed.fileno()]
-    troubles = dict(harness.loop.reply(fds, DUNNO_RESPONSE))
-    assert fine.fileno() not in troubles
-    assert fine_peer.recv(100) == DUNNO_RESPONSE
+    full_peer.sendall(request(1))
+    closed_peer.sendall(request(2))
+    closed_peer.shutdown(socket.SHUT_RD)
+    troubles: dict[int, int] = {}
+    served_fds: set[int] = set()
+    conn_ips: list[str | None] = []
+    while len(troubles) < 2:
+        served, _, _, more, pairs = harness.loop.serve(1000, 10)
+        troubles.update(more)
+        served_fds.update(fd for fd, _, _ in served)
+        if pairs is not None:
+            conn_ips += pairs[0]
+    assert served_fds == {full.fileno(), closed.fileno()}
+    assert sorted(conn_ips) == ["192.0.2.1", "192.0.2.2"]  # recorded all the same
     assert 0 <= troubles[full.fileno()] < len(DUNNO_RESPONSE)
-    assert troubles[closed.fileno()] == -errno.EPIPE
+    assert troubles[closed.fileno()] in (-errno.EPIPE, -errno.ECONNRESET, 0)
+    assert not harness.fast[full.fileno()] and not harness.fast[closed.fileno()]
+
+
+def test_the_memory_of_instances_is_the_python_ways(harness: Harness) -> None:
+    """Another recipient of a recent message is answered and not queued, whichever way
+    (C or the Python code's first()) saw the message first; the memory holds the last
+    RECENT_INSTANCES, as RecentInstances does."""
+    ours, peer = harness.connection()
+    fd = ours.fileno()
+    python = RecentInstances()
+    instances = [f"m{n % (RECENT_INSTANCES + 3)}" for n in range(4 * RECENT_INSTANCES)]
+    instances += ["m1"] * 3
+    for n, instance in enumerate(instances):
+        expected = python.first(instance)
+        if n % 3 == 0:  # the Python way, through the same memory
+            assert harness.loop.first(fd, instance) == expected
+            continue
+        peer.sendall(request(n, instance=instance))
+        served, _, _, _, pairs = harness.loop.serve(1000, 1)
+        assert served[0][:2] == (fd, 1)
+        assert (pairs is not None) == expected, instance
+        assert peer.recv(100) == DUNNO_RESPONSE
+    # Non-ASCII through first(): equal strings, equal answers.
+    assert harness.loop.first(fd, "\u00e9") and not harness.loop.first(fd, "\u00e9")
+    # No instance, or an empty one: always queued.
+    for data in (request(1).replace(b"instance=1.1\n", b""), request(1, instance="")):
+        for _ in range(2):
+            peer.sendall(data)
+            _, _, _, _, pairs = harness.loop.serve(1000, 1)
+            assert pairs is not None
+            assert peer.recv(100) == DUNNO_RESPONSE
+    # A connection reopened on the same descriptor starts afresh.
+    harness.loop.open(fd)
+    assert harness.loop.first(fd, "m1")
 
 
 def test_a_loop_is_initialised_once(harness: Harness) -> None:
     """serve() reads the names with the lock released, so a second __init__ (from
     another thread, or failing half way) would free them under it: it is refused,
     and the loop keeps its names."""
-    ours, peer = harness.connection()
+    _, peer = harness.connection()
     name = bytes(bytearray(b"s" * 200 + b"sender"))  # a new object, held nowhere else
-    for names in ((name, 7), (name,)):
+    for names in ((name, 7, name), (name, name, name)):
         with pytest.raises(RuntimeError):
             harness.loop.__init__(  # type: ignore[misc]
                 harness.poller.fileno(),
@@ -198,44 +309,59 @@ def test_a_loop_is_initialised_once(harness: Harness) -> None:
                 MAX_ATTRIBUTES,
                 harness.buffer,
                 harness.fast,
+                DUNNO_RESPONSE,
+                DELAY,
             )
     del name
     peer.sendall(request(1))
-    assert harness.loop.serve(5000) == ([(ours.fileno(), python_values(request(1)))], [], None)
-
-
-def test_reply_takes_exact_ints_only() -> None:
-    """An int subclass's or any other object's __index__ may change the list while
-    reply() reads it: only exact ints are taken. In a fresh interpreter: a crash
-    there fails this."""
-    if c_loop is None:
-        pytest.skip("the C extension is not built")
-    code = """
-        import select
-        from trackerd.edges._cpolicy_loop import Loop
-        poller = select.epoll()
-        loop = Loop(poller.fileno(), (b"sender",), 100, 10, bytearray(200), bytearray(10))
-        fds = []
-        class Emptying:
-            def __index__(self):
-                fds.clear()
-                return 1
-        fds.extend([Emptying()] + [object() for _ in range(40)])
-        for given in (fds, [True]):
-            try:
-                loop.reply(given, b"x")
-            except TypeError as exc:
-                print("TypeError:", exc)
-    """
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONMALLOC": "debug"},
+    _, _, _, _, pairs = harness.loop.serve(5000, 1)
+    assert pairs is not None and (pairs[0], pairs[1]) == (
+        [python_values(request(1))[0]],
+        [python_values(request(1))[1]],
     )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["TypeError: reply: the descriptors must be ints"] * 2
+
+
+def test_no_other_call_while_serve_runs_without_the_lock(harness: Harness) -> None:
+    """open(), close() and first() touch what serve() reads with the lock released:
+    from another thread meanwhile, they are refused."""
+    ours, peer = harness.connection()
+    outcome: list[BaseException] = []
+
+    def other() -> None:
+        # Until serve() waits (it waits 5 s for a request): first() is refused then.
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            try:
+                harness.loop.first(ours.fileno(), "probe")
+            except RuntimeError as exc:
+                outcome.append(exc)
+                break
+        for call in (
+            lambda: harness.loop.open(ours.fileno()),
+            lambda: harness.loop.close(ours.fileno()),
+        ):
+            try:
+                call()
+            except RuntimeError as exc:
+                outcome.append(exc)
+        peer.sendall(request(1))
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    _, _, _, _, pairs = harness.loop.serve(5000, 1)
+    thread.join()
+    assert pairs is not None
+    assert len(outcome) == 3 and all("busy" in str(exc) for exc in outcome)
+
+
+def test_descriptors_out_of_range_are_refused(harness: Harness) -> None:
+    for fd in (-1, policy_loop.SHORT_WAY_FDS):
+        with pytest.raises(ValueError):
+            harness.loop.open(fd)
+        with pytest.raises(ValueError):
+            harness.loop.first(fd, "x")
+    with pytest.raises(ValueError):
+        harness.loop.first(3, "x")  # not opened
 
 
 # --- the daemon on each path ------------------------------------------------------------

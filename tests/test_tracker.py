@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trackerd.core.digest_table import Digests
+from trackerd.core.keyed_hash import C_CHUNK
 from trackerd.core.normalise import REJECTED, Category, classify_conn_ip, classify_sender
 from trackerd.core.raw_cache import CRawCache
 from trackerd.core.tracker import SALT_SIZE, SPLIT_CHUNK, Tracker
@@ -126,8 +127,11 @@ def test_the_raw_value_cache_changes_no_count() -> None:
     assert len(cached._conn_cache) == 53 and len(uncached._conn_cache) == 0
 
 
-def test_the_raw_value_cache_holds_no_cleartext() -> None:
-    tracker = Tracker()
+@pytest.mark.parametrize("c_first_sightings", [True, False])
+def test_the_raw_value_cache_holds_no_cleartext(c_first_sightings: bool) -> None:
+    """With first sightings in C (where built), the domain-part cache stays empty:
+    C decides the usual senders; without, it holds digests only."""
+    tracker = Tracker(c_first_sightings=c_first_sightings)
     tracker.record_pairs([("203.0.113.77", "someone@secret-domain.example")])
     dump = b""
     for cache in (tracker._conn_cache, tracker._sender_cache):
@@ -145,7 +149,9 @@ def test_the_raw_value_cache_holds_no_cleartext() -> None:
             "_table": np.ndarray}  # fmt: skip
         assert cache._table.dtype == np.int64
         dump += cache._table.tobytes()
-    assert tracker._domain_cache
+    assert bool(tracker._domain_cache) is (tracker._first is None)
+    if tracker._first is not None:
+        assert not hasattr(tracker._first, "__dict__")  # its state is C memory
     for key, value in tracker._domain_cache.items():
         assert type(key) is int
         assert type(value) is tuple and type(value[1]) is bytes
@@ -274,14 +280,17 @@ def test_a_passed_deadline_counts_from_the_first_pair_on_and_says_how_far(
     assert tracker_counts(tracker) == tracker_counts(whole)
 
 
-def test_a_passed_deadline_stops_after_the_first_chunk_of_misses() -> None:
+@pytest.mark.parametrize("c_first_sightings", [True, False])
+def test_a_passed_deadline_stops_after_the_first_chunk_of_misses(c_first_sightings: bool) -> None:
     # New connection IPs are normalised SPLIT_CHUNK at a time (each costs at most a
-    # few µs); the clock is read after each chunk.
-    tracker = Tracker()
-    ips = [f"10.0.{i // 256}.{i % 256}" for i in range(SPLIT_CHUNK + 10)]
+    # few µs), or C_CHUNK at a time where C decides them; the clock is read after
+    # each chunk.
+    tracker = Tracker(c_first_sightings=c_first_sightings)
+    chunk = C_CHUNK if tracker._first is not None else SPLIT_CHUNK
+    ips = [f"10.{i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(chunk + 10)]
     senders = ["u@example.com"] * len(ips)
-    assert tracker.record_columns(ips, senders, deadline=0.0) == SPLIT_CHUNK
-    assert tracker.status().records == SPLIT_CHUNK
+    assert tracker.record_columns(ips, senders, deadline=0.0) == chunk
+    assert tracker.status().records == chunk
     # Cache hits cost no clock reading: the first IPs again, and nothing else new.
     assert tracker.record_columns(ips[:5] * 5, senders[:25], deadline=0.0) == 25
 

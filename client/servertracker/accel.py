@@ -46,6 +46,7 @@ DAEMON_MODULES: Final[Mapping[str, str]] = {
     "trackerd.core._ccolumns": "columns scan",
     "trackerd.core._cpolicy": "policy decoder",
     "trackerd.edges._cpolicy_loop": "policy loop",
+    "trackerd.core._cfirst": "first sightings",
 }
 #: The extension modules a worker's servertracker uses.
 LIBRARY_MODULES: Final[Mapping[str, str]] = {

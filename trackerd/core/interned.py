@@ -24,15 +24,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from servertracker.sender_split import Outcome, split_sender, split_senders
+from trackerd.core import keyed_hash
 from trackerd.core.definition_cache import DefinitionCache
 from trackerd.core.distinct_counter import DistinctCounter
 from trackerd.core.fleet_sketch import FleetSketch
+from trackerd.core.keyed_hash import C_CHUNK, UNSURE
 from trackerd.core.normalise import Category, classify_conn_ip, classify_domain_part
 from trackerd.core.value_table import (
     COUNTED,
@@ -48,6 +50,9 @@ from trackerd.core.value_table import (
 )
 from trackerd.core.windows import Window
 
+if TYPE_CHECKING:
+    from trackerd.core._cfirst import FirstSightings
+
 #: What a definition came to, from a miss: one int, digest | code << 64 | register << 72.
 Defined = int
 _DIGEST_BITS: Final = 64
@@ -62,6 +67,11 @@ SENDERS: Final = 1
 
 _OUTCOME_CODES: Final = {Outcome.REJECTED: REJECTED, Outcome.IGNORED: IGNORED}
 _NO_DIGEST: Final = bytes(8)
+#: A value table's code for each of keyed_hash.classify()'s codes (UNSURE: none).
+_C_TABLE_CODES: Final = np.array(
+    [0, COUNTED + Category.CONN_IP, COUNTED + Category.DOMAIN, COUNTED + Category.IP_SERVER,
+     REJECTED, IGNORED], dtype=np.int8,
+)  # fmt: skip
 #: New values normalised at a time under a deadline (tracker.py's SPLIT_CHUNK).
 DEFINE_CHUNK: Final = 256
 
@@ -87,6 +97,9 @@ class InternedCounting:
         [list[str | Outcome], list[tuple[int, bytes] | Outcome | None], float | None], int
     ]
     _follow_the_clock: Callable[[], None]
+    #: First sightings in C (keyed_hash.py), or None; tracker.py's _classified_in_c.
+    _first: FirstSightings | None
+    _classified_in_c: Callable[[int, Sequence[str | None]], tuple[bytes, bytes]]
 
     def value_tables(self, granted: int) -> ValueTables:
         """Empty tables of granted ids each, with what this tracker's mode needs."""
@@ -191,7 +204,63 @@ class InternedCounting:
     ) -> int:
         """_define_misses() outside fleet mode: record_columns()' first sightings, a
         batch at a time (tracker.py: _conn_ips_seen, _new_domain_parts), DEFINE_CHUNK
-        values at a time under a deadline."""
+        values at a time under a deadline. Where C decides first sightings, it
+        decides the common forms first, and only the others go that way."""
+        if self._first is None:
+            return self._define_in_python(column, values, keys, misses, deadline, codes, digests)
+        misses, done = self._define_in_c(column, values, keys, misses, deadline, codes, digests)
+        if misses.size:
+            done = min(done, self._define_in_python(column, values, keys, misses, deadline, codes,
+                                                    digests))  # fmt: skip
+        return done
+
+    def _define_in_c(
+        self,
+        column: int,
+        values: Sequence[str],
+        keys: npt.NDArray[np.int64] | None,
+        misses: npt.NDArray[np.intp],
+        deadline: float | None,
+        codes: npt.NDArray[np.int8],
+        digests: npt.NDArray[np.uint64],
+    ) -> tuple[npt.NDArray[np.intp], int]:
+        """The misses C is sure of, C_CHUNK at a time, the clock checked after each
+        chunk: codes and digests filled in, digests queued, definitions cached.
+        Returns the misses before the limit left to normalise.py, and the limit: how
+        many values are done once those are (tracker.py's _misses_in_c)."""
+        limit = len(values)
+        unsure = []
+        c_column = keyed_hash.CONN_IPS if column == IPS else keyed_hash.SENDERS
+        for start in range(0, misses.size, C_CHUNK):
+            chunk = misses[start : start + C_CHUNK]
+            found, found_digests = self._classified_in_c(
+                c_column, [values[at] for at in chunk.tolist()]
+            )
+            c_codes = np.frombuffer(found, dtype=np.uint8)
+            sure = c_codes != UNSURE
+            at = chunk[sure]
+            codes[at] = _C_TABLE_CODES[c_codes[sure]]
+            digests[at] = np.frombuffer(found_digests, dtype="<u8")[sure]
+            if keys is not None:
+                self._defined[column].remember(keys[at], codes[at], digests[at], None)
+            unsure.append(chunk[~sure])
+            more = start + C_CHUNK < misses.size
+            if more and deadline is not None and time.perf_counter() > deadline:
+                limit = int(misses[start + C_CHUNK])
+                break
+        return np.concatenate(unsure) if unsure else misses, limit
+
+    def _define_in_python(
+        self,
+        column: int,
+        values: Sequence[str],
+        keys: npt.NDArray[np.int64] | None,
+        misses: npt.NDArray[np.intp],
+        deadline: float | None,
+        codes: npt.NDArray[np.int8],
+        digests: npt.NDArray[np.uint64],
+    ) -> int:
+        """_define_batch() by normalise.py."""
         indices: list[int] = misses.tolist()
         chunk = len(indices) if deadline is None else DEFINE_CHUNK
         done = len(values)

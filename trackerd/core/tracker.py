@@ -24,12 +24,10 @@ each distinct value costs one more miss per period.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from itertools import islice, repeat, starmap
+from itertools import islice, repeat
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -42,6 +40,7 @@ from trackerd.core.definition_cache import DefinitionCache
 from trackerd.core.distinct_counter import DEFAULT_MAX_EXACT, DistinctCounter
 from trackerd.core.fleet_sketch import FleetSketch
 from trackerd.core.interned import InternedCounting
+from trackerd.core.keyed_hash import C_CHUNK, CONN_IPS, SENDERS, UNSURE, new_keyed_hash
 from trackerd.core.normalise import (
     Category,
     classify_conn_ip,
@@ -90,11 +89,11 @@ FEW_PAIRS = 4
 #: alone, the clock checked after each.
 SPLIT_CHUNK = 256
 
-#: The type of the hashers (their methods are mapped over many at a time).
-_BLAKE2B = type(hashlib.blake2b())
-
 #: The raw-value caches' code for each outcome.
 _CODES: dict[Outcome, int] = {Outcome.REJECTED: CODE_REJECTED, Outcome.IGNORED: IGNORED}
+#: The raw-value caches' code for each of keyed_hash.classify()'s codes (UNSURE: MISS).
+_C_CODES = (MISS, COUNTED, COUNTED, COUNTED, CODE_REJECTED, IGNORED)
+_C_CODES_ARRAY = np.array(_C_CODES, dtype=np.int8)
 
 #: The Status field that reports each category.
 STATUS_FIELDS = {
@@ -119,20 +118,21 @@ class Tracker(InternedCounting):
         monotonic: Callable[[], float] = time.monotonic,
         fleet: FleetSketch | None = None,
         raw_cache_slots: int = RAW_CACHE_SLOTS,
+        c_first_sightings: bool = True,
     ) -> None:
         """``salt`` exists for tests of the core; the daemon never passes one.
         ``fleet``, when given, is fed each canonical value on a cache miss.
         ``monotonic`` is the windows' clock: a wall clock set back or forward must
-        not age values out early or late.
+        not age values out early or late. ``c_first_sightings=False`` keeps the
+        first sightings in Python although the C extension runs (for tests).
         """
         key = secrets.token_bytes(SALT_SIZE) if salt is None else salt
-        # One pre-keyed hasher per category, copied per value: the key block is
-        # processed once, and a value can never match across categories.
-        self._hashers = tuple(
-            hashlib.blake2b(key=key, digest_size=DIGEST_SIZE, person=b"trackerd-%d" % category)
-            for category in Category
-        )
+        # The keyed hash (keyed_hash.py): in C where built, else hashlib.
+        self._hash = new_keyed_hash(key, DIGEST_SIZE, c=c_first_sightings)
         del key
+        # First sightings of the common forms decided in C, where built; not in
+        # fleet mode, which needs each canonical value (fleet_sketch.py).
+        self._first = self._hash.first_sightings if fleet is None else None
         self.counters = tuple(
             DistinctCounter(STATUS_FIELDS[category], max_exact, windowed=bool(windows))
             for category in Category
@@ -172,17 +172,12 @@ class Tracker(InternedCounting):
         self.record_columns((conn_ip,), (sender,))
 
     def _digest(self, category: int, key: bytes) -> bytes:
-        hasher = self._hashers[category].copy()
-        hasher.update(key)
-        return hasher.digest()
+        return self._hash.digest(category, key)
 
     def _queue(self, category: int, keys: list[bytes]) -> list[bytes]:
         """The keyed digests of canonical keys of one category, queued for its
-        counter (and each key fed to the fleet sketch). The copies, updates and
-        digests run in map(), without a Python statement per key."""
-        hashers = list(starmap(self._hashers[category].copy, repeat((), len(keys))))
-        deque(map(_BLAKE2B.update, hashers, keys), maxlen=0)
-        digests = list(map(_BLAKE2B.digest, hashers))
+        counter (and each key fed to the fleet sketch)."""
+        digests = self._hash.digests(category, keys)
         self.counters[category].pending.extend(digests)
         if self.fleet is not None:
             for key in keys:
@@ -195,8 +190,54 @@ class Tracker(InternedCounting):
     # _domain_part_miss: a Postfix policy request's pair) or a batch at a time
     # (_conn_ips_seen, _domain_parts_seen); both give the same results.
 
+    def _classified_in_c(self, column: int, values: Sequence[str | None]) -> tuple[bytes, bytes]:
+        """keyed_hash's classify() of values (only where self._first): the counted
+        ones' digests queued; each value's code (UNSURE: normalise.py decides) and
+        digest returned."""
+        assert self._first is not None
+        codes, digests, queued = self._first.classify(column, values)
+        for counter, some in zip(self.counters, queued, strict=True):
+            if some:
+                counter.queue_chunk(some)
+        return codes, digests
+
+    def _misses_in_c(
+        self,
+        column: int,
+        cache: RawCache | CRawCache,
+        values: Sequence[str | None],
+        keys: Keys,
+        codes: Codes,
+        misses: npt.NDArray[np.intp],
+        deadline: float | None,
+    ) -> tuple[npt.NDArray[np.intp], int]:
+        """Decide in C the misses it is sure of, C_CHUNK at a time, the clock checked
+        after each chunk: their codes filled in, digests queued, outcomes remembered.
+        Returns the misses before the limit that normalise.py must decide, and the
+        limit: how many pairs, from the first, are done once those are."""
+        limit = len(codes)
+        unsure = []
+        for start in range(0, misses.size, C_CHUNK):
+            chunk = misses[start : start + C_CHUNK]
+            classified, _ = self._classified_in_c(column, [values[at] for at in chunk.tolist()])
+            found = _C_CODES_ARRAY[np.frombuffer(classified, dtype=np.uint8)]
+            codes[chunk] = found
+            sure = found != MISS
+            if self.raw_cache_entries:
+                cache.remember(keys[chunk[sure]], found[sure])
+            unsure.append(chunk[~sure])
+            more = start + C_CHUNK < misses.size
+            if more and deadline is not None and time.perf_counter() > deadline:
+                limit = int(misses[start + C_CHUNK])
+                break
+        return np.concatenate(unsure) if unsure else misses, limit
+
     def _conn_ip_miss(self, value: str | None) -> int:
         """Normalise a connection IP not cached; its outcome code (raw_cache.py)."""
+        if self._first is not None:
+            code = self._classified_in_c(CONN_IPS, (value,))[0][0]
+            if code != UNSURE:
+                return _C_CODES[code]
         key = classify_conn_ip(value)
         if type(key) is bytes:
             self.counters[Category.CONN_IP].pending.append(self._digest(Category.CONN_IP, key))
@@ -402,9 +443,7 @@ class Tracker(InternedCounting):
             code = sender_cache.code(key) if cached else MISS
             if code == MISS:
                 missed = True
-                part = split_sender(sender)
-                result = self._domain_part_miss(part, hash(part)) if type(part) is str else part
-                code = COUNTED if type(result) is tuple else _CODES[cast(Outcome, result)]
+                code = self._sender_miss(sender)
                 if cached:
                     sender_cache.put(key, code)
             rejected_senders += code == CODE_REJECTED
@@ -417,6 +456,16 @@ class Tracker(InternedCounting):
         for counter in self.counters:
             counter.flush_if_full()
         return done
+
+    def _sender_miss(self, sender: str | None) -> int:
+        """Decide a raw sender not cached; its outcome code (raw_cache.py)."""
+        if self._first is not None:
+            code = self._classified_in_c(SENDERS, (sender,))[0][0]
+            if code != UNSURE:
+                return _C_CODES[code]
+        part = split_sender(sender)
+        result = self._domain_part_miss(part, hash(part)) if type(part) is str else part
+        return COUNTED if type(result) is tuple else _CODES[cast(Outcome, result)]
 
     def _look_up(
         self, cache: RawCache | CRawCache, values: Sequence[str | None]
@@ -435,6 +484,25 @@ class Tracker(InternedCounting):
     ) -> int:
         """Fill in the codes of the IPs not cached, a chunk of new values at a time;
         how many pairs are done (see record_columns)."""
+        if self._first is not None:
+            misses, limit = self._misses_in_c(
+                CONN_IPS, self._conn_cache, conn_ips, keys, codes, misses, deadline
+            )
+            if misses.size:
+                limit = min(limit, self._conn_misses_in_python(conn_ips, keys, codes, misses,
+                                                               deadline))  # fmt: skip
+            return limit
+        return self._conn_misses_in_python(conn_ips, keys, codes, misses, deadline)
+
+    def _conn_misses_in_python(
+        self,
+        conn_ips: Sequence[str | None],
+        keys: Keys,
+        codes: Codes,
+        misses: npt.NDArray[np.intp],
+        deadline: float | None,
+    ) -> int:
+        """_conn_misses() by normalise.py."""
         indices: list[int] = misses.tolist()
         if not self.raw_cache_entries:  # no keys: every value on its own
             firsts, repeated = indices, False
@@ -541,7 +609,29 @@ class Tracker(InternedCounting):
         domains): the split is one regular-expression pass, the domain parts are
         looked up by a comprehension, and the raw texts remembered in one call.
         New domain parts are normalised and hashed a batch at a time.
+
+        Where C decides first sightings (keyed_hash.py), it decides the common
+        forms first, and only the others go this way.
         """
+        if self._first is not None:
+            misses, limit = self._misses_in_c(
+                SENDERS, self._sender_cache, senders, keys, codes, misses, deadline
+            )
+            if misses.size:
+                limit = min(limit, self._sender_misses_in_python(senders, keys, codes, misses,
+                                                                 deadline))  # fmt: skip
+            return limit
+        return self._sender_misses_in_python(senders, keys, codes, misses, deadline)
+
+    def _sender_misses_in_python(
+        self,
+        senders: Sequence[str | None],
+        keys: Keys,
+        codes: Codes,
+        misses: npt.NDArray[np.intp],
+        deadline: float | None,
+    ) -> int:
+        """_sender_misses() by split_senders() and normalise.py."""
         indices: list[int] = misses.tolist()
         domain_get = self._domain_cache.get
         # Split a chunk at a time under a deadline: splitting is cheap beside

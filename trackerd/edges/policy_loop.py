@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -43,14 +44,19 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
 
 from servertracker import accel
-from trackerd.core.policy_protocol import MAX_ATTRIBUTES, MAX_LINE, USED_ATTRIBUTES
+from trackerd.core.policy_protocol import (
+    DUNNO_RESPONSE,
+    MAX_ATTRIBUTES,
+    MAX_LINE,
+    USED_ATTRIBUTES,
+)
 from trackerd.edges import stream_server
 from trackerd.edges.access import LogThrottle
 from trackerd.edges.msgpack_server import MAX_SLICE, MIN_SLICE, SLICE_SECONDS
@@ -84,14 +90,18 @@ Record = Callable[[Sequence[str | None], Sequence[str | None], float], int]
 
 _IN, _OUT, _HUP, _ERR = select.EPOLLIN, select.EPOLLOUT, select.EPOLLHUP, select.EPOLLERR
 
-#: The C twin of the thread's common case (edges/_cpolicy_loop.c): the wait, and
-#: each ready connection whose read is one whole request, read and parsed without
-#: the interpreter lock; or None: the Python code below does all.
+#: The C twin of the thread's common case (edges/_cpolicy_loop.c): the waits, and
+#: each ready connection whose read is one whole request, read, parsed, queued and
+#: answered without the interpreter lock, the queue handed back in batches; or
+#: None: the Python code below does all.
 EXTENSION = "trackerd.edges._cpolicy_loop"
 _cpolicy_loop = accel.load(EXTENSION)
 #: Descriptors the C loop may serve the short way: one byte each (1: yes), by
 #: number; a descriptor past the end always goes the Python way.
 SHORT_WAY_FDS = 1 << 16
+#: The C loop's answer to every request it serves: a connection whose session
+#: answers otherwise is not marked for it.
+SHORT_REPLY = DUNNO_RESPONSE
 
 
 class Handover:
@@ -130,6 +140,8 @@ class Handover:
         #: wakes the thread (set by PolicyLoop).
         self.want_room = False
         self.wake_thread: Callable[[], None] = lambda: None
+        #: Has the thread queue here the pairs its C loop holds (set by PolicyLoop).
+        self.collect: Callable[[], Awaitable[None]] = _nothing
 
     def put(self, conn_ip: str | None, sender: str | None) -> None:
         """The thread's: queue one pair to record."""
@@ -137,6 +149,17 @@ class Handover:
         self._senders.append(sender)  # last: the pair is complete
         if self._since is None:
             self._since = monotonic()
+
+    def put_many(self, conn_ips: list[str | None], senders: list[str | None], since: float) -> None:
+        """The thread's: queue the pairs the C loop queued, the oldest at since."""
+        self._conn_ips += conn_ips
+        self._senders += senders  # last: the pairs are complete
+        if self._since is None or since < self._since:
+            self._since = since
+
+    @property
+    def queued(self) -> int:
+        return len(self._senders)
 
     @property
     def full(self) -> bool:
@@ -181,6 +204,7 @@ class Handover:
         """The event loop's, before a status snapshot: count every pair queued by
         now (so every request answered before it), a slice at a time, the loop let
         go in between. Pairs queued meanwhile wait for flush()."""
+        await self.collect()  # the C loop's: answered, so counted now
         target = self.counted + len(self._senders)
         while self.counted < target:
             self.count_slice()
@@ -241,6 +265,8 @@ class PolicyLoop:
                 MAX_ATTRIBUTES,
                 self.buffer,
                 self.short_way,
+                SHORT_REPLY,
+                HANDOVER_DELAY,
             )
         )
         self.draining = False
@@ -249,6 +275,8 @@ class PolicyLoop:
         self._exit = False
         self._thread = threading.Thread(target=self._run, name="trackerd-policy", daemon=True)
         handover.wake_thread = self.wake
+        if self._c is not None:
+            handover.collect = self._collect
 
     # --- the event loop's calls --------------------------------------------------------
 
@@ -262,6 +290,24 @@ class PolicyLoop:
         """Run command in the thread, soon."""
         self._commands.append(command)
         self.wake()
+
+    async def _collect(self) -> None:
+        """Return once the thread has queued in the hand-over every pair its C loop
+        held when called: the thread does so after each serve() (before it runs
+        commands), and a command ends the C loop's wait."""
+        if not self._thread.is_alive():
+            return  # it queued them all before it ended
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def answer() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(_resolve, done)
+
+        self.call(answer)
+        # At most JOIN_TIMEOUT: the thread may end before it runs the command.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(done), JOIN_TIMEOUT)
 
     def adopt(self, sock: socket.socket, session: Session, done: Callable[[], None]) -> Handle:
         """Serve an admitted socket with session; done() is called (in the thread)
@@ -335,13 +381,19 @@ class PolicyLoop:
             events = self.poller.poll(max(wait, 0.0) if wait < math.inf else -1)
             now = monotonic()
         else:
-            # epoll_wait's milliseconds, rounded up as select.epoll.poll() does.
-            took, events, pending = self._c.serve(
-                math.ceil(max(wait, 0.0) * 1000) if wait < math.inf else -1
+            # epoll_wait's milliseconds, rounded up as select.epoll.poll() does; the C
+            # loop serves whole requests until it needs this code or BATCH pairs wait.
+            served, events, pending, troubles, pairs = self._c.serve(
+                math.ceil(max(wait, 0.0) * 1000) if wait < math.inf else -1,
+                BATCH - handover.queued,
             )
             now = monotonic()
-            if took:
-                self._short_way(took, now)
+            if pairs is not None:  # first: before any command (_collect) runs
+                handover.put_many(*pairs)
+            for fd, count, last_read in served:
+                connections[fd].served(count, last_read)
+            for fd, sent in troubles:
+                connections[fd].sent_short(sent)
             if pending is not None:
                 fd, offset, count = pending
                 connections[fd].read(offset, count, now)
@@ -357,24 +409,6 @@ class PolicyLoop:
                 connection.go_on(now)
         if now >= self._next_timer:
             self._timers(now)
-
-    def _short_way(self, took: list[tuple[int, tuple[str | None, ...]]], now: float) -> None:
-        """The requests the C loop read and parsed: each handed to its session
-        (recorded: queued for the event loop), then all answered in one call."""
-        connections = self.connections
-        replies: dict[bytes, list[int]] = {}  # one reply in practice: DUNNO
-        for fd, request in took:
-            connection = connections[fd]
-            try:
-                reply = connection.took(request, now)
-            except Exception as exc:
-                connection.failed(exc)
-            else:
-                replies.setdefault(reply, []).append(fd)
-        assert self._c is not None
-        for reply, fds in replies.items():
-            for fd, sent in self._c.reply(fds, reply):
-                connections[fd].sent_short(reply, sent)
 
     def _run_commands(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -464,6 +498,12 @@ class ThreadConnection:
         session.write = self._write
 
     def start(self, now: float) -> None:
+        c = self._loop._c
+        if c is not None and self._fd < SHORT_WAY_FDS:
+            # The C loop's memory of this connection's instances, which the session's
+            # Python way shares (the descriptor's number may have served another).
+            c.open(self._fd)
+            self._session.served_by_c(functools.partial(c.first, self._fd))
         self._loop.connections[self._fd] = self
         self._loop.poller.register(self._fd, _IN)
         self._events = _IN
@@ -511,31 +551,34 @@ class ThreadConnection:
     def _short_way(self) -> None:
         """Mark whether the C loop may serve this connection: only while it waits for
         a request with nothing held, nothing to send, not draining (so a read that
-        is one whole request needs nothing of the rest of this class but took())."""
+        is one whole request needs nothing of the rest of this class but served())."""
         fd = self._fd
         if fd < SHORT_WAY_FDS:
             self._loop.short_way[fd] = (
                 self._events == _IN
                 and not (self._draining or self._lost or self._closing)
-                and self._session.short_reply is not None
+                and self._session.short_reply == SHORT_REPLY
                 and not self._session.in_progress()
             )
 
-    def took(self, request: tuple[str | None, ...], now: float) -> bytes:
-        """The C loop read one whole request and parsed it: the session handles it;
-        the reply to send. (Nothing else changes: the connection was idle and stays so.)"""
-        self._last_read = now
-        self._session.took(request)
-        reply = self._session.short_reply
-        assert reply is not None  # marked for the short way only with one
-        return reply
+    def served(self, count: int, last_read: float) -> None:
+        """The C loop served count whole requests (recorded and answered), the last
+        read at last_read. (Nothing else changes: the connection was idle and stays so.)"""
+        self._last_read = last_read
+        try:
+            self._session.served(count)
+        except Exception as exc:
+            self.failed(exc)
 
-    def sent_short(self, reply: bytes, sent: int) -> None:
-        """The C loop's send of a reply did not take it whole: sent bytes, or -errno."""
+    def sent_short(self, sent: int) -> None:
+        """The C loop's send of the last reply did not take it whole: sent bytes, or
+        -errno (and the C loop no longer serves this connection)."""
         try:
             if sent < 0:
                 self._broken = True
             else:
+                reply = self._session.short_reply
+                assert reply is not None  # marked for the short way only with one
                 self._sent(reply, sent)
             self._settle()
         except Exception as exc:
@@ -701,6 +744,9 @@ class ThreadConnection:
         except Exception as exc:  # see ready()
             log_failure(exc)
         finally:
+            c = self._loop._c
+            if c is not None and self._fd < SHORT_WAY_FDS:
+                c.close(self._fd)  # after closed(): the session's last use of it
             with contextlib.suppress(OSError):
                 self._loop.poller.unregister(self._fd)
             self._sock.close()
@@ -764,3 +810,12 @@ class ThreadConnection:
             self._server.timeouts += 1
             stream_server.log_unread(self._loop.unread_log)
         self.lost()
+
+
+async def _nothing() -> None:
+    pass
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

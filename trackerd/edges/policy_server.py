@@ -173,14 +173,12 @@ class PolicyServer(StreamServer):
         self._writer.notify_changed()
         return done
 
-    def record(self, request: Request, recent: collections.deque[str]) -> None:
+    def record(self, request: Request, first_instance: Callable[[str], bool]) -> None:
         """The policy thread's: record a request (hand it to the event loop), unless
         it is another recipient of a message recorded already."""
         client_address, sender, instance = request  # the decoder's USED_ATTRIBUTES
-        if instance:
-            if instance in recent:
-                return
-            recent.append(instance)
+        if instance and not first_instance(instance):
+            return
         self._put(client_address, sender)
 
     def protocol_error(self, exc: PolicyProtocolError) -> None:
@@ -197,7 +195,9 @@ class PolicySession(Session):
     def __init__(self, server: PolicyServer) -> None:
         self._server = server
         self._decoder = PolicyDecoder()
-        self._recent: collections.deque[str] = collections.deque(maxlen=RECENT_INSTANCES)
+        #: The connection's memory of its recent instances (the C loop's, once it
+        #: serves the connection: served_by_c()).
+        self._recent: Callable[[str], bool] = RecentInstances().first
 
     def received(self, data: memoryview) -> bool:
         # Nearly always one whole request a read (smtpd waits for each answer):
@@ -214,11 +214,13 @@ class PolicySession(Session):
         self.write(DUNNO_RESPONSE)
         return True
 
-    def took(self, request: Request) -> None:
-        # The policy thread's C loop parsed a read that was one whole request (the
+    def served(self, count: int) -> None:
+        # The policy thread's C loop served count reads, each one whole request (the
         # decoder's short way, on a connection whose decoder held nothing).
-        self._decoder.requests += 1
-        self._server.record(request, self._recent)
+        self._decoder.requests += count
+
+    def served_by_c(self, first_instance: Callable[[str], bool]) -> None:
+        self._recent = first_instance
 
     def resume(self) -> bool:
         return self._answer()
@@ -275,6 +277,23 @@ class PolicySession(Session):
             self._server.protocol_error(exc)
             return False
         self.backlog = not self.paused
+        return True
+
+
+class RecentInstances:
+    """A connection's last RECENT_INSTANCES instances, the Python way (the C loop
+    keeps its own, with the same results: edges/_cpolicy_loop.c)."""
+
+    __slots__ = ("_recent",)
+
+    def __init__(self) -> None:
+        self._recent: collections.deque[str] = collections.deque(maxlen=RECENT_INSTANCES)
+
+    def first(self, instance: str) -> bool:
+        """False if instance is one of the last; else True, and it is remembered."""
+        if instance in self._recent:
+            return False
+        self._recent.append(instance)
         return True
 
 

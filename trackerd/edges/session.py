@@ -30,14 +30,21 @@ class Session(ABC):
     #: nothing more is read, and resume() goes on in a later turn of the loop, so
     #: that a peer that pipelines cannot keep the others waiting.
     backlog = False
-    #: Its reply to a request taken the short way (policy_loop.py's C loop parses
-    #: a read that is one whole Postfix policy request and calls took()), or None:
-    #: every read goes to received().
+    #: Its reply to each request the C loop serves (policy_loop.py's C loop reads,
+    #: parses, records and answers a read that is one whole Postfix policy request
+    #: on an idle connection, and calls served()), or None: every read goes to
+    #: received().
     short_reply: bytes | None = None
 
-    def took(self, request: tuple[str | None, ...]) -> None:
-        """A read that was one whole request, parsed (its values): handle it as
-        received() would, but do not reply (the caller sends short_reply)."""
+    def served(self, count: int) -> None:
+        """count reads, each one whole request, were served by the C loop (recorded
+        and answered with short_reply): count them as received() would."""
+        raise NotImplementedError
+
+    def served_by_c(self, first_instance: Callable[[str], bool]) -> None:
+        """The C loop serves this connection; first_instance(instance) is its memory
+        of the connection's recent messages, which received() must use too: False
+        if the instance was seen, else True (and it is remembered)."""
         raise NotImplementedError
 
     @abstractmethod
