@@ -524,7 +524,8 @@ Loop_serve(Loop *self, PyObject *const *args, Py_ssize_t nargs)
             break;
     }
     Py_END_ALLOW_THREADS
-    self->busy = 0;
+    /* busy until the end: building the results may run Python (a collection's
+     * finalisers), which must not call back in while the pairs are being taken. */
 
     PyObject *served_list = NULL, *others = NULL, *pending = NULL, *trouble_list = NULL;
     PyObject *pairs = NULL, *result = NULL;
@@ -579,6 +580,7 @@ finally:
      * pairs stay queued for the next call. */
     if (result == NULL && pending_count > 0)
         memset(b, 0, (size_t)pending_count);
+    self->busy = 0;
     Py_XDECREF(served_list);
     Py_XDECREF(others);
     Py_XDECREF(pending);

@@ -40,6 +40,7 @@ from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
 from trackerd.edges.endpoint import ListenerSettings
 from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
+from trackerd.edges.stream_server import SLICE_SECONDS as SLICE_SECONDS  # policy_loop.py's
 from trackerd.edges.stream_server import Connection, StreamServer
 from trackerd.option_types import Arguments, int_between
 
@@ -48,10 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The event loop is let go at least this often while a message (or the policy
-#: listener's queue, policy_loop.py) is counted, so it is never away for long
-#: (issue 12: the target is 50 ms, whatever arrives).
-SLICE_SECONDS = 0.002
 #: Bounds of the pairs handed to one slice (the time bound is SLICE_SECONDS). A
 #: message of at most MIN_SLICE pairs is counted in one call without a deadline:
 #: at the worst cost of one value (docs/performance.md) that is a few ms.
@@ -184,8 +181,10 @@ class TrackerServer(StreamServer):
         self._max_message_size = max_message_size
         self._buffered_total = 0
         self._error_log = LogThrottle(1.0)
-        self._counting = anyio.Lock()  # the turn to decode and count a large frame
-        self._counting_batch = anyio.Lock()  # ... and a batch-sized one (BATCH_FRAME)
+        # fast_acquire: a lock no one else holds is taken without a turn of the event
+        # loop (each connection's task lets the loop go by its turns: take_turn()).
+        self._counting = anyio.Lock(fast_acquire=True)  # the turn to count a large frame
+        self._counting_batch = anyio.Lock(fast_acquire=True)  # ... a batch-sized one
         self.protocol_errors = 0
 
     def refusal(self, code: str, text: str) -> bytes:
@@ -207,7 +206,7 @@ class TrackerServer(StreamServer):
                 if not count:
                     decoder.receive_data(b"")
                 try:
-                    await self._dispatch_all(stream, decoder, interned)
+                    await self._dispatch_all(stream, decoder, interned, connection)
                 except ProtocolError as exc:
                     self.count_protocol_error(exc.code)
                     if self._error_log.ready() is not None:
@@ -262,8 +261,13 @@ class TrackerServer(StreamServer):
             stream, protocol.encode(protocol.Error(protocol.ERR_BUSY, TEXT_BUFFERS_FULL))
         )
 
-    async def _record(self, conn_ips: Sequence[str | None], senders: Sequence[str | None]) -> None:
-        """Count a message's pairs in slices, yielding to the event loop after each.
+    async def _record(
+        self,
+        connection: Connection,
+        conn_ips: Sequence[str | None],
+        senders: Sequence[str | None],
+    ) -> None:
+        """Count a message's pairs in slices, yielding to the event loop between them.
 
         A 1 MiB frame holds tens of thousands of pairs; counted in one go, new
         values at the worst cost each would keep every other connection, and the
@@ -277,18 +281,20 @@ class TrackerServer(StreamServer):
         last one did. Each pair is counted once and in order; a status reply on another
         connection may show part of a frame counted. Shielded: a frame being
         counted is finished even at shutdown, so a frame counts whole or not at all.
+        The first slice ends with the connection's turn (take_turn()): a message
+        counted within it costs no turn of the event loop of its own.
         """
         record = self._tracker.record_columns
-        if len(conn_ips) <= MIN_SLICE:  # one slice, no shield needed
+        if len(conn_ips) <= MIN_SLICE:  # one slice, no await: no shield needed
             record(conn_ips, senders)  # at the worst cost per value, a few ms
-            await anyio.lowlevel.checkpoint()
             return
         await self._in_slices(
+            connection,
             len(conn_ips),
             lambda start, end, deadline: record(conn_ips[start:end], senders[start:end], deadline),
         )
 
-    async def _record_scanned(self, columns: Columns) -> None:
+    async def _record_scanned(self, connection: Connection, columns: Columns) -> None:
         """_record() of a columns message read in place by the C extension
         (Tracker.record_scanned); its body is overwritten once counted, or if
         counting fails."""
@@ -296,27 +302,34 @@ class TrackerServer(StreamServer):
             record, count = self._tracker.record_scanned, len(columns)
             if count <= MIN_SLICE:
                 record(columns, 0, count)
-                await anyio.lowlevel.checkpoint()
                 return
             await self._in_slices(
+                connection,
                 count,
                 lambda start, end, deadline: record(columns, start, min(end, count), deadline),
             )
         finally:
             columns.release()
 
-    async def _in_slices(self, count: int, record: Callable[[int, int, float], int]) -> None:
+    async def _in_slices(
+        self, connection: Connection, count: int, record: Callable[[int, int, float], int]
+    ) -> None:
         """Count pairs 0 to count with record(start, end, deadline) -> pairs done, in
-        slices (see _record); shielded, so a message counts whole even at shutdown."""
+        slices (see _record), each ending with the connection's turn; shielded, so a
+        message counts whole even at shutdown (the first slice has no await)."""
+        size = FIRST_SLICE
+        done = record(0, size, connection.turn_ends)
+        if done >= count:
+            return
         with anyio.CancelScope(shield=True):
-            start = 0
-            size = FIRST_SLICE
+            size = next_slice(size, min(size, count), done)
+            start = done
             while start < count:
-                done = record(start, start + size, time.perf_counter() + SLICE_SECONDS)
+                # Let other connections, and the watchdog, in between two slices.
+                await self.take_turn(connection)
+                done = record(start, start + size, connection.turn_ends)
                 size = next_slice(size, min(size, count - start), done)
                 start += done
-                # Let other connections, and the watchdog, in between two slices.
-                await anyio.lowlevel.checkpoint()
 
     def _grant(self, interned: Interned, entries: int) -> protocol.InternReply:
         """Grant what is left of the budget, at most entries ids in each table and
@@ -373,12 +386,18 @@ class TrackerServer(StreamServer):
             await anyio.lowlevel.checkpoint()
 
     async def _dispatch_all(
-        self, stream: SocketStream, decoder: protocol.MessageDecoder, interned: Interned
+        self,
+        stream: SocketStream,
+        decoder: protocol.MessageDecoder,
+        interned: Interned,
+        connection: Connection,
     ) -> None:
-        """Handle every complete message buffered."""
+        """Handle every complete message buffered, letting the event loop go whenever
+        the connection's turn is up (take_turn())."""
         recorded = False
         try:
             while True:
+                await self.take_turn(connection)
                 size = decoder.next_frame_size
                 if size > LARGE_FRAME:
                     # Its turn first, then decode and count it; a reply (to a large
@@ -387,14 +406,14 @@ class TrackerServer(StreamServer):
                     async with turn:
                         message = self._next_message(decoder)
                         if type(message) is ColumnsType:
-                            await self._record_scanned(cast("Columns", message))
+                            await self._record_scanned(connection, cast("Columns", message))
                             del message  # released: its body is overwritten
                             recorded = True
                             continue
                         if isinstance(message, protocol.RecordColumns | protocol.Record):
                             conn_ips, senders = _columns(message)
                             del message  # the columns hold the values, only while counted
-                            await self._record(conn_ips, senders)
+                            await self._record(connection, conn_ips, senders)
                             del conn_ips, senders
                             recorded = True
                             continue
@@ -408,13 +427,13 @@ class TrackerServer(StreamServer):
                 if message is protocol.NEED_DATA or message is protocol.CLOSED:
                     return
                 if type(message) is ColumnsType:
-                    await self._record_scanned(cast("Columns", message))
+                    await self._record_scanned(connection, cast("Columns", message))
                     del message
                     recorded = True
                 elif isinstance(message, protocol.RecordColumns | protocol.Record):
                     conn_ips, senders = _columns(message)
                     del message
-                    await self._record(conn_ips, senders)
+                    await self._record(connection, conn_ips, senders)
                     # Its values are done with: none lives on while other peers run.
                     del conn_ips, senders
                     recorded = True

@@ -14,6 +14,8 @@ import errno
 import logging
 import math
 import os
+import socket
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +45,12 @@ UNREAD_LOG_INTERVAL = 1.0
 DRAIN_QUIET_TIME = 0.05
 #: ... and for at most this long in all.
 DRAIN_DEADLINE = 3.0
+
+#: The longest a connection's task keeps the event loop while what it reads is
+#: ready (Connection.turn_ends), and the time bound of each slice a message is
+#: counted in (msgpack_server.py): it is never away for long (issue 12: the target
+#: is 50 ms, whatever arrives).
+SLICE_SECONDS = 0.002
 
 TEXT_BUSY = "too many connections; try again later"
 
@@ -93,7 +101,7 @@ class Connection:
     """What a server knows of one connection it serves: when its frame in progress
     began, its share of the unfinished-frame budget, and whether it is being shed."""
 
-    __slots__ = ("buffered", "clock", "shed", "waiting")
+    __slots__ = ("buffered", "clock", "shed", "sock", "turn_ends", "waiting")
 
     def __init__(self) -> None:
         self.buffered = 0
@@ -102,6 +110,12 @@ class Connection:
         #: What to cancel to make it close when it is shed: the scope of the receive
         #: it waits in, or its connection on the policy thread (policy_loop.py).
         self.waiting: Wakeable | None = None
+        #: Its socket, looked up once (receive_on).
+        self.sock: socket.socket | None = None
+        #: When (time.perf_counter()) its task must let the event loop go next: it
+        #: reads what is ready and counts it without a turn of the loop each time,
+        #: for SLICE_SECONDS at most (take_turn). 0: at its next step.
+        self.turn_ends = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,11 +366,57 @@ class StreamServer:
     async def receive_on(
         self, connection: Connection, stream: SocketStream, sink: Callable[[memoryview], None]
     ) -> int | None:
-        """receive() within connection's frame deadline; check connection.shed after it."""
+        """receive() within connection's frame deadline; check connection.shed after it.
+
+        Bytes that are there already are read at once, within the connection's turn
+        (take_turn): a busy peer's frames cost no turn of the event loop each, and
+        no cancel scope. Otherwise, or once its turn is up, receive() lets the
+        others go first and waits."""
+        sock = connection.sock
+        if sock is None:
+            sock = connection.sock = stream.extra(SocketAttribute.raw_socket)
+        if not self._stopping and time.perf_counter() < connection.turn_ends:
+            count = self._read_ready(connection, sock, sink)
+            if count is not None:
+                return count
         with anyio.CancelScope() as connection.waiting:
             count = await self.receive(stream, self.deadline(connection.clock.started), sink)
         connection.waiting = None
+        connection.turn_ends = time.perf_counter() + SLICE_SECONDS  # receive() let go
         return None if connection.shed else count
+
+    def _read_ready(
+        self, connection: Connection, sock: socket.socket, sink: Callable[[memoryview], None]
+    ) -> int | None:
+        """_read() of bytes already there, without waiting: their count, 0 at end of
+        stream (or a broken connection, as receive()), None when there are none yet
+        or the frame in progress is past its timeout (receive() then closes it)."""
+        started = connection.clock.started
+        timeout = self.limits.frame_timeout
+        if started is not None and timeout > 0 and anyio.current_time() >= started + timeout:
+            return None
+        buffer = self._read_buffer
+        try:
+            count = sock.recv_into(buffer)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return 0
+        if count:
+            # No await between the read and the overwrite: the buffer is shared.
+            try:
+                sink(memoryview(buffer)[:count])
+            finally:
+                buffer[:count] = ZEROS[:count]
+        return count
+
+    @staticmethod
+    async def take_turn(connection: Connection) -> None:
+        """Let the event loop go if connection's turn is up (Connection.turn_ends),
+        and start its next one."""
+        if time.perf_counter() >= connection.turn_ends:
+            await anyio.lowlevel.checkpoint()
+            connection.turn_ends = time.perf_counter() + SLICE_SECONDS
 
     def track(
         self, connection: Connection, in_progress: bool, finished: int, now: float | None = None
