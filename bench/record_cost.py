@@ -21,7 +21,10 @@ thread: it holds the interpreter lock throughout), "waited, flusher held" (a
 voluntary switch, the thread blocked on the interpreter lock, during one of the
 flusher's holds; preempted too, maybe), "preempted" (an involuntary switch: the
 kernel gave the core to another task), "waited" (blocked otherwise), "page
-fault", or none of these.
+fault", or none of these. The calls over 1 ms with the daemon up are then split
+by /proc/thread-self/schedstat's run delay (read around each call too): the time
+the thread was runnable but waited for a core (the machine's load), against the
+rest of the call, blocked (on the interpreter lock) or running.
 With the daemon up, the flusher thread's interpreter-lock holds are timed too:
 from taking a batch off the queue, or from a pause without the lock, to the
 next pause or the send() (an instrumented subclass), in wall time and in the
@@ -81,6 +84,7 @@ from bench.trees import (
 )
 from bench.workload import FORMS, loadavg, sender
 from servertracker import Client
+from servertracker.record_queue import PyRecordQueue
 
 CALLS = 200_000
 SLOW_US = 50.0
@@ -109,9 +113,20 @@ class TimedClient(Client):
         self._hold_cpu = 0
         self._switches = 0
 
-    def _take_batch(self, size: int) -> tuple[list[str | None], list[str | None]]:
-        self._begin_hold()
-        return super()._take_batch(size)
+    def _take_batch(self, size: int) -> Any:
+        # This tree's C queue makes a columns batch's frame without the lock
+        # (take_columns): its hold starts once the batch is taken. The pure queue,
+        # and a baseline's, hold it throughout. What it returns (a baseline's
+        # returns the batch) is passed on.
+        encodes_free = hasattr(self._queue, "take_columns") and not isinstance(
+            self._queue, PyRecordQueue
+        )
+        if not encodes_free:
+            self._begin_hold()
+        batch = getattr(super(), "_take_batch")(size)  # noqa: B009 - None here, a batch in a baseline
+        if encodes_free:
+            self._begin_hold()
+        return batch
 
     def _begin_hold(self) -> None:
         self._switches = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
@@ -218,6 +233,10 @@ class SlowCall:
     gc_thread: str = ""
     hold_us: float = 0.0
     hold_cpu_us: float = 0.0
+    #: Time the thread was runnable but waited for a core (/proc/thread-self/schedstat's
+    #: run delay; -1: not read): the kernel's share of the call, apart from waiting
+    #: blocked (the interpreter lock), which is not on a run queue.
+    run_delay_us: float = -1.0
 
     def overlaps(self, start: int, end: int) -> bool:
         return start < self.start_ns + self.us * 1000 and self.start_ns < end
@@ -246,18 +265,28 @@ def explain_calls(
     clock, usage, thread = _clock, resource.getrusage, resource.RUSAGE_THREAD
     slow_ns = slow_us * 1000 + overhead
     slow = []
-    for ip, value in _values(calls, senders):
-        before = usage(thread)
-        t0 = clock()
-        record(ip, value)
-        t1 = clock()
-        if t1 - t0 > slow_ns:
-            after = usage(thread)
-            slow.append(SlowCall(t0, (t1 - t0 - overhead) / 1000,
-                                 after.ru_nvcsw - before.ru_nvcsw,
-                                 after.ru_nivcsw - before.ru_nivcsw,
-                                 after.ru_minflt + after.ru_majflt
-                                 - before.ru_minflt - before.ru_majflt))  # fmt: skip
+    # This thread's schedstat (run time, run-queue wait, timeslices; ns): opened here,
+    # as /proc/thread-self names the thread that opens it.
+    schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+    read = os.pread
+    try:
+        for ip, value in _values(calls, senders):
+            before = usage(thread)
+            queued = read(schedstat, 128, 0)
+            t0 = clock()
+            record(ip, value)
+            t1 = clock()
+            if t1 - t0 > slow_ns:
+                after = usage(thread)
+                waited = int(read(schedstat, 128, 0).split()[1]) - int(queued.split()[1])
+                slow.append(SlowCall(t0, (t1 - t0 - overhead) / 1000,
+                                     after.ru_nvcsw - before.ru_nvcsw,
+                                     after.ru_nivcsw - before.ru_nivcsw,
+                                     after.ru_minflt + after.ru_majflt
+                                     - before.ru_minflt - before.ru_majflt,
+                                     run_delay_us=waited / 1000))  # fmt: skip
+    finally:
+        os.close(schedstat)
     return slow
 
 
@@ -436,6 +465,17 @@ def report(results: dict[str, Condition], slow_us: float = SLOW_US) -> str:
             f"preempted the flusher: {len(up.preempted_holds_us)}, max "
             f"{max(up.preempted_holds_us, default=0):,.0f} µs"
         )
+        long_calls = [call for call in up.slow if call.us > 1000 and call.run_delay_us >= 0]
+        if long_calls:
+            queued = sum(c.run_delay_us for c in long_calls)
+            spent = sum(c.us for c in long_calls)
+            lines.append(
+                f"calls over 1 ms, daemon up: {len(long_calls)}, {spent:,.0f} "
+                f"µs in all, of which the calling thread waited for a core (runnable, on the "
+                f"kernel's run queue) {queued:,.0f} µs; calls whose run-queue wait was under "
+                f"half their time (so mostly blocked, on the interpreter lock): "
+                f"{sum(c.run_delay_us < c.us / 2 for c in long_calls)}"
+            )
         held = [call for call in up.slow if call.hold_us]
         if held:
             lines.append(

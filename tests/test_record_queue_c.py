@@ -254,6 +254,46 @@ def test_the_c_queue_grows_wraps_and_gives_values_back_in_order() -> None:
     assert len(c_queue) == 0
 
 
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(values, values), max_size=60), st.lists(st.integers(-1, 70), max_size=4))
+def test_the_c_queue_takes_a_batch_with_the_pure_columns_frame(
+    pairs: list[tuple[Any, Any]], takes: list[int]
+) -> None:
+    """take_columns(): the C queue makes the frame without the GIL, from the str's
+    own characters (not the UTF-8 the pure code has msgpack make): the same
+    values taken, the same bytes (or None where the Python code decides: a lone
+    surrogate, a frame over the limit)."""
+    (c_queue, _), (py_queue, _) = queues(100_000, 1 << 30, 512)
+    for conn_ip, sender in pairs:
+        c_queue.record(conn_ip, sender)
+        py_queue.record(conn_ip, sender)
+    for count in [*takes, 10**9]:
+        c_taken = c_queue.take_columns(count)
+        assert c_taken == py_queue.take_columns(count)
+        if c_taken[1]:
+            assert c_taken[2] == _encoded(c_taken[0], c_taken[1], c=False) or (
+                c_taken[2] is None and _encoded(c_taken[0], c_taken[1], c=False).startswith("Local")
+            )
+        assert state(c_queue) == state(py_queue)
+
+
+@needs_c
+def test_the_c_queue_encodes_every_utf8_length_as_the_pure_one() -> None:
+    """One to four bytes a character, at each boundary, in each str kind."""
+    chars = ["a", "\x7f", "\x80", "é", "\xff", "\u0100", "\u07ff", "\u0800", "\ud7ff",
+             "\ue000", "\uffff", "\U00010000", "\U0010ffff"]  # fmt: skip
+    (c_queue, _), (py_queue, _) = queues(100_000, 1 << 30, 512)
+    for first in chars:
+        for second in chars:
+            for value in (first + second, first * 40 + second, second * 300):
+                c_queue.record(value, first)
+                py_queue.record(value, first)
+    c_taken = c_queue.take_columns(10**9)
+    assert c_taken[2] is not None
+    assert c_taken == py_queue.take_columns(10**9)
+
+
 column = st.lists(st.one_of(st.none(), texts, texts.map(Sub), st.integers()), max_size=70)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import servertracker
-from servertracker import Client, flusher
+from servertracker import Client, flusher, recorder
 from servertracker.status import Status
 from tests.conftest import Daemon, wait_for
 
@@ -167,9 +167,9 @@ class CountingClient(Client):
     steps_waited = 0  # steps of encoding while a thread waited in flush()
     pauses_waited = 0  # of those, the steps that paused
 
-    def _take_batch(self, size: int) -> tuple[list[str | None], list[str | None]]:
+    def _take_batch(self, size: int) -> None:
         self.batches += 1
-        return super()._take_batch(size)
+        super()._take_batch(size)
 
     def _encode_batch(self) -> None:
         self.encoding = True
@@ -267,6 +267,37 @@ def test_stalled_daemon_does_not_block_and_catches_up(daemon: Daemon) -> None:
         assert client.stats().dropped == 0
     finally:
         os.kill(daemon.process.pid, signal.SIGCONT)
+    assert client.flush(30)
+    wait_counts(daemon, (200_001, 2, 0, 200_001), timeout=60)
+    client.close()
+
+
+def test_flush_waits_for_the_flusher_without_polling(daemon: Daemon) -> None:
+    """docs/performance.md: flush() looked every millisecond (waking the flusher
+    each time), and a worker's final flush burnt ~50 ms of CPU. It now waits for
+    the flusher to say it drained, looking again every _FLUSH_LOOK at most."""
+    assert daemon.process is not None
+    client = Client(daemon.socket_path, max_buffered=500_000)
+    client.record_server("192.0.2.1", "warm@up.example")
+    assert client.flush(10)
+    looks = 0
+    wake = client._wake.set
+
+    def counted_wake() -> None:
+        nonlocal looks
+        looks += 1
+        wake()
+
+    client._wake.set = counted_wake  # type: ignore[method-assign]
+    os.kill(daemon.process.pid, signal.SIGSTOP)
+    try:
+        for i in range(200_000):  # more than the socket buffers hold
+            client.record_server(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", "s@wait.example")
+        assert not client.flush(0.5)
+    finally:
+        os.kill(daemon.process.pid, signal.SIGCONT)
+    # One look, then one every _FLUSH_LOOK (0.05 s) at most: the old loop looked ~500 times.
+    assert 1 <= looks <= 0.5 / recorder._FLUSH_LOOK + 2
     assert client.flush(30)
     wait_counts(daemon, (200_001, 2, 0, 200_001), timeout=60)
     client.close()

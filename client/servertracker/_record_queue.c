@@ -5,9 +5,9 @@
  * Optional: record_queue.py and protocol/encoding.py use it when it is built and
  * fall back to their pure-Python code otherwise (or when SERVERTRACKER_PURE is
  * set); property tests hold both to the same results, byte for byte on the wire
- * (tests/test_record_queue_c.py). Everything here runs holding the GIL and never
- * lets go of it: a record is a few pointer writes, a frame of 512 records a few
- * microseconds of memcpy.
+ * (tests/test_record_queue_c.py). Everything here runs holding the GIL but the
+ * flusher's encoding of a batch it took (take_columns): a record is a few pointer
+ * writes, and record_server() never waits while a frame is made.
  *
  * RecordQueue keeps the pure version's rules exactly: a value that is neither
  * str nor None goes through value_cut.clean() and a long str through
@@ -437,6 +437,54 @@ queue_take(RecordQueue *self, PyObject *arg)
     return pair;
 }
 
+static int columns_frame(PyObject *const *ips, PyObject *const *senders, Py_ssize_t count,
+                         char **frame, Py_ssize_t *size);
+
+/* take_columns(n): as take(n), and the columns frame of what it took (bytes; None
+ * where the Python code decides, as encode_columns() or none taken): (conn_ips,
+ * senders, frame). The frame is made without the GIL, so that record_server() in
+ * another thread never waits behind it: the lists are new, so no other thread
+ * can reach them (nor change them) meanwhile, and their values are exact str or
+ * None (record() and extend() queue nothing else), whose characters never change
+ * while referenced. Only pointers are moved holding the GIL: the values are first
+ * read, a cache miss each, without it. */
+static PyObject *
+queue_take_columns(RecordQueue *self, PyObject *arg)
+{
+    PyObject *pair = queue_take(self, arg);
+    if (pair == NULL) {
+        return NULL;
+    }
+    PyObject *ips = PyTuple_GET_ITEM(pair, 0), *senders = PyTuple_GET_ITEM(pair, 1);
+    Py_ssize_t count = PyList_GET_SIZE(ips);
+    char *frame = NULL;
+    Py_ssize_t size = 0;
+    int made = 0;
+    if (count >= 1 && count <= MAX_PAIRS) {
+        PyObject *const *ip_items = &PyList_GET_ITEM(ips, 0);
+        PyObject *const *sender_items = &PyList_GET_ITEM(senders, 0);
+        Py_BEGIN_ALLOW_THREADS
+        made = columns_frame(ip_items, sender_items, count, &frame, &size);
+        Py_END_ALLOW_THREADS
+    }
+    PyObject *bytes = Py_None;
+    if (made) {
+        bytes = PyBytes_FromStringAndSize(frame, size);
+        PyMem_RawFree(frame);
+        if (bytes == NULL) {
+            Py_DECREF(pair);
+            return NULL;
+        }
+    }
+    else {
+        Py_INCREF(bytes);
+    }
+    PyObject *result = PyTuple_Pack(3, ips, senders, bytes);
+    Py_DECREF(bytes);
+    Py_DECREF(pair);
+    return result;
+}
+
 /* snapshot(): copies of the queued values as two lists (tests, and nothing else). */
 static PyObject *
 queue_snapshot(RecordQueue *self, PyObject *Py_UNUSED(ignored))
@@ -489,6 +537,8 @@ static PyMethodDef queue_methods[] = {
      "extend(conn_ips, senders): queue values already cleaned and cut (record_many)."},
     {"take", (PyCFunction)queue_take, METH_O,
      "take(n): the first n records (at most all) as two lists, out of the queue."},
+    {"take_columns", (PyCFunction)queue_take_columns, METH_O,
+     "take_columns(n): take(n) and their columns frame (None: the Python code decides)."},
     {"snapshot", (PyCFunction)queue_snapshot, METH_NOARGS,
      "snapshot(): copies of the queued values as two lists (for tests)."},
     {NULL, NULL, 0, NULL},
@@ -574,38 +624,107 @@ put_header(char *at, Py_ssize_t length, int is_array)
     return at;
 }
 
-/* The encoded size of a column's values, or -1 (an error set) for one that is
- * neither an exact str nor None (a subclass may encode its own way: msgpack
- * decides) or cannot be UTF-8 (a lone surrogate), or that grows past the largest
- * message. */
+/* The UTF-8 bytes of a str's characters, read from its own (immutable) canonical
+ * data, or -1 for one that has none (a lone surrogate) or a str not ready (made by
+ * the legacy C API). Neither calls into Python nor allocates: it runs without the
+ * GIL (take_columns), on a str the caller holds a reference to. */
 static Py_ssize_t
-column_size(PyObject *values, Py_ssize_t count)
+utf8_size(PyObject *value)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    if (!PyUnicode_IS_READY(value)) {
+        return -1;
+    }
+#endif
+    Py_ssize_t length = PyUnicode_GET_LENGTH(value);
+    if (PyUnicode_IS_ASCII(value)) {
+        return length;
+    }
+    int kind = PyUnicode_KIND(value);
+    const void *data = PyUnicode_DATA(value);
+    Py_ssize_t size = 0;
+    for (Py_ssize_t i = 0; i < length; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c < 0x80) {
+            size += 1;
+        }
+        else if (c < 0x800) {
+            size += 2;
+        }
+        else if (c >= 0xd800 && c <= 0xdfff) {
+            return -1;
+        }
+        else {
+            size += c < 0x10000 ? 3 : 4;
+        }
+    }
+    return size;
+}
+
+/* Write a str's UTF-8 (utf8_size() said it has some): as strict UTF-8 encoding,
+ * and so msgpack, makes it. */
+static char *
+put_utf8(char *at, PyObject *value)
+{
+    Py_ssize_t length = PyUnicode_GET_LENGTH(value);
+    if (PyUnicode_IS_ASCII(value)) {
+        memcpy(at, PyUnicode_DATA(value), (size_t)length);
+        return at + length;
+    }
+    int kind = PyUnicode_KIND(value);
+    const void *data = PyUnicode_DATA(value);
+    for (Py_ssize_t i = 0; i < length; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c < 0x80) {
+            *at++ = (char)c;
+        }
+        else if (c < 0x800) {
+            *at++ = (char)(0xc0 | (c >> 6));
+            *at++ = (char)(0x80 | (c & 0x3f));
+        }
+        else if (c < 0x10000) {
+            *at++ = (char)(0xe0 | (c >> 12));
+            *at++ = (char)(0x80 | ((c >> 6) & 0x3f));
+            *at++ = (char)(0x80 | (c & 0x3f));
+        }
+        else {
+            *at++ = (char)(0xf0 | (c >> 18));
+            *at++ = (char)(0x80 | ((c >> 12) & 0x3f));
+            *at++ = (char)(0x80 | ((c >> 6) & 0x3f));
+            *at++ = (char)(0x80 | (c & 0x3f));
+        }
+    }
+    return at;
+}
+
+/* The encoded size of a column's values, or -1 for one that is neither an exact
+ * str nor None (a subclass may encode its own way: msgpack decides) or has no
+ * UTF-8 (a lone surrogate), or that grows past the largest message. Without the
+ * GIL (see utf8_size): values is an array the caller owns, of references it holds. */
+static Py_ssize_t
+column_size(PyObject *const *values, Py_ssize_t count)
 {
     Py_ssize_t size = header_size(count, 1);
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *value = PyList_GET_ITEM(values, i);
+        PyObject *value = values[i];
         if (value == Py_None) {
             size += 1;
             continue;
         }
         if (!PyUnicode_CheckExact(value)) {
-            PyErr_SetString(PyExc_TypeError, "neither str nor None");
             return -1;
         }
         /* UTF-8 takes at least a byte a character: a str too long for any message
-         * is refused before it is encoded (a copy of up to 4 bytes a character,
-         * kept with the str, made holding the GIL). */
-        if (size + PyUnicode_GET_LENGTH(value) > MAX_MESSAGE_SIZE) {
-            PyErr_SetString(PyExc_ValueError, "too large");
+         * is refused before its characters are read. */
+        if (PyUnicode_GET_LENGTH(value) > MAX_MESSAGE_SIZE - size) {
             return -1;
         }
-        Py_ssize_t length;
-        if (PyUnicode_AsUTF8AndSize(value, &length) == NULL) {
+        Py_ssize_t length = utf8_size(value);
+        if (length < 0) {
             return -1;
         }
         size += header_size(length, 0) + length;
         if (size > MAX_MESSAGE_SIZE) {
-            PyErr_SetString(PyExc_ValueError, "too large");
             return -1;
         }
     }
@@ -613,29 +732,66 @@ column_size(PyObject *values, Py_ssize_t count)
 }
 
 static char *
-put_column(char *at, PyObject *values, Py_ssize_t count)
+put_column(char *at, PyObject *const *values, Py_ssize_t count)
 {
     at = put_header(at, count, 1);
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *value = PyList_GET_ITEM(values, i);
+        PyObject *value = values[i];
         if (value == Py_None) {
             *at++ = (char)0xc0;
             continue;
         }
-        Py_ssize_t length;
-        const char *text = PyUnicode_AsUTF8AndSize(value, &length); /* cached by column_size */
-        at = put_header(at, length, 0);
-        memcpy(at, text, (size_t)length);
-        at += length;
+        /* Measured again: the same immutable characters as column_size() read. */
+        at = put_header(at, utf8_size(value), 0);
+        at = put_utf8(at, value);
     }
     return at;
+}
+
+static const char COLUMNS_START[] = "\x94\x01\xa7" "columns";
+
+/* The frame of [1, "columns", ips, senders] (count of each, 1 to MAX_PAIRS) into a
+ * buffer from PyMem_RawMalloc (*frame, *size), or 0 where the Python code decides
+ * (a value neither str nor None, or without UTF-8, or a message over the limit) or
+ * there is no memory. Touches no Python state but the values' immutable parts:
+ * runs with or without the GIL. */
+static int
+columns_frame(PyObject *const *ips, PyObject *const *senders, Py_ssize_t count, char **frame,
+              Py_ssize_t *size)
+{
+    Py_ssize_t ip_size = column_size(ips, count);
+    Py_ssize_t sender_size = ip_size < 0 ? -1 : column_size(senders, count);
+    if (sender_size < 0) {
+        return 0;
+    }
+    Py_ssize_t body = (Py_ssize_t)sizeof(COLUMNS_START) - 1 + ip_size + sender_size;
+    if (body > MAX_MESSAGE_SIZE) {
+        return 0;
+    }
+    char *start = PyMem_RawMalloc((size_t)(4 + body));
+    if (start == NULL) {
+        return 0;
+    }
+    char *at = start;
+    *at++ = (char)(body >> 24);
+    *at++ = (char)(body >> 16);
+    *at++ = (char)(body >> 8);
+    *at++ = (char)body;
+    memcpy(at, COLUMNS_START, sizeof(COLUMNS_START) - 1);
+    at += sizeof(COLUMNS_START) - 1;
+    at = put_column(at, ips, count);
+    at = put_column(at, senders, count);
+    (void)at;
+    *frame = start;
+    *size = 4 + body;
+    return 1;
 }
 
 /* encode_columns(conn_ips, senders): the frame of [1, "columns", conn_ips,
  * senders] exactly as msgpack encodes it (protocol/encoding.py), or None where
  * the Python code must decide (not two lists of 1 to 65,536 str or None, a value
  * not UTF-8, a message over the limit): it raises the error or encodes what this
- * does not. */
+ * does not. Holds the GIL throughout (the lists are the caller's). */
 static PyObject *
 encode_columns(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -653,32 +809,16 @@ encode_columns(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
     if (count != PyList_GET_SIZE(senders) || count < 1 || count > MAX_PAIRS) {
         Py_RETURN_NONE;
     }
-    static const char start[] = "\x94\x01\xa7" "columns";
-    Py_ssize_t ip_size = column_size(ips, count);
-    Py_ssize_t sender_size = ip_size < 0 ? -1 : column_size(senders, count);
-    if (sender_size < 0) {
-        PyErr_Clear();
+    char *frame;
+    Py_ssize_t size;
+    /* Nothing below runs Python code: the lists stay as they are. */
+    if (!columns_frame(&PyList_GET_ITEM(ips, 0), &PyList_GET_ITEM(senders, 0), count, &frame,
+                       &size)) {
         Py_RETURN_NONE;
     }
-    Py_ssize_t body = (Py_ssize_t)sizeof(start) - 1 + ip_size + sender_size;
-    if (body > MAX_MESSAGE_SIZE) {
-        Py_RETURN_NONE;
-    }
-    PyObject *frame = PyBytes_FromStringAndSize(NULL, 4 + body);
-    if (frame == NULL) {
-        return NULL;
-    }
-    char *at = PyBytes_AS_STRING(frame);
-    *at++ = (char)(body >> 24);
-    *at++ = (char)(body >> 16);
-    *at++ = (char)(body >> 8);
-    *at++ = (char)body;
-    memcpy(at, start, sizeof(start) - 1);
-    at += sizeof(start) - 1;
-    at = put_column(at, ips, count);
-    at = put_column(at, senders, count);
-    (void)at;
-    return frame;
+    PyObject *result = PyBytes_FromStringAndSize(frame, size);
+    PyMem_RawFree(frame);
+    return result;
 }
 
 /* --- what a worker sends for a sender ------------------------------------------ */

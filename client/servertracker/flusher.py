@@ -66,6 +66,7 @@ class Flusher:
     _wake: threading.Event
     _stop: threading.Event
     _room: threading.Event
+    _drained: threading.Event
     _held_since: float
     _waiting: set[int]
     _closing: bool
@@ -109,6 +110,7 @@ class Flusher:
             self._held_since = time.perf_counter()
             self._warn_of_drops()
             if self._closing and not len(self._queue) and not self._out_count:
+                self._drained.set()
                 return
             try:
                 self._send_available()
@@ -135,6 +137,8 @@ class Flusher:
         self._wake.clear()
         queue.idle = idle = not len(queue) and not self._out_count
         queue.sleeping = True
+        if idle:
+            self._drained.set()  # flush() waits for it
         if idle and not self._closing:
             self._wake.wait()
             self._wake.clear()
@@ -150,12 +154,22 @@ class Flusher:
         if not self._closing:
             self._stop.wait(seconds)
 
-    def _take_batch(self, size: int) -> tuple[list[str | None], list[str | None]]:
-        # One batch per send, and a pause after it once the GIL was held long
-        # (_PAUSE, _LONG_HOLD), so that the worker's own thread waits for the GIL
-        # about _LONG_HOLD and one batch at most. Values are str or None already;
-        # taken, they are no longer in the queue.
-        return self._queue.take(size)
+    def _take_batch(self, size: int) -> None:
+        """Take a batch off the queue into _batch (values are str or None already;
+        taken, they are no longer in the queue). On a connection that sends columns
+        (and will not ask for tables again first) with its frame in _out, made by
+        the C queue without the GIL: the worker's thread never waits for the
+        encoding of a batch (docs/performance.md)."""
+        encoder = self._encoder
+        if encoder is not None and encoder.message == "columns" and not encoder.asks_again():
+            conn_ips, senders, frame = self._queue.take_columns(size)
+            self._batch = conn_ips, senders
+            if frame is not None:
+                self._out = frame
+                self._out_ends = [(len(frame), len(senders))]
+                self._written = 0
+            return
+        self._batch = self._queue.take(size)
 
     def _send_available(self) -> None:
         """Write everything queued; raise OSError when the connection fails."""
@@ -169,7 +183,7 @@ class Flusher:
                 # In flight before it leaves the queue, so that flush() never sees an
                 # empty queue and nothing in flight while a batch is being encoded.
                 self._out_count = min(len(self._queue), self._batch_size)
-                self._batch = self._take_batch(self._out_count)
+                self._take_batch(self._out_count)
                 self._room.set()
             if not self._out:
                 if self._encoder is not None and self._encoder.asks_again():

@@ -5,8 +5,9 @@ that is neither str nor None into one (value_cut.clean), cuts a long one
 (value_cut.cut), drops the record when the queue is full or the long-value
 budget spent (counted, never logged here), queues it, and wakes or starts the
 flusher. It never blocks and never raises an Exception. The flusher takes
-records a batch at a time (``take``), out of the queue, so no value stays here
-once it is taken for sending.
+records a batch at a time (``take``, or ``take_columns`` with the batch's
+columns frame), out of the queue, so no value stays here once it is taken for
+sending.
 
 Two implementations with the same behaviour: the C extension module
 ``servertracker._record_queue`` (a record costs a few pointer writes), used when
@@ -17,12 +18,14 @@ reference; tests/test_record_queue_c.py holds them to the same results.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import operator
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
 from servertracker import accel, protocol
+from servertracker.errors import LocalProtocolError
 from servertracker.value_cut import clean, cut
 
 #: Values longer than this (no IP address, few senders) are cut (value_cut.py)
@@ -67,6 +70,9 @@ class RecordQueue(Protocol):
     def record(self, conn_ip: str | None, sender: str | None) -> None: ...
     def extend(self, conn_ips: list[str | None], senders: list[str | None]) -> None: ...
     def take(self, count: int) -> tuple[list[str | None], list[str | None]]: ...
+    def take_columns(
+        self, count: int
+    ) -> tuple[list[str | None], list[str | None], bytes | None]: ...
     def snapshot(self) -> tuple[list[str | None], list[str | None]]: ...
     def __len__(self) -> int: ...
 
@@ -171,6 +177,17 @@ class PyRecordQueue:
         if self.long_sent != self.long_queued:  # some long values wait: free their share
             self.long_sent += long_chars(conn_ips) + long_chars(senders)
         return conn_ips, senders
+
+    def take_columns(self, count: int) -> tuple[list[str | None], list[str | None], bytes | None]:
+        """take(count), and the columns frame of what it took: None where
+        protocol.encode_columns() raises (the flusher's own encoding decides) or
+        none was taken. The C twin makes the frame without the GIL."""
+        conn_ips, senders = self.take(count)
+        frame = None
+        if senders:
+            with contextlib.suppress(LocalProtocolError):
+                frame = protocol.encode_columns(conn_ips, senders)
+        return conn_ips, senders, frame
 
     def snapshot(self) -> tuple[list[str | None], list[str | None]]:
         """Copies of the queued values (for tests)."""
