@@ -91,7 +91,8 @@ marked "optional"):
   timed span (first record to last), shown as the workers'. Its counts and its
   status file are checked against the true counts. Needs Go (``apt-get install
   golang-go``); without it the row says "not run" and why, and the issue's
-  cross-run figure below stays.
+  cross-run figure below stays. It is the slowest row (about 30 s a round and
+  form here: a file rewritten per record); --competitors without it runs quicker.
 - ``alone`` (workers alone): the same forked workers looping over their share and
   calling a function that records nothing: the harness's own cost (its workers'
   CPU is the floor under every competitor's). That floor includes one Python call
@@ -614,7 +615,7 @@ def results(
                 "-",
                 f"{GO_ORIGINAL_RATE:,}",
                 f"{total / ours / GO_ORIGINAL_RATE:.1f}x cross-run "
-                f"(in-run: {GO_RUN_TRACKERD_RATE / GO_ORIGINAL_RATE:.1f}x)",
+                f"(the issue's in-run: {GO_RUN_TRACKERD_RATE / GO_ORIGINAL_RATE:.1f}x)",
                 "-",
                 "-",
                 "-",

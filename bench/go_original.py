@@ -107,13 +107,16 @@ def build(cache: Path | None = None) -> Path:
 
 def write_records(shares: list[list[tuple[str, str]]], path: Path) -> None:
     """The shares as the program reads them: one "connIP<TAB>sender" line a record,
-    the shares one after the other."""
+    the shares one after the other (of equal lengths: the program splits the lines
+    into equal runs)."""
+    if len({len(share) for share in shares}) > 1:
+        raise ValueError("the shares are not of equal lengths")
     lines = [f"{ip}\t{value}\n" for share in shares for ip, value in share]
     for line in lines:
         # A value holding a tab or a line break would shift every record after it.
         if line.count("\t") != 1 or line.count("\n") != 1:
             raise ValueError("a record holds a tab or a line break")
-    path.write_text("".join(lines))
+    path.write_text("".join(lines), encoding="utf-8")
 
 
 #: The records file of the workload last run, kept while its form runs: (form,

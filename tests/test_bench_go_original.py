@@ -94,9 +94,11 @@ def test_records_that_do_not_split_into_equal_shares_are_refused(
         run_records(program, tmp_path / "records")
 
 
-def test_a_value_holding_a_tab_is_not_written() -> None:
+def test_a_value_holding_a_tab_or_unequal_shares_are_not_written() -> None:
     with pytest.raises(ValueError, match="tab or a line break"):
         write_records([[("10.0.0.1", "a\tb")]], Path("/nonexistent"))
+    with pytest.raises(ValueError, match="not of equal lengths"):
+        write_records([[("10.0.0.1", "a")], []], Path("/nonexistent"))
 
 
 def test_the_in_run_row_gives_trackerds_ratio_and_a_missing_go_says_so() -> None:

@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 
 from servertracker.sender_split import Outcome
 from trackerd.core import keyed_hash
+from trackerd.core.interned import IPS
+from trackerd.core.interned import SENDERS as SENDER_COLUMN
 from trackerd.core.keyed_hash import (
     CONN_IPS,
     DOMAIN_PARTS,
@@ -30,7 +32,7 @@ from trackerd.core.keyed_hash import (
     KeyedHash,
 )
 from trackerd.core.normalise import classify_conn_ip, classify_domain_part, classify_sender
-from trackerd.core.tracker import DIGEST_SIZE
+from trackerd.core.tracker import DIGEST_SIZE, Tracker
 
 _cfirst = keyed_hash._cfirst
 pytestmark = pytest.mark.skipif(
@@ -308,3 +310,50 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError):
         _cfirst.FirstSightings(b"k", [b"a", b"b"], 8)
     assert first.classify(CONN_IPS, ()) == (b"", b"", (b"", b"", b""))
+
+
+# --- in the tracker -------------------------------------------------------------
+
+SALT = b"s" * 32
+
+
+@settings(max_examples=100, derandomize=True, deadline=None)
+@given(st.lists(conn_ips, max_size=12), st.lists(senders, max_size=12))
+def test_interned_definitions_are_the_same_with_c_first_sightings(
+    ips: list[str | None], sender_values: list[str | None]
+) -> None:
+    """define_values() (interned.py) on a tracker deciding first sightings in C and
+    one deciding them in Python: the same codes and digests, value by value, and
+    the same counts."""
+    c_tracker = Tracker(salt=SALT)
+    python_tracker = Tracker(salt=SALT, c_first_sightings=False)
+    assert c_tracker._first is not None and python_tracker._first is None
+    for column, values in ((IPS, ips), (SENDER_COLUMN, sender_values)):
+        texts = [value for value in values if value is not None]
+        c_done, c_found = c_tracker.define_values(column, texts)
+        python_done, python_found = python_tracker.define_values(column, texts)
+        assert c_done == python_done == len(texts)
+        assert c_found.codes.tolist() == python_found.codes.tolist()
+        assert c_found.digests.tolist() == python_found.digests.tolist()
+    c_status, python_status = c_tracker.status(), python_tracker.status()
+    assert (c_status.unique_conn_ips, c_status.unique_domains, c_status.unique_ip_servers) == (
+        python_status.unique_conn_ips,
+        python_status.unique_domains,
+        python_status.unique_ip_servers,
+    )
+
+
+def test_pairs_one_at_a_time_count_alike_in_c_and_python() -> None:
+    """One pair at a time (_record_few, a Postfix policy request's way): the same
+    counts and tallies as the Python way, values of every outcome."""
+    pairs = [("192.0.2.1", "u@Example.COM."), ("192.0.2.1", "<>"), ("bogus", "u@"),
+             ("[192.0.2.9]", "x@[198.51.100.1]"), ("2001:db8::1", "u@bücher.de")]  # fmt: skip
+    c_tracker = Tracker(salt=SALT, clock=lambda: 1000.0)
+    python_tracker = Tracker(salt=SALT, clock=lambda: 1000.0, c_first_sightings=False)
+    for tracker in (c_tracker, python_tracker):
+        for pair in pairs * 2:
+            tracker.record_server(*pair)
+    status = c_tracker.status()
+    assert status == python_tracker.status()
+    assert (status.records, status.rejected_conn_ips, status.rejected_senders) == (10, 2, 2)
+    assert (status.unique_conn_ips, status.unique_domains, status.unique_ip_servers) == (3, 2, 1)
