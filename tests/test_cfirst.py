@@ -357,3 +357,37 @@ def test_pairs_one_at_a_time_count_alike_in_c_and_python() -> None:
     assert status == python_tracker.status()
     assert (status.records, status.rejected_conn_ips, status.rejected_senders) == (10, 2, 2)
     assert (status.unique_conn_ips, status.unique_domains, status.unique_ip_servers) == (3, 2, 1)
+
+
+#: What a hostile peer could send: over-long text, NULs, brackets and "@" in runs,
+#: lone surrogates, astral characters, space of every ASCII kind.
+HOSTILE = [
+    "a" * 100_000,
+    "1" * 600,
+    "1." * 300,
+    "\x00" * 600,
+    "[" * 600,
+    "@" * 600,
+    "<" * 300 + ">" * 300,
+    "u@" + "a." * 126 + "b",
+    "u@" + "a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61,
+    "u@" + "a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 62,
+    "\ud800@a.example",
+    "u@a.example\U0001f600",
+    " \t\n\v\f\r\x1c\x1d\x1e\x1f",
+    "<\x1fu@a.example\x1f>",
+    "u@[1.2.3.4]]",
+    "u@[[1.2.3.4]",
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_values_are_decided_as_normalise_decides(value: str) -> None:
+    check(CONN_IPS, value, classify_conn_ip(value))
+    check(SENDERS, value, classify_sender(value))
+    if value:
+        check(DOMAIN_PARTS, value, classify_domain_part(value))
+    first = keyed_hash.new_keyed_hash(b"k", DIGEST_SIZE).first_sightings
+    assert first is not None
+    codes, _, _ = first.classify(SENDERS, [value] * 3)
+    assert len(codes) == 3

@@ -93,7 +93,9 @@ SPLIT_CHUNK = 256
 _CODES: dict[Outcome, int] = {Outcome.REJECTED: CODE_REJECTED, Outcome.IGNORED: IGNORED}
 #: The raw-value caches' code for each of keyed_hash.classify()'s codes (UNSURE: MISS).
 _C_CODES = (MISS, COUNTED, COUNTED, COUNTED, CODE_REJECTED, IGNORED)
-_C_CODES_ARRAY = np.array(_C_CODES, dtype=np.int8)
+_C_CODES_TABLE = bytes(_C_CODES).ljust(256, b"\0")
+#: classify()'s UNSURE, as a byte of its codes.
+_UNSURE_BYTE = bytes([UNSURE])
 
 #: The Status field that reports each category.
 STATUS_FIELDS = {
@@ -220,17 +222,22 @@ class Tracker(InternedCounting):
         for start in range(0, misses.size, C_CHUNK):
             chunk = misses[start : start + C_CHUNK]
             classified, _ = self._classified_in_c(column, [values[at] for at in chunk.tolist()])
-            found = _C_CODES_ARRAY[np.frombuffer(classified, dtype=np.uint8)]
+            # The raw-value caches' codes, by bytes.translate(): one C pass, no array.
+            found = np.frombuffer(classified.translate(_C_CODES_TABLE), dtype=np.int8)
             codes[chunk] = found
-            sure = found != MISS
-            if self.raw_cache_entries:
-                cache.remember(keys[chunk[sure]], found[sure])
-            unsure.append(chunk[~sure])
+            if _UNSURE_BYTE not in classified:  # the usual chunk: C decided every value
+                if self.raw_cache_entries:
+                    cache.remember(keys[chunk], found)
+            else:
+                sure = found != MISS
+                if self.raw_cache_entries:
+                    cache.remember(keys[chunk[sure]], found[sure])
+                unsure.append(chunk[~sure])
             more = start + C_CHUNK < misses.size
             if more and deadline is not None and time.perf_counter() > deadline:
                 limit = int(misses[start + C_CHUNK])
                 break
-        return np.concatenate(unsure) if unsure else misses, limit
+        return np.concatenate(unsure) if unsure else misses[:0], limit
 
     def _conn_ip_miss(self, value: str | None) -> int:
         """Normalise a connection IP not cached; its outcome code (raw_cache.py)."""
