@@ -136,3 +136,28 @@ def test_max_interned_entries_help_says_its_unit_cap_and_floor() -> None:
     assert "a grant of n ids is two tables of n" in text
     assert f"{DEFAULT_MAX_INTERNED_ENTRIES // (2 * GRANT_SHARE):,} ids at the default" in text
     assert f"{2 * GRANT_SHARE * MIN_TABLE_ENTRIES:,} every grant is under" in text
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("socket-mode 0600", "line 2: expected `socket-mode = value`, without leading dashes"),
+        ("--log-level=debug", "line 2: expected `log-level = value`, without leading dashes"),
+        ("--allow-gid = mail", "line 2: expected `allow-gid = value`, without leading dashes"),
+        ("secret-pasted-here 0600", "line 2: not a trackerd option"),
+        ("--config = other.conf", "line 2: not a trackerd option"),
+    ],
+)
+def test_a_config_line_written_as_on_the_command_line_says_how_to_write_it(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    """The operator's likely slips name the form the file wants; other lines stay bare
+    (no echo of what the line holds)."""
+    from trackerd.errors import ConfigError
+    from trackerd.options import read_config_file
+
+    config = tmp_path / "trackerd.conf"
+    config.write_text(f"# an example\n{line}\n")
+    with pytest.raises(ConfigError) as error:
+        read_config_file(config, build_parser())
+    assert str(error.value) == f"{config}, {message}"

@@ -274,7 +274,17 @@ def read_config_file(path: Path, parser: argparse.ArgumentParser) -> list[str]:
         name, equals, value = line.partition("=")
         flag = "--" + name.strip()
         if flag not in known or flag in _NOT_IN_A_FILE:
-            # Only the line number: a stray secret pasted in the wrong file stays out of the log.
+            # Only the line number (and an option's own name): a stray secret pasted in
+            # the wrong file stays out of the log.
+            words = name.replace("=", " ").split()
+            option = "--" + words[0].lstrip("-") if words else ""
+            if option in known and option not in _NOT_IN_A_FILE:
+                # `socket-mode 0600`, `--log-level=debug`: an option written as on the
+                # command line.
+                raise ConfigError(
+                    f"{path}, line {number}: expected `{option[2:]} = value`, "
+                    "without leading dashes"
+                )
             raise ConfigError(f"{path}, line {number}: not a trackerd option")
         arguments += [flag, value.strip()] if equals else [flag]
     return arguments
