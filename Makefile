@@ -12,13 +12,17 @@ C_SOURCES := $(wildcard trackerd/*/*.[ch] trackerd/*.[ch] client/servertracker/*
 
 # pip builds the C extension (setup.py) in place; without a compiler the install goes on
 # and the pure-Python code runs (README.md, "The C extension"). The stamp holds what
-# `--version` says of the paths: where a module is not built, it says so with how to get
-# it, and the next make installs again (a compiler may have come since).
+# `--version` said of the paths after the install: where a module is not built, it says
+# so with how to get it. Each make asks `--version` again (a module's .so may have gone
+# since, or a compiler come): where one is not built, or the programs do not run, it
+# installs again.
 # setuptools' "Editable installation ... be careful with folders" notice on every install
 # (InformationOnly: our package-dir layout makes its editable finder say so): only that
 # message is ignored; build errors and other warnings still show.
 QUIET_EDITABLE := ignore:Editable installation:UserWarning
-C_MISSING := $(shell grep -s -l 'not built' $(STAMP))
+C_MISSING := $(if $(wildcard $(STAMP)),$(shell { SERVERTRACKER_PURE_PYTHON= $(BIN)/trackerd \
+	--version && SERVERTRACKER_PURE_PYTHON= $(BIN)/trackerctl --version || echo 'not built'; } \
+	2>&1 | grep 'not built'))
 $(STAMP): pyproject.toml setup.py $(C_SOURCES) $(if $(C_MISSING),FORCE)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

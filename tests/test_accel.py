@@ -111,6 +111,9 @@ def test_trackerd_version_names_a_missing_module(tmp_path: Path) -> None:
     out = trackerd_version(env)
     assert "hot path: partly pure Python: policy loop (not built); " + accel.BUILD_HINT in out
     assert "columns scan" not in out and "C extension;" not in out
+    # A compiler and headers may be there and the build fail all the same (make's
+    # install is quiet): the hint says how to see why.
+    assert "if they are installed, `.venv/bin/pip install -v -e .` shows why" in out
 
 
 def setup_py_lists() -> dict[str, dict[str, list[str]]]:

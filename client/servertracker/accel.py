@@ -38,7 +38,8 @@ PURE_PYTHON_RULE: Final = (
 #: How to get the C path where it is not built (README.md, "The C extension").
 BUILD_HINT: Final = (
     "to build it, install a C compiler and the Python headers (Debian: gcc python3-dev), "
-    "then run make again (or pip install -e .)"
+    "then run make again (or pip install -e .); if they are installed, "
+    "`.venv/bin/pip install -v -e .` shows why the build failed"
 )
 
 #: The extension modules trackerd uses, by import name -> what they speed up.
