@@ -75,7 +75,7 @@ marked "optional"):
 - ``redis-waits`` (optional): the same as redis-repeats, waiting for each
   1,000 records' replies before hashing the next: this competitor until
   2026-11-26's bench work, the "before" of the two changes.
-- ``naive``: bench/naive_daemon.py, a batched asyncio daemon in 100 lines speaking
+- ``naive``: bench/naive_daemon.py, a batched anyio daemon in about 110 lines speaking
   the same protocol (what a quick prototype would be). It lists the ``columns``
   feature, so workers send it the message format a prototype would use today; it
   gets no worker-side split and no value tables (it does not list ``interned``),
@@ -108,7 +108,8 @@ marked "optional"):
   table also gives the issue's measured rate of the Go original
   (GO_ORIGINAL_RATE, issue 13's table) and trackerd's ratio to it. That ratio is
   cross-run: this run's trackerd rate over a rate measured in another harness at
-  another load, so the row says so, and the issue's own in-run ratio (trackerd
+  another load (and at 200,000 records a worker: with another --per-worker the
+  ratio is "n/a"), so the row says so, and the issue's own in-run ratio (trackerd
   677k against the original's 193k: 3.5x, side by side in its run) is printed
   beside it. The ``go`` row is the in-run one: its "trackerd faster by" is
   measured side by side in this run.
@@ -607,6 +608,7 @@ def results(
                     f"{seed_us:.2f}",
                 ]
             )
+        in_issue = f"(the issue's in-run: {GO_RUN_TRACKERD_RATE / GO_ORIGINAL_RATE:.1f}x)"
         table_rows.append(
             [
                 form,
@@ -614,8 +616,11 @@ def results(
                 "-",
                 "-",
                 f"{GO_ORIGINAL_RATE:,}",
-                f"{total / ours / GO_ORIGINAL_RATE:.1f}x cross-run "
-                f"(the issue's in-run: {GO_RUN_TRACKERD_RATE / GO_ORIGINAL_RATE:.1f}x)",
+                # The issue's rate is of PER_WORKER records a worker: a run of another
+                # size (a start-up share unlike) is no ratio to it.
+                f"{total / ours / GO_ORIGINAL_RATE:.1f}x cross-run {in_issue}"
+                if per_worker == PER_WORKER
+                else f"n/a: --per-worker != {PER_WORKER:,} {in_issue}",
                 "-",
                 "-",
                 "-",
@@ -630,6 +635,26 @@ def markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join([f"`{row[0]}`", *row[1:]]) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def check_results(directory: Path) -> None:
+    """Make the --results directory and check it takes files, before the first round:
+    SystemExit with one line if not (not a traceback after the whole run)."""
+    probe = directory / ".compare-write-check"
+    if directory.exists() and not directory.is_dir():
+        raise SystemExit(f"--results {directory}: not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise SystemExit(f"--results {directory}: cannot write there: {error.strerror}") from None
+
+
+def write_results(directory: Path, md: str, result: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "compare.md").write_text(md + "\n")
+    (directory / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -711,6 +736,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     for line in header:
         print(line)
+    check_results(args.results)
     load_before = loadavg()
     print(f"load average before: {load_before}", flush=True)
     runs, seed_runs = measure(
@@ -744,8 +770,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(FOOTNOTE)
     print()
     print(md)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "compare.md").write_text(md + "\n")
     result = {
         "records_per_form": WORKERS * args.per_worker,
         "rounds": args.rounds,
@@ -766,7 +790,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "go_original_run_trackerd_records_per_second": GO_RUN_TRACKERD_RATE,
         "forms": per_form,
     }
-    (args.results / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+    try:
+        write_results(args.results, md, result)
+    except OSError as error:
+        raise SystemExit(f"--results {args.results}: cannot write: {error.strerror}") from None
     print(f"\nwritten to {args.results / 'compare.json'} and compare.md")
 
 

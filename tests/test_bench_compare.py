@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+import bench.compare
 from bench.compare import (
     FOOTNOTE,
+    GO_ORIGINAL,
     HEADERS,
     WORKERS_ALONE,
     Entrant,
@@ -27,6 +29,7 @@ from bench.trees import PURE_PYTHON_VARIABLE, Description, Tree, describe, unbui
 from bench.workload import (
     CONN_IPS,
     FORMS,
+    PER_WORKER,
     SENDER_PERIOD,
     WORKERS,
     Run,
@@ -230,3 +233,39 @@ def test_the_cpu_ratio_column_is_the_rows_total_cpu_over_trackerds() -> None:
     assert by_name[WORKERS_ALONE]["by total CPU"] == "-"
     assert out["domain"]["redis (b) best use"]["total_cpu_over_trackerds"] == 1.5
     assert "records/s" in FOOTNOTE and "CPU" in FOOTNOTE
+
+
+def test_results_that_cannot_be_written_stop_the_run_before_it_starts(short_tmp: Path) -> None:
+    """Not a traceback after the whole run, with nothing written."""
+    not_a_directory = short_tmp / "a-file"
+    not_a_directory.write_text("")
+    result = compare("--competitors", "alone", "--forms", "domain", "--rounds", "3",
+                     results=not_a_directory, timeout=60)  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"--results {not_a_directory}: not a directory"
+    assert "round 1" not in result.stdout
+
+
+@pytest.mark.parametrize("per_worker", [PER_WORKER, 2_000])
+def test_the_issues_go_rate_is_a_ratio_only_at_the_issues_run_size(per_worker: int) -> None:
+    """Issue 13's Go figure is of 200,000 records a worker: another size is no ratio."""
+    ours = Entrant("trackerd", "trackerd", THIS, "this, C")
+    runs = {"domain": {ours.name: [Run(1.0, 1.0, 3.0)]}}
+    rows, _ = results(["domain"], [ours], runs, [], per_worker, 0)
+    go = next(dict(zip(HEADERS, row, strict=True)) for row in rows if row[1] == GO_ORIGINAL)
+    ratio = go["trackerd faster by"]
+    if per_worker == PER_WORKER:
+        assert ratio.startswith(f"{WORKERS * PER_WORKER / 193_000:.1f}x cross-run")
+    else:
+        assert ratio.startswith(f"n/a: --per-worker != {PER_WORKER:,}")
+
+
+def test_the_help_says_what_the_naive_daemon_is() -> None:
+    """Its framework and its size, as bench/naive_daemon.py has them."""
+    doc = " ".join((bench.compare.__doc__ or "").split())
+    source = (ROOT / "bench" / "naive_daemon.py").read_text()
+    claim = doc.split("naive_daemon.py, a batched ", 1)[1].split(" speaking", 1)[0]
+    framework, _, size = claim.partition(" daemon in about ")
+    assert f"import {framework}" in source
+    lines = int(size.removesuffix(" lines"))
+    assert abs(lines - len(source.splitlines())) <= 10
