@@ -7,8 +7,8 @@ from start to end; prints the daemon's CPU per record and the samples by part of
 the path a record takes (first matching part, from the receive to the counters).
 py-spy samples threads that wait too (the status writer's), so shares are of the
 busy samples. The raw samples go to --out for a closer look. The workers use the
-library as it comes: `interned` messages with 131,072 ids a table;
-``--table-entries 0`` profiles `columns` messages instead.
+library as it comes (``Client()``'s default, no value tables: `columns` messages);
+``--table-entries 131072`` (BULK_TABLE_ENTRIES) profiles `interned` messages instead.
 
 ``--in-process`` instead decodes the same workload's frames (512 pairs, as the
 library sends them) in this process and counts them with Tracker.record_columns()
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from bench import compare, workload
 from bench._support import arguments, table
-from servertracker.batch_encoder import BULK_TABLE_ENTRIES
+from servertracker.batch_encoder import DEFAULT_TABLE_ENTRIES
 
 #: (part, the frame names that mark it), tried in order on each sample's stack.
 PARTS = (
@@ -56,7 +56,7 @@ def py_spy() -> str | None:
 
 
 def profile(
-    form: str, out: Path, spy: str, table_entries: int = BULK_TABLE_ENTRIES
+    form: str, out: Path, spy: str, table_entries: int = DEFAULT_TABLE_ENTRIES
 ) -> tuple[float, dict[str, int]]:
     """One run with py-spy on the daemon: CPU µs per record, and samples per part."""
     load = workload.Workload(form, workload.PER_WORKER)
@@ -135,8 +135,9 @@ def main() -> None:
     parser.add_argument(
         "--table-entries",
         type=int,
-        default=BULK_TABLE_ENTRIES,
-        help="the workers' Client(table_entries=): 0 sends columns",
+        default=DEFAULT_TABLE_ENTRIES,
+        help="the workers' Client(table_entries=) (default: the library's, %(default)s: "
+        "columns messages; 131072 sends interned ones)",
     )
     parser.add_argument(
         "--in-process", action="store_true", help="time decoding and record_columns() alone"

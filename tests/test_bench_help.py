@@ -36,3 +36,16 @@ def test_help_prints_usage_and_runs_nothing(module: str) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith(f"usage: python -m {module} "), result.stdout[:500]
     assert result.stderr == ""
+
+
+def test_bench_profile_defaults_to_the_librarys_table_entries() -> None:
+    """It profiles what a worker gets from Client() unless told otherwise."""
+    from servertracker.batch_encoder import DEFAULT_TABLE_ENTRIES
+
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.profile", "--help"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    text = " ".join(result.stdout.split())
+    assert f"(default: the library's, {DEFAULT_TABLE_ENTRIES}: columns messages;" in text
+    assert "library as it comes (``Client()``'s default, no value tables" in text
