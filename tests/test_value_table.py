@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from servertracker import protocol
 from trackerd.core.interned import DEFINE_CHUNK, IPS, SENDERS
+from trackerd.core.keyed_hash import C_CHUNK
 from trackerd.core.tracker import Tracker
 from trackerd.core.value_table import COUNTED, REJECTED, UNDEFINED, ValueTable, refs_of
 
@@ -62,12 +63,15 @@ def test_definitions_are_applied_and_resolved() -> None:
     assert tracker.status().unique_conn_ips == 1
 
 
-def test_a_deadline_stops_definitions_after_the_chunk_it_passed_in() -> None:
-    tracker = Tracker(salt=bytes(32))
-    senders = [f"u@d{i}.example" for i in range(3 * DEFINE_CHUNK)]
+@pytest.mark.parametrize("c_first_sightings", [True, False])
+def test_a_deadline_stops_definitions_after_the_chunk_it_passed_in(c_first_sightings: bool) -> None:
+    tracker = Tracker(salt=bytes(32), c_first_sightings=c_first_sightings)
+    # C decides first sightings C_CHUNK at a time (where built), Python DEFINE_CHUNK.
+    chunk = C_CHUNK if tracker._first is not None else DEFINE_CHUNK
+    senders = [f"u@d{i}.example" for i in range(3 * chunk)]
     done, found = tracker.define_values(SENDERS, senders, 0.0)
     # A chunk at a time: the first one (plain names, decided in one pass) at most.
-    assert 1 <= done <= DEFINE_CHUNK and found.codes.size == done
+    assert 1 <= done <= chunk and found.codes.size == done
     assert tracker.define_values(SENDERS, senders)[0] == len(senders)
 
 
