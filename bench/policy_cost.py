@@ -2,7 +2,8 @@
 
 Forked clients, each one connection, ask one request at a time as smtpd does
 (a full Postfix 3 attribute set, a new message each time, so every request is
-recorded), and wait for each answer; ``--gap MS`` pauses that long between one
+recorded), and wait for each answer (in a blocking recv(), or with ``--poll`` as
+smtpd does: poll() with a timeout, then read); ``--gap MS`` pauses that long between one
 client's requests (a paced mix; default 0, back to back). The daemon's CPU time
 (utime and stime from /proc, apart; the first thread's, trackerd's event loop,
 apart from the other threads') is read after the clients finish and a status
@@ -92,9 +93,16 @@ def true_counts(clients: int, requests: int) -> tuple[int, int, int]:
     return distinct_counts([pairs])
 
 
-def client(path: str, worker: int, requests: int, gap: float = 0.0) -> None:
-    """One Postfix connection's requests, one at a time; gap seconds between them."""
+def client(path: str, worker: int, requests: int, gap: float = 0.0, poll: bool = False) -> None:
+    """One Postfix connection's requests, one at a time; gap seconds between them.
+    poll: each answer is waited for as smtpd does (a timeout: poll() for input, then
+    read), not in a blocking recv()."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        if poll:
+            # Python then polls before each recv. A task asleep in recv() is woken
+            # also when the daemon's read frees room in its send buffer (and may
+            # take the core from the daemon); one in poll() for input is not.
+            sock.settimeout(60)
         sock.connect(path)
         for n in range(requests):
             if gap and n:
@@ -203,9 +211,10 @@ def one_run(
     requests: int,
     profile: Path | None = None,
     gap: float = 0.0,
+    poll: bool = False,
 ) -> Round:
     if competitor.floor:
-        return floor_run(competitor, clients, requests, gap)
+        return floor_run(competitor, clients, requests, gap, poll)
     daemon = BenchDaemon(command=competitor.command)
     path = daemon.dir / "policy.sock"
     daemon.extra_args = ["--postfix-policy-socket", str(path)]
@@ -227,7 +236,7 @@ def one_run(
             records = status.records
             counted = (status.unique_conn_ips, status.unique_domains, status.unique_ip_servers)
 
-        result = measured(pid, str(path), clients, requests, settle, gap)
+        result = measured(pid, str(path), clients, requests, settle, gap, poll)
         if competitor.tree is not None and competitor.about is not None:
             check_ran(competitor.name, competitor.tree, competitor.about,
                       extensions_mapped(pid), ("trackerd.",))  # fmt: skip
@@ -241,7 +250,9 @@ def one_run(
         daemon.stop()
 
 
-def floor_run(competitor: Competitor, clients: int, requests: int, gap: float) -> Round:
+def floor_run(
+    competitor: Competitor, clients: int, requests: int, gap: float, poll: bool = False
+) -> Round:
     directory = Path(tempfile.mkdtemp(prefix="stb-", dir="/tmp"))
     path = directory / "floor.sock"
     process = subprocess.Popen([*competitor.command, str(path)])
@@ -251,7 +262,7 @@ def floor_run(competitor: Competitor, clients: int, requests: int, gap: float) -
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError("bench.policy_floor did not start")
             time.sleep(0.02)
-        return measured(process.pid, str(path), clients, requests, None, gap)
+        return measured(process.pid, str(path), clients, requests, None, gap, poll)
     finally:
         process.kill()
         process.wait()
@@ -265,6 +276,7 @@ def measured(
     requests: int,
     settle: Callable[[], None] | None,
     gap: float,
+    poll: bool = False,
 ) -> Round:
     """Run the clients against path; the CPU pid spent meanwhile, per request, read
     after settle() (which waits until the daemon has done what it was handed)."""
@@ -277,7 +289,7 @@ def measured(
         if child == 0:
             code = 1
             try:
-                client(path, w, requests, gap)
+                client(path, w, requests, gap, poll)
                 code = 0
             finally:
                 os._exit(code)
@@ -387,6 +399,12 @@ def main() -> None:
         metavar="MS",
         help="milliseconds one client waits between its requests (0: back to back)",
     )
+    parser.add_argument(
+        "--poll",
+        action="store_true",
+        help="the clients wait for each answer as smtpd does (poll() with a timeout, "
+        "then read) rather than in a blocking recv()",
+    )
     args = parser.parse_args()
     gap = args.gap / 1000
     entrants = competitors(args.baseline, args.floor, args.pure)
@@ -400,7 +418,7 @@ def main() -> None:
         order = entrants if number % 2 == 0 else entrants[::-1]
         for competitor in order:
             results[competitor.name].append(
-                one_run(competitor, args.clients, args.requests, gap=gap)
+                one_run(competitor, args.clients, args.requests, gap=gap, poll=args.poll)
             )
     if args.profile:
         for competitor in entrants:
@@ -409,7 +427,9 @@ def main() -> None:
             number = entrants.index(competitor)
             slug = "this" if competitor is entrants[-1] else f"baseline{number}"
             output = Path(f"{args.profile}-{slug}.txt")
-            one_run(competitor, args.clients, args.requests, profile=output, gap=gap)
+            one_run(
+                competitor, args.clients, args.requests, profile=output, gap=gap, poll=args.poll
+            )
             print(f"py-spy --gil profile of {competitor.name} ({output}):")
             print(profile_summary(output))
     print(f"load average after: {loadavg()}")
@@ -417,7 +437,9 @@ def main() -> None:
     rows = table_rows(entrants, results, thread_floor)
     print(
         f"{args.clients} connections x {args.requests:,} requests, {args.rounds} rounds, "
-        f"gap {args.gap:g} ms between a client's requests; each column its own median "
+        f"gap {args.gap:g} ms between a client's requests, "
+        f"{'poll() then read' if args.poll else 'a blocking recv()'} for each answer; "
+        "each column its own median "
         "over the rounds (sub-columns need not add up); CPU from schedstat (ns), user "
         "and system from clock ticks (10 ms)"
     )

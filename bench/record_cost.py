@@ -471,9 +471,10 @@ def report(results: dict[str, Condition], slow_us: float = SLOW_US) -> str:
             spent = sum(c.us for c in long_calls)
             lines.append(
                 f"calls over 1 ms, daemon up: {len(long_calls)}, {spent:,.0f} "
-                f"µs in all, of which the calling thread waited for a core (runnable, on the "
-                f"kernel's run queue) {queued:,.0f} µs; calls whose run-queue wait was under "
-                f"half their time (so mostly blocked, on the interpreter lock): "
+                f"µs in all; the calling thread waited for a core (runnable, on the kernel's "
+                f"run queue) {queued:,.0f} µs around them (from just before to just after "
+                f"each); calls whose run-queue wait was under half their time (so mostly "
+                f"blocked, on the interpreter lock): "
                 f"{sum(c.run_delay_us < c.us / 2 for c in long_calls)}"
             )
         held = [call for call in up.slow if call.hold_us]

@@ -13,6 +13,10 @@ tree's), then flushes. Its CPU per record is read per thread from
 - ``columns`` and ``interned`` (131,072 ids): the whole worker, the flusher's
   taking, splitting, numbering, encoding, sending and pausing included.
 
+The recording thread's CPU in its final flush() is shown apart (ms, a whole
+worker's): waiting there for the flusher once cost a worker ~50 ms, when flush()
+looked every millisecond (docs/performance.md, wcost).
+
 Every mode runs with the C extension (where built) and with this tree's Python
 fallback (the same process type, three hooks switched to their Python code after
 the fork: record_queue.new_queue, encoding._c_encode_columns,
@@ -92,6 +96,7 @@ def work(socket: Path, form: str, records: int, mode: str, path: str) -> list[fl
     cpu_before, before = time.process_time(), threads()
     for ip, value in pairs:
         record(ip, value)
+    looped = threads()[main][0]
     if client is not None and mode != "queue only":
         assert client.flush(600)
         assert client.stats().dropped == 0
@@ -106,6 +111,7 @@ def work(socket: Path, form: str, records: int, mode: str, path: str) -> list[fl
         sum(u[2] for u in flusher),
         after[main][1] - before[main][1],
         after[main][2] - before[main][2],
+        (after[main][0] - looped) * 1000,
     ]
 
 
@@ -153,16 +159,17 @@ def main() -> None:
     print(f"load average after: {loadavg()}")
     rows = []
     for (form, mode, path), runs in results.items():
-        med = [statistics.median(r[i] for r in runs) for i in range(7)]
+        med = [statistics.median(r[i] for r in runs) for i in range(8)]
         rows.append(
             [form, mode, path, f"{med[0]:.2f}", f"{med[1]:.2f}", f"{med[2]:.2f}",
-             f"{med[3]:,.0f} / {med[4]:,.0f}", f"{med[5]:,.0f} / {med[6]:,.0f}"]
+             f"{med[7]:.0f}", f"{med[3]:,.0f} / {med[4]:,.0f}", f"{med[5]:,.0f} / {med[6]:,.0f}"]
         )  # fmt: skip
     rows.sort(key=lambda r: (FORMS.index(r[0]), MODES.index(r[1]), PATHS.index(r[2])))
     print(
         table(
             ["form", "mode", "path", "µs/record", "recording thread", "flusher",
-             "flusher switches vol / invol", "recording thread switches vol / invol"],
+             "recording thread in flush(), ms", "flusher switches vol / invol",
+             "recording thread switches vol / invol"],
             rows,
         )
     )  # fmt: skip

@@ -34,8 +34,11 @@ def costly_domains(gate: Path | None = None, seconds: float = 0.001) -> str:
     exists = f"os.path.exists({str(gate)!r})" if gate else "True"
     return (
         "import logging, os, time\n"
+        "import trackerd.core.keyed_hash as k\n"
         "import trackerd.core.tracker as t\n"
         "import trackerd.edges.policy_loop as p\n"
+        # The C first sightings would take these domains without the Python below.
+        "k._cfirst = None\n"
         "classify = t.classify_domain_part\n"
         "def costly(part):\n"
         f"    if {exists}:\n"

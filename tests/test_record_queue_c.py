@@ -444,6 +444,52 @@ def test_a_finaliser_run_amid_a_c_call_changes_nothing_under_it(
 
 
 @needs_c
+def test_another_thread_cannot_reach_a_batch_while_its_frame_is_made() -> None:
+    """take_columns() makes the frame without the GIL: the lists it reads are out
+    of the collector's sight meanwhile, so a thread walking gc.get_objects() (and
+    emptying what it finds: the values would be freed under the encoder) finds
+    none of them; every frame holds every record taken."""
+    result = _run_alone(
+        """
+        import gc, sys, threading, time
+        import msgpack
+        # The hunter gets the GIL only when this thread lets go of it: within
+        # take_columns() (and the final join), never between two calls.
+        sys.setswitchinterval(1000)
+        from servertracker._record_queue import RecordQueue
+        from servertracker.value_cut import clean, cut
+        MARK = "mark-" + "x" * 20
+        queue = RecordQueue(10**6, 10**6, 10, lambda: None, lambda: None, clean, cut)
+        found = 0
+        done = threading.Event()
+        def hunt():
+            global found
+            while not done.is_set():
+                for o in gc.get_objects():
+                    if type(o) is list and o and o[0] == MARK:
+                        found += 1
+                        o.clear()
+                time.sleep(0.0001)  # lets the GIL go: take_columns() goes on
+        hunter = threading.Thread(target=hunt)
+        hunter.start()
+        bad = 0
+        for round_ in range(100):
+            queue.record(MARK, MARK)
+            for i in range(4000):
+                queue.record("10.0.%d.%d" % (i // 256, i % 256), "é%d@b%d.example" % (round_, i))
+            ips, senders, frame = queue.take_columns(10**6)
+            body = msgpack.unpackb(frame[4:])
+            bad += body[2] != ips or body[3] != senders or len(ips) != 4001
+            del ips, senders, body  # else the hunter finds them in the next call
+        done.set()
+        hunter.join()
+        print(found, bad)
+        """
+    )
+    assert (result.returncode, result.stdout) == (0, "0 0\n"), result.stderr
+
+
+@needs_c
 def test_a_forked_child_starts_with_an_empty_c_queue(short_tmp: Path) -> None:
     """Fork safety in C as in Python: the child's queue is its own and empty, and the
     parent's records stay the parent's."""

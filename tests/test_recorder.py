@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import servertracker
-from servertracker import Client, flusher, recorder
+from servertracker import Client, flusher, record_queue, recorder
 from servertracker.status import Status
 from tests.conftest import Daemon, wait_for
 
@@ -252,6 +252,38 @@ def test_the_flusher_does_not_pause_within_a_batch_while_flush_waits(
     assert client.steps_waited > 0
     assert client.pauses_waited == 0
     client.close()
+
+
+class SizingClient(Client):
+    """Notes the size of each batch the flusher takes."""
+
+    def _take_batch(self, size: int) -> None:
+        self.sizes = [*getattr(self, "sizes", []), size]
+        super()._take_batch(size)
+
+
+def test_columns_batches_are_bigger_where_the_c_queue_makes_their_frame(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The C queue makes a columns frame without the GIL, so its batches are
+    C_COLUMNS_BATCH_SIZE (fewer wake-ups, sends and messages); the pure queue
+    encodes holding the GIL, so its stay DEFAULT_BATCH_SIZE. Nothing lost."""
+    kinds = [(record_queue.PyRecordQueue, flusher.DEFAULT_BATCH_SIZE)]
+    c_queue = record_queue._c_queue()
+    if c_queue is not None:
+        kinds.append((c_queue, flusher.C_COLUMNS_BATCH_SIZE))
+    for n, (kind, expected) in enumerate(kinds):
+        monkeypatch.setattr(record_queue, "new_queue", kind)
+        client = SizingClient(daemon.socket_path)
+        client.record_server("192.0.2.1", "warm@up.example")  # connects: columns
+        assert client.flush(10)
+        pairs = [(f"10.{n}.{i // 256}.{i % 256}", f"u@s{n}x{i}.example") for i in range(5000)]
+        client.record_many(pairs)
+        assert client.flush(60)
+        assert client.stats().message == "columns"
+        assert max(client.sizes) == expected
+        wait_counts(daemon, (5000 * (n + 1) + 1, 5000 * (n + 1) + 1, 0, 5001 * (n + 1)))
+        client.close()
 
 
 def test_stalled_daemon_does_not_block_and_catches_up(daemon: Daemon) -> None:

@@ -64,9 +64,11 @@ def test_definitions_are_applied_and_resolved() -> None:
 
 
 @pytest.mark.parametrize("c_first_sightings", [True, False])
-def test_a_deadline_stops_definitions_after_the_chunk_it_passed_in(c_first_sightings: bool) -> None:
+def test_a_deadline_stops_definitions_after_the_chunk_it_passed_in(
+    c_first_sightings: bool,
+) -> None:
     tracker = Tracker(salt=bytes(32), c_first_sightings=c_first_sightings)
-    # C decides first sightings C_CHUNK at a time (where built), Python DEFINE_CHUNK.
+    # DEFINE_CHUNK misses at a time through normalise.py, C_CHUNK where C decides them.
     chunk = C_CHUNK if tracker._first is not None else DEFINE_CHUNK
     senders = [f"u@d{i}.example" for i in range(3 * chunk)]
     done, found = tracker.define_values(SENDERS, senders, 0.0)

@@ -95,13 +95,24 @@ now_monotonic(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* An instance's copy overwritten and freed (no bytes a peer sent left in free memory). */
+static void
+forget(Conn *conn, int i)
+{
+    if (conn->data[i] != NULL) {
+        memset(conn->data[i], 0, (size_t)conn->size[i]);
+        PyMem_RawFree(conn->data[i]);
+        conn->data[i] = NULL;
+    }
+}
+
 static void
 conn_free(Conn *conn)
 {
     if (conn == NULL)
         return;
     for (int i = 0; i < RECENT; i++)
-        PyMem_RawFree(conn->data[i]);
+        forget(conn, i);
     PyMem_RawFree(conn);
 }
 
@@ -117,7 +128,7 @@ conn_seen(Conn *conn, const char *data, Py_ssize_t size)
     if (copy == NULL)
         return -1;
     memcpy(copy, data, (size_t)size);
-    PyMem_RawFree(conn->data[conn->next]);
+    forget(conn, conn->next);
     conn->data[conn->next] = copy;
     conn->size[conn->next] = size;
     conn->next = (conn->next + 1) % RECENT;

@@ -275,6 +275,10 @@ class PolicyLoop:
         self._exit = False
         self._thread = threading.Thread(target=self._run, name="trackerd-policy", daemon=True)
         handover.wake_thread = self.wake
+        # _collect()'s: the thread has ended (its waker is closed); the answers due.
+        self._ending = threading.Lock()
+        self._ended = False
+        self._collecting: set[Callable[[], None]] = set()
         if self._c is not None:
             handover.collect = self._collect
 
@@ -295,19 +299,21 @@ class PolicyLoop:
         """Return once the thread has queued in the hand-over every pair its C loop
         held when called: the thread does so after each serve() (before it runs
         commands), and a command ends the C loop's wait."""
-        if not self._thread.is_alive():
-            return  # it queued them all before it ended
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
         def answer() -> None:
+            with self._ending:
+                self._collecting.discard(answer)
             with contextlib.suppress(RuntimeError):  # the loop is closed
                 loop.call_soon_threadsafe(_resolve, done)
 
-        self.call(answer)
-        # At most JOIN_TIMEOUT: the thread may end before it runs the command.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(done), JOIN_TIMEOUT)
+        with self._ending:
+            if self._ended:
+                return  # it queued them all before it ended
+            self._collecting.add(answer)
+            self.call(answer)
+        await asyncio.shield(done)
 
     def adopt(self, sock: socket.socket, session: Session, done: Callable[[], None]) -> Handle:
         """Serve an admitted socket with session; done() is called (in the thread)
@@ -363,6 +369,11 @@ class PolicyLoop:
                 except Exception as exc:  # a bug: logged, and the thread goes on
                     log_failure(exc)
         finally:
+            with self._ending:  # what the C loop held is queued: collects may end
+                self._ended = True
+                collecting, self._collecting = self._collecting, set()
+            for answer in collecting:
+                answer()
             self.poller.close()
             self._room.close()
             os.close(self._waker)
