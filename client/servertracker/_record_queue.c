@@ -443,11 +443,14 @@ static int columns_frame(PyObject *const *ips, PyObject *const *senders, Py_ssiz
 /* take_columns(n): as take(n), and the columns frame of what it took (bytes; None
  * where the Python code decides, as encode_columns() or none taken): (conn_ips,
  * senders, frame). The frame is made without the GIL, so that record_server() in
- * another thread never waits behind it: the lists are new and kept out of the
- * collector's sight meanwhile, so no other thread can reach them (nor change
- * them), and their values are exact str or None (record() and extend() queue
- * nothing else), whose characters never change while referenced. Only pointers are moved holding the GIL: the values are first
- * read, a cache miss each, without it. */
+ * another thread never waits behind it: the lists are new, held by nothing but
+ * the pair and the pair by nothing but this call (checked: the collector run by
+ * take()'s allocations could have handed them to another thread's
+ * gc.get_objects()), and they are kept out of the collector's sight meanwhile,
+ * so no other thread can reach them (nor change them); their values are exact
+ * str or None (record() and extend() queue nothing else), whose characters
+ * never change while referenced. Only pointers are moved holding the GIL: the
+ * values are first read, a cache miss each, without it. */
 static PyObject *
 queue_take_columns(RecordQueue *self, PyObject *arg)
 {
@@ -466,15 +469,22 @@ queue_take_columns(RecordQueue *self, PyObject *arg)
         /* Out of the collector's lists meanwhile, so that no other thread can get
          * at them either (gc.get_objects(), gc.get_referrers()) and change them
          * under the encoder; each was tracked (PyList_New, PyTuple_New). */
-        PyObject_GC_UnTrack(pair);
-        PyObject_GC_UnTrack(ips);
-        PyObject_GC_UnTrack(senders);
-        Py_BEGIN_ALLOW_THREADS
-        made = columns_frame(ip_items, sender_items, count, &frame, &size);
-        Py_END_ALLOW_THREADS
-        PyObject_GC_Track(ips);
-        PyObject_GC_Track(senders);
-        PyObject_GC_Track(pair);
+        if (Py_REFCNT(pair) != 1 || Py_REFCNT(ips) != 1 || Py_REFCNT(senders) != 1) {
+            /* Someone else holds one (see above): made holding the GIL, so that
+             * nobody changes them meanwhile. */
+            made = columns_frame(ip_items, sender_items, count, &frame, &size);
+        }
+        else {
+            PyObject_GC_UnTrack(pair);
+            PyObject_GC_UnTrack(ips);
+            PyObject_GC_UnTrack(senders);
+            Py_BEGIN_ALLOW_THREADS
+            made = columns_frame(ip_items, sender_items, count, &frame, &size);
+            Py_END_ALLOW_THREADS
+            PyObject_GC_Track(ips);
+            PyObject_GC_Track(senders);
+            PyObject_GC_Track(pair);
+        }
     }
     PyObject *bytes = Py_None;
     if (made) {
