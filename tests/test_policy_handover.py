@@ -19,6 +19,7 @@ from servertracker import read_status_file
 from tests.conftest import Daemon, wait_for
 from tests.test_policy_transport import connect, read_replies, request, start
 from trackerd.core.policy_protocol import DUNNO_RESPONSE
+from trackerd.edges.policy_loop import MAX_QUEUED
 
 #: The hand-over waits an hour for a batch that never fills: only a flush at the
 #: status snapshot (or at shutdown) can count what was answered.
@@ -27,11 +28,22 @@ NEVER_ON_ITS_OWN = (
 )
 
 
-def costly_domains(gate: Path | None = None, seconds: float = 0.001) -> str:
+def costly_domains(
+    gate: Path | None = None, seconds: float = 0.001, hold: Path | None = None
+) -> str:
     """A prelude: every sender's domain takes the exact path and costs `seconds`
     (while the file `gate` exists, if given), as hostile 255-character ones do:
-    the Tracker's deadline cuts the slices short. Each slice is logged."""
+    the Tracker's deadline cuts the slices short. Each slice is logged. Slices are
+    withheld (a turn of the loop that would count one counts nothing) while the
+    file `hold` exists, and after the first while `gate` exists: what the test
+    wants queued stays queued whatever the machine's speed."""
     exists = f"os.path.exists({str(gate)!r})" if gate else "True"
+    withheld = ["False"]
+    if hold:
+        withheld.append(f"os.path.exists({str(hold)!r})")
+    if gate:
+        withheld.append(f"(self.counted and os.path.exists({str(gate)!r}))")
+    held = " or ".join(withheld)
     return (
         "import logging, os, time\n"
         "import trackerd.core.keyed_hash as k\n"
@@ -48,6 +60,9 @@ def costly_domains(gate: Path | None = None, seconds: float = 0.001) -> str:
         "t.plain_domains = lambda parts: [b''] * len(parts)\n"
         "count_slice = p.Handover.count_slice\n"
         "def count_and_say(self):\n"
+        f"    if {held}:\n"
+        "        time.sleep(0.001)\n"  # a turn of the loop spent, none counted
+        "        return\n"
         "    count_slice(self)\n"
         "    logging.getLogger('trackerd').info('test: a slice counted')\n"
         "p.Handover.count_slice = count_and_say\n"
@@ -114,14 +129,18 @@ def test_a_costly_queue_is_counted_in_slices_and_the_loop_serves_others_between(
     make_daemon: Callable[..., Daemon], short_tmp: Path
 ) -> None:
     """4,000 answered requests of costly values wait: the event loop counts them a
-    slice at a time, and a ping is answered between two slices (the counting is
-    slowed, 2 ms a value, until the test has its pong: only slicing lets the ping
-    in before the end). A status waits until all those answered before it count."""
-    gate = short_tmp / "costly"
+    slice at a time, and a ping is answered between two slices. Nothing is counted
+    until all are answered, then one slice (2 ms a value: the deadline cuts it
+    short), then nothing until the test has its pong: the state the test wants
+    holds on any machine, and counting all at once leaves no slice after the pong.
+    A status waits until all those answered before it count."""
+    gate, hold = short_tmp / "costly", short_tmp / "hold"
     gate.touch()
-    prelude = costly_domains(gate, seconds=0.002)
+    hold.touch()
+    prelude = costly_domains(gate, seconds=0.002, hold=hold)
     daemon, path = start(make_daemon, short_tmp, "--status-interval", "3600", prelude=prelude)
     count = 4000
+    assert count < MAX_QUEUED  # else the thread stops reading until a slice is counted
     with connect(path) as sock:  # sent while the replies are read: the daemon pauses otherwise
         sender = threading.Thread(
             target=sock.sendall, args=(b"".join(request(n) for n in range(count)),)
@@ -129,11 +148,13 @@ def test_a_costly_queue_is_counted_in_slices_and_the_loop_serves_others_between(
         sender.start()
         assert read_replies(sock, count) == DUNNO_RESPONSE * count
         sender.join(60)
+    hold.unlink()  # all 4,000 queued (fewer than MAX_QUEUED: all read): one slice now
     slices = lambda: daemon.log().count("test: a slice counted")  # noqa: E731
     wait_for(slices, what="the first slice")
     with daemon.connect() as conn:
         conn.ping()
     at_the_pong = slices()
+    assert at_the_pong == 1  # the rest withheld: still queued at the pong
     gate.unlink()
     status = daemon.status()
     assert (status.records, status.unique_domains) == (count, count)
