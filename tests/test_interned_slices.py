@@ -11,6 +11,7 @@ import pytest
 
 from servertracker import Client, batch_encoder, protocol
 from servertracker.batch_encoder import SMTP_TABLE_ENTRIES
+from servertracker.flusher import C_COLUMNS_BATCH_SIZE, DEFAULT_BATCH_SIZE
 from tests.conftest import Daemon, wait_for
 from tests.test_interned_daemon import NIL, Peer, refs
 from trackerd.core.value_table import DEFAULT_MAX_INTERNED_ENTRIES
@@ -120,3 +121,9 @@ def test_a_worker_granted_less_than_it_asked_asks_again_and_loses_nothing(
         assert client.stats().dropped == 0
     finally:
         client.close()
+
+
+def test_a_client_librarys_whole_batch_fits_in_a_first_slice() -> None:
+    # An honest worker's columns frame is counted in one call (msgpack_server's
+    # FIRST_SLICE comment): the daemon's first slice follows the library's batches.
+    assert max(DEFAULT_BATCH_SIZE, C_COLUMNS_BATCH_SIZE) <= FIRST_SLICE

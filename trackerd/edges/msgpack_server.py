@@ -55,9 +55,10 @@ log = logging.getLogger(__name__)
 MIN_SLICE = 16
 MAX_SLICE = 16384
 #: Pairs handed to a frame's first slice: at least a client library's whole batch
-#: (flusher.DEFAULT_BATCH_SIZE), so that an honest worker's frame is one call, not
-#: six (each slice has a fixed cost: 0.2 µs a record at 16, 32, 64 ...), within its
-#: connection's turn (take_turn()).
+#: (flusher.DEFAULT_BATCH_SIZE, and C_COLUMNS_BATCH_SIZE where the C queue makes the
+#: frame; test_interned_slices checks both), so that an honest worker's frame is one
+#: call, not six (each slice has a fixed cost: 0.2 µs a record at 16, 32, 64 ...),
+#: within its connection's turn (take_turn()).
 #: A slice still stops at the first cache miss past its deadline; the size only
 #: bounds the look-ups done for pairs it does not reach (about 0.1 ms at most).
 FIRST_SLICE = 1024
