@@ -581,3 +581,72 @@ def test_a_subclass_that_records_its_own_way_is_not_bypassed(short_tmp: Path) ->
     assert plain.record_server == plain._queue.record
     client.close(0)
     plain.close(0)
+
+
+def _count_in_memory(pid: int, pattern: bytes) -> int:
+    """How often pattern occurs in the process's writable anonymous memory."""
+    from tests.test_memory_residue import _anonymous_writable
+
+    count = 0
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for start, end in _anonymous_writable(pid):
+            try:
+                mem.seek(start)
+                region = mem.read(end - start)
+            except OSError:
+                continue  # unmapped meanwhile: nothing there
+            count += region.count(pattern)
+    return count
+
+
+@needs_c
+def test_the_c_frame_buffers_are_wiped_before_they_are_freed() -> None:
+    """take_columns() and encode_columns() make a frame in a C buffer, copy it into
+    the bytes object they return, and free the buffer: wiped first, so that the
+    only frame holding a sender is the bytes object the caller has (and lets go of).
+    Each marker's msgpack form is searched in the live process: once, not twice."""
+    if not os.access("/proc/self/mem", os.R_OK):
+        pytest.skip("cannot read a process's memory here")
+    code = textwrap.dedent(
+        """
+        import secrets, sys
+        from servertracker._record_queue import RecordQueue, encode_columns
+        from servertracker.value_cut import clean, cut
+        # 20 characters: msgpack's fixstr header 0xb4 then the text. Other senders
+        # make a frame of a few kB: freed, it stays in the heap (not unmapped).
+        others = ["u%d@other%d.example" % (i, i) for i in range(200)]
+        queue = RecordQueue(10**6, 10**6, 10, lambda: None, lambda: None, clean, cut)
+        marker = ("t" + secrets.token_hex(10))[:20]
+        queue.extend(["192.0.2.1"] * 201, [marker] + others)
+        ips, senders, frame_taken = queue.take_columns(10**6)
+        assert frame_taken is not None
+        print(marker, flush=True)
+        sys.stdin.readline()  # searched meanwhile, the frame alive
+        marker = ("e" + secrets.token_hex(10))[:20]
+        frame_encoded = encode_columns(["192.0.2.1"] * 201, [marker] + others)
+        assert frame_encoded is not None
+        print(marker, flush=True)
+        sys.stdin.readline()
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONMALLOC"}  # debug fills freed memory
+    counts = []
+    with subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as child:
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            for _ in ("take_columns", "encode_columns"):
+                marker = child.stdout.readline().strip()
+                assert marker, "the child failed"
+                counts.append(_count_in_memory(child.pid, b"\xb4" + marker.encode()))
+                child.stdin.write("go on\n")
+                child.stdin.flush()
+        finally:
+            child.stdin.close()
+        assert child.wait(30) == 0
+    assert counts == [1, 1]  # the returned bytes object's copy, and nothing else

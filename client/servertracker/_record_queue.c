@@ -437,6 +437,7 @@ queue_take(RecordQueue *self, PyObject *arg)
     return pair;
 }
 
+static void free_frame(char *frame, Py_ssize_t size);
 static int columns_frame(PyObject *const *ips, PyObject *const *senders, Py_ssize_t count,
                          char **frame, Py_ssize_t *size);
 
@@ -489,7 +490,7 @@ queue_take_columns(RecordQueue *self, PyObject *arg)
     PyObject *bytes = Py_None;
     if (made) {
         bytes = PyBytes_FromStringAndSize(frame, size);
-        PyMem_RawFree(frame);
+        free_frame(frame, size);
         if (bytes == NULL) {
             Py_DECREF(pair);
             return NULL;
@@ -769,6 +770,26 @@ put_column(char *at, PyObject *const *values, Py_ssize_t count)
 
 static const char COLUMNS_START[] = "\x94\x01\xa7" "columns";
 
+/* Frees a frame from columns_frame() after overwriting it: it holds the batch's
+ * senders, which live no longer than the batch (as the daemon's buffers; the
+ * memset cannot be dropped as a dead store: the compiler must assume the asm reads
+ * it). The bytes object copied from it and handed to Python cannot be wiped: the
+ * caller lets go of it with the batch. */
+static void
+free_frame(char *frame, Py_ssize_t size)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    memset(frame, 0, (size_t)size);
+    __asm__ __volatile__("" : : "r"(frame) : "memory");
+#else
+    volatile char *v = frame;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        v[i] = 0;
+    }
+#endif
+    PyMem_RawFree(frame);
+}
+
 /* The frame of [1, "columns", ips, senders] (count of each, 1 to MAX_PAIRS) into a
  * buffer from PyMem_RawMalloc (*frame, *size), or 0 where the Python code decides
  * (a value neither str nor None, or without UTF-8, or a message over the limit) or
@@ -836,7 +857,7 @@ encode_columns(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
         Py_RETURN_NONE;
     }
     PyObject *result = PyBytes_FromStringAndSize(frame, size);
-    PyMem_RawFree(frame);
+    free_frame(frame, size);
     return result;
 }
 
