@@ -4,7 +4,8 @@ A real daemon is sent a marked record (msgpack) and a marked Postfix policy requ
 each on a connection that is then closed; other traffic follows; then the daemon's
 writable anonymous memory (heap and mmap arenas) is read through /proc/PID/mem and
 searched for the markers (docs/threat-model.md, issue 12 §7). Root, or the parent
-with ptrace rights, can read it; elsewhere the test is skipped.
+with ptrace rights, can read it; elsewhere the test is skipped. It runs on both
+paths: the C extension's and the pure-Python reference's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from servertracker import protocol
-from tests.conftest import Daemon, read_policy_reply
+from tests.conftest import Daemon, read_policy_reply, wait_for
 
 #: Other traffic after the marked connections: enough to run the allocator through
 #: its free lists, bounded so the test takes seconds.
@@ -90,10 +91,12 @@ def _other_traffic(daemon: Daemon, policy_path: Path) -> None:
 
 
 def test_received_bytes_are_not_left_in_memory(
-    make_daemon: Callable[..., Daemon], short_tmp: Path
+    make_daemon: Callable[..., Daemon], short_tmp: Path, both_paths: str
 ) -> None:
     policy_path = short_tmp / "policy.sock"
     daemon = make_daemon(extra_args=["--postfix-policy-socket", str(policy_path)]).start()
+    if both_paths == "pure Python":  # the path this run checks is the daemon's
+        wait_for(lambda: "hot path: pure Python" in daemon.log(), what="the pure-Python path")
     assert daemon.process is not None
     pid = daemon.process.pid
     try:
