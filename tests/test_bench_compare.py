@@ -20,6 +20,7 @@ from bench.compare import (
     FOOTNOTE,
     GO_ORIGINAL,
     HEADERS,
+    SEED_DESIGN,
     WORKERS_ALONE,
     Entrant,
     check_path,
@@ -269,3 +270,26 @@ def test_the_help_says_what_the_naive_daemon_is() -> None:
     assert f"import {framework}" in source
     lines = int(size.removesuffix(" lines"))
     assert abs(lines - len(source.splitlines())) <= 10
+
+
+@pytest.mark.parametrize("forms", [["domain", "mix"], ["domain"]])
+def test_the_seed_design_row_is_under_mix_only_its_ratio_against_trackerds_mix(
+    forms: list[str],
+) -> None:
+    """The seed design runs on `mix` only (at --seed-records a worker): one row, under
+    `mix`, its ratios against trackerd's `mix` row; none to compare with: none given."""
+    ours = Entrant("trackerd", "trackerd", THIS, "this, C")
+    runs = {
+        "domain": {ours.name: [Run(1.0, 1.0, 1.0)]},  # 200 records/s, 10 us a record
+        "mix": {ours.name: [Run(4.0, 1.0, 1.0)]},  # 50 records/s, 10 us a record
+    }
+    seed = [Run(2.0, None, 2.0)]  # 20 records in 2 s: 10 records/s, 100 us a record
+    rows, _ = results(forms, [ours], runs, seed, 100, 10)
+    seeds = [dict(zip(HEADERS, row, strict=True)) for row in rows if row[1].startswith(SEED_DESIGN)]
+    assert len(seeds) == 1
+    assert seeds[0]["form"] == "mix"
+    assert "10 a worker" in seeds[0]["competitor"]
+    if "mix" in forms:
+        assert (seeds[0]["trackerd faster by"], seeds[0]["by total CPU"]) == ("5.0x", "10.0x")
+    else:
+        assert seeds[0]["trackerd faster by"].startswith("n/a")
