@@ -203,6 +203,28 @@ class Tracker(InternedCounting):
                 counter.queue_chunk(some)
         return codes, digests
 
+    def _misses_in_c_then(
+        self,
+        in_python: Callable[
+            [Sequence[str | None], Keys, Codes, npt.NDArray[np.intp], float | None], int
+        ],
+        column: int,
+        cache: RawCache | CRawCache,
+        values: Sequence[str | None],
+        keys: Keys,
+        codes: Codes,
+        misses: npt.NDArray[np.intp],
+        deadline: float | None,
+    ) -> int:
+        """The misses C is sure of decided in C (where it decides first sightings),
+        the rest by in_python (normalise.py); how many pairs are done."""
+        if self._first is None:
+            return in_python(values, keys, codes, misses, deadline)
+        misses, limit = self._misses_in_c(column, cache, values, keys, codes, misses, deadline)
+        if misses.size:
+            limit = min(limit, in_python(values, keys, codes, misses, deadline))
+        return limit
+
     def _misses_in_c(
         self,
         column: int,
@@ -491,15 +513,10 @@ class Tracker(InternedCounting):
     ) -> int:
         """Fill in the codes of the IPs not cached, a chunk of new values at a time;
         how many pairs are done (see record_columns)."""
-        if self._first is not None:
-            misses, limit = self._misses_in_c(
-                CONN_IPS, self._conn_cache, conn_ips, keys, codes, misses, deadline
-            )
-            if misses.size:
-                limit = min(limit, self._conn_misses_in_python(conn_ips, keys, codes, misses,
-                                                               deadline))  # fmt: skip
-            return limit
-        return self._conn_misses_in_python(conn_ips, keys, codes, misses, deadline)
+        return self._misses_in_c_then(
+            self._conn_misses_in_python, CONN_IPS, self._conn_cache, conn_ips, keys, codes,
+            misses, deadline,
+        )  # fmt: skip
 
     def _conn_misses_in_python(
         self,
@@ -620,15 +637,10 @@ class Tracker(InternedCounting):
         Where C decides first sightings (keyed_hash.py), it decides the common
         forms first, and only the others go this way.
         """
-        if self._first is not None:
-            misses, limit = self._misses_in_c(
-                SENDERS, self._sender_cache, senders, keys, codes, misses, deadline
-            )
-            if misses.size:
-                limit = min(limit, self._sender_misses_in_python(senders, keys, codes, misses,
-                                                                 deadline))  # fmt: skip
-            return limit
-        return self._sender_misses_in_python(senders, keys, codes, misses, deadline)
+        return self._misses_in_c_then(
+            self._sender_misses_in_python, SENDERS, self._sender_cache, senders, keys, codes,
+            misses, deadline,
+        )  # fmt: skip
 
     def _sender_misses_in_python(
         self,
