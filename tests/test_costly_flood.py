@@ -29,13 +29,21 @@ def flood_frame(number: int) -> bytes:
 
 
 class Flood(threading.Thread):
-    """Sends costly frames until told to stop, then a ping; notes its pong."""
+    """Sends data(n) for n = 0, 1, ... (at most `most` sends) until told to stop,
+    then a ping; notes its pong. By default costly frames (flood_frame)."""
 
-    def __init__(self, socket_path: Path) -> None:
+    def __init__(
+        self,
+        socket_path: Path,
+        data: Callable[[int], bytes] = flood_frame,
+        most: int = MAX_FRAMES,
+    ) -> None:
         super().__init__(daemon=True)
         self.socket_path = socket_path
+        self.data = data
+        self.most = most
         self.stop = threading.Event()
-        self.frames_sent = 0
+        self.sent = 0
         self.done = threading.Event()
         self.error: BaseException | None = None
 
@@ -44,9 +52,9 @@ class Flood(threading.Thread):
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(120)
                 sock.connect(os.fspath(self.socket_path))
-                while not self.stop.is_set() and self.frames_sent < MAX_FRAMES:
-                    sock.sendall(flood_frame(self.frames_sent))
-                    self.frames_sent += 1
+                while not self.stop.is_set() and self.sent < self.most:
+                    sock.sendall(self.data(self.sent))
+                    self.sent += 1
                 sock.sendall(protocol.encode(protocol.Ping()))
                 decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
                 while (message := decoder.next_message()) is protocol.NEED_DATA:
@@ -106,7 +114,7 @@ def test_a_costly_flood_leaves_others_served_and_the_watchdog_fed(
         flood.stop.set()
         listener.sock.close()
     # Each record of each frame counted once: every IP is distinct.
-    sent = flood.frames_sent * PAIRS_PER_FRAME
+    sent = flood.sent * PAIRS_PER_FRAME
     assert status.records == sent
     assert status.unique_conn_ips == sent
     assert mid_frame and watchdogs_during_flood >= 3

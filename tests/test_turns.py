@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from anyio.abc import UNIXSocketStream
 
 from servertracker import protocol
 from tests.conftest import Daemon, wait_for
-from tests.test_costly_flood import received
+from tests.test_costly_flood import Flood, received
 from tests.test_systemd import NotifyListener
 from trackerd.core.tracker import Tracker
 from trackerd.edges.msgpack_server import TrackerServer
@@ -43,37 +42,6 @@ def chunk() -> bytes:
     return frame * FRAMES_PER_WRITE
 
 
-class Flood(threading.Thread):
-    """Writes chunk() until told to stop, then a ping; notes its pong."""
-
-    def __init__(self, socket_path: Path) -> None:
-        super().__init__(daemon=True)
-        self.socket_path = socket_path
-        self.stop = threading.Event()
-        self.writes = 0
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        data = chunk()
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(120)
-                sock.connect(os.fspath(self.socket_path))
-                while not self.stop.is_set() and self.writes < MAX_WRITES:
-                    sock.sendall(data)
-                    self.writes += 1
-                sock.sendall(protocol.encode(protocol.Ping()))
-                decoder = protocol.MessageDecoder(sent_by=protocol.Peer.DAEMON)
-                while (message := decoder.next_message()) is protocol.NEED_DATA:
-                    decoder.receive_data(sock.recv(65536))
-                assert isinstance(message, protocol.Pong), message
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-        finally:
-            self.done.set()
-
-
 @pytest.mark.usefixtures("both_paths")
 def test_a_peer_whose_bytes_are_always_there_lets_the_others_in(
     make_daemon: Callable[..., Daemon], short_tmp: Path
@@ -82,7 +50,8 @@ def test_a_peer_whose_bytes_are_always_there_lets_the_others_in(
     env = dict(os.environ, NOTIFY_SOCKET=listener.address, WATCHDOG_USEC="300000")
     daemon = make_daemon(env=env).start()
     wait_for(lambda: "READY=1" in "".join(received(listener)), 60, "READY=1")
-    flood = Flood(daemon.socket_path)
+    data = chunk()
+    flood = Flood(daemon.socket_path, lambda _: data, MAX_WRITES)
     answered_mid_flood = 0
     watchdogs = 0
     try:
@@ -110,7 +79,7 @@ def test_a_peer_whose_bytes_are_always_there_lets_the_others_in(
     finally:
         flood.stop.set()
         listener.sock.close()
-    assert status.records == flood.writes * FRAMES_PER_WRITE * PAIRS_PER_FRAME
+    assert status.records == flood.sent * FRAMES_PER_WRITE * PAIRS_PER_FRAME
     assert (status.unique_conn_ips, status.unique_domains) == (4, 1)
 
 
