@@ -310,3 +310,18 @@ def test_encode_interned_refuses_a_new_value_too_long_for_any_message_before_enc
     with pytest.raises(LocalProtocolError, match=f"exceeds the limit of {M}"):
         protocol.encode_interned(0, [huge], refs, 0, ["a"], refs)
     assert sys.getsizeof(huge) == size
+
+
+def test_encode_records_refuses_a_value_too_long_for_any_message_before_encoding_it() -> None:
+    """The `record` message (for daemons from before `columns`) checks the same way."""
+    huge = "é" * (4 * M)
+    size = sys.getsizeof(huge)
+    for pairs in ([("192.0.2.1", huge)], [(None, "a@b"), (huge, None)]):
+        with pytest.raises(LocalProtocolError, match=f"exceeds the limit of {M}"):
+            protocol.encode_records(pairs)
+        with pytest.raises(LocalProtocolError, match=f"exceeds the limit of {M}"):
+            protocol.encode_records_split(pairs)
+    assert sys.getsizeof(huge) == size
+    # A pair that is not one is not looked into (no per-pair checks: the daemon
+    # refuses the message), and a short one is encoded as before.
+    assert protocol.encode_records([("192.0.2.1", "a@b"), 7])  # type: ignore[list-item]

@@ -56,6 +56,9 @@ def _frame(body: bytes) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
+_PAIR_TYPES = (tuple, list)
+
+
 def _refuse_too_long(*columns: Sequence[object]) -> None:
     """Raise as _frame() would where the values' lengths alone exceed the largest
     message: UTF-8 takes at least a byte a character (as bytes a byte a byte), so
@@ -84,6 +87,8 @@ def encode_records(pairs: Sequence[Pair]) -> bytes:
     """
     if len(pairs) > MAX_PAIRS_PER_MESSAGE:
         raise LocalProtocolError(f"more than {MAX_PAIRS_PER_MESSAGE} pairs in one message")
+    # Pairs that are not sequences are left to msgpack (which refuses them).
+    _refuse_too_long([v for pair in pairs if type(pair) in _PAIR_TYPES for v in pair])
     try:
         body = _packer_default.pack([PROTOCOL_VERSION, "record", pairs])
     except (TypeError, ValueError, OverflowError) as exc:
