@@ -41,9 +41,13 @@ FORCE:
 run: $(STAMP)
 	$(BIN)/trackerd
 
-## Run the test suite, then ruff and mypy.
+# Test processes (pytest-xdist): one a core. `make test TEST_JOBS=0` runs the suite in
+# one process, as `.venv/bin/python -m pytest` does.
+TEST_JOBS ?= auto
+
+## Run the test suite (one process a core), then ruff and mypy.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_JOBS)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
