@@ -41,11 +41,11 @@ FORCE:
 run: $(STAMP)
 	$(BIN)/trackerd
 
-# Test processes (pytest-xdist): one a core. `make test TEST_JOBS=0` runs the suite in
-# one process, as `.venv/bin/python -m pytest` does.
-TEST_JOBS ?= auto
+# Test processes (pytest-xdist): 0 runs the suite in this one process, as
+# `.venv/bin/python -m pytest` does; `make test TEST_JOBS=auto` runs one a core.
+TEST_JOBS ?= 0
 
-## Run the test suite (one process a core), then ruff and mypy.
+## Run the test suite, then ruff and mypy.
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_JOBS)
 	$(BIN)/ruff check .
