@@ -32,7 +32,10 @@ from trackerd.errors import ConnectionClosed
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 65536
+#: What one read takes at most: when the daemon is behind, a worker's socket holds
+#: several of its frames (1,024 pairs, about 35 KiB each), counted together once
+#: read (msgpack_server.JOIN_BYTES); 64 KiB held one and a part.
+READ_SIZE = 256 * 1024
 #: Overwrites what a read left in the receive buffer (see StreamServer.receive).
 ZEROS = memoryview(bytes(READ_SIZE))
 #: A reply the peer does not read within this time closes the connection, so a
