@@ -1,6 +1,6 @@
 """What one record_server() call costs an SMTP worker, and why its slowest calls are slow.
 
-Run: ``python -m bench.record_cost [--rounds 5] [--calls 200000] [--baseline DIR]``.
+Run: ``python -m bench.record_cost [--rounds 5] [--calls 200000] [--baseline DIR] [--trace]``.
 
 The calls record distinct connection IPs with bench.compare's senders of one
 form (``--senders``, default ``mix``: what the flusher then splits and numbers,
@@ -25,6 +25,17 @@ fault", or none of these. The calls over 1 ms with the daemon up are then split
 by /proc/thread-self/schedstat's run delay (read around each call too): the time
 the thread was runnable but waited for a core (the machine's load), against the
 rest of the call, blocked (on the interpreter lock) or running.
+The timed passes explain their own calls over ``--attribute-us`` (200 µs) without
+slowing the others (bench.slow_calls): every 256 calls, and just after a slow one,
+outside the timed spans, the loop reads the thread's CPU time, run-queue wait and
+context switches, and says where the thread was during each slow call: running,
+waiting for a core, blocked, or none of these (VM steal: the host ran something
+else on the virtual CPU). ``--trace`` also runs perf (sched_switch events, as
+root) around each timed pass and names the tasks that held the cores meanwhile
+(the daemon, the flusher, another process, idle); without perf it says so.
+(The explain passes come after the timed one on the same client, so they never
+saw what happened only once: the C queue's rings growing, see
+docs/performance.md.)
 With the daemon up, the flusher thread's interpreter-lock holds are timed too:
 from taking a batch off the queue, or from a pause without the lock, to the
 next pause or the send() (an instrumented subclass), in wall time and in the
@@ -70,7 +81,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from bench import slow_calls
 from bench._support import BenchDaemon, arguments, percentile, summary, table
+from bench.slow_calls import Trace, timed_calls
 from bench.trees import (
     BENCH_DIR,
     BENCH_PACKAGE,
@@ -86,8 +99,12 @@ from bench.workload import FORMS, loadavg, sender
 from servertracker import Client
 from servertracker.record_queue import PyRecordQueue
 
+TimedSlow = slow_calls.SlowCall
+
 CALLS = 200_000
 SLOW_US = 50.0
+#: The timed passes' calls over this are attributed (bench.slow_calls).
+ATTRIBUTE_US = 200.0
 FIRST_CALLS = 20
 _clock = time.perf_counter_ns
 _cpu = time.thread_time_ns
@@ -208,16 +225,12 @@ def _timer_overhead() -> int:
     return sorted(empty)[len(empty) // 2]
 
 
-def time_calls(record: Record, calls: int = CALLS, senders: str = "mix") -> list[float]:
-    """Per-call cost in microseconds."""
-    overhead = _timer_overhead()
-    clock = _clock
-    costs = []
-    for ip, value in _values(calls, senders):
-        t0 = clock()
-        record(ip, value)
-        costs.append(max(0, clock() - t0 - overhead) / 1000)
-    return costs
+def time_calls(
+    record: Record, calls: int = CALLS, senders: str = "mix", attribute_us: float = ATTRIBUTE_US
+) -> tuple[list[float], list[TimedSlow]]:
+    """Per-call cost in microseconds, and the calls over attribute_us with where the
+    thread was meanwhile (bench.slow_calls: read outside the timed spans)."""
+    return timed_calls(record, _values(calls, senders), _timer_overhead(), attribute_us)
 
 
 @dataclass
@@ -311,6 +324,12 @@ class Condition:
     preempted_holds_us: list[float] = field(default_factory=list)
     #: Collections in the explain passes: (µs, generation, thread).
     collections: list[tuple[float, int, str]] = field(default_factory=list)
+    #: The timed passes' calls over --attribute-us (bench.slow_calls).
+    timed_slow: list[TimedSlow] = field(default_factory=list)
+    #: The machine's steal time during each timed pass (/proc/stat, 10 ms ticks).
+    steal_ticks: list[int] = field(default_factory=list)
+    #: Why a timed pass was not traced with perf ("" where it was, or not asked).
+    trace_errors: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -318,6 +337,7 @@ class Condition:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Condition:
         fields = dict(data, slow=[SlowCall(**call) for call in data["slow"]])
+        fields["timed_slow"] = [TimedSlow(**call) for call in data["timed_slow"]]
         fields["collections"] = [tuple(c) for c in data["collections"]]
         return cls(**fields)
 
@@ -345,9 +365,12 @@ def run(
     senders: str = "mix",
     first_round: int = 0,
     mapped: list[str] | None = None,
+    attribute_us: float = ATTRIBUTE_US,
+    trace: bool = False,
 ) -> dict[str, Condition]:
     """The rounds, in this process; ``mapped`` (if given) gets the extension modules
-    this process and its daemon mapped (bench.trees.extensions_mapped)."""
+    this process and its daemon mapped (bench.trees.extensions_mapped); ``trace``:
+    each timed pass under perf (bench.slow_calls.Trace)."""
     results = {
         name: Condition() for name in (*CONDITIONS, "first call (starts the thread)", WARM_UP)
     }
@@ -365,7 +388,8 @@ def run(
         for round_ in range(first_round, first_round + rounds):
             shift = round_ % len(CONDITIONS)
             for name in CONDITIONS[shift:] + CONDITIONS[:shift]:
-                _one(name, results[name], client, daemon, calls, slow_us, senders)
+                _one(name, results[name], client, daemon, calls, slow_us, senders,
+                     attribute_us, trace)  # fmt: skip
             results["first call (starts the thread)"].costs.append(
                 summary(first_calls(daemon.socket_path))
             )
@@ -378,12 +402,15 @@ def run(
 
 
 def _one(name: str, into: Condition, client: TimedClient, daemon: BenchDaemon, calls: int,
-         slow_us: float, senders: str) -> None:  # fmt: skip
+         slow_us: float, senders: str, attribute_us: float = ATTRIBUTE_US,
+         trace: bool = False) -> None:  # fmt: skip
+    watch = _Watch(into, attribute_us, trace, client, daemon)
     if name == "daemon down":
         for timed in (True, False):
             down = Client(Path("/tmp/stb-nowhere/trackerd.sock"), max_buffered=100_000)
+            watch.client = down
             with Collections() as collections:
-                slow = _measure(down.record_server, into, calls, slow_us, timed, senders)
+                slow = _measure(down.record_server, into, calls, slow_us, timed, senders, watch)
             _attribute(slow, [], collections)
             if not timed:
                 into.collections += collections.summary()
@@ -396,7 +423,7 @@ def _one(name: str, into: Condition, client: TimedClient, daemon: BenchDaemon, c
         for timed in (True, False):
             client.holds.clear()
             with Collections() as collections:
-                slow = _measure(record, into, calls, slow_us, timed, senders)
+                slow = _measure(record, into, calls, slow_us, timed, senders, watch)
             # Holds in the daemon-down and stalled conditions are another client's,
             # or none: only the daemon-up ones are the recording client's.
             holds = client.holds if name == "daemon up" else []
@@ -415,10 +442,44 @@ def _one(name: str, into: Condition, client: TimedClient, daemon: BenchDaemon, c
     client.flush(120)
 
 
+class _Watch:
+    """What a timed pass needs to attribute its slow calls: the thresholds, perf
+    or not, and the threads to name (this one, the client's flusher, the daemon's)."""
+
+    def __init__(self, into: Condition, attribute_us: float, trace: bool, client: Client,
+                 daemon: BenchDaemon) -> None:  # fmt: skip
+        self.into, self.attribute_us, self.trace = into, attribute_us, trace
+        self.client, self.daemon = client, daemon
+
+    def names(self) -> dict[int, str]:
+        names = {threading.get_native_id(): "recording thread"}
+        if self.daemon.process is not None:
+            names |= dict.fromkeys(slow_calls.daemon_threads(self.daemon.process.pid), "daemon")
+        flusher = getattr(self.client, "_thread", None)
+        if flusher is not None and flusher.native_id is not None:
+            names[flusher.native_id] = "its flusher"
+        return names
+
+    def timed(self, record: Record, calls: int, senders: str) -> None:
+        tracer = Trace() if self.trace else None
+        steal = slow_calls.steal_ticks()
+        if tracer is not None:
+            with tracer:
+                costs, slow = time_calls(record, calls, senders, self.attribute_us)
+            for call in slow if tracer.available else []:
+                call.held = tracer.held(call, self.names())
+            self.into.trace_errors.append(tracer.error)
+        else:
+            costs, slow = time_calls(record, calls, senders, self.attribute_us)
+        self.into.steal_ticks.append(slow_calls.steal_ticks() - steal)
+        self.into.costs.append(summary(costs))
+        self.into.timed_slow += slow
+
+
 def _measure(record: Record, into: Condition, calls: int, slow_us: float,
-             timed: bool, senders: str) -> list[SlowCall]:  # fmt: skip
+             timed: bool, senders: str, watch: _Watch) -> list[SlowCall]:  # fmt: skip
     if timed:
-        into.costs.append(summary(time_calls(record, calls, senders)))
+        watch.timed(record, calls, senders)
         return []
     slow = explain_calls(record, calls, slow_us, senders)
     into.slow += slow
@@ -433,7 +494,9 @@ def medians(condition: Condition) -> dict[str, float]:
     return out
 
 
-def report(results: dict[str, Condition], slow_us: float = SLOW_US) -> str:
+def report(
+    results: dict[str, Condition], slow_us: float = SLOW_US, attribute_us: float = ATTRIBUTE_US
+) -> str:
     rows: list[list[object]] = []
     for name, condition in results.items():
         stats = medians(condition)
@@ -453,6 +516,7 @@ def report(results: dict[str, Condition], slow_us: float = SLOW_US) -> str:
                      f"{max((c.us for c in slow), default=0):,.0f}"])  # fmt: skip
     lines += ["", table([f"calls over {slow_us:g} µs (explain passes; over 1 ms in brackets)",
                          "calls", "over 1 ms", *WHY, "max µs"], rows)]  # fmt: skip
+    lines += _timed_report(results, attribute_us)
     up = results["daemon up"]
     if up.holds_us:
         holds, cpu = sorted(up.holds_us), sorted(up.holds_cpu_us)
@@ -495,6 +559,49 @@ def report(results: dict[str, Condition], slow_us: float = SLOW_US) -> str:
     return "\n".join(lines)
 
 
+def _held(call: TimedSlow) -> str:
+    """Who held the cores during the call, longest first (perf), or "-"."""
+    if not call.held:
+        return "-"
+    return ", ".join(f"{name} {us:,.0f}" for name, us in
+                     sorted(call.held.items(), key=lambda item: -item[1]))  # fmt: skip
+
+
+def _timed_report(results: dict[str, Condition], attribute_us: float) -> list[str]:
+    """The timed passes' slow calls: where the recording thread was, per condition;
+    then each of them (the slowest 40), window by window."""
+    rows: list[list[object]] = []
+    listed: list[tuple[str, TimedSlow]] = []
+    for name, condition in results.items():
+        if name.startswith("first"):
+            continue
+        slow = condition.timed_slow
+        where = [call.where() for call in slow]
+        over = [call.where() for call in slow if call.us > 1000]
+        rows.append([name, len(slow), len(over),
+                     *(f"{where.count(w)} ({over.count(w)})" for w in slow_calls.WHERE),
+                     f"{max((c.us for c in slow), default=0):,.0f}",
+                     sum(condition.steal_ticks)])  # fmt: skip
+        listed += [(name, call) for call in slow]
+    lines = ["", table([f"timed passes: calls over {attribute_us:g} µs (over 1 ms), where "
+                        "the recording thread was", "calls", "over 1 ms",
+                        *slow_calls.WHERE, "max µs", "steal ticks (10 ms)"], rows)]  # fmt: skip
+    errors = {e for c in results.values() for e in c.trace_errors if e}
+    if errors:
+        lines.append(f"perf trace: not taken ({'; '.join(sorted(errors))}): who held the "
+                     f"cores is not known")  # fmt: skip
+    listed.sort(key=lambda item: -item[1].us)
+    if listed:
+        lines += ["", table([f"slow timed calls, µs (window: <= {slow_calls.WINDOW} calls)", "call",
+                             "where", "window", "its CPU", "waiting for a core",
+                             "rest", "switches vol/invol", "cores held by (perf, µs)"],
+                            [[name, f"{c.us:,.0f}", c.where(), f"{c.window_us:,.0f}",
+                              f"{c.cpu_us:,.0f}", f"{c.run_delay_us:,.0f}", f"{c.rest_us:,.0f}",
+                              f"{c.voluntary}/{c.involuntary}", _held(c)]
+                             for name, c in listed[:40]])]  # fmt: skip
+    return lines
+
+
 def _merge(rounds: list[dict[str, Condition]]) -> dict[str, Condition]:
     """One Condition per name from the rounds' (each from its own process)."""
     merged: dict[str, Condition] = {}
@@ -516,7 +623,8 @@ import json
 from bench import record_cost
 round_, calls, slow_us = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 mapped = []
-results = record_cost.run(1, calls, slow_us, sys.argv[5], first_round=round_, mapped=mapped)
+results = record_cost.run(1, calls, slow_us, sys.argv[5], first_round=round_, mapped=mapped,
+                          attribute_us=float(sys.argv[6]), trace=sys.argv[7] == "trace")
 print(json.dumps({"mapped": mapped,
                   "conditions": {name: c.to_json() for name, c in results.items()}}))
 """
@@ -524,11 +632,12 @@ print(json.dumps({"mapped": mapped,
 
 
 def run_in_child(tree: Tree, about: Description, round_: int, calls: int, slow_us: float,
-                 senders: str, name: str = "") -> dict[str, Condition]:  # fmt: skip
+                 senders: str, name: str = "", attribute_us: float = ATTRIBUTE_US,
+                 trace: bool = False) -> dict[str, Condition]:  # fmt: skip
     """One round in a fresh process running the tree's code (bench.trees); a
     RuntimeError if it or its daemon ran other code than ``about`` says."""
     command = [sys.executable, "-P", "-c", _CHILD, str(BENCH_DIR), str(round_), str(calls),
-               str(slow_us), senders]  # fmt: skip
+               str(slow_us), senders, str(attribute_us), "trace" if trace else "no"]  # fmt: skip
     out = subprocess.run(
         command, env=tree.environment(), capture_output=True, text=True, check=True
     ).stdout
@@ -594,6 +703,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=CALLS, help="calls per condition a round")
     parser.add_argument("--slow-us", type=float, default=SLOW_US,
                         help="explain the calls slower than this")  # fmt: skip
+    parser.add_argument("--attribute-us", type=float, default=ATTRIBUTE_US,
+                        help="say where the recording thread was during each call of the "
+                        "timed passes slower than this (bench.slow_calls)")  # fmt: skip
+    parser.add_argument("--trace", action="store_true",
+                        help="also run perf (sched_switch events, as root) around each timed "
+                        "pass, to say which task held each core during its slow calls")  # fmt: skip
     parser.add_argument("--senders", choices=SENDER_FORMS, default="mix",
                         help="bench.compare's sender form the calls record")  # fmt: skip
     parser.add_argument("--baseline", type=Path, metavar="DIR",
@@ -617,7 +732,16 @@ def main() -> None:
     if args.pure_python:
         entrants.append(("this tree, pure Python forced", this_tree(pure=True)))
     if not entrants:
-        trees = {"this tree": run(args.rounds, args.calls, args.slow_us, args.senders)}
+        trees = {
+            "this tree": run(
+                args.rounds,
+                args.calls,
+                args.slow_us,
+                args.senders,
+                attribute_us=args.attribute_us,
+                trace=args.trace,
+            )
+        }
     else:
         entrants.append(("this tree", this_tree()))
         described = {tree: describe(tree) for _, tree in entrants}
@@ -630,7 +754,15 @@ def main() -> None:
             for name, tree in entrants if round_ % 2 == 0 else entrants[::-1]:
                 per_round[name].append(
                     run_in_child(
-                        tree, described[tree], round_, args.calls, args.slow_us, args.senders, name
+                        tree,
+                        described[tree],
+                        round_,
+                        args.calls,
+                        args.slow_us,
+                        args.senders,
+                        name,
+                        args.attribute_us,
+                        args.trace,
                     )
                 )
                 print(f"round {round_ + 1}, {name}: done (load average {loadavg()})", flush=True)
@@ -638,12 +770,13 @@ def main() -> None:
     for name, results in trees.items():
         if len(trees) > 1:
             print(f"\n=== {name}")
-        print(report(results, args.slow_us))
+        print(report(results, args.slow_us, args.attribute_us))
     print(f"load average after: {loadavg()}")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "record_cost.json").write_text(json.dumps(
-        {tree: {name: {"rounds": c.costs, "slow": [vars(s) for s in c.slow]}
+        {tree: {name: {"rounds": c.costs, "slow": [vars(s) for s in c.slow],
+                       "timed_slow": [vars(s) for s in c.timed_slow]}
                 for name, c in results.items()} for tree, results in trees.items()},
         indent=1) + "\n")  # fmt: skip
 

@@ -161,7 +161,7 @@ def run_redis(load: Workload, window: int = PIPELINED, repeats: bool = False) ->
     round trip per slice, as before); hiredis parses them (C). redis-server (no
     persistence) does only the set insertions and the sum.
 
-    Side by side (docs/performance.md, "bench.compare's harness"), not resending
+    Side by side (docs/performance-history.md, "bench.compare's harness"), not resending
     repeats took redis-server's CPU from 0.5-0.8 to 0.2-0.3 µs a record, and
     pipelining alone made no difference beyond the noise; both are kept, the
     strongest Redis this harness knows.

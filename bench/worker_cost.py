@@ -15,7 +15,7 @@ tree's), then flushes. Its CPU per record is read per thread from
 
 The recording thread's CPU in its final flush() is shown apart (ms, a whole
 worker's): waiting there for the flusher once cost a worker ~50 ms, when flush()
-looked every millisecond (docs/performance.md, wcost).
+looked every millisecond (docs/performance-history.md, wcost).
 
 Every mode runs with the C extension (where built) and with this tree's Python
 fallback (the same process type, three hooks switched to their Python code after

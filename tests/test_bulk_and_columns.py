@@ -111,7 +111,7 @@ def test_an_older_daemon_gets_pairs_and_loses_nothing(short_tmp: Path) -> None:
 
 def test_record_server_makes_no_object_the_garbage_collector_tracks(short_tmp: Path) -> None:
     """So recording never sets off a collection, which stalls the caller (a full
-    collection took milliseconds: docs/performance.md)."""
+    collection took milliseconds: docs/performance-history.md)."""
     client = Client(short_tmp / "nobody-home.sock")
     client._start = lambda: None  # type: ignore[method-assign]  # no flusher allocating meanwhile
     conn_ips = [f"192.0.2.{i % 250}" for i in range(1000)]

@@ -445,3 +445,39 @@ def test_the_daemon_answers_and_counts_alike_on_both_paths(
     assert c_counts == pure_counts
     assert c_counts[0] == 2 * 28  # 30 requests a connection, 2 repeated recipients
     assert c_counts[4] == 2
+
+
+def test_pairs_are_kept_when_the_results_cannot_be_built(harness: Harness) -> None:
+    """No memory while serve() builds what it returns (the lists, the strs, the
+    tuples: _testcapi makes every allocation from the k-th on fail, for each k):
+    a request it answered has its pair come back exactly once, from that call or,
+    after a MemoryError, from the next one; none is lost, none counted twice."""
+    testcapi = pytest.importorskip("_testcapi")
+    _, peer = harness.connection()
+    peer.sendall(request(0))
+    assert harness.loop.serve(1000, 1)[4] is not None  # the queue's memory made
+    assert peer.recv(100) == DUNNO_RESPONSE
+    came_back: list[str | None] = []
+    failures = 0
+    for k in range(1, 40):
+        peer.sendall(request(k))
+        # Empty the free lists of floats and small tuples, so that the last steps
+        # (the since, the tuples around the pairs) allocate and can fail too.
+        kept = [(float(n) + 0.5, tuple([n] * 3), tuple([n] * 5)) for n in range(2100)]
+        testcapi.set_nomemory(k, 0)
+        try:
+            result = harness.loop.serve(1000, 1)
+        except MemoryError:
+            result = None
+        finally:
+            testcapi.remove_mem_hooks()
+        if result is None:
+            failures += 1
+            result = harness.loop.serve(1000, 1)  # what was kept, or the request again
+        del kept
+        pairs = result[4]
+        assert pairs is not None
+        came_back += pairs[0]
+        assert peer.recv(100) == DUNNO_RESPONSE  # answered once
+    assert failures > 0  # the allocations failed in each place in turn, up to the last
+    assert sorted(came_back) == sorted(python_values(request(k))[0] for k in range(1, 40))

@@ -15,10 +15,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from servertracker import read_status_file
 from tests.conftest import Daemon, wait_for
 from tests.test_policy_transport import connect, read_replies, request, start
 from trackerd.core.policy_protocol import DUNNO_RESPONSE
+from trackerd.edges import policy_loop
 from trackerd.edges.policy_loop import MAX_QUEUED
 
 #: The hand-over waits an hour for a batch that never fills: only a flush at the
@@ -282,3 +285,47 @@ def test_the_policy_thread_ends_with_the_daemon(
     assert "internal error" not in log and "still open at shutdown" not in log
     assert "the policy thread did not end" not in log
     assert read_status_file(daemon.runtime_dir).records == 1
+
+
+#: A prelude: the hand-over runs out of memory taking the first two batches the C
+#: loop hands back, at put_many()'s worst place: the connection IPs queued, the
+#: senders not.
+SHORT_OF_MEMORY = """
+import trackerd.edges.policy_loop as p
+class Failing(list):
+    left = 2
+    def __iadd__(self, other):
+        if Failing.left:
+            Failing.left -= 1
+            raise MemoryError
+        return list.__iadd__(self, other)
+init = p.Handover.__init__
+def init_failing(self, *args):
+    init(self, *args)
+    self._senders = Failing()
+p.Handover.__init__ = init_failing
+"""
+
+
+@pytest.mark.skipif(policy_loop._cpolicy_loop is None, reason="the C extension is not built")
+def test_a_hand_over_out_of_memory_keeps_the_pairs_and_loses_nothing(
+    make_daemon: Callable[..., Daemon], short_tmp: Path
+) -> None:
+    """The requests are answered (so they must be counted) when the C loop hands
+    their pairs back; a MemoryError queueing them in the hand-over keeps them in
+    the thread, which queues them first at its next turn: every pair counted once,
+    none misaligned (each connection IP with its own sender), and a log line says
+    so. (The C side keeps its queue when its own results fail:
+    test_policy_c_loop.py.)"""
+    daemon, path = start(make_daemon, short_tmp, prelude=SHORT_OF_MEMORY)
+    with connect(path) as sock:
+        for n in range(1, 31):
+            sock.sendall(request(n))
+            assert read_replies(sock, 1) == DUNNO_RESPONSE
+    # Counted once memory allows (here, after two failures); a status meanwhile may
+    # not count them yet.
+    wait_for(lambda: daemon.status().records == 30, what="every answered request counted")
+    status = daemon.status()
+    assert (status.records, status.unique_conn_ips, status.unique_domains) == (30, 30, 30)
+    assert "answered policy requests wait to be counted" in daemon.log()
+    assert "internal error" not in daemon.log()

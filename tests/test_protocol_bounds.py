@@ -8,6 +8,7 @@ ignored elements decode as docs/protocol.md says.
 from __future__ import annotations
 
 import struct
+import sys
 import tracemalloc
 from collections.abc import Callable
 
@@ -17,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from servertracker import protocol
-from servertracker.errors import ProtocolError
+from servertracker.errors import LocalProtocolError, ProtocolError
+from servertracker.protocol import encoding
 from servertracker.status import Status
 from trackerd.core.policy_protocol import NEED_DATA, PolicyDecoder
 
@@ -252,3 +254,74 @@ def test_every_error_text_is_one_of_the_fixed_texts(
         except ProtocolError as exc:
             assert exc.message in protocol.ERROR_TEXTS, exc.message
             assert exc.message == str(exc)
+
+
+# --- the encoder: a value too long for any message is refused by its length --------
+
+
+@pytest.mark.parametrize("c_twin", [False, True], ids=["pure", "c-twin-if-built"])
+@pytest.mark.parametrize("where", ["conn_ip", "sender"])
+def test_encode_columns_refuses_a_value_too_long_for_any_message_before_encoding_it(
+    c_twin: bool, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """UTF-8 takes at least a byte a character, so a value longer than the largest
+    message cannot fit: the pure-Python encoder refuses it by its length, as the C
+    twin does, before msgpack makes its UTF-8 (which stays cached on the str) and a
+    frame's worth of copies. The error is the one a message over the limit gets."""
+    if not c_twin:
+        monkeypatch.setattr(encoding, "_c_encode_columns", None)
+    huge = "é" * (4 * M)  # 8 MiB of UTF-8
+    size = sys.getsizeof(huge)
+    columns = (
+        ([huge, "192.0.2.1"], ["a@b", None])
+        if where == "conn_ip"
+        else (["192.0.2.1", None], [None, huge])
+    )
+    tracemalloc.start()
+    try:
+        with pytest.raises(LocalProtocolError, match=f"exceeds the limit of {M}"):
+            protocol.encode_columns(*columns)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sys.getsizeof(huge) == size  # else its 8 MiB UTF-8 copy now lives with it
+    assert peak < M  # no buffer of the value's size was made
+    # encode_columns_split halves down to the value and raises the same, still unencoded.
+    with pytest.raises(LocalProtocolError, match=f"exceeds the limit of {M}"):
+        protocol.encode_columns_split(*columns, max_pairs=2)
+    assert sys.getsizeof(huge) == size
+
+
+def test_encode_columns_still_encodes_a_message_just_under_the_limit() -> None:
+    """The length check is a lower bound: what fits is still encoded, whatever its
+    characters (a value of 2-byte characters counts double in bytes, not in len)."""
+    value = "x" * (M - 64)
+    frame_ = protocol.encode_columns([value], [None])
+    assert len(frame_) - 4 <= M
+    assert msgpack.unpackb(frame_[4:]) == [1, "columns", [value], [None]]
+    with pytest.raises(LocalProtocolError, match=f"exceeds the limit of {M}"):
+        protocol.encode_columns(["é" * (M // 2)], ["é"])  # fits by len, not in bytes
+
+
+def test_encode_interned_refuses_a_new_value_too_long_for_any_message_before_encoding_it() -> None:
+    huge = "é" * (4 * M)
+    size = sys.getsizeof(huge)
+    refs = struct.pack("<I", 0)
+    with pytest.raises(LocalProtocolError, match=f"exceeds the limit of {M}"):
+        protocol.encode_interned(0, [huge], refs, 0, ["a"], refs)
+    assert sys.getsizeof(huge) == size
+
+
+def test_encode_records_refuses_a_value_too_long_for_any_message_before_encoding_it() -> None:
+    """The `record` message (for daemons from before `columns`) checks the same way."""
+    huge = "é" * (4 * M)
+    size = sys.getsizeof(huge)
+    for pairs in ([("192.0.2.1", huge)], [(None, "a@b"), (huge, None)]):
+        with pytest.raises(LocalProtocolError, match=f"exceeds the limit of {M}"):
+            protocol.encode_records(pairs)
+        with pytest.raises(LocalProtocolError, match=f"exceeds the limit of {M}"):
+            protocol.encode_records_split(pairs)
+    assert sys.getsizeof(huge) == size
+    # A pair that is not one is not looked into (no per-pair checks: the daemon
+    # refuses the message), and a short one is encoded as before.
+    assert protocol.encode_records([("192.0.2.1", "a@b"), 7])  # type: ignore[list-item]

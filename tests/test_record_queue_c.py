@@ -242,16 +242,38 @@ def test_the_c_queue_swallows_errors_of_its_callbacks_but_not_an_interrupt() -> 
 
 @needs_c
 def test_the_c_queue_grows_wraps_and_gives_values_back_in_order() -> None:
-    (c_queue, _), (py_queue, _) = queues(100_000, 0, 512)
+    # Rings made for 1,500 records; extend() (record_many()'s, which bounds it
+    # itself) queues past that, so they grow, while wrapped too.
+    (c_queue, _), (py_queue, _) = queues(1500, 0, 512)
+    assert c_queue.capacity == 1500
     for round_ in range(5):
         for queue in (c_queue, py_queue):
-            for i in range(3000):
-                queue.record(f"10.0.{round_}.{i % 256}", f"u{i}@d{round_}.example")
+            conn_ips: list[str | None] = [f"10.0.{round_}.{i % 256}" for i in range(3000)]
+            queue.extend(conn_ips, [f"u{i}@d{round_}.example" for i in range(3000)])
         taken = 2500 - 400 * round_  # the C ring wraps, and grows while wrapped
         assert c_queue.take(taken) == py_queue.take(taken)
         assert state(c_queue) == state(py_queue)
     assert c_queue.take(10**9) == py_queue.take(10**9)
     assert len(c_queue) == 0
+
+
+@needs_c
+def test_the_c_queue_holds_max_buffered_records_without_growing() -> None:
+    # Growing the rings copied them inside one record_server() call, 0.4-4 ms
+    # (docs/performance.md): they are made for max_buffered records at once.
+    (c_queue, _), (py_queue, _) = queues(50_000, 0, 512)
+    assert c_queue.capacity == 50_000
+    for queue in (c_queue, py_queue):
+        for i in range(50_001):  # the last one dropped: the queue is full
+            queue.record(f"10.1.{i // 256 % 256}.{i % 256}", f"u{i}@d.example")
+    assert c_queue.capacity == 50_000
+    assert state(c_queue) == state(py_queue)
+    assert c_queue.dropped_full == 1
+    assert c_queue.take(10**9) == py_queue.take(10**9)
+    # A queue asked to hold more than can sensibly be made at once starts at
+    # PREALLOCATED (64 MiB of address space, mapped on first touch) and grows past it.
+    (huge, _), _ = queues(10**9, 0, 512)
+    assert huge.capacity == 1 << 22
 
 
 @needs_c
@@ -584,18 +606,28 @@ def test_a_subclass_that_records_its_own_way_is_not_bypassed(short_tmp: Path) ->
 
 
 def _count_in_memory(pid: int, pattern: bytes) -> int:
-    """How often pattern occurs in the process's writable anonymous memory."""
-    from tests.test_memory_residue import _anonymous_writable
+    """How often pattern occurs in the process's writable anonymous memory, read a
+    bounded chunk at a time (a region in one read may be more than this process
+    can allocate: under AddressSanitizer, a MemoryError or an abort)."""
+    from tests.test_memory_residue import CHUNK, _anonymous_writable
 
+    # A pattern across two chunks is found in the second: it begins with the last
+    # len - 1 bytes of the first, too few to hold a whole one (counted twice).
+    overlap = len(pattern) - 1
     count = 0
     with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
         for start, end in _anonymous_writable(pid):
-            try:
-                mem.seek(start)
-                region = mem.read(end - start)
-            except OSError:
-                continue  # unmapped meanwhile: nothing there
-            count += region.count(pattern)
+            at, tail = start, b""
+            while at < end:
+                size = min(CHUNK, end - at)
+                try:
+                    mem.seek(at)
+                    chunk = tail + mem.read(size)
+                except OSError:
+                    break  # unmapped meanwhile: nothing there
+                count += chunk.count(pattern)
+                tail = chunk[-overlap:] if overlap else b""
+                at += size
     return count
 
 

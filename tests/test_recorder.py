@@ -194,7 +194,7 @@ class CountingClient(Client):
 def test_the_flusher_lets_go_of_the_gil_between_batches(
     daemon: Daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """docs/performance.md: a send lets go of the GIL for microseconds only, and the
+    """docs/performance-history.md: a send lets go of the GIL for microseconds only, and the
     flusher took it back before the recording thread could run, batch after batch.
     So between two batches of a backlog it pauses without the GIL once it has held
     it _LONG_HOLD (here at once), and loses nothing."""
@@ -213,7 +213,7 @@ def test_the_flusher_lets_go_of_the_gil_between_batches(
 def test_the_flusher_pauses_within_a_batch_it_has_held_long(
     daemon: Daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """docs/performance.md: encoding a batch of new values held the GIL for
+    """docs/performance-history.md: encoding a batch of new values held the GIL for
     milliseconds. The flusher pauses between its steps once it has held the GIL
     for _LONG_HOLD, and not before; whichever, nothing is lost or counted twice."""
     pauses_per_batch = []
@@ -305,7 +305,7 @@ def test_stalled_daemon_does_not_block_and_catches_up(daemon: Daemon) -> None:
 
 
 def test_flush_waits_for_the_flusher_without_polling(daemon: Daemon) -> None:
-    """docs/performance.md: flush() looked every millisecond (waking the flusher
+    """docs/performance-history.md: flush() looked every millisecond (waking the flusher
     each time), and a worker's final flush burnt ~50 ms of CPU. It now waits for
     the flusher to say it drained, looking again every _FLUSH_LOOK at most."""
     assert daemon.process is not None
@@ -399,7 +399,7 @@ def test_exit_is_bounded_when_the_daemon_is_down(short_tmp: Path) -> None:
 
 
 def test_a_client_built_to_ask_for_tables_loads_numpy_at_once() -> None:
-    """docs/performance.md: numpy loaded by the flusher on its first interned
+    """docs/performance-history.md: numpy loaded by the flusher on its first interned
     connection stalled the recording thread for ms, many times. Client() loads it
     when it will ask for value tables (so a pre-fork master pays it once for all
     its workers); a client that asks for none (the default) never does."""

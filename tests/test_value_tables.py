@@ -119,7 +119,7 @@ def test_a_large_batch_of_long_values_is_cut_to_fit_a_frame() -> None:
 
 def test_every_step_of_numbering_new_values_offers_a_pause_and_changes_nothing() -> None:
     """The flusher may let go of the GIL between the steps of an interned batch
-    (docs/performance.md: a step is a few array operations; a whole batch of new
+    (docs/performance-history.md: a step is a few array operations; a whole batch of new
     values took milliseconds). Each step offers a pause, from each place that has
     one, and the messages still resolve to exactly the values recorded."""
     sites: list[str] = []

@@ -27,6 +27,14 @@
 #define MAX_VALUE_LENGTH 512
 #define LONG_VALUE 64
 #define FIRST_CAPACITY 1024
+/* The rings are made for max_buffered records at once, up to this many (64 MiB of
+ * address space; a bigger queue grows from there). Growing them in record() doubled
+ * and copied them in the recording thread: that one call took 0.4-2.3 ms where
+ * traced, at a backlog of 10^5-10^6 records (docs/performance.md, "2026-11-26
+ * (evening), lat"). The kernel maps their pages on first touch, and take() starts
+ * again from the rings' start whenever it empties the queue, so a queue that never
+ * fills touches few of them. */
+#define PREALLOCATED (1 << 22)
 
 typedef struct {
     PyObject_HEAD
@@ -122,10 +130,25 @@ queue_init(RecordQueue *self, PyObject *args, PyObject *kwargs)
     self->clean = Py_NewRef(clean);
     self->cut = Py_NewRef(cut);
     self->idle = 1;
+    Py_ssize_t capacity = max_buffered < PREALLOCATED ? max_buffered : PREALLOCATED;
+    if (capacity < FIRST_CAPACITY) {
+        capacity = FIRST_CAPACITY;
+    }
+    self->ips = PyMem_New(PyObject *, capacity);
+    self->senders = PyMem_New(PyObject *, capacity);
+    if (self->ips == NULL || self->senders == NULL) {
+        /* No room for that much address space: grow as records come (grow()). */
+        PyMem_Free(self->ips);
+        PyMem_Free(self->senders);
+        self->ips = self->senders = NULL;
+        capacity = 0;
+    }
+    self->capacity = capacity;
     return 0;
 }
 
-/* Room for one more record: the rings doubled (unwrapped) when full. */
+/* Room for one more record: the rings doubled (unwrapped) when full; only past
+ * PREALLOCATED records, or where queue_init() could not make them. */
 static int
 grow(RecordQueue *self)
 {
@@ -567,6 +590,8 @@ static PyMethodDef queue_methods[] = {
 static PyMemberDef queue_members[] = {
     {"max_buffered", T_PYSSIZET, offsetof(RecordQueue, max_buffered), READONLY, NULL},
     {"max_long_chars", T_PYSSIZET, offsetof(RecordQueue, max_long_chars), READONLY, NULL},
+    {"capacity", T_PYSSIZET, offsetof(RecordQueue, capacity), READONLY,
+     "records the rings hold before they grow (for tests)"},
     {"batch_size", T_PYSSIZET, offsetof(RecordQueue, batch_size), 0, NULL},
     {"recorded", T_LONGLONG, offsetof(RecordQueue, recorded), READONLY, NULL},
     {"dropped_full", T_LONGLONG, offsetof(RecordQueue, dropped_full), READONLY, NULL},

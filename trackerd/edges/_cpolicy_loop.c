@@ -330,8 +330,9 @@ put_value(Loop *self, const unsigned char *b, Py_ssize_t at, Py_ssize_t end)
     }
 }
 
-/* The queued pairs as (conn_ips, senders, since), the copies overwritten; NULL with an
- * exception (the pairs kept for the next call). */
+/* The queued pairs as (conn_ips, senders, since), or NULL with an exception. The
+ * queue is left as it is: forget_pairs() once what carries them is built, so that a
+ * failure (no memory) on the way keeps them for the next call. */
 static PyObject *
 take_pairs(Loop *self)
 {
@@ -359,15 +360,20 @@ take_pairs(Loop *self)
         }
     }
     result = Py_BuildValue("(OOd)", lists[0], lists[1], self->since);
-    if (result != NULL) {
-        memset(self->pairs, 0, self->pairs_used);
-        self->pairs_used = 0;
-        self->pair_count = 0;
-    }
 finally:
     Py_XDECREF(lists[0]);
     Py_XDECREF(lists[1]);
     return result;
+}
+
+/* The queued pairs are in Python's hands now: their copies here overwritten. */
+static void
+forget_pairs(Loop *self)
+{
+    if (self->pairs != NULL)
+        memset(self->pairs, 0, self->pairs_used);
+    self->pairs_used = 0;
+    self->pair_count = 0;
 }
 
 /* Whether b[at:end] is all ASCII (so its UTF-8 is itself). */
@@ -586,9 +592,12 @@ Loop_serve(Loop *self, PyObject *const *args, Py_ssize_t nargs)
     if (pairs == NULL)
         goto finally;
     result = PyTuple_Pack(5, served_list, others, pending, trouble_list, pairs);
+    /* The last step that can fail: only now are the pairs handed over. */
+    if (result != NULL && pairs != Py_None)
+        forget_pairs(self);
 finally:
     /* After an error (no memory), the read handed back is lost: overwritten. The
-     * pairs stay queued for the next call. */
+     * pairs stay queued for the next call, whichever step failed. */
     if (result == NULL && pending_count > 0)
         memset(b, 0, (size_t)pending_count);
     self->busy = 0;

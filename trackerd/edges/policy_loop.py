@@ -84,6 +84,9 @@ BATCH = 256
 HANDOVER_DELAY = 0.02
 #: How long an exiting thread is waited for, in seconds.
 JOIN_TIMEOUT = 5.0
+#: Out of memory, pairs the C loop handed back wait in the thread (nothing else is
+#: read) and the hand-over tries to take them again this often, in seconds.
+HELD_RETRY = 0.1
 
 #: Tracker.record_columns(conn_ips, senders, deadline): how many pairs it counted.
 Record = Callable[[Sequence[str | None], Sequence[str | None], float], int]
@@ -144,16 +147,26 @@ class Handover:
         self.collect: Callable[[], Awaitable[None]] = _nothing
 
     def put(self, conn_ip: str | None, sender: str | None) -> None:
-        """The thread's: queue one pair to record."""
+        """The thread's: queue one pair to record; all or nothing (MemoryError)."""
         self._conn_ips.append(conn_ip)
-        self._senders.append(sender)  # last: the pair is complete
+        try:
+            self._senders.append(sender)  # last: the pair is complete
+        except MemoryError:
+            del self._conn_ips[-1]  # else every later pair would be misaligned
+            raise
         if self._since is None:
             self._since = monotonic()
 
     def put_many(self, conn_ips: list[str | None], senders: list[str | None], since: float) -> None:
-        """The thread's: queue the pairs the C loop queued, the oldest at since."""
+        """The thread's: queue the pairs the C loop queued, the oldest at since; all
+        or nothing (MemoryError: the caller still holds them)."""
+        before = len(self._conn_ips)
         self._conn_ips += conn_ips
-        self._senders += senders  # last: the pairs are complete
+        try:
+            self._senders += senders  # last: the pairs are complete
+        except MemoryError:
+            del self._conn_ips[before:]  # shrinking allocates nothing
+            raise
         if self._since is None or since < self._since:
             self._since = since
 
@@ -272,6 +285,8 @@ class PolicyLoop:
         self.draining = False
         #: One line a second at most for peers that do not read their replies.
         self.unread_log = LogThrottle(stream_server.UNREAD_LOG_INTERVAL)
+        #: One line a second at most while memory is short for the hand-over.
+        self._held_log = LogThrottle(stream_server.UNREAD_LOG_INTERVAL)
         self._exit = False
         self._thread = threading.Thread(target=self._run, name="trackerd-policy", daemon=True)
         handover.wake_thread = self.wake
@@ -281,6 +296,9 @@ class PolicyLoop:
         self._collecting: set[Callable[[], None]] = set()
         if self._c is not None:
             handover.collect = self._collect
+        # Pairs the C loop handed back that the hand-over could not take (no
+        # memory): queued before anything else is served (_turn).
+        self._held: tuple[list[str | None], list[str | None], float] | None = None
 
     # --- the event loop's calls --------------------------------------------------------
 
@@ -369,6 +387,12 @@ class PolicyLoop:
                 except Exception as exc:  # a bug: logged, and the thread goes on
                     log_failure(exc)
         finally:
+            if not self._queue_held():
+                _, senders, _ = self._held or ((), (), 0.0)
+                log.error(
+                    "out of memory: %d answered policy requests not counted at exit",
+                    len(senders),
+                )
             with self._ending:  # what the C loop held is queued: collects may end
                 self._ended = True
                 collecting, self._collecting = self._collecting, set()
@@ -378,7 +402,33 @@ class PolicyLoop:
             self._room.close()
             os.close(self._waker)
 
+    def _queue_held(self) -> bool:
+        """Queue in the hand-over the pairs the C loop handed back; if memory runs
+        out, keep them (their requests are answered: they must be counted) for the
+        next turn. Whether none is held now."""
+        held = self._held
+        if held is None:
+            return True
+        try:
+            self.handover.put_many(*held)
+        except MemoryError:
+            if self._held_log.ready() is not None:
+                log.warning(
+                    "out of memory: %d answered policy requests wait to be counted; "
+                    "reading paused until they are",
+                    len(held[1]),
+                )
+            return False
+        self._held = None
+        return True
+
     def _turn(self) -> None:
+        if not self._queue_held():
+            # Nothing more is read meanwhile; commands still run (a status waits, and
+            # is answered without them if memory stays short).
+            if self._room.poll(HELD_RETRY):
+                self._run_commands()
+            return
         now = monotonic()
         handover = self.handover
         wait = min(handover.hand_over(now), self._next_timer - now)
@@ -400,7 +450,8 @@ class PolicyLoop:
             )
             now = monotonic()
             if pairs is not None:  # first: before any command (_collect) runs
-                handover.put_many(*pairs)
+                self._held = pairs
+                self._queue_held()  # else held for the next turn, nothing lost
             for fd, count, last_read in served:
                 connections[fd].served(count, last_read)
             for fd, sent in troubles:
@@ -424,6 +475,9 @@ class PolicyLoop:
     def _run_commands(self) -> None:
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self._waker)
+        # A status snapshot's command counts on every answered pair being queued:
+        # held ones too, if memory allows now.
+        self._queue_held()
         commands = self._commands
         while commands:
             try:

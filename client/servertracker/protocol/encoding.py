@@ -56,6 +56,29 @@ def _frame(body: bytes) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
+_PAIR_TYPES = (tuple, list)
+
+
+def _refuse_too_long(*columns: Sequence[object]) -> None:
+    """Raise as _frame() would where the values' lengths alone exceed the largest
+    message: UTF-8 takes at least a byte a character (as bytes a byte a byte), so
+    this is a lower bound of the body. Checked before msgpack, which would first
+    make a too-long value's UTF-8 (cached on the str for as long as it lives) and a
+    buffer and a bytes object of the whole message; the C twin checks the same way
+    (_record_queue.c, column_size) and leaves such a message to this code.
+    """
+    least = 0
+    for column in columns:
+        try:  # the usual column: str only, one C loop
+            least += sum(map(len, column))  # type: ignore[arg-type]
+        except TypeError:  # None (one byte), or a type msgpack decides on
+            least += sum(len(v) for v in column if isinstance(v, (str, bytes, bytearray)))
+    if least > MAX_MESSAGE_SIZE:
+        raise LocalProtocolError(
+            f"message of at least {least} bytes exceeds the limit of {MAX_MESSAGE_SIZE}"
+        )
+
+
 def encode_records(pairs: Sequence[Pair]) -> bytes:
     """Encode a record message; the client's hot path, so it skips per-pair checks.
 
@@ -64,6 +87,8 @@ def encode_records(pairs: Sequence[Pair]) -> bytes:
     """
     if len(pairs) > MAX_PAIRS_PER_MESSAGE:
         raise LocalProtocolError(f"more than {MAX_PAIRS_PER_MESSAGE} pairs in one message")
+    # Pairs that are not sequences are left to msgpack (which refuses them).
+    _refuse_too_long([v for pair in pairs if type(pair) in _PAIR_TYPES for v in pair])
     try:
         body = _packer_default.pack([PROTOCOL_VERSION, "record", pairs])
     except (TypeError, ValueError, OverflowError) as exc:
@@ -102,6 +127,7 @@ def encode_columns(conn_ips: Sequence[str | None], senders: Sequence[str | None]
         raise LocalProtocolError("columns must be of equal length, at least 1")
     if len(conn_ips) > MAX_PAIRS_PER_MESSAGE:
         raise LocalProtocolError(f"more than {MAX_PAIRS_PER_MESSAGE} pairs in one message")
+    _refuse_too_long(conn_ips, senders)
     try:
         body = _packer_default.pack([PROTOCOL_VERSION, "columns", conn_ips, senders])
     except (TypeError, ValueError, OverflowError) as exc:
@@ -168,6 +194,7 @@ def encode_interned(
     for first, new in ((ip_first, ip_new), (sender_first, sender_new)):
         if first < 0 or first + len(new) > MAX_INTERN_ENTRIES:
             raise LocalProtocolError("interned ids beyond the largest table")
+    _refuse_too_long(ip_new, sender_new)
     body = [PROTOCOL_VERSION, "interned", ip_first, ip_new, ip_bin,
             sender_first, sender_new, sender_bin]  # fmt: skip
     try:
