@@ -40,8 +40,8 @@ from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
 from trackerd.edges.endpoint import ListenerSettings
 from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
+from trackerd.edges.stream_server import LARGEST_READ, Connection, StreamServer
 from trackerd.edges.stream_server import SLICE_SECONDS as SLICE_SECONDS  # policy_loop.py's
-from trackerd.edges.stream_server import Connection, StreamServer
 from trackerd.option_types import Arguments, int_between
 
 if TYPE_CHECKING:
@@ -142,6 +142,11 @@ FD_NAME = "trackerd"
 
 class TrackerServer(StreamServer):
     """Serves the tracker protocol (docs/protocol.md)."""
+
+    #: When the daemon is behind, a worker's socket holds several of its frames
+    #: (1,024 pairs, about 35 KiB each), counted together once read (JOIN_BYTES);
+    #: a read of 64 KiB took one and a part.
+    read_size = LARGEST_READ
 
     @classmethod
     def add_arguments(cls, arguments: Arguments) -> None:
