@@ -41,9 +41,13 @@ FORCE:
 run: $(STAMP)
 	$(BIN)/trackerd
 
+# Test processes (pytest-xdist): 0 runs the suite in this one process, as
+# `.venv/bin/python -m pytest` does; `make test TEST_JOBS=auto` runs one a core.
+TEST_JOBS ?= 0
+
 ## Run the test suite, then ruff and mypy.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_JOBS)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 

@@ -29,10 +29,15 @@ from bench.go_original import (
 from bench.trees import THIS_ROOT, Tree
 from bench.workload import FORMS, WORKERS, Run, Workload, distinct_counts, true_counts
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("go") is None,
-    reason="go not found: the Go original's design needs Go to build (apt-get install golang-go)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("go") is None,
+        reason="go not found: the Go original's design needs Go to build "
+        "(apt-get install golang-go)",
+    ),
+    # Under pytest-xdist every test here runs in one worker, on the one `program` build.
+    pytest.mark.xdist_group("go_original"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -163,7 +163,7 @@ def test_the_policy_drain_is_capped(make_daemon: Callable[..., Daemon], short_tm
         assert read_replies(sock, 1) == DUNNO_RESPONSE
         start_time = time.monotonic()
         daemon.process.send_signal(15)
-        assert daemon.process.wait(60) == 0
+        assert daemon.process.wait(60) == 0, daemon.log()
         took = time.monotonic() - start_time
         assert sock.recv(100) == b""
     assert took >= stream_server.DRAIN_DEADLINE  # it did drain, for the whole cap

@@ -58,7 +58,8 @@ def container_results() -> Iterator[dict[str, dict[str, object]]]:
 
 
 # One boot installs the project and runs every check: minutes on a loaded machine.
-pytestmark = pytest.mark.timeout(1200)
+# Under pytest-xdist every test here runs in the worker that booted the container once.
+pytestmark = [pytest.mark.timeout(1200), pytest.mark.xdist_group("real_systemd")]
 
 
 @pytest.mark.parametrize("name", CHECKS)

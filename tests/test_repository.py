@@ -7,8 +7,13 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Directories that are not the project's own text (tools' caches, the venv).
-SKIPPED = {".git", ".venv", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__"}
+#: Directories that are not the project's own text (tools' caches, the venv, and the
+#: build's output: copies of the sources that a wheel build, such as test_real_systemd's
+#: in another pytest-xdist worker, writes and removes while this walks).
+SKIPPED = {
+    ".git", ".venv", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__",
+    "build", "servertracker.egg-info",
+}  # fmt: skip
 TEXT_SUFFIXES = {".md", ".py", ".toml", ".cfg", ".ini", ".service", ".socket", ".conf", ".txt"}
 #: A merge that was committed unresolved leaves these lines behind.
 CONFLICT_MARKER = re.compile(r"^(<{7} |={7}$|>{7} )", re.MULTILINE)
