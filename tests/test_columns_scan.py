@@ -174,6 +174,95 @@ def test_a_release_from_a_finaliser_amid_a_call_waits_for_its_end(call: str) -> 
     assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
 
 
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(st.lists(st.lists(st.tuples(texts, texts), min_size=1, max_size=12), min_size=1, max_size=5))
+def test_joined_columns_hold_their_parts_values_in_order(
+    messages: list[list[tuple[str | None, str | None]]],
+) -> None:
+    """join_columns() is the concatenation of its parts' columns (its pure-Python
+    twin), whatever the values (None, empty, non-ASCII); the parts stay as they are
+    until released, and the joined one's release ends it as a part's does."""
+    assume(all(encodable(value) for message in messages for pair in message for value in pair))
+    bodies_ = [
+        bytearray(msgpack.packb([1, "columns", [p[0] for p in m], [p[1] for p in m]]))
+        for m in messages
+    ]
+    parts = [scan_columns(body) for body in bodies_]
+    assert all(part is not None for part in parts)
+    joined = raw_cache.join_columns(parts)  # type: ignore[arg-type]
+    count = sum(map(len, messages))
+    assert len(joined) == count
+    for column in (0, 1):
+        assert joined.values(column, 0, count) == [p[column] for m in messages for p in m]
+    for part, message in zip(parts, messages, strict=True):
+        assert part is not None and part.values(1, 0, len(part)) == [p[1] for p in message]
+        part.release()
+    assert all(body == bytes(len(body)) for body in bodies_)
+    assert joined.values(0, count - 1, count) == [messages[-1][-1][0]]  # its own copy
+    joined.release()
+    assert len(joined) == 0
+    with pytest.raises(ValueError):
+        joined.values(0, 0, 1)
+
+
+def test_join_refuses_what_is_not_a_list_of_columns_held() -> None:
+    body = bytearray(msgpack.packb([1, "columns", ["192.0.2.1"], ["a@b.example"]]))
+    columns = scan_columns(body)
+    assert columns is not None
+    for wrong in ([], (columns,), [columns, "columns"], [None]):
+        with pytest.raises(TypeError):
+            raw_cache.join_columns(wrong)  # type: ignore[arg-type]
+    released = scan_columns(bytearray(body))
+    assert released is not None
+    released.release()
+    with pytest.raises(ValueError):
+        raw_cache.join_columns([columns, released])
+    joined = raw_cache.join_columns([columns, columns, raw_cache.join_columns([columns])])
+    assert joined.values(1, 0, 3) == ["a@b.example"] * 3
+
+
+def test_a_release_from_a_finaliser_during_a_join_is_safe() -> None:
+    """join_columns() may run the collector (its list), and so a __del__ that
+    releases a part: it never reads what was freed, either refusing the part as
+    released or joining it whole and leaving its release for the end. In a fresh
+    interpreter, freed memory overwritten: a crash there fails this."""
+    code = """
+        import gc, msgpack
+        from trackerd.core._ccolumns import scan_columns, join_columns
+        senders = ["a@b%d" % i for i in range(20)]
+        body = bytearray(msgpack.packb([1, "columns", ["10.0.0.1"] * 20, senders]))
+        columns = scan_columns(body)
+        other = scan_columns(bytearray(msgpack.packb([1, "columns", ["x"], ["y"]])))
+        class Releaser:
+            def __del__(self):
+                columns.release()
+        gc.disable()
+        keep = [[] for _ in range(200)]
+        releaser = Releaser()
+        releaser.cycle = releaser
+        del releaser
+        gc.set_threshold(1)
+        gc.enable()
+        try:
+            joined = join_columns([other, columns])
+        except ValueError:
+            pass
+        else:
+            assert joined.values(1, 0, 21) == ["y", *senders], joined.values(1, 0, 21)
+        gc.disable()
+        assert len(columns) == 0 and body == bytes(len(body))  # released
+        print("ok")
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONMALLOC": "debug"},
+    )
+    assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
+
+
 def test_out_of_range_requests_are_refused() -> None:
     columns = scan_columns(bytearray(msgpack.packb([1, "columns", ["a", "b"], ["c", "d"]])))
     assert columns is not None and len(columns) == 2
@@ -231,6 +320,33 @@ def test_read_in_place_counts_as_decoded(
         assert counted(c_tracker) == counted(python_tracker)
 
 
+@settings(max_examples=60, derandomize=True, deadline=None)
+@given(
+    st.lists(st.lists(st.tuples(conn_ips, senders()), min_size=1, max_size=40), max_size=5),
+    st.integers(1, 50),
+)
+def test_joined_messages_count_as_decoded_one_by_one(
+    batches: list[list[tuple[str | None, str | None]]], step: int
+) -> None:
+    """Messages joined (join_columns()) and counted read in place, in slices under a
+    passed deadline, and the same messages decoded and counted one by one on the
+    pure-Python caches: the same records, tallies, distinct counts and digests."""
+    assume(all(encodable(value) for batch in batches for pair in batch for value in pair))
+    c_tracker, python_tracker = both_trackers()
+    parts = []
+    for batch in batches:
+        ips, senders_ = [p[0] for p in batch], [p[1] for p in batch]
+        parts.append(scan_columns(bytearray(msgpack.packb([1, "columns", ips, senders_]))))
+        python_tracker.record_columns(ips, senders_)
+    if parts:
+        joined = raw_cache.join_columns(parts)  # type: ignore[arg-type]
+        start = 0
+        while start < len(joined):
+            start += c_tracker.record_scanned(joined, start, min(start + step, len(joined)), 0.0)
+        joined.release()
+    assert counted(c_tracker) == counted(python_tracker)
+
+
 def test_a_value_read_in_place_and_one_decoded_share_their_cache_entry() -> None:
     """An ASCII value has one key on both paths: a policy request's pair (decoded)
     after a columns message of the same values is all hits."""
@@ -272,6 +388,46 @@ BAD_FRAMES = [
 ]
 
 
+def run_in_one_write(daemon: Daemon) -> tuple[tuple[int, ...], bytes]:
+    """Columns messages in one write, so that the daemon reads several whole at
+    once and joins those read in place: a plain one, one of other encodings (read
+    decoded), plain ones again, a status request in between, then one it refuses.
+    The status reply and the counts after the error say what was counted, in order."""
+    plain = [frame(body) for body in FRAMES[:2]]
+    other = frame(FRAMES[0].replace(b"\xa7columns", b"\xd9\x07columns"))  # not plain
+    status = protocol.encode(protocol.StatusRequest())
+    bad = frame(msgpack.packb([1, "columns", ["a"], ["b", "c"]]))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(daemon.socket_path))
+        sock.sendall(b"".join([*plain, other, *plain, status, *plain, *plain, bad]))
+        replies = b"".join(iter(lambda: sock.recv(65536), b""))
+    with daemon.connect() as conn:
+        after = conn.status()
+    return (after.records, after.rejected_senders, after.unique_domains), replies
+
+
+def test_frames_read_together_count_alike_on_both_paths(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    results = []
+    for name, pure in (("c", "0"), ("py", "1")):
+        daemon = make_daemon(name, env=dict(os.environ, **{accel.PURE_PYTHON_VARIABLE: pure}))
+        daemon.start()
+        try:
+            results.append(run_in_one_write(daemon))
+        finally:
+            daemon.stop()
+    (c_counts, c_replies), (py_counts, py_replies) = results
+    assert c_counts == py_counts == (4 * 603 + 600, 5 * 120, 11)
+    status_size = struct.unpack(">I", c_replies[:4])[0]
+    c_status = msgpack.unpackb(c_replies[4 : 4 + status_size])
+    py_status = msgpack.unpackb(py_replies[4 : 4 + status_size])
+    assert c_status[2]["records"] == py_status[2]["records"] == 2 * 603 + 600  # before it
+    assert c_replies[4 + status_size :] == py_replies[4 + status_size :]
+    assert msgpack.unpackb(c_replies[8 + status_size :])[2] == protocol.ERR_BAD_MESSAGE
+
+
 def run_frames(daemon: Daemon) -> tuple[tuple[int, ...], list[bytes]]:
     errors = []
     for body, _ in BAD_FRAMES:
@@ -310,3 +466,19 @@ def test_the_daemon_counts_and_refuses_alike_on_both_paths(
     assert c_errors == py_errors
     for (_, code), reply in zip(BAD_FRAMES, c_errors, strict=True):
         assert msgpack.unpackb(reply[4:])[2] == code
+
+
+def test_the_decoder_tells_a_whole_columns_frame_before_it_is_taken() -> None:
+    """next_body_starts_with() (what the daemon looks at before it joins a frame):
+    only for a frame arrived whole, and it takes nothing."""
+    decoder = protocol.MessageDecoder()
+    whole = frame(msgpack.packb([1, "columns", ["192.0.2.1"], ["a@b.example"]]))
+    decoder.receive_data(whole[:-1])
+    assert not decoder.next_body_starts_with(raw_cache.COLUMNS_HEAD)
+    decoder.receive_data(whole[-1:] + protocol.encode(protocol.Ping()))
+    assert decoder.next_body_starts_with(raw_cache.COLUMNS_HEAD)
+    assert decoder.next_body_starts_with(raw_cache.COLUMNS_HEAD)  # nothing taken
+    assert isinstance(decoder.next_message(), protocol.RecordColumns)
+    assert not decoder.next_body_starts_with(raw_cache.COLUMNS_HEAD)  # a ping next
+    assert isinstance(decoder.next_message(), protocol.Ping)
+    assert not decoder.next_body_starts_with(b"")  # nothing there

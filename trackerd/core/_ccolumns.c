@@ -437,6 +437,122 @@ Columns_len(Columns *self)
     return self->count;
 }
 
+/* Where a column's values lie in a held Columns' body: [*lo, *hi). */
+static void
+column_span(const Columns *self, int column, Py_ssize_t *lo, Py_ssize_t *hi)
+{
+    Py_ssize_t text_at, text_len, last = self->starts[column][self->count - 1];
+    *lo = self->starts[column][0];
+    /* scan_columns() checked every value: the last one's size is >= 1. */
+    *hi = last + value_at(self->body.buf, self->body.len, last, &text_at, &text_len);
+}
+
+PyDoc_STRVAR(join_columns_doc,
+"join_columns(parts) -> Columns: the pairs of parts (a non-empty list of Columns,\n"
+"none released) in order, as one Columns whose values are copied into a body of its\n"
+"own, overwritten by its release(). The parts are left as they are: the caller\n"
+"releases them.");
+
+static PyObject *
+join_columns(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    if (!PyList_CheckExact(arg) || PyList_GET_SIZE(arg) < 1) {
+        PyErr_SetString(PyExc_TypeError, "join_columns() takes a non-empty list of Columns");
+        return NULL;
+    }
+    /* A reference to the list: nothing below may shrink it under us. */
+    PyObject *list = PyList_GetSlice(arg, 0, PyList_GET_SIZE(arg));
+    if (list == NULL)
+        return NULL;
+    Py_ssize_t parts = PyList_GET_SIZE(list);
+    for (Py_ssize_t p = 0; p < parts; p++) {
+        PyObject *item = PyList_GET_ITEM(list, p);
+        if (!Py_IS_TYPE(item, &ColumnsType)) {
+            PyErr_SetString(PyExc_TypeError, "join_columns() takes a non-empty list of Columns");
+            Py_DECREF(list);
+            return NULL;
+        }
+        if (!((Columns *)item)->held || ((Columns *)item)->count < 1) {
+            PyErr_SetString(PyExc_ValueError, "the columns were released");
+            Py_DECREF(list);
+            return NULL;
+        }
+    }
+    /* From here no part's body goes until columns_leave(), whatever an allocation runs. */
+    for (Py_ssize_t p = 0; p < parts; p++)
+        columns_enter((Columns *)PyList_GET_ITEM(list, p));
+    PyObject *result = NULL, *storage = NULL;
+    uint32_t *starts[2] = {NULL, NULL};
+    Py_ssize_t count = 0, size = 0;
+    for (Py_ssize_t p = 0; p < parts; p++) {
+        const Columns *part = (const Columns *)PyList_GET_ITEM(list, p);
+        for (int column = 0; column < 2; column++) {
+            Py_ssize_t lo, hi;
+            column_span(part, column, &lo, &hi);
+            size += hi - lo; /* each < UINT32_MAX: no overflow before the check below */
+            if (size > UINT32_MAX)
+                break;
+        }
+        count += part->count; /* each <= MAX_PAIRS */
+        if (size > UINT32_MAX || count > UINT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "too many values to join");
+            goto done;
+        }
+    }
+    for (int column = 0; column < 2; column++) {
+        starts[column] = PyMem_Malloc((size_t)count * sizeof(uint32_t));
+        if (starts[column] == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    storage = PyByteArray_FromStringAndSize(NULL, size);
+    if (storage == NULL)
+        goto done;
+    unsigned char *out = (unsigned char *)PyByteArray_AS_STRING(storage);
+    Py_ssize_t at = 0, k[2] = {0, 0};
+    for (int column = 0; column < 2; column++) {
+        for (Py_ssize_t p = 0; p < parts; p++) {
+            const Columns *part = (const Columns *)PyList_GET_ITEM(list, p);
+            Py_ssize_t lo, hi;
+            column_span(part, column, &lo, &hi);
+            memcpy(out + at, (const unsigned char *)part->body.buf + lo, (size_t)(hi - lo));
+            for (Py_ssize_t i = 0; i < part->count; i++)
+                starts[column][k[column]++] = (uint32_t)(at + (part->starts[column][i] - lo));
+            at += hi - lo;
+        }
+    }
+    Columns *joined = PyObject_New(Columns, &ColumnsType);
+    if (joined == NULL)
+        goto done;
+    if (PyObject_GetBuffer(storage, &joined->body, PyBUF_SIMPLE) < 0) {
+        joined->held = 0;
+        joined->starts[0] = joined->starts[1] = NULL;
+        joined->count = 0;
+        joined->busy = joined->release_pending = 0;
+        Py_DECREF(joined);
+        goto done;
+    }
+    joined->held = 1;
+    joined->count = count;
+    joined->starts[0] = starts[0];
+    joined->starts[1] = starts[1];
+    starts[0] = starts[1] = NULL; /* the joined Columns owns them */
+    joined->busy = 0;
+    joined->release_pending = 0;
+    result = (PyObject *)joined;
+done:
+    PyMem_Free(starts[0]);
+    PyMem_Free(starts[1]);
+    if (storage != NULL && result == NULL)
+        memset(PyByteArray_AS_STRING(storage), 0, (size_t)size); /* copies of the values */
+    Py_XDECREF(storage); /* the joined Columns' body holds it */
+    for (Py_ssize_t p = 0; p < parts; p++)
+        columns_leave((Columns *)PyList_GET_ITEM(list, p));
+    Py_DECREF(list);
+    return result;
+}
+
 static PyMethodDef Columns_methods[] = {
     {"values", (PyCFunction)Columns_values, METH_VARARGS,
      "values(column, start, stop): the values as decode_body() gives them."},
@@ -947,6 +1063,7 @@ static PyTypeObject TableType = {
 
 static PyMethodDef module_methods[] = {
     {"scan_columns", (PyCFunction)scan_columns, METH_O, scan_columns_doc},
+    {"join_columns", (PyCFunction)join_columns, METH_O, join_columns_doc},
     {NULL, NULL, 0, NULL},
 };
 

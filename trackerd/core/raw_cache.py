@@ -229,6 +229,11 @@ def new_raw_cache(slots: int, *, split: bool = False) -> RawCache | CRawCache:
     return CRawCache(slots, split=split) if _ccolumns is not None else RawCache(slots)
 
 
+#: How every body scan_columns() reads in place begins (msgpack: an array of 4, the
+#: version 1, the fixstr "columns"): a server looks for it before it takes a frame.
+COLUMNS_HEAD: Final = b"\x94\x01\xa7columns"
+
+
 def scan_columns(body: bytearray) -> Columns | None:
     """A columns message's body read in place by the C extension, or None: the body is
     no plain columns message (decode_body() decides what it is), or the extension is
@@ -236,3 +241,12 @@ def scan_columns(body: bytearray) -> Columns | None:
     if _ccolumns is None:
         return None
     return cast("Columns | None", _ccolumns.scan_columns(body))
+
+
+def join_columns(parts: list[Columns]) -> Columns:
+    """One Columns of the pairs of parts (scan_columns()'s, none released) in order,
+    their values copied: the twin of concatenating their columns (the decoded path
+    counts each message's values as they come; the counts are alike, tests hold them
+    to it). The caller releases the parts, and the joined one once counted."""
+    assert _ccolumns is not None, "only where scan_columns() reads in place"
+    return cast("Columns", _ccolumns.join_columns(parts))

@@ -32,7 +32,7 @@ from servertracker.batch_encoder import MIN_TABLE_ENTRIES
 from servertracker.errors import ProtocolError
 from servertracker.paths import SOCKET_OPTION
 from trackerd.core.interned import IPS, SENDERS
-from trackerd.core.raw_cache import ColumnsType, scan_columns
+from trackerd.core.raw_cache import COLUMNS_HEAD, ColumnsType, join_columns, scan_columns
 from trackerd.core.tracker import STATUS_FIELDS, Tracker
 from trackerd.core.value_table import BYTES_PER_ENTRY, DEFAULT_MAX_INTERNED_ENTRIES, ValueTables
 from trackerd.core.wording import more_since
@@ -40,8 +40,8 @@ from trackerd.edges.access import AllowLists, ConnectionLimits, LogThrottle
 from trackerd.edges.endpoint import ListenerSettings
 from trackerd.edges.socket_files import SocketFileSettings
 from trackerd.edges.status_writer import StatusWriter
+from trackerd.edges.stream_server import LARGEST_READ, Connection, StreamServer
 from trackerd.edges.stream_server import SLICE_SECONDS as SLICE_SECONDS  # policy_loop.py's
-from trackerd.edges.stream_server import Connection, StreamServer
 from trackerd.option_types import Arguments, int_between
 
 if TYPE_CHECKING:
@@ -75,6 +75,19 @@ def next_slice(size: int, handed: int, done: int) -> int:
     than counting the same values by `columns`)."""
     return min(MAX_SLICE, size * 2) if done >= handed else max(MIN_SLICE, 2 * done)
 
+
+#: Consecutive columns messages that have arrived whole are counted together, as
+#: one (raw_cache.join_columns()), while they come to at most this many bytes and
+#: the pairs to at most JOIN_PAIRS: what counting one message costs on top of its
+#: pairs (the calls, the arrays: about 0.1 µs a pair at 1,024 pairs a message,
+#: docs/performance.md) is paid once for all of them. They are there only when the
+#: daemon is behind (a worker's flusher writes a batch, of 1,024 pairs, as soon as
+#: it is taken), so this costs a worker that is not waiting nothing. Within a
+#: BATCH_FRAME turn the memory bound becomes this (and its copy, joined).
+JOIN_BYTES = 256 * 1024
+#: The pairs handed to a joined message's first slice: a slice's look-ups for pairs
+#: it does not reach (past its deadline) cost at most about 0.4 ms.
+JOIN_PAIRS = 4096
 
 #: Frames larger than this are decoded and counted one at a time, across all
 #: connections. A frame's values live while it is counted in slices, with other
@@ -129,6 +142,11 @@ FD_NAME = "trackerd"
 
 class TrackerServer(StreamServer):
     """Serves the tracker protocol (docs/protocol.md)."""
+
+    #: When the daemon is behind, a worker's socket holds several of its frames
+    #: (1,024 pairs, about 35 KiB each), counted together once read (JOIN_BYTES);
+    #: a read of 64 KiB took one and a part.
+    read_size = LARGEST_READ
 
     @classmethod
     def add_arguments(cls, arguments: Arguments) -> None:
@@ -297,8 +315,8 @@ class TrackerServer(StreamServer):
 
     async def _record_scanned(self, connection: Connection, columns: Columns) -> None:
         """_record() of a columns message read in place by the C extension
-        (Tracker.record_scanned); its body is overwritten once counted, or if
-        counting fails."""
+        (Tracker.record_scanned), or of several joined (_join_following()); its body
+        is overwritten once counted, or if counting fails."""
         try:
             record, count = self._tracker.record_scanned, len(columns)
             if count <= MIN_SLICE:
@@ -308,17 +326,58 @@ class TrackerServer(StreamServer):
                 connection,
                 count,
                 lambda start, end, deadline: record(columns, start, min(end, count), deadline),
+                max(FIRST_SLICE, min(count, JOIN_PAIRS)),
             )
         finally:
             columns.release()
 
+    def _join_following(
+        self, decoder: protocol.MessageDecoder, first: Columns, size: int
+    ) -> tuple[Columns, protocol.RecordColumns | ProtocolError | None]:
+        """first (a frame of size bytes), joined with the columns messages that follow
+        it whole in the decoder (JOIN_BYTES, JOIN_PAIRS), and what was taken from the
+        decoder after them: a columns message not read in place (decoded), or the
+        error its body raised; None if nothing. The caller counts the joined
+        message, then that one (or raises the error): in the order they came."""
+        parts = [first]
+        pairs = len(first)
+        after: protocol.RecordColumns | ProtocolError | None = None
+        try:
+            while pairs < JOIN_PAIRS:
+                following = decoder.next_frame_size
+                if size + following > JOIN_BYTES or not decoder.next_body_starts_with(COLUMNS_HEAD):
+                    break
+                message = self._next_message(decoder)
+                if type(message) is not ColumnsType:
+                    # Begins as one, so decode_body() made it a columns message.
+                    after = cast(protocol.RecordColumns, message)
+                    break
+                part = cast("Columns", message)
+                parts.append(part)
+                size += following
+                pairs += len(part)
+        except ProtocolError as error:
+            after = error
+        if len(parts) == 1:
+            return first, after
+        try:
+            return join_columns(parts), after
+        finally:
+            for part in parts:
+                part.release()
+
     async def _in_slices(
-        self, connection: Connection, count: int, record: Callable[[int, int, float], int]
+        self,
+        connection: Connection,
+        count: int,
+        record: Callable[[int, int, float], int],
+        first: int = FIRST_SLICE,
     ) -> None:
         """Count pairs 0 to count with record(start, end, deadline) -> pairs done, in
         slices (see _record), each ending with the connection's turn; shielded, so a
-        message counts whole even at shutdown (the first slice has no await)."""
-        size = FIRST_SLICE
+        message counts whole even at shutdown (the first slice has no await, and is
+        handed ``first`` pairs)."""
+        size = first
         done = record(0, size, connection.turn_ends)
         if done >= count:
             return
@@ -407,10 +466,18 @@ class TrackerServer(StreamServer):
                     async with turn:
                         message = self._next_message(decoder)
                         if type(message) is ColumnsType:
-                            await self._record_scanned(connection, cast("Columns", message))
-                            del message  # released: its body is overwritten
+                            columns, after = self._join_following(
+                                decoder, cast("Columns", message), size
+                            )
+                            del message
+                            await self._record_scanned(connection, columns)
+                            del columns  # released: its body is overwritten
                             recorded = True
-                            continue
+                            if after is None:
+                                continue
+                            if isinstance(after, ProtocolError):
+                                raise after
+                            message = after  # counted next, below
                         if isinstance(message, protocol.RecordColumns | protocol.Record):
                             conn_ips, senders = _columns(message)
                             del message  # the columns hold the values, only while counted

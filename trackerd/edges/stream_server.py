@@ -32,9 +32,12 @@ from trackerd.errors import ConnectionClosed
 
 log = logging.getLogger(__name__)
 
+#: What one read takes at most (StreamServer.read_size: a listener may take more).
 READ_SIZE = 65536
+#: The most any listener reads at once (msgpack_server.TrackerServer's).
+LARGEST_READ = 256 * 1024
 #: Overwrites what a read left in the receive buffer (see StreamServer.receive).
-ZEROS = memoryview(bytes(READ_SIZE))
+ZEROS = memoryview(bytes(LARGEST_READ))
 #: A reply the peer does not read within this time closes the connection, so a
 #: client that stops reading cannot hold the daemon's memory.
 SEND_TIMEOUT = 10.0
@@ -139,6 +142,9 @@ class ServerStats:
 class StreamServer:
     """Serves connections from a listener until stop() is called."""
 
+    #: The bytes one read takes at most (at most LARGEST_READ).
+    read_size = READ_SIZE
+
     def __init__(
         self, *, allow: AllowLists | None = None, limits: ConnectionLimits | None = None
     ) -> None:
@@ -165,7 +171,7 @@ class StreamServer:
         # read (anyio's receive()) is freed with the peer's cleartext still in it, to
         # be found in the heap long after; this one buffer is handed to the decoder
         # and overwritten before anything else runs (docs/threat-model.md).
-        self._read_buffer = bytearray(READ_SIZE)
+        self._read_buffer = bytearray(self.read_size)
         self.connections_open = 0
         self.connections_total = 0
         self.refused = 0

@@ -74,6 +74,14 @@ class MessageDecoder:
         (size,) = _HEADER.unpack_from(self._buffer, self._offset)
         return size if size <= min(available, self._max) else 0
 
+    def next_body_starts_with(self, prefix: bytes) -> bool:
+        """Whether the next frame has arrived whole (next_frame_size) with a body that
+        starts with prefix: a server may look before it takes a frame (trackerd
+        counts consecutive columns messages together)."""
+        size = self.next_frame_size
+        start = self._offset + HEADER_SIZE
+        return 0 < size >= len(prefix) and self._buffer.startswith(prefix, start)
+
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Copy data in (the caller may overwrite it afterwards)."""
         if self._eof:
