@@ -29,8 +29,8 @@
 #define FIRST_CAPACITY 1024
 /* The rings are made for max_buffered records at once, up to this many (64 MiB of
  * address space; a bigger queue grows from there). Growing them in record() doubled
- * and copied them in the recording thread: that one call took 0.4-2.3 ms where
- * traced, at a backlog of 10^5-10^6 records (docs/performance.md, "2026-11-26
+ * and copied them in the recording thread: that one call took 0.4-8.5 ms, growing
+ * with the backlog (10^5-10^6 records; docs/performance.md, "2026-11-26
  * (evening), lat"). The kernel maps their pages on first touch, and take() starts
  * again from the rings' start whenever it empties the queue, so a queue that never
  * fills touches few of them. */
