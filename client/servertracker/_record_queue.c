@@ -29,8 +29,8 @@
 #define FIRST_CAPACITY 1024
 /* The rings are made for max_buffered records at once, up to this many (64 MiB of
  * address space; a bigger queue grows from there). Growing them in record() doubled
- * and copied them in the recording thread: that one call took 0.4-2.3 ms where
- * traced, at a backlog of 10^5-10^6 records (docs/performance.md, "2026-11-26
+ * and copied them in the recording thread: that one call took 0.4-8.5 ms, growing
+ * with the backlog (10^5-10^6 records; docs/performance.md, "2026-11-26
  * (evening), lat"). The kernel maps their pages on first touch, so a queue touches
  * only the slots it has used: take() moves what it leaves to the rings' start
  * whenever that is at most a batch (or what it just took), so a queue that keeps

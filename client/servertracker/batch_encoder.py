@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
 #: Ids a Client asks for in each of a connection's two value tables by default:
 #: none, so it sends "columns" and never loads numpy. Measured with the C
-#: extension (docs/performance.md, "The worker library in C" and "The daemon's
-#: hot path in C"), a columns worker plus the daemon cost 1.5-2.6x less total
+#: extension (docs/performance-history.md, "The worker library in C" and "The
+#: daemon's hot path in C"), a columns worker plus the daemon cost 1.5-2.6x less total
 #: CPU a record than interned, the daemon's share no higher; interned workers
 #: also load numpy and hold megabytes of tables, and their numbering holds the
 #: interpreter lock longest. Tables stay a choice (SMTP_TABLE_ENTRIES,

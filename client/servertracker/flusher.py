@@ -34,9 +34,10 @@ DEFAULT_BATCH_SIZE = 512
 #: The batch size for columns where the C queue makes the frame without the GIL
 #: (take_columns): a bigger batch no longer holds the lock longer, and halves what
 #: each batch costs both sides (a wake-up, a send, a message): about 0.05 µs a
-#: record each, worker and daemon (docs/performance.md, wcost). Within the daemon's
-#: first slice (msgpack_server.FIRST_SLICE), so that a frame is still counted in one
-#: call. The pure-Python queue encodes holding the GIL: its batches stay at 512.
+#: record each, worker and daemon (docs/performance-history.md, wcost's
+#: subsection). Within the daemon's first slice (msgpack_server.FIRST_SLICE), so
+#: that a frame is still counted in one call. The pure-Python queue encodes
+#: holding the GIL: its batches stay at 512.
 C_COLUMNS_BATCH_SIZE = 1024
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 1.0
@@ -46,16 +47,16 @@ _SEND_TIMEOUT = 0.5
 #: without the GIL. A send lets go of the GIL, but for a few microseconds only:
 #: the flusher took it back before the worker's thread, woken for it, could run,
 #: and so held it batch after batch for up to the 5 ms switch interval (traced
-#: with perf sched: docs/performance.md).
+#: with perf sched: docs/performance-history.md, "record_server() latency, daemon up").
 _PAUSE = 0.0001
 #: The flusher pauses (_PAUSE) at the next step of a batch's encoding once it has
 #: held the GIL this long (seconds). The worker's thread, when it wants the GIL,
 #: then waits that long plus one step (a few array operations). Only a sleep hands
 #: the GIL over: numpy lets go of it in each call, but the flusher takes it back
 #: before the woken thread can, and a forced switch comes after 5 ms at the
-#: soonest (docs/performance.md, "record_server() latency, daemon up"). Not while
-#: a thread waits in record_many() or flush(): it waits for the flusher, and the
-#: pauses made a bulk import take 1.6 times as long.
+#: soonest (docs/performance-history.md, "record_server() latency, daemon up").
+#: Not while a thread waits in record_many() or flush(): it waits for the flusher,
+#: and the pauses made a bulk import take 1.6 times as long.
 _LONG_HOLD = 0.0002
 
 

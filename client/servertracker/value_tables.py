@@ -53,7 +53,8 @@ def _no_pause() -> None:
 #: ``between`` may pause. sent_senders() costs a fixed ~50 numpy calls a call and
 #: ~0.2 µs a sender: 1,024 a step took 0.22-0.31 ms (mixed forms, load 2.7 on this
 #: project's 2 cores), the same a sender as 2,048; 256 a step took 0.09-0.12 ms but
-#: 1.7x the CPU a sender (docs/performance.md, "The worker's side of interned").
+#: 1.7x the CPU a sender (docs/performance-history.md, "The worker's side of
+#: `interned`").
 SPLIT_STEP: Final = 1024
 #: A message defining at most this many values in a column fits its half of a
 #: frame whatever their length (values are cut to one over the protocol's limit).
