@@ -277,6 +277,44 @@ def test_the_c_queue_holds_max_buffered_records_without_growing() -> None:
 
 
 @needs_c
+def test_a_c_queue_that_never_empties_reuses_the_rings_start() -> None:
+    # The rings are made for max_buffered records and mapped on first touch: a
+    # queue that always keeps a few records must not walk round them (it mapped
+    # 64 MiB a worker at max_buffered=4,194,304; hostile review, finding 3).
+    (c_queue, _), (py_queue, _) = queues(1 << 20, 0, 512)
+    for queue in (c_queue, py_queue):
+        queue.extend(["192.0.2.1"] * 10, ["a@b.example"] * 10)
+    for round_ in range(50):
+        for queue in (c_queue, py_queue):
+            queue.extend([f"10.0.{round_}.{i % 256}" for i in range(512)], ["u@d.example"] * 512)
+        assert c_queue.take(512) == py_queue.take(512)
+        assert c_queue.head == 0  # the 10 left moved to the start
+        assert state(c_queue) == state(py_queue)
+
+
+@needs_c
+@pytest.mark.parametrize(("left", "moved"), [(0, True), (300, True), (512, True), (513, False)])
+def test_a_wrapped_c_queue_moves_what_a_take_leaves_to_the_start(left: int, moved: bool) -> None:
+    # Rings of 1,024 records; the records left after a take sit across the rings'
+    # end (wrapped) and move to the start, in order, when at most a batch (512).
+    (c_queue, _), (py_queue, _) = queues(1024, 0, 512)
+    for queue in (c_queue, py_queue):
+        queue.extend([f"10.1.{i // 256}.{i % 256}" for i in range(1000)], ["u@d.example"] * 1000)
+    assert c_queue.take(300) == py_queue.take(300)  # 700 left, more than a batch: stay
+    assert c_queue.head == 300
+    for queue in (c_queue, py_queue):
+        queue.extend([f"10.2.{i // 256}.{i % 256}" for i in range(300)], ["v@d.example"] * 300)
+    taken = 1000 - left  # 1,000 queued, from slot 300 round to slot 275
+    assert c_queue.take(taken) == py_queue.take(taken)
+    assert (c_queue.head == 0) == moved
+    assert state(c_queue) == state(py_queue)
+    for queue in (c_queue, py_queue):  # and it goes on from there
+        queue.extend(["10.3.0.1"] * 200, ["w@d.example"] * 200)
+    assert state(c_queue) == state(py_queue)
+    assert c_queue.take(10**9) == py_queue.take(10**9)
+
+
+@needs_c
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(values, values), max_size=60), st.lists(st.integers(-1, 70), max_size=4))
 def test_the_c_queue_takes_a_batch_with_the_pure_columns_frame(

@@ -31,9 +31,13 @@
  * address space; a bigger queue grows from there). Growing them in record() doubled
  * and copied them in the recording thread: that one call took 0.4-8.5 ms, growing
  * with the backlog (10^5-10^6 records; docs/performance.md, "2026-11-26
- * (evening), lat"). The kernel maps their pages on first touch, and take() starts
- * again from the rings' start whenever it empties the queue, so a queue that never
- * fills touches few of them. */
+ * (evening), lat"). The kernel maps their pages on first touch, so a queue touches
+ * only the slots it has used: take() moves what it leaves to the rings' start
+ * whenever that is at most a batch (or what it just took), so a queue that keeps
+ * only a few records queued uses the first slots over and over rather than walking
+ * round the rings (which mapped all 64 MiB of them within minutes; hostile review
+ * of 16:27). A backlog of more than a batch that lasts still walks the rings: the
+ * slots it has passed stay mapped (at most 16 bytes a record of max_buffered). */
 #define PREALLOCATED (1 << 22)
 
 typedef struct {
@@ -407,6 +411,38 @@ queue_extend(RecordQueue *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* After a take of `taken` records: the records left moved to the rings' start
+ * (see PREALLOCATED) when they are at most a batch, or at most what was just taken,
+ * so the move costs no more than the take did (the flusher holds the GIL meanwhile,
+ * and record_server() may be waiting for it). Pointers moved, no reference changed. */
+static void
+restart(RecordQueue *self, Py_ssize_t taken)
+{
+    Py_ssize_t len = self->len, head = self->head;
+    if (head == 0 || len > (taken > self->batch_size ? taken : self->batch_size)) {
+        return;
+    }
+    Py_ssize_t first = self->capacity - head; /* slots from head to the rings' end */
+    if (len <= first) {                       /* in one piece: [head, head + len) */
+        memmove(self->ips, self->ips + head, (size_t)len * sizeof(PyObject *));
+        memmove(self->senders, self->senders + head, (size_t)len * sizeof(PyObject *));
+    }
+    else if (len <= head) {
+        /* Wrapped: [head, capacity) then [0, len - first). The second piece moves
+         * up to [first, len), which ends before head (len <= head), then the first
+         * piece goes in front of it. */
+        Py_ssize_t second = len - first;
+        memmove(self->ips + first, self->ips, (size_t)second * sizeof(PyObject *));
+        memmove(self->senders + first, self->senders, (size_t)second * sizeof(PyObject *));
+        memcpy(self->ips, self->ips + head, (size_t)first * sizeof(PyObject *));
+        memcpy(self->senders, self->senders + head, (size_t)first * sizeof(PyObject *));
+    }
+    else {
+        return; /* wrapped and more than head slots: left where they are */
+    }
+    self->head = 0;
+}
+
 /* take(n): the first n records (at most all) as two lists, out of the queue. */
 static PyObject *
 queue_take(RecordQueue *self, PyObject *arg)
@@ -452,8 +488,9 @@ queue_take(RecordQueue *self, PyObject *arg)
             head = 0;
         }
     }
-    self->head = self->len == count ? 0 : head;
     self->len -= count;
+    self->head = head;
+    restart(self, count);
     self->long_sent += chars;
     PyTuple_SET_ITEM(pair, 0, ips);
     PyTuple_SET_ITEM(pair, 1, senders);
@@ -592,6 +629,8 @@ static PyMemberDef queue_members[] = {
     {"max_long_chars", T_PYSSIZET, offsetof(RecordQueue, max_long_chars), READONLY, NULL},
     {"capacity", T_PYSSIZET, offsetof(RecordQueue, capacity), READONLY,
      "records the rings hold before they grow (for tests)"},
+    {"head", T_PYSSIZET, offsetof(RecordQueue, head), READONLY,
+     "the slot of the first record queued (for tests)"},
     {"batch_size", T_PYSSIZET, offsetof(RecordQueue, batch_size), 0, NULL},
     {"recorded", T_LONGLONG, offsetof(RecordQueue, recorded), READONLY, NULL},
     {"dropped_full", T_LONGLONG, offsetof(RecordQueue, dropped_full), READONLY, NULL},
