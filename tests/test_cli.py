@@ -198,6 +198,30 @@ def test_permission_denied_on_socket_and_file(daemon: Daemon) -> None:
     assert run_as_nobody(human_as_nobody) == EXIT_UNAVAILABLE
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to become another user")
+def test_permission_denied_by_a_private_runtime_dir_names_the_directory(daemon: Daemon) -> None:
+    """Another user's private runtime directory (0700) refuses before the socket's
+    mode does: "are you in trackerd's group?" sent the operator the wrong way."""
+    daemon.runtime_dir.chmod(0o700)
+    daemon.runtime_dir.parent.chmod(0o755)
+    closed = f"may not enter the directory {daemon.runtime_dir} (owner root, group root, mode 0700)"
+
+    def json_as_nobody() -> int:
+        code, _, err = invoke("status", "--runtime-dir", str(daemon.runtime_dir), "--json")
+        error = json.loads(err)["daemon"]
+        ok = error["reason"] == "permission-denied" and closed in error["message"]
+        return code if ok and "group?" not in error["message"] else 98
+
+    assert run_as_nobody(json_as_nobody) == EXIT_UNAVAILABLE
+
+    def human_as_nobody() -> int:
+        code, _, err = invoke("ping", "--runtime-dir", str(daemon.runtime_dir))
+        ok = closed in err and "group?" not in err and "Traceback" not in err
+        return code if ok else 98
+
+    assert run_as_nobody(human_as_nobody) == EXIT_UNAVAILABLE
+
+
 def test_ping(daemon: Daemon, short_tmp: Path) -> None:
     result = trackerctl("ping", "--socket", str(daemon.socket_path), *LIVE)
     assert result.returncode == EXIT_OK

@@ -175,6 +175,39 @@ def test_a_worker_outside_trackerd_s_group_warns_once(daemon: Daemon) -> None:
     assert daemon.status().records == 0
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a worker as another user")
+def test_a_worker_kept_out_by_a_private_runtime_dir_names_the_directory(daemon: Daemon) -> None:
+    """Another user's private runtime directory (0700) refuses this user before the
+    socket's mode does: the warning used to ask "is this user in trackerd's group?",
+    which would not help. It names the directory, its owner and its mode."""
+    daemon.runtime_dir.chmod(0o700)
+    daemon.runtime_dir.parent.chmod(0o755)
+    owner = "(owner root, group root, mode 0700)"
+
+    def worker_as_nobody() -> int:
+        records = capture_library_log()
+        client = Client(daemon.socket_path)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(
+            r.levelno == logging.WARNING for r in records
+        ):
+            client.record_server(SECRET_IP, SECRET_SENDER)
+            time.sleep(0.01)
+        warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+        if len(warnings) != 1:
+            return 10 + len(warnings)
+        named = f"may not enter the directory {daemon.runtime_dir} {owner}" in warnings[0]
+        return 0 if named and "trackerd's group" not in warnings[0] else 20
+
+    assert run_as_nobody(worker_as_nobody) == 0
+
+
+def test_causes_name_a_closed_directory_not_the_group() -> None:
+    closed = "the directory /tmp/trackerd-65534 (owner nobody, group nogroup, mode 0700)"
+    text = cause(PermissionError(errno.EACCES, "x"), None, closed)
+    assert f"may not enter {closed}" in text and "group?" not in text
+
+
 def test_causes_name_the_daemon_s_refusals() -> None:
     assert "not in trackerd's allow-lists" in cause(reachability.Refused("forbidden"))
     assert "busy" in cause(reachability.Refused("busy"))

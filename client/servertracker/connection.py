@@ -16,7 +16,7 @@ from types import TracebackType
 
 from servertracker import protocol
 from servertracker.errors import CONNECT_REASONS, DaemonUnavailable, ProtocolError
-from servertracker.paths import not_a_socket
+from servertracker.paths import closed_directory, not_a_socket
 from servertracker.status import Status
 
 DEFAULT_TIMEOUT = 2.0
@@ -42,6 +42,15 @@ def _unavailable(exc: OSError, socket_path: object) -> DaemonUnavailable:
     if kind is not None:
         return DaemonUnavailable(
             "no-socket", f"{socket_path} is {kind}, not a socket (is the socket path right?)"
+        )
+    closed = None
+    if reason == "permission-denied" and isinstance(socket_path, (str, os.PathLike)):
+        closed = closed_directory(socket_path)
+    if closed is not None:
+        return DaemonUnavailable(
+            reason,
+            f"permission denied on {socket_path}: this user may not enter {closed} "
+            "(run as a user who may, or give trackerd a runtime directory this user may enter)",
         )
     text = {
         "no-socket": f"no socket at {socket_path} (is trackerd running?)",

@@ -23,7 +23,7 @@ import time
 from servertracker._log import log
 from servertracker.batch_encoder import BatchEncoder, GrantDeclined, OlderDaemon, handshake
 from servertracker.errors import LocalProtocolError
-from servertracker.paths import not_a_socket
+from servertracker.paths import closed_directory, not_a_socket
 from servertracker.reachability import DropWarning, Refused, UnreachableWarning, drop_text
 from servertracker.record_queue import LONG_VALUE, PyRecordQueue, RecordQueue
 from servertracker.value_cut import clean
@@ -295,7 +295,10 @@ class Flusher:
         kind = None
         if isinstance(exc, (ConnectionRefusedError, PermissionError)):
             kind = not_a_socket(self.socket_path)  # what connect() called refused may be a file
-        warning = self._unreachable.failed(exc, self.socket_path, time.monotonic(), kind)
+        closed = None
+        if isinstance(exc, PermissionError):
+            closed = closed_directory(self.socket_path)  # not the socket's mode: no group helps
+        warning = self._unreachable.failed(exc, self.socket_path, time.monotonic(), kind, closed)
         if warning is not None:
             log.warning("%s", warning)
 

@@ -8,7 +8,9 @@ environment variable, help), for trackerd's argparse and trackerctl's typer alik
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -198,3 +200,40 @@ def not_a_socket(path: str | os.PathLike[str]) -> str | None:
     if stat.S_ISSOCK(mode):
         return None
     return "a directory" if stat.S_ISDIR(mode) else "a file"
+
+
+def closed_directory(path: str | os.PathLike[str]) -> str | None:
+    """The first directory on the way to path that this user may not enter, named
+    with its owner, group and mode ("the directory /tmp/trackerd-65534 (owner
+    nobody, group nogroup, mode 0700)"), else None.
+
+    connect() fails as "permission denied" both when the socket's own mode
+    refuses this user (joining trackerd's group helps) and when a directory
+    above it does, such as another user's private runtime directory (it does
+    not): the one check trackerctl and a worker's warning share.
+    """
+    try:
+        parent = Path(os.path.abspath(path)).parent
+    except (OSError, ValueError):
+        return None
+    effective = os.access in os.supports_effective_ids
+    for directory in [*reversed(parent.parents), parent]:
+        try:
+            info = os.stat(directory)
+        except (OSError, ValueError):
+            return None
+        if not stat.S_ISDIR(info.st_mode):
+            return None
+        if os.access(directory, os.X_OK, effective_ids=effective):
+            continue
+        try:
+            owner = pwd.getpwuid(info.st_uid).pw_name
+        except KeyError:
+            owner = str(info.st_uid)
+        try:
+            group = grp.getgrgid(info.st_gid).gr_name
+        except KeyError:
+            group = str(info.st_gid)
+        mode = stat.S_IMODE(info.st_mode)
+        return f"the directory {directory} (owner {owner}, group {group}, mode {mode:04o})"
+    return None

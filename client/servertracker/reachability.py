@@ -49,11 +49,20 @@ class Refused(OSError):
         self.code = code
 
 
-def cause(exc: OSError, not_a_socket: str | None = None) -> str:
+def cause(
+    exc: OSError, not_a_socket: str | None = None, closed_directory: str | None = None
+) -> str:
     """The likely cause of a failed connect, for an operator; ``not_a_socket`` is
-    what the path is when it is no socket (paths.not_a_socket), found by the caller."""
+    what the path is when it is no socket (paths.not_a_socket), ``closed_directory``
+    the directory above it this user may not enter (paths.closed_directory), both
+    found by the caller."""
     if not_a_socket is not None and not isinstance(exc, Refused):
         return f"the path is {not_a_socket}, not a socket (is the socket path right?)"
+    if closed_directory is not None and isinstance(exc, PermissionError):
+        return (
+            f"permission denied: this user may not enter {closed_directory} (run as a "
+            "user who may, or give trackerd a runtime directory this user may enter)"
+        )
     if isinstance(exc, Refused):
         return _REFUSALS.get(exc.code, str(exc))
     known = _CAUSES.get(CONNECT_REASONS.get(exc.errno or 0, ""))
@@ -76,7 +85,12 @@ class UnreachableWarning:
         self.warned = False  # a warning was logged since the last success
 
     def failed(
-        self, exc: OSError, socket_path: str, now: float, not_a_socket: str | None = None
+        self,
+        exc: OSError,
+        socket_path: str,
+        now: float,
+        not_a_socket: str | None = None,
+        closed_directory: str | None = None,
     ) -> str | None:
         """The warning text to log for this failed connect, or None to stay quiet."""
         grace = GRACE_SECONDS if self._grace is None else self._grace
@@ -91,8 +105,8 @@ class UnreachableWarning:
         self.warned = True
         return (
             f"cannot reach trackerd at {socket_path} for "
-            f"{now - self._failing_since:.0f} s: {cause(exc, not_a_socket)}; records are queued, "
-            "then dropped when the queue is full"
+            f"{now - self._failing_since:.0f} s: {cause(exc, not_a_socket, closed_directory)}; "
+            "records are queued, then dropped when the queue is full"
         )
 
     def succeeded(self) -> bool:
