@@ -18,6 +18,7 @@ from servertracker.cli import app
 from servertracker.connection import DaemonConnection
 from servertracker.errors import DaemonUnavailable, ProtocolError
 from tests.conftest import Daemon, run_as_nobody, wait_for
+from tests.sanitizer import REASON, sanitized
 from trackerd.edges.access import AllowLists, PeerCredentials, peer_credentials
 
 NOBODY = 65534
@@ -236,4 +237,6 @@ def test_fuzz_with_a_fixed_seed_against_the_decoder_and_a_live_daemon(daemon: Da
     # first input, one every 100 inputs, one after the last.
     assert report.daemon_checks == 1 + 1500 // 100 + 1
     assert sum(report.decoder_errors.values()) > 500  # the inputs really were hostile
+    if sanitized(daemon.process.pid):
+        pytest.skip(f"the memory bound is not checked: {REASON}")
     assert max(report.rss_kib) - report.rss_kib[0] < 32 * 1024
