@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import signal
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from servertracker.connection import DaemonConnection
@@ -26,6 +27,37 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
         if action.default in (None, False):  # "(default: None)" says nothing
             return action.help
         return super()._get_help_string(action)
+
+
+def whole_number(minimum: int = 1) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum`` (a count of rounds,
+    calls, records: 0 or less would crash later or measure nothing)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
+
+
+def real_number(minimum: float = 0.0) -> Callable[[str], float]:
+    """An argparse type: a finite number of at least ``minimum`` (a duration, a threshold)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, not {text}")
+        return value
+
+    return parse
 
 
 def arguments(module: str, doc: str | None) -> argparse.ArgumentParser:

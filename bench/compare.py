@@ -143,7 +143,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench._support import BenchDaemon, arguments, table
+from bench._support import BenchDaemon, arguments, table, whole_number
 from bench.go_original import GoUnavailable, run_go_original
 from bench.go_original import build as build_go
 from bench.redis_best import WAITS, hiredis_available, run_redis
@@ -678,7 +678,9 @@ def write_results(directory: Path, md: str, result: dict[str, Any]) -> None:
 
 def parser() -> argparse.ArgumentParser:
     parser = arguments("bench.compare", __doc__)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, competitors alternated")
+    parser.add_argument(
+        "--rounds", type=whole_number(), default=3, help="rounds, competitors alternated"
+    )
     parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated sender forms")
     parser.add_argument(
         "--competitors",
@@ -699,10 +701,12 @@ def parser() -> argparse.ArgumentParser:
         help="where a tree has a C path, also run its trackerd competitors "
         "with the pure-Python fallback forced",
     )
-    parser.add_argument("--per-worker", type=int, default=PER_WORKER, help="records per worker")
+    parser.add_argument(
+        "--per-worker", type=whole_number(), default=PER_WORKER, help="records per worker"
+    )
     parser.add_argument(
         "--seed-records",
-        type=int,
+        type=whole_number(0),
         default=5_000,
         help="records per worker for the slow seed design (0: leave it out)",
     )

@@ -25,7 +25,7 @@ from typing import Any
 
 import idna
 
-from bench._support import BenchDaemon, arguments, summary, table
+from bench._support import BenchDaemon, arguments, real_number, summary, table, whole_number
 from fuzz.hostile_names import LEGITIMATE, SHAPES, flood_pairs, variant
 from servertracker import protocol
 from servertracker.connection import DaemonConnection
@@ -164,8 +164,10 @@ def report(rows: list[dict[str, object]], ping: dict[str, float] | None) -> str:
 
 def main() -> None:
     parser = arguments("bench.costly_names", __doc__)
-    parser.add_argument("--variants", type=int, default=30, help="values per shape")
-    parser.add_argument("--seconds", type=float, default=5.0, help="flood length; 0 to skip")
+    parser.add_argument("--variants", type=whole_number(), default=30, help="values per shape")
+    parser.add_argument(
+        "--seconds", type=real_number(), default=5.0, help="flood length; 0 to skip"
+    )
     args = parser.parse_args()
     rows = value_costs(args.variants)
     ping = ping_under_flood(args.seconds) if args.seconds > 0 else None

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypedDict
 
-from bench._support import arguments, table
+from bench._support import arguments, table, whole_number
 
 BATCH = 512
 
@@ -141,8 +141,12 @@ print(json.dumps(module.one_process(int(sys.argv[2]))))
 
 def main() -> None:
     parser = arguments("bench.first_sightings", __doc__)
-    parser.add_argument("--values", type=int, default=100_000, help="distinct values per form")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (fresh processes each)")
+    parser.add_argument(
+        "--values", type=whole_number(), default=100_000, help="distinct values per form"
+    )
+    parser.add_argument(
+        "--rounds", type=whole_number(), default=3, help="rounds (fresh processes each)"
+    )
     parser.add_argument(
         "--baseline", type=Path, metavar="DIR", help="also run the trackerd checked out in DIR"
     )

@@ -26,7 +26,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from bench._support import arguments, table
+from bench._support import arguments, table, whole_number
 from bench.workload import FORMS, PER_WORKER, conn_ip, loadavg, sender
 from servertracker import protocol
 from servertracker.batch_encoder import BULK_TABLE_ENTRIES, INTERNED_BATCH_SIZE, BatchEncoder
@@ -87,12 +87,16 @@ def steps(work: list[tuple[list[str | None], list[str | None]]]) -> dict[str, fl
 def main() -> None:
     global BATCH  # one knob for the whole run
     parser = arguments("bench.flusher_cost", __doc__)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, encoders alternated")
+    parser.add_argument(
+        "--rounds", type=whole_number(), default=3, help="rounds, encoders alternated"
+    )
     parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated sender forms")
-    parser.add_argument("--records", type=int, default=PER_WORKER, help="records of the worker")
+    parser.add_argument(
+        "--records", type=whole_number(), default=PER_WORKER, help="records of the worker"
+    )
     parser.add_argument(
         "--batch",
-        type=int,
+        type=whole_number(),
         default=BATCH,
         help=f"records a batch (the library's: {BATCH}, {INTERNED_BATCH_SIZE} for interned)",
     )

@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench._support import arguments
+from bench._support import arguments, whole_number
 from bench.seed_design import seed_directory
 from bench.workload import FORMS, PER_WORKER, WORKERS, Run, Workload
 
@@ -187,7 +187,9 @@ def run_go_original(load: Workload, binary: Path | None = None, per_record: bool
 def main() -> None:
     parser = arguments("bench.go_original", __doc__)
     parser.add_argument("--form", default="mix", choices=FORMS, help="the sender form")
-    parser.add_argument("--per-worker", type=int, default=PER_WORKER, help="records per worker")
+    parser.add_argument(
+        "--per-worker", type=whole_number(), default=PER_WORKER, help="records per worker"
+    )
     parser.add_argument(
         "--without-file",
         action="store_true",

@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench._support import BenchDaemon, arguments, table
+from bench._support import BenchDaemon, arguments, table, whole_number
 from bench.profile import py_spy
 from bench.trees import baseline_tree, this_tree
 from bench.workload import (
@@ -202,12 +202,16 @@ def top_functions(path: Path, count: int = 15) -> list[tuple[str, float]]:
 
 def main() -> None:
     parser = arguments("bench.interned_cost", __doc__)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of every competitor")
+    parser.add_argument(
+        "--rounds", type=whole_number(), default=3, help="rounds of every competitor"
+    )
     parser.add_argument("--forms", default="domain,mix", help=f"comma-separated, of {FORMS}")
-    parser.add_argument("--per-worker", type=int, default=PER_WORKER, help="records per worker")
+    parser.add_argument(
+        "--per-worker", type=whole_number(), default=PER_WORKER, help="records per worker"
+    )
     parser.add_argument(
         "--batch",
-        type=int,
+        type=whole_number(),
         help=f"pairs per message in all (default: the library's, {BATCH:,} for columns, "
         f"{INTERNED_BATCH:,} for interned)",
     )

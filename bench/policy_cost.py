@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench._support import BenchDaemon, arguments, table
+from bench._support import BenchDaemon, arguments, real_number, table, whole_number
 from bench.trees import (
     Description,
     Tree,
@@ -370,9 +370,13 @@ def table_rows(
 
 def main() -> None:
     parser = arguments("bench.policy_cost", __doc__)
-    parser.add_argument("--clients", type=int, default=4, help="concurrent Postfix connections")
-    parser.add_argument("--requests", type=int, default=5000, help="requests per client")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds, competitors alternated")
+    parser.add_argument(
+        "--clients", type=whole_number(), default=4, help="concurrent Postfix connections"
+    )
+    parser.add_argument("--requests", type=whole_number(), default=5000, help="requests per client")
+    parser.add_argument(
+        "--rounds", type=whole_number(), default=5, help="rounds, competitors alternated"
+    )
     parser.add_argument(
         "--baseline",
         type=Path,
@@ -394,7 +398,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--gap",
-        type=float,
+        type=real_number(),
         default=0.0,
         metavar="MS",
         help="milliseconds one client waits between its requests (0: back to back)",

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from bench import compare, workload
-from bench._support import arguments, table
+from bench._support import arguments, table, whole_number
 from servertracker.batch_encoder import DEFAULT_TABLE_ENTRIES
 
 #: (part, the frame names that mark it), tried in order on each sample's stack.
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="keep py-spy's raw samples here")
     parser.add_argument(
         "--table-entries",
-        type=int,
+        type=whole_number(0),
         default=DEFAULT_TABLE_ENTRIES,
         help="the workers' Client(table_entries=) (default: the library's, %(default)s: "
         "columns messages; 131072 sends interned ones)",

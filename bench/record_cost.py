@@ -82,7 +82,15 @@ from types import TracebackType
 from typing import Any
 
 from bench import slow_calls
-from bench._support import BenchDaemon, arguments, percentile, summary, table
+from bench._support import (
+    BenchDaemon,
+    arguments,
+    percentile,
+    real_number,
+    summary,
+    table,
+    whole_number,
+)
 from bench.slow_calls import Trace, timed_calls
 from bench.trees import (
     BENCH_DIR,
@@ -699,11 +707,15 @@ def numpy_import(calls: int) -> str:
 
 def main() -> None:
     parser = arguments("bench.record_cost", __doc__)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, conditions alternated")
-    parser.add_argument("--calls", type=int, default=CALLS, help="calls per condition a round")
-    parser.add_argument("--slow-us", type=float, default=SLOW_US,
+    parser.add_argument(
+        "--rounds", type=whole_number(), default=3, help="rounds, conditions alternated"
+    )
+    parser.add_argument(
+        "--calls", type=whole_number(), default=CALLS, help="calls per condition a round"
+    )
+    parser.add_argument("--slow-us", type=real_number(), default=SLOW_US,
                         help="explain the calls slower than this")  # fmt: skip
-    parser.add_argument("--attribute-us", type=float, default=ATTRIBUTE_US,
+    parser.add_argument("--attribute-us", type=real_number(), default=ATTRIBUTE_US,
                         help="say where the recording thread was during each call of the "
                         "timed passes slower than this (bench.slow_calls)")  # fmt: skip
     parser.add_argument("--trace", action="store_true",

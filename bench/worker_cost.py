@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench._support import BenchDaemon, arguments, table
+from bench._support import BenchDaemon, arguments, table, whole_number
 from bench.workload import FORMS, conn_ip, loadavg, sender
 from servertracker import Client, record_queue, sender_split
 from servertracker.batch_encoder import BULK_TABLE_ENTRIES, load_value_tables
@@ -138,9 +138,11 @@ def run(socket: Path, form: str, records: int, mode: str, path: str) -> list[flo
 
 def main() -> None:
     parser = arguments("bench.worker_cost", __doc__)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, modes rotated")
+    parser.add_argument("--rounds", type=whole_number(), default=3, help="rounds, modes rotated")
     parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated sender forms")
-    parser.add_argument("--records", type=int, default=200_000, help="records of the worker")
+    parser.add_argument(
+        "--records", type=whole_number(), default=200_000, help="records of the worker"
+    )
     args = parser.parse_args()
     load_value_tables()  # as a pre-fork master would: numpy loaded once
     entrants = [(mode, path) for mode in MODES for path in PATHS]

@@ -49,3 +49,47 @@ def test_bench_profile_defaults_to_the_librarys_table_entries() -> None:
     text = " ".join(result.stdout.split())
     assert f"(default: the library's, {DEFAULT_TABLE_ENTRIES}: columns messages;" in text
     assert "library as it comes (``Client()``'s default, no value tables" in text
+
+
+#: A bad value of every numeric option of the bench modules (bench._support's
+#: whole_number and real_number): refused by the parser, before anything runs.
+BAD_VALUES = [
+    ("bench.record_cost", "--calls", "0"),
+    ("bench.record_cost", "--rounds", "0"),
+    ("bench.record_cost", "--attribute-us", "-5"),
+    ("bench.record_cost", "--slow-us", "nan"),
+    ("bench.compare", "--rounds", "0"),
+    ("bench.compare", "--per-worker", "0"),
+    ("bench.compare", "--seed-records", "-1"),
+    ("bench.costly_names", "--variants", "0"),
+    ("bench.costly_names", "--seconds", "-1"),
+    ("bench.first_sightings", "--values", "0"),
+    ("bench.first_sightings", "--rounds", "0"),
+    ("bench.flusher_cost", "--rounds", "0"),
+    ("bench.flusher_cost", "--records", "0"),
+    ("bench.flusher_cost", "--batch", "0"),
+    ("bench.go_original", "--per-worker", "0"),
+    ("bench.interned_cost", "--rounds", "0"),
+    ("bench.interned_cost", "--per-worker", "0"),
+    ("bench.interned_cost", "--batch", "0"),
+    ("bench.policy_cost", "--clients", "0"),
+    ("bench.policy_cost", "--requests", "0"),
+    ("bench.policy_cost", "--rounds", "0"),
+    ("bench.policy_cost", "--gap", "-1"),
+    ("bench.profile", "--table-entries", "-1"),
+    ("bench.worker_cost", "--rounds", "0"),
+    ("bench.worker_cost", "--records", "x"),
+]
+
+
+@pytest.mark.parametrize(("module", "option", "value"), BAD_VALUES)
+def test_a_bad_number_is_refused_with_a_usage_error(module: str, option: str, value: str) -> None:
+    # --calls 0 was a StatisticsError traceback, --rounds 0 an IndexError, and
+    # --attribute-us -5 was taken (rev-op, finding 8).
+    result = subprocess.run(
+        [sys.executable, "-m", module, f"{option}={value}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"argument {option}: " in result.stderr
+    assert "Traceback" not in result.stderr
