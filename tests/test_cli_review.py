@@ -142,6 +142,28 @@ def test_a_record_line_with_extra_fields_is_named_by_number(daemon: Daemon) -> N
     assert daemon.status().records == 2
 
 
+def test_a_conn_ip_that_is_no_ip_gets_a_warning_without_its_value(daemon: Daemon) -> None:
+    """`trackerctl record not-an-ip foo` exited 0 in silence while the daemon counted
+    the record as rejected: a warning on stderr says so, never with the value."""
+    socket_path = str(daemon.socket_path)
+    argv = trackerctl("record", "secret-not-an-ip", "a@example.com", "--socket", socket_path)
+    assert argv.returncode == 0
+    assert argv.stderr == (
+        "warning: CONN_IP is not an IP address; the record is counted as rejected\n"
+    )
+    lines = "192.0.2.1 a@example.com\nsecret-host b@example.com\n\n[IPv6:2001:db8::1] <>\n"
+    stdin = trackerctl("record", "--socket", socket_path, stdin=lines)
+    assert stdin.returncode == 0
+    assert stdin.stderr == (
+        "warning: line 2: CONN_IP is not an IP address; the record is counted as rejected\n"
+    )
+    quiet = trackerctl("record", "192.0.2.9", "c@example.com", "--socket", socket_path)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    status = daemon.status()
+    assert status.records == 5 and status.rejected_conn_ips == 2
+    assert "secret" not in argv.stderr + stdin.stderr
+
+
 def test_fleet_push_checks_the_redis_url_before_asking_trackerd(daemon: Daemon) -> None:
     """A malformed --redis is a usage error (2), as README says, even when trackerd
     would answer that fleet mode is off (7): the URL is checked first."""

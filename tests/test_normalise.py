@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from servertracker import sender_split
+from servertracker.conn_ip import conn_ip_rejected
 from servertracker.protocol import MAX_VALUE_LENGTH
 from servertracker.sender_split import (
     IGNORED,
@@ -275,3 +276,13 @@ def test_split_senders_at_the_length_bound(length: int) -> None:
     assert len(value) == length
     expected = "example.com" if length <= MAX_VALUE_LENGTH else REJECTED
     assert split_senders([value, "<b@example.org>"]) == [expected, "example.org"]
+
+
+_IP_LIKE = st.text(alphabet="0123456789abcdefABCDEF.:[]%vV6 \t", max_size=48)
+
+
+@given(st.one_of(_IP_LIKE, st.ip_addresses().map(str), st.text(max_size=600)))
+@settings(max_examples=400)
+def test_trackerctl_s_rejected_conn_ip_is_the_daemon_s(value: str) -> None:
+    """trackerctl record warns (conn_ip_rejected) exactly when the daemon rejects."""
+    assert conn_ip_rejected(value) == (classify_conn_ip(value) is REJECTED)

@@ -26,6 +26,7 @@ from servertracker.cli_common import (
     target,
     usage_error,
 )
+from servertracker.conn_ip import conn_ip_rejected
 from servertracker.connection import DaemonConnection
 from servertracker.errors import DaemonUnavailable, ProtocolError
 
@@ -43,23 +44,45 @@ def _text(value: str) -> str:
     return raw.decode("utf-8", "replace")[:_VALUE_LIMIT]
 
 
-#: Lines with extra fields named on stderr, one warning each, at most this many.
+#: Lines named on stderr (extra fields, a CONN_IP that is no IP), one warning
+#: each, at most this many of each kind.
 _WARNINGS = 10
+_EXTRA_FIELDS = "more than two fields (CONN_IP SENDER); its sender is rejected"
+_NOT_AN_IP = "CONN_IP is not an IP address; the record is counted as rejected"
+_MORE = {
+    _EXTRA_FIELDS: "more lines have more than two fields; their senders are rejected",
+    _NOT_AN_IP: "more lines have a CONN_IP that is not an IP address; counted as rejected",
+}
 
 
-def _warn_extra_fields(number: int, as_json: bool) -> None:
-    """Say that line ``number`` has more than two fields; never echo its content."""
-    text = f"line {number}: more than two fields (CONN_IP SENDER); its sender is rejected"
-    if number == 0:
-        text = "more lines have more than two fields; their senders are rejected"
+def _warn(text: str, as_json: bool) -> None:
+    """One warning on stderr; never with a value's content."""
     line = json.dumps({"warning": text}) if as_json else f"warning: {text}"
     echo(line, err=True)
 
 
+class _LineWarnings:
+    """Names lines with a problem by number, at most _WARNINGS of each kind, then says
+    once that there are more."""
+
+    def __init__(self, as_json: bool) -> None:
+        self._as_json = as_json
+        self._counts: dict[str, int] = {}
+
+    def __call__(self, number: int, problem: str) -> None:
+        count = self._counts[problem] = self._counts.get(problem, 0) + 1
+        if count <= _WARNINGS:
+            _warn(f"line {number}: {problem}", self._as_json)
+        elif count == _WARNINGS + 1:
+            _warn(_MORE[problem], self._as_json)
+
+
 def _lines(stream: BinaryIO, as_json: bool = False) -> Iterator[protocol.Pair]:
     """Pairs from standard input; each line bounded in size. A line with more than
-    two fields is sent as it is (its sender, with a space, is rejected) and named."""
-    number = warned = 0
+    two fields is sent as it is (its sender, with a space, is rejected) and named;
+    so is one whose CONN_IP the daemon will reject."""
+    warn = _LineWarnings(as_json)
+    number = 0
     while True:
         number += 1
         line = stream.readline(_LINE_LIMIT)
@@ -72,12 +95,10 @@ def _lines(stream: BinaryIO, as_json: bool = False) -> Iterator[protocol.Pair]:
         if not text or text.startswith("#"):
             continue  # blank lines and comments, as in any line-oriented input
         conn_ip, *sender = text.split(None, 1)
+        if conn_ip_rejected(conn_ip):
+            warn(number, _NOT_AN_IP)
         if sender and len(sender[0].split()) > 1:
-            warned += 1
-            if warned <= _WARNINGS:
-                _warn_extra_fields(number, as_json)
-            elif warned == _WARNINGS + 1:
-                _warn_extra_fields(0, as_json)
+            warn(number, _EXTRA_FIELDS)
         yield conn_ip[:_VALUE_LIMIT], (sender[0] if sender else "")[:_VALUE_LIMIT]
 
 
@@ -121,8 +142,10 @@ def record(
     standard input, one per line: CONN_IP, white space, SENDER ("<>" or nothing for
     the null sender); blank lines and lines starting with "#" are skipped; a line
     with more than two fields gets a warning naming its number (its sender is
-    counted as rejected). Standard input keeps the values out of `ps`, where
-    arguments are visible to every user.
+    counted as rejected), and so does a CONN_IP that is not an IP address (the
+    record is counted as rejected; as an argument, the warning has no number).
+    Standard input keeps the values out of `ps`, where arguments are visible to
+    every user.
 
     The command exits 0 once the daemon has applied every record. After a timeout,
     some records may have been applied already: a retry may then count them twice
@@ -132,6 +155,8 @@ def record(
     pairs: Iterator[protocol.Pair]
     if conn_ip is not None and sender is not None:
         pairs = iter([(_text(conn_ip), _text(sender))])
+        if conn_ip_rejected(_text(conn_ip)):
+            _warn(_NOT_AN_IP, where.as_json)
     elif conn_ip is not None:
         usage_error("give both CONN_IP and SENDER, or neither (standard input)", where.as_json)
     elif sys.stdin is None or sys.stdin.isatty():

@@ -17,11 +17,13 @@ from typing import Final
 
 import numpy as np
 
+from servertracker.conn_ip import canonical_ip
 from servertracker.protocol import MAX_VALUE_LENGTH
 
 # The MAIL FROM split rule lives in the client package (one place), so that a
 # worker that sends a sender's domain part (servertracker.sender_split) follows
-# the very rule the daemon applies here.
+# the very rule the daemon applies here. So does the IP rule (canonical_ip), so that
+# trackerctl can tell a connection IP this module will reject.
 from servertracker.sender_split import IGNORED, REJECTED, Outcome, split_sender
 from trackerd.core import idna_linear
 
@@ -63,36 +65,6 @@ MAX_IDNA_LABELS: Final = 8
 #: fewer (a ten-ideograph label takes about 30); the same bound holds whether a
 #: label comes as an A-label or a U-label, since it is measured on the A-label.
 MAX_IDNA_DELTA_OCTETS: Final = 96
-
-
-_V4_MAPPED_PREFIX: Final = bytes(10) + b"\xff\xff"
-
-
-def canonical_ip(text: str) -> bytes | None:
-    """The packed address of an IP in any common textual form, or None.
-
-    Accepts ``1.2.3.4``, ``[1.2.3.4]``, ``2001:db8::1``, ``[IPv6:2001:DB8::1]``,
-    IPv4-mapped IPv6 (counted as the IPv4 address) and zoned IPv6 (zone dropped:
-    the same address on another interface is the same server). The packed form
-    is canonical by construction, and inet_pton is strict (no leading zeros, no
-    short forms) and far faster than the ipaddress module.
-    """
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    try:
-        if ":" not in text:
-            return socket.inet_pton(socket.AF_INET, text)
-        if text[:5].lower() == "ipv6:":
-            text = text[5:]
-        zone = text.find("%")
-        if zone >= 0:
-            if zone == len(text) - 1:
-                return None
-            text = text[:zone]
-        packed = socket.inet_pton(socket.AF_INET6, text)
-    except (OSError, ValueError):  # ValueError covers NUL bytes and non-ASCII text
-        return None
-    return packed[12:] if packed.startswith(_V4_MAPPED_PREFIX) else packed
 
 
 def canonical_domain(text: str) -> bytes | None:
@@ -176,7 +148,8 @@ def _looks_like_ip(text: str) -> bool:
 
 
 def classify_conn_ip(value: str | None) -> bytes | Outcome:
-    """The packed connection IP, IGNORED for an empty value, REJECTED otherwise."""
+    """The packed connection IP, IGNORED for an empty value, REJECTED otherwise
+    (servertracker.conn_ip.conn_ip_rejected() says the same without the key)."""
     if not value:
         return IGNORED
     value = value.strip()
