@@ -77,17 +77,29 @@ def next_slice(size: int, handed: int, done: int) -> int:
 
 
 #: Consecutive columns messages that have arrived whole are counted together, as
-#: one (raw_cache.join_columns()), while they come to at most this many bytes and
-#: the pairs to at most JOIN_PAIRS: what counting one message costs on top of its
-#: pairs (the calls, the arrays: about 0.1 µs a pair at 1,024 pairs a message,
-#: docs/performance.md) is paid once for all of them. They are there only when the
-#: daemon is behind (a worker's flusher writes a batch, of 1,024 pairs, as soon as
-#: it is taken), so this costs a worker that is not waiting nothing. Within a
-#: BATCH_FRAME turn the memory bound becomes this (and its copy, joined).
+#: one (raw_cache.join_columns()), while they come to at most this many bytes
+#: (BATCH_FRAME within a batch's turn: join_limit()) and the pairs to at most
+#: JOIN_PAIRS (a frame that would take them past it is counted on its own, so a
+#: joined message holds at most MAX_PAIRS_PER_MESSAGE too): what counting one
+#: message costs on top of its pairs (the calls, the arrays: about 0.1 µs a pair
+#: at 1,024 pairs a message, docs/performance.md) is paid once for all of them.
+#: They are there only when the daemon is behind (a worker's flusher writes a
+#: batch, of 1,024 pairs, as soon as it is taken), so this costs a worker that is
+#: not waiting nothing. Within the large frames' turn the memory bound becomes
+#: this (and its copy, joined).
 JOIN_BYTES = 256 * 1024
 #: The pairs handed to a joined message's first slice: a slice's look-ups for pairs
 #: it does not reach (past its deadline) cost at most about 0.4 ms.
 JOIN_PAIRS = 4096
+
+
+def join_limit(size: int) -> int:
+    """The most bytes the frames joined to a first one of size bytes may come to:
+    within a batch's turn (BATCH_FRAME) a batch's size, so that a batch never waits
+    behind more than a batch (issue 12), and no frame larger is counted there;
+    within a large frame's turn, JOIN_BYTES."""
+    return BATCH_FRAME if size <= BATCH_FRAME else JOIN_BYTES
+
 
 #: Frames larger than this are decoded and counted one at a time, across all
 #: connections. A frame's values live while it is counted in slices, with other
@@ -333,19 +345,21 @@ class TrackerServer(StreamServer):
 
     def _join_following(
         self, decoder: protocol.MessageDecoder, first: Columns, size: int
-    ) -> tuple[Columns, protocol.RecordColumns | ProtocolError | None]:
+    ) -> tuple[Columns, Columns | protocol.RecordColumns | ProtocolError | None]:
         """first (a frame of size bytes), joined with the columns messages that follow
-        it whole in the decoder (JOIN_BYTES, JOIN_PAIRS), and what was taken from the
-        decoder after them: a columns message not read in place (decoded), or the
-        error its body raised; None if nothing. The caller counts the joined
-        message, then that one (or raises the error): in the order they came."""
+        it whole in the decoder (join_limit(), JOIN_PAIRS), and what was taken from
+        the decoder after them: a columns message read in place that would take the
+        pairs past JOIN_PAIRS, one not read in place (decoded), or the error its body
+        raised; None if nothing. The caller counts the joined message, then that one
+        (or raises the error): in the order they came."""
         parts = [first]
         pairs = len(first)
-        after: protocol.RecordColumns | ProtocolError | None = None
+        limit = join_limit(size)
+        after: Columns | protocol.RecordColumns | ProtocolError | None = None
         try:
             while pairs < JOIN_PAIRS:
                 following = decoder.next_frame_size
-                if size + following > JOIN_BYTES or not decoder.next_body_starts_with(COLUMNS_HEAD):
+                if size + following > limit or not decoder.next_body_starts_with(COLUMNS_HEAD):
                     break
                 message = self._next_message(decoder)
                 if type(message) is not ColumnsType:
@@ -353,6 +367,9 @@ class TrackerServer(StreamServer):
                     after = cast(protocol.RecordColumns, message)
                     break
                 part = cast("Columns", message)
+                if pairs + len(part) > JOIN_PAIRS:
+                    after = part  # counted on its own, next: a joined one stays within
+                    break
                 parts.append(part)
                 size += following
                 pairs += len(part)
@@ -477,6 +494,10 @@ class TrackerServer(StreamServer):
                                 continue
                             if isinstance(after, ProtocolError):
                                 raise after
+                            if type(after) is ColumnsType:
+                                await self._record_scanned(connection, cast("Columns", after))
+                                del after
+                                continue
                             message = after  # counted next, below
                         if isinstance(message, protocol.RecordColumns | protocol.Record):
                             conn_ips, senders = _columns(message)
