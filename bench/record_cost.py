@@ -23,16 +23,20 @@ flusher's holds; preempted too, maybe), "preempted" (an involuntary switch: the
 kernel gave the core to another task), "waited" (blocked otherwise), "page
 fault", or none of these. The calls over 1 ms with the daemon up are then split
 by /proc/thread-self/schedstat's run delay (read around each call too): the time
-the thread was runnable but waited for a core (the machine's load), against the
-rest of the call, blocked (on the interpreter lock) or running.
+the thread was runnable but waited for a core (the machine's load, our own
+daemon and flusher included), against the rest of the call, blocked (on the
+interpreter lock) or running.
 The timed passes explain their own calls over ``--attribute-us`` (200 µs) without
 slowing the others (bench.slow_calls): every 256 calls, and just after a slow one,
 outside the timed spans, the loop reads the thread's CPU time, run-queue wait and
 context switches, and says where the thread was during each slow call: running,
 waiting for a core, blocked, or none of these (VM steal: the host ran something
-else on the virtual CPU). ``--trace`` also runs perf (sched_switch events, as
-root) around each timed pass and names the tasks that held the cores meanwhile
-(the daemon, the flusher, another process, idle); without perf it says so.
+else on the virtual CPU), each only where over half the call must have been so
+(the window's time between calls taken off), else "unclear". ``--trace`` also
+runs perf (sched_switch events, as root) around each timed pass and names the
+tasks that held the cores meanwhile (the daemon, the flusher, another process,
+idle), and so splits "waiting for a core" into behind our own threads (the daemon,
+the flusher) and behind other processes; without perf it says so.
 (The explain passes come after the timed one on the same client, so they never
 saw what happened only once: the C queue's rings growing, see
 docs/performance.md.)

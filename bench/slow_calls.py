@@ -12,7 +12,16 @@ slow call then splits into: running (CPU time: its own work, or an interrupt
 handled on its core), waiting for a core, and the rest, in which the guest did
 not run the thread although it was neither queued nor running: blocked (a
 voluntary switch: the interpreter lock, a futex) or, with no voluntary switch,
-VM steal. Each call gets the part that explains most of it (``SlowCall.where``).
+VM steal. The window holds the loop's own time between calls too, so a part is
+the call's only as far as the window cannot hold it outside the call: each part's
+share of the call is at least the part less the window's time outside the call
+(the loop knows it: the window less the call). A call gets the part that must
+be over half of it, else "unclear" (``SlowCall.where``): a call that spun on the
+CPU is not labelled "waiting" because the thread waited between calls.
+"Waiting for a core" is the machine's load, our own threads' included: with a
+trace it is split into behind our own threads (the daemon, the flusher) and
+behind other processes, by who held the cores during the call, and the
+recording thread's own time on a core (perf's) shows "running" directly.
 
 ``Trace`` (optional: ``perf`` and root) records the kernel's
 ``sched:sched_switch`` events with CLOCK_MONOTONIC time stamps, the clock of
@@ -38,7 +47,17 @@ from pathlib import Path
 #: Calls between two readings of the thread's counters: a window holds the
 #: slow call and at most this many ordinary ones (~0.1 µs each).
 WINDOW = 256
-WHERE = ("running", "waiting for a core", "blocked", "VM steal")
+#: The labels, in the reports' order. A traced call waiting for a core is "behind
+#: ours" (the daemon and the flusher held the cores more than other processes
+#: did) or "behind others"; an untraced one is just "waiting for a core".
+WAITING = "waiting for a core"
+BEHIND_OURS = "waiting, behind ours"
+BEHIND_OTHERS = "waiting, behind others"
+UNCLEAR = "unclear"
+WHERE = ("running", WAITING, BEHIND_OURS, BEHIND_OTHERS, "blocked", "VM steal", UNCLEAR)
+#: Our own threads' names in ``held`` (bench.record_cost's names()) but the
+#: recording thread's: those it can wait behind.
+OURS = ("daemon", "its flusher")
 
 Record = Callable[[str | None, str | None], None]
 
@@ -61,14 +80,34 @@ class SlowCall:
     def rest_us(self) -> float:
         return max(0.0, self.window_us - self.cpu_us - self.run_delay_us)
 
-    def where(self) -> str:
-        """The part of the window that explains most of it (see the docstring)."""
+    @property
+    def outside_us(self) -> float:
+        """The window's time outside the call: the loop's between calls."""
+        return max(0.0, self.window_us - self.us)
+
+    def least_us(self) -> dict[str, float]:
+        """Each part's least share of the call: what the window's time outside the
+        call cannot hold (0 where it can hold it all)."""
         parts = {
             "running": self.cpu_us,
-            "waiting for a core": self.run_delay_us,
+            WAITING: self.run_delay_us,
             "blocked" if self.voluntary else "VM steal": self.rest_us,
         }
-        return max(parts, key=lambda part: parts[part])
+        return {part: max(0.0, us - self.outside_us) for part, us in parts.items()}
+
+    def where(self) -> str:
+        """The part that must be over half the call (see the docstring), else "unclear"."""
+        if self.held.get("recording thread", 0.0) > self.us / 2:
+            return "running"  # perf saw it on a core for most of the call
+        least = self.least_us()
+        part = max(least, key=lambda name: least[name])
+        if least[part] <= self.us / 2:
+            return UNCLEAR
+        if part != WAITING or not self.held:
+            return part
+        ours = sum(self.held.get(name, 0.0) for name in OURS)
+        others = sum(us for name, us in self.held.items() if name.startswith("other: "))
+        return BEHIND_OURS if ours >= others else BEHIND_OTHERS
 
 
 class _Counters:
