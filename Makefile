@@ -14,15 +14,16 @@ C_SOURCES := $(wildcard trackerd/*/*.[ch] trackerd/*.[ch] client/servertracker/*
 # and the pure-Python code runs (README.md, "The C extension"). The stamp holds what
 # `--version` said of the paths after the install: where a module is not built, it says
 # so with how to get it. Each make asks `--version` again (a module's .so may have gone
-# since, or a compiler come): where one is not built, or the programs do not run, it
-# installs again.
+# since, or a compiler come, or a `git pull` changed its C code: "stale", older than
+# a source or header setup.py lists): where one is not built or stale, or the programs
+# do not run, it installs again.
 # setuptools' "Editable installation ... be careful with folders" notice on every install
 # (InformationOnly: our package-dir layout makes its editable finder say so): only that
 # message is ignored; build errors and other warnings still show.
 QUIET_EDITABLE := ignore:Editable installation:UserWarning
 C_MISSING := $(if $(wildcard $(STAMP)),$(shell { SERVERTRACKER_PURE_PYTHON= $(BIN)/trackerd \
 	--version && SERVERTRACKER_PURE_PYTHON= $(BIN)/trackerctl --version || echo 'not built'; } \
-	2>&1 | grep 'not built'))
+	2>&1 | grep -E 'not built|stale'))
 $(STAMP): pyproject.toml setup.py $(C_SOURCES) $(if $(C_MISSING),FORCE)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from servertracker.connection import DaemonConnection
 from servertracker.errors import DaemonUnavailable
@@ -60,9 +61,22 @@ def real_number(minimum: float = 0.0) -> Callable[[str], float]:
     return parse
 
 
+class _BenchParser(argparse.ArgumentParser):
+    """Once the command line is parsed (--help needs no build), refuses to run this
+    checkout's benchmark on a stale C extension (bench.trees.refuse_stale)."""
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        from bench.trees import THIS_ROOT, refuse_stale
+
+        parsed = super().parse_known_args(*args, **kwargs)
+        refuse_stale(THIS_ROOT)
+        return parsed
+
+
 def arguments(module: str, doc: str | None) -> argparse.ArgumentParser:
-    """A bench module's parser: ``python -m bench.X --help`` shows its docstring."""
-    return argparse.ArgumentParser(
+    """A bench module's parser: ``python -m bench.X --help`` shows its docstring; a
+    stale C extension in this checkout makes it refuse (_BenchParser)."""
+    return _BenchParser(
         prog=f"python -m {module}", description=doc, formatter_class=_HelpFormatter
     )
 

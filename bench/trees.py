@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from servertracker.c_build import stale_modules
+
 #: This checkout: the one whose bench/ runs, and whose code runs unless told otherwise.
 THIS_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = THIS_ROOT / "bench"
@@ -105,6 +107,7 @@ def baseline_tree(root: Path, pure: bool = False) -> Tree:
             f"--baseline {root}: not a checkout of this project (no {', '.join(missing)}); "
             "make one with: git -C REPO archive REV | tar -x -C DIR"
         )
+    refuse_stale(root)
     missing = unbuilt(root)
     if missing:
         print(
@@ -115,6 +118,20 @@ def baseline_tree(root: Path, pure: bool = False) -> Tree:
             flush=True,
         )
     return Tree("baseline", root, pure)
+
+
+def refuse_stale(root: Path) -> None:
+    """SystemExit, saying which and how to rebuild, where one of root's extension
+    modules is older than its C sources or headers (setup.py's lists; c_build):
+    its figures would be the old C code's. The one check every benchmark makes."""
+    stale = stale_modules(root)
+    if stale:
+        older = ", ".join(f"{name} (older than {source})" for name, source in stale.items())
+        raise SystemExit(
+            f"bench: {root}'s C extension is stale: {older}; its figures would be those of "
+            f"the C code of its last build. Rebuild it first: make -C {root} (or, in its "
+            "checkout, .venv/bin/pip install -e . --no-deps)"
+        )
 
 
 def unbuilt(root: Path) -> list[str]:

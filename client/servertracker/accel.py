@@ -5,7 +5,8 @@ import: it gets the extension module if that was built and imports, and the
 environment does not force the pure-Python path, else None and runs its own Python
 code, which stays the reference (tests hold the two to the same results on the same
 inputs). Set ``SERVERTRACKER_PURE_PYTHON=1`` to force the pure-Python path (a bug
-report, a comparison). ``describe()`` says which path a program's modules run
+report, a comparison). ``describe()`` says which path a program's modules run,
+and which are stale (built before their C code last changed: c_build.py)
 (DAEMON_MODULES for ``trackerd --version`` and its start-up log line,
 LIBRARY_MODULES for ``trackerctl --version``: what a worker's import of
 servertracker gets). A worker may call it too:
@@ -22,6 +23,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from types import ModuleType
 from typing import Final
 
@@ -109,10 +111,10 @@ def describe(modules: Mapping[str, str]) -> str:
     for name, what in modules.items():
         if load(name) is None:
             missing[what] = str(_found[name])
-    if not missing:
-        return "C extension"
     reasons = set(missing.values())
-    if len(missing) == len(modules) and len(reasons) == 1:
+    if not missing:
+        text = "C extension"
+    elif len(missing) == len(modules) and len(reasons) == 1:
         reason = reasons.pop()
         whole = {
             _NOT_BUILT: "the C extension is not built",
@@ -123,4 +125,30 @@ def describe(modules: Mapping[str, str]) -> str:
         text = "partly pure Python: " + ", ".join(f"{w} ({why})" for w, why in missing.items())
     if _NOT_BUILT in missing.values() or _NOT_BUILT_HERE in missing.values():
         text += f"; {BUILD_HINT}"
+    stale = _stale(modules)
+    if stale:
+        from servertracker.c_build import REBUILD_HINT
+
+        older = ", ".join(f"{what} (older than {source})" for what, source in stale.items())
+        text += f"; stale: {older}, so older C code runs; {REBUILD_HINT}"
     return text
+
+
+def _stale(modules: Mapping[str, str]) -> dict[str, str]:
+    """What each loaded module of ``modules`` does -> the source or header newer than
+    its file, where its checkout's setup.py says it is stale (c_build)."""
+    from servertracker import c_build  # only for describe(): a worker's import skips it
+
+    found: dict[str, str] = {}
+    by_root: dict[Path, dict[str, str]] = {}
+    for name, what in modules.items():
+        module = _found.get(name)
+        file = getattr(module, "__file__", None) if isinstance(module, ModuleType) else None
+        root = c_build.checkout_root(file) if file else None
+        if root is None:
+            continue
+        if root not in by_root:
+            by_root[root] = c_build.stale_modules(root)
+        if name in by_root[root]:
+            found[what] = by_root[root][name]
+    return found

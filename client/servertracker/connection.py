@@ -50,7 +50,7 @@ def _unavailable(exc: OSError, socket_path: object) -> DaemonUnavailable:
         return DaemonUnavailable(
             reason,
             f"permission denied on {socket_path}: this user may not enter {closed} "
-            "(run as a user who may, or give trackerd a runtime directory this user may enter)",
+            "(run as a user who may, or give trackerd a --runtime-dir this user may enter)",
         )
     text = {
         "no-socket": f"no socket at {socket_path} (is trackerd running?)",

@@ -61,7 +61,7 @@ def cause(
     if closed_directory is not None and isinstance(exc, PermissionError):
         return (
             f"permission denied: this user may not enter {closed_directory} (run as a "
-            "user who may, or give trackerd a runtime directory this user may enter)"
+            "user who may, or give trackerd a --runtime-dir this user may enter)"
         )
     if isinstance(exc, Refused):
         return _REFUSALS.get(exc.code, str(exc))
