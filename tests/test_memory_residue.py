@@ -10,14 +10,16 @@ paths: the C extension's and the pure-Python reference's.
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from servertracker import protocol
+from servertracker import Client, protocol
 from tests.conftest import Daemon, read_policy_reply, wait_for
 
 #: Other traffic after the marked connections: enough to run the allocator through
@@ -135,3 +137,123 @@ def test_received_bytes_are_not_left_in_memory(
     known = str(daemon.runtime_dir).encode()
     assert _found(pid, [*markers, known]) == {known}
     assert daemon.process.poll() is None  # read from the live daemon
+
+
+#: Counts each join of columns messages on the daemon's stderr (its log), so the
+#: test knows the joined path ran (C only: the pure path decodes each message).
+_JOIN_PRELUDE = """
+import sys, trackerd.edges.msgpack_server as server
+_join = server.join_columns
+def _counted(parts):
+    sys.stderr.write("JOINED %d\\n" % len(parts))
+    sys.stderr.flush()
+    return _join(parts)
+server.join_columns = _counted
+"""
+#: Records through the library while the daemon is stopped: its default columns
+#: frames pile up in the socket and are read together.
+LIBRARY_RECORDS = 20_000
+
+
+def _marked_columns(markers: list[str], pairs: int) -> list[bytes]:
+    """A columns frame (the library's encoder) per marker, of pairs pairs, the
+    marker's IP and sender in the middle."""
+    frames = []
+    for index, marker in enumerate(markers):
+        ips = [f"10.9.{index}.{number % 250}" for number in range(pairs)]
+        senders = [f"u@o{secrets.token_hex(8)}.example" for _ in range(pairs)]
+        ips[pairs // 2] = f"2001:db8::{index + 1:x}:{int(marker[1:5], 16):x}"
+        senders[pairs // 2] = f"User@{marker}.Example"
+        frames.append(protocol.encode_columns(ips, senders))
+    return frames
+
+
+def test_columns_and_joined_frames_are_not_left_behind(
+    make_daemon: Callable[..., Daemon], short_tmp: Path, both_paths: str
+) -> None:
+    """The library's default messages (columns, from a Client while the daemon is
+    stopped, so that they arrive together) and columns messages joined in both
+    turns (small ones within a batch, a large one and those after it): their
+    values are in neither the daemon's memory, its debug log, the status file and
+    reply, nor the metrics textfile."""
+    policy_path = short_tmp / "policy.sock"
+    metrics = short_tmp / "m.prom"
+    daemon = make_daemon(
+        extra_args=[
+            "--postfix-policy-socket",
+            str(policy_path),
+            "--metrics-textfile",
+            str(metrics),
+            "--status-interval",
+            "0.1",
+            "--log-level",
+            "debug",
+        ],
+        python_prelude=_JOIN_PRELUDE,
+    ).start()
+    if both_paths == "pure Python":
+        wait_for(lambda: "hot path: pure Python" in daemon.log(), what="the pure-Python path")
+    assert daemon.process is not None
+    pid = daemon.process.pid
+    try:
+        with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+            mem.seek(next(_anonymous_writable(pid))[0])
+            mem.read(1)
+    except (OSError, StopIteration):
+        pytest.skip("cannot read the daemon's memory here (needs root or ptrace rights)")
+
+    library_markers = [f"l{secrets.token_hex(10)}" for _ in range(20)]
+    where = dict(zip(range(500, LIBRARY_RECORDS, 1000), library_markers, strict=True))
+    client = Client(daemon.socket_path, max_buffered=LIBRARY_RECORDS + 10)
+    client.record_server("10.7.0.1", "u@o.example")
+    assert client.flush(30)  # connected, what it sends agreed, before the daemon stops
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for number in range(LIBRARY_RECORDS):
+            marker = where.get(number)
+            if marker is not None:
+                client.record_server(f"2001:db8::{number:x}", f"User@{marker}.Example")
+            else:
+                client.record_server(f"10.8.{number >> 8 & 255}.{number & 255}", "u@o.example")
+        # The flusher writes what the socket takes while the daemon is stopped.
+        wait_for(lambda: client.stats().sent > 1, what="records written to the socket")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert client.flush(60)
+    assert client.stats().dropped == 0
+    client.close()
+
+    # Small frames a batch's turn joins, then a large one joined with those after it.
+    small_markers = [f"s{secrets.token_hex(10)}" for _ in range(8)]
+    large_markers = [f"g{secrets.token_hex(10)}" for _ in range(4)]
+    frames = _marked_columns(small_markers, 60)
+    frames += _marked_columns(large_markers[:1], 2500) + _marked_columns(large_markers[1:], 60)
+    assert all(1024 < len(f) < 4096 for f in frames[:8]) and len(frames[8]) > 65536 + 4
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(daemon.socket_path))
+        os.kill(pid, signal.SIGSTOP)  # so that the daemon reads them together
+        try:
+            sock.sendall(b"".join([*frames, protocol.encode(protocol.Ping())]))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert sock.recv(4096), "no pong: the daemon closed the connection"
+    _other_traffic(daemon, policy_path)
+    _other_traffic(daemon, policy_path)
+    status = daemon.status()
+    assert status.records >= 1 + LIBRARY_RECORDS + 8 * 60 + 2500 + 3 * 60 + 2 * OTHER_RECORDS
+    if both_paths == "C":  # the joined path ran: in the batch turn and the large one
+        joins = [line for line in daemon.log().splitlines() if line.startswith("JOINED")]
+        assert {"JOINED 8", "JOINED 4"} <= set(joins), joins
+
+    markers = [m.encode() for m in (*library_markers, *small_markers, *large_markers)]
+    markers += [m.lower() for m in markers]
+    known = str(daemon.runtime_dir).encode()
+    assert _found(pid, [*markers, known]) == {known}
+    wait_for(metrics.exists, what="the metrics textfile")
+    texts = daemon.log() + repr(status) + metrics.read_text(errors="replace")
+    for path in daemon.runtime_dir.iterdir():
+        if path.is_file():
+            texts += path.read_text(errors="replace")
+    assert not [m for m in markers if m.decode() in texts]
+    assert daemon.process.poll() is None
