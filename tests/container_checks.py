@@ -242,7 +242,7 @@ def main() -> None:
     def _() -> str:
         run(f"{TRACKERCTL} record 198.51.100.7 someone@example.com")
         code, before = status_json()
-        assert code == 0
+        assert code == 0, f"status exited {code}"
         pid = show("trackerd.service", "MainPID")
         # Synchronous: systemctl waits for ExecReload= to finish.
         run("systemctl reload trackerd.service")

@@ -67,7 +67,17 @@ def test_under_real_systemd(container_results: dict[str, dict[str, object]], nam
     assert name in container_results, f"check {name} did not run"
     outcome = container_results[name]
     log = str(container_results["_log"]["detail"])
-    assert outcome["ok"], f"{name}: {outcome['detail']}\n--- checks log ---\n{log[-6000:]}"
+    assert outcome["ok"], f"{name}: {outcome['detail']}\n--- its log ---\n{own_log(log, name)}"
+
+
+def own_log(log: str, name: str) -> str:
+    """The lines the check `name` logged (between its "=== name" and its verdict), so a
+    failure shows its own commands and outputs, not the later checks' tail."""
+    start = log.find(f"=== {name}\n")
+    end = log.find(f"=== {name}: ", start + 1)
+    if start < 0 or end < 0:
+        return log[-6000:]
+    return log[start:end][-6000:]
 
 
 def test_every_check_is_asserted(container_results: dict[str, dict[str, object]]) -> None:
