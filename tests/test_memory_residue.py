@@ -48,10 +48,12 @@ def _anonymous_writable(pid: int) -> Iterator[tuple[int, int]]:
             yield start, end
 
 
-def _found(pid: int, markers: list[bytes]) -> set[bytes]:
-    """The markers found in the process's writable anonymous memory."""
-    found: set[bytes] = set()
-    overlap = max(len(marker) for marker in markers)
+def memory_chunks(pid: int, overlap: int) -> Iterator[bytes]:
+    """The process's writable anonymous memory, a bounded chunk at a time (a region
+    in one read may be more than this process can allocate: under AddressSanitizer,
+    a MemoryError or an abort); each chunk begins with the last `overlap` bytes of
+    the one before in its region, so a pattern of up to overlap + 1 bytes across two
+    chunks is seen whole in the second."""
     with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
         for start, end in _anonymous_writable(pid):
             at, tail = start, b""
@@ -62,10 +64,26 @@ def _found(pid: int, markers: list[bytes]) -> set[bytes]:
                     chunk = tail + mem.read(size)
                 except OSError:
                     break  # unmapped meanwhile (an arena let go): nothing to find there
-                found.update(marker for marker in markers if marker in chunk)
-                tail = chunk[-overlap:]
+                yield chunk
+                tail = chunk[-overlap:] if overlap else b""
                 at += size
+
+
+def _found(pid: int, markers: list[bytes]) -> set[bytes]:
+    """The markers found in the process's writable anonymous memory."""
+    found: set[bytes] = set()
+    for chunk in memory_chunks(pid, max(len(marker) for marker in markers)):
+        found.update(marker for marker in markers if marker in chunk)
     return found
+
+
+def _skip_unless_memory_readable(pid: int) -> None:
+    try:
+        with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+            mem.seek(next(_anonymous_writable(pid))[0])
+            mem.read(1)
+    except (OSError, StopIteration):
+        pytest.skip("cannot read the daemon's memory here (needs root or ptrace rights)")
 
 
 def _policy_request(sender: str, instance: str, recipient: str) -> bytes:
@@ -108,12 +126,7 @@ def test_received_bytes_are_not_left_in_memory(
         wait_for(lambda: "hot path: pure Python" in daemon.log(), what="the pure-Python path")
     assert daemon.process is not None
     pid = daemon.process.pid
-    try:
-        with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
-            mem.seek(next(_anonymous_writable(pid))[0])
-            mem.read(1)
-    except (OSError, StopIteration):
-        pytest.skip("cannot read the daemon's memory here (needs root or ptrace rights)")
+    _skip_unless_memory_readable(pid)
 
     # Made here, sent only over the sockets: nowhere else could the daemon get them.
     record_marker = f"m{secrets.token_hex(10)}"
@@ -195,12 +208,7 @@ def test_columns_and_joined_frames_are_not_left_behind(
         wait_for(lambda: "hot path: pure Python" in daemon.log(), what="the pure-Python path")
     assert daemon.process is not None
     pid = daemon.process.pid
-    try:
-        with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
-            mem.seek(next(_anonymous_writable(pid))[0])
-            mem.read(1)
-    except (OSError, StopIteration):
-        pytest.skip("cannot read the daemon's memory here (needs root or ptrace rights)")
+    _skip_unless_memory_readable(pid)
 
     library_markers = [f"l{secrets.token_hex(10)}" for _ in range(20)]
     where = dict(zip(range(500, LIBRARY_RECORDS, 1000), library_markers, strict=True))

@@ -647,26 +647,11 @@ def _count_in_memory(pid: int, pattern: bytes) -> int:
     """How often pattern occurs in the process's writable anonymous memory, read a
     bounded chunk at a time (a region in one read may be more than this process
     can allocate: under AddressSanitizer, a MemoryError or an abort)."""
-    from tests.test_memory_residue import CHUNK, _anonymous_writable
+    from tests.test_memory_residue import memory_chunks
 
     # A pattern across two chunks is found in the second: it begins with the last
     # len - 1 bytes of the first, too few to hold a whole one (counted twice).
-    overlap = len(pattern) - 1
-    count = 0
-    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
-        for start, end in _anonymous_writable(pid):
-            at, tail = start, b""
-            while at < end:
-                size = min(CHUNK, end - at)
-                try:
-                    mem.seek(at)
-                    chunk = tail + mem.read(size)
-                except OSError:
-                    break  # unmapped meanwhile: nothing there
-                count += chunk.count(pattern)
-                tail = chunk[-overlap:] if overlap else b""
-                at += size
-    return count
+    return sum(chunk.count(pattern) for chunk in memory_chunks(pid, len(pattern) - 1))
 
 
 @needs_c
