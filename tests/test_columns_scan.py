@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from typing import TypeVar
 
 import msgpack
 import pytest
@@ -410,15 +411,7 @@ def run_in_one_write(daemon: Daemon) -> tuple[tuple[int, ...], bytes]:
 def test_frames_read_together_count_alike_on_both_paths(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    results = []
-    for name, pure in (("c", "0"), ("py", "1")):
-        daemon = make_daemon(name, env=dict(os.environ, **{accel.PURE_PYTHON_VARIABLE: pure}))
-        daemon.start()
-        try:
-            results.append(run_in_one_write(daemon))
-        finally:
-            daemon.stop()
-    (c_counts, c_replies), (py_counts, py_replies) = results
+    (c_counts, c_replies), (py_counts, py_replies) = on_both_paths(make_daemon, run_in_one_write)
     assert c_counts == py_counts == (4 * 603 + 600, 5 * 120, 11)
     status_size = struct.unpack(">I", c_replies[:4])[0]
     c_status = msgpack.unpackb(c_replies[4 : 4 + status_size])
@@ -426,6 +419,23 @@ def test_frames_read_together_count_alike_on_both_paths(
     assert c_status[2]["records"] == py_status[2]["records"] == 2 * 603 + 600  # before it
     assert c_replies[4 + status_size :] == py_replies[4 + status_size :]
     assert msgpack.unpackb(c_replies[8 + status_size :])[2] == protocol.ERR_BAD_MESSAGE
+
+
+R = TypeVar("R")
+
+
+def on_both_paths(make_daemon: Callable[..., Daemon], run: Callable[[Daemon], R]) -> list[R]:
+    """run(daemon) on a daemon with the C extension, then on one with the
+    pure-Python fallback forced: [C's result, pure Python's]."""
+    results = []
+    for name, pure in (("c", "0"), ("py", "1")):
+        daemon = make_daemon(name, env=dict(os.environ, **{accel.PURE_PYTHON_VARIABLE: pure}))
+        daemon.start()
+        try:
+            results.append(run(daemon))
+        finally:
+            daemon.stop()
+    return results
 
 
 def run_frames(daemon: Daemon) -> tuple[tuple[int, ...], list[bytes]]:
@@ -453,15 +463,7 @@ def run_frames(daemon: Daemon) -> tuple[tuple[int, ...], list[bytes]]:
 def test_the_daemon_counts_and_refuses_alike_on_both_paths(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    results = []
-    for name, pure in (("c", "0"), ("py", "1")):
-        daemon = make_daemon(name, env=dict(os.environ, **{accel.PURE_PYTHON_VARIABLE: pure}))
-        daemon.start()
-        try:
-            results.append(run_frames(daemon))
-        finally:
-            daemon.stop()
-    (c_counts, c_errors), (py_counts, py_errors) = results
+    (c_counts, c_errors), (py_counts, py_errors) = on_both_paths(make_daemon, run_frames)
     assert c_counts == py_counts == (604, 1, 120, 9, 12, 1)
     assert c_errors == py_errors
     for (_, code), reply in zip(BAD_FRAMES, c_errors, strict=True):
